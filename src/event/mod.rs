@@ -1,0 +1,152 @@
+//! Events in: CloudEvents 1.0 JSON (structured or binary binding) with typed `data`.
+//!
+//! `parse` turns bytes into an [`Event`] or an [`EventError`] precise enough to be the
+//! dead-letter reason; nothing here knows about Kafka.
+
+mod money;
+mod parse;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use money::Money;
+pub use parse::{EventError, MAX_EVENT_BYTES};
+
+/// One event, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    /// The CloudEvents `type`, e.g. `order.placed`; unknown types are kept.
+    pub kind: String,
+    /// When it happened; delays are measured from here.
+    pub time: DateTime<Utc>,
+    /// The customer id (CloudEvents `subject`).
+    pub subject: Arc<str>,
+    /// `data.customer`: fields present update the profile.
+    pub customer: Option<CustomerPatch>,
+    pub data: EventData,
+}
+
+impl Event {
+    /// The `order_id` the event is about, if any (per_order journeys match on it).
+    pub fn order_id(&self) -> Option<&str> {
+        match &self.data {
+            EventData::OrderPlaced(o) => Some(&o.order_id),
+            EventData::OrderShipped(o) => Some(&o.order_id),
+            EventData::OrderDelivered { order_id }
+            | EventData::OrderCancelled { order_id, .. }
+            | EventData::OrderRefunded { order_id, .. }
+            | EventData::ReviewSubmitted { order_id, .. } => Some(order_id),
+            EventData::TicketOpened { order_id, .. } => order_id.as_deref(),
+            EventData::Other(v) => v.get("order_id").and_then(|o| o.as_str()),
+            EventData::TicketResolved { .. }
+            | EventData::FeedbackSubmitted { .. }
+            | EventData::CustomerUpdated
+            | EventData::CustomerUnsubscribed { .. } => None,
+        }
+    }
+
+    /// The dedupe key: (`source`, `id`), whichever binding carried the event.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.source, &self.id)
+    }
+}
+
+/// The profile fields an event may carry in `data.customer`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CustomerPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub birthday: Option<String>,
+}
+
+/// Typed `data` for every known event type; anything else is kept as raw JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum EventData {
+    OrderPlaced(OrderPlaced),
+    OrderShipped(OrderShipped),
+    OrderDelivered {
+        order_id: String,
+    },
+    OrderCancelled {
+        order_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    OrderRefunded {
+        order_id: String,
+        amount: Money,
+    },
+    TicketOpened {
+        ticket_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        order_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+    },
+    TicketResolved {
+        ticket_id: String,
+    },
+    FeedbackSubmitted {
+        kind: FeedbackKind,
+        score: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    ReviewSubmitted {
+        order_id: String,
+        sku: String,
+        rating: u8,
+    },
+    CustomerUpdated,
+    CustomerUnsubscribed {
+        /// Category names, or `all`.
+        categories: Vec<String>,
+    },
+    /// An event type aftercare does not know: recorded, may trigger sequences.
+    Other(serde_json::Value),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderPlaced {
+    pub order_id: String,
+    pub items: Vec<Item>,
+    pub total: Money,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub sku: String,
+    pub name: String,
+    pub category: String,
+    pub quantity: u32,
+    pub unit_price: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderShipped {
+    pub order_id: String,
+    pub carrier: String,
+    pub tracking_number: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedbackKind {
+    Nps,
+    Csat,
+}

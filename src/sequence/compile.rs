@@ -1,0 +1,497 @@
+//! One sequence file: YAML → raw → a [`Sequence`] that cannot be invalid, or every error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::diag::{did_you_mean, Diags, Pos};
+use super::expr::Expr;
+use super::raw::{self, RawStep, Sp};
+use super::{
+    Action, Category, Goal, JourneyKind, Migrate, OnTimeout, Sequence, Step, Timing, Trigger,
+    WaitFor,
+};
+use crate::template::Templates;
+use crate::time::{parse_tz, CronWindow, Period};
+
+/// `Some(None)` (absent) and `Some(Some(v))` (valid) pass; `None` means "present but invalid".
+fn each<T>(x: Option<Option<T>>) -> Option<Option<T>> {
+    match x {
+        None => Some(None),
+        Some(None) => None,
+        Some(v) => Some(v),
+    }
+}
+
+const DURATION_HINT: &str = "durations look like 30s, 15m, 2h, 3d or 1w";
+const CRON_HINT: &str =
+    "cron has 5 fields: minute hour day month weekday, e.g. \"0 9-18 * * MON-FRI\"";
+
+/// A compiled file, with the `start` targets still to check against the other files.
+pub struct Compiled {
+    pub sequence: Sequence,
+    pub starts: Vec<Sp<String>>,
+}
+
+/// The content hash that names a version of a sequence file.
+pub fn version_of(source: &str) -> String {
+    let digest = Sha256::digest(source.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compiles one file. Returns `None` when `d` received any error for it.
+pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -> Option<Compiled> {
+    let root = match super::yaml::parse(source) {
+        Ok(root) => root,
+        Err(e) => {
+            d.error_hint(
+                e.pos,
+                format!("YAML syntax error: {}", e.message),
+                "check indentation (spaces, not tabs) and that quotes and brackets are closed",
+            );
+            return None;
+        }
+    };
+    let before = d.list.len();
+    let raw = raw::decode(&root, d);
+    let mut c = Compiler {
+        d,
+        templates,
+        starts: Vec::new(),
+    };
+    let sequence = c.sequence(path, source, raw);
+    let starts = c.starts;
+    (d.list.len() == before).then_some(()).and(sequence).map(|sequence| Compiled { sequence, starts })
+}
+
+struct Compiler<'a, 'b, 'd> {
+    d: &'d mut Diags<'a>,
+    templates: &'b Templates,
+    starts: Vec<Sp<String>>,
+}
+
+impl Compiler<'_, '_, '_> {
+    fn sequence(&mut self, path: &str, source: &str, raw: raw::RawSequence) -> Option<Sequence> {
+        let stem = std::path::Path::new(path)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = match &raw.name {
+            Some(n) => self.word(n, "sequence name").map(|_| n.value.clone()),
+            None => Some(stem),
+        };
+        let category = match &raw.category {
+            Some(c) => self.category(c),
+            None => Some(Category("marketing".into())),
+        };
+        let timezone = raw.timezone.as_ref().and_then(|tz| {
+            parse_tz(&tz.value)
+                .map_err(|m| self.d.error_hint(tz.pos, m, "use a name like Asia/Seoul or America/New_York"))
+                .ok()
+        });
+        let trigger = self.trigger(raw.trigger.as_ref());
+        let journey = self.journey(raw.journey.as_ref());
+        if let (Some(JourneyKind::PerOrder), Some(r)) = (journey, &raw.reenter) {
+            if r.value {
+                self.d.error_hint(
+                    r.key,
+                    "`reenter` applies to per_customer journeys only",
+                    "a per_order journey runs once per order; remove `reenter`",
+                );
+            }
+        }
+        let exit_on = raw
+            .exit_on
+            .iter()
+            .filter_map(|e| self.event_type(e))
+            .collect();
+        let pause_when = raw.pause_when.as_ref().and_then(|e| self.expr(e));
+        let steps = self.steps(raw.steps.as_ref());
+        let migrate = match (&raw.migrate, &steps) {
+            (Some(m), Some(steps)) => self.migrate(m, steps),
+            _ => None,
+        };
+        Some(Sequence {
+            name: name?.into(),
+            version: version_of(source).into(),
+            path: path.to_string(),
+            category: category?,
+            description: raw.description.map(|d| d.value).unwrap_or_default(),
+            timezone,
+            trigger: trigger?,
+            journey: journey?,
+            reenter: raw.reenter.is_some_and(|r| r.value),
+            exit_on,
+            pause_when,
+            steps: steps?,
+            migrate,
+        })
+    }
+
+    /// Names and categories are plain words: they appear in headers, URLs and output lines.
+    fn word(&mut self, w: &Sp<String>, what: &str) -> Option<()> {
+        let ok = !w.value.is_empty()
+            && w.value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            self.d.error_hint(
+                w.pos,
+                format!("{what} `{}` may only use letters, digits, - and _", w.value),
+                "for example camera-education or cross_sell",
+            );
+        }
+        ok.then_some(())
+    }
+
+    fn category(&mut self, c: &Sp<String>) -> Option<Category> {
+        self.word(c, "category")?;
+        if c.value == "all" {
+            self.d.error_hint(
+                c.pos,
+                "`all` cannot be a category: it means every category in unsubscribes",
+                "pick a word such as marketing, education or review",
+            );
+            return None;
+        }
+        Some(Category(c.value.as_str().into()))
+    }
+
+    fn event_type(&mut self, e: &Sp<String>) -> Option<Arc<str>> {
+        if e.value.is_empty() || e.value.chars().any(char::is_whitespace) {
+            self.d.error_hint(
+                e.pos,
+                format!("`{}` is not an event type", e.value),
+                "event types look like order.delivered or support.ticket_resolved",
+            );
+            return None;
+        }
+        Some(e.value.as_str().into())
+    }
+
+    fn expr(&mut self, e: &Sp<String>) -> Option<Expr> {
+        Expr::compile(&e.value)
+            .map_err(|m| {
+                self.d.error_hint(
+                    e.pos,
+                    format!("expression `{}`: {m}", e.value),
+                    "expressions use Jinja syntax, e.g. customer.open_tickets > 0",
+                )
+            })
+            .ok()
+    }
+
+    fn period(&mut self, p: &Sp<String>) -> Option<Period> {
+        p.value
+            .parse()
+            .map_err(|m| self.d.error_hint(p.pos, m, DURATION_HINT))
+            .ok()
+    }
+
+    fn trigger(&mut self, t: Option<&Sp<raw::RawTrigger>>) -> Option<Trigger> {
+        let Some(t) = t else {
+            self.d.error_hint(
+                Pos::START,
+                "missing `trigger`",
+                "add `trigger: { event: order.delivered }` to say which event enrols customers",
+            );
+            return None;
+        };
+        let Some(event) = &t.value.event else {
+            self.d.error_hint(
+                t.pos,
+                "`trigger` has no `event`",
+                "add `event: order.placed` (or another event type)",
+            );
+            return None;
+        };
+        let when = t.value.when.as_ref().map(|w| self.expr(w));
+        Some(Trigger {
+            event: self.event_type(event)?,
+            when: each(when)?,
+        })
+    }
+
+    fn journey(&mut self, j: Option<&Sp<String>>) -> Option<JourneyKind> {
+        match j.map(|j| j.value.as_str()) {
+            None | Some("per_customer") => Some(JourneyKind::PerCustomer),
+            Some("per_order") => Some(JourneyKind::PerOrder),
+            Some(other) => {
+                let hint = match did_you_mean(other, ["per_customer", "per_order"]) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "use per_customer or per_order".into(),
+                };
+                let pos = j.map_or(Pos::START, |j| j.pos);
+                self.d.error_hint(pos, format!("unknown journey kind `{other}`"), hint);
+                None
+            }
+        }
+    }
+
+    fn steps(&mut self, steps: Option<&Sp<Vec<RawStep>>>) -> Option<Vec<Step>> {
+        let Some(steps) = steps else {
+            self.d.error_hint(
+                Pos::START,
+                "missing `steps`",
+                "add a `steps:` list; each step has an `id` and one action such as `email`",
+            );
+            return None;
+        };
+        if steps.value.is_empty() {
+            self.d.error_hint(steps.pos, "`steps` is empty", "add at least one step");
+            return None;
+        }
+        // Ids first: `on_timeout` may jump forward to a step not compiled yet.
+        let mut ids: HashMap<&str, (usize, Pos)> = HashMap::new();
+        let mut ok = true;
+        for (i, s) in steps.value.iter().enumerate() {
+            let Some(id) = &s.id else {
+                self.d.error_hint(
+                    s.pos,
+                    "step has no `id`",
+                    "give every step a unique `id`, like `id: welcome`",
+                );
+                ok = false;
+                continue;
+            };
+            ok &= self.word(id, "step id").is_some();
+            if let Some((_, first)) = ids.get(id.value.as_str()) {
+                self.d.error_hint(
+                    id.pos,
+                    format!("duplicate step id `{}`", id.value),
+                    format!("step ids must be unique in a file; `{}` is first used on line {}", id.value, first.line),
+                );
+                ok = false;
+            } else {
+                ids.insert(&id.value, (i, id.pos));
+            }
+        }
+        let compiled: Vec<Option<Step>> = steps
+            .value
+            .iter()
+            .map(|s| self.step(s, &ids))
+            .collect();
+        let compiled: Option<Vec<Step>> = compiled.into_iter().collect();
+        if ok { compiled } else { None }
+    }
+
+    fn step(&mut self, s: &RawStep, ids: &HashMap<&str, (usize, Pos)>) -> Option<Step> {
+        let id: Arc<str> = s.id.as_ref().map(|i| i.value.as_str()).unwrap_or_default().into();
+        let timing = match (&s.wait, &s.wait_for) {
+            (Some(_), Some(w)) => {
+                self.d.error_hint(
+                    w.key,
+                    "a step has either `wait` or `wait_for`, not both",
+                    "split it into two steps: one that waits, then one that waits for the event",
+                );
+                None
+            }
+            (Some(w), None) => self.period(w).map(Timing::Wait),
+            (None, Some(w)) => self.wait_for(w, ids).map(Timing::WaitFor),
+            (None, None) => Some(Timing::Now),
+        };
+        let send_window = s.send_window.as_ref().and_then(|w| {
+            CronWindow::parse(&w.value)
+                .map_err(|m| self.d.error_hint(w.pos, m, CRON_HINT))
+                .ok()
+        });
+        let skip_when = s.skip_when.as_ref().map(|e| self.expr(e));
+        let category = s.category.as_ref().map(|c| self.category(c));
+        let goal = s.goal.as_ref().map(|g| self.goal(g));
+        let action = self.action(s);
+        let bad_window = s.send_window.is_some() && send_window.is_none();
+        if bad_window {
+            return None;
+        }
+        Some(Step {
+            id,
+            timing: timing?,
+            send_window,
+            skip_when: each(skip_when)?,
+            category: each(category)?,
+            goal: each(goal)?,
+            action: action?,
+        })
+    }
+
+    fn wait_for(
+        &mut self,
+        w: &Sp<raw::RawWaitFor>,
+        ids: &HashMap<&str, (usize, Pos)>,
+    ) -> Option<WaitFor> {
+        let event = match &w.value.event {
+            Some(e) => self.event_type(e),
+            None => {
+                self.d.error_hint(w.pos, "`wait_for` has no `event`", "add `event: order.shipped`");
+                None
+            }
+        };
+        let when = w.value.when.as_ref().map(|e| self.expr(e));
+        let timeout = match &w.value.timeout {
+            Some(t) => self.period(t),
+            None => {
+                self.d.error_hint(
+                    w.key,
+                    "`wait_for` needs a `timeout`",
+                    "add `timeout: 3d`: how long to wait before `on_timeout` decides",
+                );
+                None
+            }
+        };
+        let on_timeout = match w.value.on_timeout.as_ref() {
+            None => Some(OnTimeout::Skip),
+            Some(o) => match o.value.as_str() {
+                "skip" => Some(OnTimeout::Skip),
+                "continue" => Some(OnTimeout::Continue),
+                "exit" => Some(OnTimeout::Exit),
+                step => match ids.get(step) {
+                    Some((i, _)) => Some(OnTimeout::Goto(*i)),
+                    None => {
+                        let hint = match did_you_mean(step, ids.keys().copied()) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None => "use skip, continue, exit or the id of a step in this file".into(),
+                        };
+                        self.d.error_hint(
+                            o.pos,
+                            format!("`on_timeout` names an unknown step `{step}`"),
+                            hint,
+                        );
+                        None
+                    }
+                },
+            },
+        };
+        Some(WaitFor {
+            event: event?,
+            when: each(when)?,
+            timeout: timeout?,
+            on_timeout: on_timeout?,
+        })
+    }
+
+    fn goal(&mut self, g: &Sp<raw::RawGoal>) -> Option<Goal> {
+        let event = match &g.value.event {
+            Some(e) => self.event_type(e),
+            None => {
+                self.d.error_hint(g.pos, "`goal` has no `event`", "add `event: order.placed`");
+                None
+            }
+        };
+        let within = match &g.value.within {
+            Some(w) => self.period(w),
+            None => {
+                self.d.error_hint(
+                    g.key,
+                    "`goal` needs `within`",
+                    "add `within: 14d`: how long after the email a conversion counts",
+                );
+                None
+            }
+        };
+        let when = g.value.when.as_ref().map(|e| self.expr(e));
+        Some(Goal {
+            event: event?,
+            within: within?,
+            when: each(when)?,
+        })
+    }
+
+    /// The step's one action; `Some(None)` for a step that only waits.
+    fn action(&mut self, s: &RawStep) -> Option<Option<Action>> {
+        let present: Vec<(&str, Pos)> = [
+            s.email.as_ref().map(|e| ("email", e.key)),
+            s.start.as_ref().map(|e| ("start", e.key)),
+            s.exit.as_ref().map(|e| ("exit", e.key)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if present.len() > 1 {
+            let names: Vec<String> = present.iter().map(|(n, _)| format!("`{n}`")).collect();
+            self.d.error_hint(
+                present[1].1,
+                format!("a step has one action; this one has {}", names.join(" and ")),
+                "split it into one step per action",
+            );
+            return None;
+        }
+        if let Some(email) = &s.email {
+            let Some(t) = &email.value.template else {
+                self.d.error_hint(
+                    email.pos,
+                    "`email` has no `template`",
+                    "add `template: camera/basics` (a file under templates/)",
+                );
+                return None;
+            };
+            if let Err((msg, hint)) = self.templates.check(&t.value) {
+                self.d.error_hint(t.pos, msg, hint);
+                return None;
+            }
+            return Some(Some(Action::Email {
+                template: t.value.as_str().into(),
+            }));
+        }
+        if let Some(start) = &s.start {
+            self.word(start, "sequence name")?;
+            self.starts.push(start.clone());
+            return Some(Some(Action::Start {
+                sequence: start.value.as_str().into(),
+            }));
+        }
+        if let Some(exit) = &s.exit {
+            if !exit.value {
+                self.d.error_hint(
+                    exit.pos,
+                    "`exit: false` does nothing",
+                    "write `exit: true` to end the journey here, or remove it",
+                );
+                return None;
+            }
+            return Some(Some(Action::Exit));
+        }
+        Some(None)
+    }
+
+    fn migrate(&mut self, m: &Sp<raw::RawMigrate>, steps: &[Step]) -> Option<Migrate> {
+        let Some(from) = &m.value.from else {
+            self.d.error_hint(
+                m.pos,
+                "`migrate` has no `from`",
+                "add `from:` with the version hash `aftercare plan` shows",
+            );
+            return None;
+        };
+        if from.value.len() != 12 || !from.value.chars().all(|c| c.is_ascii_hexdigit()) {
+            self.d.error_hint(
+                from.pos,
+                format!("`{}` is not a version hash", from.value),
+                "versions are 12 hex digits, as `aftercare plan` shows them",
+            );
+            return None;
+        }
+        let mut mapped = Vec::new();
+        for (old, new) in &m.value.steps {
+            match steps.iter().position(|s| *s.id == *new.value) {
+                Some(i) => mapped.push((old.clone(), i)),
+                None => {
+                    let ids = steps.iter().map(|s| &*s.id);
+                    let hint = match did_you_mean(&new.value, ids) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "map each old step to a step id in this file".into(),
+                    };
+                    self.d.error_hint(
+                        new.pos,
+                        format!("`migrate.steps` maps to an unknown step `{}`", new.value),
+                        hint,
+                    );
+                }
+            }
+        }
+        Some(Migrate {
+            from: from.value.clone(),
+            steps: mapped,
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! MiniJinja expressions (`when`, `skip_when`, `pause_when`), compiled once at load.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use minijinja::{Environment, Expression, Value};
+
+/// Expressions only need MiniJinja's filters and tests, never templates, so they share one
+/// process-wide environment. That lets a compiled expression live as long as its sequence
+/// without borrowing a per-catalog environment.
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(Environment::new)
+}
+
+/// A compiled expression and the text it came from.
+#[derive(Clone)]
+pub struct Expr {
+    source: Arc<str>,
+    compiled: Arc<Expression<'static, 'static>>,
+}
+
+impl Expr {
+    /// Compiles `source`; the error is MiniJinja's message without its "syntax error" prefix noise.
+    pub fn compile(source: &str) -> Result<Expr, String> {
+        let compiled = env()
+            .compile_expression_owned(source.to_string())
+            .map_err(|e| describe(&e))?;
+        Ok(Expr {
+            source: source.into(),
+            compiled: Arc::new(compiled),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates to a truth value. An evaluation error is returned, never panics.
+    pub fn eval(&self, ctx: Value) -> Result<bool, String> {
+        self.compiled
+            .eval(ctx)
+            .map(|v| v.is_true())
+            .map_err(|e| describe(&e))
+    }
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// MiniJinja's error text, with its detail when it has one.
+pub fn describe(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+
+    #[test]
+    fn compiles_and_evaluates() {
+        let e = Expr::compile("customer.open_tickets > 0").unwrap();
+        assert!(e.eval(context! { customer => context! { open_tickets => 2 } }).unwrap());
+        assert!(!e.eval(context! { customer => context! { open_tickets => 0 } }).unwrap());
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let err = Expr::compile("customer.open_tickets >").unwrap_err();
+        assert!(err.contains("syntax error"), "{err}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Sequences: the marketers' YAML, compiled into types that cannot be invalid.
+//!
+//! `yaml` reads the file into positioned nodes, `raw` checks its shape, `compile` checks its
+//! meaning and builds a [`Sequence`]; `catalog` loads a directory, checks what spans files
+//! (names, `start` targets, templates) and keeps every version by content hash.
+
+pub mod catalog;
+pub mod compile;
+pub mod diag;
+pub mod expr;
+pub mod raw;
+pub mod yaml;
+
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+
+pub use catalog::Catalog;
+pub use diag::{Diagnostic, Pos};
+pub use expr::Expr;
+
+use crate::time::{CronWindow, Period};
+
+/// A compiled, valid sequence at one version.
+#[derive(Debug)]
+pub struct Sequence {
+    pub name: Arc<str>,
+    /// Content hash of the file (12 hex digits); journeys stay on the version they started on.
+    pub version: Arc<str>,
+    /// The file it came from, as given to the loader.
+    pub path: String,
+    pub category: Category,
+    pub description: String,
+    /// Timezone for customers whose profile has none (else the configured default).
+    pub timezone: Option<Tz>,
+    pub trigger: Trigger,
+    pub journey: JourneyKind,
+    pub reenter: bool,
+    pub exit_on: Vec<Arc<str>>,
+    pub pause_when: Option<Expr>,
+    pub steps: Vec<Step>,
+    pub migrate: Option<Migrate>,
+}
+
+impl Sequence {
+    /// The category that governs a step's email: the step's own, else the sequence's.
+    pub fn step_category(&self, step: usize) -> &Category {
+        self.steps
+            .get(step)
+            .and_then(|s| s.category.as_ref())
+            .unwrap_or(&self.category)
+    }
+
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| &*s.id == id)
+    }
+}
+
+/// `transactional` or a marketing category (`education`, `review`, any word).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Category(pub Arc<str>);
+
+impl Category {
+    pub const TRANSACTIONAL: &str = "transactional";
+
+    /// Transactional email ignores marketing unsubscribes, frequency caps and quiet hours.
+    pub fn is_transactional(&self) -> bool {
+        &*self.0 == Self::TRANSACTIONAL
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct Trigger {
+    pub event: Arc<str>,
+    pub when: Option<Expr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JourneyKind {
+    /// One journey per customer and sequence.
+    PerCustomer,
+    /// One journey per customer, sequence and order; it sees only its order's events.
+    PerOrder,
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub id: Arc<str>,
+    pub timing: Timing,
+    pub send_window: Option<CronWindow>,
+    pub skip_when: Option<Expr>,
+    pub category: Option<Category>,
+    pub goal: Option<Goal>,
+    /// `None` for a step that only waits.
+    pub action: Option<Action>,
+}
+
+/// When a step becomes due, counted from when the previous step finished.
+#[derive(Debug)]
+pub enum Timing {
+    Now,
+    Wait(Period),
+    WaitFor(WaitFor),
+}
+
+#[derive(Debug)]
+pub struct WaitFor {
+    pub event: Arc<str>,
+    pub when: Option<Expr>,
+    pub timeout: Period,
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// Go on to the next step without the action.
+    Skip,
+    /// Run the action anyway.
+    Continue,
+    Exit,
+    /// Jump to the step at this index.
+    Goto(usize),
+}
+
+#[derive(Debug)]
+pub struct Goal {
+    pub event: Arc<str>,
+    pub within: Period,
+    pub when: Option<Expr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Email { template: Arc<str> },
+    Start { sequence: Arc<str> },
+    Exit,
+}
+
+/// Moves journeys on version `from` to this version, renaming steps.
+#[derive(Debug, Clone)]
+pub struct Migrate {
+    pub from: String,
+    /// Old step id → index of the new step.
+    pub steps: Vec<(String, usize)>,
+}

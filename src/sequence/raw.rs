@@ -1,0 +1,494 @@
+//! The sequence file as written: every field optional and positioned, shape-checked only.
+//!
+//! Decoding checks shape (mappings, lists, scalars, unknown keys); `compile` checks meaning.
+//! These same types generate the JSON Schema (`aftercare schema`), so the schema editors use
+//! and the keys `validate` accepts cannot drift apart: a unit test compares the two.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+
+use super::diag::{did_you_mean, Diags, Pos};
+use super::yaml::{Node, NodeKind};
+
+/// A value with the position it was written at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sp<T> {
+    pub value: T,
+    /// Where the value starts.
+    pub pos: Pos,
+    /// Where its key starts (the item itself in a list): errors about a key's presence point here.
+    pub key: Pos,
+}
+
+impl<T: JsonSchema> JsonSchema for Sp<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
+/// How journeys are keyed.
+#[derive(JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum JourneyKey {
+    /// One journey per customer and sequence.
+    PerCustomer,
+    /// One journey per customer, sequence and `order_id`.
+    PerOrder,
+}
+
+/// What happens when a `wait_for` times out.
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code)]
+enum OnTimeoutSchema {
+    Keyword(OnTimeoutKeyword),
+    /// The id of a step in this file to jump to.
+    Step(String),
+}
+
+#[derive(JsonSchema)]
+#[schemars(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum OnTimeoutKeyword {
+    /// Go on to the next step without the action (the default).
+    Skip,
+    /// Run the action anyway.
+    Continue,
+    /// End the journey.
+    Exit,
+}
+
+/// A post-purchase sequence: who enters, when each step runs, and what it does.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields, title = "aftercare sequence")]
+pub struct RawSequence {
+    /// Unique name of the sequence; defaults to the file name without `.yaml`.
+    pub name: Option<Sp<String>>,
+    /// `transactional` (ignores unsubscribes, caps and quiet hours) or a marketing category
+    /// such as `education`, `cross_sell`, `review`. Defaults to `marketing`.
+    pub category: Option<Sp<String>>,
+    /// What the sequence is for, for the people who read it.
+    pub description: Option<Sp<String>>,
+    /// IANA timezone for send windows and quiet hours when the customer has none.
+    pub timezone: Option<Sp<String>>,
+    /// The event that enrols a customer.
+    #[schemars(required)]
+    pub trigger: Option<Sp<RawTrigger>>,
+    /// `per_customer` (default) or `per_order`.
+    #[schemars(with = "Option<JourneyKey>")]
+    pub journey: Option<Sp<String>>,
+    /// May a customer who finished enter again (per_customer only). Default false.
+    pub reenter: Option<Sp<bool>>,
+    /// Event types that end the journey at once, even mid-wait.
+    #[schemars(default)]
+    pub exit_on: Vec<Sp<String>>,
+    /// Expression: hold the due step while true, run it when it turns false.
+    pub pause_when: Option<Sp<String>>,
+    /// The steps, in order.
+    #[schemars(required)]
+    pub steps: Option<Sp<Vec<RawStep>>>,
+    /// Move journeys in flight on an older version of this file to this one.
+    pub migrate: Option<Sp<RawMigrate>>,
+}
+
+/// The event that enrols a customer, and an optional condition on it.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawTrigger {
+    /// Event type, e.g. `order.delivered`.
+    #[schemars(required)]
+    pub event: Option<Sp<String>>,
+    /// Expression that must be true for the customer to enter.
+    pub when: Option<Sp<String>>,
+}
+
+/// One step of a sequence.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawStep {
+    #[schemars(skip)]
+    pub pos: Pos,
+    /// Unique in the file.
+    #[schemars(required)]
+    pub id: Option<Sp<String>>,
+    /// Duration after the previous step (the trigger for the first): `30s`, `15m`, `2h`, `3d`, `1w`.
+    #[schemars(regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    pub wait: Option<Sp<String>>,
+    /// Wait for an event instead of a fixed time.
+    pub wait_for: Option<Sp<RawWaitFor>>,
+    /// Cron schedule (5 fields, or 6-7 with seconds) in the customer's timezone: send at the next slot.
+    pub send_window: Option<Sp<String>>,
+    /// Expression: when true the step is skipped.
+    pub skip_when: Option<Sp<String>>,
+    /// Overrides the sequence's category for this step (unsubscribes, caps).
+    pub category: Option<Sp<String>>,
+    /// A conversion to count for this step.
+    pub goal: Option<Sp<RawGoal>>,
+    /// Action: send an email.
+    pub email: Option<Sp<RawEmail>>,
+    /// Action: enrol the customer in another sequence (its name).
+    pub start: Option<Sp<String>>,
+    /// Action: end the journey here (`true`).
+    pub exit: Option<Sp<bool>>,
+}
+
+/// Wait for an event, with a timeout.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawWaitFor {
+    /// Event type to wait for.
+    #[schemars(required)]
+    pub event: Option<Sp<String>>,
+    /// Expression the event must satisfy.
+    pub when: Option<Sp<String>>,
+    /// How long to wait, counted from when the step starts waiting.
+    #[schemars(required, regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    pub timeout: Option<Sp<String>>,
+    /// `skip` (default), `continue`, `exit`, or a step id to jump to.
+    #[schemars(with = "Option<OnTimeoutSchema>")]
+    pub on_timeout: Option<Sp<String>>,
+}
+
+/// A conversion to count when the customer sends an event within a window after this step.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawGoal {
+    /// Event type that counts as the conversion, e.g. `order.placed`.
+    #[schemars(required)]
+    pub event: Option<Sp<String>>,
+    /// How long after the step the conversion still counts.
+    #[schemars(required, regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    pub within: Option<Sp<String>>,
+    /// Expression the event must satisfy.
+    pub when: Option<Sp<String>>,
+}
+
+/// An email, by template name under `templates/`.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawEmail {
+    /// Template name, e.g. `camera/basics` for `templates/camera/basics.subject.j2` and `.html.j2`.
+    #[schemars(required)]
+    pub template: Option<Sp<String>>,
+}
+
+/// Moves journeys on an older version of this file to this version.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawMigrate {
+    /// The version (content hash) the journeys are on, as `aftercare plan` shows it.
+    #[schemars(required)]
+    pub from: Option<Sp<String>>,
+    /// Old step id → new step id.
+    #[schemars(default)]
+    pub steps: BTreeMap<String, Sp<String>>,
+}
+
+impl RawSequence {
+    pub const KEYS: &[&str] = &[
+        "name", "category", "description", "timezone", "trigger", "journey", "reenter", "exit_on",
+        "pause_when", "steps", "migrate",
+    ];
+}
+impl RawTrigger {
+    pub const KEYS: &[&str] = &["event", "when"];
+}
+impl RawStep {
+    pub const KEYS: &[&str] = &[
+        "id", "wait", "wait_for", "send_window", "skip_when", "category", "goal", "email", "start",
+        "exit",
+    ];
+}
+impl RawWaitFor {
+    pub const KEYS: &[&str] = &["event", "when", "timeout", "on_timeout"];
+}
+impl RawGoal {
+    pub const KEYS: &[&str] = &["event", "within", "when"];
+}
+impl RawEmail {
+    pub const KEYS: &[&str] = &["template"];
+}
+impl RawMigrate {
+    pub const KEYS: &[&str] = &["from", "steps"];
+}
+
+/// A value found under a key.
+#[derive(Clone, Copy)]
+struct Entry<'n> {
+    node: &'n Node,
+    key: Pos,
+}
+
+impl<'n> Entry<'n> {
+    fn item(node: &'n Node) -> Entry<'n> {
+        Entry {
+            node,
+            key: node.pos,
+        }
+    }
+
+    fn wrap<T>(self, value: T) -> Sp<T> {
+        Sp {
+            value,
+            pos: self.node.pos,
+            key: self.key,
+        }
+    }
+}
+
+/// The keys of one mapping, handed out one by one; whatever is left over is unknown.
+struct Fields<'n> {
+    entries: Vec<(&'n str, Pos, &'n Node)>,
+    taken: Vec<bool>,
+}
+
+impl<'n> Fields<'n> {
+    /// Reads a mapping; reports a non-mapping or duplicate keys.
+    fn of(node: &'n Node, what: &str, d: &mut Diags) -> Option<Fields<'n>> {
+        let NodeKind::Map(pairs) = &node.kind else {
+            d.error(
+                node.pos,
+                format!("{what} must be a mapping of `key: value` lines, found {}", node.describe()),
+            );
+            return None;
+        };
+        let mut entries: Vec<(&'n str, Pos, &'n Node)> = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let Some(key) = k.as_str() else {
+                d.error(k.pos, format!("keys in {what} must be plain words"));
+                continue;
+            };
+            if entries.iter().any(|(seen, _, _)| *seen == key) {
+                d.error_hint(
+                    k.pos,
+                    format!("duplicate key `{key}` in {what}"),
+                    "a key may appear once; remove or merge the repeated one",
+                );
+                continue;
+            }
+            entries.push((key, k.pos, v));
+        }
+        let taken = vec![false; entries.len()];
+        Some(Fields { entries, taken })
+    }
+
+    /// The value of `key` and the key's position, if present and not null.
+    fn get(&mut self, key: &str) -> Option<Entry<'n>> {
+        let i = self.entries.iter().position(|(k, _, _)| *k == key)?;
+        self.taken[i] = true;
+        let (_, key, node) = self.entries[i];
+        (node.kind != NodeKind::Null).then_some(Entry { node, key })
+    }
+
+    /// Reports every key that no `get` asked for, suggesting the closest known key.
+    fn finish(self, known: &[&str], what: &str, d: &mut Diags) {
+        for ((key, pos, _), taken) in self.entries.iter().zip(&self.taken) {
+            if *taken {
+                continue;
+            }
+            let msg = format!("unknown key `{key}` in {what}");
+            match did_you_mean(key, known.iter().copied()) {
+                Some(s) => d.error_hint(*pos, msg, format!("did you mean `{s}`?")),
+                None => d.error_hint(*pos, msg, format!("known keys here: {}", known.join(", "))),
+            }
+        }
+    }
+}
+
+fn string(e: Entry, what: &str, d: &mut Diags) -> Option<Sp<String>> {
+    match &e.node.kind {
+        NodeKind::Scalar { text, .. } => Some(e.wrap(text.clone())),
+        _ => {
+            d.error(
+                e.node.pos,
+                format!("{what} must be a single value, found {}", e.node.describe()),
+            );
+            None
+        }
+    }
+}
+
+fn boolean(e: Entry, what: &str, d: &mut Diags) -> Option<Sp<bool>> {
+    match &e.node.kind {
+        NodeKind::Scalar {
+            text,
+            quoted: false,
+        } if text == "true" || text == "false" => Some(e.wrap(text == "true")),
+        _ => {
+            d.error_hint(
+                e.node.pos,
+                format!("{what} must be true or false"),
+                "write `true` or `false` without quotes",
+            );
+            None
+        }
+    }
+}
+
+fn list<'n>(node: &'n Node, what: &str, d: &mut Diags) -> Option<&'n [Node]> {
+    match &node.kind {
+        NodeKind::Seq(items) => Some(items),
+        _ => {
+            d.error_hint(
+                node.pos,
+                format!("{what} must be a list, found {}", node.describe()),
+                "write one item per line starting with `- `, or [a, b]",
+            );
+            None
+        }
+    }
+}
+
+fn strings(e: Entry, what: &str, d: &mut Diags) -> Vec<Sp<String>> {
+    match &e.node.kind {
+        // A single value is a list of one: `exit_on: order.refunded` reads naturally.
+        NodeKind::Scalar { .. } => string(e, what, d).into_iter().collect(),
+        _ => list(e.node, what, d)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| string(Entry::item(n), what, d))
+            .collect(),
+    }
+}
+
+/// Decodes a whole file's root node; shape errors go to `d`.
+pub fn decode(root: &Node, d: &mut Diags) -> RawSequence {
+    let mut raw = RawSequence::default();
+    let Some(mut f) = Fields::of(root, "a sequence file", d) else {
+        return raw;
+    };
+    raw.name = f.get("name").and_then(|e| string(e, "`name`", d));
+    raw.category = f.get("category").and_then(|e| string(e, "`category`", d));
+    raw.description = f.get("description").and_then(|e| string(e, "`description`", d));
+    raw.timezone = f.get("timezone").and_then(|e| string(e, "`timezone`", d));
+    raw.trigger = f.get("trigger").and_then(|e| decode_trigger(e.node, d).map(|t| e.wrap(t)));
+    raw.journey = f.get("journey").and_then(|e| string(e, "`journey`", d));
+    raw.reenter = f.get("reenter").and_then(|e| boolean(e, "`reenter`", d));
+    raw.exit_on = f.get("exit_on").map(|e| strings(e, "`exit_on`", d)).unwrap_or_default();
+    raw.pause_when = f.get("pause_when").and_then(|e| string(e, "`pause_when`", d));
+    raw.steps = f.get("steps").and_then(|e| {
+        let items = list(e.node, "`steps`", d)?;
+        let steps = items.iter().filter_map(|s| decode_step(s, d)).collect();
+        Some(e.wrap(steps))
+    });
+    raw.migrate = f.get("migrate").and_then(|e| decode_migrate(e.node, d).map(|m| e.wrap(m)));
+    f.finish(RawSequence::KEYS, "the sequence", d);
+    raw
+}
+
+fn decode_trigger(node: &Node, d: &mut Diags) -> Option<RawTrigger> {
+    let mut f = Fields::of(node, "`trigger`", d)?;
+    let t = RawTrigger {
+        event: f.get("event").and_then(|e| string(e, "`trigger.event`", d)),
+        when: f.get("when").and_then(|e| string(e, "`trigger.when`", d)),
+    };
+    f.finish(RawTrigger::KEYS, "`trigger`", d);
+    Some(t)
+}
+
+fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
+    let mut f = Fields::of(node, "a step", d)?;
+    let step = RawStep {
+        pos: node.pos,
+        id: f.get("id").and_then(|e| string(e, "`id`", d)),
+        wait: f.get("wait").and_then(|e| string(e, "`wait`", d)),
+        wait_for: f.get("wait_for").and_then(|e| decode_wait_for(e.node, d).map(|w| e.wrap(w))),
+        send_window: f.get("send_window").and_then(|e| string(e, "`send_window`", d)),
+        skip_when: f.get("skip_when").and_then(|e| string(e, "`skip_when`", d)),
+        category: f.get("category").and_then(|e| string(e, "`category`", d)),
+        goal: f.get("goal").and_then(|e| decode_goal(e.node, d).map(|g| e.wrap(g))),
+        email: f.get("email").and_then(|e| decode_email(e.node, d).map(|m| e.wrap(m))),
+        start: f.get("start").and_then(|e| string(e, "`start`", d)),
+        exit: f.get("exit").and_then(|e| boolean(e, "`exit`", d)),
+    };
+    f.finish(RawStep::KEYS, "a step", d);
+    Some(step)
+}
+
+fn decode_wait_for(node: &Node, d: &mut Diags) -> Option<RawWaitFor> {
+    let mut f = Fields::of(node, "`wait_for`", d)?;
+    let w = RawWaitFor {
+        event: f.get("event").and_then(|e| string(e, "`wait_for.event`", d)),
+        when: f.get("when").and_then(|e| string(e, "`wait_for.when`", d)),
+        timeout: f.get("timeout").and_then(|e| string(e, "`wait_for.timeout`", d)),
+        on_timeout: f.get("on_timeout").and_then(|e| string(e, "`wait_for.on_timeout`", d)),
+    };
+    f.finish(RawWaitFor::KEYS, "`wait_for`", d);
+    Some(w)
+}
+
+fn decode_goal(node: &Node, d: &mut Diags) -> Option<RawGoal> {
+    let mut f = Fields::of(node, "`goal`", d)?;
+    let g = RawGoal {
+        event: f.get("event").and_then(|e| string(e, "`goal.event`", d)),
+        within: f.get("within").and_then(|e| string(e, "`goal.within`", d)),
+        when: f.get("when").and_then(|e| string(e, "`goal.when`", d)),
+    };
+    f.finish(RawGoal::KEYS, "`goal`", d);
+    Some(g)
+}
+
+fn decode_email(node: &Node, d: &mut Diags) -> Option<RawEmail> {
+    let mut f = Fields::of(node, "`email`", d)?;
+    let e = RawEmail {
+        template: f.get("template").and_then(|e| string(e, "`email.template`", d)),
+    };
+    f.finish(RawEmail::KEYS, "`email`", d);
+    Some(e)
+}
+
+fn decode_migrate(node: &Node, d: &mut Diags) -> Option<RawMigrate> {
+    let mut f = Fields::of(node, "`migrate`", d)?;
+    let mut m = RawMigrate {
+        from: f.get("from").and_then(|e| string(e, "`migrate.from`", d)),
+        steps: BTreeMap::new(),
+    };
+    if let Some(steps) = f.get("steps") {
+        if let Some(mut sf) = Fields::of(steps.node, "`migrate.steps`", d) {
+            let keys: Vec<&str> = sf.entries.iter().map(|(k, _, _)| *k).collect();
+            for key in keys {
+                if let Some(v) = sf.get(key).and_then(|e| string(e, "a step id", d)) {
+                    m.steps.insert(key.to_string(), v);
+                }
+            }
+        }
+    }
+    f.finish(RawMigrate::KEYS, "`migrate`", d);
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys `validate` accepts are exactly the properties the JSON Schema offers.
+    #[test]
+    fn schema_and_decoder_agree_on_keys() {
+        fn props<T: JsonSchema>() -> Vec<String> {
+            let json = serde_json::to_value(schemars::schema_for!(T)).unwrap();
+            let mut keys: Vec<String> = json["properties"].as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+        fn sorted(k: &[&str]) -> Vec<String> {
+            let mut v: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+            v.sort();
+            v
+        }
+        assert_eq!(props::<RawSequence>(), sorted(RawSequence::KEYS));
+        assert_eq!(props::<RawStep>(), sorted(RawStep::KEYS));
+        assert_eq!(props::<RawTrigger>(), sorted(RawTrigger::KEYS));
+        assert_eq!(props::<RawWaitFor>(), sorted(RawWaitFor::KEYS));
+        assert_eq!(props::<RawGoal>(), sorted(RawGoal::KEYS));
+        assert_eq!(props::<RawEmail>(), sorted(RawEmail::KEYS));
+        assert_eq!(props::<RawMigrate>(), sorted(RawMigrate::KEYS));
+    }
+}

@@ -1,0 +1,380 @@
+//! Email templates: `templates/<name>[.<locale>].{subject,html,txt}.j2`, rendered with MiniJinja.
+//!
+//! Locale fallback is `ko-KR` → `ko` → the default file. The text part comes from the same
+//! locale as the HTML part: a Korean HTML body never gets an English text twin.
+
+pub mod text;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+
+use crate::sequence::diag::{did_you_mean, Diagnostic, Pos};
+use crate::sequence::expr::describe;
+
+/// The parts of one email template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    Subject,
+    Html,
+    Text,
+}
+
+impl Part {
+    fn suffix(self) -> &'static str {
+        match self {
+            Part::Subject => "subject",
+            Part::Html => "html",
+            Part::Text => "txt",
+        }
+    }
+}
+
+/// A rendered email body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+/// A render failure, naming the template file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct RenderError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Every template of a sequences directory, compiled.
+pub struct Templates {
+    env: Environment<'static>,
+    /// Logical name → (locale or "" for default) → parts present.
+    index: BTreeMap<String, BTreeMap<String, BTreeSet<Part>>>,
+    /// How template files are named in messages (`sequences/templates`).
+    root: String,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").field("index", &self.index).finish()
+    }
+}
+
+impl Templates {
+    /// Compiles template files given as (path under `root`, source). Syntax errors and
+    /// unrecognised file names are returned as diagnostics; the rest still load.
+    pub fn from_files(root: &str, files: Vec<(String, String)>) -> (Templates, Vec<Diagnostic>) {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html.j2") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        let mut index: BTreeMap<String, BTreeMap<String, BTreeSet<Part>>> = BTreeMap::new();
+        let mut diags = Vec::new();
+        for (file, source) in files {
+            let shown = format!("{root}/{file}");
+            let Some((name, locale, part)) = split_name(&file) else {
+                diags.push(
+                    Diagnostic::new(&shown, Pos::START, "unrecognised template file name").hint(
+                        "name templates <name>.subject.j2, <name>.html.j2 or <name>.txt.j2, \
+                         with an optional locale: <name>.ko.html.j2",
+                    ),
+                );
+                continue;
+            };
+            if let Err(e) = env.add_template_owned(file.clone(), source.clone()) {
+                diags.push(Diagnostic::new(&shown, error_pos(&e, &source), describe(&e)).hint(
+                    "check the {{ }} and {% %} tags near this position: each must be closed",
+                ));
+                continue;
+            }
+            index
+                .entry(name)
+                .or_default()
+                .entry(locale)
+                .or_default()
+                .insert(part);
+        }
+        let templates = Templates {
+            env,
+            index,
+            root: root.to_string(),
+        };
+        (templates, diags)
+    }
+
+    /// Loads `dir` recursively (every `*.j2` file). A missing directory is an empty set.
+    pub fn load(dir: &Path, shown: &str) -> std::io::Result<(Templates, Vec<Diagnostic>)> {
+        let mut files = Vec::new();
+        if dir.is_dir() {
+            collect(dir, dir, &mut files)?;
+        }
+        files.sort();
+        Ok(Templates::from_files(shown, files))
+    }
+
+    /// Checks that an email step may use `name`: a default subject and HTML part exist.
+    pub fn check(&self, name: &str) -> Result<(), (String, String)> {
+        let Some(locales) = self.index.get(name) else {
+            let msg = format!("unknown template `{name}`");
+            let hint = match did_you_mean(name, self.index.keys().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!(
+                    "create {root}/{name}.subject.j2 and {root}/{name}.html.j2",
+                    root = self.root
+                ),
+            };
+            return Err((msg, hint));
+        };
+        let default = locales.get("");
+        for part in [Part::Subject, Part::Html] {
+            if !default.is_some_and(|p| p.contains(&part)) {
+                return Err((
+                    format!("template `{name}` has no default {} part", part.suffix()),
+                    format!("create {}/{name}.{}.j2", self.root, part.suffix()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The logical names known (`camera/basics`).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// The most specific locale of `name` that has `part`: `ko-KR`, then `ko`, then default.
+    fn pick(&self, name: &str, locale: Option<&str>, part: Part) -> Option<String> {
+        let locales = self.index.get(name)?;
+        let has = |l: &str| locales.get(l).is_some_and(|p| p.contains(&part));
+        let chosen = locale_chain(locale).into_iter().find(|l| has(l))?;
+        Some(file_name(name, &chosen, part))
+    }
+
+    fn render_file(&self, file: &str, ctx: &Value) -> Result<String, RenderError> {
+        let err = |e: minijinja::Error| RenderError {
+            file: format!("{}/{file}", self.root),
+            message: describe(&e),
+        };
+        self.env
+            .get_template(file)
+            .and_then(|t| t.render(ctx))
+            .map_err(err)
+    }
+
+    fn missing(&self, name: &str, part: Part) -> RenderError {
+        RenderError {
+            file: format!("{}/{name}.{}.j2", self.root, part.suffix()),
+            message: "template not found".into(),
+        }
+    }
+
+    /// Renders only the subject line (what `simulate` prints).
+    pub fn render_subject(
+        &self,
+        name: &str,
+        locale: Option<&str>,
+        ctx: &Value,
+    ) -> Result<String, RenderError> {
+        let file = self
+            .pick(name, locale, Part::Subject)
+            .ok_or_else(|| self.missing(name, Part::Subject))?;
+        Ok(one_line(&self.render_file(&file, ctx)?))
+    }
+
+    /// Renders subject, HTML and text; text is derived from the HTML when there is no text part
+    /// in the HTML's locale.
+    pub fn render(
+        &self,
+        name: &str,
+        locale: Option<&str>,
+        ctx: &Value,
+    ) -> Result<Rendered, RenderError> {
+        let subject = self.render_subject(name, locale, ctx)?;
+        let html_file = self
+            .pick(name, locale, Part::Html)
+            .ok_or_else(|| self.missing(name, Part::Html))?;
+        let html = self.render_file(&html_file, ctx)?;
+        let html_locale = split_name(&html_file).map(|(_, l, _)| l).unwrap_or_default();
+        let has_text = self
+            .index
+            .get(name)
+            .and_then(|l| l.get(&html_locale))
+            .is_some_and(|p| p.contains(&Part::Text));
+        let text = if has_text {
+            self.render_file(&file_name(name, &html_locale, Part::Text), ctx)?
+        } else {
+            text::html_to_text(&html)
+        };
+        Ok(Rendered {
+            subject,
+            html,
+            text,
+        })
+    }
+}
+
+/// A subject is one line: template newlines and runs of spaces collapse to single spaces.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `ko-KR` → [`ko-KR`, `ko`, ``]; `ko_kr` is read as `ko-KR`.
+fn locale_chain(locale: Option<&str>) -> Vec<String> {
+    let mut chain = Vec::with_capacity(3);
+    if let Some(l) = locale.map(|l| l.trim().replace('_', "-")).filter(|l| !l.is_empty()) {
+        let mut parts = l.split('-');
+        let lang = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let region: Vec<String> = parts.map(|p| p.to_string()).collect();
+        if !region.is_empty() {
+            let full = std::iter::once(lang.clone())
+                .chain(region.iter().map(|r| {
+                    if r.len() == 2 {
+                        r.to_ascii_uppercase()
+                    } else {
+                        r.clone()
+                    }
+                }))
+                .collect::<Vec<_>>()
+                .join("-");
+            chain.push(full);
+        }
+        chain.push(lang);
+    }
+    chain.push(String::new());
+    chain
+}
+
+fn file_name(name: &str, locale: &str, part: Part) -> String {
+    if locale.is_empty() {
+        format!("{name}.{}.j2", part.suffix())
+    } else {
+        format!("{name}.{locale}.{}.j2", part.suffix())
+    }
+}
+
+/// `camera/basics.ko-KR.html.j2` → (`camera/basics`, `ko-KR`, Html).
+fn split_name(file: &str) -> Option<(String, String, Part)> {
+    let stem = file.strip_suffix(".j2")?;
+    let (rest, part) = stem.rsplit_once('.')?;
+    let part = match part {
+        "subject" => Part::Subject,
+        "html" => Part::Html,
+        "txt" => Part::Text,
+        _ => return None,
+    };
+    if let Some((name, locale)) = rest.rsplit_once('.') {
+        if is_locale(locale) && !name.is_empty() {
+            return Some((name.to_string(), locale.to_string(), part));
+        }
+    }
+    (!rest.is_empty()).then(|| (rest.to_string(), String::new(), part))
+}
+
+fn is_locale(s: &str) -> bool {
+    let mut parts = s.split('-');
+    let lang = parts.next().unwrap_or_default();
+    (2..=3).contains(&lang.len())
+        && lang.chars().all(|c| c.is_ascii_lowercase())
+        && parts.all(|p| (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// Where a MiniJinja error points in `source`.
+fn error_pos(e: &minijinja::Error, source: &str) -> Pos {
+    if let Some(range) = e.range() {
+        return Pos::START.advance(source, range.start);
+    }
+    Pos::new(e.line().unwrap_or(1) as u32, 1)
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(root, &path, out)?;
+        } else if path.extension().is_some_and(|e| e == "j2") {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((rel, std::fs::read_to_string(&path)?));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+
+    fn set(files: &[(&str, &str)]) -> Templates {
+        let files = files
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+        let (t, diags) = Templates::from_files("templates", files);
+        assert!(diags.is_empty(), "{diags:?}");
+        t
+    }
+
+    #[test]
+    fn locale_fallback_and_derived_text() {
+        let t = set(&[
+            ("a.subject.j2", "Hi {{ name }}"),
+            ("a.html.j2", "<p>Hello {{ name }}</p>"),
+            ("a.txt.j2", "Hello {{ name }} (text)"),
+            ("a.ko.subject.j2", "안녕 {{ name }}"),
+            ("a.ko.html.j2", "<p>안녕하세요 {{ name }}</p>"),
+        ]);
+        let ctx = Value::from(context! { name => "<Ana>" });
+        let ko = t.render("a", Some("ko-KR"), &ctx).unwrap();
+        assert_eq!(ko.subject, "안녕 <Ana>");
+        assert_eq!(ko.html, "<p>안녕하세요 &lt;Ana&gt;</p>");
+        assert_eq!(ko.text, "안녕하세요 <Ana>\n");
+        let en = t.render("a", Some("en-US"), &ctx).unwrap();
+        assert_eq!(en.text, "Hello <Ana> (text)");
+        assert_eq!(t.render("a", None, &ctx).unwrap().subject, "Hi <Ana>");
+    }
+
+    #[test]
+    fn region_variant_wins() {
+        let t = set(&[
+            ("a.subject.j2", "default"),
+            ("a.ko.subject.j2", "ko"),
+            ("a.ko-KR.subject.j2", "ko-KR"),
+            ("a.html.j2", "x"),
+        ]);
+        let ctx = Value::from(());
+        assert_eq!(t.render_subject("a", Some("ko_kr"), &ctx).unwrap(), "ko-KR");
+        assert_eq!(t.render_subject("a", Some("ko"), &ctx).unwrap(), "ko");
+        assert_eq!(t.render_subject("a", Some("fr"), &ctx).unwrap(), "default");
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_position() {
+        let files = vec![("a.html.j2".to_string(), "<p>\n  {{ name </p>".to_string())];
+        let (_, diags) = Templates::from_files("seq/templates", files);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].path, "seq/templates/a.html.j2");
+        assert_eq!(diags[0].pos.line, 2);
+    }
+
+    #[test]
+    fn unknown_template_suggests() {
+        let t = set(&[("camera/tripod.subject.j2", "x"), ("camera/tripod.html.j2", "x")]);
+        let (msg, hint) = t.check("camera/tripd").unwrap_err();
+        assert_eq!(msg, "unknown template `camera/tripd`");
+        assert_eq!(hint, "did you mean `camera/tripod`?");
+        assert!(t.check("camera/tripod").is_ok());
+    }
+}
