@@ -3,9 +3,21 @@
 //! Crate map:
 //! - [`event`]: CloudEvents in (structured and binary), typed `data` per known type.
 //! - [`sequence`]: marketers' YAML → compiled, validated sequences; the catalog of versions.
-//! - [`template`]: email templates (MiniJinja), locale fallback, text from HTML.
+//! - [`template`]: email templates (MiniJinja), locale fallback, text derived from HTML.
+//! - [`engine`]: the pure journey state machine: (customer, input, now) → decisions.
+//! - [`store`]: where customers, journeys and processed-event keys live.
+//! - [`simulate`]: the engine on a virtual clock and the memory store.
+//! - [`config`]: defaults → TOML → `AFTERCARE_*` environment, validated.
 //! - [`time`]: durations, cron send windows, quiet hours — pure, no clock.
+//! - [`cdnow`]: the CDNOW data set as a deterministic CloudEvents stream.
+//! - [`cli`]: the `aftercare` commands.
+pub mod cdnow;
+pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod event;
 pub mod sequence;
+pub mod simulate;
+pub mod store;
 pub mod template;
 pub mod time;

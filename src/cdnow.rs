@@ -1,0 +1,210 @@
+//! CDNOW purchases → CloudEvents, deterministically.
+//!
+//! The data set (Fader & Hardie; 69,659 purchases by 23,570 customers, 1997-1998) has only
+//! customer, date, quantity and value. Everything else is derived from a hash of the order so
+//! that the same input always gives the same stream:
+//!
+//! | derived | rule |
+//! |---|---|
+//! | customer | `cdnow-NNNNN`, email `cdnow-NNNNN@example.com`; 30% `ko-KR`/`Asia/Seoul`, else `en-US`/`America/New_York` |
+//! | order | `cdnow-oNNNNNN` (row number); placed at 09:00-20:59 UTC on the row's date |
+//! | category | camera 20%, lens 15%, tripod 10%, memory-card 20%, bag 15%, accessory 20% |
+//! | cancelled | 2% of orders, 6 hours after placing (no shipping) |
+//! | shipped | 1-2 days after placing; 5% late, 4-5 days after |
+//! | delivered | 2-3 days after shipping |
+//! | support ticket | 8% of delivered orders: opened 2 days after delivery, resolved 2 days later |
+//! | refund | 1% of delivered orders, 5 days after delivery (full amount) |
+//! | review | 30% of delivered orders, 16 days after delivery, rating 3-5 |
+
+use std::io::Write;
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use serde_json::{json, Value};
+
+use crate::event::Money;
+use crate::time::rfc3339;
+
+pub const CATEGORIES: [(&str, u64); 6] = [
+    ("camera", 20),
+    ("lens", 15),
+    ("tripod", 10),
+    ("memory-card", 20),
+    ("bag", 15),
+    ("accessory", 20),
+];
+
+/// One parsed row of `CDNOW_master.txt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub customer: String,
+    pub date: NaiveDate,
+    pub quantity: u32,
+    pub value: Money,
+}
+
+/// A bad input line: its number and why.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct RowError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Parses the whitespace-separated rows; the header line is skipped.
+pub fn parse(text: &str) -> Result<Vec<Row>, RowError> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.is_empty() || f[0] == "customer_id" {
+            continue;
+        }
+        let err = |reason: &str| RowError {
+            line: i + 1,
+            reason: reason.to_string(),
+        };
+        let [customer, date, qty, value] = f[..] else {
+            return Err(err("expected 4 columns: customer id, date, number of CDs, dollar value"));
+        };
+        rows.push(Row {
+            customer: customer.to_string(),
+            date: NaiveDate::parse_from_str(date, "%Y%m%d").map_err(|_| err("date is not YYYYMMDD"))?,
+            quantity: qty.parse().map_err(|_| err("number of CDs is not a whole number"))?,
+            value: Money::parse_decimal(value).ok_or_else(|| err("dollar value is not a decimal"))?,
+        });
+    }
+    Ok(rows)
+}
+
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Finalise (splitmix64) so every bit range below is well mixed.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A number in `0..n` from bits of the hash, so derived choices are independent.
+fn pick(h: u64, salt: u32, n: u64) -> u64 {
+    h.rotate_left(salt * 11) % n
+}
+
+struct Out {
+    time: DateTime<Utc>,
+    /// Generation order: ties in time keep a causal order (placed before shipped...).
+    seq: usize,
+    event: Value,
+}
+
+/// All events for `rows`, sorted by time.
+pub fn events(rows: &[Row]) -> Vec<Value> {
+    let mut out: Vec<Out> = Vec::with_capacity(rows.len() * 4);
+    for (i, row) in rows.iter().enumerate() {
+        order_events(i, row, &mut out);
+    }
+    out.sort_by(|a, b| (a.time, a.seq).cmp(&(b.time, b.seq)));
+    out.into_iter().map(|o| o.event).collect()
+}
+
+/// Writes the events as JSON Lines; returns how many.
+pub fn write_events(rows: &[Row], w: &mut impl Write) -> std::io::Result<usize> {
+    let evs = events(rows);
+    for e in &evs {
+        serde_json::to_writer(&mut *w, e)?;
+        w.write_all(b"\n")?;
+    }
+    Ok(evs.len())
+}
+
+fn event(out: &mut Vec<Out>, id: String, source: &str, kind: &str, time: DateTime<Utc>, subject: &str, data: Value) {
+    let seq = out.len();
+    out.push(Out {
+        time,
+        seq,
+        event: json!({
+            "specversion": "1.0", "id": id, "source": source, "type": kind,
+            "time": rfc3339(time), "subject": subject, "data": data,
+        }),
+    });
+}
+
+fn order_events(i: usize, row: &Row, out: &mut Vec<Out>) {
+    let customer = format!("cdnow-{}", row.customer);
+    let order_id = format!("cdnow-o{:06}", i + 1);
+    let h = fnv(&order_id);
+    let hc = fnv(&customer);
+    let korean = pick(hc, 0, 10) < 3;
+    let (locale, tz) = if korean { ("ko-KR", "Asia/Seoul") } else { ("en-US", "America/New_York") };
+    let category = category_of(pick(h, 1, 100));
+    let model = pick(h, 2, 5) + 1;
+    let qty = row.quantity.max(1);
+    let unit = Money(row.value.0 / i64::from(qty));
+    let placed = Utc.from_utc_datetime(&row.date.and_hms_opt(9, 0, 0).unwrap_or_default())
+        + Duration::minutes(pick(h, 3, 12 * 60) as i64);
+    let name = if korean { format!("고객 {}", row.customer) } else { format!("Customer {}", row.customer) };
+    event(out, format!("{order_id}-placed"), "/cdnow/checkout", "order.placed", placed, &customer, json!({
+        "order_id": order_id,
+        "items": [{
+            "sku": format!("{category}-{model}"), "name": format!("{} model {model}", title(category)),
+            "category": category, "quantity": qty, "unit_price": unit.to_string(),
+        }],
+        "total": row.value.to_string(), "currency": "USD",
+        "customer": {"email": format!("{customer}@example.com"), "name": name, "locale": locale, "timezone": tz},
+    }));
+    if pick(h, 4, 100) < 2 {
+        let at = placed + Duration::hours(6);
+        let data = json!({"order_id": order_id, "reason": "customer request"});
+        event(out, format!("{order_id}-cancelled"), "/cdnow/orders", "order.cancelled", at, &customer, data);
+        return;
+    }
+    let late = pick(h, 5, 100) < 5;
+    let ship_hours = if late { 96 } else { 24 } + pick(h, 6, 24) as i64;
+    let shipped = placed + Duration::hours(ship_hours);
+    let carrier = ["UPS", "FedEx", "USPS", "CJ Logistics"][pick(h, 7, 4) as usize];
+    let tracking = format!("TRK{:06}", i + 1);
+    event(out, format!("{order_id}-shipped"), "/cdnow/warehouse", "order.shipped", shipped, &customer, json!({
+        "order_id": order_id, "carrier": carrier, "tracking_number": tracking,
+        "tracking_url": format!("https://track.example.com/{tracking}"),
+    }));
+    let delivered = shipped + Duration::hours(48 + pick(h, 8, 24) as i64);
+    event(out, format!("{order_id}-delivered"), "/cdnow/warehouse", "order.delivered", delivered, &customer,
+        json!({"order_id": order_id}));
+    if pick(h, 9, 100) < 8 {
+        let ticket = format!("T{:06}", i + 1);
+        let opened = delivered + Duration::days(2);
+        event(out, format!("{ticket}-opened"), "/cdnow/support", "support.ticket_opened", opened, &customer,
+            json!({"ticket_id": ticket, "order_id": order_id, "subject": "Question about my order"}));
+        event(out, format!("{ticket}-resolved"), "/cdnow/support", "support.ticket_resolved",
+            opened + Duration::days(2), &customer, json!({"ticket_id": ticket}));
+    }
+    if pick(h, 10, 100) < 1 {
+        event(out, format!("{order_id}-refunded"), "/cdnow/orders", "order.refunded", delivered + Duration::days(5),
+            &customer, json!({"order_id": order_id, "amount": row.value.to_string()}));
+    }
+    if pick(h, 11, 100) < 30 {
+        let rating = 3 + pick(h, 12, 3);
+        event(out, format!("{order_id}-review"), "/cdnow/reviews", "review.submitted", delivered + Duration::days(16),
+            &customer, json!({"order_id": order_id, "sku": format!("{category}-{model}"), "rating": rating}));
+    }
+}
+
+fn category_of(p: u64) -> &'static str {
+    let mut acc = 0;
+    for (name, share) in CATEGORIES {
+        acc += share;
+        if p < acc {
+            return name;
+        }
+    }
+    "accessory"
+}
+
+fn title(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}

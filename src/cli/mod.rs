@@ -1,0 +1,104 @@
+//! The `aftercare` commands: one file per command, this one parses and dispatches.
+
+mod cdnow;
+mod preview;
+mod simulate;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::sequence::{Catalog, Diagnostic};
+
+#[derive(Parser)]
+#[command(name = "aftercare", version, about = "Event-driven post-purchase follow-up engine")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check every sequence, expression, cron and template; exit 1 on any error.
+    Validate {
+        /// The sequences directory (default: `sequences.dir` from the config).
+        dir: Option<PathBuf>,
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+    },
+    /// Replay a JSON Lines event file on a virtual clock and print every decision.
+    Simulate(simulate::Args),
+    /// Render one step's email for a sample event.
+    Preview(preview::Args),
+    /// Print the JSON Schema of the sequence file format.
+    Schema,
+    /// Convert the CDNOW purchase data set into CloudEvents (JSON Lines).
+    Cdnow(cdnow::Args),
+}
+
+/// Parses the command line and runs; the exit code is 0, 1 (findings, e.g. invalid
+/// sequences) or 2 (the command could not run).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Validate { dir, config } => validate::run(dir.as_deref(), config.as_deref()),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Preview(args) => preview::run(args),
+        Command::Schema => schema(),
+        Command::Cdnow(args) => cdnow::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries command output), filtered by `AFTERCARE_LOG`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AFTERCARE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn schema() -> anyhow::Result<ExitCode> {
+    println!("{}", schema_json());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON Schema of sequence files, as `aftercare schema` prints it.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(crate::sequence::raw::RawSequence);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+/// Loads the config: `-c FILE`, else `config/aftercare.toml` when present, else defaults.
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("config error: {e}"))
+}
+
+/// Loads a catalog; prints every problem and fails if there is any.
+fn load_catalog_strict(dir: &Path) -> anyhow::Result<Catalog> {
+    let (catalog, diags) = Catalog::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+    if !diags.is_empty() {
+        print_diags(&diags);
+        anyhow::bail!("{} has {} error(s); run `aftercare validate` for details", dir.display(), diags.len());
+    }
+    Ok(catalog)
+}
+
+fn print_diags(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}

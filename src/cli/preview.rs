@@ -1,0 +1,105 @@
+//! `aftercare preview SEQUENCE STEP --event FILE`: render one step's email for a sample event.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use minijinja::Value;
+
+use crate::engine::context::Ctx;
+use crate::engine::{Customer, Journey, JourneyId, State};
+use crate::event::Event;
+use crate::sequence::diag::did_you_mean;
+use crate::sequence::{Action, JourneyKind};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Sequence name.
+    sequence: String,
+    /// Step id (an email step).
+    step: String,
+    /// A CloudEvent in JSON (one object, or the first line of a JSON Lines file).
+    #[arg(long)]
+    event: PathBuf,
+    /// The sequences directory (default: `sequences.dir` from the config).
+    #[arg(long)]
+    sequences: Option<PathBuf>,
+    /// Render for this locale instead of the event's `data.customer.locale`.
+    #[arg(long)]
+    locale: Option<String>,
+    /// `text` (headers, text part, HTML part) or `json`.
+    #[arg(long, default_value = "text")]
+    format: String,
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(args.config.as_deref())?;
+    let dir = args.sequences.clone().unwrap_or(config.sequences.dir.clone());
+    let catalog = super::load_catalog_strict(&dir)?;
+    let seq = catalog.get(&args.sequence).cloned().ok_or_else(|| {
+        let names = catalog.sequences().iter().map(|s| &*s.name);
+        match did_you_mean(&args.sequence, names) {
+            Some(s) => anyhow!("no sequence `{}`; did you mean `{s}`?", args.sequence),
+            None => anyhow!("no sequence `{}` in {}", args.sequence, dir.display()),
+        }
+    })?;
+    let Some(si) = seq.step_index(&args.step) else {
+        let ids: Vec<&str> = seq.steps.iter().map(|s| &*s.id).collect();
+        bail!("sequence `{}` has no step `{}`; its steps are: {}", seq.name, args.step, ids.join(", "));
+    };
+    let Some(Action::Email { template }) = &seq.steps[si].action else {
+        bail!("step `{}` of `{}` sends no email", args.step, seq.name);
+    };
+    let ev = Arc::new(read_event(&args.event)?);
+
+    // The customer and order as they would be right after this event.
+    let mut customer = Customer::new(ev.subject.clone());
+    customer.apply(&ev);
+    let order_id = ev.order_id().map(Arc::from);
+    let journey = Journey {
+        id: JourneyId::derive(&[&seq.name, &ev.source, &ev.id]),
+        sequence: seq.clone(),
+        order_id: order_id.clone().filter(|_| seq.journey == JourneyKind::PerOrder),
+        started_at: ev.time,
+        step: si,
+        state: State::Paused,
+    };
+    let order = order_id.as_deref().and_then(|o| customer.order(o));
+    let mut ctx = Ctx::new(&customer.profile, Some(&ev), order, Some(&journey));
+    let base = config.http.public_url.trim_end_matches('/');
+    ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
+    ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));
+    let locale = args.locale.as_deref().or(customer.profile.locale.as_deref());
+    let rendered = catalog
+        .templates
+        .render(template, locale, &ctx.into_value())
+        .map_err(|e| anyhow!("{e}"))?;
+
+    if args.format == "json" {
+        let json = serde_json::json!({
+            "subject": rendered.subject, "html": rendered.html, "text": rendered.text,
+            "template": &**template, "locale": locale,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("Subject: {}", rendered.subject);
+        println!("Template: {template} (locale {})", locale.unwrap_or("default"));
+        println!("\n--- text/plain ---\n{}", rendered.text.trim_end());
+        println!("\n--- text/html ---\n{}", rendered.html.trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_event(path: &PathBuf) -> anyhow::Result<Event> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // A pretty-printed single event, or the first line of a JSON Lines file.
+    Event::from_structured(text.as_bytes())
+        .or_else(|whole| {
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            Event::from_structured(first.as_bytes()).map_err(|_| whole)
+        })
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
+}

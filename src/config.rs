@@ -1,0 +1,469 @@
+//! Configuration: defaults → TOML file → `AFTERCARE_*` environment, then validated.
+//!
+//! Every key can be set from the environment with `__` between levels
+//! (`AFTERCARE_KAFKA__BROKERS`). Secrets come only from the environment and never from the
+//! file, so a config file can be committed.
+
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Deserializer};
+
+use crate::engine::Policy;
+use crate::time::{parse_tz, Period, QuietHours};
+
+/// The file read when `-c` is not given.
+pub const DEFAULT_PATH: &str = "config/aftercare.toml";
+
+/// Environment variables that hold secrets rather than config keys.
+const SECRETS: &[&str] = &["AFTERCARE_SMTP_PASSWORD", "AFTERCARE_SIGNING_KEY", "AFTERCARE_ADMIN_TOKEN"];
+
+/// Environment variables read by aftercare that are not config keys.
+const OTHER_VARS: &[&str] = &["AFTERCARE_LOG"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: Kafka,
+    pub store: Store,
+    pub mail: Mail,
+    pub policy: PolicyConfig,
+    pub http: Http,
+    pub sequences: Sequences,
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kafka {
+    /// `host:port,host:port`.
+    pub brokers: String,
+    pub group_id: String,
+    #[serde(deserialize_with = "list_or_csv")]
+    pub topics: Vec<String>,
+    pub dlq_topic: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// `sqlite://path` (embedded default) or `postgres://...`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mail {
+    pub transport: Transport,
+    pub from: String,
+    pub smtp: Smtp,
+    pub file: FileMail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Smtp,
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub tls: Tls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileMail {
+    pub dir: PathBuf,
+}
+
+/// `policy.*` as written; [`Config::policy`] gives the checked form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub min_gap: String,
+    pub quiet_hours: Option<String>,
+    pub max_event_age: String,
+    /// Timezone for customers whose profile has none.
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub listen: String,
+    /// The base of links put in emails, e.g. `https://mail.example.com`.
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sequences {
+    pub dir: PathBuf,
+}
+
+/// Secrets, from the environment only.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub smtp_password: Option<String>,
+    pub signing_key: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("Secrets")
+            .field("smtp_password", &set(&self.smtp_password))
+            .field("signing_key", &set(&self.signing_key))
+            .field("admin_token", &set(&self.admin_token))
+            .finish()
+    }
+}
+
+impl Default for Kafka {
+    fn default() -> Kafka {
+        Kafka {
+            brokers: "localhost:9092".into(),
+            group_id: "aftercare".into(),
+            topics: vec!["orders".into(), "support".into()],
+            dlq_topic: "aftercare.dlq".into(),
+        }
+    }
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store {
+            url: "sqlite://aftercare.db".into(),
+        }
+    }
+}
+
+impl Default for Mail {
+    fn default() -> Mail {
+        Mail {
+            transport: Transport::File,
+            from: "Shop <shop@example.com>".into(),
+            smtp: Smtp::default(),
+            file: FileMail::default(),
+        }
+    }
+}
+
+impl Default for Smtp {
+    fn default() -> Smtp {
+        Smtp {
+            host: "localhost".into(),
+            port: 587,
+            username: None,
+            tls: Tls::Starttls,
+        }
+    }
+}
+
+impl Default for FileMail {
+    fn default() -> FileMail {
+        FileMail { dir: "mail".into() }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> PolicyConfig {
+        PolicyConfig {
+            min_gap: "0s".into(),
+            quiet_hours: None,
+            max_event_age: "7d".into(),
+            timezone: "UTC".into(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http {
+            listen: "127.0.0.1:8080".into(),
+            public_url: "http://localhost:8080".into(),
+        }
+    }
+}
+
+impl Default for Sequences {
+    fn default() -> Sequences {
+        Sequences {
+            dir: "sequences".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            kafka: Kafka::default(),
+            store: Store::default(),
+            mail: Mail::default(),
+            policy: PolicyConfig::default(),
+            http: Http::default(),
+            sequences: Sequences::default(),
+            secrets: Secrets::default(),
+        }
+    }
+}
+
+/// A config problem, naming where it came from (the file or the environment variable).
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub message: String,
+}
+
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(l) => l,
+        ListOrCsv::Csv(s) => s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+    })
+}
+
+impl Config {
+    /// Loads `path` (or the default file when present), then the environment.
+    /// `required` says whether a missing file is an error (`-c` given) or means defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("AFTERCARE_")).collect();
+        Config::load_with(path, &env)
+    }
+
+    /// As [`Config::load`], with the environment given (tests set it without touching the process).
+    pub fn load_with(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let (file, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let shown = file.display().to_string();
+        let mut table = match std::fs::read_to_string(&file) {
+            Ok(src) => toml::from_str::<toml::Table>(&src).map_err(|e| ConfigError {
+                origin: shown.clone(),
+                message: e.to_string().trim().replace('\n', "\n  "),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => toml::Table::new(),
+            Err(e) => {
+                return Err(ConfigError {
+                    origin: shown,
+                    message: format!("cannot read: {e}"),
+                });
+            }
+        };
+        let mut from_env = Vec::new();
+        let mut secrets = Secrets::default();
+        for (name, value) in env {
+            match name.as_str() {
+                "AFTERCARE_SMTP_PASSWORD" => secrets.smtp_password = Some(value.clone()),
+                "AFTERCARE_SIGNING_KEY" => secrets.signing_key = Some(value.clone()),
+                "AFTERCARE_ADMIN_TOKEN" => secrets.admin_token = Some(value.clone()),
+                n if OTHER_VARS.contains(&n) => {}
+                _ => {
+                    let key = env_key(name)?;
+                    set_path(&mut table, &key, parse_env_value(value)).map_err(|message| ConfigError {
+                        origin: name.clone(),
+                        message,
+                    })?;
+                    from_env.push((key.join("."), name.clone()));
+                }
+            }
+        }
+        let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
+            let message = e.to_string().trim().replace('\n', " ");
+            // Blame the environment variable when the failing key came from one.
+            let origin = from_env
+                .iter()
+                .find(|(key, _)| message.contains(&format!("`{key}`")))
+                .map_or(shown.clone(), |(_, var)| var.clone());
+            ConfigError { origin, message }
+        })?;
+        config.secrets = secrets;
+        config.check().map_err(|(key, message)| {
+            let origin = from_env
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(shown.clone(), |(_, var)| var.clone());
+            ConfigError {
+                origin,
+                message: format!("{key}: {message}"),
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Second stage: values that parse as TOML but mean nothing (a bad duration, zone, URL).
+    fn check(&self) -> Result<(), (String, String)> {
+        self.policy().map(|_| ())?;
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(("store.url".into(), format!("`{url}` must start with sqlite:// or postgres://")));
+        }
+        if self.kafka.topics.is_empty() {
+            return Err(("kafka.topics".into(), "at least one topic is needed".into()));
+        }
+        if !(self.http.public_url.starts_with("http://") || self.http.public_url.starts_with("https://")) {
+            return Err((
+                "http.public_url".into(),
+                format!("`{}` must be an http:// or https:// URL", self.http.public_url),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sending policy, checked.
+    pub fn policy(&self) -> Result<Policy, (String, String)> {
+        let p = &self.policy;
+        let period = |key: &str, v: &str| v.parse::<Period>().map_err(|m| (format!("policy.{key}"), m));
+        Ok(Policy {
+            min_gap: period("min_gap", &p.min_gap)?,
+            max_event_age: period("max_event_age", &p.max_event_age)?,
+            quiet_hours: p
+                .quiet_hours
+                .as_deref()
+                .filter(|q| !q.is_empty() && *q != "off")
+                .map(|q| q.parse::<QuietHours>().map_err(|m| ("policy.quiet_hours".to_string(), m)))
+                .transpose()?,
+            timezone: parse_tz(&p.timezone).map_err(|m| ("policy.timezone".to_string(), m))?,
+        })
+    }
+
+    /// Default timezone, for callers that only need it.
+    pub fn timezone(&self) -> Tz {
+        parse_tz(&self.policy.timezone).unwrap_or(Tz::UTC)
+    }
+}
+
+/// `AFTERCARE_KAFKA__BROKERS` → [`kafka`, `brokers`].
+fn env_key(name: &str) -> Result<Vec<String>, ConfigError> {
+    let rest = name.trim_start_matches("AFTERCARE_");
+    if !rest.contains("__") {
+        return Err(ConfigError {
+            origin: name.to_string(),
+            message: format!(
+                "not a config key: nested keys use a double underscore (AFTERCARE_KAFKA__BROKERS); secrets are {}",
+                SECRETS.join(", ")
+            ),
+        });
+    }
+    Ok(rest.split("__").map(|p| p.to_ascii_lowercase()).collect())
+}
+
+/// Numbers, booleans and `[lists]` are read as TOML; anything else is a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    let looks_typed = raw.starts_with('[') || raw == "true" || raw == "false" || raw.parse::<f64>().is_ok();
+    if looks_typed {
+        if let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+            if let Some(v) = t.get("v") {
+                return v.clone();
+            }
+        }
+    }
+    toml::Value::String(raw.to_string())
+}
+
+fn set_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = key.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut t = table;
+    for p in parents {
+        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| format!("`{p}` is not a section"))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("aftercare.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("aftercare-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn env_overrides_file_and_secrets_stay_out_of_the_file() {
+        let d = tmpdir("env");
+        let p = write(&d, "[kafka]\nbrokers = \"a:1\"\n[policy]\nmin_gap = \"1d\"\n");
+        let c = Config::load_with(
+            Some(&p),
+            &env(&[
+                ("AFTERCARE_KAFKA__BROKERS", "b:2,c:3"),
+                ("AFTERCARE_KAFKA__TOPICS", "orders,support,returns"),
+                ("AFTERCARE_MAIL__SMTP__PORT", "2525"),
+                ("AFTERCARE_SMTP_PASSWORD", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "b:2,c:3");
+        assert_eq!(c.kafka.topics, ["orders", "support", "returns"]);
+        assert_eq!(c.mail.smtp.port, 2525);
+        assert_eq!(c.secrets.smtp_password.as_deref(), Some("hunter2"));
+        assert_eq!(c.policy().unwrap().min_gap.to_string(), "1d");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let d = tmpdir("err");
+        let p = write(&d, "[policy]\nmin_gap = \"3 days\"\n");
+        let e = Config::load_with(Some(&p), &[]).unwrap_err();
+        assert_eq!(e.origin, p.display().to_string());
+        assert!(e.message.starts_with("policy.min_gap: `3 days` is not a duration"), "{}", e.message);
+
+        let p = write(&d, "[mail.smtp]\nport = \"x\"\n");
+        let e = Config::load_with(Some(&p), &[]).unwrap_err();
+        assert!(e.message.contains("mail.smtp.port"), "{}", e.message);
+
+        let e = Config::load_with(Some(&p), &env(&[("AFTERCARE_KAFKA_BROKERS", "x")])).unwrap_err();
+        assert_eq!(e.origin, "AFTERCARE_KAFKA_BROKERS");
+
+        let p = write(&d, "");
+        let e = Config::load_with(Some(&p), &env(&[("AFTERCARE_POLICY__TIMEZONE", "Mars/Base")])).unwrap_err();
+        assert_eq!(e.origin, "AFTERCARE_POLICY__TIMEZONE");
+        assert_eq!(e.message, "policy.timezone: `Mars/Base` is not an IANA timezone name");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_missing_named_file_is_an_error() {
+        let c = Config::load_with(None, &[]).unwrap();
+        assert_eq!(c.kafka.dlq_topic, "aftercare.dlq");
+        assert!(Config::load_with(Some(Path::new("/nonexistent/x.toml")), &[]).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! A customer's walk through one sequence version, and the goals its steps armed.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::sequence::Sequence;
+use crate::time::Period;
+
+/// Stable id of a journey, derived from what started it so replays give the same ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JourneyId(pub u64);
+
+impl JourneyId {
+    /// FNV-1a over the parts: stable across runs, platforms and versions (unlike `Hash`).
+    pub fn derive(parts: &[&str]) -> JourneyId {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in parts {
+            for b in part.bytes().chain(std::iter::once(0)) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        JourneyId(h)
+    }
+}
+
+impl fmt::Display for JourneyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Journey {
+    pub id: JourneyId,
+    /// Pinned: a journey finishes on the version it started on.
+    pub sequence: Arc<Sequence>,
+    /// Set for per_order journeys: they only see this order's events.
+    pub order_id: Option<Arc<str>>,
+    pub started_at: DateTime<Utc>,
+    /// Index of the current step.
+    pub step: usize,
+    pub state: State,
+}
+
+/// Where the current step stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// The step runs at `at`; `cause` says why then (it becomes the email's reason).
+    Due { at: DateTime<Utc>, cause: Cause },
+    /// Waiting for an event until `deadline`, when `on_timeout` decides.
+    WaitingFor { deadline: DateTime<Utc> },
+    /// `pause_when` held the due step; it runs when `pause_when` turns false.
+    Paused,
+}
+
+/// Why a step runs at the instant it does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cause {
+    /// No wait: right after the previous step (or at enrolment).
+    Immediate,
+    Waited(Period),
+    /// The awaited event arrived.
+    Event(Arc<str>),
+    /// `wait_for` timed out with `on_timeout: continue`.
+    TimeoutContinue,
+    /// The send window opened.
+    Window,
+    /// Quiet hours ended.
+    QuietHoursOver,
+    /// `pause_when` turned false.
+    Resumed,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Immediate => f.write_str("no wait"),
+            Cause::Waited(p) => write!(f, "wait {p} elapsed"),
+            Cause::Event(e) => write!(f, "{e} received"),
+            Cause::TimeoutContinue => f.write_str("wait_for timed out: continue"),
+            Cause::Window => f.write_str("send window open"),
+            Cause::QuietHoursOver => f.write_str("quiet hours over"),
+            Cause::Resumed => f.write_str("resumed"),
+        }
+    }
+}
+
+impl Journey {
+    /// The instant this journey next needs the engine without an event, if any.
+    pub fn due(&self) -> Option<DateTime<Utc>> {
+        match &self.state {
+            State::Due { at, .. } => Some(*at),
+            State::WaitingFor { deadline } => Some(*deadline),
+            State::Paused => None,
+        }
+    }
+
+    pub fn step_id(&self) -> Option<&Arc<str>> {
+        self.sequence.steps.get(self.step).map(|s| &s.id)
+    }
+}
+
+/// A conversion the customer may still make for a step whose action ran.
+#[derive(Debug, Clone)]
+pub struct PendingGoal {
+    pub journey: JourneyId,
+    pub sequence: Arc<Sequence>,
+    pub step: usize,
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}

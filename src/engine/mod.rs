@@ -1,0 +1,560 @@
+//! The journey state machine: pure, deterministic, no I/O and no clock.
+//!
+//! Two inputs, each for one customer at an instant `now` the caller supplies:
+//! - [`Engine::handle_event`]: an event arrived;
+//! - [`Engine::wake`]: time passed (a wait, timeout, send window or quiet hours ended).
+//!
+//! Both mutate the [`Customer`] and append [`Decision`]s. `simulate` drives them with a virtual
+//! clock and memory; `run` drives them with the system clock and a durable store. Dedupe of
+//! events (same `source` + `id`) belongs to the store, which sees every customer.
+
+pub mod context;
+pub mod customer;
+pub mod decision;
+pub mod journey;
+mod rules;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use minijinja::Value;
+
+pub use customer::{Customer, Order, OrderStatus, Profile};
+pub use decision::{Action, Decision, EmailIntent};
+pub use journey::{Cause, Journey, JourneyId, PendingGoal, State};
+
+use crate::event::Event;
+use crate::sequence::{self, Catalog, Expr, JourneyKind, OnTimeout, Sequence, Timing};
+use crate::time::{rfc3339, Period, QuietHours};
+use context::Ctx;
+use rules::Verdict;
+
+/// The sending policy (`policy.*` in the config).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Least time between two marketing emails to one customer; zero is off.
+    pub min_gap: Period,
+    pub quiet_hours: Option<QuietHours>,
+    /// Older events update profiles and end journeys but enrol nobody into marketing.
+    pub max_event_age: Period,
+    /// For customers without a timezone, when the sequence names none.
+    pub timezone: Tz,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            min_gap: Period::ZERO,
+            quiet_hours: None,
+            max_event_age: Period(chrono::Duration::days(7)),
+            timezone: Tz::UTC,
+        }
+    }
+}
+
+/// Steps one customer may run in one call; only a broken sequence could reach it.
+const STEP_BUDGET: usize = 10_000;
+
+pub struct Engine {
+    pub catalog: Arc<Catalog>,
+    pub policy: Policy,
+}
+
+/// The journey being worked on, addressed by position in `Customer::journeys`.
+type Ji = usize;
+
+impl Engine {
+    pub fn new(catalog: Arc<Catalog>, policy: Policy) -> Engine {
+        Engine { catalog, policy }
+    }
+
+    /// The instant `wake` next has work for this customer.
+    pub fn next_due(c: &Customer) -> Option<DateTime<Utc>> {
+        c.journeys.iter().filter_map(Journey::due).min()
+    }
+
+    /// A permanent delivery failure: nothing more is sent to this address until it changes.
+    pub fn mark_bounced(c: &mut Customer) {
+        Arc::make_mut(&mut c.profile).bounced = true;
+    }
+
+    /// Runs every step due at or before `now`.
+    pub fn wake(&self, c: &mut Customer, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        self.run_due(c, now, None, out);
+    }
+
+    /// Applies one event (already deduplicated) to its customer.
+    pub fn handle_event(
+        &self,
+        c: &mut Customer,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        // Steps due before the event happened ran before it in time, even when the event is
+        // processed late; at the same instant the event goes first (SPEC: ties).
+        self.run_due(c, now, Some(ev.time), out);
+        c.apply(ev);
+        self.exit_on(c, ev, now, out);
+        self.goals(c, ev, now, out);
+        self.wait_fors(c, ev, now, out);
+        self.resumes(c, ev, now, out);
+        self.triggers(c, ev, now, out);
+        self.run_due(c, now, None, out);
+    }
+
+    fn run_due(
+        &self,
+        c: &mut Customer,
+        now: DateTime<Utc>,
+        before: Option<DateTime<Utc>>,
+        out: &mut Vec<Decision>,
+    ) {
+        for _ in 0..STEP_BUDGET {
+            let next = c
+                .journeys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, j)| j.due().map(|d| (d, i)))
+                .filter(|(d, _)| *d <= now && before.is_none_or(|b| *d < b))
+                .min();
+            let Some((_, ji)) = next else {
+                return;
+            };
+            match c.journeys[ji].state.clone() {
+                State::Due { cause, .. } => self.due_step(c, ji, now, cause, None, out),
+                State::WaitingFor { .. } => self.timed_out(c, ji, now, out),
+                State::Paused => return,
+            }
+        }
+        tracing::error!(customer_id = %c.profile.id, "step budget exhausted: a sequence loops without waiting");
+    }
+
+    // ---- event effects --------------------------------------------------------------------
+
+    fn exit_on(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let mut i = 0;
+        while i < c.journeys.len() {
+            let j = &c.journeys[i];
+            if sees(j, ev) && j.sequence.exit_on.iter().any(|e| **e == *ev.kind) {
+                let reason = format!("exit_on {}", ev.kind);
+                self.end(c, i, now, Action::Exit, reason, out);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn goals(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        c.goals.retain(|g| g.until >= now.min(ev.time));
+        let mut i = 0;
+        while i < c.goals.len() {
+            let g = &c.goals[i];
+            let seq = g.sequence.clone();
+            let step = &seq.steps[g.step];
+            let Some(goal) = &step.goal else {
+                i += 1;
+                continue;
+            };
+            let in_window = g.from <= ev.time && ev.time <= g.until;
+            if *goal.event != *ev.kind || !in_window || !self.passes(goal.when.as_ref(), c, Some(ev), None) {
+                i += 1;
+                continue;
+            }
+            let g = c.goals.remove(i);
+            out.push(Decision {
+                at: now,
+                customer: c.profile.id.clone(),
+                journey: g.journey,
+                sequence: g.sequence.name.clone(),
+                version: g.sequence.version.clone(),
+                step: Some(step.id.clone()),
+                action: Action::Goal,
+                reason: format!("{} within {}", goal.event, goal.within),
+                subject: None,
+                email: None,
+            });
+        }
+    }
+
+    fn wait_fors(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let ids: Vec<JourneyId> = c.journeys.iter().map(|j| j.id).collect();
+        for id in ids {
+            let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
+                continue;
+            };
+            let j = &c.journeys[ji];
+            if !matches!(j.state, State::WaitingFor { .. }) || !sees(j, ev) {
+                continue;
+            }
+            let Timing::WaitFor(w) = &j.sequence.steps[j.step].timing else {
+                continue;
+            };
+            if *w.event != *ev.kind || !self.passes(w.when.as_ref(), c, Some(ev), Some(ji)) {
+                continue;
+            }
+            self.due_step(c, ji, now, Cause::Event(w.event.clone()), Some(ev), out);
+        }
+    }
+
+    fn resumes(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let ids: Vec<JourneyId> = c.journeys.iter().filter(|j| j.state == State::Paused).map(|j| j.id).collect();
+        for id in ids {
+            let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
+                continue;
+            };
+            let seq = c.journeys[ji].sequence.clone();
+            if self.check(seq.pause_when.as_ref(), c, Some(ev), Some(ji)) {
+                continue;
+            }
+            self.push(c, ji, now, Action::Resume, "pause_when no longer true".into(), out);
+            self.due_step(c, ji, now, Cause::Resumed, Some(ev), out);
+        }
+    }
+
+    fn triggers(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let catalog = self.catalog.clone();
+        let too_old = now - ev.time > self.policy.max_event_age.0;
+        for seq in catalog.triggered_by(&ev.kind) {
+            // Backfill: replaying history must never mail customers about old orders.
+            if too_old && !seq.category.is_transactional() {
+                continue;
+            }
+            let order_id = match seq.journey {
+                JourneyKind::PerOrder => match ev.order_id() {
+                    Some(o) => Some(o),
+                    None => continue,
+                },
+                JourneyKind::PerCustomer => None,
+            };
+            if self.may_enter(c, seq, order_id).is_err() {
+                continue;
+            }
+            if let Some(when) = &seq.trigger.when {
+                let order = ev.order_id().and_then(|o| c.order(o));
+                let ctx = Ctx::new(&c.profile, Some(ev), order, None).into_value();
+                if !eval(when, ctx, c) {
+                    continue;
+                }
+            }
+            let id = JourneyId::derive(&[&seq.name, &ev.source, &ev.id]);
+            let reason = format!("trigger {}", ev.kind);
+            self.enter(c, seq.clone(), id, order_id, now, ev.time, reason, out);
+        }
+    }
+
+    // ---- journeys -------------------------------------------------------------------------
+
+    /// Whether the customer may start `seq` now; `Err` says why not.
+    fn may_enter(&self, c: &Customer, seq: &Sequence, order_id: Option<&str>) -> Result<(), String> {
+        let active = c.journeys.iter().any(|j| {
+            j.sequence.name == seq.name && j.order_id.as_deref() == order_id
+        });
+        if active {
+            return Err(format!("already in {}", seq.name));
+        }
+        match (seq.journey, order_id) {
+            (JourneyKind::PerOrder, Some(o)) => {
+                if c.order(o).is_some_and(|o| o.enrolled.contains(&seq.name)) {
+                    return Err(format!("{} already ran for order {o}", seq.name));
+                }
+            }
+            (JourneyKind::PerOrder, None) => return Err(format!("{} needs an order", seq.name)),
+            (JourneyKind::PerCustomer, _) => {
+                if !seq.reenter && c.finished.contains(&seq.name) {
+                    return Err(format!("{} already done (reenter: false)", seq.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enrols the customer: `enter`, then the first step counts from `base`.
+    #[allow(clippy::too_many_arguments)]
+    fn enter(
+        &self,
+        c: &mut Customer,
+        seq: Arc<Sequence>,
+        id: JourneyId,
+        order_id: Option<&str>,
+        now: DateTime<Utc>,
+        base: DateTime<Utc>,
+        reason: String,
+        out: &mut Vec<Decision>,
+    ) {
+        if let Some(o) = order_id {
+            c.order_mut(o).enrolled.push(seq.name.clone());
+        }
+        c.journeys.push(Journey {
+            id,
+            sequence: seq,
+            order_id: order_id.map(Arc::from),
+            started_at: now,
+            step: 0,
+            state: State::Paused,
+        });
+        let ji = c.journeys.len() - 1;
+        self.push(c, ji, now, Action::Enter, reason, out);
+        self.begin_step(c, ji, base);
+    }
+
+    /// Starts waiting for the current step, counting from `base`.
+    fn begin_step(&self, c: &mut Customer, ji: Ji, base: DateTime<Utc>) {
+        let j = &mut c.journeys[ji];
+        j.state = match &j.sequence.steps[j.step].timing {
+            Timing::Now => State::Due { at: base, cause: Cause::Immediate },
+            Timing::Wait(p) => State::Due { at: base + p.0, cause: Cause::Waited(*p) },
+            Timing::WaitFor(w) => State::WaitingFor { deadline: base + w.timeout.0 },
+        };
+    }
+
+    /// The current step is due: skip_when, pause_when, send window, then the action.
+    fn due_step(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        cause: Cause,
+        ev: Option<&Arc<Event>>,
+        out: &mut Vec<Decision>,
+    ) {
+        let seq = c.journeys[ji].sequence.clone();
+        let si = c.journeys[ji].step;
+        let step = &seq.steps[si];
+        if let Some(skip) = &step.skip_when {
+            if self.check(Some(skip), c, ev, Some(ji)) {
+                self.push(c, ji, now, Action::Skip, format!("skip_when: {skip}"), out);
+                return self.next_step(c, ji, now, out);
+            }
+        }
+        if let Some(pause) = &seq.pause_when {
+            if self.check(Some(pause), c, ev, Some(ji)) {
+                self.push(c, ji, now, Action::Pause, format!("pause_when: {pause}"), out);
+                c.journeys[ji].state = State::Paused;
+                return;
+            }
+        }
+        if let Some(window) = &step.send_window {
+            let tz = self.timezone(c, &seq);
+            match window.next_slot(now, tz) {
+                Some(slot) if slot > now => {
+                    let reason = format!("send_window \"{}\" ({tz}): until {}", window.source, rfc3339(slot));
+                    self.push(c, ji, now, Action::Defer, reason, out);
+                    c.journeys[ji].state = State::Due { at: slot, cause: Cause::Window };
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    let reason = format!("send_window \"{}\" has no future slot", window.source);
+                    self.push(c, ji, now, Action::Skip, reason, out);
+                    return self.next_step(c, ji, now, out);
+                }
+            }
+        }
+        match &step.action {
+            None => {}
+            Some(sequence::Action::Exit) => {
+                return self.end(c, ji, now, Action::Exit, "exit step".into(), out);
+            }
+            Some(sequence::Action::Start { sequence }) => self.start(c, ji, sequence, now, out),
+            Some(sequence::Action::Email { template }) => {
+                match self.verdict(c, &seq, si, now) {
+                    Verdict::Send => self.email(c, ji, template, cause, ev, now, out),
+                    Verdict::Suppress(reason) => self.push(c, ji, now, Action::Suppress, reason, out),
+                    Verdict::Defer(until, reason) => {
+                        self.push(c, ji, now, Action::Defer, reason, out);
+                        c.journeys[ji].state = State::Due { at: until, cause: Cause::QuietHoursOver };
+                        return;
+                    }
+                }
+            }
+        }
+        self.next_step(c, ji, now, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn email(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        template: &Arc<str>,
+        cause: Cause,
+        ev: Option<&Arc<Event>>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let j = &c.journeys[ji];
+        let seq = j.sequence.clone();
+        let si = j.step;
+        let order = j.order_id.as_deref().and_then(|o| c.order(o));
+        let ctx = Ctx::new(&c.profile, ev, order, Some(j)).into_value();
+        let locale = c.profile.locale.as_deref();
+        let subject = match self.catalog.templates.render_subject(template, locale, &ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(customer_id = %c.profile.id, sequence = %seq.name, error = %e, "template error");
+                return self.push(c, ji, now, Action::Suppress, format!("template error: {e}"), out);
+            }
+        };
+        let category = seq.step_category(si).clone();
+        if !category.is_transactional() {
+            Arc::make_mut(&mut c.profile).last_marketing_at = Some(now);
+        }
+        let reason = match cause {
+            Cause::TimeoutContinue => match &seq.steps[si].timing {
+                Timing::WaitFor(w) => format!("wait_for {} timed out after {}: continue", w.event, w.timeout),
+                _ => cause.to_string(),
+            },
+            _ => cause.to_string(),
+        };
+        let mut d = self.decision(c, ji, now, Action::Email, reason);
+        d.subject = Some(subject);
+        d.email = Some(EmailIntent {
+            template: template.clone(),
+            transactional: category.is_transactional(),
+            category: category.0,
+        });
+        out.push(d);
+        self.arm_goal(c, ji, now);
+    }
+
+    fn start(&self, c: &mut Customer, ji: Ji, target: &str, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let parent = &c.journeys[ji];
+        let (pid, pseq, order_id) = (parent.id, parent.sequence.clone(), parent.order_id.clone());
+        let step_id = pseq.steps[parent.step].id.clone();
+        let Some(seq) = self.catalog.get(target).cloned() else {
+            let reason = format!("{target} is not loaded");
+            return self.push(c, ji, now, Action::Start, reason, out);
+        };
+        let order_id = match seq.journey {
+            JourneyKind::PerOrder => order_id.as_deref(),
+            JourneyKind::PerCustomer => None,
+        };
+        if let Err(why) = self.may_enter(c, &seq, order_id) {
+            return self.push(c, ji, now, Action::Start, format!("not started: {why}"), out);
+        }
+        self.push(c, ji, now, Action::Start, format!("start {target}"), out);
+        self.arm_goal(c, ji, now);
+        let id = JourneyId::derive(&[&seq.name, &pid.to_string(), &step_id]);
+        let reason = format!("started by {}/{}", pseq.name, step_id);
+        self.enter(c, seq, id, order_id, now, now, reason, out);
+    }
+
+    fn arm_goal(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>) {
+        let j = &c.journeys[ji];
+        if let Some(goal) = &j.sequence.steps[j.step].goal {
+            c.goals.push(PendingGoal {
+                journey: j.id,
+                sequence: j.sequence.clone(),
+                step: j.step,
+                from: now,
+                until: now + goal.within.0,
+            });
+        }
+    }
+
+    fn timed_out(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let seq = c.journeys[ji].sequence.clone();
+        let Timing::WaitFor(w) = &seq.steps[c.journeys[ji].step].timing else {
+            return;
+        };
+        let what = format!("wait_for {} timed out after {}", w.event, w.timeout);
+        match w.on_timeout {
+            OnTimeout::Skip => {
+                self.push(c, ji, now, Action::Skip, what, out);
+                self.next_step(c, ji, now, out);
+            }
+            OnTimeout::Continue => self.due_step(c, ji, now, Cause::TimeoutContinue, None, out),
+            OnTimeout::Exit => self.end(c, ji, now, Action::Exit, what, out),
+            OnTimeout::Goto(target) => {
+                let reason = format!("{what}: go to {}", seq.steps[target].id);
+                self.push(c, ji, now, Action::Skip, reason, out);
+                c.journeys[ji].step = target;
+                self.begin_step(c, ji, now);
+            }
+        }
+    }
+
+    /// The step finished at `now`: on to the next, or `complete`.
+    fn next_step(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let j = &mut c.journeys[ji];
+        j.step += 1;
+        if j.step < j.sequence.steps.len() {
+            return self.begin_step(c, ji, now);
+        }
+        self.end(c, ji, now, Action::Complete, "all steps done".into(), out);
+    }
+
+    /// Ends a journey with an `exit` or `complete` line.
+    fn end(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>, action: Action, reason: String, out: &mut Vec<Decision>) {
+        let mut d = self.decision(c, ji, now, action, reason);
+        if action == Action::Complete {
+            d.step = None;
+        }
+        out.push(d);
+        let j = c.journeys.remove(ji);
+        if j.sequence.journey == JourneyKind::PerCustomer && !c.finished.contains(&j.sequence.name) {
+            c.finished.push(j.sequence.name.clone());
+        }
+    }
+
+    // ---- helpers --------------------------------------------------------------------------
+
+    fn decision(&self, c: &Customer, ji: Ji, now: DateTime<Utc>, action: Action, reason: String) -> Decision {
+        let j = &c.journeys[ji];
+        Decision {
+            at: now,
+            customer: c.profile.id.clone(),
+            journey: j.id,
+            sequence: j.sequence.name.clone(),
+            version: j.sequence.version.clone(),
+            step: j.step_id().cloned(),
+            action,
+            reason,
+            subject: None,
+            email: None,
+        }
+    }
+
+    fn push(&self, c: &Customer, ji: Ji, now: DateTime<Utc>, action: Action, reason: String, out: &mut Vec<Decision>) {
+        out.push(self.decision(c, ji, now, action, reason));
+    }
+
+    /// Evaluates an optional condition for a journey (absent = false).
+    fn check(&self, expr: Option<&Expr>, c: &Customer, ev: Option<&Arc<Event>>, ji: Option<Ji>) -> bool {
+        let Some(expr) = expr else {
+            return false;
+        };
+        let j = ji.map(|i| &c.journeys[i]);
+        let order_id = j.and_then(|j| j.order_id.as_deref()).or_else(|| ev.and_then(|e| e.order_id()));
+        let order = order_id.and_then(|o| c.order(o));
+        eval(expr, Ctx::new(&c.profile, ev, order, j).into_value(), c)
+    }
+
+    /// A filter (`when`): absent means every event passes.
+    fn passes(&self, when: Option<&Expr>, c: &Customer, ev: Option<&Arc<Event>>, ji: Option<Ji>) -> bool {
+        when.is_none() || self.check(when, c, ev, ji)
+    }
+
+    /// Customer's timezone, else the sequence's, else the configured default.
+    fn timezone(&self, c: &Customer, seq: &Sequence) -> Tz {
+        c.profile.timezone.or(seq.timezone).unwrap_or(self.policy.timezone)
+    }
+}
+
+/// A failing expression counts as false, and says so in the log.
+fn eval(expr: &Expr, ctx: Value, c: &Customer) -> bool {
+    expr.eval(ctx).unwrap_or_else(|e| {
+        tracing::warn!(customer_id = %c.profile.id, expression = %expr, error = %e, "expression failed; taken as false");
+        false
+    })
+}
+
+/// A per_order journey sees its order's events and events about no order.
+fn sees(j: &Journey, ev: &Event) -> bool {
+    match (&j.order_id, ev.order_id()) {
+        (Some(mine), Some(theirs)) => **mine == *theirs,
+        _ => true,
+    }
+}

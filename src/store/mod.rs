@@ -1,0 +1,2 @@
+//! Where state lives. `memory`: the in-process store for `simulate` and tests.
+pub mod memory;

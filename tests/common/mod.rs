@@ -1,0 +1,158 @@
+//! One test environment for every engine test: sequences from YAML strings, a manual
+//! (virtual) clock, the memory store, and helpers to send events and move time.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use aftercare::engine::{Decision, Engine, Policy};
+use aftercare::event::Event;
+use aftercare::sequence::{Catalog, Diagnostic};
+use aftercare::simulate::Simulator;
+use aftercare::template::Templates;
+use aftercare::time::{rfc3339, Period};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+/// Monday 2024-01-01 00:00 UTC: every relative time counts from here.
+pub const T0: &str = "2024-01-01T00:00:00Z";
+
+/// Templates every test may use: `t/a` … `t/e`, subjects naming the customer.
+pub fn default_templates() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for n in ["a", "b", "c", "d", "e"] {
+        files.push((format!("t/{n}.subject.j2"), format!("{} for {{{{ customer.name }}}}", n.to_uppercase())));
+        files.push((format!("t/{n}.html.j2"), format!("<p>{n}</p>")));
+    }
+    files
+}
+
+pub fn time(at: &str) -> DateTime<Utc> {
+    let t0 = DateTime::parse_from_rfc3339(T0).unwrap().with_timezone(&Utc);
+    match at.strip_prefix('+') {
+        Some(p) => t0 + p.parse::<Period>().unwrap().0,
+        None => DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc),
+    }
+}
+
+/// Compiles sequences; panics with every diagnostic if they are invalid.
+pub fn catalog(files: &[(&str, &str)], templates: Vec<(String, String)>) -> Catalog {
+    let (templates, tdiags) = Templates::from_files("templates", templates);
+    let sources = files.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
+    let (catalog, diags) = Catalog::from_sources(sources, templates, tdiags);
+    assert!(diags.is_empty(), "invalid test sequences:\n{}", render(&diags));
+    catalog
+}
+
+/// Diagnostics for sources expected to be invalid.
+pub fn diagnostics(files: &[(&str, &str)], templates: Vec<(String, String)>) -> Vec<String> {
+    let (templates, tdiags) = Templates::from_files("templates", templates);
+    let sources = files.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
+    Catalog::from_sources(sources, templates, tdiags).1.iter().map(|d| d.to_string()).collect()
+}
+
+fn render(d: &[Diagnostic]) -> String {
+    d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+pub struct TestEnv {
+    pub sim: Simulator,
+    out: Vec<Decision>,
+    next_id: u64,
+}
+
+impl TestEnv {
+    /// One or more sequences (`name.yaml` contents), default templates and policy.
+    pub fn new(sequences: &[&str]) -> TestEnv {
+        TestEnv::with(sequences, Policy::default())
+    }
+
+    pub fn with(sequences: &[&str], policy: Policy) -> TestEnv {
+        let files: Vec<(String, &str)> = sequences.iter().enumerate().map(|(i, s)| (format!("s{i}.yaml"), *s)).collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        let catalog = catalog(&files, default_templates());
+        TestEnv::from_catalog(catalog, policy)
+    }
+
+    pub fn from_catalog(catalog: Catalog, policy: Policy) -> TestEnv {
+        TestEnv {
+            sim: Simulator::new(Engine::new(Arc::new(catalog), policy)),
+            out: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Swaps in new sequence files (a deploy); journeys in flight keep their version.
+    pub fn deploy(&mut self, sequences: &[&str]) {
+        let files: Vec<(String, &str)> = sequences.iter().enumerate().map(|(i, s)| (format!("s{i}.yaml"), *s)).collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        let policy = self.sim.engine().policy.clone();
+        let catalog = catalog(&files, default_templates());
+        let old = std::mem::replace(&mut self.sim, Simulator::new(Engine::new(Arc::new(catalog), policy)));
+        self.sim.adopt(old);
+    }
+
+    /// Sends an event of `kind` for `customer` at `at` (`+1d` from T0, or RFC 3339).
+    /// The customer gets an email address (`<id>@example.com`) unless `data.customer` says otherwise.
+    pub fn event(&mut self, kind: &str, customer: &str, at: &str, mut data: Value) {
+        if data.get("customer").is_none() {
+            data["customer"] = json!({ "email": format!("{customer}@example.com"), "name": customer });
+        }
+        self.next_id += 1;
+        let id = format!("ev-{}", self.next_id);
+        self.send(json!({
+            "specversion": "1.0", "id": id, "source": "/test", "type": kind,
+            "time": rfc3339(time(at)), "subject": customer, "data": data,
+        }));
+    }
+
+    /// Sends a raw CloudEvent (structured JSON).
+    pub fn send(&mut self, ev: Value) {
+        let ev = Event::from_structured(ev.to_string().as_bytes()).expect("valid test event");
+        self.sim.push_event(ev, &mut self.out);
+    }
+
+    /// An `order.placed` with one item of `category`.
+    pub fn placed(&mut self, customer: &str, order: &str, at: &str, category: &str) {
+        self.event("order.placed", customer, at, json!({
+            "order_id": order, "total": "10.00", "currency": "USD",
+            "items": [{"sku": format!("{category}-1"), "name": category, "category": category, "quantity": 1, "unit_price": "10.00"}],
+        }));
+    }
+
+    /// Runs every wake-up up to `at`.
+    pub fn advance(&mut self, at: &str) {
+        self.sim.advance_to(time(at), &mut self.out);
+    }
+
+    /// Marks the customer's address as bounced (what a 5xx from SMTP does).
+    pub fn bounce(&mut self, customer: &str) {
+        self.sim.bounce(customer);
+    }
+
+    /// Decisions since the last call, as `at sequence/step action (reason)` strings.
+    pub fn take(&mut self) -> Vec<String> {
+        self.out.drain(..).map(|d| compact(&d)).collect()
+    }
+
+    /// Decisions since the last call, whole.
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+/// `2024-01-02T00:00:00Z s/step email (reason)`; `-` for a null step; subject in [] for emails.
+pub fn compact(d: &Decision) -> String {
+    let mut s = format!(
+        "{} {} {}/{} {} ({})",
+        rfc3339(d.at),
+        d.customer,
+        d.sequence,
+        d.step.as_deref().unwrap_or("-"),
+        d.action,
+        d.reason
+    );
+    if let Some(subject) = &d.subject {
+        s.push_str(&format!(" [{subject}]"));
+    }
+    s
+}

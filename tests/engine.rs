@@ -1,0 +1,546 @@
+//! One test per journey rule (SPEC §2), asserting the exact decisions.
+
+mod common;
+
+use aftercare::engine::Policy;
+use aftercare::time::Period;
+use common::TestEnv;
+use serde_json::json;
+
+const ONE_EMAIL: &str = r#"
+name: welcome
+trigger: { event: order.placed, when: "order.total > 5" }
+steps:
+  - id: hello
+    email: { template: t/a }
+"#;
+
+#[test]
+fn trigger_needs_the_event_type_and_a_true_when() {
+    let mut env = TestEnv::new(&[ONE_EMAIL]);
+    env.placed("c1", "o1", "+0s", "camera");
+    env.event("order.placed", "c2", "+1m", json!({"order_id": "o2", "total": 1, "currency": "USD", "items": []}));
+    env.event("order.delivered", "c3", "+2m", json!({"order_id": "o3"}));
+    assert_eq!(env.take(), [
+        "2024-01-01T00:00:00Z c1 welcome/hello enter (trigger order.placed)",
+        "2024-01-01T00:00:00Z c1 welcome/hello email (no wait) [A for c1]",
+        "2024-01-01T00:00:00Z c1 welcome/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn per_customer_runs_once_unless_reenter() {
+    let once = "name: once\ntrigger: { event: customer.updated }\nsteps:\n  - id: s1\n    wait: 1d\n    email: { template: t/a }\n";
+    let again = "name: again\nreenter: true\ntrigger: { event: customer.updated }\nsteps:\n  - id: s1\n    wait: 1d\n    email: { template: t/b }\n";
+    let mut env = TestEnv::new(&[once, again]);
+    env.event("customer.updated", "c1", "+0s", json!({}));
+    env.event("customer.updated", "c1", "+1h", json!({}));
+    env.advance("+1d");
+    env.event("customer.updated", "c1", "+2d", json!({}));
+    env.advance("+3d");
+    assert_eq!(env.take(), [
+        "2024-01-01T00:00:00Z c1 again/s1 enter (trigger customer.updated)",
+        "2024-01-01T00:00:00Z c1 once/s1 enter (trigger customer.updated)",
+        "2024-01-02T00:00:00Z c1 again/s1 email (wait 1d elapsed) [B for c1]",
+        "2024-01-02T00:00:00Z c1 again/- complete (all steps done)",
+        "2024-01-02T00:00:00Z c1 once/s1 email (wait 1d elapsed) [A for c1]",
+        "2024-01-02T00:00:00Z c1 once/- complete (all steps done)",
+        "2024-01-03T00:00:00Z c1 again/s1 enter (trigger customer.updated)",
+        "2024-01-04T00:00:00Z c1 again/s1 email (wait 1d elapsed) [B for c1]",
+        "2024-01-04T00:00:00Z c1 again/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn per_order_runs_once_per_order() {
+    let po = "name: po\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: s1\n    wait: 1h\n    email: { template: t/a }\n";
+    let mut env = TestEnv::new(&[po]);
+    env.placed("c1", "o1", "+0s", "lens");
+    env.placed("c1", "o2", "+10m", "lens");
+    env.placed("c1", "o1", "+20m", "lens"); // same order again, new event id
+    env.advance("+2h");
+    env.placed("c1", "o1", "+3h", "lens"); // after it finished
+    env.advance("+5h");
+    assert_eq!(env.take(), [
+        "2024-01-01T00:00:00Z c1 po/s1 enter (trigger order.placed)",
+        "2024-01-01T00:10:00Z c1 po/s1 enter (trigger order.placed)",
+        "2024-01-01T01:00:00Z c1 po/s1 email (wait 1h elapsed) [A for c1]",
+        "2024-01-01T01:00:00Z c1 po/- complete (all steps done)",
+        "2024-01-01T01:10:00Z c1 po/s1 email (wait 1h elapsed) [A for c1]",
+        "2024-01-01T01:10:00Z c1 po/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn waits_count_from_the_trigger_then_from_when_the_previous_step_finished() {
+    let seq = r#"
+name: w
+trigger: { event: order.placed }
+steps:
+  - id: s1
+    wait: 1d
+    email: { template: t/a }
+  - id: s2
+    wait: 2h
+    send_window: "0 12 * * *"
+    email: { template: t/b }
+  - id: s3
+    wait: 1h
+    email: { template: t/c }
+"#;
+    let mut env = TestEnv::new(&[seq]);
+    env.placed("c1", "o1", "+0s", "bag");
+    env.advance("+10d");
+    assert_eq!(env.take(), [
+        "2024-01-01T00:00:00Z c1 w/s1 enter (trigger order.placed)",
+        "2024-01-02T00:00:00Z c1 w/s1 email (wait 1d elapsed) [A for c1]",
+        "2024-01-02T02:00:00Z c1 w/s2 defer (send_window \"0 12 * * *\" (UTC): until 2024-01-02T12:00:00Z)",
+        "2024-01-02T12:00:00Z c1 w/s2 email (send window open) [B for c1]",
+        "2024-01-02T13:00:00Z c1 w/s3 email (wait 1h elapsed) [C for c1]",
+        "2024-01-02T13:00:00Z c1 w/- complete (all steps done)",
+    ]);
+}
+
+const SHIP: &str = r#"
+name: ship
+journey: per_order
+trigger: { event: order.placed }
+steps:
+  - id: shipped
+    wait_for: { event: order.shipped, timeout: 3d }
+    email: { template: t/a }
+"#;
+
+#[test]
+fn wait_for_runs_the_action_when_its_order_event_comes_and_skips_on_timeout() {
+    let mut env = TestEnv::new(&[SHIP]);
+    env.placed("c1", "o1", "+0s", "bag");
+    env.placed("c1", "o2", "+0s", "bag");
+    env.event("order.shipped", "c1", "+1d", json!({"order_id": "o2", "carrier": "UPS", "tracking_number": "T2"}));
+    env.advance("+5d");
+    assert_eq!(env.take(), [
+        "2024-01-01T00:00:00Z c1 ship/shipped enter (trigger order.placed)",
+        "2024-01-01T00:00:00Z c1 ship/shipped enter (trigger order.placed)",
+        "2024-01-02T00:00:00Z c1 ship/shipped email (order.shipped received) [A for c1]",
+        "2024-01-02T00:00:00Z c1 ship/- complete (all steps done)",
+        "2024-01-04T00:00:00Z c1 ship/shipped skip (wait_for order.shipped timed out after 3d)",
+        "2024-01-04T00:00:00Z c1 ship/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn wait_for_when_filters_events() {
+    let seq = r#"
+name: ups
+trigger: { event: order.placed }
+steps:
+  - id: shipped
+    wait_for: { event: order.shipped, when: "event.data.carrier == 'UPS'", timeout: 3d }
+    email: { template: t/a }
+"#;
+    let mut env = TestEnv::new(&[seq]);
+    env.placed("c1", "o1", "+0s", "bag");
+    env.event("order.shipped", "c1", "+1h", json!({"order_id": "o1", "carrier": "FedEx", "tracking_number": "T1"}));
+    env.event("order.shipped", "c1", "+2h", json!({"order_id": "o1", "carrier": "UPS", "tracking_number": "T2"}));
+    assert_eq!(env.take()[1..], [
+        "2024-01-01T02:00:00Z c1 ups/shipped email (order.shipped received) [A for c1]",
+        "2024-01-01T02:00:00Z c1 ups/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn on_timeout_continue_exit_and_jump() {
+    let step = |name: &str, on_timeout: &str, extra: &str| {
+        format!(
+            "name: {name}\ntrigger: {{ event: order.placed }}\nsteps:\n  - id: wait\n    wait_for: {{ event: order.shipped, timeout: 3d, on_timeout: {on_timeout} }}\n    email: {{ template: t/a }}\n{extra}"
+        )
+    };
+    let cont = step("t-continue", "continue", "");
+    let exit = step("t-exit", "exit", "  - id: after\n    email: { template: t/b }\n");
+    let jump = step(
+        "t-jump",
+        "late",
+        "  - id: normal\n    email: { template: t/b }\n  - id: late\n    email: { template: t/c }\n",
+    );
+    let mut env = TestEnv::new(&[&cont, &exit, &jump]);
+    env.placed("c1", "o1", "+0s", "bag");
+    env.advance("+4d");
+    assert_eq!(env.take()[3..], [
+        "2024-01-04T00:00:00Z c1 t-continue/wait email (wait_for order.shipped timed out after 3d: continue) [A for c1]",
+        "2024-01-04T00:00:00Z c1 t-continue/- complete (all steps done)",
+        "2024-01-04T00:00:00Z c1 t-exit/wait exit (wait_for order.shipped timed out after 3d)",
+        "2024-01-04T00:00:00Z c1 t-jump/wait skip (wait_for order.shipped timed out after 3d: go to late)",
+        "2024-01-04T00:00:00Z c1 t-jump/late email (no wait) [C for c1]",
+        "2024-01-04T00:00:00Z c1 t-jump/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn send_window_uses_the_customer_then_the_sequence_then_the_default_timezone() {
+    let seq = |name: &str, tz: &str| {
+        format!("name: {name}\n{tz}trigger: {{ event: customer.updated }}\nsteps:\n  - id: s\n    send_window: \"0 9 * * *\"\n    email: {{ template: t/a }}\n")
+    };
+    let plain = seq("plain", "");
+    let zoned = seq("zoned", "timezone: Asia/Seoul\n");
+    let policy = Policy {
+        timezone: "America/New_York".parse().unwrap(),
+        ..Policy::default()
+    };
+    let mut env = TestEnv::with(&[&plain, &zoned], policy);
+    // 2024-01-01 01:00 UTC = 10:00 in Seoul, 20:00 (Dec 31) in New York.
+    env.event("customer.updated", "kim", "+1h", json!({"customer": {"email": "k@example.com", "name": "kim", "timezone": "Asia/Seoul"}}));
+    env.event("customer.updated", "ann", "+1h", json!({}));
+    let lines = env.take();
+    assert_eq!(lines[2], "2024-01-01T01:00:00Z kim plain/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)");
+    assert_eq!(lines[3], "2024-01-01T01:00:00Z kim zoned/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)");
+    assert_eq!(lines[6], "2024-01-01T01:00:00Z ann plain/s defer (send_window \"0 9 * * *\" (America/New_York): until 2024-01-01T14:00:00Z)");
+    assert_eq!(lines[7], "2024-01-01T01:00:00Z ann zoned/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)");
+    env.advance("+2d");
+    assert_eq!(env.take()[0], "2024-01-01T14:00:00Z ann plain/s email (send window open) [A for ann]");
+}
+
+#[test]
+fn skip_when_skips_the_step_and_the_journey_goes_on() {
+    let seq = r#"
+name: xs
+trigger: { event: order.delivered }
+steps:
+  - id: tripod
+    skip_when: "'tripod' in customer.categories"
+    email: { template: t/a }
+  - id: next
+    wait: 1d
+    email: { template: t/b }
+"#;
+    let mut env = TestEnv::new(&[seq]);
+    env.placed("c1", "o1", "+0s", "tripod");
+    env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
+    env.advance("+2d");
+    assert_eq!(env.take(), [
+        "2024-01-01T01:00:00Z c1 xs/tripod enter (trigger order.delivered)",
+        "2024-01-01T01:00:00Z c1 xs/tripod skip (skip_when: 'tripod' in customer.categories)",
+        "2024-01-02T01:00:00Z c1 xs/next email (wait 1d elapsed) [B for c1]",
+        "2024-01-02T01:00:00Z c1 xs/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn pause_holds_the_due_step_and_resume_runs_it_then_waits_count_from_there() {
+    let seq = r#"
+name: edu
+trigger: { event: order.delivered }
+pause_when: "customer.open_tickets > 0"
+steps:
+  - id: s1
+    wait: 1d
+    email: { template: t/a }
+  - id: s2
+    wait: 1d
+    email: { template: t/b }
+"#;
+    let mut env = TestEnv::new(&[seq]);
+    env.event("order.delivered", "c1", "+0s", json!({"order_id": "o1"}));
+    env.event("support.ticket_opened", "c1", "+12h", json!({"ticket_id": "k1"}));
+    env.event("support.ticket_opened", "c1", "+13h", json!({"ticket_id": "k2"}));
+    env.advance("+1d");
+    env.event("support.ticket_resolved", "c1", "+1d3h", json!({"ticket_id": "k1"}));
+    env.event("support.ticket_resolved", "c1", "+1d6h", json!({"ticket_id": "k2"}));
+    env.advance("+5d");
+    assert_eq!(env.take(), [
+        "2024-01-01T00:00:00Z c1 edu/s1 enter (trigger order.delivered)",
+        "2024-01-02T00:00:00Z c1 edu/s1 pause (pause_when: customer.open_tickets > 0)",
+        "2024-01-02T06:00:00Z c1 edu/s1 resume (pause_when no longer true)",
+        "2024-01-02T06:00:00Z c1 edu/s1 email (resumed) [A for c1]",
+        "2024-01-03T06:00:00Z c1 edu/s2 email (wait 1d elapsed) [B for c1]",
+        "2024-01-03T06:00:00Z c1 edu/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn exit_on_ends_journeys_at_once_and_per_order_only_for_its_order() {
+    let seq = r#"
+name: po
+journey: per_order
+trigger: { event: order.placed }
+exit_on: [order.refunded, support.ticket_opened]
+steps:
+  - id: s1
+    wait: 5d
+    email: { template: t/a }
+"#;
+    let mut env = TestEnv::new(&[seq]);
+    env.placed("c1", "o1", "+0s", "lens");
+    env.placed("c1", "o2", "+0s", "lens");
+    env.event("order.refunded", "c1", "+1d", json!({"order_id": "o1", "amount": 10}));
+    env.event("support.ticket_opened", "c1", "+2d", json!({"ticket_id": "k1"}));
+    env.advance("+6d");
+    assert_eq!(env.take()[2..], [
+        "2024-01-02T00:00:00Z c1 po/s1 exit (exit_on order.refunded)",
+        "2024-01-03T00:00:00Z c1 po/s1 exit (exit_on support.ticket_opened)",
+    ]);
+}
+
+#[test]
+fn start_enrols_in_another_sequence_with_the_same_order() {
+    let parent = "name: parent\njourney: per_order\ntrigger: { event: order.delivered }\nsteps:\n  - id: hand\n    start: child\n";
+    let child = "name: child\njourney: per_order\ntrigger: { event: child.go }\nsteps:\n  - id: ask\n    wait: 1d\n    email: { template: t/a }\n";
+    let mut env = TestEnv::new(&[parent, child]);
+    env.event("child.go", "c2", "+0s", json!({"order_id": "o9"}));
+    env.event("order.delivered", "c1", "+0s", json!({"order_id": "o1"}));
+    env.event("order.delivered", "c2", "+0s", json!({"order_id": "o9"}));
+    env.advance("+2d");
+    assert_eq!(env.take(), [
+        "2024-01-01T00:00:00Z c2 child/ask enter (trigger child.go)",
+        "2024-01-01T00:00:00Z c1 parent/hand enter (trigger order.delivered)",
+        "2024-01-01T00:00:00Z c1 parent/hand start (start child)",
+        "2024-01-01T00:00:00Z c1 child/ask enter (started by parent/hand)",
+        "2024-01-01T00:00:00Z c1 parent/- complete (all steps done)",
+        "2024-01-01T00:00:00Z c2 parent/hand enter (trigger order.delivered)",
+        "2024-01-01T00:00:00Z c2 parent/hand start (not started: already in child)",
+        "2024-01-01T00:00:00Z c2 parent/- complete (all steps done)",
+        "2024-01-02T00:00:00Z c1 child/ask email (wait 1d elapsed) [A for c1]",
+        "2024-01-02T00:00:00Z c1 child/- complete (all steps done)",
+        "2024-01-02T00:00:00Z c2 child/ask email (wait 1d elapsed) [A for c2]",
+        "2024-01-02T00:00:00Z c2 child/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn goal_counts_once_within_its_window_on_any_of_the_customers_events() {
+    let seq = r#"
+name: xs
+journey: per_order
+trigger: { event: order.delivered }
+steps:
+  - id: offer
+    email: { template: t/a }
+    goal: { event: order.placed, within: 14d }
+"#;
+    let mut env = TestEnv::new(&[seq]);
+    env.event("order.delivered", "c1", "+0s", json!({"order_id": "o1"}));
+    env.event("order.delivered", "c2", "+0s", json!({"order_id": "o5"}));
+    env.placed("c1", "o2", "+3d", "tripod");
+    env.placed("c1", "o3", "+4d", "tripod");
+    env.placed("c2", "o6", "+15d", "tripod");
+    let lines = env.take();
+    assert_eq!(lines[6..], ["2024-01-04T00:00:00Z c1 xs/offer goal (order.placed within 2w)"]);
+}
+
+#[test]
+fn step_category_governs_unsubscribes_and_transactional_ignores_them() {
+    let edu = r#"
+name: edu
+category: education
+trigger: { event: order.delivered }
+steps:
+  - id: s1
+    email: { template: t/a }
+  - id: s2
+    category: cross_sell
+    email: { template: t/b }
+"#;
+    let tx = "name: tx\ncategory: transactional\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    email: { template: t/c }\n";
+    let mut env = TestEnv::new(&[edu, tx]);
+    env.event("customer.unsubscribed", "c1", "+0s", json!({"categories": ["cross_sell"]}));
+    env.event("customer.unsubscribed", "c2", "+0s", json!({"categories": ["all"]}));
+    env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
+    env.event("order.delivered", "c2", "+1h", json!({"order_id": "o2"}));
+    assert_eq!(env.take(), [
+        "2024-01-01T01:00:00Z c1 edu/s1 enter (trigger order.delivered)",
+        "2024-01-01T01:00:00Z c1 tx/s enter (trigger order.delivered)",
+        "2024-01-01T01:00:00Z c1 edu/s1 email (no wait) [A for c1]",
+        "2024-01-01T01:00:00Z c1 edu/s2 suppress (unsubscribed from cross_sell)",
+        "2024-01-01T01:00:00Z c1 edu/- complete (all steps done)",
+        "2024-01-01T01:00:00Z c1 tx/s email (no wait) [C for c1]",
+        "2024-01-01T01:00:00Z c1 tx/- complete (all steps done)",
+        "2024-01-01T01:00:00Z c2 edu/s1 enter (trigger order.delivered)",
+        "2024-01-01T01:00:00Z c2 tx/s enter (trigger order.delivered)",
+        "2024-01-01T01:00:00Z c2 edu/s1 suppress (unsubscribed from all)",
+        "2024-01-01T01:00:00Z c2 edu/s2 suppress (unsubscribed from all)",
+        "2024-01-01T01:00:00Z c2 edu/- complete (all steps done)",
+        "2024-01-01T01:00:00Z c2 tx/s email (no wait) [C for c2]",
+        "2024-01-01T01:00:00Z c2 tx/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn bounced_or_missing_addresses_suppress_everything() {
+    let tx = "name: tx\ncategory: transactional\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    email: { template: t/c }\n";
+    let mut env = TestEnv::new(&[tx]);
+    env.event("customer.updated", "c1", "+0s", json!({}));
+    env.bounce("c1");
+    env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
+    env.event("order.delivered", "c2", "+1h", json!({"order_id": "o2", "customer": {"name": "no address"}}));
+    let lines = env.take();
+    assert_eq!(lines[1], "2024-01-01T01:00:00Z c1 tx/s suppress (address bounced)");
+    assert_eq!(lines[4], "2024-01-01T01:00:00Z c2 tx/s suppress (no email address)");
+}
+
+#[test]
+fn min_gap_suppresses_marketing_but_not_transactional_email() {
+    let m1 = "name: m1\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    email: { template: t/a }\n";
+    let m2 = "name: m2\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    wait: 12h\n    email: { template: t/b }\n  - id: t\n    wait: 1d\n    email: { template: t/d }\n";
+    let tx = "name: tx\ncategory: transactional\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    wait: 1h\n    email: { template: t/c }\n";
+    let policy = Policy {
+        min_gap: "1d".parse::<Period>().unwrap(),
+        ..Policy::default()
+    };
+    let mut env = TestEnv::with(&[m1, m2, tx], policy);
+    env.event("order.delivered", "c1", "+0s", json!({"order_id": "o1"}));
+    env.advance("+3d");
+    let lines: Vec<String> = env.take().into_iter().filter(|l| !l.contains(" enter ") && !l.contains(" complete ")).collect();
+    assert_eq!(lines, [
+        "2024-01-01T00:00:00Z c1 m1/s email (no wait) [A for c1]",
+        "2024-01-01T01:00:00Z c1 tx/s email (wait 1h elapsed) [C for c1]",
+        "2024-01-01T12:00:00Z c1 m2/s suppress (min_gap 1d: last marketing email at 2024-01-01T00:00:00Z)",
+        "2024-01-02T12:00:00Z c1 m2/t email (wait 1d elapsed) [D for c1]",
+    ]);
+}
+
+#[test]
+fn quiet_hours_defer_marketing_to_their_end_and_leave_transactional_alone() {
+    let m = "name: m\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    email: { template: t/a }\n";
+    let tx = "name: tx\ncategory: transactional\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    email: { template: t/c }\n";
+    let policy = Policy {
+        quiet_hours: Some("21:00-08:00".parse().unwrap()),
+        ..Policy::default()
+    };
+    let mut env = TestEnv::with(&[m, tx], policy);
+    env.event("order.delivered", "c1", "+22h", json!({"order_id": "o1"}));
+    env.advance("+2d");
+    assert_eq!(env.take(), [
+        "2024-01-01T22:00:00Z c1 m/s enter (trigger order.delivered)",
+        "2024-01-01T22:00:00Z c1 tx/s enter (trigger order.delivered)",
+        "2024-01-01T22:00:00Z c1 m/s defer (quiet hours 21:00-08:00 (UTC): until 2024-01-02T08:00:00Z)",
+        "2024-01-01T22:00:00Z c1 tx/s email (no wait) [C for c1]",
+        "2024-01-01T22:00:00Z c1 tx/- complete (all steps done)",
+        "2024-01-02T08:00:00Z c1 m/s email (quiet hours over) [A for c1]",
+        "2024-01-02T08:00:00Z c1 m/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn old_events_update_profiles_and_end_journeys_but_enrol_nobody_in_marketing() {
+    let m = "name: m\ntrigger: { event: order.placed }\nexit_on: [order.refunded]\nsteps:\n  - id: s\n    wait: 30d\n    email: { template: t/a }\n";
+    let tx = "name: tx\ncategory: transactional\ntrigger: { event: order.placed }\nsteps:\n  - id: s\n    email: { template: t/c }\n";
+    let mut env = TestEnv::new(&[m, tx]);
+    env.placed("c1", "o1", "+10d", "lens"); // clock now at +10d
+    env.placed("c2", "o2", "+1d", "lens"); // 9 days old when processed
+    env.event("order.refunded", "c1", "+1d", json!({"order_id": "o1", "amount": 10}));
+    assert_eq!(env.take(), [
+        "2024-01-11T00:00:00Z c1 m/s enter (trigger order.placed)",
+        "2024-01-11T00:00:00Z c1 tx/s enter (trigger order.placed)",
+        "2024-01-11T00:00:00Z c1 tx/s email (no wait) [C for c1]",
+        "2024-01-11T00:00:00Z c1 tx/- complete (all steps done)",
+        "2024-01-11T00:00:00Z c2 tx/s enter (trigger order.placed)",
+        "2024-01-11T00:00:00Z c2 tx/s email (no wait) [C for c2]",
+        "2024-01-11T00:00:00Z c2 tx/- complete (all steps done)",
+        "2024-01-11T00:00:00Z c1 m/s exit (exit_on order.refunded)",
+    ]);
+    assert_eq!(env.sim.customer("c2").unwrap().profile.orders_count, 1);
+}
+
+#[test]
+fn an_event_seen_twice_has_effect_once() {
+    let mut env = TestEnv::new(&[ONE_EMAIL]);
+    let ev = |source: &str| {
+        json!({"specversion": "1.0", "id": "same", "source": source, "type": "order.placed",
+               "time": "2024-01-01T00:00:00Z", "subject": "c1",
+               "data": {"order_id": "o1", "total": 10, "currency": "USD", "items": [],
+                        "customer": {"email": "c1@example.com"}}})
+    };
+    env.send(ev("/shop"));
+    env.send(ev("/shop"));
+    assert_eq!(env.take().len(), 3);
+    assert_eq!(env.sim.customer("c1").unwrap().profile.orders_count, 1);
+    assert_eq!(env.sim.stats.duplicates, 1);
+    env.send(ev("/other-shop")); // same id, another source: a different event
+    assert_eq!(env.sim.stats.duplicates, 1);
+}
+
+#[test]
+fn an_event_goes_before_a_step_due_at_the_same_instant() {
+    let seq = r#"
+name: tie
+trigger: { event: customer.updated }
+steps:
+  - id: s
+    wait: 1d
+    skip_when: "customer.open_tickets > 0"
+    email: { template: t/a }
+"#;
+    let mut env = TestEnv::new(&[seq]);
+    env.event("customer.updated", "c1", "+0s", json!({}));
+    env.event("support.ticket_opened", "c1", "+1d", json!({"ticket_id": "k"}));
+    assert_eq!(env.take()[1], "2024-01-02T00:00:00Z c1 tie/s skip (skip_when: customer.open_tickets > 0)");
+}
+
+#[test]
+fn journeys_stay_on_the_version_they_started_on() {
+    let v1 = "name: seq\ntrigger: { event: customer.updated }\nsteps:\n  - id: old\n    wait: 1d\n    email: { template: t/a }\n";
+    let v2 = "name: seq\ntrigger: { event: customer.updated }\nsteps:\n  - id: new\n    wait: 1d\n    email: { template: t/b }\n";
+    let mut env = TestEnv::new(&[v1]);
+    env.event("customer.updated", "c1", "+0s", json!({}));
+    env.deploy(&[v2]);
+    env.event("customer.updated", "c2", "+1h", json!({}));
+    env.advance("+2d");
+    let d = env.take_decisions();
+    let emails: Vec<String> = d.iter().filter(|d| d.action.as_str() == "email").map(common::compact).collect();
+    assert_eq!(emails, [
+        "2024-01-02T00:00:00Z c1 seq/old email (wait 1d elapsed) [A for c1]",
+        "2024-01-02T01:00:00Z c2 seq/new email (wait 1d elapsed) [B for c2]",
+    ]);
+    assert_ne!(d[0].version, d.last().unwrap().version);
+}
+
+#[test]
+fn unsubscribed_customers_are_enrolled_and_the_journey_carries_on() {
+    let seq = "name: m\ncategory: review\ntrigger: { event: order.delivered }\nsteps:\n  - id: a\n    email: { template: t/a }\n  - id: b\n    wait: 1d\n    email: { template: t/b }\n";
+    let mut env = TestEnv::new(&[seq]);
+    env.event("customer.unsubscribed", "c1", "+0s", json!({"categories": ["review"]}));
+    env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
+    env.advance("+2d");
+    assert_eq!(env.take(), [
+        "2024-01-01T01:00:00Z c1 m/a enter (trigger order.delivered)",
+        "2024-01-01T01:00:00Z c1 m/a suppress (unsubscribed from review)",
+        "2024-01-02T01:00:00Z c1 m/b suppress (unsubscribed from review)",
+        "2024-01-02T01:00:00Z c1 m/- complete (all steps done)",
+    ]);
+}
+
+#[test]
+fn exit_step_ends_with_its_step_and_complete_has_no_step() {
+    let seq = "name: x\ntrigger: { event: customer.updated }\nsteps:\n  - id: out\n    exit: true\n  - id: never\n    email: { template: t/a }\n";
+    let mut env = TestEnv::new(&[seq]);
+    env.event("customer.updated", "c1", "+0s", json!({}));
+    let d = env.take_decisions();
+    assert_eq!(d[1].action.as_str(), "exit");
+    assert_eq!(d[1].step.as_deref(), Some("out"));
+    assert_eq!(d[1].reason, "exit step");
+    let line: serde_json::Value = serde_json::from_str(&d[0].to_json()).unwrap();
+    assert_eq!(line["action"], "enter");
+    let mut env = TestEnv::new(&[ONE_EMAIL]);
+    env.placed("c1", "o1", "+0s", "bag");
+    let done: serde_json::Value = serde_json::from_str(&env.take_decisions()[2].to_json()).unwrap();
+    assert_eq!(done, json!({"at": "2024-01-01T00:00:00Z", "customer": "c1", "sequence": "welcome",
+        "step": null, "action": "complete", "reason": "all steps done", "subject": null}));
+}
+
+#[test]
+fn profile_fields_follow_the_events() {
+    let mut env = TestEnv::new(&[ONE_EMAIL]);
+    env.placed("c1", "o1", "+0s", "camera");
+    env.placed("c1", "o2", "+1h", "tripod");
+    env.event("order.refunded", "c1", "+2h", json!({"order_id": "o2", "amount": "4.50"}));
+    env.event("support.ticket_opened", "c1", "+3h", json!({"ticket_id": "k1"}));
+    env.event("support.ticket_opened", "c1", "+3h", json!({"ticket_id": "k2"}));
+    env.event("support.ticket_opened", "c1", "+3h", json!({"ticket_id": "k1"}));
+    env.event("support.ticket_resolved", "c1", "+4h", json!({"ticket_id": "k2"}));
+    let p = &env.sim.customer("c1").unwrap().profile;
+    assert_eq!(p.orders_count, 2);
+    assert_eq!(p.total_spent.to_string(), "15.50");
+    assert_eq!(p.categories, ["camera", "tripod"]);
+    assert_eq!(p.skus, ["camera-1", "tripod-1"]);
+    assert_eq!(p.open_tickets, ["k1"]);
+    assert_eq!(p.last_order_at.unwrap().to_rfc3339(), "2024-01-01T01:00:00+00:00");
+}
