@@ -298,10 +298,10 @@ fn start_enrols_in_another_sequence_with_the_same_order() {
         "2024-01-01T00:00:00Z c2 parent/hand enter (trigger order.delivered)",
         "2024-01-01T00:00:00Z c2 parent/hand start (not started: already in child)",
         "2024-01-01T00:00:00Z c2 parent/- complete (all steps done)",
-        "2024-01-02T00:00:00Z c1 child/ask email (wait 1d elapsed) [A for c1]",
-        "2024-01-02T00:00:00Z c1 child/- complete (all steps done)",
         "2024-01-02T00:00:00Z c2 child/ask email (wait 1d elapsed) [A for c2]",
         "2024-01-02T00:00:00Z c2 child/- complete (all steps done)",
+        "2024-01-02T00:00:00Z c1 child/ask email (wait 1d elapsed) [A for c1]",
+        "2024-01-02T00:00:00Z c1 child/- complete (all steps done)",
     ]);
 }
 

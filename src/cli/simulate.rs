@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::engine::Engine;
-use crate::simulate::{replay, Simulator};
+use crate::simulate::{replay, replay_parallel, Simulator};
 use crate::time::Period;
 
 #[derive(clap::Args)]
@@ -25,6 +25,9 @@ pub struct Args {
     until: String,
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
+    /// Worker threads (default: one per core). The output is the same for any number.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -34,8 +37,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .policy()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let dir = args.sequences.unwrap_or(config.sequences.dir);
-    let catalog = super::load_catalog_strict(&dir)?;
-    let mut sim = Simulator::new(Engine::new(Arc::new(catalog), policy));
+    let catalog = Arc::new(super::load_catalog_strict(&dir)?);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
 
     let shown = args.events.display().to_string();
     let input: Box<dyn std::io::BufRead> = if shown == "-" {
@@ -46,9 +52,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let summary = replay(&mut sim, input, &mut out, until, |line, reason| {
-        eprintln!("{shown}:{line}: skipped: {reason}");
-    })
+    let on_bad = |line: u64, reason: &str| eprintln!("{shown}:{line}: skipped: {reason}");
+    let summary = if threads == 1 {
+        let mut sim = Simulator::new(Engine::new(catalog, policy));
+        let summary = replay(&mut sim, input, &mut out, until, on_bad);
+        // The process ends here: freeing every customer one by one would only cost time.
+        std::mem::forget(sim);
+        summary
+    } else {
+        // Each worker compiles its own catalog: sharing one would make every decision bump
+        // reference counts on cache lines the other cores are using.
+        let mut engines = vec![Engine::new(catalog, policy.clone())];
+        for _ in 1..threads {
+            engines.push(Engine::new(Arc::new(super::load_catalog_strict(&dir)?), policy.clone()));
+        }
+        replay_parallel(engines, input, &mut out, until, on_bad)
+    }
     .with_context(|| format!("replaying {shown}"))?;
     out.flush()?;
     let s = summary.stats;

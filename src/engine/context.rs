@@ -8,7 +8,9 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, Value};
 
 use super::customer::{Order, Profile};
-use super::journey::Journey;
+use chrono::{DateTime, Utc};
+
+use super::journey::{Journey, JourneyId};
 use crate::event::Event;
 use crate::time::rfc3339;
 
@@ -110,10 +112,10 @@ const ORDER_KEYS: &[&str] = &[
 
 impl Object for Order {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(Value::from(()), |t| Value::from(rfc3339(t)));
+        let time = |t: Option<DateTime<Utc>>| t.map_or(Value::from(()), |t| Value::from(rfc3339(t)));
         Some(match key.as_str()? {
             "id" | "order_id" => Value::from(&*self.id),
-            "items" => Value::from(minijinja::value::Serde(&self.items)),
+            "items" => self.items_value(),
             "total" => Value::from(self.total.as_f64()),
             "currency" => Value::from(self.currency.as_str()),
             "status" => Value::from(self.status.as_str()),
@@ -153,22 +155,22 @@ impl Object for Event {
     }
 }
 
-/// `journey`: id, sequence, step, started_at.
+/// `journey`: id, sequence, step, started_at (formatted only when read).
 #[derive(Debug)]
 struct JourneyCtx {
-    id: String,
+    id: JourneyId,
     sequence: Arc<str>,
     step: Option<Arc<str>>,
-    started_at: String,
+    started_at: DateTime<Utc>,
 }
 
 impl JourneyCtx {
     fn of(j: &Journey) -> JourneyCtx {
         JourneyCtx {
-            id: j.id.to_string(),
+            id: j.id,
             sequence: j.sequence.name.clone(),
             step: j.step_id().cloned(),
-            started_at: rfc3339(j.started_at),
+            started_at: j.started_at,
         }
     }
 }
@@ -178,10 +180,10 @@ const JOURNEY_KEYS: &[&str] = &["id", "sequence", "step", "started_at"];
 impl Object for JourneyCtx {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         Some(match key.as_str()? {
-            "id" => Value::from(self.id.as_str()),
+            "id" => Value::from(self.id.to_string()),
             "sequence" => Value::from(&*self.sequence),
             "step" => self.step.as_deref().map_or(Value::from(()), Value::from),
-            "started_at" => Value::from(self.started_at.as_str()),
+            "started_at" => Value::from(rfc3339(self.started_at)),
             _ => return None,
         })
     }

@@ -3,7 +3,7 @@
 //! A customer is the unit of state: every input touches exactly one customer, so the store
 //! loads one, the engine mutates it, and the store saves it with the decisions.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -87,6 +87,9 @@ pub struct Order {
     pub refunded: Money,
     /// per_order sequences that already ran a journey for this order (once per order).
     pub enrolled: Vec<Arc<str>>,
+    /// `items` as an expression value, built on first use: trigger conditions read it for
+    /// every event about the order.
+    items_value: OnceLock<minijinja::Value>,
 }
 
 impl Order {
@@ -105,7 +108,19 @@ impl Order {
             tracking_url: None,
             refunded: Money::ZERO,
             enrolled: Vec::new(),
+            items_value: OnceLock::new(),
         }
+    }
+
+    pub fn items_value(&self) -> minijinja::Value {
+        self.items_value
+            .get_or_init(|| minijinja::Value::from(minijinja::value::Serde(&self.items)))
+            .clone()
+    }
+
+    fn set_items(&mut self, items: &[Item]) {
+        self.items = items.to_vec();
+        self.items_value = OnceLock::new();
     }
 }
 
@@ -149,7 +164,7 @@ impl Customer {
                 let order = self.order_mut(&placed.order_id);
                 // A second order.placed for the same order (new event id) must not count twice.
                 let first = order.placed_at.is_none();
-                order.items = placed.items.clone();
+                order.set_items(&placed.items);
                 order.total = placed.total;
                 order.currency = placed.currency.clone();
                 order.placed_at = Some(ev.time);

@@ -94,7 +94,7 @@ pub struct Decision {
 /// One output line of `simulate`, as SPEC §5 defines it.
 #[derive(Serialize)]
 pub struct Line<'a> {
-    pub at: String,
+    pub at: &'a str,
     pub customer: &'a str,
     pub sequence: &'a str,
     pub step: Option<&'a str>,
@@ -104,9 +104,10 @@ pub struct Line<'a> {
 }
 
 impl Decision {
+    /// The line, with `at` taken from `at_text` (the caller formats it, often once for many).
     pub fn line(&self) -> Line<'_> {
         Line {
-            at: rfc3339(self.at),
+            at: "",
             customer: &self.customer,
             sequence: &self.sequence,
             step: self.step.as_deref(),
@@ -118,6 +119,7 @@ impl Decision {
 
     /// The JSON line `simulate` prints.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.line()).unwrap_or_default()
+        let at = rfc3339(self.at);
+        serde_json::to_string(&Line { at: &at, ..self.line() }).unwrap_or_default()
     }
 }

@@ -390,7 +390,10 @@ impl Engine {
         let order = j.order_id.as_deref().and_then(|o| c.order(o));
         let ctx = Ctx::new(&c.profile, ev, order, Some(j)).into_value();
         let locale = c.profile.locale.as_deref();
-        let subject = match self.catalog.templates.render_subject(template, locale, &ctx) {
+        let rendered = self.catalog.templates.render_subject(template, locale, &ctx);
+        // Release the context's share of the profile so the update below does not copy it.
+        drop(ctx);
+        let subject = match rendered {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(customer_id = %c.profile.id, sequence = %seq.name, error = %e, "template error");

@@ -3,6 +3,7 @@
 //! `parse` turns bytes into an [`Event`] or an [`EventError`] precise enough to be the
 //! dead-letter reason; nothing here knows about Kafka.
 
+mod fast;
 mod money;
 mod parse;
 

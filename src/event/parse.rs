@@ -45,6 +45,14 @@ impl Event {
     pub fn from_structured(bytes: &[u8]) -> Result<Event, EventError> {
         check_size(bytes)?;
         let text = utf8(bytes)?;
+        if let Some(ev) = super::fast::parse(text) {
+            return Ok(ev);
+        }
+        Event::from_structured_text(text)
+    }
+
+    /// The precise path: every field checked by name, every problem worded.
+    fn from_structured_text(text: &str) -> Result<Event, EventError> {
         let value: Value =
             serde_json::from_str(text).map_err(|e| EventError::NotJson(e.to_string()))?;
         let Value::Object(mut map) = value else {
@@ -462,6 +470,22 @@ mod tests {
             let err = Event::from_structured(input).unwrap_err();
             assert_eq!(err.to_string(), *reason, "input {}", String::from_utf8_lossy(input));
         }
+    }
+
+    /// The typed fast path and the precise path agree on every well-formed event.
+    #[test]
+    fn fast_and_precise_paths_agree() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cdnow/CDNOW_master.txt")).unwrap();
+        let rows = crate::cdnow::parse(&text).unwrap();
+        let mut seen_kinds = std::collections::BTreeSet::new();
+        for line in crate::cdnow::events(&rows[..3000]) {
+            let fast = super::super::fast::parse(&line).expect("fast path takes CDNOW events");
+            assert_eq!(fast, Event::from_structured_text(&line).unwrap());
+            seen_kinds.insert(fast.kind);
+        }
+        assert_eq!(seen_kinds.len(), 8, "{seen_kinds:?}");
+        let extra = structured(PLACED).unwrap();
+        assert_eq!(Some(extra.clone()), super::super::fast::parse(PLACED));
     }
 
     #[test]

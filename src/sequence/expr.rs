@@ -5,6 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use minijinja::{Environment, Expression, Value};
 
+use super::fast::Fast;
+
 /// Expressions only need MiniJinja's filters and tests, never templates, so they share one
 /// process-wide environment. That lets a compiled expression live as long as its sequence
 /// without borrowing a per-catalog environment.
@@ -18,6 +20,8 @@ fn env() -> &'static Environment<'static> {
 pub struct Expr {
     source: Arc<str>,
     compiled: Arc<Expression<'static, 'static>>,
+    /// The same expression evaluated without the VM, when its shape allows.
+    fast: Option<Fast>,
 }
 
 impl Expr {
@@ -29,6 +33,7 @@ impl Expr {
         Ok(Expr {
             source: source.into(),
             compiled: Arc::new(compiled),
+            fast: Fast::parse(source),
         })
     }
 
@@ -38,6 +43,14 @@ impl Expr {
 
     /// Evaluates to a truth value. An evaluation error is returned, never panics.
     pub fn eval(&self, ctx: Value) -> Result<bool, String> {
+        if let Some(v) = self.fast.as_ref().and_then(|f| f.eval(&ctx)) {
+            return Ok(v);
+        }
+        self.eval_slow(ctx)
+    }
+
+    /// Always through MiniJinja's VM.
+    pub fn eval_slow(&self, ctx: Value) -> Result<bool, String> {
         self.compiled
             .eval(ctx)
             .map(|v| v.is_true())

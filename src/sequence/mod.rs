@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod compile;
 pub mod diag;
 pub mod expr;
+mod fast;
 pub mod raw;
 pub mod yaml;
 

@@ -11,17 +11,25 @@ use chrono::{DateTime, Utc};
 
 use crate::engine::{Customer, Engine};
 
+/// Position of a customer in `MemoryStore::slots`.
+type Idx = u32;
+
 #[derive(Default)]
 pub struct MemoryStore {
-    customers: HashMap<Arc<str>, Slot>,
+    index: HashMap<Arc<str>, Idx>,
+    slots: Vec<Slot>,
     /// 128-bit digests of (source, id): a collision needs ~2^64 events.
     seen: HashSet<u128>,
-    /// (due, customer); entries go stale when a customer's due time moves, see [`Slot`].
-    queue: BinaryHeap<Reverse<(DateTime<Utc>, Arc<str>)>>,
+    /// (due, ordinal, slot): entries go stale when a customer's due time moves, see
+    /// [`Slot::queued`]. Customers due at the same instant wake in ordinal order (the order
+    /// they were first seen).
+    queue: BinaryHeap<Reverse<(DateTime<Utc>, u32, Idx)>>,
 }
 
 struct Slot {
     customer: Customer,
+    /// Orders customers due at the same instant: first-seen order, across partitions too.
+    ordinal: u32,
     /// The due time queued for this customer, so an unchanged one is not queued twice.
     queued: Option<DateTime<Utc>>,
 }
@@ -33,60 +41,81 @@ impl MemoryStore {
     }
 
     pub fn customer(&self, id: &str) -> Option<&Customer> {
-        self.customers.get(id).map(|s| &s.customer)
+        self.index.get(id).map(|i| &self.slots[*i as usize].customer)
+    }
+
+    /// The customer's slot, created empty on first sight.
+    pub fn slot_of(&mut self, id: &Arc<str>) -> Idx {
+        let next = self.slots.len() as u32;
+        self.slot_with(id, next)
+    }
+
+    /// As [`slot_of`](Self::slot_of), with the tie-breaking ordinal chosen by the caller (a
+    /// partition of a parallel replay uses the customer's global first-seen position).
+    pub fn slot_with(&mut self, id: &Arc<str>, ordinal: u32) -> Idx {
+        if let Some(i) = self.index.get(id) {
+            return *i;
+        }
+        let i = self.slots.len() as Idx;
+        self.slots.push(Slot {
+            customer: Customer::new(id.clone()),
+            ordinal,
+            queued: None,
+        });
+        self.index.insert(id.clone(), i);
+        i
+    }
+
+    pub fn ordinal(&self, slot: Idx) -> u32 {
+        self.slots[slot as usize].ordinal
+    }
+
+    pub fn customer_at(&mut self, slot: Idx) -> &mut Customer {
+        &mut self.slots[slot as usize].customer
     }
 
     /// The customer, created empty on first sight.
     pub fn customer_mut(&mut self, id: &Arc<str>) -> &mut Customer {
-        &mut self
-            .customers
-            .entry(id.clone())
-            .or_insert_with(|| Slot {
-                customer: Customer::new(id.clone()),
-                queued: None,
-            })
-            .customer
+        let i = self.slot_of(id);
+        self.customer_at(i)
     }
 
     /// Queues the customer's next due time after the engine changed it.
-    pub fn reschedule(&mut self, id: &Arc<str>) {
-        let Some(slot) = self.customers.get_mut(id) else {
-            return;
-        };
-        let due = Engine::next_due(&slot.customer);
-        if due.is_some() && due != slot.queued {
-            if let Some(at) = due {
-                self.queue.push(Reverse((at, id.clone())));
-            }
+    pub fn reschedule(&mut self, slot: Idx) {
+        let s = &mut self.slots[slot as usize];
+        let due = Engine::next_due(&s.customer);
+        if let Some(at) = due.filter(|_| due != s.queued) {
+            self.queue.push(Reverse((at, s.ordinal, slot)));
         }
-        slot.queued = due;
+        s.queued = due;
     }
 
     /// The earliest customer due at or before `limit` (strictly before if `strict`).
-    pub fn pop_due(&mut self, limit: DateTime<Utc>, strict: bool) -> Option<(DateTime<Utc>, Arc<str>)> {
+    pub fn pop_due(&mut self, limit: DateTime<Utc>, strict: bool) -> Option<(DateTime<Utc>, Idx)> {
         loop {
-            let Reverse((at, _)) = self.queue.peek()?;
+            let Reverse((at, _, _)) = self.queue.peek()?;
             if *at > limit || (strict && *at == limit) {
                 return None;
             }
-            let Reverse((at, id)) = self.queue.pop()?;
+            let Reverse((at, _, slot)) = self.queue.pop()?;
             // Skip entries superseded by a later reschedule.
-            if self.customers.get(&id).is_some_and(|s| s.queued == Some(at)) {
-                return Some((at, id));
+            if self.slots[slot as usize].queued == Some(at) {
+                return Some((at, slot));
             }
         }
     }
 
     pub fn customers(&self) -> impl Iterator<Item = &Customer> {
-        self.customers.values().map(|s| &s.customer)
+        self.slots.iter().map(|s| &s.customer)
     }
 
     pub fn customer_count(&self) -> usize {
-        self.customers.len()
+        self.slots.len()
     }
 }
 
-fn digest(source: &str, id: &str) -> u128 {
+/// The dedupe key of an event: 128 bits of (source, id).
+pub fn digest(source: &str, id: &str) -> u128 {
     let half = |seed: u64| {
         let mut h = DefaultHasher::new();
         seed.hash(&mut h);

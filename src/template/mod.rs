@@ -3,9 +3,12 @@
 //! Locale fallback is `ko-KR` → `ko` → the default file. The text part comes from the same
 //! locale as the HTML part: a Korean HTML body never gets an English text twin.
 
+mod fast;
 pub mod text;
 
-use std::collections::{BTreeMap, BTreeSet};
+use fast::Simple;
+
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
@@ -14,6 +17,15 @@ use crate::sequence::diag::{did_you_mean, Diagnostic, Pos};
 use crate::sequence::expr::describe;
 
 /// The parts of one email template.
+/// One locale of a template: the file of each part it has.
+#[derive(Debug, Default)]
+struct Variant {
+    locale: String,
+    files: [Option<String>; 3],
+    /// The subject, when simple enough to render without MiniJinja.
+    simple_subject: Option<Simple>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Part {
     Subject,
@@ -22,6 +34,10 @@ pub enum Part {
 }
 
 impl Part {
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             Part::Subject => "subject",
@@ -50,8 +66,8 @@ pub struct RenderError {
 /// Every template of a sequences directory, compiled.
 pub struct Templates {
     env: Environment<'static>,
-    /// Logical name → (locale or "" for default) → parts present.
-    index: BTreeMap<String, BTreeMap<String, BTreeSet<Part>>>,
+    /// Logical name → its locale variants (`""` is the default); looked up for every email.
+    index: BTreeMap<String, Vec<Variant>>,
     /// How template files are named in messages (`sequences/templates`).
     root: String,
 }
@@ -75,7 +91,7 @@ impl Templates {
                 AutoEscape::None
             }
         });
-        let mut index: BTreeMap<String, BTreeMap<String, BTreeSet<Part>>> = BTreeMap::new();
+        let mut index: BTreeMap<String, Vec<Variant>> = BTreeMap::new();
         let mut diags = Vec::new();
         for (file, source) in files {
             let shown = format!("{root}/{file}");
@@ -94,12 +110,18 @@ impl Templates {
                 ));
                 continue;
             }
-            index
-                .entry(name)
-                .or_default()
-                .entry(locale)
-                .or_default()
-                .insert(part);
+            let variants = index.entry(name).or_default();
+            let i = match variants.iter().position(|v| v.locale == locale) {
+                Some(i) => i,
+                None => {
+                    variants.push(Variant { locale, ..Variant::default() });
+                    variants.len() - 1
+                }
+            };
+            if part == Part::Subject {
+                variants[i].simple_subject = Simple::parse(&source);
+            }
+            variants[i].files[part.index()] = Some(file);
         }
         let templates = Templates {
             env,
@@ -132,9 +154,9 @@ impl Templates {
             };
             return Err((msg, hint));
         };
-        let default = locales.get("");
+        let default = locales.iter().find(|v| v.locale.is_empty());
         for part in [Part::Subject, Part::Html] {
-            if !default.is_some_and(|p| p.contains(&part)) {
+            if !default.is_some_and(|v| v.files[part.index()].is_some()) {
                 return Err((
                     format!("template `{name}` has no default {} part", part.suffix()),
                     format!("create {}/{name}.{}.j2", self.root, part.suffix()),
@@ -149,12 +171,25 @@ impl Templates {
         self.index.keys().map(String::as_str)
     }
 
-    /// The most specific locale of `name` that has `part`: `ko-KR`, then `ko`, then default.
-    fn pick(&self, name: &str, locale: Option<&str>, part: Part) -> Option<String> {
-        let locales = self.index.get(name)?;
-        let has = |l: &str| locales.get(l).is_some_and(|p| p.contains(&part));
-        let chosen = locale_chain(locale).into_iter().find(|l| has(l))?;
-        Some(file_name(name, &chosen, part))
+    /// The most specific variant of `name` that has `part`: `ko-KR`, then `ko`, then default.
+    /// Runs for every email, so it compares in place instead of building locale strings.
+    fn pick(&self, name: &str, locale: Option<&str>, part: Part) -> Option<&Variant> {
+        let variants = self.index.get(name)?;
+        let locale = locale.unwrap_or_default().trim();
+        let lang = locale.split(['-', '_']).next().unwrap_or_default();
+        let score = |v: &Variant| -> Option<u8> {
+            v.files[part.index()].as_ref()?;
+            if v.locale.is_empty() {
+                Some(0)
+            } else if !locale.is_empty() && same_locale(&v.locale, locale) {
+                Some(2)
+            } else if !lang.is_empty() && v.locale.eq_ignore_ascii_case(lang) {
+                Some(1)
+            } else {
+                None
+            }
+        };
+        variants.iter().filter_map(|v| Some((score(v)?, v))).max_by_key(|(s, _)| *s).map(|(_, v)| v)
     }
 
     fn render_file(&self, file: &str, ctx: &Value) -> Result<String, RenderError> {
@@ -182,10 +217,14 @@ impl Templates {
         locale: Option<&str>,
         ctx: &Value,
     ) -> Result<String, RenderError> {
-        let file = self
+        let variant = self
             .pick(name, locale, Part::Subject)
             .ok_or_else(|| self.missing(name, Part::Subject))?;
-        Ok(one_line(&self.render_file(&file, ctx)?))
+        if let Some(text) = variant.simple_subject.as_ref().and_then(|s| s.render(ctx)) {
+            return Ok(one_line(&text));
+        }
+        let file = variant.files[Part::Subject.index()].as_deref().unwrap_or_default();
+        Ok(one_line(&self.render_file(file, ctx)?))
     }
 
     /// Renders subject, HTML and text; text is derived from the HTML when there is no text part
@@ -197,20 +236,13 @@ impl Templates {
         ctx: &Value,
     ) -> Result<Rendered, RenderError> {
         let subject = self.render_subject(name, locale, ctx)?;
-        let html_file = self
+        let variant = self
             .pick(name, locale, Part::Html)
             .ok_or_else(|| self.missing(name, Part::Html))?;
-        let html = self.render_file(&html_file, ctx)?;
-        let html_locale = split_name(&html_file).map(|(_, l, _)| l).unwrap_or_default();
-        let has_text = self
-            .index
-            .get(name)
-            .and_then(|l| l.get(&html_locale))
-            .is_some_and(|p| p.contains(&Part::Text));
-        let text = if has_text {
-            self.render_file(&file_name(name, &html_locale, Part::Text), ctx)?
-        } else {
-            text::html_to_text(&html)
+        let html = self.render_file(variant.files[Part::Html.index()].as_deref().unwrap_or_default(), ctx)?;
+        let text = match &variant.files[Part::Text.index()] {
+            Some(file) => self.render_file(file, ctx)?,
+            None => text::html_to_text(&html),
         };
         Ok(Rendered {
             subject,
@@ -225,38 +257,13 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `ko-KR` → [`ko-KR`, `ko`, ``]; `ko_kr` is read as `ko-KR`.
-fn locale_chain(locale: Option<&str>) -> Vec<String> {
-    let mut chain = Vec::with_capacity(3);
-    if let Some(l) = locale.map(|l| l.trim().replace('_', "-")).filter(|l| !l.is_empty()) {
-        let mut parts = l.split('-');
-        let lang = parts.next().unwrap_or_default().to_ascii_lowercase();
-        let region: Vec<String> = parts.map(|p| p.to_string()).collect();
-        if !region.is_empty() {
-            let full = std::iter::once(lang.clone())
-                .chain(region.iter().map(|r| {
-                    if r.len() == 2 {
-                        r.to_ascii_uppercase()
-                    } else {
-                        r.clone()
-                    }
-                }))
-                .collect::<Vec<_>>()
-                .join("-");
-            chain.push(full);
-        }
-        chain.push(lang);
-    }
-    chain.push(String::new());
-    chain
-}
-
-fn file_name(name: &str, locale: &str, part: Part) -> String {
-    if locale.is_empty() {
-        format!("{name}.{}.j2", part.suffix())
-    } else {
-        format!("{name}.{locale}.{}.j2", part.suffix())
-    }
+/// `ko-KR`, `ko_kr` and `KO-kr` name the same locale.
+fn same_locale(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+            norm(x) == norm(y)
+        })
 }
 
 /// `camera/basics.ko-KR.html.j2` → (`camera/basics`, `ko-KR`, Html).

@@ -4,11 +4,14 @@
 //! backwards: a late event is applied at the current instant, as `run` would). Between
 //! events the clock jumps from one due wake-up to the next, so 90 days take no time.
 
+mod parallel;
+
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::engine::decision::Line;
 use crate::engine::{Customer, Decision, Engine};
 use crate::event::Event;
 use crate::store::memory::MemoryStore;
@@ -22,21 +25,30 @@ pub struct Summary {
     pub stats: Stats,
 }
 
+pub use parallel::replay_parallel;
+
 /// Replays JSON Lines events from `input`, writes one JSON line per decision to `output`, and
 /// runs timers until the last event plus `until`. Bad lines go to `on_bad` (line number,
 /// reason) and are skipped.
 pub fn replay(
     sim: &mut Simulator,
-    input: impl BufRead,
+    mut input: impl BufRead,
     output: &mut impl Write,
     until: Period,
     mut on_bad: impl FnMut(u64, &str),
 ) -> std::io::Result<Summary> {
     let mut summary = Summary::default();
     let mut out = Vec::new();
-    for (i, line) in input.split(b'\n').enumerate() {
-        let line = line?;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+    let mut lines = LineWriter::default();
+    let mut buf = Vec::with_capacity(1024);
+    let mut number = 0u64;
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        number += 1;
+        let line = buf.trim_ascii_end();
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -45,25 +57,42 @@ pub fn replay(
             Ok(ev) => sim.push_event(ev, &mut out),
             Err(e) => {
                 summary.bad_lines += 1;
-                on_bad(i as u64 + 1, &e.to_string());
+                on_bad(number, &e.to_string());
             }
         }
-        write_lines(output, &mut out)?;
+        lines.write_all(output, &mut out)?;
     }
     if let Some(last) = sim.last_event() {
         sim.advance_to(last + until.0, &mut out);
-        write_lines(output, &mut out)?;
+        lines.write_all(output, &mut out)?;
     }
     summary.stats = sim.stats;
     Ok(summary)
 }
 
-fn write_lines(output: &mut impl Write, decisions: &mut Vec<Decision>) -> std::io::Result<()> {
-    for d in decisions.drain(..) {
-        serde_json::to_writer(&mut *output, &d.line())?;
-        output.write_all(b"\n")?;
+/// Writes decisions as SPEC §5 lines; consecutive lines mostly share `at`, so its text is kept.
+#[derive(Default)]
+pub(crate) struct LineWriter {
+    at: Option<DateTime<Utc>>,
+    at_text: String,
+}
+
+impl LineWriter {
+    pub(crate) fn write_all(&mut self, w: &mut impl Write, decisions: &mut Vec<Decision>) -> std::io::Result<()> {
+        for d in decisions.drain(..) {
+            if self.at != Some(d.at) {
+                self.at = Some(d.at);
+                self.at_text = crate::time::rfc3339(d.at);
+            }
+            let line = Line {
+                at: &self.at_text,
+                ..d.line()
+            };
+            serde_json::to_writer(&mut *w, &line)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 pub struct Simulator {
@@ -140,12 +169,12 @@ impl Simulator {
             return;
         }
         self.stats.events += 1;
-        let id = ev.subject.clone();
+        let slot = self.store.slot_of(&ev.subject);
         let ev = Arc::new(ev);
         let before = out.len();
-        self.engine.handle_event(self.store.customer_mut(&id), &ev, now, out);
+        self.engine.handle_event(self.store.customer_at(slot), &ev, now, out);
         self.stats.decisions += (out.len() - before) as u64;
-        self.store.reschedule(&id);
+        self.store.reschedule(slot);
     }
 
     /// Runs every wake-up due at or before `t`, each at its own instant; the clock ends at `t`.
@@ -155,14 +184,14 @@ impl Simulator {
     }
 
     fn run_until(&mut self, limit: DateTime<Utc>, strict: bool, out: &mut Vec<Decision>) {
-        while let Some((at, id)) = self.store.pop_due(limit, strict) {
+        while let Some((at, slot)) = self.store.pop_due(limit, strict) {
             let now = self.now.map_or(at, |n| n.max(at));
             self.now = Some(now);
             self.stats.wakeups += 1;
             let before = out.len();
-            self.engine.wake(self.store.customer_mut(&id), now, out);
+            self.engine.wake(self.store.customer_at(slot), now, out);
             self.stats.decisions += (out.len() - before) as u64;
-            self.store.reschedule(&id);
+            self.store.reschedule(slot);
         }
     }
 }

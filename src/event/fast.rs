@@ -1,0 +1,219 @@
+//! The common, well-formed event parsed straight into types, without the `serde_json::Value`
+//! tree the precise path builds. Any surprise — a missing or wrong-typed field, a duplicate
+//! key, an event type not modelled here — returns `None`, and the precise path decides (and
+//! words the error). Both paths give equal events; a test checks it on the CDNOW stream.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{CustomerPatch, Event, EventData, Item, Money, OrderPlaced, OrderShipped};
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    specversion: Cow<'a, str>,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    subject: String,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Customer {
+    email: Option<String>,
+    name: Option<String>,
+    locale: Option<String>,
+    timezone: Option<String>,
+    birthday: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Placed {
+    order_id: String,
+    items: Vec<FastItem>,
+    total: Amount,
+    currency: String,
+    customer: Option<Customer>,
+}
+
+#[derive(Deserialize)]
+struct FastItem {
+    sku: String,
+    name: String,
+    category: String,
+    quantity: u32,
+    unit_price: Amount,
+}
+
+#[derive(Deserialize)]
+struct Shipped {
+    order_id: String,
+    carrier: String,
+    tracking_number: String,
+    tracking_url: Option<String>,
+    customer: Option<Customer>,
+}
+
+#[derive(Deserialize)]
+struct OrderRef {
+    order_id: String,
+    reason: Option<String>,
+    amount: Option<Amount>,
+    customer: Option<Customer>,
+}
+
+#[derive(Deserialize)]
+struct Ticket {
+    ticket_id: String,
+    order_id: Option<String>,
+    subject: Option<String>,
+    customer: Option<Customer>,
+}
+
+#[derive(Deserialize)]
+struct Review {
+    order_id: String,
+    sku: String,
+    rating: u8,
+    customer: Option<Customer>,
+}
+
+/// A money field: a JSON number or a decimal string, as the precise path reads it.
+struct Amount(Money);
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Amount, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Amount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a decimal string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Amount, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Amount, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Amount, E> {
+                Money::from_f64(v).map(Amount).ok_or_else(|| E::custom("bad amount"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Amount, E> {
+                Money::parse_decimal(v).map(Amount).ok_or_else(|| E::custom("bad amount"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn patch(c: Option<Customer>) -> Option<CustomerPatch> {
+    c.map(|c| CustomerPatch {
+        email: c.email,
+        name: c.name,
+        locale: c.locale,
+        timezone: c.timezone,
+        birthday: c.birthday,
+    })
+}
+
+/// The event, if it is well-formed and of a type modelled here.
+pub fn parse(text: &str) -> Option<Event> {
+    let env: Envelope = serde_json::from_str(text).ok()?;
+    if env.specversion != "1.0" || env.id.is_empty() || env.source.is_empty() || env.kind.is_empty() || env.subject.is_empty() {
+        return None;
+    }
+    let time = DateTime::parse_from_rfc3339(&env.time).ok()?.with_timezone(&Utc);
+    let data = env.data?.get();
+    let (customer, data) = match env.kind.as_str() {
+        "order.placed" => {
+            let p: Placed = serde_json::from_str(data).ok()?;
+            let items = p
+                .items
+                .into_iter()
+                .map(|i| Item {
+                    sku: i.sku,
+                    name: i.name,
+                    category: i.category,
+                    quantity: i.quantity,
+                    unit_price: i.unit_price.0,
+                })
+                .collect();
+            let placed = OrderPlaced {
+                order_id: p.order_id,
+                items,
+                total: p.total.0,
+                currency: p.currency,
+            };
+            (patch(p.customer), EventData::OrderPlaced(placed))
+        }
+        "order.shipped" => {
+            let s: Shipped = serde_json::from_str(data).ok()?;
+            let shipped = OrderShipped {
+                order_id: s.order_id,
+                carrier: s.carrier,
+                tracking_number: s.tracking_number,
+                tracking_url: s.tracking_url,
+            };
+            (patch(s.customer), EventData::OrderShipped(shipped))
+        }
+        "order.delivered" | "order.cancelled" | "order.refunded" => {
+            let o: OrderRef = serde_json::from_str(data).ok()?;
+            let data = match env.kind.as_str() {
+                "order.delivered" => EventData::OrderDelivered { order_id: o.order_id },
+                "order.cancelled" => EventData::OrderCancelled {
+                    order_id: o.order_id,
+                    reason: o.reason,
+                },
+                _ => EventData::OrderRefunded {
+                    order_id: o.order_id,
+                    amount: o.amount?.0,
+                },
+            };
+            (patch(o.customer), data)
+        }
+        "support.ticket_opened" | "support.ticket_resolved" => {
+            let t: Ticket = serde_json::from_str(data).ok()?;
+            let data = if env.kind == "support.ticket_opened" {
+                EventData::TicketOpened {
+                    ticket_id: t.ticket_id,
+                    order_id: t.order_id,
+                    subject: t.subject,
+                }
+            } else {
+                EventData::TicketResolved { ticket_id: t.ticket_id }
+            };
+            (patch(t.customer), data)
+        }
+        "review.submitted" => {
+            let r: Review = serde_json::from_str(data).ok()?;
+            if !(1..=5).contains(&r.rating) {
+                return None;
+            }
+            let data = EventData::ReviewSubmitted {
+                order_id: r.order_id,
+                sku: r.sku,
+                rating: r.rating,
+            };
+            (patch(r.customer), data)
+        }
+        _ => return None,
+    };
+    Some(Event {
+        id: env.id,
+        source: env.source,
+        kind: env.kind,
+        time,
+        subject: env.subject.into(),
+        customer,
+        data,
+    })
+}
