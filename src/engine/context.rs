@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use minijinja::value::{Enumerator, Object, Value};
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 
 use super::customer::{Order, Profile};
 use chrono::{DateTime, Utc};
@@ -67,12 +67,12 @@ impl Object for Ctx {
     }
 }
 
-fn opt_str(v: &Option<String>) -> Value {
-    v.as_deref().map_or(Value::from(()), Value::from)
+fn opt_str(v: Option<&str>) -> Value {
+    v.map_or(Value::from(()), Value::from)
 }
 
-fn strings(v: &[String]) -> Value {
-    Value::from(v.to_vec())
+fn strings(v: &[Box<str>]) -> Value {
+    Value::from(v.iter().map(|s| Value::from(&**s)).collect::<Vec<_>>())
 }
 
 const PROFILE_KEYS: &[&str] = &[
@@ -84,11 +84,11 @@ impl Object for Profile {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         Some(match key.as_str()? {
             "id" => Value::from(&*self.id),
-            "email" => opt_str(&self.email),
-            "name" => opt_str(&self.name),
-            "locale" => opt_str(&self.locale),
+            "email" => opt_str(self.email.as_deref()),
+            "name" => opt_str(self.name.as_deref()),
+            "locale" => opt_str(self.locale.as_deref()),
             "timezone" => self.timezone.map_or(Value::from(()), |t| Value::from(t.name())),
-            "birthday" => opt_str(&self.birthday),
+            "birthday" => opt_str(self.birthday.as_deref()),
             "orders_count" => Value::from(self.orders_count),
             "total_spent" => Value::from(self.total_spent.as_f64()),
             "skus" => strings(&self.skus),
@@ -115,16 +115,16 @@ impl Object for Order {
         let time = |t: Option<DateTime<Utc>>| t.map_or(Value::from(()), |t| Value::from(rfc3339(t)));
         Some(match key.as_str()? {
             "id" | "order_id" => Value::from(&*self.id),
-            "items" => self.items_value(),
+            "items" => Value::from_object(Items(self.clone())),
             "total" => Value::from(self.total.as_f64()),
-            "currency" => Value::from(self.currency.as_str()),
+            "currency" => Value::from(&*self.currency),
             "status" => Value::from(self.status.as_str()),
             "placed_at" => time(self.placed_at),
             "shipped_at" => time(self.shipped_at),
             "delivered_at" => time(self.delivered_at),
-            "carrier" => opt_str(&self.carrier),
-            "tracking_number" => opt_str(&self.tracking_number),
-            "tracking_url" => opt_str(&self.tracking_url),
+            "carrier" => self.shipping.as_ref().map_or(Value::from(()), |s| Value::from(s.carrier.as_str())),
+            "tracking_number" => self.shipping.as_ref().map_or(Value::from(()), |s| Value::from(s.tracking_number.as_str())),
+            "tracking_url" => self.shipping.as_ref().map_or(Value::from(()), |s| opt_str(s.tracking_url.as_deref())),
             "refunded" => Value::from(self.refunded.as_f64()),
             _ => return None,
         })
@@ -132,6 +132,48 @@ impl Object for Order {
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         Enumerator::Str(ORDER_KEYS)
+    }
+}
+
+/// `order.items`, read in place: each item becomes a value only when an expression reaches it.
+#[derive(Debug)]
+struct Items(Arc<Order>);
+
+impl Object for Items {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let i = key.as_usize()?;
+        (i < self.0.items.len()).then(|| Value::from_object(ItemAt(self.0.clone(), i)))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.0.items.len())
+    }
+}
+
+#[derive(Debug)]
+struct ItemAt(Arc<Order>, usize);
+
+const ITEM_KEYS: &[&str] = &["sku", "name", "category", "quantity", "unit_price"];
+
+impl Object for ItemAt {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let item = self.0.items.get(self.1)?;
+        Some(match key.as_str()? {
+            "sku" => Value::from(&*item.sku),
+            "name" => Value::from(&*item.name),
+            "category" => Value::from(&*item.category),
+            "quantity" => Value::from(item.quantity),
+            "unit_price" => Value::from(item.unit_price.as_f64()),
+            _ => return None,
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(ITEM_KEYS)
     }
 }
 

@@ -3,11 +3,12 @@
 //! A customer is the unit of state: every input touches exactly one customer, so the store
 //! loads one, the engine mutates it, and the store saves it with the decisions.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
+use super::compact::Compact;
 use super::journey::{Journey, PendingGoal};
 use crate::event::{CustomerPatch, Event, EventData, Item, Money};
 
@@ -15,38 +16,47 @@ use crate::event::{CustomerPatch, Event, EventData, Item, Money};
 pub struct Customer {
     /// Shared with expression contexts; copied on write only while a context holds it.
     pub profile: Arc<Profile>,
-    pub orders: Vec<Arc<Order>>,
+    pub orders: Compact<Arc<Order>>,
     /// Journeys in flight, oldest first (the order ties are decided in).
-    pub journeys: Vec<Journey>,
-    pub goals: Vec<PendingGoal>,
+    pub journeys: Compact<Journey>,
+    pub goals: Compact<PendingGoal>,
     /// per_customer sequences this customer has finished (for `reenter: false`).
-    pub finished: Vec<Arc<str>>,
+    pub finished: Compact<Arc<str>>,
 }
 
 /// The profile expressions and templates see as `customer`.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
     pub id: Arc<str>,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub locale: Option<String>,
+    // Boxed strings and exact lists, not String and Vec: a profile is kept for every customer,
+    // and the spare capacity of growable ones is memory multiplied by millions.
+    pub email: Option<Box<str>>,
+    pub name: Option<Box<str>>,
+    pub locale: Option<Box<str>>,
     pub timezone: Option<Tz>,
-    pub birthday: Option<String>,
+    pub birthday: Option<Box<str>>,
     pub orders_count: u32,
     /// Placed orders minus refunded amounts.
     pub total_spent: Money,
     /// Of every order placed, sorted; refunds do not remove them.
-    pub skus: Vec<String>,
-    pub categories: Vec<String>,
+    pub skus: Compact<Box<str>>,
+    pub categories: Compact<Box<str>>,
     /// Ticket ids opened and not yet resolved.
-    pub open_tickets: Vec<String>,
+    pub open_tickets: Compact<Box<str>>,
     pub last_order_at: Option<DateTime<Utc>>,
     /// Categories unsubscribed from; `all` means every marketing category.
-    pub unsubscribed: Vec<String>,
+    pub unsubscribed: Compact<Box<str>>,
     /// A permanent delivery failure: nothing more is sent to this address.
     pub bounced: bool,
     /// When the last marketing email went out (for `policy.min_gap`).
     pub last_marketing_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipping {
+    pub carrier: String,
+    pub tracking_number: String,
+    pub tracking_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,53 +84,35 @@ impl OrderStatus {
 #[derive(Debug, Clone)]
 pub struct Order {
     pub id: Arc<str>,
-    pub items: Vec<Item>,
+    pub items: Compact<Item>,
     pub total: Money,
-    pub currency: String,
+    pub currency: Box<str>,
     pub status: OrderStatus,
     pub placed_at: Option<DateTime<Utc>>,
     pub shipped_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
-    pub carrier: Option<String>,
-    pub tracking_number: Option<String>,
-    pub tracking_url: Option<String>,
+    /// Set once shipped; boxed because most of an order's life it is absent.
+    pub shipping: Option<Box<Shipping>>,
     pub refunded: Money,
     /// per_order sequences that already ran a journey for this order (once per order).
-    pub enrolled: Vec<Arc<str>>,
-    /// `items` as an expression value, built on first use: trigger conditions read it for
-    /// every event about the order.
-    items_value: OnceLock<minijinja::Value>,
+    pub enrolled: Compact<Arc<str>>,
 }
 
 impl Order {
     fn new(id: &str) -> Order {
         Order {
             id: id.into(),
-            items: Vec::new(),
+            items: Compact::default(),
             total: Money::ZERO,
-            currency: String::new(),
+            currency: Box::default(),
             status: OrderStatus::Placed,
             placed_at: None,
             shipped_at: None,
             delivered_at: None,
-            carrier: None,
-            tracking_number: None,
-            tracking_url: None,
+            shipping: None,
             refunded: Money::ZERO,
-            enrolled: Vec::new(),
-            items_value: OnceLock::new(),
+            enrolled: Compact::default(),
         }
-    }
-
-    pub fn items_value(&self) -> minijinja::Value {
-        self.items_value
-            .get_or_init(|| minijinja::Value::from(minijinja::value::Serde(&self.items)))
-            .clone()
-    }
-
-    fn set_items(&mut self, items: &[Item]) {
-        self.items = items.to_vec();
-        self.items_value = OnceLock::new();
     }
 }
 
@@ -131,10 +123,10 @@ impl Customer {
                 id,
                 ..Profile::default()
             }),
-            orders: Vec::new(),
-            journeys: Vec::new(),
-            goals: Vec::new(),
-            finished: Vec::new(),
+            orders: Compact::default(),
+            journeys: Compact::default(),
+            goals: Compact::default(),
+            finished: Compact::default(),
         }
     }
 
@@ -164,9 +156,9 @@ impl Customer {
                 let order = self.order_mut(&placed.order_id);
                 // A second order.placed for the same order (new event id) must not count twice.
                 let first = order.placed_at.is_none();
-                order.set_items(&placed.items);
+                order.items = placed.items.clone().into();
                 order.total = placed.total;
-                order.currency = placed.currency.clone();
+                order.currency = placed.currency.as_str().into();
                 order.placed_at = Some(ev.time);
                 if first {
                     Arc::make_mut(&mut self.profile).count_order(placed.total, &placed.items, ev.time);
@@ -176,9 +168,11 @@ impl Customer {
                 let order = self.order_mut(&s.order_id);
                 order.status = OrderStatus::Shipped;
                 order.shipped_at = Some(ev.time);
-                order.carrier = Some(s.carrier.clone());
-                order.tracking_number = Some(s.tracking_number.clone());
-                order.tracking_url = s.tracking_url.clone();
+                order.shipping = Some(Box::new(Shipping {
+                    carrier: s.carrier.clone(),
+                    tracking_number: s.tracking_number.clone(),
+                    tracking_url: s.tracking_url.clone(),
+                }));
             }
             EventData::OrderDelivered { order_id } => {
                 let order = self.order_mut(order_id);
@@ -196,19 +190,19 @@ impl Customer {
                 p.total_spent = p.total_spent - *amount;
             }
             EventData::TicketOpened { ticket_id, .. } => {
-                if !self.profile.open_tickets.contains(ticket_id) {
-                    Arc::make_mut(&mut self.profile).open_tickets.push(ticket_id.clone());
+                if !self.profile.open_tickets.contains_str(ticket_id) {
+                    Arc::make_mut(&mut self.profile).open_tickets.push(ticket_id.as_str().into());
                 }
             }
             EventData::TicketResolved { ticket_id } => {
-                if self.profile.open_tickets.contains(ticket_id) {
-                    Arc::make_mut(&mut self.profile).open_tickets.retain(|t| t != ticket_id);
+                if self.profile.open_tickets.contains_str(ticket_id) {
+                    Arc::make_mut(&mut self.profile).open_tickets.retain(|t| **t != **ticket_id);
                 }
             }
             EventData::CustomerUnsubscribed { categories } => {
                 let p = Arc::make_mut(&mut self.profile);
                 for c in categories {
-                    insert_sorted(&mut p.unsubscribed, c);
+                    p.unsubscribed.insert_sorted(c);
                 }
             }
             EventData::FeedbackSubmitted { .. }
@@ -222,24 +216,24 @@ impl Customer {
 impl Profile {
     fn patch(&mut self, p: &CustomerPatch) {
         if let Some(email) = &p.email {
-            if self.email.as_ref() != Some(email) {
-                self.email = Some(email.clone());
+            if self.email.as_deref() != Some(email.as_str()) {
+                self.email = Some(email.as_str().into());
                 // A new address has not bounced.
                 self.bounced = false;
             }
         }
         if let Some(name) = &p.name {
-            self.name = Some(name.clone());
+            self.name = Some(name.as_str().into());
         }
         if let Some(locale) = &p.locale {
-            self.locale = Some(locale.clone());
+            self.locale = Some(locale.as_str().into());
         }
         // An unknown zone name keeps the previous one: a typo must not lose the order event.
         if let Some(tz) = p.timezone.as_deref().and_then(|t| t.parse::<Tz>().ok()) {
             self.timezone = Some(tz);
         }
         if let Some(b) = &p.birthday {
-            self.birthday = Some(b.clone());
+            self.birthday = Some(b.as_str().into());
         }
     }
 
@@ -247,8 +241,8 @@ impl Profile {
         self.orders_count += 1;
         self.total_spent = self.total_spent + total;
         for item in items {
-            insert_sorted(&mut self.skus, &item.sku);
-            insert_sorted(&mut self.categories, &item.category);
+            self.skus.insert_sorted(&item.sku);
+            self.categories.insert_sorted(&item.category);
         }
         self.last_order_at = Some(self.last_order_at.map_or(at, |t| t.max(at)));
     }
@@ -257,13 +251,7 @@ impl Profile {
     pub fn unsubscribed_from(&self, category: &str) -> Option<&str> {
         self.unsubscribed
             .iter()
-            .find(|c| *c == "all" || *c == category)
-            .map(String::as_str)
-    }
-}
-
-fn insert_sorted(list: &mut Vec<String>, value: &str) {
-    if let Err(i) = list.binary_search_by(|v| v.as_str().cmp(value)) {
-        list.insert(i, value.to_string());
+            .find(|c| &***c == "all" || &***c == category)
+            .map(|c| &**c)
     }
 }

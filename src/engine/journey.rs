@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::sequence::Sequence;
-use crate::time::Period;
+use crate::sequence::{Sequence, Step, Timing};
 
 /// Stable id of a journey, derived from what started it so replays give the same ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +45,7 @@ pub struct Journey {
 }
 
 /// Where the current step stands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum State {
     /// The step runs at `at`; `cause` says why then (it becomes the email's reason).
     Due { at: DateTime<Utc>, cause: Cause },
@@ -56,14 +55,16 @@ pub enum State {
     Paused,
 }
 
-/// Why a step runs at the instant it does.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a step runs at the instant it does. Fieldless (the details are in the step), so that
+/// a journey stays small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
     /// No wait: right after the previous step (or at enrolment).
     Immediate,
-    Waited(Period),
-    /// The awaited event arrived.
-    Event(Arc<str>),
+    /// The step's `wait` elapsed.
+    Waited,
+    /// The step's `wait_for` event arrived.
+    Event,
     /// `wait_for` timed out with `on_timeout: continue`.
     TimeoutContinue,
     /// The send window opened.
@@ -74,16 +75,19 @@ pub enum Cause {
     Resumed,
 }
 
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cause::Immediate => f.write_str("no wait"),
-            Cause::Waited(p) => write!(f, "wait {p} elapsed"),
-            Cause::Event(e) => write!(f, "{e} received"),
-            Cause::TimeoutContinue => f.write_str("wait_for timed out: continue"),
-            Cause::Window => f.write_str("send window open"),
-            Cause::QuietHoursOver => f.write_str("quiet hours over"),
-            Cause::Resumed => f.write_str("resumed"),
+impl Cause {
+    /// The reason an action ran now, in words: "wait 1d elapsed", "order.shipped received".
+    pub fn describe(self, step: &Step) -> String {
+        match (self, &step.timing) {
+            (Cause::Waited, Timing::Wait(p)) => format!("wait {p} elapsed"),
+            (Cause::Event, Timing::WaitFor(w)) => format!("{} received", w.event),
+            (Cause::TimeoutContinue, Timing::WaitFor(w)) => {
+                format!("wait_for {} timed out after {}: continue", w.event, w.timeout)
+            }
+            (Cause::Window, _) => "send window open".into(),
+            (Cause::QuietHoursOver, _) => "quiet hours over".into(),
+            (Cause::Resumed, _) => "resumed".into(),
+            (Cause::Immediate | Cause::Waited | Cause::Event | Cause::TimeoutContinue, _) => "no wait".into(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! clock and memory; `run` drives them with the system clock and a durable store. Dedupe of
 //! events (same `source` + `id`) belongs to the store, which sees every customer.
 
+pub mod compact;
 pub mod context;
 pub mod customer;
 pub mod decision;
@@ -122,7 +123,7 @@ impl Engine {
             let Some((_, ji)) = next else {
                 return;
             };
-            match c.journeys[ji].state.clone() {
+            match c.journeys[ji].state {
                 State::Due { cause, .. } => self.due_step(c, ji, now, cause, None, out),
                 State::WaitingFor { .. } => self.timed_out(c, ji, now, out),
                 State::Paused => return,
@@ -194,7 +195,7 @@ impl Engine {
             if *w.event != *ev.kind || !self.passes(w.when.as_ref(), c, Some(ev), Some(ji)) {
                 continue;
             }
-            self.due_step(c, ji, now, Cause::Event(w.event.clone()), Some(ev), out);
+            self.due_step(c, ji, now, Cause::Event, Some(ev), out);
         }
     }
 
@@ -304,7 +305,7 @@ impl Engine {
         let j = &mut c.journeys[ji];
         j.state = match &j.sequence.steps[j.step].timing {
             Timing::Now => State::Due { at: base, cause: Cause::Immediate },
-            Timing::Wait(p) => State::Due { at: base + p.0, cause: Cause::Waited(*p) },
+            Timing::Wait(p) => State::Due { at: base + p.0, cause: Cause::Waited },
             Timing::WaitFor(w) => State::WaitingFor { deadline: base + w.timeout.0 },
         };
     }
@@ -404,13 +405,7 @@ impl Engine {
         if !category.is_transactional() {
             Arc::make_mut(&mut c.profile).last_marketing_at = Some(now);
         }
-        let reason = match cause {
-            Cause::TimeoutContinue => match &seq.steps[si].timing {
-                Timing::WaitFor(w) => format!("wait_for {} timed out after {}: continue", w.event, w.timeout),
-                _ => cause.to_string(),
-            },
-            _ => cause.to_string(),
-        };
+        let reason = cause.describe(&seq.steps[si]);
         let mut d = self.decision(c, ji, now, Action::Email, reason);
         d.subject = Some(subject);
         d.email = Some(EmailIntent {

@@ -140,9 +140,9 @@ pub fn parse(text: &str) -> Option<Event> {
                 .items
                 .into_iter()
                 .map(|i| Item {
-                    sku: i.sku,
-                    name: i.name,
-                    category: i.category,
+                    sku: i.sku.into(),
+                    name: i.name.into(),
+                    category: i.category.into(),
                     quantity: i.quantity,
                     unit_price: i.unit_price.0,
                 })

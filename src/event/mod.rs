@@ -129,9 +129,10 @@ pub struct OrderPlaced {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Item {
-    pub sku: String,
-    pub name: String,
-    pub category: String,
+    // Boxed: every order keeps its items for as long as the customer is known.
+    pub sku: Box<str>,
+    pub name: Box<str>,
+    pub category: Box<str>,
     pub quantity: u32,
     pub unit_price: Money,
 }

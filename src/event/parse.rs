@@ -370,9 +370,9 @@ fn items(f: &mut Fields) -> Result<Vec<Item>, EventError> {
             kind: f.kind,
         };
         items.push(Item {
-            sku: it.str("sku")?,
-            name: it.str("name")?,
-            category: it.str("category")?,
+            sku: it.str("sku")?.into(),
+            name: it.str("name")?.into(),
+            category: it.str("category")?.into(),
             quantity: it.uint("quantity", u32::MAX as u64, "a whole number")? as u32,
             unit_price: it.money("unit_price")?,
         });

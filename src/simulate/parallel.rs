@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use super::{LineWriter, Summary};
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventError};
-use crate::store::memory::{digest, MemoryStore};
+use crate::store::memory::{digest, FxBuild, MemoryStore};
 use crate::time::Period;
 
 const BATCH: usize = 8192;
@@ -205,7 +205,7 @@ struct Tick {
 #[derive(Default)]
 struct Router {
     seen: HashSet<u128>,
-    ordinals: HashMap<Arc<str>, u32>,
+    ordinals: HashMap<Arc<str>, u32, FxBuild>,
     ticks: u64,
     events: u64,
     duplicates: u64,

@@ -1,0 +1,102 @@
+//! A list sized exactly to its items.
+//!
+//! Every customer carries a handful of short lists (journeys, orders, skus, tickets). A `Vec`
+//! is 24 bytes and grows by doubling — a second journey reserves room for four. Here the list
+//! is 16 bytes and holds exactly its items; adding one reallocates, which is cheap at these
+//! lengths and keeps memory per customer flat as customers number in the millions.
+
+use std::ops::{Deref, DerefMut};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compact<T>(Box<[T]>);
+
+impl<T> Default for Compact<T> {
+    fn default() -> Compact<T> {
+        Compact(Box::default())
+    }
+}
+
+impl<T> Deref for Compact<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T> DerefMut for Compact<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+}
+
+impl<T> From<Vec<T>> for Compact<T> {
+    fn from(v: Vec<T>) -> Compact<T> {
+        Compact(v.into_boxed_slice())
+    }
+}
+
+impl<T> Compact<T> {
+    /// Applies `f` to the items as a `Vec`, then shrinks back to exact size.
+    fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+        let mut v = std::mem::take(&mut self.0).into_vec();
+        let r = f(&mut v);
+        self.0 = v.into_boxed_slice();
+        r
+    }
+
+    pub fn push(&mut self, item: T) {
+        self.edit(|v| {
+            v.reserve_exact(1);
+            v.push(item);
+        });
+    }
+
+    pub fn insert(&mut self, index: usize, item: T) {
+        self.edit(|v| {
+            v.reserve_exact(1);
+            v.insert(index, item);
+        });
+    }
+
+    pub fn remove(&mut self, index: usize) -> T {
+        self.edit(|v| v.remove(index))
+    }
+
+    pub fn retain(&mut self, f: impl FnMut(&T) -> bool) {
+        if !self.is_empty() {
+            self.edit(|v| v.retain(f));
+        }
+    }
+}
+
+impl Compact<Box<str>> {
+    /// Adds `value` in sorted position unless present.
+    pub fn insert_sorted(&mut self, value: &str) {
+        if let Err(i) = self.binary_search_by(|v| (**v).cmp(value)) {
+            self.insert(i, value.into());
+        }
+    }
+
+    pub fn contains_str(&self, value: &str) -> bool {
+        self.iter().any(|v| &**v == value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_exactly_its_items() {
+        let mut c: Compact<Box<str>> = Compact::default();
+        c.insert_sorted("tripod");
+        c.insert_sorted("camera");
+        c.insert_sorted("camera");
+        assert_eq!(c.iter().map(|s| &**s).collect::<Vec<_>>(), ["camera", "tripod"]);
+        c.retain(|s| &**s != "camera");
+        assert_eq!(c.len(), 1);
+        assert_eq!(&*c.remove(0), "tripod");
+        assert!(c.is_empty());
+        assert_eq!(std::mem::size_of::<Compact<u64>>(), 16);
+    }
+}
