@@ -7,6 +7,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use std::io::Write;
+
 use serde::Serialize;
 
 use super::journey::JourneyId;
@@ -91,35 +93,49 @@ pub struct Decision {
     pub email: Option<EmailIntent>,
 }
 
-/// One output line of `simulate`, as SPEC §5 defines it.
-#[derive(Serialize)]
-pub struct Line<'a> {
-    pub at: &'a str,
-    pub customer: &'a str,
-    pub sequence: &'a str,
-    pub step: Option<&'a str>,
-    pub action: Action,
-    pub reason: Option<&'a str>,
-    pub subject: Option<&'a str>,
-}
-
 impl Decision {
-    /// The line, with `at` taken from `at_text` (the caller formats it, often once for many).
-    pub fn line(&self) -> Line<'_> {
-        Line {
-            at: "",
-            customer: &self.customer,
-            sequence: &self.sequence,
-            step: self.step.as_deref(),
-            action: self.action,
-            reason: Some(&self.reason),
-            subject: self.subject.as_deref(),
-        }
+    /// Writes the SPEC §5 line (no newline): `{"at", "customer", "sequence", "step", "action",
+    /// "reason", "subject"}`. `at` comes pre-formatted: consecutive lines mostly share it.
+    pub fn write_json(&self, at: &str, w: &mut impl Write) -> std::io::Result<()> {
+        w.write_all(b"{\"at\":")?;
+        json_str(w, at)?;
+        w.write_all(b",\"customer\":")?;
+        json_str(w, &self.customer)?;
+        w.write_all(b",\"sequence\":")?;
+        json_str(w, &self.sequence)?;
+        w.write_all(b",\"step\":")?;
+        json_opt(w, self.step.as_deref())?;
+        w.write_all(b",\"action\":\"")?;
+        w.write_all(self.action.as_str().as_bytes())?;
+        w.write_all(b"\",\"reason\":")?;
+        json_str(w, &self.reason)?;
+        w.write_all(b",\"subject\":")?;
+        json_opt(w, self.subject.as_deref())?;
+        w.write_all(b"}")
     }
 
     /// The JSON line `simulate` prints.
     pub fn to_json(&self) -> String {
-        let at = rfc3339(self.at);
-        serde_json::to_string(&Line { at: &at, ..self.line() }).unwrap_or_default()
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = self.write_json(&rfc3339(self.at), &mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
+}
+
+fn json_opt(w: &mut impl Write, s: Option<&str>) -> std::io::Result<()> {
+    match s {
+        Some(s) => json_str(w, s),
+        None => w.write_all(b"null"),
+    }
+}
+
+/// A JSON string; most of ours need no escaping, which is checked before calling serde_json.
+fn json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        w.write_all(b"\"")?;
+        w.write_all(s.as_bytes())?;
+        return w.write_all(b"\"");
+    }
+    serde_json::to_writer(w, s).map_err(std::io::Error::other)
 }

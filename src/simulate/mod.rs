@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::decision::Line;
 use crate::engine::{Customer, Decision, Engine};
 use crate::event::Event;
 use crate::store::memory::MemoryStore;
@@ -84,11 +83,7 @@ impl LineWriter {
                 self.at = Some(d.at);
                 self.at_text = crate::time::rfc3339(d.at);
             }
-            let line = Line {
-                at: &self.at_text,
-                ..d.line()
-            };
-            serde_json::to_writer(&mut *w, &line)?;
+            d.write_json(&self.at_text, w)?;
             w.write_all(b"\n")?;
         }
         Ok(())
