@@ -15,16 +15,21 @@ use std::time::Instant;
 
 use aftercare::engine::{Engine, Policy};
 use aftercare::sequence::Catalog;
-use aftercare::simulate::{replay, replay_parallel, Simulator};
+use aftercare::simulate::{Simulator, replay, replay_parallel};
 use aftercare::time::Period;
 
 const RUNS: usize = 5;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     match args.first().map(String::as_str) {
         Some("child-cdnow") => child_cdnow(Path::new(&args[1])),
-        Some("child-journeys") => child_journeys(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
+        Some("child-journeys") => {
+            child_journeys(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000))
+        }
         _ => parent(),
     }
 }
@@ -34,7 +39,8 @@ fn root() -> &'static Path {
 }
 
 fn cdnow_jsonl() -> Vec<u8> {
-    let text = std::fs::read_to_string(root().join("data/cdnow/CDNOW_master.txt")).expect("CDNOW data");
+    let text =
+        std::fs::read_to_string(root().join("data/cdnow/CDNOW_master.txt")).expect("CDNOW data");
     let rows = aftercare::cdnow::parse(&text).expect("CDNOW rows");
     let mut out = Vec::new();
     aftercare::cdnow::write_events(&rows, &mut out).expect("write events");
@@ -68,8 +74,14 @@ fn parent() {
     let path = std::env::temp_dir().join(format!("aftercare-bench-{}.jsonl", std::process::id()));
     std::fs::write(&path, cdnow_jsonl()).expect("write stream");
     let jsonl = std::fs::read(&path).expect("read stream");
-    let events = jsonl.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
-    println!("CDNOW stream: {events} events, {:.1} MB", jsonl.len() as f64 / 1e6);
+    let events = jsonl
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    println!(
+        "CDNOW stream: {events} events, {:.1} MB",
+        jsonl.len() as f64 / 1e6
+    );
 
     let mut floor = Vec::new();
     let mut sim = Vec::new();
@@ -87,26 +99,48 @@ fn parent() {
 
         let mut s = simulator();
         let t = Instant::now();
-        let summary = replay(&mut s, &jsonl[..], &mut std::io::sink(), until(), |_, _| {}).expect("replay");
+        let summary =
+            replay(&mut s, &jsonl[..], &mut std::io::sink(), until(), |_, _| {}).expect("replay");
         sim.push(events as f64 / t.elapsed().as_secs_f64());
         decisions = summary.stats.decisions;
         std::mem::forget(s);
 
         let engines = (0..threads()).map(|_| engine()).collect();
         let t = Instant::now();
-        let summary = replay_parallel(engines, &jsonl[..], &mut std::io::sink(), until(), |_, _| {}).expect("replay");
+        let summary = replay_parallel(
+            engines,
+            &jsonl[..],
+            &mut std::io::sink(),
+            until(),
+            |_, _| {},
+        )
+        .expect("replay");
         par.push(events as f64 / t.elapsed().as_secs_f64());
         assert_eq!(summary.stats.decisions, decisions);
     }
-    println!("runs (events/s): floor {floor:.0?}, 1 thread {sim:.0?}, {} threads {par:.0?}", threads());
+    println!(
+        "runs (events/s): floor {floor:.0?}, 1 thread {sim:.0?}, {} threads {par:.0?}",
+        threads()
+    );
     let (floor, sim, par) = (median(floor), median(sim), median(par));
     println!("floor (read + parse JSON lines, 1 thread): {floor:>9.0} events/s (median of {RUNS})");
-    println!("simulate, 1 thread:                        {sim:>9.0} events/s ({:.1}% of floor), {decisions} decisions", 100.0 * sim / floor);
-    println!("simulate, {} threads (the CLI default):     {par:>9.0} events/s ({:.1}% of floor)", threads(), 100.0 * par / floor);
+    println!(
+        "simulate, 1 thread:                        {sim:>9.0} events/s ({:.1}% of floor), {decisions} decisions",
+        100.0 * sim / floor
+    );
+    println!(
+        "simulate, {} threads (the CLI default):     {par:>9.0} events/s ({:.1}% of floor)",
+        threads(),
+        100.0 * par / floor
+    );
 
     let exe = std::env::current_exe().expect("exe");
     let stream = path.display().to_string();
-    for args in [vec!["child-cdnow".to_string(), stream], vec!["child-journeys".into(), "100000".into()], vec!["child-journeys".into(), "1000000".into()]] {
+    for args in [
+        vec!["child-cdnow".to_string(), stream],
+        vec!["child-journeys".into(), "100000".into()],
+        vec!["child-journeys".into(), "1000000".into()],
+    ] {
         let out = Command::new(&exe).args(&args).output().expect("child");
         print!("{}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {

@@ -19,7 +19,7 @@
 use std::io::Write;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::event::Money;
 use crate::time::rfc3339;
@@ -63,13 +63,19 @@ pub fn parse(text: &str) -> Result<Vec<Row>, RowError> {
             reason: reason.to_string(),
         };
         let [customer, date, qty, value] = f[..] else {
-            return Err(err("expected 4 columns: customer id, date, number of CDs, dollar value"));
+            return Err(err(
+                "expected 4 columns: customer id, date, number of CDs, dollar value",
+            ));
         };
         rows.push(Row {
             customer: customer.to_string(),
-            date: NaiveDate::parse_from_str(date, "%Y%m%d").map_err(|_| err("date is not YYYYMMDD"))?,
-            quantity: qty.parse().map_err(|_| err("number of CDs is not a whole number"))?,
-            value: Money::parse_decimal(value).ok_or_else(|| err("dollar value is not a decimal"))?,
+            date: NaiveDate::parse_from_str(date, "%Y%m%d")
+                .map_err(|_| err("date is not YYYYMMDD"))?,
+            quantity: qty
+                .parse()
+                .map_err(|_| err("number of CDs is not a whole number"))?,
+            value: Money::parse_decimal(value)
+                .ok_or_else(|| err("dollar value is not a decimal"))?,
         });
     }
     Ok(rows)
@@ -108,7 +114,7 @@ pub fn events(rows: &[Row]) -> Vec<String> {
     for (i, row) in rows.iter().enumerate() {
         order_events(i, row, &mut out);
     }
-    out.sort_by(|a, b| (a.time, a.seq).cmp(&(b.time, b.seq)));
+    out.sort_by_key(|a| (a.time, a.seq));
     out.into_iter().map(|o| o.event).collect()
 }
 
@@ -122,7 +128,15 @@ pub fn write_events(rows: &[Row], w: &mut impl Write) -> std::io::Result<usize> 
     Ok(evs.len())
 }
 
-fn event(out: &mut Vec<Out>, id: String, source: &str, kind: &str, time: DateTime<Utc>, subject: &str, data: Value) {
+fn event(
+    out: &mut Vec<Out>,
+    id: String,
+    source: &str,
+    kind: &str,
+    time: DateTime<Utc>,
+    subject: &str,
+    data: Value,
+) {
     let seq = out.len();
     out.push(Out {
         time,
@@ -141,27 +155,51 @@ fn order_events(i: usize, row: &Row, out: &mut Vec<Out>) {
     let h = fnv(&order_id);
     let hc = fnv(&customer);
     let korean = pick(hc, 0, 10) < 3;
-    let (locale, tz) = if korean { ("ko-KR", "Asia/Seoul") } else { ("en-US", "America/New_York") };
+    let (locale, tz) = if korean {
+        ("ko-KR", "Asia/Seoul")
+    } else {
+        ("en-US", "America/New_York")
+    };
     let category = category_of(pick(h, 1, 100));
     let model = pick(h, 2, 5) + 1;
     let qty = row.quantity.max(1);
     let unit = Money(row.value.0 / i64::from(qty));
     let placed = Utc.from_utc_datetime(&row.date.and_hms_opt(9, 0, 0).unwrap_or_default())
         + Duration::minutes(pick(h, 3, 12 * 60) as i64);
-    let name = if korean { format!("고객 {}", row.customer) } else { format!("Customer {}", row.customer) };
-    event(out, format!("{order_id}-placed"), "/cdnow/checkout", "order.placed", placed, &customer, json!({
-        "order_id": order_id,
-        "items": [{
-            "sku": format!("{category}-{model}"), "name": format!("{} model {model}", title(category)),
-            "category": category, "quantity": qty, "unit_price": unit.to_string(),
-        }],
-        "total": row.value.to_string(), "currency": "USD",
-        "customer": {"email": format!("{customer}@example.com"), "name": name, "locale": locale, "timezone": tz},
-    }));
+    let name = if korean {
+        format!("고객 {}", row.customer)
+    } else {
+        format!("Customer {}", row.customer)
+    };
+    event(
+        out,
+        format!("{order_id}-placed"),
+        "/cdnow/checkout",
+        "order.placed",
+        placed,
+        &customer,
+        json!({
+            "order_id": order_id,
+            "items": [{
+                "sku": format!("{category}-{model}"), "name": format!("{} model {model}", title(category)),
+                "category": category, "quantity": qty, "unit_price": unit.to_string(),
+            }],
+            "total": row.value.to_string(), "currency": "USD",
+            "customer": {"email": format!("{customer}@example.com"), "name": name, "locale": locale, "timezone": tz},
+        }),
+    );
     if pick(h, 4, 100) < 2 {
         let at = placed + Duration::hours(6);
         let data = json!({"order_id": order_id, "reason": "customer request"});
-        event(out, format!("{order_id}-cancelled"), "/cdnow/orders", "order.cancelled", at, &customer, data);
+        event(
+            out,
+            format!("{order_id}-cancelled"),
+            "/cdnow/orders",
+            "order.cancelled",
+            at,
+            &customer,
+            data,
+        );
         return;
     }
     let late = pick(h, 5, 100) < 5;
@@ -169,29 +207,72 @@ fn order_events(i: usize, row: &Row, out: &mut Vec<Out>) {
     let shipped = placed + Duration::hours(ship_hours);
     let carrier = ["UPS", "FedEx", "USPS", "CJ Logistics"][pick(h, 7, 4) as usize];
     let tracking = format!("TRK{:06}", i + 1);
-    event(out, format!("{order_id}-shipped"), "/cdnow/warehouse", "order.shipped", shipped, &customer, json!({
-        "order_id": order_id, "carrier": carrier, "tracking_number": tracking,
-        "tracking_url": format!("https://track.example.com/{tracking}"),
-    }));
+    event(
+        out,
+        format!("{order_id}-shipped"),
+        "/cdnow/warehouse",
+        "order.shipped",
+        shipped,
+        &customer,
+        json!({
+            "order_id": order_id, "carrier": carrier, "tracking_number": tracking,
+            "tracking_url": format!("https://track.example.com/{tracking}"),
+        }),
+    );
     let delivered = shipped + Duration::hours(48 + pick(h, 8, 24) as i64);
-    event(out, format!("{order_id}-delivered"), "/cdnow/warehouse", "order.delivered", delivered, &customer,
-        json!({"order_id": order_id}));
+    event(
+        out,
+        format!("{order_id}-delivered"),
+        "/cdnow/warehouse",
+        "order.delivered",
+        delivered,
+        &customer,
+        json!({"order_id": order_id}),
+    );
     if pick(h, 9, 100) < 8 {
         let ticket = format!("T{:06}", i + 1);
         let opened = delivered + Duration::days(2);
-        event(out, format!("{ticket}-opened"), "/cdnow/support", "support.ticket_opened", opened, &customer,
-            json!({"ticket_id": ticket, "order_id": order_id, "subject": "Question about my order"}));
-        event(out, format!("{ticket}-resolved"), "/cdnow/support", "support.ticket_resolved",
-            opened + Duration::days(2), &customer, json!({"ticket_id": ticket}));
+        event(
+            out,
+            format!("{ticket}-opened"),
+            "/cdnow/support",
+            "support.ticket_opened",
+            opened,
+            &customer,
+            json!({"ticket_id": ticket, "order_id": order_id, "subject": "Question about my order"}),
+        );
+        event(
+            out,
+            format!("{ticket}-resolved"),
+            "/cdnow/support",
+            "support.ticket_resolved",
+            opened + Duration::days(2),
+            &customer,
+            json!({"ticket_id": ticket}),
+        );
     }
     if pick(h, 10, 100) < 1 {
-        event(out, format!("{order_id}-refunded"), "/cdnow/orders", "order.refunded", delivered + Duration::days(5),
-            &customer, json!({"order_id": order_id, "amount": row.value.to_string()}));
+        event(
+            out,
+            format!("{order_id}-refunded"),
+            "/cdnow/orders",
+            "order.refunded",
+            delivered + Duration::days(5),
+            &customer,
+            json!({"order_id": order_id, "amount": row.value.to_string()}),
+        );
     }
     if pick(h, 11, 100) < 30 {
         let rating = 3 + pick(h, 12, 3);
-        event(out, format!("{order_id}-review"), "/cdnow/reviews", "review.submitted", delivered + Duration::days(16),
-            &customer, json!({"order_id": order_id, "sku": format!("{category}-{model}"), "rating": rating}));
+        event(
+            out,
+            format!("{order_id}-review"),
+            "/cdnow/reviews",
+            "review.submitted",
+            delivered + Duration::days(16),
+            &customer,
+            json!({"order_id": order_id, "sku": format!("{category}-{model}"), "rating": rating}),
+        );
     }
 }
 
@@ -208,5 +289,7 @@ fn category_of(p: u64) -> &'static str {
 
 fn title(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }

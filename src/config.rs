@@ -10,19 +10,24 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer};
 
 use crate::engine::Policy;
-use crate::time::{parse_tz, Period, QuietHours};
+use crate::time::{Period, QuietHours, parse_tz};
 
 /// The file read when `-c` is not given.
 pub const DEFAULT_PATH: &str = "config/aftercare.toml";
 
 /// Environment variables that hold secrets rather than config keys.
-const SECRETS: &[&str] = &["AFTERCARE_SMTP_PASSWORD", "AFTERCARE_SIGNING_KEY", "AFTERCARE_ADMIN_TOKEN"];
+const SECRETS: &[&str] = &[
+    "AFTERCARE_SMTP_PASSWORD",
+    "AFTERCARE_SIGNING_KEY",
+    "AFTERCARE_ADMIN_TOKEN",
+];
 
 /// Environment variables read by aftercare that are not config keys.
 const OTHER_VARS: &[&str] = &["AFTERCARE_LOG"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Config {
     pub kafka: Kafka,
     pub store: Store,
@@ -210,20 +215,6 @@ impl Default for Sequences {
     }
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            kafka: Kafka::default(),
-            store: Store::default(),
-            mail: Mail::default(),
-            policy: PolicyConfig::default(),
-            http: Http::default(),
-            sequences: Sequences::default(),
-            secrets: Secrets::default(),
-        }
-    }
-}
-
 /// A config problem, naming where it came from (the file or the environment variable).
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {message}")]
@@ -241,7 +232,11 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     }
     Ok(match ListOrCsv::deserialize(d)? {
         ListOrCsv::List(l) => l,
-        ListOrCsv::Csv(s) => s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
     })
 }
 
@@ -249,7 +244,9 @@ impl Config {
     /// Loads `path` (or the default file when present), then the environment.
     /// `required` says whether a missing file is an error (`-c` given) or means defaults.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("AFTERCARE_")).collect();
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AFTERCARE_"))
+            .collect();
         Config::load_with(path, &env)
     }
 
@@ -283,9 +280,11 @@ impl Config {
                 n if OTHER_VARS.contains(&n) => {}
                 _ => {
                     let key = env_key(name)?;
-                    set_path(&mut table, &key, parse_env_value(value)).map_err(|message| ConfigError {
-                        origin: name.clone(),
-                        message,
+                    set_path(&mut table, &key, parse_env_value(value)).map_err(|message| {
+                        ConfigError {
+                            origin: name.clone(),
+                            message,
+                        }
                     })?;
                     from_env.push((key.join("."), name.clone()));
                 }
@@ -318,16 +317,27 @@ impl Config {
     fn check(&self) -> Result<(), (String, String)> {
         self.policy().map(|_| ())?;
         let url = &self.store.url;
-        if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(("store.url".into(), format!("`{url}` must start with sqlite:// or postgres://")));
+        if !(url.starts_with("sqlite://")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err((
+                "store.url".into(),
+                format!("`{url}` must start with sqlite:// or postgres://"),
+            ));
         }
         if self.kafka.topics.is_empty() {
             return Err(("kafka.topics".into(), "at least one topic is needed".into()));
         }
-        if !(self.http.public_url.starts_with("http://") || self.http.public_url.starts_with("https://")) {
+        if !(self.http.public_url.starts_with("http://")
+            || self.http.public_url.starts_with("https://"))
+        {
             return Err((
                 "http.public_url".into(),
-                format!("`{}` must be an http:// or https:// URL", self.http.public_url),
+                format!(
+                    "`{}` must be an http:// or https:// URL",
+                    self.http.public_url
+                ),
             ));
         }
         Ok(())
@@ -336,7 +346,10 @@ impl Config {
     /// The sending policy, checked.
     pub fn policy(&self) -> Result<Policy, (String, String)> {
         let p = &self.policy;
-        let period = |key: &str, v: &str| v.parse::<Period>().map_err(|m| (format!("policy.{key}"), m));
+        let period = |key: &str, v: &str| {
+            v.parse::<Period>()
+                .map_err(|m| (format!("policy.{key}"), m))
+        };
         Ok(Policy {
             min_gap: period("min_gap", &p.min_gap)?,
             max_event_age: period("max_event_age", &p.max_event_age)?,
@@ -344,7 +357,10 @@ impl Config {
                 .quiet_hours
                 .as_deref()
                 .filter(|q| !q.is_empty() && *q != "off")
-                .map(|q| q.parse::<QuietHours>().map_err(|m| ("policy.quiet_hours".to_string(), m)))
+                .map(|q| {
+                    q.parse::<QuietHours>()
+                        .map_err(|m| ("policy.quiet_hours".to_string(), m))
+                })
                 .transpose()?,
             timezone: parse_tz(&p.timezone).map_err(|m| ("policy.timezone".to_string(), m))?,
         })
@@ -373,13 +389,13 @@ fn env_key(name: &str) -> Result<Vec<String>, ConfigError> {
 
 /// Numbers, booleans and `[lists]` are read as TOML; anything else is a string.
 fn parse_env_value(raw: &str) -> toml::Value {
-    let looks_typed = raw.starts_with('[') || raw == "true" || raw == "false" || raw.parse::<f64>().is_ok();
-    if looks_typed {
-        if let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-            if let Some(v) = t.get("v") {
-                return v.clone();
-            }
-        }
+    let looks_typed =
+        raw.starts_with('[') || raw == "true" || raw == "false" || raw.parse::<f64>().is_ok();
+    if looks_typed
+        && let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        && let Some(v) = t.get("v")
+    {
+        return v.clone();
     }
     toml::Value::String(raw.to_string())
 }
@@ -390,8 +406,12 @@ fn set_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Resu
     };
     let mut t = table;
     for p in parents {
-        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry.as_table_mut().ok_or_else(|| format!("`{p}` is not a section"))?;
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a section"))?;
     }
     t.insert(last.clone(), value);
     Ok(())
@@ -402,7 +422,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
@@ -412,7 +435,8 @@ mod tests {
     }
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("aftercare-config-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("aftercare-config-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -420,7 +444,10 @@ mod tests {
     #[test]
     fn env_overrides_file_and_secrets_stay_out_of_the_file() {
         let d = tmpdir("env");
-        let p = write(&d, "[kafka]\nbrokers = \"a:1\"\n[policy]\nmin_gap = \"1d\"\n");
+        let p = write(
+            &d,
+            "[kafka]\nbrokers = \"a:1\"\n[policy]\nmin_gap = \"1d\"\n",
+        );
         let c = Config::load_with(
             Some(&p),
             &env(&[
@@ -445,7 +472,12 @@ mod tests {
         let p = write(&d, "[policy]\nmin_gap = \"3 days\"\n");
         let e = Config::load_with(Some(&p), &[]).unwrap_err();
         assert_eq!(e.origin, p.display().to_string());
-        assert!(e.message.starts_with("policy.min_gap: `3 days` is not a duration"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("policy.min_gap: `3 days` is not a duration"),
+            "{}",
+            e.message
+        );
 
         let p = write(&d, "[mail.smtp]\nport = \"x\"\n");
         let e = Config::load_with(Some(&p), &[]).unwrap_err();
@@ -455,9 +487,16 @@ mod tests {
         assert_eq!(e.origin, "AFTERCARE_KAFKA_BROKERS");
 
         let p = write(&d, "");
-        let e = Config::load_with(Some(&p), &env(&[("AFTERCARE_POLICY__TIMEZONE", "Mars/Base")])).unwrap_err();
+        let e = Config::load_with(
+            Some(&p),
+            &env(&[("AFTERCARE_POLICY__TIMEZONE", "Mars/Base")]),
+        )
+        .unwrap_err();
         assert_eq!(e.origin, "AFTERCARE_POLICY__TIMEZONE");
-        assert_eq!(e.message, "policy.timezone: `Mars/Base` is not an IANA timezone name");
+        assert_eq!(
+            e.message,
+            "policy.timezone: `Mars/Base` is not an IANA timezone name"
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ impl FromStr for Period {
 
     fn from_str(text: &str) -> Result<Period, String> {
         let bad = || {
-            format!("`{text}` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w")
+            format!(
+                "`{text}` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w"
+            )
         };
         let s = text.trim();
         if s.is_empty() {
@@ -64,18 +66,16 @@ impl FromStr for Period {
 }
 
 impl fmt::Display for Period {
+    /// In the largest of d, h, m, s that divides it: `10d`, `36h`, `90m` — how people write
+    /// durations, so reasons read like the sequence file (`1w` prints as `7d`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut secs = self.0.num_seconds();
-        if secs == 0 {
-            return f.write_str("0s");
-        }
-        for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-            if secs >= size {
-                write!(f, "{}{unit}", secs / size)?;
-                secs %= size;
+        let secs = self.0.num_seconds();
+        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+            if secs != 0 && secs % size == 0 {
+                return write!(f, "{}{unit}", secs / size);
             }
         }
-        Ok(())
+        write!(f, "{secs}s")
     }
 }
 
@@ -95,7 +95,10 @@ impl CronWindow {
         let expr = match fields.len() {
             5 => {
                 let weekday = five_field_weekday(fields[4])?;
-                format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], weekday)
+                format!(
+                    "0 {} {} {} {} {}",
+                    fields[0], fields[1], fields[2], fields[3], weekday
+                )
             }
             6 | 7 => fields.join(" "),
             n => {
@@ -178,7 +181,8 @@ impl FromStr for QuietHours {
     type Err = String;
 
     fn from_str(text: &str) -> Result<QuietHours, String> {
-        let bad = || format!("`{text}` is not a time range: write it as HH:MM-HH:MM, like 21:00-08:00");
+        let bad =
+            || format!("`{text}` is not a time range: write it as HH:MM-HH:MM, like 21:00-08:00");
         let (a, b) = text.split_once('-').ok_or_else(bad)?;
         let start = NaiveTime::parse_from_str(a.trim(), "%H:%M").map_err(|_| bad())?;
         let end = NaiveTime::parse_from_str(b.trim(), "%H:%M").map_err(|_| bad())?;
@@ -191,7 +195,12 @@ impl FromStr for QuietHours {
 
 impl fmt::Display for QuietHours {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.start.format("%H:%M"), self.end.format("%H:%M"))
+        write!(
+            f,
+            "{}-{}",
+            self.start.format("%H:%M"),
+            self.end.format("%H:%M")
+        )
     }
 }
 
@@ -214,10 +223,10 @@ impl QuietHours {
         }
         let end = day.and_time(self.end);
         // In a DST gap the wall-clock end does not exist; the earliest later instant does.
-        let resolved = tz
-            .from_local_datetime(&end)
-            .earliest()
-            .or_else(|| tz.from_local_datetime(&(end + Duration::hours(1))).earliest())?;
+        let resolved = tz.from_local_datetime(&end).earliest().or_else(|| {
+            tz.from_local_datetime(&(end + Duration::hours(1)))
+                .earliest()
+        })?;
         Some(resolved.with_timezone(&Utc))
     }
 }
@@ -245,8 +254,10 @@ mod tests {
     fn durations_parse_and_print() {
         assert_eq!("3d".parse::<Period>().unwrap().0, Duration::days(3));
         assert_eq!("1d12h".parse::<Period>().unwrap().0, Duration::hours(36));
-        assert_eq!("1w".parse::<Period>().unwrap().to_string(), "1w");
-        assert_eq!("36h".parse::<Period>().unwrap().to_string(), "1d12h");
+        assert_eq!("1w".parse::<Period>().unwrap().to_string(), "7d");
+        assert_eq!("10d".parse::<Period>().unwrap().to_string(), "10d");
+        assert_eq!("1d12h".parse::<Period>().unwrap().to_string(), "36h");
+        assert_eq!("0s".parse::<Period>().unwrap().to_string(), "0s");
         assert!("3".parse::<Period>().unwrap_err().contains("no unit"));
         assert!("3 days".parse::<Period>().is_err());
         assert!("".parse::<Period>().is_err());
@@ -257,9 +268,15 @@ mod tests {
         // 2024-01-05 is a Friday; "1-5" must mean Monday to Friday.
         let w = CronWindow::parse("0 9 * * 1-5").unwrap();
         let fri_late = utc("2024-01-05T10:00:00Z");
-        assert_eq!(w.next_slot(fri_late, Tz::UTC), Some(utc("2024-01-08T09:00:00Z")));
+        assert_eq!(
+            w.next_slot(fri_late, Tz::UTC),
+            Some(utc("2024-01-08T09:00:00Z"))
+        );
         let sun = CronWindow::parse("0 9 * * 0").unwrap();
-        assert_eq!(sun.next_slot(fri_late, Tz::UTC), Some(utc("2024-01-07T09:00:00Z")));
+        assert_eq!(
+            sun.next_slot(fri_late, Tz::UTC),
+            Some(utc("2024-01-07T09:00:00Z"))
+        );
     }
 
     #[test]

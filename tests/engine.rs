@@ -19,13 +19,21 @@ steps:
 fn trigger_needs_the_event_type_and_a_true_when() {
     let mut env = TestEnv::new(&[ONE_EMAIL]);
     env.placed("c1", "o1", "+0s", "camera");
-    env.event("order.placed", "c2", "+1m", json!({"order_id": "o2", "total": 1, "currency": "USD", "items": []}));
+    env.event(
+        "order.placed",
+        "c2",
+        "+1m",
+        json!({"order_id": "o2", "total": 1, "currency": "USD", "items": []}),
+    );
     env.event("order.delivered", "c3", "+2m", json!({"order_id": "o3"}));
-    assert_eq!(env.take(), [
-        "2024-01-01T00:00:00Z c1 welcome/hello enter (trigger order.placed)",
-        "2024-01-01T00:00:00Z c1 welcome/hello email (no wait) [A for c1]",
-        "2024-01-01T00:00:00Z c1 welcome/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T00:00:00Z c1 welcome/hello enter (trigger order.placed)",
+            "2024-01-01T00:00:00Z c1 welcome/hello email (no wait) [A for c1]",
+            "2024-01-01T00:00:00Z c1 welcome/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -38,17 +46,20 @@ fn per_customer_runs_once_unless_reenter() {
     env.advance("+1d");
     env.event("customer.updated", "c1", "+2d", json!({}));
     env.advance("+3d");
-    assert_eq!(env.take(), [
-        "2024-01-01T00:00:00Z c1 again/s1 enter (trigger customer.updated)",
-        "2024-01-01T00:00:00Z c1 once/s1 enter (trigger customer.updated)",
-        "2024-01-02T00:00:00Z c1 again/s1 email (wait 1d elapsed) [B for c1]",
-        "2024-01-02T00:00:00Z c1 again/- complete (all steps done)",
-        "2024-01-02T00:00:00Z c1 once/s1 email (wait 1d elapsed) [A for c1]",
-        "2024-01-02T00:00:00Z c1 once/- complete (all steps done)",
-        "2024-01-03T00:00:00Z c1 again/s1 enter (trigger customer.updated)",
-        "2024-01-04T00:00:00Z c1 again/s1 email (wait 1d elapsed) [B for c1]",
-        "2024-01-04T00:00:00Z c1 again/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T00:00:00Z c1 again/s1 enter (trigger customer.updated)",
+            "2024-01-01T00:00:00Z c1 once/s1 enter (trigger customer.updated)",
+            "2024-01-02T00:00:00Z c1 again/s1 email (wait 1d elapsed) [B for c1]",
+            "2024-01-02T00:00:00Z c1 again/- complete (all steps done)",
+            "2024-01-02T00:00:00Z c1 once/s1 email (wait 1d elapsed) [A for c1]",
+            "2024-01-02T00:00:00Z c1 once/- complete (all steps done)",
+            "2024-01-03T00:00:00Z c1 again/s1 enter (trigger customer.updated)",
+            "2024-01-04T00:00:00Z c1 again/s1 email (wait 1d elapsed) [B for c1]",
+            "2024-01-04T00:00:00Z c1 again/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -61,14 +72,17 @@ fn per_order_runs_once_per_order() {
     env.advance("+2h");
     env.placed("c1", "o1", "+3h", "lens"); // after it finished
     env.advance("+5h");
-    assert_eq!(env.take(), [
-        "2024-01-01T00:00:00Z c1 po/s1 enter (trigger order.placed)",
-        "2024-01-01T00:10:00Z c1 po/s1 enter (trigger order.placed)",
-        "2024-01-01T01:00:00Z c1 po/s1 email (wait 1h elapsed) [A for c1]",
-        "2024-01-01T01:00:00Z c1 po/- complete (all steps done)",
-        "2024-01-01T01:10:00Z c1 po/s1 email (wait 1h elapsed) [A for c1]",
-        "2024-01-01T01:10:00Z c1 po/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T00:00:00Z c1 po/s1 enter (trigger order.placed)",
+            "2024-01-01T00:10:00Z c1 po/s1 enter (trigger order.placed)",
+            "2024-01-01T01:00:00Z c1 po/s1 email (wait 1h elapsed) [A for c1]",
+            "2024-01-01T01:00:00Z c1 po/- complete (all steps done)",
+            "2024-01-01T01:10:00Z c1 po/s1 email (wait 1h elapsed) [A for c1]",
+            "2024-01-01T01:10:00Z c1 po/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -91,14 +105,17 @@ steps:
     let mut env = TestEnv::new(&[seq]);
     env.placed("c1", "o1", "+0s", "bag");
     env.advance("+10d");
-    assert_eq!(env.take(), [
-        "2024-01-01T00:00:00Z c1 w/s1 enter (trigger order.placed)",
-        "2024-01-02T00:00:00Z c1 w/s1 email (wait 1d elapsed) [A for c1]",
-        "2024-01-02T02:00:00Z c1 w/s2 defer (send_window \"0 12 * * *\" (UTC): until 2024-01-02T12:00:00Z)",
-        "2024-01-02T12:00:00Z c1 w/s2 email (send window open) [B for c1]",
-        "2024-01-02T13:00:00Z c1 w/s3 email (wait 1h elapsed) [C for c1]",
-        "2024-01-02T13:00:00Z c1 w/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T00:00:00Z c1 w/s1 enter (trigger order.placed)",
+            "2024-01-02T00:00:00Z c1 w/s1 email (wait 1d elapsed) [A for c1]",
+            "2024-01-02T02:00:00Z c1 w/s2 defer (send_window \"0 12 * * *\" (UTC): until 2024-01-02T12:00:00Z)",
+            "2024-01-02T12:00:00Z c1 w/s2 email (send window open) [B for c1]",
+            "2024-01-02T13:00:00Z c1 w/s3 email (wait 1h elapsed) [C for c1]",
+            "2024-01-02T13:00:00Z c1 w/- complete (all steps done)",
+        ]
+    );
 }
 
 const SHIP: &str = r#"
@@ -116,16 +133,24 @@ fn wait_for_runs_the_action_when_its_order_event_comes_and_skips_on_timeout() {
     let mut env = TestEnv::new(&[SHIP]);
     env.placed("c1", "o1", "+0s", "bag");
     env.placed("c1", "o2", "+0s", "bag");
-    env.event("order.shipped", "c1", "+1d", json!({"order_id": "o2", "carrier": "UPS", "tracking_number": "T2"}));
+    env.event(
+        "order.shipped",
+        "c1",
+        "+1d",
+        json!({"order_id": "o2", "carrier": "UPS", "tracking_number": "T2"}),
+    );
     env.advance("+5d");
-    assert_eq!(env.take(), [
-        "2024-01-01T00:00:00Z c1 ship/shipped enter (trigger order.placed)",
-        "2024-01-01T00:00:00Z c1 ship/shipped enter (trigger order.placed)",
-        "2024-01-02T00:00:00Z c1 ship/shipped email (order.shipped received) [A for c1]",
-        "2024-01-02T00:00:00Z c1 ship/- complete (all steps done)",
-        "2024-01-04T00:00:00Z c1 ship/shipped skip (wait_for order.shipped timed out after 3d)",
-        "2024-01-04T00:00:00Z c1 ship/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T00:00:00Z c1 ship/shipped enter (trigger order.placed)",
+            "2024-01-01T00:00:00Z c1 ship/shipped enter (trigger order.placed)",
+            "2024-01-02T00:00:00Z c1 ship/shipped email (order.shipped received) [A for c1]",
+            "2024-01-02T00:00:00Z c1 ship/- complete (all steps done)",
+            "2024-01-04T00:00:00Z c1 ship/shipped skip (wait_for order.shipped timed out after 3d)",
+            "2024-01-04T00:00:00Z c1 ship/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -140,12 +165,25 @@ steps:
 "#;
     let mut env = TestEnv::new(&[seq]);
     env.placed("c1", "o1", "+0s", "bag");
-    env.event("order.shipped", "c1", "+1h", json!({"order_id": "o1", "carrier": "FedEx", "tracking_number": "T1"}));
-    env.event("order.shipped", "c1", "+2h", json!({"order_id": "o1", "carrier": "UPS", "tracking_number": "T2"}));
-    assert_eq!(env.take()[1..], [
-        "2024-01-01T02:00:00Z c1 ups/shipped email (order.shipped received) [A for c1]",
-        "2024-01-01T02:00:00Z c1 ups/- complete (all steps done)",
-    ]);
+    env.event(
+        "order.shipped",
+        "c1",
+        "+1h",
+        json!({"order_id": "o1", "carrier": "FedEx", "tracking_number": "T1"}),
+    );
+    env.event(
+        "order.shipped",
+        "c1",
+        "+2h",
+        json!({"order_id": "o1", "carrier": "UPS", "tracking_number": "T2"}),
+    );
+    assert_eq!(
+        env.take()[1..],
+        [
+            "2024-01-01T02:00:00Z c1 ups/shipped email (order.shipped received) [A for c1]",
+            "2024-01-01T02:00:00Z c1 ups/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -156,7 +194,11 @@ fn on_timeout_continue_exit_and_jump() {
         )
     };
     let cont = step("t-continue", "continue", "");
-    let exit = step("t-exit", "exit", "  - id: after\n    email: { template: t/b }\n");
+    let exit = step(
+        "t-exit",
+        "exit",
+        "  - id: after\n    email: { template: t/b }\n",
+    );
     let jump = step(
         "t-jump",
         "late",
@@ -165,20 +207,25 @@ fn on_timeout_continue_exit_and_jump() {
     let mut env = TestEnv::new(&[&cont, &exit, &jump]);
     env.placed("c1", "o1", "+0s", "bag");
     env.advance("+4d");
-    assert_eq!(env.take()[3..], [
-        "2024-01-04T00:00:00Z c1 t-continue/wait email (wait_for order.shipped timed out after 3d: continue) [A for c1]",
-        "2024-01-04T00:00:00Z c1 t-continue/- complete (all steps done)",
-        "2024-01-04T00:00:00Z c1 t-exit/wait exit (wait_for order.shipped timed out after 3d)",
-        "2024-01-04T00:00:00Z c1 t-jump/wait skip (wait_for order.shipped timed out after 3d: go to late)",
-        "2024-01-04T00:00:00Z c1 t-jump/late email (no wait) [C for c1]",
-        "2024-01-04T00:00:00Z c1 t-jump/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take()[3..],
+        [
+            "2024-01-04T00:00:00Z c1 t-continue/wait email (wait_for order.shipped timed out after 3d: continue) [A for c1]",
+            "2024-01-04T00:00:00Z c1 t-continue/- complete (all steps done)",
+            "2024-01-04T00:00:00Z c1 t-exit/wait exit (wait_for order.shipped timed out after 3d)",
+            "2024-01-04T00:00:00Z c1 t-jump/wait skip (wait_for order.shipped timed out after 3d: go to late)",
+            "2024-01-04T00:00:00Z c1 t-jump/late email (no wait) [C for c1]",
+            "2024-01-04T00:00:00Z c1 t-jump/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
 fn send_window_uses_the_customer_then_the_sequence_then_the_default_timezone() {
     let seq = |name: &str, tz: &str| {
-        format!("name: {name}\n{tz}trigger: {{ event: customer.updated }}\nsteps:\n  - id: s\n    send_window: \"0 9 * * *\"\n    email: {{ template: t/a }}\n")
+        format!(
+            "name: {name}\n{tz}trigger: {{ event: customer.updated }}\nsteps:\n  - id: s\n    send_window: \"0 9 * * *\"\n    email: {{ template: t/a }}\n"
+        )
     };
     let plain = seq("plain", "");
     let zoned = seq("zoned", "timezone: Asia/Seoul\n");
@@ -188,15 +235,35 @@ fn send_window_uses_the_customer_then_the_sequence_then_the_default_timezone() {
     };
     let mut env = TestEnv::with(&[&plain, &zoned], policy);
     // 2024-01-01 01:00 UTC = 10:00 in Seoul, 20:00 (Dec 31) in New York.
-    env.event("customer.updated", "kim", "+1h", json!({"customer": {"email": "k@example.com", "name": "kim", "timezone": "Asia/Seoul"}}));
+    env.event(
+        "customer.updated",
+        "kim",
+        "+1h",
+        json!({"customer": {"email": "k@example.com", "name": "kim", "timezone": "Asia/Seoul"}}),
+    );
     env.event("customer.updated", "ann", "+1h", json!({}));
     let lines = env.take();
-    assert_eq!(lines[2], "2024-01-01T01:00:00Z kim plain/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)");
-    assert_eq!(lines[3], "2024-01-01T01:00:00Z kim zoned/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)");
-    assert_eq!(lines[6], "2024-01-01T01:00:00Z ann plain/s defer (send_window \"0 9 * * *\" (America/New_York): until 2024-01-01T14:00:00Z)");
-    assert_eq!(lines[7], "2024-01-01T01:00:00Z ann zoned/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)");
+    assert_eq!(
+        lines[2],
+        "2024-01-01T01:00:00Z kim plain/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)"
+    );
+    assert_eq!(
+        lines[3],
+        "2024-01-01T01:00:00Z kim zoned/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)"
+    );
+    assert_eq!(
+        lines[6],
+        "2024-01-01T01:00:00Z ann plain/s defer (send_window \"0 9 * * *\" (America/New_York): until 2024-01-01T14:00:00Z)"
+    );
+    assert_eq!(
+        lines[7],
+        "2024-01-01T01:00:00Z ann zoned/s defer (send_window \"0 9 * * *\" (Asia/Seoul): until 2024-01-02T00:00:00Z)"
+    );
     env.advance("+2d");
-    assert_eq!(env.take()[0], "2024-01-01T14:00:00Z ann plain/s email (send window open) [A for ann]");
+    assert_eq!(
+        env.take()[0],
+        "2024-01-01T14:00:00Z ann plain/s email (send window open) [A for ann]"
+    );
 }
 
 #[test]
@@ -216,12 +283,15 @@ steps:
     env.placed("c1", "o1", "+0s", "tripod");
     env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
     env.advance("+2d");
-    assert_eq!(env.take(), [
-        "2024-01-01T01:00:00Z c1 xs/tripod enter (trigger order.delivered)",
-        "2024-01-01T01:00:00Z c1 xs/tripod skip (skip_when: 'tripod' in customer.categories)",
-        "2024-01-02T01:00:00Z c1 xs/next email (wait 1d elapsed) [B for c1]",
-        "2024-01-02T01:00:00Z c1 xs/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T01:00:00Z c1 xs/tripod enter (trigger order.delivered)",
+            "2024-01-01T01:00:00Z c1 xs/tripod skip (skip_when: 'tripod' in customer.categories)",
+            "2024-01-02T01:00:00Z c1 xs/next email (wait 1d elapsed) [B for c1]",
+            "2024-01-02T01:00:00Z c1 xs/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -240,20 +310,43 @@ steps:
 "#;
     let mut env = TestEnv::new(&[seq]);
     env.event("order.delivered", "c1", "+0s", json!({"order_id": "o1"}));
-    env.event("support.ticket_opened", "c1", "+12h", json!({"ticket_id": "k1"}));
-    env.event("support.ticket_opened", "c1", "+13h", json!({"ticket_id": "k2"}));
+    env.event(
+        "support.ticket_opened",
+        "c1",
+        "+12h",
+        json!({"ticket_id": "k1"}),
+    );
+    env.event(
+        "support.ticket_opened",
+        "c1",
+        "+13h",
+        json!({"ticket_id": "k2"}),
+    );
     env.advance("+1d");
-    env.event("support.ticket_resolved", "c1", "+1d3h", json!({"ticket_id": "k1"}));
-    env.event("support.ticket_resolved", "c1", "+1d6h", json!({"ticket_id": "k2"}));
+    env.event(
+        "support.ticket_resolved",
+        "c1",
+        "+1d3h",
+        json!({"ticket_id": "k1"}),
+    );
+    env.event(
+        "support.ticket_resolved",
+        "c1",
+        "+1d6h",
+        json!({"ticket_id": "k2"}),
+    );
     env.advance("+5d");
-    assert_eq!(env.take(), [
-        "2024-01-01T00:00:00Z c1 edu/s1 enter (trigger order.delivered)",
-        "2024-01-02T00:00:00Z c1 edu/s1 pause (pause_when: customer.open_tickets > 0)",
-        "2024-01-02T06:00:00Z c1 edu/s1 resume (pause_when no longer true)",
-        "2024-01-02T06:00:00Z c1 edu/s1 email (resumed) [A for c1]",
-        "2024-01-03T06:00:00Z c1 edu/s2 email (wait 1d elapsed) [B for c1]",
-        "2024-01-03T06:00:00Z c1 edu/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T00:00:00Z c1 edu/s1 enter (trigger order.delivered)",
+            "2024-01-02T00:00:00Z c1 edu/s1 pause (pause_when: customer.open_tickets > 0)",
+            "2024-01-02T06:00:00Z c1 edu/s1 resume (pause_when no longer true)",
+            "2024-01-02T06:00:00Z c1 edu/s1 email (resumed) [A for c1]",
+            "2024-01-03T06:00:00Z c1 edu/s2 email (wait 1d elapsed) [B for c1]",
+            "2024-01-03T06:00:00Z c1 edu/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -271,13 +364,26 @@ steps:
     let mut env = TestEnv::new(&[seq]);
     env.placed("c1", "o1", "+0s", "lens");
     env.placed("c1", "o2", "+0s", "lens");
-    env.event("order.refunded", "c1", "+1d", json!({"order_id": "o1", "amount": 10}));
-    env.event("support.ticket_opened", "c1", "+2d", json!({"ticket_id": "k1"}));
+    env.event(
+        "order.refunded",
+        "c1",
+        "+1d",
+        json!({"order_id": "o1", "amount": 10}),
+    );
+    env.event(
+        "support.ticket_opened",
+        "c1",
+        "+2d",
+        json!({"ticket_id": "k1"}),
+    );
     env.advance("+6d");
-    assert_eq!(env.take()[2..], [
-        "2024-01-02T00:00:00Z c1 po/s1 exit (exit_on order.refunded)",
-        "2024-01-03T00:00:00Z c1 po/s1 exit (exit_on support.ticket_opened)",
-    ]);
+    assert_eq!(
+        env.take()[2..],
+        [
+            "2024-01-02T00:00:00Z c1 po/s1 exit (exit_on order.refunded)",
+            "2024-01-03T00:00:00Z c1 po/s1 exit (exit_on support.ticket_opened)",
+        ]
+    );
 }
 
 #[test]
@@ -289,20 +395,23 @@ fn start_enrols_in_another_sequence_with_the_same_order() {
     env.event("order.delivered", "c1", "+0s", json!({"order_id": "o1"}));
     env.event("order.delivered", "c2", "+0s", json!({"order_id": "o9"}));
     env.advance("+2d");
-    assert_eq!(env.take(), [
-        "2024-01-01T00:00:00Z c2 child/ask enter (trigger child.go)",
-        "2024-01-01T00:00:00Z c1 parent/hand enter (trigger order.delivered)",
-        "2024-01-01T00:00:00Z c1 parent/hand start (start child)",
-        "2024-01-01T00:00:00Z c1 child/ask enter (started by parent/hand)",
-        "2024-01-01T00:00:00Z c1 parent/- complete (all steps done)",
-        "2024-01-01T00:00:00Z c2 parent/hand enter (trigger order.delivered)",
-        "2024-01-01T00:00:00Z c2 parent/hand start (not started: already in child)",
-        "2024-01-01T00:00:00Z c2 parent/- complete (all steps done)",
-        "2024-01-02T00:00:00Z c2 child/ask email (wait 1d elapsed) [A for c2]",
-        "2024-01-02T00:00:00Z c2 child/- complete (all steps done)",
-        "2024-01-02T00:00:00Z c1 child/ask email (wait 1d elapsed) [A for c1]",
-        "2024-01-02T00:00:00Z c1 child/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T00:00:00Z c2 child/ask enter (trigger child.go)",
+            "2024-01-01T00:00:00Z c1 parent/hand enter (trigger order.delivered)",
+            "2024-01-01T00:00:00Z c1 parent/hand start (start child)",
+            "2024-01-01T00:00:00Z c1 child/ask enter (started by parent/hand)",
+            "2024-01-01T00:00:00Z c1 parent/- complete (all steps done)",
+            "2024-01-01T00:00:00Z c2 parent/hand enter (trigger order.delivered)",
+            "2024-01-01T00:00:00Z c2 parent/hand start (not started: already in child)",
+            "2024-01-01T00:00:00Z c2 parent/- complete (all steps done)",
+            "2024-01-02T00:00:00Z c2 child/ask email (wait 1d elapsed) [A for c2]",
+            "2024-01-02T00:00:00Z c2 child/- complete (all steps done)",
+            "2024-01-02T00:00:00Z c1 child/ask email (wait 1d elapsed) [A for c1]",
+            "2024-01-02T00:00:00Z c1 child/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -323,7 +432,10 @@ steps:
     env.placed("c1", "o3", "+4d", "tripod");
     env.placed("c2", "o6", "+15d", "tripod");
     let lines = env.take();
-    assert_eq!(lines[6..], ["2024-01-04T00:00:00Z c1 xs/offer goal (order.placed within 2w)"]);
+    assert_eq!(
+        lines[6..],
+        ["2024-01-04T00:00:00Z c1 xs/offer goal (order.placed within 14d)"]
+    );
 }
 
 #[test]
@@ -341,26 +453,39 @@ steps:
 "#;
     let tx = "name: tx\ncategory: transactional\ntrigger: { event: order.delivered }\nsteps:\n  - id: s\n    email: { template: t/c }\n";
     let mut env = TestEnv::new(&[edu, tx]);
-    env.event("customer.unsubscribed", "c1", "+0s", json!({"categories": ["cross_sell"]}));
-    env.event("customer.unsubscribed", "c2", "+0s", json!({"categories": ["all"]}));
+    env.event(
+        "customer.unsubscribed",
+        "c1",
+        "+0s",
+        json!({"categories": ["cross_sell"]}),
+    );
+    env.event(
+        "customer.unsubscribed",
+        "c2",
+        "+0s",
+        json!({"categories": ["all"]}),
+    );
     env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
     env.event("order.delivered", "c2", "+1h", json!({"order_id": "o2"}));
-    assert_eq!(env.take(), [
-        "2024-01-01T01:00:00Z c1 edu/s1 enter (trigger order.delivered)",
-        "2024-01-01T01:00:00Z c1 tx/s enter (trigger order.delivered)",
-        "2024-01-01T01:00:00Z c1 edu/s1 email (no wait) [A for c1]",
-        "2024-01-01T01:00:00Z c1 edu/s2 suppress (unsubscribed from cross_sell)",
-        "2024-01-01T01:00:00Z c1 edu/- complete (all steps done)",
-        "2024-01-01T01:00:00Z c1 tx/s email (no wait) [C for c1]",
-        "2024-01-01T01:00:00Z c1 tx/- complete (all steps done)",
-        "2024-01-01T01:00:00Z c2 edu/s1 enter (trigger order.delivered)",
-        "2024-01-01T01:00:00Z c2 tx/s enter (trigger order.delivered)",
-        "2024-01-01T01:00:00Z c2 edu/s1 suppress (unsubscribed from all)",
-        "2024-01-01T01:00:00Z c2 edu/s2 suppress (unsubscribed from all)",
-        "2024-01-01T01:00:00Z c2 edu/- complete (all steps done)",
-        "2024-01-01T01:00:00Z c2 tx/s email (no wait) [C for c2]",
-        "2024-01-01T01:00:00Z c2 tx/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T01:00:00Z c1 edu/s1 enter (trigger order.delivered)",
+            "2024-01-01T01:00:00Z c1 tx/s enter (trigger order.delivered)",
+            "2024-01-01T01:00:00Z c1 edu/s1 email (no wait) [A for c1]",
+            "2024-01-01T01:00:00Z c1 edu/s2 suppress (unsubscribed from cross_sell)",
+            "2024-01-01T01:00:00Z c1 edu/- complete (all steps done)",
+            "2024-01-01T01:00:00Z c1 tx/s email (no wait) [C for c1]",
+            "2024-01-01T01:00:00Z c1 tx/- complete (all steps done)",
+            "2024-01-01T01:00:00Z c2 edu/s1 enter (trigger order.delivered)",
+            "2024-01-01T01:00:00Z c2 tx/s enter (trigger order.delivered)",
+            "2024-01-01T01:00:00Z c2 edu/s1 suppress (unsubscribed from all)",
+            "2024-01-01T01:00:00Z c2 edu/s2 suppress (unsubscribed from all)",
+            "2024-01-01T01:00:00Z c2 edu/- complete (all steps done)",
+            "2024-01-01T01:00:00Z c2 tx/s email (no wait) [C for c2]",
+            "2024-01-01T01:00:00Z c2 tx/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -370,10 +495,21 @@ fn bounced_or_missing_addresses_suppress_everything() {
     env.event("customer.updated", "c1", "+0s", json!({}));
     env.bounce("c1");
     env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
-    env.event("order.delivered", "c2", "+1h", json!({"order_id": "o2", "customer": {"name": "no address"}}));
+    env.event(
+        "order.delivered",
+        "c2",
+        "+1h",
+        json!({"order_id": "o2", "customer": {"name": "no address"}}),
+    );
     let lines = env.take();
-    assert_eq!(lines[1], "2024-01-01T01:00:00Z c1 tx/s suppress (address bounced)");
-    assert_eq!(lines[4], "2024-01-01T01:00:00Z c2 tx/s suppress (no email address)");
+    assert_eq!(
+        lines[1],
+        "2024-01-01T01:00:00Z c1 tx/s suppress (address bounced)"
+    );
+    assert_eq!(
+        lines[4],
+        "2024-01-01T01:00:00Z c2 tx/s suppress (no email address)"
+    );
 }
 
 #[test]
@@ -388,13 +524,20 @@ fn min_gap_suppresses_marketing_but_not_transactional_email() {
     let mut env = TestEnv::with(&[m1, m2, tx], policy);
     env.event("order.delivered", "c1", "+0s", json!({"order_id": "o1"}));
     env.advance("+3d");
-    let lines: Vec<String> = env.take().into_iter().filter(|l| !l.contains(" enter ") && !l.contains(" complete ")).collect();
-    assert_eq!(lines, [
-        "2024-01-01T00:00:00Z c1 m1/s email (no wait) [A for c1]",
-        "2024-01-01T01:00:00Z c1 tx/s email (wait 1h elapsed) [C for c1]",
-        "2024-01-01T12:00:00Z c1 m2/s suppress (min_gap 1d: last marketing email at 2024-01-01T00:00:00Z)",
-        "2024-01-02T12:00:00Z c1 m2/t email (wait 1d elapsed) [D for c1]",
-    ]);
+    let lines: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| !l.contains(" enter ") && !l.contains(" complete "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "2024-01-01T00:00:00Z c1 m1/s email (no wait) [A for c1]",
+            "2024-01-01T01:00:00Z c1 tx/s email (wait 1h elapsed) [C for c1]",
+            "2024-01-01T12:00:00Z c1 m2/s suppress (min_gap 1d: last marketing email at 2024-01-01T00:00:00Z)",
+            "2024-01-02T12:00:00Z c1 m2/t email (wait 1d elapsed) [D for c1]",
+        ]
+    );
 }
 
 #[test]
@@ -408,15 +551,18 @@ fn quiet_hours_defer_marketing_to_their_end_and_leave_transactional_alone() {
     let mut env = TestEnv::with(&[m, tx], policy);
     env.event("order.delivered", "c1", "+22h", json!({"order_id": "o1"}));
     env.advance("+2d");
-    assert_eq!(env.take(), [
-        "2024-01-01T22:00:00Z c1 m/s enter (trigger order.delivered)",
-        "2024-01-01T22:00:00Z c1 tx/s enter (trigger order.delivered)",
-        "2024-01-01T22:00:00Z c1 m/s defer (quiet hours 21:00-08:00 (UTC): until 2024-01-02T08:00:00Z)",
-        "2024-01-01T22:00:00Z c1 tx/s email (no wait) [C for c1]",
-        "2024-01-01T22:00:00Z c1 tx/- complete (all steps done)",
-        "2024-01-02T08:00:00Z c1 m/s email (quiet hours over) [A for c1]",
-        "2024-01-02T08:00:00Z c1 m/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T22:00:00Z c1 m/s enter (trigger order.delivered)",
+            "2024-01-01T22:00:00Z c1 tx/s enter (trigger order.delivered)",
+            "2024-01-01T22:00:00Z c1 m/s defer (quiet hours 21:00-08:00 (UTC): until 2024-01-02T08:00:00Z)",
+            "2024-01-01T22:00:00Z c1 tx/s email (no wait) [C for c1]",
+            "2024-01-01T22:00:00Z c1 tx/- complete (all steps done)",
+            "2024-01-02T08:00:00Z c1 m/s email (quiet hours over) [A for c1]",
+            "2024-01-02T08:00:00Z c1 m/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -426,17 +572,25 @@ fn old_events_update_profiles_and_end_journeys_but_enrol_nobody_in_marketing() {
     let mut env = TestEnv::new(&[m, tx]);
     env.placed("c1", "o1", "+10d", "lens"); // clock now at +10d
     env.placed("c2", "o2", "+1d", "lens"); // 9 days old when processed
-    env.event("order.refunded", "c1", "+1d", json!({"order_id": "o1", "amount": 10}));
-    assert_eq!(env.take(), [
-        "2024-01-11T00:00:00Z c1 m/s enter (trigger order.placed)",
-        "2024-01-11T00:00:00Z c1 tx/s enter (trigger order.placed)",
-        "2024-01-11T00:00:00Z c1 tx/s email (no wait) [C for c1]",
-        "2024-01-11T00:00:00Z c1 tx/- complete (all steps done)",
-        "2024-01-11T00:00:00Z c2 tx/s enter (trigger order.placed)",
-        "2024-01-11T00:00:00Z c2 tx/s email (no wait) [C for c2]",
-        "2024-01-11T00:00:00Z c2 tx/- complete (all steps done)",
-        "2024-01-11T00:00:00Z c1 m/s exit (exit_on order.refunded)",
-    ]);
+    env.event(
+        "order.refunded",
+        "c1",
+        "+1d",
+        json!({"order_id": "o1", "amount": 10}),
+    );
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-11T00:00:00Z c1 m/s enter (trigger order.placed)",
+            "2024-01-11T00:00:00Z c1 tx/s enter (trigger order.placed)",
+            "2024-01-11T00:00:00Z c1 tx/s email (no wait) [C for c1]",
+            "2024-01-11T00:00:00Z c1 tx/- complete (all steps done)",
+            "2024-01-11T00:00:00Z c2 tx/s enter (trigger order.placed)",
+            "2024-01-11T00:00:00Z c2 tx/s email (no wait) [C for c2]",
+            "2024-01-11T00:00:00Z c2 tx/- complete (all steps done)",
+            "2024-01-11T00:00:00Z c1 m/s exit (exit_on order.refunded)",
+        ]
+    );
     assert_eq!(env.sim.customer("c2").unwrap().profile.orders_count, 1);
 }
 
@@ -471,8 +625,16 @@ steps:
 "#;
     let mut env = TestEnv::new(&[seq]);
     env.event("customer.updated", "c1", "+0s", json!({}));
-    env.event("support.ticket_opened", "c1", "+1d", json!({"ticket_id": "k"}));
-    assert_eq!(env.take()[1], "2024-01-02T00:00:00Z c1 tie/s skip (skip_when: customer.open_tickets > 0)");
+    env.event(
+        "support.ticket_opened",
+        "c1",
+        "+1d",
+        json!({"ticket_id": "k"}),
+    );
+    assert_eq!(
+        env.take()[1],
+        "2024-01-02T00:00:00Z c1 tie/s skip (skip_when: customer.open_tickets > 0)"
+    );
 }
 
 #[test]
@@ -485,11 +647,18 @@ fn journeys_stay_on_the_version_they_started_on() {
     env.event("customer.updated", "c2", "+1h", json!({}));
     env.advance("+2d");
     let d = env.take_decisions();
-    let emails: Vec<String> = d.iter().filter(|d| d.action.as_str() == "email").map(common::compact).collect();
-    assert_eq!(emails, [
-        "2024-01-02T00:00:00Z c1 seq/old email (wait 1d elapsed) [A for c1]",
-        "2024-01-02T01:00:00Z c2 seq/new email (wait 1d elapsed) [B for c2]",
-    ]);
+    let emails: Vec<String> = d
+        .iter()
+        .filter(|d| d.action.as_str() == "email")
+        .map(common::compact)
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            "2024-01-02T00:00:00Z c1 seq/old email (wait 1d elapsed) [A for c1]",
+            "2024-01-02T01:00:00Z c2 seq/new email (wait 1d elapsed) [B for c2]",
+        ]
+    );
     assert_ne!(d[0].version, d.last().unwrap().version);
 }
 
@@ -497,15 +666,23 @@ fn journeys_stay_on_the_version_they_started_on() {
 fn unsubscribed_customers_are_enrolled_and_the_journey_carries_on() {
     let seq = "name: m\ncategory: review\ntrigger: { event: order.delivered }\nsteps:\n  - id: a\n    email: { template: t/a }\n  - id: b\n    wait: 1d\n    email: { template: t/b }\n";
     let mut env = TestEnv::new(&[seq]);
-    env.event("customer.unsubscribed", "c1", "+0s", json!({"categories": ["review"]}));
+    env.event(
+        "customer.unsubscribed",
+        "c1",
+        "+0s",
+        json!({"categories": ["review"]}),
+    );
     env.event("order.delivered", "c1", "+1h", json!({"order_id": "o1"}));
     env.advance("+2d");
-    assert_eq!(env.take(), [
-        "2024-01-01T01:00:00Z c1 m/a enter (trigger order.delivered)",
-        "2024-01-01T01:00:00Z c1 m/a suppress (unsubscribed from review)",
-        "2024-01-02T01:00:00Z c1 m/b suppress (unsubscribed from review)",
-        "2024-01-02T01:00:00Z c1 m/- complete (all steps done)",
-    ]);
+    assert_eq!(
+        env.take(),
+        [
+            "2024-01-01T01:00:00Z c1 m/a enter (trigger order.delivered)",
+            "2024-01-01T01:00:00Z c1 m/a suppress (unsubscribed from review)",
+            "2024-01-02T01:00:00Z c1 m/b suppress (unsubscribed from review)",
+            "2024-01-02T01:00:00Z c1 m/- complete (all steps done)",
+        ]
+    );
 }
 
 #[test]
@@ -522,8 +699,11 @@ fn exit_step_ends_with_its_step_and_complete_has_no_step() {
     let mut env = TestEnv::new(&[ONE_EMAIL]);
     env.placed("c1", "o1", "+0s", "bag");
     let done: serde_json::Value = serde_json::from_str(&env.take_decisions()[2].to_json()).unwrap();
-    assert_eq!(done, json!({"at": "2024-01-01T00:00:00Z", "customer": "c1", "sequence": "welcome",
-        "step": null, "action": "complete", "reason": "all steps done", "subject": null}));
+    assert_eq!(
+        done,
+        json!({"at": "2024-01-01T00:00:00Z", "customer": "c1", "sequence": "welcome",
+        "step": null, "action": "complete", "reason": "all steps done", "subject": null})
+    );
 }
 
 #[test]
@@ -531,11 +711,36 @@ fn profile_fields_follow_the_events() {
     let mut env = TestEnv::new(&[ONE_EMAIL]);
     env.placed("c1", "o1", "+0s", "camera");
     env.placed("c1", "o2", "+1h", "tripod");
-    env.event("order.refunded", "c1", "+2h", json!({"order_id": "o2", "amount": "4.50"}));
-    env.event("support.ticket_opened", "c1", "+3h", json!({"ticket_id": "k1"}));
-    env.event("support.ticket_opened", "c1", "+3h", json!({"ticket_id": "k2"}));
-    env.event("support.ticket_opened", "c1", "+3h", json!({"ticket_id": "k1"}));
-    env.event("support.ticket_resolved", "c1", "+4h", json!({"ticket_id": "k2"}));
+    env.event(
+        "order.refunded",
+        "c1",
+        "+2h",
+        json!({"order_id": "o2", "amount": "4.50"}),
+    );
+    env.event(
+        "support.ticket_opened",
+        "c1",
+        "+3h",
+        json!({"ticket_id": "k1"}),
+    );
+    env.event(
+        "support.ticket_opened",
+        "c1",
+        "+3h",
+        json!({"ticket_id": "k2"}),
+    );
+    env.event(
+        "support.ticket_opened",
+        "c1",
+        "+3h",
+        json!({"ticket_id": "k1"}),
+    );
+    env.event(
+        "support.ticket_resolved",
+        "c1",
+        "+4h",
+        json!({"ticket_id": "k2"}),
+    );
     let p = &env.sim.customer("c1").unwrap().profile;
     assert_eq!(p.orders_count, 2);
     assert_eq!(p.total_spent.to_string(), "15.50");
@@ -543,5 +748,8 @@ fn profile_fields_follow_the_events() {
     assert_eq!(strs(&p.categories), ["camera", "tripod"]);
     assert_eq!(strs(&p.skus), ["camera-1", "tripod-1"]);
     assert_eq!(strs(&p.open_tickets), ["k1"]);
-    assert_eq!(p.last_order_at.unwrap().to_rfc3339(), "2024-01-01T01:00:00+00:00");
+    assert_eq!(
+        p.last_order_at.unwrap().to_rfc3339(),
+        "2024-01-01T01:00:00+00:00"
+    );
 }

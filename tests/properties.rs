@@ -6,7 +6,7 @@ mod common;
 use aftercare::engine::Policy;
 use common::TestEnv;
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const SEQUENCES: &[&str] = &[
     r#"
@@ -70,28 +70,49 @@ steps:
 "#,
 ];
 
-/// One generated event: (kind index, customer, order/ticket, minutes after the previous one).
-fn event_strategy() -> impl Strategy<Value = (usize, usize, usize, u32)> {
-    (0..9usize, 0..3usize, 0..3usize, 0..3000u32)
+/// One generated event: (kind index, customer, order/ticket, minutes after the previous one;
+/// negative for a late event, older than the one before).
+fn event_strategy() -> impl Strategy<Value = (usize, usize, usize, i32)> {
+    (0..9usize, 0..3usize, 0..3usize, -600..3000i32)
 }
 
-fn to_json(i: usize, (kind, customer, n, _): (usize, usize, usize, u32), minutes: u64) -> Value {
+fn to_json(i: usize, (kind, customer, n, _): (usize, usize, usize, i32), minutes: i64) -> Value {
     let order = format!("o{customer}{n}");
     let (kind, data) = match kind {
-        0 => ("order.placed", json!({"order_id": order, "total": 5, "currency": "USD",
-             "items": [{"sku": "s", "name": "n", "category": if n == 2 { "tripod" } else { "camera" }, "quantity": 1, "unit_price": 5}]})),
-        1 => ("order.shipped", json!({"order_id": order, "carrier": "UPS", "tracking_number": "T"})),
+        0 => (
+            "order.placed",
+            json!({"order_id": order, "total": 5, "currency": "USD",
+             "items": [{"sku": "s", "name": "n", "category": if n == 2 { "tripod" } else { "camera" }, "quantity": 1, "unit_price": 5}]}),
+        ),
+        1 => (
+            "order.shipped",
+            json!({"order_id": order, "carrier": "UPS", "tracking_number": "T"}),
+        ),
         2 => ("order.delivered", json!({"order_id": order})),
         3 => ("order.cancelled", json!({"order_id": order})),
         4 => ("order.refunded", json!({"order_id": order, "amount": 1})),
-        5 => ("support.ticket_opened", json!({"ticket_id": format!("k{n}")})),
-        6 => ("support.ticket_resolved", json!({"ticket_id": format!("k{n}")})),
-        7 => ("customer.unsubscribed", json!({"categories": ["cross_sell"]})),
-        _ => ("review.submitted", json!({"order_id": order, "sku": "s", "rating": 5})),
+        5 => (
+            "support.ticket_opened",
+            json!({"ticket_id": format!("k{n}")}),
+        ),
+        6 => (
+            "support.ticket_resolved",
+            json!({"ticket_id": format!("k{n}")}),
+        ),
+        7 => (
+            "customer.unsubscribed",
+            json!({"categories": ["cross_sell"]}),
+        ),
+        _ => (
+            "review.submitted",
+            json!({"order_id": order, "sku": "s", "rating": 5}),
+        ),
     };
-    let time = chrono::DateTime::parse_from_rfc3339(common::T0).unwrap() + chrono::Duration::minutes(minutes as i64);
+    let time = chrono::DateTime::parse_from_rfc3339(common::T0).unwrap()
+        + chrono::Duration::minutes(minutes as i64);
     let mut data = data;
-    data["customer"] = json!({"email": format!("c{customer}@example.com"), "name": format!("c{customer}")});
+    data["customer"] =
+        json!({"email": format!("c{customer}@example.com"), "name": format!("c{customer}")});
     json!({"specversion": "1.0", "id": format!("e{i}"), "source": "/prop", "type": kind,
            "time": time.to_rfc3339(), "subject": format!("c{customer}"), "data": data})
 }
@@ -110,15 +131,50 @@ fn run(events: &[Value]) -> Vec<String> {
     env.take()
 }
 
-fn stream(spec: &[(usize, usize, usize, u32)]) -> Vec<Value> {
-    let mut minutes = 0u64;
+fn stream(spec: &[(usize, usize, usize, i32)]) -> Vec<Value> {
+    let mut minutes = 0i64;
     spec.iter()
         .enumerate()
         .map(|(i, e)| {
-            minutes += u64::from(e.3);
+            minutes = (minutes + i64::from(e.3)).max(0);
             to_json(i, *e, minutes)
         })
         .collect()
+}
+
+fn catalog_files() -> Vec<(String, &'static str)> {
+    SEQUENCES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("s{i}.yaml"), *s))
+        .collect()
+}
+
+fn engine(policy: &Policy) -> aftercare::engine::Engine {
+    let files = catalog_files();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+    aftercare::engine::Engine::new(
+        std::sync::Arc::new(common::catalog(&files, common::default_templates())),
+        policy.clone(),
+    )
+}
+
+/// The sequential replay's exact bytes, and the parallel one's with `threads` workers.
+fn replays(events: &[Value], threads: usize) -> (Vec<u8>, Vec<u8>) {
+    let policy = Policy {
+        min_gap: "6h".parse().unwrap(),
+        ..Policy::default()
+    };
+    let jsonl: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let until = "30d".parse().unwrap();
+    let mut seq = Vec::new();
+    let mut sim = aftercare::simulate::Simulator::new(engine(&policy));
+    aftercare::simulate::replay(&mut sim, jsonl.as_bytes(), &mut seq, until, |_, _| {}).unwrap();
+    let mut par = Vec::new();
+    let engines = (0..threads).map(|_| engine(&policy)).collect();
+    aftercare::simulate::replay_parallel(engines, jsonl.as_bytes(), &mut par, until, |_, _| {})
+        .unwrap();
+    (seq, par)
 }
 
 proptest! {
@@ -131,6 +187,17 @@ proptest! {
         prop_assert_eq!(&first, &run(&events));
         // Every decision carries a reason.
         prop_assert!(first.iter().all(|l| !l.contains(" ()")));
+    }
+
+    #[test]
+    fn parallel_replay_prints_exactly_the_sequential_lines(
+        spec in prop::collection::vec(event_strategy(), 1..80),
+        threads in 2..5usize,
+    ) {
+        let events = stream(&spec);
+        let (seq, par) = replays(&events, threads);
+        prop_assert!(!seq.is_empty());
+        prop_assert_eq!(String::from_utf8(seq).unwrap(), String::from_utf8(par).unwrap());
     }
 
     #[test]

@@ -13,145 +13,226 @@ const HEAD: &str = "name: s\ntrigger: { event: order.placed }\nsteps:\n";
 
 #[test]
 fn yaml_syntax_error() {
-    assert_eq!(check("name: s\nsteps: [a, b\n"), [
-        "s.yaml:3:1: YAML syntax error: while parsing a flow sequence, expected ',' or ']'\n  hint: check indentation (spaces, not tabs) and that quotes and brackets are closed",
-    ]);
+    assert_eq!(
+        check("name: s\nsteps: [a, b\n"),
+        [
+            "s.yaml:3:1: YAML syntax error: while parsing a flow sequence, expected ',' or ']'\n  hint: check indentation (spaces, not tabs) and that quotes and brackets are closed",
+        ]
+    );
 }
 
 #[test]
 fn unknown_keys_suggest_the_closest_known_key() {
-    let yaml = format!("{HEAD}  - id: a\n    wiat: 1d\n    email: {{ template: t/a }}\nexit_onn: [order.refunded]\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:5:5: unknown key `wiat` in a step\n  hint: did you mean `wait`?",
-        "s.yaml:7:1: unknown key `exit_onn` in the sequence\n  hint: did you mean `exit_on`?",
-    ]);
+    let yaml = format!(
+        "{HEAD}  - id: a\n    wiat: 1d\n    email: {{ template: t/a }}\nexit_onn: [order.refunded]\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:5: unknown key `wiat` in a step\n  hint: did you mean `wait`?",
+            "s.yaml:7:1: unknown key `exit_onn` in the sequence\n  hint: did you mean `exit_on`?",
+        ]
+    );
 }
 
 #[test]
 fn unknown_key_without_a_close_match_lists_the_known_keys() {
     let yaml = format!("{HEAD}  - id: a\n    colour: red\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, start, exit",
-    ]);
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, start, exit",
+        ]
+    );
 }
 
 #[test]
 fn missing_id_and_trigger() {
-    assert_eq!(check("steps:\n  - email: { template: t/a }\n"), [
-        "s.yaml:1:1: missing `trigger`\n  hint: add `trigger: { event: order.delivered }` to say which event enrols customers",
-        "s.yaml:2:5: step has no `id`\n  hint: give every step a unique `id`, like `id: welcome`",
-    ]);
+    assert_eq!(
+        check("steps:\n  - email: { template: t/a }\n"),
+        [
+            "s.yaml:1:1: missing `trigger`\n  hint: add `trigger: { event: order.delivered }` to say which event enrols customers",
+            "s.yaml:2:5: step has no `id`\n  hint: give every step a unique `id`, like `id: welcome`",
+        ]
+    );
 }
 
 #[test]
 fn bad_duration() {
     let yaml = format!("{HEAD}  - id: a\n    wait: 3days\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:5:11: `3days` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w\n  hint: durations look like 30s, 15m, 2h, 3d or 1w",
-    ]);
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:11: `3days` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w\n  hint: durations look like 30s, 15m, 2h, 3d or 1w",
+        ]
+    );
 }
 
 #[test]
 fn bad_cron() {
-    let yaml = format!("{HEAD}  - id: a\n    send_window: \"0 25 * * *\"\n    email: {{ template: t/a }}\n");
+    let yaml = format!(
+        "{HEAD}  - id: a\n    send_window: \"0 25 * * *\"\n    email: {{ template: t/a }}\n"
+    );
     let got = check(&yaml);
     assert_eq!(got.len(), 1);
-    assert!(got[0].starts_with("s.yaml:5:18: `0 25 * * *` is not a valid cron schedule: "), "{}", got[0]);
-    assert!(got[0].ends_with("\n  hint: cron has 5 fields: minute hour day month weekday, e.g. \"0 9-18 * * MON-FRI\""));
-    let yaml = format!("{HEAD}  - id: a\n    send_window: \"9 to 5\"\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml)[0].lines().next().unwrap(), "s.yaml:5:18: `9 to 5` has 3 fields; a cron schedule has 5 (minute hour day month weekday)");
+    assert!(
+        got[0].starts_with("s.yaml:5:18: `0 25 * * *` is not a valid cron schedule: "),
+        "{}",
+        got[0]
+    );
+    assert!(got[0].ends_with(
+        "\n  hint: cron has 5 fields: minute hour day month weekday, e.g. \"0 9-18 * * MON-FRI\""
+    ));
+    let yaml =
+        format!("{HEAD}  - id: a\n    send_window: \"9 to 5\"\n    email: {{ template: t/a }}\n");
+    assert_eq!(
+        check(&yaml)[0].lines().next().unwrap(),
+        "s.yaml:5:18: `9 to 5` has 3 fields; a cron schedule has 5 (minute hour day month weekday)"
+    );
 }
 
 #[test]
 fn bad_timezone() {
     let yaml = format!("timezone: Mars/Olympus\n{HEAD}  - id: a\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:1:11: `Mars/Olympus` is not an IANA timezone name\n  hint: use a name like Asia/Seoul or America/New_York",
-    ]);
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:1:11: `Mars/Olympus` is not an IANA timezone name\n  hint: use a name like Asia/Seoul or America/New_York",
+        ]
+    );
 }
 
 #[test]
 fn expression_syntax_error() {
-    let yaml = format!("{HEAD}  - id: a\n    skip_when: \"customer.open_tickets >\"\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:5:16: expression `customer.open_tickets >`: syntax error: unexpected end of input, expected expression\n  hint: expressions use Jinja syntax, e.g. customer.open_tickets > 0",
-    ]);
+    let yaml = format!(
+        "{HEAD}  - id: a\n    skip_when: \"customer.open_tickets >\"\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:16: expression `customer.open_tickets >`: syntax error: unexpected end of input, expected expression\n  hint: expressions use Jinja syntax, e.g. customer.open_tickets > 0",
+        ]
+    );
 }
 
 #[test]
 fn unknown_template_suggests_the_closest() {
     let yaml = format!("{HEAD}  - id: a\n    email: {{ template: t/aa }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:5:24: unknown template `t/aa`\n  hint: did you mean `t/a`?",
-    ]);
+    assert_eq!(
+        check(&yaml),
+        ["s.yaml:5:24: unknown template `t/aa`\n  hint: did you mean `t/a`?",]
+    );
 }
 
 #[test]
 fn template_syntax_error_names_the_template_file() {
     let mut templates = default_templates();
-    templates.push(("t/broken.html.j2".into(), "<p>\n  Hello {{ customer.name </p>\n".into()));
+    templates.push((
+        "t/broken.html.j2".into(),
+        "<p>\n  Hello {{ customer.name </p>\n".into(),
+    ));
     templates.push(("t/broken.subject.j2".into(), "Hi".into()));
-    let got = diagnostics(&[("s.yaml", &format!("{HEAD}  - id: a\n    email: {{ template: t/a }}\n"))], templates);
-    assert_eq!(got, [
-        "templates/t/broken.html.j2:2:27: syntax error: unexpected `/`\n  hint: check the {{ }} and {% %} tags near this position: each must be closed",
-    ]);
+    let got = diagnostics(
+        &[(
+            "s.yaml",
+            &format!("{HEAD}  - id: a\n    email: {{ template: t/a }}\n"),
+        )],
+        templates,
+    );
+    assert_eq!(
+        got,
+        [
+            "templates/t/broken.html.j2:2:27: syntax error: unexpected `/`\n  hint: check the {{ }} and {% %} tags near this position: each must be closed",
+        ]
+    );
 }
 
 #[test]
 fn duplicate_step_id() {
-    let yaml = format!("{HEAD}  - id: a\n    email: {{ template: t/a }}\n  - id: a\n    email: {{ template: t/b }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:6:9: duplicate step id `a`\n  hint: step ids must be unique in a file; `a` is first used on line 4",
-    ]);
+    let yaml = format!(
+        "{HEAD}  - id: a\n    email: {{ template: t/a }}\n  - id: a\n    email: {{ template: t/b }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:6:9: duplicate step id `a`\n  hint: step ids must be unique in a file; `a` is first used on line 4",
+        ]
+    );
 }
 
 #[test]
 fn start_of_an_unknown_sequence() {
     let yaml = format!("{HEAD}  - id: a\n    start: reveiw-request\n");
     let other = "name: review-request\ntrigger: { event: x }\nsteps:\n  - id: b\n    email: { template: t/a }\n";
-    assert_eq!(diagnostics(&[("s.yaml", &yaml), ("r.yaml", other)], default_templates()), [
-        "s.yaml:5:12: `start` names an unknown sequence `reveiw-request`\n  hint: did you mean `review-request`?",
-    ]);
+    assert_eq!(
+        diagnostics(&[("s.yaml", &yaml), ("r.yaml", other)], default_templates()),
+        [
+            "s.yaml:5:12: `start` names an unknown sequence `reveiw-request`\n  hint: did you mean `review-request`?",
+        ]
+    );
 }
 
 #[test]
 fn wait_and_wait_for_on_one_step() {
-    let yaml = format!("{HEAD}  - id: a\n    wait: 1d\n    wait_for: {{ event: order.shipped, timeout: 3d }}\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:6:5: a step has either `wait` or `wait_for`, not both\n  hint: split it into two steps: one that waits, then one that waits for the event",
-    ]);
+    let yaml = format!(
+        "{HEAD}  - id: a\n    wait: 1d\n    wait_for: {{ event: order.shipped, timeout: 3d }}\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:6:5: a step has either `wait` or `wait_for`, not both\n  hint: split it into two steps: one that waits, then one that waits for the event",
+        ]
+    );
 }
 
 #[test]
 fn two_actions_on_one_step() {
     let yaml = format!("{HEAD}  - id: a\n    email: {{ template: t/a }}\n    start: s\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:6:5: a step has one action; this one has `email` and `start`\n  hint: split it into one step per action",
-    ]);
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:6:5: a step has one action; this one has `email` and `start`\n  hint: split it into one step per action",
+        ]
+    );
 }
 
 #[test]
 fn reenter_on_a_per_order_journey() {
-    let yaml = format!("journey: per_order\nreenter: true\n{HEAD}  - id: a\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:2:1: `reenter` applies to per_customer journeys only\n  hint: a per_order journey runs once per order; remove `reenter`",
-    ]);
+    let yaml = format!(
+        "journey: per_order\nreenter: true\n{HEAD}  - id: a\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:2:1: `reenter` applies to per_customer journeys only\n  hint: a per_order journey runs once per order; remove `reenter`",
+        ]
+    );
 }
 
 #[test]
 fn wait_for_without_timeout() {
-    let yaml = format!("{HEAD}  - id: a\n    wait_for: {{ event: order.shipped }}\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:5:5: `wait_for` needs a `timeout`\n  hint: add `timeout: 3d`: how long to wait before `on_timeout` decides",
-    ]);
+    let yaml = format!(
+        "{HEAD}  - id: a\n    wait_for: {{ event: order.shipped }}\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:5: `wait_for` needs a `timeout`\n  hint: add `timeout: 3d`: how long to wait before `on_timeout` decides",
+        ]
+    );
 }
 
 #[test]
 fn on_timeout_naming_an_unknown_step() {
-    let yaml = format!("{HEAD}  - id: wait\n    wait_for: {{ event: order.shipped, timeout: 3d, on_timeout: delay-notise }}\n  - id: delay-notice\n    email: {{ template: t/a }}\n");
-    assert_eq!(check(&yaml), [
-        "s.yaml:5:64: `on_timeout` names an unknown step `delay-notise`\n  hint: did you mean `delay-notice`?",
-    ]);
+    let yaml = format!(
+        "{HEAD}  - id: wait\n    wait_for: {{ event: order.shipped, timeout: 3d, on_timeout: delay-notise }}\n  - id: delay-notice\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:64: `on_timeout` names an unknown step `delay-notise`\n  hint: did you mean `delay-notice`?",
+        ]
+    );
 }
 
 #[test]
@@ -162,12 +243,15 @@ fn every_error_in_every_file_is_reported_in_order() {
         .iter()
         .map(|d| d.lines().next().unwrap().to_string())
         .collect();
-    assert_eq!(got, [
-        "a.yaml:5:11: `soon` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w",
-        "a.yaml:6:24: unknown template `t/x`",
-        "b.yaml:2:10: unknown journey kind `per_ordr`",
-        "b.yaml:5:5: unknown key `emial` in a step",
-    ]);
+    assert_eq!(
+        got,
+        [
+            "a.yaml:5:11: `soon` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w",
+            "a.yaml:6:24: unknown template `t/x`",
+            "b.yaml:2:10: unknown journey kind `per_ordr`",
+            "b.yaml:5:5: unknown key `emial` in a step",
+        ]
+    );
 }
 
 #[test]
@@ -176,8 +260,16 @@ fn the_cli_prints_every_error_and_exits_1() {
     std::fs::create_dir_all(dir.join("templates/t")).unwrap();
     std::fs::write(dir.join("templates/t/a.subject.j2"), "A").unwrap();
     std::fs::write(dir.join("templates/t/a.html.j2"), "<p>A</p>").unwrap();
-    std::fs::write(dir.join("good.yaml"), format!("{HEAD}  - id: a\n    email: {{ template: t/a }}\n")).unwrap();
-    std::fs::write(dir.join("bad.yaml"), format!("{HEAD}  - id: a\n    wait: 1x\n")).unwrap();
+    std::fs::write(
+        dir.join("good.yaml"),
+        format!("{HEAD}  - id: a\n    email: {{ template: t/a }}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bad.yaml"),
+        format!("{HEAD}  - id: a\n    wait: 1x\n"),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aftercare"))
         .arg("validate")
         .arg(&dir)
@@ -186,11 +278,18 @@ fn the_cli_prints_every_error_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let path = dir.join("bad.yaml").display().to_string();
-    assert_eq!(stdout, format!(
-        "{path}:5:11: `1x` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w\n  hint: durations look like 30s, 15m, 2h, 3d or 1w\n"
-    ));
+    assert_eq!(
+        stdout,
+        format!(
+            "{path}:5:11: `1x` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w\n  hint: durations look like 30s, 15m, 2h, 3d or 1w\n"
+        )
+    );
     std::fs::remove_file(dir.join("bad.yaml")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aftercare")).arg("validate").arg(&dir).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aftercare"))
+        .arg("validate")
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }

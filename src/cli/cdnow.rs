@@ -19,14 +19,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?;
     let mut rows = crate::cdnow::parse(&text).with_context(|| args.input.display().to_string())?;
     if let Some(n) = args.limit {
         rows.truncate(n);
     }
     let n = match &args.output {
         Some(path) => {
-            let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
             let mut w = BufWriter::new(f);
             let n = crate::cdnow::write_events(&rows, &mut w)?;
             w.flush()?;

@@ -15,7 +15,11 @@ use crate::config::Config;
 use crate::sequence::{Catalog, Diagnostic};
 
 #[derive(Parser)]
-#[command(name = "aftercare", version, about = "Event-driven post-purchase follow-up engine")]
+#[command(
+    name = "aftercare",
+    version,
+    about = "Event-driven post-purchase follow-up engine"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -89,10 +93,15 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 
 /// Loads a catalog; prints every problem and fails if there is any.
 fn load_catalog_strict(dir: &Path) -> anyhow::Result<Catalog> {
-    let (catalog, diags) = Catalog::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+    let (catalog, diags) =
+        Catalog::load(dir).with_context(|| format!("loading {}", dir.display()))?;
     if !diags.is_empty() {
         print_diags(&diags);
-        anyhow::bail!("{} has {} error(s); run `aftercare validate` for details", dir.display(), diags.len());
+        anyhow::bail!(
+            "{} has {} error(s); run `aftercare validate` for details",
+            dir.display(),
+            diags.len()
+        );
     }
     Ok(catalog)
 }

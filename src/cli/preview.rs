@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{Context, anyhow, bail};
 use minijinja::Value;
 
 use crate::engine::context::Ctx;
@@ -37,7 +37,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::load_config(args.config.as_deref())?;
-    let dir = args.sequences.clone().unwrap_or(config.sequences.dir.clone());
+    let dir = args
+        .sequences
+        .clone()
+        .unwrap_or(config.sequences.dir.clone());
     let catalog = super::load_catalog_strict(&dir)?;
     let seq = catalog.get(&args.sequence).cloned().ok_or_else(|| {
         let names = catalog.sequences().iter().map(|s| &*s.name);
@@ -48,7 +51,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let Some(si) = seq.step_index(&args.step) else {
         let ids: Vec<&str> = seq.steps.iter().map(|s| &*s.id).collect();
-        bail!("sequence `{}` has no step `{}`; its steps are: {}", seq.name, args.step, ids.join(", "));
+        bail!(
+            "sequence `{}` has no step `{}`; its steps are: {}",
+            seq.name,
+            args.step,
+            ids.join(", ")
+        );
     };
     let Some(Action::Email { template }) = &seq.steps[si].action else {
         bail!("step `{}` of `{}` sends no email", args.step, seq.name);
@@ -62,7 +70,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let journey = Journey {
         id: JourneyId::derive(&[&seq.name, &ev.source, &ev.id]),
         sequence: seq.clone(),
-        order_id: order_id.clone().filter(|_| seq.journey == JourneyKind::PerOrder),
+        order_id: order_id
+            .clone()
+            .filter(|_| seq.journey == JourneyKind::PerOrder),
         started_at: ev.time,
         step: si,
         state: State::Paused,
@@ -72,7 +82,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let base = config.http.public_url.trim_end_matches('/');
     ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
     ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));
-    let locale = args.locale.as_deref().or(customer.profile.locale.as_deref());
+    let locale = args
+        .locale
+        .as_deref()
+        .or(customer.profile.locale.as_deref());
     let rendered = catalog
         .templates
         .render(template, locale, &ctx.into_value())
@@ -86,7 +99,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("Subject: {}", rendered.subject);
-        println!("Template: {template} (locale {})", locale.unwrap_or("default"));
+        println!(
+            "Template: {template} (locale {})",
+            locale.unwrap_or("default")
+        );
         println!("\n--- text/plain ---\n{}", rendered.text.trim_end());
         println!("\n--- text/html ---\n{}", rendered.html.trim_end());
     }
@@ -94,11 +110,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn read_event(path: &PathBuf) -> anyhow::Result<Event> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // A pretty-printed single event, or the first line of a JSON Lines file.
     Event::from_structured(text.as_bytes())
         .or_else(|whole| {
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default();
             Event::from_structured(first.as_bytes()).map_err(|_| whole)
         })
         .map_err(|e| anyhow!("{}: {e}", path.display()))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::engine::Engine;
-use crate::simulate::{replay, replay_parallel, Simulator};
+use crate::simulate::{Simulator, replay, replay_parallel};
 use crate::time::Period;
 
 #[derive(clap::Args)]
@@ -31,7 +31,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let until: Period = args.until.parse().map_err(|m: String| anyhow::anyhow!("--until: {m}"))?;
+    let until: Period = args
+        .until
+        .parse()
+        .map_err(|m: String| anyhow::anyhow!("--until: {m}"))?;
     let config = super::load_config(args.config.as_deref())?;
     let policy = config
         .policy()
@@ -64,7 +67,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // reference counts on cache lines the other cores are using.
         let mut engines = vec![Engine::new(catalog, policy.clone())];
         for _ in 1..threads {
-            engines.push(Engine::new(Arc::new(super::load_catalog_strict(&dir)?), policy.clone()));
+            engines.push(Engine::new(
+                Arc::new(super::load_catalog_strict(&dir)?),
+                policy.clone(),
+            ));
         }
         replay_parallel(engines, input, &mut out, until, on_bad)
     }

@@ -12,7 +12,8 @@ pub fn run(dir: Option<&Path>, config: Option<&Path>) -> anyhow::Result<ExitCode
         Some(d) => d.to_path_buf(),
         None => super::load_config(config)?.sequences.dir,
     };
-    let (catalog, diags) = Catalog::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let (catalog, diags) =
+        Catalog::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
     if diags.is_empty() {
         let n = catalog.sequences().len();
         println!("{}: {n} sequence(s) valid", dir.display());

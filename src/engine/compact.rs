@@ -92,7 +92,10 @@ mod tests {
         c.insert_sorted("tripod");
         c.insert_sorted("camera");
         c.insert_sorted("camera");
-        assert_eq!(c.iter().map(|s| &**s).collect::<Vec<_>>(), ["camera", "tripod"]);
+        assert_eq!(
+            c.iter().map(|s| &**s).collect::<Vec<_>>(),
+            ["camera", "tripod"]
+        );
         c.retain(|s| &**s != "camera");
         assert_eq!(c.len(), 1);
         assert_eq!(&*c.remove(0), "tripod");

@@ -46,7 +46,14 @@ impl Ctx {
     }
 }
 
-const CTX_KEYS: &[&str] = &["customer", "event", "order", "journey", "unsubscribe_url", "preferences_url"];
+const CTX_KEYS: &[&str] = &[
+    "customer",
+    "event",
+    "order",
+    "journey",
+    "unsubscribe_url",
+    "preferences_url",
+];
 
 impl Object for Ctx {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
@@ -76,8 +83,19 @@ fn strings(v: &[Box<str>]) -> Value {
 }
 
 const PROFILE_KEYS: &[&str] = &[
-    "id", "email", "name", "locale", "timezone", "birthday", "orders_count", "total_spent", "skus",
-    "categories", "open_tickets", "last_order_at", "unsubscribed",
+    "id",
+    "email",
+    "name",
+    "locale",
+    "timezone",
+    "birthday",
+    "orders_count",
+    "total_spent",
+    "skus",
+    "categories",
+    "open_tickets",
+    "last_order_at",
+    "unsubscribed",
 ];
 
 impl Object for Profile {
@@ -87,14 +105,18 @@ impl Object for Profile {
             "email" => opt_str(self.email.as_deref()),
             "name" => opt_str(self.name.as_deref()),
             "locale" => opt_str(self.locale.as_deref()),
-            "timezone" => self.timezone.map_or(Value::from(()), |t| Value::from(t.name())),
+            "timezone" => self
+                .timezone
+                .map_or(Value::from(()), |t| Value::from(t.name())),
             "birthday" => opt_str(self.birthday.as_deref()),
             "orders_count" => Value::from(self.orders_count),
             "total_spent" => Value::from(self.total_spent.as_f64()),
             "skus" => strings(&self.skus),
             "categories" => strings(&self.categories),
             "open_tickets" => Value::from(self.open_tickets.len()),
-            "last_order_at" => self.last_order_at.map_or(Value::from(()), |t| Value::from(rfc3339(t))),
+            "last_order_at" => self
+                .last_order_at
+                .map_or(Value::from(()), |t| Value::from(rfc3339(t))),
             "unsubscribed" => strings(&self.unsubscribed),
             _ => return None,
         })
@@ -106,13 +128,24 @@ impl Object for Profile {
 }
 
 const ORDER_KEYS: &[&str] = &[
-    "id", "items", "total", "currency", "status", "placed_at", "shipped_at", "delivered_at",
-    "carrier", "tracking_number", "tracking_url", "refunded",
+    "id",
+    "items",
+    "total",
+    "currency",
+    "status",
+    "placed_at",
+    "shipped_at",
+    "delivered_at",
+    "carrier",
+    "tracking_number",
+    "tracking_url",
+    "refunded",
 ];
 
 impl Object for Order {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let time = |t: Option<DateTime<Utc>>| t.map_or(Value::from(()), |t| Value::from(rfc3339(t)));
+        let time =
+            |t: Option<DateTime<Utc>>| t.map_or(Value::from(()), |t| Value::from(rfc3339(t)));
         Some(match key.as_str()? {
             "id" | "order_id" => Value::from(&*self.id),
             "items" => Value::from_object(Items(self.clone())),
@@ -122,9 +155,18 @@ impl Object for Order {
             "placed_at" => time(self.placed_at),
             "shipped_at" => time(self.shipped_at),
             "delivered_at" => time(self.delivered_at),
-            "carrier" => self.shipping.as_ref().map_or(Value::from(()), |s| Value::from(s.carrier.as_str())),
-            "tracking_number" => self.shipping.as_ref().map_or(Value::from(()), |s| Value::from(s.tracking_number.as_str())),
-            "tracking_url" => self.shipping.as_ref().map_or(Value::from(()), |s| opt_str(s.tracking_url.as_deref())),
+            "carrier" => self
+                .shipping
+                .as_ref()
+                .map_or(Value::from(()), |s| Value::from(s.carrier.as_str())),
+            "tracking_number" => self
+                .shipping
+                .as_ref()
+                .map_or(Value::from(()), |s| Value::from(s.tracking_number.as_str())),
+            "tracking_url" => self
+                .shipping
+                .as_ref()
+                .map_or(Value::from(()), |s| opt_str(s.tracking_url.as_deref())),
             "refunded" => Value::from(self.refunded.as_f64()),
             _ => return None,
         })

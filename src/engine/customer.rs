@@ -163,7 +163,11 @@ impl Customer {
                 order.currency = placed.currency.as_str().into();
                 order.placed_at = Some(ev.time);
                 if first {
-                    Arc::make_mut(&mut self.profile).count_order(placed.total, &placed.items, ev.time);
+                    Arc::make_mut(&mut self.profile).count_order(
+                        placed.total,
+                        &placed.items,
+                        ev.time,
+                    );
                 }
             }
             EventData::OrderShipped(s) => {
@@ -193,12 +197,16 @@ impl Customer {
             }
             EventData::TicketOpened { ticket_id, .. } => {
                 if !self.profile.open_tickets.contains_str(ticket_id) {
-                    Arc::make_mut(&mut self.profile).open_tickets.push(ticket_id.as_str().into());
+                    Arc::make_mut(&mut self.profile)
+                        .open_tickets
+                        .push(ticket_id.as_str().into());
                 }
             }
             EventData::TicketResolved { ticket_id } => {
                 if self.profile.open_tickets.contains_str(ticket_id) {
-                    Arc::make_mut(&mut self.profile).open_tickets.retain(|t| **t != **ticket_id);
+                    Arc::make_mut(&mut self.profile)
+                        .open_tickets
+                        .retain(|t| **t != **ticket_id);
                 }
             }
             EventData::CustomerUnsubscribed { categories } => {
@@ -217,12 +225,12 @@ impl Customer {
 
 impl Profile {
     fn patch(&mut self, p: &CustomerPatch) {
-        if let Some(email) = &p.email {
-            if self.email.as_deref() != Some(email.as_str()) {
-                self.email = Some(email.as_str().into());
-                // A new address has not bounced.
-                self.bounced = false;
-            }
+        if let Some(email) = &p.email
+            && self.email.as_deref() != Some(email.as_str())
+        {
+            self.email = Some(email.as_str().into());
+            // A new address has not bounced.
+            self.bounced = false;
         }
         if let Some(name) = &p.name {
             self.name = Some(name.as_str().into());

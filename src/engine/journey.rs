@@ -82,12 +82,17 @@ impl Cause {
             (Cause::Waited, Timing::Wait(p)) => format!("wait {p} elapsed"),
             (Cause::Event, Timing::WaitFor(w)) => format!("{} received", w.event),
             (Cause::TimeoutContinue, Timing::WaitFor(w)) => {
-                format!("wait_for {} timed out after {}: continue", w.event, w.timeout)
+                format!(
+                    "wait_for {} timed out after {}: continue",
+                    w.event, w.timeout
+                )
             }
             (Cause::Window, _) => "send window open".into(),
             (Cause::QuietHoursOver, _) => "quiet hours over".into(),
             (Cause::Resumed, _) => "resumed".into(),
-            (Cause::Immediate | Cause::Waited | Cause::Event | Cause::TimeoutContinue, _) => "no wait".into(),
+            (Cause::Immediate | Cause::Waited | Cause::Event | Cause::TimeoutContinue, _) => {
+                "no wait".into()
+            }
         }
     }
 }

@@ -27,7 +27,7 @@ pub use journey::{Cause, Journey, JourneyId, PendingGoal, State};
 
 use crate::event::Event;
 use crate::sequence::{self, Catalog, Expr, JourneyKind, OnTimeout, Sequence, Timing};
-use crate::time::{rfc3339, Period, QuietHours};
+use crate::time::{Period, QuietHours, rfc3339};
 use context::Ctx;
 use rules::Verdict;
 
@@ -134,7 +134,13 @@ impl Engine {
 
     // ---- event effects --------------------------------------------------------------------
 
-    fn exit_on(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+    fn exit_on(
+        &self,
+        c: &mut Customer,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
         let mut i = 0;
         while i < c.journeys.len() {
             let j = &c.journeys[i];
@@ -147,7 +153,13 @@ impl Engine {
         }
     }
 
-    fn goals(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+    fn goals(
+        &self,
+        c: &mut Customer,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
         c.goals.retain(|g| g.until >= now.min(ev.time));
         let mut i = 0;
         while i < c.goals.len() {
@@ -159,7 +171,10 @@ impl Engine {
                 continue;
             };
             let in_window = g.from <= ev.time && ev.time <= g.until;
-            if *goal.event != *ev.kind || !in_window || !self.passes(goal.when.as_ref(), c, Some(ev), None) {
+            if *goal.event != *ev.kind
+                || !in_window
+                || !self.passes(goal.when.as_ref(), c, Some(ev), None)
+            {
                 i += 1;
                 continue;
             }
@@ -179,7 +194,13 @@ impl Engine {
         }
     }
 
-    fn wait_fors(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+    fn wait_fors(
+        &self,
+        c: &mut Customer,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
         let ids: Vec<JourneyId> = c.journeys.iter().map(|j| j.id).collect();
         for id in ids {
             let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
@@ -199,8 +220,19 @@ impl Engine {
         }
     }
 
-    fn resumes(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
-        let ids: Vec<JourneyId> = c.journeys.iter().filter(|j| j.state == State::Paused).map(|j| j.id).collect();
+    fn resumes(
+        &self,
+        c: &mut Customer,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let ids: Vec<JourneyId> = c
+            .journeys
+            .iter()
+            .filter(|j| j.state == State::Paused)
+            .map(|j| j.id)
+            .collect();
         for id in ids {
             let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
                 continue;
@@ -209,12 +241,25 @@ impl Engine {
             if self.check(seq.pause_when.as_ref(), c, Some(ev), Some(ji)) {
                 continue;
             }
-            self.push(c, ji, now, Action::Resume, "pause_when no longer true".into(), out);
+            self.push(
+                c,
+                ji,
+                now,
+                Action::Resume,
+                "pause_when no longer true".into(),
+                out,
+            );
             self.due_step(c, ji, now, Cause::Resumed, Some(ev), out);
         }
     }
 
-    fn triggers(&self, c: &mut Customer, ev: &Arc<Event>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+    fn triggers(
+        &self,
+        c: &mut Customer,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
         let catalog = self.catalog.clone();
         let too_old = now - ev.time > self.policy.max_event_age.0;
         for seq in catalog.triggered_by(&ev.kind) {
@@ -248,10 +293,16 @@ impl Engine {
     // ---- journeys -------------------------------------------------------------------------
 
     /// Whether the customer may start `seq` now; `Err` says why not.
-    fn may_enter(&self, c: &Customer, seq: &Sequence, order_id: Option<&str>) -> Result<(), String> {
-        let active = c.journeys.iter().any(|j| {
-            j.sequence.name == seq.name && j.order_id.as_deref() == order_id
-        });
+    fn may_enter(
+        &self,
+        c: &Customer,
+        seq: &Sequence,
+        order_id: Option<&str>,
+    ) -> Result<(), String> {
+        let active = c
+            .journeys
+            .iter()
+            .any(|j| j.sequence.name == seq.name && j.order_id.as_deref() == order_id);
         if active {
             return Err(format!("already in {}", seq.name));
         }
@@ -304,9 +355,17 @@ impl Engine {
     fn begin_step(&self, c: &mut Customer, ji: Ji, base: DateTime<Utc>) {
         let j = &mut c.journeys[ji];
         j.state = match &j.sequence.steps[j.step].timing {
-            Timing::Now => State::Due { at: base, cause: Cause::Immediate },
-            Timing::Wait(p) => State::Due { at: base + p.0, cause: Cause::Waited },
-            Timing::WaitFor(w) => State::WaitingFor { deadline: base + w.timeout.0 },
+            Timing::Now => State::Due {
+                at: base,
+                cause: Cause::Immediate,
+            },
+            Timing::Wait(p) => State::Due {
+                at: base + p.0,
+                cause: Cause::Waited,
+            },
+            Timing::WaitFor(w) => State::WaitingFor {
+                deadline: base + w.timeout.0,
+            },
         };
     }
 
@@ -323,26 +382,40 @@ impl Engine {
         let seq = c.journeys[ji].sequence.clone();
         let si = c.journeys[ji].step;
         let step = &seq.steps[si];
-        if let Some(skip) = &step.skip_when {
-            if self.check(Some(skip), c, ev, Some(ji)) {
-                self.push(c, ji, now, Action::Skip, format!("skip_when: {skip}"), out);
-                return self.next_step(c, ji, now, out);
-            }
+        if let Some(skip) = &step.skip_when
+            && self.check(Some(skip), c, ev, Some(ji))
+        {
+            self.push(c, ji, now, Action::Skip, format!("skip_when: {skip}"), out);
+            return self.next_step(c, ji, now, out);
         }
-        if let Some(pause) = &seq.pause_when {
-            if self.check(Some(pause), c, ev, Some(ji)) {
-                self.push(c, ji, now, Action::Pause, format!("pause_when: {pause}"), out);
-                c.journeys[ji].state = State::Paused;
-                return;
-            }
+        if let Some(pause) = &seq.pause_when
+            && self.check(Some(pause), c, ev, Some(ji))
+        {
+            self.push(
+                c,
+                ji,
+                now,
+                Action::Pause,
+                format!("pause_when: {pause}"),
+                out,
+            );
+            c.journeys[ji].state = State::Paused;
+            return;
         }
         if let Some(window) = &step.send_window {
             let tz = self.timezone(c, &seq);
             match window.next_slot(now, tz) {
                 Some(slot) if slot > now => {
-                    let reason = format!("send_window \"{}\" ({tz}): until {}", window.source, rfc3339(slot));
+                    let reason = format!(
+                        "send_window \"{}\" ({tz}): until {}",
+                        window.source,
+                        rfc3339(slot)
+                    );
                     self.push(c, ji, now, Action::Defer, reason, out);
-                    c.journeys[ji].state = State::Due { at: slot, cause: Cause::Window };
+                    c.journeys[ji].state = State::Due {
+                        at: slot,
+                        cause: Cause::Window,
+                    };
                     return;
                 }
                 Some(_) => {}
@@ -359,17 +432,18 @@ impl Engine {
                 return self.end(c, ji, now, Action::Exit, "exit step".into(), out);
             }
             Some(sequence::Action::Start { sequence }) => self.start(c, ji, sequence, now, out),
-            Some(sequence::Action::Email { template }) => {
-                match self.verdict(c, &seq, si, now) {
-                    Verdict::Send => self.email(c, ji, template, cause, ev, now, out),
-                    Verdict::Suppress(reason) => self.push(c, ji, now, Action::Suppress, reason, out),
-                    Verdict::Defer(until, reason) => {
-                        self.push(c, ji, now, Action::Defer, reason, out);
-                        c.journeys[ji].state = State::Due { at: until, cause: Cause::QuietHoursOver };
-                        return;
-                    }
+            Some(sequence::Action::Email { template }) => match self.verdict(c, &seq, si, now) {
+                Verdict::Send => self.email(c, ji, template, cause, ev, now, out),
+                Verdict::Suppress(reason) => self.push(c, ji, now, Action::Suppress, reason, out),
+                Verdict::Defer(until, reason) => {
+                    self.push(c, ji, now, Action::Defer, reason, out);
+                    c.journeys[ji].state = State::Due {
+                        at: until,
+                        cause: Cause::QuietHoursOver,
+                    };
+                    return;
                 }
-            }
+            },
         }
         self.next_step(c, ji, now, out)
     }
@@ -391,14 +465,24 @@ impl Engine {
         let order = j.order_id.as_deref().and_then(|o| c.order(o));
         let ctx = Ctx::new(&c.profile, ev, order, Some(j)).into_value();
         let locale = c.profile.locale.as_deref();
-        let rendered = self.catalog.templates.render_subject(template, locale, &ctx);
+        let rendered = self
+            .catalog
+            .templates
+            .render_subject(template, locale, &ctx);
         // Release the context's share of the profile so the update below does not copy it.
         drop(ctx);
         let subject = match rendered {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(customer_id = %c.profile.id, sequence = %seq.name, error = %e, "template error");
-                return self.push(c, ji, now, Action::Suppress, format!("template error: {e}"), out);
+                return self.push(
+                    c,
+                    ji,
+                    now,
+                    Action::Suppress,
+                    format!("template error: {e}"),
+                    out,
+                );
             }
         };
         let category = seq.step_category(si).clone();
@@ -417,7 +501,14 @@ impl Engine {
         self.arm_goal(c, ji, now);
     }
 
-    fn start(&self, c: &mut Customer, ji: Ji, target: &str, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+    fn start(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        target: &str,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
         let parent = &c.journeys[ji];
         let (pid, pseq, order_id) = (parent.id, parent.sequence.clone(), parent.order_id.clone());
         let step_id = pseq.steps[parent.step].id.clone();
@@ -430,7 +521,14 @@ impl Engine {
             JourneyKind::PerCustomer => None,
         };
         if let Err(why) = self.may_enter(c, &seq, order_id) {
-            return self.push(c, ji, now, Action::Start, format!("not started: {why}"), out);
+            return self.push(
+                c,
+                ji,
+                now,
+                Action::Start,
+                format!("not started: {why}"),
+                out,
+            );
         }
         self.push(c, ji, now, Action::Start, format!("start {target}"), out);
         self.arm_goal(c, ji, now);
@@ -485,21 +583,37 @@ impl Engine {
     }
 
     /// Ends a journey with an `exit` or `complete` line.
-    fn end(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>, action: Action, reason: String, out: &mut Vec<Decision>) {
+    fn end(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        action: Action,
+        reason: String,
+        out: &mut Vec<Decision>,
+    ) {
         let mut d = self.decision(c, ji, now, action, reason);
         if action == Action::Complete {
             d.step = None;
         }
         out.push(d);
         let j = c.journeys.remove(ji);
-        if j.sequence.journey == JourneyKind::PerCustomer && !c.finished.contains(&j.sequence.name) {
+        if j.sequence.journey == JourneyKind::PerCustomer && !c.finished.contains(&j.sequence.name)
+        {
             c.finished.push(j.sequence.name.clone());
         }
     }
 
     // ---- helpers --------------------------------------------------------------------------
 
-    fn decision(&self, c: &Customer, ji: Ji, now: DateTime<Utc>, action: Action, reason: String) -> Decision {
+    fn decision(
+        &self,
+        c: &Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        action: Action,
+        reason: String,
+    ) -> Decision {
         let j = &c.journeys[ji];
         Decision {
             at: now,
@@ -515,29 +629,54 @@ impl Engine {
         }
     }
 
-    fn push(&self, c: &Customer, ji: Ji, now: DateTime<Utc>, action: Action, reason: String, out: &mut Vec<Decision>) {
+    fn push(
+        &self,
+        c: &Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        action: Action,
+        reason: String,
+        out: &mut Vec<Decision>,
+    ) {
         out.push(self.decision(c, ji, now, action, reason));
     }
 
     /// Evaluates an optional condition for a journey (absent = false).
-    fn check(&self, expr: Option<&Expr>, c: &Customer, ev: Option<&Arc<Event>>, ji: Option<Ji>) -> bool {
+    fn check(
+        &self,
+        expr: Option<&Expr>,
+        c: &Customer,
+        ev: Option<&Arc<Event>>,
+        ji: Option<Ji>,
+    ) -> bool {
         let Some(expr) = expr else {
             return false;
         };
         let j = ji.map(|i| &c.journeys[i]);
-        let order_id = j.and_then(|j| j.order_id.as_deref()).or_else(|| ev.and_then(|e| e.order_id()));
+        let order_id = j
+            .and_then(|j| j.order_id.as_deref())
+            .or_else(|| ev.and_then(|e| e.order_id()));
         let order = order_id.and_then(|o| c.order(o));
         eval(expr, Ctx::new(&c.profile, ev, order, j).into_value(), c)
     }
 
     /// A filter (`when`): absent means every event passes.
-    fn passes(&self, when: Option<&Expr>, c: &Customer, ev: Option<&Arc<Event>>, ji: Option<Ji>) -> bool {
+    fn passes(
+        &self,
+        when: Option<&Expr>,
+        c: &Customer,
+        ev: Option<&Arc<Event>>,
+        ji: Option<Ji>,
+    ) -> bool {
         when.is_none() || self.check(when, c, ev, ji)
     }
 
     /// Customer's timezone, else the sequence's, else the configured default.
     fn timezone(&self, c: &Customer, seq: &Sequence) -> Tz {
-        c.profile.timezone.or(seq.timezone).unwrap_or(self.policy.timezone)
+        c.profile
+            .timezone
+            .or(seq.timezone)
+            .unwrap_or(self.policy.timezone)
     }
 }
 

@@ -17,7 +17,13 @@ pub enum Verdict {
 impl Engine {
     /// Bounced and missing addresses stop every email; transactional email ignores the
     /// marketing rules (unsubscribes, quiet hours, frequency cap).
-    pub(super) fn verdict(&self, c: &Customer, seq: &Sequence, step: usize, now: DateTime<Utc>) -> Verdict {
+    pub(super) fn verdict(
+        &self,
+        c: &Customer,
+        seq: &Sequence,
+        step: usize,
+        now: DateTime<Utc>,
+    ) -> Verdict {
         let p = &c.profile;
         if p.bounced {
             return Verdict::Suppress("address bounced".into());
@@ -37,19 +43,21 @@ impl Engine {
         if let Some(q) = &self.policy.quiet_hours {
             let tz = self.timezone(c, seq);
             if let Some(end) = q.end_if_inside(now, tz) {
-                return Verdict::Defer(end, format!("quiet hours {q} ({tz}): until {}", rfc3339(end)));
+                return Verdict::Defer(
+                    end,
+                    format!("quiet hours {q} ({tz}): until {}", rfc3339(end)),
+                );
             }
         }
-        if !self.policy.min_gap.is_zero() {
-            if let Some(last) = p.last_marketing_at {
-                if now < last + self.policy.min_gap.0 {
-                    return Verdict::Suppress(format!(
-                        "min_gap {}: last marketing email at {}",
-                        self.policy.min_gap,
-                        rfc3339(last)
-                    ));
-                }
-            }
+        if !self.policy.min_gap.is_zero()
+            && let Some(last) = p.last_marketing_at
+            && now < last + self.policy.min_gap.0
+        {
+            return Verdict::Suppress(format!(
+                "min_gap {}: last marketing email at {}",
+                self.policy.min_gap,
+                rfc3339(last)
+            ));
         }
         Verdict::Send
     }

@@ -6,8 +6,8 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
 
 use super::{CustomerPatch, Event, EventData, Item, Money, OrderPlaced, OrderShipped};
@@ -105,10 +105,14 @@ impl<'de> Deserialize<'de> for Amount {
                 self.visit_f64(v as f64)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Amount, E> {
-                Money::from_f64(v).map(Amount).ok_or_else(|| E::custom("bad amount"))
+                Money::from_f64(v)
+                    .map(Amount)
+                    .ok_or_else(|| E::custom("bad amount"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Amount, E> {
-                Money::parse_decimal(v).map(Amount).ok_or_else(|| E::custom("bad amount"))
+                Money::parse_decimal(v)
+                    .map(Amount)
+                    .ok_or_else(|| E::custom("bad amount"))
             }
         }
         d.deserialize_any(V)
@@ -128,10 +132,17 @@ fn patch(c: Option<Customer>) -> Option<CustomerPatch> {
 /// The event, if it is well-formed and of a type modelled here.
 pub fn parse(text: &str) -> Option<Event> {
     let env: Envelope = serde_json::from_str(text).ok()?;
-    if env.specversion != "1.0" || env.id.is_empty() || env.source.is_empty() || env.kind.is_empty() || env.subject.is_empty() {
+    if env.specversion != "1.0"
+        || env.id.is_empty()
+        || env.source.is_empty()
+        || env.kind.is_empty()
+        || env.subject.is_empty()
+    {
         return None;
     }
-    let time = DateTime::parse_from_rfc3339(&env.time).ok()?.with_timezone(&Utc);
+    let time = DateTime::parse_from_rfc3339(&env.time)
+        .ok()?
+        .with_timezone(&Utc);
     let data = env.data?.get();
     let (customer, data) = match env.kind.as_str() {
         "order.placed" => {
@@ -168,7 +179,9 @@ pub fn parse(text: &str) -> Option<Event> {
         "order.delivered" | "order.cancelled" | "order.refunded" => {
             let o: OrderRef = serde_json::from_str(data).ok()?;
             let data = match env.kind.as_str() {
-                "order.delivered" => EventData::OrderDelivered { order_id: o.order_id },
+                "order.delivered" => EventData::OrderDelivered {
+                    order_id: o.order_id,
+                },
                 "order.cancelled" => EventData::OrderCancelled {
                     order_id: o.order_id,
                     reason: o.reason,
@@ -189,7 +202,9 @@ pub fn parse(text: &str) -> Option<Event> {
                     subject: t.subject,
                 }
             } else {
-                EventData::TicketResolved { ticket_id: t.ticket_id }
+                EventData::TicketResolved {
+                    ticket_id: t.ticket_id,
+                }
             };
             (patch(t.customer), data)
         }

@@ -30,7 +30,11 @@ impl Money {
             return None;
         }
         let whole: i64 = whole.parse().ok()?;
-        let mut frac_units: i64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+        let mut frac_units: i64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().ok()?
+        };
         for _ in frac.len()..4 {
             frac_units *= 10;
         }
@@ -41,7 +45,7 @@ impl Money {
     /// From a JSON number, rounded to 4 decimals.
     pub fn from_f64(v: f64) -> Option<Money> {
         let scaled = (v * SCALE as f64).round();
-        (scaled.is_finite() && scaled.abs() < i64::MAX as f64).then(|| Money(scaled as i64))
+        (scaled.is_finite() && scaled.abs() < i64::MAX as f64).then_some(Money(scaled as i64))
     }
 
     pub fn as_f64(self) -> f64 {
@@ -92,7 +96,10 @@ mod tests {
         let a = Money::parse_decimal("10.00").unwrap();
         let b = Money::parse_decimal("0.10").unwrap();
         assert_eq!((a + b).to_string(), "10.10");
-        assert_eq!(Money::parse_decimal("-3.125").unwrap().to_string(), "-3.125");
+        assert_eq!(
+            Money::parse_decimal("-3.125").unwrap().to_string(),
+            "-3.125"
+        );
         assert_eq!(Money::from_f64(11.77).unwrap().to_string(), "11.77");
         assert!(Money::parse_decimal("1.2.3").is_none());
         assert!(Money::parse_decimal("abc").is_none());

@@ -65,7 +65,17 @@ impl Event {
         let time = take_attr(&mut map, "time")?;
         let subject = take_attr(&mut map, "subject")?;
         let data = map.remove("data");
-        build(Attrs { specversion, id, source, kind, time, subject }, data)
+        build(
+            Attrs {
+                specversion,
+                id,
+                source,
+                kind,
+                time,
+                subject,
+            },
+            data,
+        )
     }
 
     /// Binary binding: attributes in `ce_*` headers, the message value is `data`.
@@ -81,7 +91,8 @@ impl Event {
                 continue;
             };
             if let Some(i) = NAMES.iter().position(|n| *n == attr) {
-                let text = std::str::from_utf8(raw).map_err(|_| EventError::BadAttribute(NAMES[i]))?;
+                let text =
+                    std::str::from_utf8(raw).map_err(|_| EventError::BadAttribute(NAMES[i]))?;
                 found[i] = Some(text.to_string());
             }
         }
@@ -306,7 +317,10 @@ fn typed_data(
         _ => {
             if let Some(c) = &customer {
                 // Keep `customer` visible in the raw data of unknown types too.
-                f.map.insert("customer".into(), serde_json::to_value(c).unwrap_or(Value::Null));
+                f.map.insert(
+                    "customer".into(),
+                    serde_json::to_value(c).unwrap_or(Value::Null),
+                );
             }
             EventData::Other(Value::Object(f.map))
         }
@@ -468,14 +482,23 @@ mod tests {
         ];
         for (input, reason) in cases {
             let err = Event::from_structured(input).unwrap_err();
-            assert_eq!(err.to_string(), *reason, "input {}", String::from_utf8_lossy(input));
+            assert_eq!(
+                err.to_string(),
+                *reason,
+                "input {}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     /// The typed fast path and the precise path agree on every well-formed event.
     #[test]
     fn fast_and_precise_paths_agree() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cdnow/CDNOW_master.txt")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/cdnow/CDNOW_master.txt"
+        ))
+        .unwrap();
         let rows = crate::cdnow::parse(&text).unwrap();
         let mut seen_kinds = std::collections::BTreeSet::new();
         for line in crate::cdnow::events(&rows[..3000]) {
@@ -493,7 +516,10 @@ mod tests {
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
         assert_eq!(
             Event::from_structured(&big).unwrap_err().to_string(),
-            format!("message is {} bytes, over the 1048576-byte limit", MAX_EVENT_BYTES + 1)
+            format!(
+                "message is {} bytes, over the 1048576-byte limit",
+                MAX_EVENT_BYTES + 1
+            )
         );
     }
 

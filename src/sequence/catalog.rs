@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::compile::{compile, Compiled};
-use super::diag::{did_you_mean, Diagnostic, Diags, Pos};
+use super::compile::{Compiled, compile};
+use super::diag::{Diagnostic, Diags, Pos, did_you_mean};
 use super::{JourneyKind, Sequence};
 use crate::template::Templates;
 
@@ -43,9 +43,7 @@ impl Catalog {
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(err)? {
             let path = entry.map_err(err)?.path();
-            let is_yaml = path
-                .extension()
-                .is_some_and(|e| e == "yaml" || e == "yml");
+            let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
             if is_yaml && path.is_file() {
                 let source = std::fs::read_to_string(&path).map_err(err)?;
                 files.push((path.display().to_string(), source));
@@ -53,7 +51,8 @@ impl Catalog {
         }
         files.sort();
         let tdir = dir.join("templates");
-        let (templates, tdiags) = Templates::load(&tdir, &tdir.display().to_string()).map_err(err)?;
+        let (templates, tdiags) =
+            Templates::load(&tdir, &tdir.display().to_string()).map_err(err)?;
         Ok(Catalog::from_sources(files, templates, tdiags))
     }
 
@@ -81,8 +80,15 @@ impl Catalog {
         for (path, c) in compiled {
             if let Some(first) = by_name.get(&c.sequence.name) {
                 diags.push(
-                    Diagnostic::new(&path, Pos::START, format!("duplicate sequence name `{}`", c.sequence.name))
-                        .hint(format!("{} already uses this name; names must be unique", first.path)),
+                    Diagnostic::new(
+                        &path,
+                        Pos::START,
+                        format!("duplicate sequence name `{}`", c.sequence.name),
+                    )
+                    .hint(format!(
+                        "{} already uses this name; names must be unique",
+                        first.path
+                    )),
                 );
                 continue;
             }
@@ -95,7 +101,10 @@ impl Catalog {
             let mut d = Diags::new(&path);
             for target in &starts {
                 match by_name.get(target.value.as_str()) {
-                    Some(t) if t.journey == JourneyKind::PerOrder && seq.journey == JourneyKind::PerCustomer => {
+                    Some(t)
+                        if t.journey == JourneyKind::PerOrder
+                            && seq.journey == JourneyKind::PerCustomer =>
+                    {
                         d.error_hint(
                             target.pos,
                             format!("`{}` is per_order and cannot be started from a per_customer journey", target.value),
@@ -103,13 +112,18 @@ impl Catalog {
                         );
                     }
                     Some(_) => {}
-                    None if claimed.iter().any(|n| *n == target.value) => {}
+                    None if claimed.contains(&target.value) => {}
                     None => {
-                        let hint = match did_you_mean(&target.value, claimed.iter().map(String::as_str)) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => "name a sequence defined in this directory".into(),
-                        };
-                        d.error_hint(target.pos, format!("`start` names an unknown sequence `{}`", target.value), hint);
+                        let hint =
+                            match did_you_mean(&target.value, claimed.iter().map(String::as_str)) {
+                                Some(s) => format!("did you mean `{s}`?"),
+                                None => "name a sequence defined in this directory".into(),
+                            };
+                        d.error_hint(
+                            target.pos,
+                            format!("`start` names an unknown sequence `{}`", target.value),
+                            hint,
+                        );
                     }
                 }
             }
@@ -129,10 +143,16 @@ impl Catalog {
         current.sort_by(|a, b| a.name.cmp(&b.name));
         let mut by_trigger: HashMap<Arc<str>, Vec<Arc<Sequence>>> = HashMap::new();
         for s in &current {
-            by_trigger.entry(s.trigger.event.clone()).or_default().push(s.clone());
+            by_trigger
+                .entry(s.trigger.event.clone())
+                .or_default()
+                .push(s.clone());
         }
         Catalog {
-            by_name: current.iter().map(|s| (s.name.clone(), s.clone())).collect(),
+            by_name: current
+                .iter()
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
             versions: current
                 .iter()
                 .map(|s| ((s.name.clone(), s.version.clone()), s.clone()))

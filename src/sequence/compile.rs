@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::diag::{did_you_mean, Diags, Pos};
+use super::diag::{Diags, Pos, did_you_mean};
 use super::expr::Expr;
 use super::raw::{self, RawStep, Sp};
 use super::{
@@ -13,7 +13,7 @@ use super::{
     WaitFor,
 };
 use crate::template::Templates;
-use crate::time::{parse_tz, CronWindow, Period};
+use crate::time::{CronWindow, Period, parse_tz};
 
 /// `Some(None)` (absent) and `Some(Some(v))` (valid) pass; `None` means "present but invalid".
 fn each<T>(x: Option<Option<T>>) -> Option<Option<T>> {
@@ -62,7 +62,10 @@ pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -
     };
     let sequence = c.sequence(path, source, raw);
     let starts = c.starts;
-    (d.list.len() == before).then_some(()).and(sequence).map(|sequence| Compiled { sequence, starts })
+    (d.list.len() == before)
+        .then_some(())
+        .and(sequence)
+        .map(|sequence| Compiled { sequence, starts })
 }
 
 struct Compiler<'a, 'b, 'd> {
@@ -87,19 +90,22 @@ impl Compiler<'_, '_, '_> {
         };
         let timezone = raw.timezone.as_ref().and_then(|tz| {
             parse_tz(&tz.value)
-                .map_err(|m| self.d.error_hint(tz.pos, m, "use a name like Asia/Seoul or America/New_York"))
+                .map_err(|m| {
+                    self.d
+                        .error_hint(tz.pos, m, "use a name like Asia/Seoul or America/New_York")
+                })
                 .ok()
         });
         let trigger = self.trigger(raw.trigger.as_ref());
         let journey = self.journey(raw.journey.as_ref());
-        if let (Some(JourneyKind::PerOrder), Some(r)) = (journey, &raw.reenter) {
-            if r.value {
-                self.d.error_hint(
-                    r.key,
-                    "`reenter` applies to per_customer journeys only",
-                    "a per_order journey runs once per order; remove `reenter`",
-                );
-            }
+        if let (Some(JourneyKind::PerOrder), Some(r)) = (journey, &raw.reenter)
+            && r.value
+        {
+            self.d.error_hint(
+                r.key,
+                "`reenter` applies to per_customer journeys only",
+                "a per_order journey runs once per order; remove `reenter`",
+            );
         }
         let exit_on = raw
             .exit_on
@@ -223,7 +229,8 @@ impl Compiler<'_, '_, '_> {
                     None => "use per_customer or per_order".into(),
                 };
                 let pos = j.map_or(Pos::START, |j| j.pos);
-                self.d.error_hint(pos, format!("unknown journey kind `{other}`"), hint);
+                self.d
+                    .error_hint(pos, format!("unknown journey kind `{other}`"), hint);
                 None
             }
         }
@@ -239,7 +246,8 @@ impl Compiler<'_, '_, '_> {
             return None;
         };
         if steps.value.is_empty() {
-            self.d.error_hint(steps.pos, "`steps` is empty", "add at least one step");
+            self.d
+                .error_hint(steps.pos, "`steps` is empty", "add at least one step");
             return None;
         }
         // Ids first: `on_timeout` may jump forward to a step not compiled yet.
@@ -260,24 +268,27 @@ impl Compiler<'_, '_, '_> {
                 self.d.error_hint(
                     id.pos,
                     format!("duplicate step id `{}`", id.value),
-                    format!("step ids must be unique in a file; `{}` is first used on line {}", id.value, first.line),
+                    format!(
+                        "step ids must be unique in a file; `{}` is first used on line {}",
+                        id.value, first.line
+                    ),
                 );
                 ok = false;
             } else {
                 ids.insert(&id.value, (i, id.pos));
             }
         }
-        let compiled: Vec<Option<Step>> = steps
-            .value
-            .iter()
-            .map(|s| self.step(s, &ids))
-            .collect();
+        let compiled: Vec<Option<Step>> = steps.value.iter().map(|s| self.step(s, &ids)).collect();
         let compiled: Option<Vec<Step>> = compiled.into_iter().collect();
         if ok { compiled } else { None }
     }
 
     fn step(&mut self, s: &RawStep, ids: &HashMap<&str, (usize, Pos)>) -> Option<Step> {
-        let id: Arc<str> = s.id.as_ref().map(|i| i.value.as_str()).unwrap_or_default().into();
+        let id: Arc<str> =
+            s.id.as_ref()
+                .map(|i| i.value.as_str())
+                .unwrap_or_default()
+                .into();
         let timing = match (&s.wait, &s.wait_for) {
             (Some(_), Some(w)) => {
                 self.d.error_hint(
@@ -323,7 +334,11 @@ impl Compiler<'_, '_, '_> {
         let event = match &w.value.event {
             Some(e) => self.event_type(e),
             None => {
-                self.d.error_hint(w.pos, "`wait_for` has no `event`", "add `event: order.shipped`");
+                self.d.error_hint(
+                    w.pos,
+                    "`wait_for` has no `event`",
+                    "add `event: order.shipped`",
+                );
                 None
             }
         };
@@ -350,7 +365,9 @@ impl Compiler<'_, '_, '_> {
                     None => {
                         let hint = match did_you_mean(step, ids.keys().copied()) {
                             Some(s) => format!("did you mean `{s}`?"),
-                            None => "use skip, continue, exit or the id of a step in this file".into(),
+                            None => {
+                                "use skip, continue, exit or the id of a step in this file".into()
+                            }
                         };
                         self.d.error_hint(
                             o.pos,
@@ -374,7 +391,8 @@ impl Compiler<'_, '_, '_> {
         let event = match &g.value.event {
             Some(e) => self.event_type(e),
             None => {
-                self.d.error_hint(g.pos, "`goal` has no `event`", "add `event: order.placed`");
+                self.d
+                    .error_hint(g.pos, "`goal` has no `event`", "add `event: order.placed`");
                 None
             }
         };
@@ -411,7 +429,10 @@ impl Compiler<'_, '_, '_> {
             let names: Vec<String> = present.iter().map(|(n, _)| format!("`{n}`")).collect();
             self.d.error_hint(
                 present[1].1,
-                format!("a step has one action; this one has {}", names.join(" and ")),
+                format!(
+                    "a step has one action; this one has {}",
+                    names.join(" and ")
+                ),
                 "split it into one step per action",
             );
             return None;

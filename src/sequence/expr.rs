@@ -86,8 +86,14 @@ mod tests {
     #[test]
     fn compiles_and_evaluates() {
         let e = Expr::compile("customer.open_tickets > 0").unwrap();
-        assert!(e.eval(context! { customer => context! { open_tickets => 2 } }).unwrap());
-        assert!(!e.eval(context! { customer => context! { open_tickets => 0 } }).unwrap());
+        assert!(
+            e.eval(context! { customer => context! { open_tickets => 2 } })
+                .unwrap()
+        );
+        assert!(
+            !e.eval(context! { customer => context! { open_tickets => 0 } })
+                .unwrap()
+        );
     }
 
     #[test]

@@ -11,9 +11,17 @@ use minijinja::Value;
 #[derive(Debug, Clone)]
 pub enum Fast {
     /// `path op literal`
-    Compare { path: Vec<String>, op: Op, literal: Value },
+    Compare {
+        path: Vec<String>,
+        op: Op,
+        literal: Value,
+    },
     /// `literal in path` / `literal not in path`
-    Contains { literal: Value, path: Vec<String>, negated: bool },
+    Contains {
+        literal: Value,
+        path: Vec<String>,
+        negated: bool,
+    },
     /// `path | selectattr('attr', 'equalto', literal) | list | length op n`: the SPEC's own
     /// example, and how marketers ask "does this order contain a camera".
     CountWhere {

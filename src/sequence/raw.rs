@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 
-use super::diag::{did_you_mean, Diags, Pos};
+use super::diag::{Diags, Pos, did_you_mean};
 use super::yaml::{Node, NodeKind};
 
 /// A value with the position it was written at.
@@ -194,8 +194,17 @@ pub struct RawMigrate {
 
 impl RawSequence {
     pub const KEYS: &[&str] = &[
-        "name", "category", "description", "timezone", "trigger", "journey", "reenter", "exit_on",
-        "pause_when", "steps", "migrate",
+        "name",
+        "category",
+        "description",
+        "timezone",
+        "trigger",
+        "journey",
+        "reenter",
+        "exit_on",
+        "pause_when",
+        "steps",
+        "migrate",
     ];
 }
 impl RawTrigger {
@@ -203,7 +212,15 @@ impl RawTrigger {
 }
 impl RawStep {
     pub const KEYS: &[&str] = &[
-        "id", "wait", "wait_for", "send_window", "skip_when", "category", "goal", "email", "start",
+        "id",
+        "wait",
+        "wait_for",
+        "send_window",
+        "skip_when",
+        "category",
+        "goal",
+        "email",
+        "start",
         "exit",
     ];
 }
@@ -256,7 +273,10 @@ impl<'n> Fields<'n> {
         let NodeKind::Map(pairs) = &node.kind else {
             d.error(
                 node.pos,
-                format!("{what} must be a mapping of `key: value` lines, found {}", node.describe()),
+                format!(
+                    "{what} must be a mapping of `key: value` lines, found {}",
+                    node.describe()
+                ),
             );
             return None;
         };
@@ -367,19 +387,30 @@ pub fn decode(root: &Node, d: &mut Diags) -> RawSequence {
     };
     raw.name = f.get("name").and_then(|e| string(e, "`name`", d));
     raw.category = f.get("category").and_then(|e| string(e, "`category`", d));
-    raw.description = f.get("description").and_then(|e| string(e, "`description`", d));
+    raw.description = f
+        .get("description")
+        .and_then(|e| string(e, "`description`", d));
     raw.timezone = f.get("timezone").and_then(|e| string(e, "`timezone`", d));
-    raw.trigger = f.get("trigger").and_then(|e| decode_trigger(e.node, d).map(|t| e.wrap(t)));
+    raw.trigger = f
+        .get("trigger")
+        .and_then(|e| decode_trigger(e.node, d).map(|t| e.wrap(t)));
     raw.journey = f.get("journey").and_then(|e| string(e, "`journey`", d));
     raw.reenter = f.get("reenter").and_then(|e| boolean(e, "`reenter`", d));
-    raw.exit_on = f.get("exit_on").map(|e| strings(e, "`exit_on`", d)).unwrap_or_default();
-    raw.pause_when = f.get("pause_when").and_then(|e| string(e, "`pause_when`", d));
+    raw.exit_on = f
+        .get("exit_on")
+        .map(|e| strings(e, "`exit_on`", d))
+        .unwrap_or_default();
+    raw.pause_when = f
+        .get("pause_when")
+        .and_then(|e| string(e, "`pause_when`", d));
     raw.steps = f.get("steps").and_then(|e| {
         let items = list(e.node, "`steps`", d)?;
         let steps = items.iter().filter_map(|s| decode_step(s, d)).collect();
         Some(e.wrap(steps))
     });
-    raw.migrate = f.get("migrate").and_then(|e| decode_migrate(e.node, d).map(|m| e.wrap(m)));
+    raw.migrate = f
+        .get("migrate")
+        .and_then(|e| decode_migrate(e.node, d).map(|m| e.wrap(m)));
     f.finish(RawSequence::KEYS, "the sequence", d);
     raw
 }
@@ -400,12 +431,20 @@ fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
         pos: node.pos,
         id: f.get("id").and_then(|e| string(e, "`id`", d)),
         wait: f.get("wait").and_then(|e| string(e, "`wait`", d)),
-        wait_for: f.get("wait_for").and_then(|e| decode_wait_for(e.node, d).map(|w| e.wrap(w))),
-        send_window: f.get("send_window").and_then(|e| string(e, "`send_window`", d)),
+        wait_for: f
+            .get("wait_for")
+            .and_then(|e| decode_wait_for(e.node, d).map(|w| e.wrap(w))),
+        send_window: f
+            .get("send_window")
+            .and_then(|e| string(e, "`send_window`", d)),
         skip_when: f.get("skip_when").and_then(|e| string(e, "`skip_when`", d)),
         category: f.get("category").and_then(|e| string(e, "`category`", d)),
-        goal: f.get("goal").and_then(|e| decode_goal(e.node, d).map(|g| e.wrap(g))),
-        email: f.get("email").and_then(|e| decode_email(e.node, d).map(|m| e.wrap(m))),
+        goal: f
+            .get("goal")
+            .and_then(|e| decode_goal(e.node, d).map(|g| e.wrap(g))),
+        email: f
+            .get("email")
+            .and_then(|e| decode_email(e.node, d).map(|m| e.wrap(m))),
         start: f.get("start").and_then(|e| string(e, "`start`", d)),
         exit: f.get("exit").and_then(|e| boolean(e, "`exit`", d)),
     };
@@ -416,10 +455,16 @@ fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
 fn decode_wait_for(node: &Node, d: &mut Diags) -> Option<RawWaitFor> {
     let mut f = Fields::of(node, "`wait_for`", d)?;
     let w = RawWaitFor {
-        event: f.get("event").and_then(|e| string(e, "`wait_for.event`", d)),
+        event: f
+            .get("event")
+            .and_then(|e| string(e, "`wait_for.event`", d)),
         when: f.get("when").and_then(|e| string(e, "`wait_for.when`", d)),
-        timeout: f.get("timeout").and_then(|e| string(e, "`wait_for.timeout`", d)),
-        on_timeout: f.get("on_timeout").and_then(|e| string(e, "`wait_for.on_timeout`", d)),
+        timeout: f
+            .get("timeout")
+            .and_then(|e| string(e, "`wait_for.timeout`", d)),
+        on_timeout: f
+            .get("on_timeout")
+            .and_then(|e| string(e, "`wait_for.on_timeout`", d)),
     };
     f.finish(RawWaitFor::KEYS, "`wait_for`", d);
     Some(w)
@@ -439,7 +484,9 @@ fn decode_goal(node: &Node, d: &mut Diags) -> Option<RawGoal> {
 fn decode_email(node: &Node, d: &mut Diags) -> Option<RawEmail> {
     let mut f = Fields::of(node, "`email`", d)?;
     let e = RawEmail {
-        template: f.get("template").and_then(|e| string(e, "`email.template`", d)),
+        template: f
+            .get("template")
+            .and_then(|e| string(e, "`email.template`", d)),
     };
     f.finish(RawEmail::KEYS, "`email`", d);
     Some(e)
@@ -451,13 +498,13 @@ fn decode_migrate(node: &Node, d: &mut Diags) -> Option<RawMigrate> {
         from: f.get("from").and_then(|e| string(e, "`migrate.from`", d)),
         steps: BTreeMap::new(),
     };
-    if let Some(steps) = f.get("steps") {
-        if let Some(mut sf) = Fields::of(steps.node, "`migrate.steps`", d) {
-            let keys: Vec<&str> = sf.entries.iter().map(|(k, _, _)| *k).collect();
-            for key in keys {
-                if let Some(v) = sf.get(key).and_then(|e| string(e, "a step id", d)) {
-                    m.steps.insert(key.to_string(), v);
-                }
+    if let Some(steps) = f.get("steps")
+        && let Some(mut sf) = Fields::of(steps.node, "`migrate.steps`", d)
+    {
+        let keys: Vec<&str> = sf.entries.iter().map(|(k, _, _)| *k).collect();
+        for key in keys {
+            if let Some(v) = sf.get(key).and_then(|e| string(e, "a step id", d)) {
+                m.steps.insert(key.to_string(), v);
             }
         }
     }
@@ -474,7 +521,12 @@ mod tests {
     fn schema_and_decoder_agree_on_keys() {
         fn props<T: JsonSchema>() -> Vec<String> {
             let json = serde_json::to_value(schemars::schema_for!(T)).unwrap();
-            let mut keys: Vec<String> = json["properties"].as_object().unwrap().keys().cloned().collect();
+            let mut keys: Vec<String> = json["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
             keys.sort();
             keys
         }

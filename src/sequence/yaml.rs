@@ -20,7 +20,10 @@ pub enum NodeKind {
     /// `~`, `null` or nothing at all.
     Null,
     /// Any other scalar, as written; `quoted` tells `"true"` (a string) from `true`.
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -144,10 +147,7 @@ impl Builder {
                 };
                 self.finish(node, anchor);
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
         Ok(None)
     }
@@ -199,8 +199,14 @@ mod tests {
         let NodeKind::Map(e) = root.kind else {
             panic!()
         };
-        assert!(matches!(&e[0].1.kind, NodeKind::Scalar { quoted: true, .. }));
-        assert!(matches!(&e[1].1.kind, NodeKind::Scalar { quoted: false, .. }));
+        assert!(matches!(
+            &e[0].1.kind,
+            NodeKind::Scalar { quoted: true, .. }
+        ));
+        assert!(matches!(
+            &e[1].1.kind,
+            NodeKind::Scalar { quoted: false, .. }
+        ));
         assert_eq!(e[2].1.kind, NodeKind::Null);
     }
 }

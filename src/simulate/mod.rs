@@ -77,7 +77,11 @@ pub(crate) struct LineWriter {
 }
 
 impl LineWriter {
-    pub(crate) fn write_all(&mut self, w: &mut impl Write, decisions: &mut Vec<Decision>) -> std::io::Result<()> {
+    pub(crate) fn write_all(
+        &mut self,
+        w: &mut impl Write,
+        decisions: &mut Vec<Decision>,
+    ) -> std::io::Result<()> {
         for d in decisions.drain(..) {
             if self.at != Some(d.at) {
                 self.at = Some(d.at);
@@ -167,7 +171,8 @@ impl Simulator {
         let slot = self.store.slot_of(&ev.subject);
         let ev = Arc::new(ev);
         let before = out.len();
-        self.engine.handle_event(self.store.customer_at(slot), &ev, now, out);
+        self.engine
+            .handle_event(self.store.customer_at(slot), &ev, now, out);
         self.stats.decisions += (out.len() - before) as u64;
         self.store.reschedule(slot);
     }

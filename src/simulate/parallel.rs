@@ -14,14 +14,14 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::ops::Range;
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, Utc};
 
 use super::{LineWriter, Summary};
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventError};
-use crate::store::memory::{digest, FxBuild, MemoryStore};
+use crate::store::memory::{FxBuild, MemoryStore, digest};
 use crate::time::Period;
 
 const BATCH: usize = 8192;
@@ -53,9 +53,11 @@ pub fn replay_parallel(
         }
         let mut text = Arc::new(Vec::<u8>::with_capacity(BATCH * 400));
         let mut lines = Arc::new(Vec::<(u64, Range<usize>)>::with_capacity(BATCH));
-        let mut mine: Vec<Vec<(u64, Event, u32)>> = (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
+        let mut mine: Vec<Vec<(u64, Event, u32)>> =
+            (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
         let mut outputs: Vec<Batch> = (0..n).map(|_| Batch::default()).collect();
-        let mut parsed: Vec<Vec<(u64, Result<Event, EventError>)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut parsed: Vec<Vec<(u64, Result<Event, EventError>)>> =
+            (0..n).map(|_| Vec::new()).collect();
         let mut ticks = Arc::new(Vec::<Tick>::with_capacity(BATCH));
         let mut number = 0u64;
         loop {
@@ -71,7 +73,15 @@ pub fn replay_parallel(
             for (w, ((tx, _), into)) in links.iter().zip(parsed.iter_mut()).enumerate() {
                 let part = (w * chunk).min(count)..((w + 1) * chunk).min(count);
                 let into = std::mem::take(into);
-                send(tx, Job::Parse { text: text.clone(), lines: lines.clone(), part, into })?;
+                send(
+                    tx,
+                    Job::Parse {
+                        text: text.clone(),
+                        lines: lines.clone(),
+                        part,
+                        into,
+                    },
+                )?;
             }
             for ((_, rx), into) in links.iter().zip(parsed.iter_mut()) {
                 match rx.recv() {
@@ -83,9 +93,18 @@ pub fn replay_parallel(
                 return Err(std::io::Error::other("tick buffer still shared"));
             };
             reader.route(&mut parsed, t, &mut mine, &mut summary, &mut on_bad);
-            for ((tx, _), (events, batch)) in links.iter().zip(mine.iter_mut().zip(outputs.iter_mut())) {
+            for ((tx, _), (events, batch)) in
+                links.iter().zip(mine.iter_mut().zip(outputs.iter_mut()))
+            {
                 let events = std::mem::take(events);
-                send(tx, Job::Run { ticks: ticks.clone(), events, batch: std::mem::take(batch) })?;
+                send(
+                    tx,
+                    Job::Run {
+                        ticks: ticks.clone(),
+                        events,
+                        batch: std::mem::take(batch),
+                    },
+                )?;
             }
             collect(&links, &mut mine, &mut outputs)?;
             merge(&mut outputs, output)?;
@@ -93,7 +112,14 @@ pub fn replay_parallel(
         if let Some(last) = reader.last_event {
             let (tick, end) = (reader.ticks, last + until.0);
             for ((tx, _), batch) in links.iter().zip(outputs.iter_mut()) {
-                send(tx, Job::Finish { tick, end, batch: std::mem::take(batch) })?;
+                send(
+                    tx,
+                    Job::Finish {
+                        tick,
+                        end,
+                        batch: std::mem::take(batch),
+                    },
+                )?;
             }
             collect(&links, &mut mine, &mut outputs)?;
             merge(&mut outputs, output)?;
@@ -152,7 +178,11 @@ enum Job {
         batch: Batch,
     },
     /// Wake-ups until `end`, after the last tick.
-    Finish { tick: u64, end: DateTime<Utc>, batch: Batch },
+    Finish {
+        tick: u64,
+        end: DateTime<Utc>,
+        batch: Batch,
+    },
 }
 
 enum Reply {
@@ -236,7 +266,10 @@ impl Router {
             };
             let index = self.ticks;
             self.ticks += 1;
-            ticks.push(Tick { index, time: ev.time });
+            ticks.push(Tick {
+                index,
+                time: ev.time,
+            });
             self.last_event = Some(self.last_event.map_or(ev.time, |t| t.max(ev.time)));
             if !self.seen.insert(digest(&ev.source, &ev.id)) {
                 self.duplicates += 1;
@@ -279,15 +312,22 @@ impl Worker {
     fn serve(mut self, jobs: mpsc::Receiver<Job>, replies: mpsc::Sender<Reply>) {
         while let Ok(job) = jobs.recv() {
             let reply = match job {
-                Job::Parse { text, lines, part, mut into } => {
-                    into.extend(
-                        lines[part]
-                            .iter()
-                            .map(|(n, r)| (*n, Event::from_structured(text[r.clone()].trim_ascii_end()))),
-                    );
+                Job::Parse {
+                    text,
+                    lines,
+                    part,
+                    mut into,
+                } => {
+                    into.extend(lines[part].iter().map(|(n, r)| {
+                        (*n, Event::from_structured(text[r.clone()].trim_ascii_end()))
+                    }));
                     Reply::Parsed(into)
                 }
-                Job::Run { ticks, mut events, batch } => {
+                Job::Run {
+                    ticks,
+                    mut events,
+                    batch,
+                } => {
                     self.start(batch);
                     self.run(&ticks, &mut events);
                     Reply::Ran(std::mem::take(&mut self.batch), events)
@@ -329,7 +369,8 @@ impl Worker {
         };
         let slot = self.store.slot_with(&ev.subject, ordinal);
         let ev = Arc::new(ev);
-        self.engine.handle_event(self.store.customer_at(slot), &ev, now, &mut self.out);
+        self.engine
+            .handle_event(self.store.customer_at(slot), &ev, now, &mut self.out);
         self.store.reschedule(slot);
         self.emit((tick, 1, now, ordinal));
     }
@@ -340,7 +381,8 @@ impl Worker {
             let now = self.now.map_or(at, |n| n.max(at));
             self.now = Some(now);
             self.wakeups += 1;
-            self.engine.wake(self.store.customer_at(slot), now, &mut self.out);
+            self.engine
+                .wake(self.store.customer_at(slot), now, &mut self.out);
             self.store.reschedule(slot);
             let ordinal = self.store.ordinal(slot);
             self.emit((tick, 0, at, ordinal));

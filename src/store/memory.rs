@@ -76,7 +76,9 @@ impl MemoryStore {
     }
 
     pub fn customer(&self, id: &str) -> Option<&Customer> {
-        self.index.get(id).map(|i| &self.slots[*i as usize].customer)
+        self.index
+            .get(id)
+            .map(|i| &self.slots[*i as usize].customer)
     }
 
     /// The customer's slot, created empty on first sight.

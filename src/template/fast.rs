@@ -21,7 +21,10 @@ impl Simple {
     /// The template as pieces, if it only uses what the fast path models.
     pub fn parse(src: &str) -> Option<Simple> {
         // MiniJinja drops one trailing newline.
-        let src = src.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(src);
+        let src = src
+            .strip_suffix('\n')
+            .map(|s| s.strip_suffix('\r').unwrap_or(s))
+            .unwrap_or(src);
         let mut stack: Vec<(Vec<String>, Vec<Piece>)> = Vec::new();
         let mut cur: Vec<Piece> = Vec::new();
         let mut rest = src;
@@ -119,7 +122,7 @@ fn path(expr: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use minijinja::{context, Environment, UndefinedBehavior};
+    use minijinja::{Environment, UndefinedBehavior, context};
 
     /// The fast path renders exactly what MiniJinja renders, whenever it renders at all.
     #[test]
@@ -150,12 +153,21 @@ mod tests {
                 }
             }
         }
-        assert!(rendered >= 12, "the fast path declined too often: {rendered}");
+        assert!(
+            rendered >= 12,
+            "the fast path declined too often: {rendered}"
+        );
     }
 
     #[test]
     fn declines_anything_else() {
-        for src in ["{{ order.id | upper }}", "{% for x in y %}{% endfor %}", "{# c #}", "{{- a -}}", "{% if a %}x"] {
+        for src in [
+            "{{ order.id | upper }}",
+            "{% for x in y %}{% endfor %}",
+            "{# c #}",
+            "{{- a -}}",
+            "{% if a %}x",
+        ] {
             assert!(Simple::parse(src).is_none(), "{src}");
         }
     }

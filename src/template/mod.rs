@@ -13,7 +13,7 @@ use std::path::Path;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 
-use crate::sequence::diag::{did_you_mean, Diagnostic, Pos};
+use crate::sequence::diag::{Diagnostic, Pos, did_you_mean};
 use crate::sequence::expr::describe;
 
 /// The parts of one email template.
@@ -74,7 +74,9 @@ pub struct Templates {
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("index", &self.index).finish()
+        f.debug_struct("Templates")
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -91,6 +93,18 @@ impl Templates {
                 AutoEscape::None
             }
         });
+        env.set_formatter(|out, state, value| {
+            // MiniJinja's HTML escaping also writes `/` as `&#x2f;`, which turns every URL in
+            // an email into `https:&#x2f;&#x2f;…`: valid, but unreadable in the source that
+            // link scanners and spam filters read. Strings are escaped here without it.
+            match value.as_str() {
+                Some(s) if matches!(state.auto_escape(), AutoEscape::Html) && !value.is_safe() => {
+                    out.write_str(&escape_html(s))
+                        .map_err(minijinja::Error::from)
+                }
+                _ => minijinja::escape_formatter(out, state, value),
+            }
+        });
         let mut index: BTreeMap<String, Vec<Variant>> = BTreeMap::new();
         let mut diags = Vec::new();
         for (file, source) in files {
@@ -105,16 +119,21 @@ impl Templates {
                 continue;
             };
             if let Err(e) = env.add_template_owned(file.clone(), source.clone()) {
-                diags.push(Diagnostic::new(&shown, error_pos(&e, &source), describe(&e)).hint(
-                    "check the {{ }} and {% %} tags near this position: each must be closed",
-                ));
+                diags.push(
+                    Diagnostic::new(&shown, error_pos(&e, &source), describe(&e)).hint(
+                        "check the {{ }} and {% %} tags near this position: each must be closed",
+                    ),
+                );
                 continue;
             }
             let variants = index.entry(name).or_default();
             let i = match variants.iter().position(|v| v.locale == locale) {
                 Some(i) => i,
                 None => {
-                    variants.push(Variant { locale, ..Variant::default() });
+                    variants.push(Variant {
+                        locale,
+                        ..Variant::default()
+                    });
                     variants.len() - 1
                 }
             };
@@ -156,7 +175,7 @@ impl Templates {
         };
         let default = locales.iter().find(|v| v.locale.is_empty());
         for part in [Part::Subject, Part::Html] {
-            if !default.is_some_and(|v| v.files[part.index()].is_some()) {
+            if default.is_none_or(|v| v.files[part.index()].is_none()) {
                 return Err((
                     format!("template `{name}` has no default {} part", part.suffix()),
                     format!("create {}/{name}.{}.j2", self.root, part.suffix()),
@@ -189,7 +208,11 @@ impl Templates {
                 None
             }
         };
-        variants.iter().filter_map(|v| Some((score(v)?, v))).max_by_key(|(s, _)| *s).map(|(_, v)| v)
+        variants
+            .iter()
+            .filter_map(|v| Some((score(v)?, v)))
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, v)| v)
     }
 
     fn render_file(&self, file: &str, ctx: &Value) -> Result<String, RenderError> {
@@ -223,7 +246,9 @@ impl Templates {
         if let Some(text) = variant.simple_subject.as_ref().and_then(|s| s.render(ctx)) {
             return Ok(one_line(&text));
         }
-        let file = variant.files[Part::Subject.index()].as_deref().unwrap_or_default();
+        let file = variant.files[Part::Subject.index()]
+            .as_deref()
+            .unwrap_or_default();
         Ok(one_line(&self.render_file(file, ctx)?))
     }
 
@@ -239,7 +264,12 @@ impl Templates {
         let variant = self
             .pick(name, locale, Part::Html)
             .ok_or_else(|| self.missing(name, Part::Html))?;
-        let html = self.render_file(variant.files[Part::Html.index()].as_deref().unwrap_or_default(), ctx)?;
+        let html = self.render_file(
+            variant.files[Part::Html.index()]
+                .as_deref()
+                .unwrap_or_default(),
+            ctx,
+        )?;
         let text = match &variant.files[Part::Text.index()] {
             Some(file) => self.render_file(file, ctx)?,
             None => text::html_to_text(&html),
@@ -252,6 +282,22 @@ impl Templates {
     }
 }
 
+/// `&`, `<`, `>`, `"` and `'` as entities: enough for text and attribute values.
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A subject is one line: template newlines and runs of spaces collapse to single spaces.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -261,7 +307,13 @@ fn one_line(s: &str) -> String {
 fn same_locale(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes().zip(b.bytes()).all(|(x, y)| {
-            let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+            let norm = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
             norm(x) == norm(y)
         })
 }
@@ -276,10 +328,11 @@ fn split_name(file: &str) -> Option<(String, String, Part)> {
         "txt" => Part::Text,
         _ => return None,
     };
-    if let Some((name, locale)) = rest.rsplit_once('.') {
-        if is_locale(locale) && !name.is_empty() {
-            return Some((name.to_string(), locale.to_string(), part));
-        }
+    if let Some((name, locale)) = rest.rsplit_once('.')
+        && is_locale(locale)
+        && !name.is_empty()
+    {
+        return Some((name.to_string(), locale.to_string(), part));
     }
     (!rest.is_empty()).then(|| (rest.to_string(), String::new(), part))
 }
@@ -343,7 +396,7 @@ mod tests {
             ("a.ko.subject.j2", "안녕 {{ name }}"),
             ("a.ko.html.j2", "<p>안녕하세요 {{ name }}</p>"),
         ]);
-        let ctx = Value::from(context! { name => "<Ana>" });
+        let ctx = context! { name => "<Ana>" };
         let ko = t.render("a", Some("ko-KR"), &ctx).unwrap();
         assert_eq!(ko.subject, "안녕 <Ana>");
         assert_eq!(ko.html, "<p>안녕하세요 &lt;Ana&gt;</p>");
@@ -378,7 +431,10 @@ mod tests {
 
     #[test]
     fn unknown_template_suggests() {
-        let t = set(&[("camera/tripod.subject.j2", "x"), ("camera/tripod.html.j2", "x")]);
+        let t = set(&[
+            ("camera/tripod.subject.j2", "x"),
+            ("camera/tripod.html.j2", "x"),
+        ]);
         let (msg, hint) = t.check("camera/tripd").unwrap_err();
         assert_eq!(msg, "unknown template `camera/tripd`");
         assert_eq!(hint, "did you mean `camera/tripod`?");

@@ -38,8 +38,11 @@ pub fn html_to_text(html: &str) -> String {
                 rest = find_ci(rest, &end).map_or("", |i| &rest[i..]);
             }
             ("br", _) => out.newline(),
-            ("p" | "div" | "table" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul" | "ol"
-            | "section" | "header" | "footer" | "blockquote", _) => out.paragraph(),
+            (
+                "p" | "div" | "table" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul"
+                | "ol" | "section" | "header" | "footer" | "blockquote",
+                _,
+            ) => out.paragraph(),
             ("li", false) => {
                 out.newline();
                 out.buf.push_str("- ");
@@ -110,7 +113,11 @@ impl Text {
             self.buf.pop();
         }
         if !self.buf.is_empty() && !self.buf.ends_with("\n\n") {
-            self.buf.push_str(if self.buf.ends_with('\n') { "\n" } else { "\n\n" });
+            self.buf.push_str(if self.buf.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            });
         }
         self.space = false;
     }
@@ -155,7 +162,10 @@ fn attr(tag: &str, name: &str) -> Option<String> {
         let v = tag[value_start..].trim_start();
         let value = match v.chars().next() {
             Some(q @ ('"' | '\'')) => v[1..].split(q).next().unwrap_or(""),
-            _ => v.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or(""),
+            _ => v
+                .split(|c: char| c.is_whitespace() || c == '/')
+                .next()
+                .unwrap_or(""),
         };
         return Some(decode_entities(value));
     }

@@ -9,9 +9,9 @@ use aftercare::event::Event;
 use aftercare::sequence::{Catalog, Diagnostic};
 use aftercare::simulate::Simulator;
 use aftercare::template::Templates;
-use aftercare::time::{rfc3339, Period};
+use aftercare::time::{Period, rfc3339};
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Monday 2024-01-01 00:00 UTC: every relative time counts from here.
 pub const T0: &str = "2024-01-01T00:00:00Z";
@@ -20,38 +20,62 @@ pub const T0: &str = "2024-01-01T00:00:00Z";
 pub fn default_templates() -> Vec<(String, String)> {
     let mut files = Vec::new();
     for n in ["a", "b", "c", "d", "e"] {
-        files.push((format!("t/{n}.subject.j2"), format!("{} for {{{{ customer.name }}}}", n.to_uppercase())));
+        files.push((
+            format!("t/{n}.subject.j2"),
+            format!("{} for {{{{ customer.name }}}}", n.to_uppercase()),
+        ));
         files.push((format!("t/{n}.html.j2"), format!("<p>{n}</p>")));
     }
     files
 }
 
 pub fn time(at: &str) -> DateTime<Utc> {
-    let t0 = DateTime::parse_from_rfc3339(T0).unwrap().with_timezone(&Utc);
+    let t0 = DateTime::parse_from_rfc3339(T0)
+        .unwrap()
+        .with_timezone(&Utc);
     match at.strip_prefix('+') {
         Some(p) => t0 + p.parse::<Period>().unwrap().0,
-        None => DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&Utc),
+        None => DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .with_timezone(&Utc),
     }
 }
 
 /// Compiles sequences; panics with every diagnostic if they are invalid.
 pub fn catalog(files: &[(&str, &str)], templates: Vec<(String, String)>) -> Catalog {
     let (templates, tdiags) = Templates::from_files("templates", templates);
-    let sources = files.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
+    let sources = files
+        .iter()
+        .map(|(p, s)| (p.to_string(), s.to_string()))
+        .collect();
     let (catalog, diags) = Catalog::from_sources(sources, templates, tdiags);
-    assert!(diags.is_empty(), "invalid test sequences:\n{}", render(&diags));
+    assert!(
+        diags.is_empty(),
+        "invalid test sequences:\n{}",
+        render(&diags)
+    );
     catalog
 }
 
 /// Diagnostics for sources expected to be invalid.
 pub fn diagnostics(files: &[(&str, &str)], templates: Vec<(String, String)>) -> Vec<String> {
     let (templates, tdiags) = Templates::from_files("templates", templates);
-    let sources = files.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect();
-    Catalog::from_sources(sources, templates, tdiags).1.iter().map(|d| d.to_string()).collect()
+    let sources = files
+        .iter()
+        .map(|(p, s)| (p.to_string(), s.to_string()))
+        .collect();
+    Catalog::from_sources(sources, templates, tdiags)
+        .1
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
 }
 
 fn render(d: &[Diagnostic]) -> String {
-    d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+    d.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub struct TestEnv {
@@ -67,7 +91,11 @@ impl TestEnv {
     }
 
     pub fn with(sequences: &[&str], policy: Policy) -> TestEnv {
-        let files: Vec<(String, &str)> = sequences.iter().enumerate().map(|(i, s)| (format!("s{i}.yaml"), *s)).collect();
+        let files: Vec<(String, &str)> = sequences
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("s{i}.yaml"), *s))
+            .collect();
         let files: Vec<(&str, &str)> = files.iter().map(|(p, s)| (p.as_str(), *s)).collect();
         let catalog = catalog(&files, default_templates());
         TestEnv::from_catalog(catalog, policy)
@@ -83,11 +111,18 @@ impl TestEnv {
 
     /// Swaps in new sequence files (a deploy); journeys in flight keep their version.
     pub fn deploy(&mut self, sequences: &[&str]) {
-        let files: Vec<(String, &str)> = sequences.iter().enumerate().map(|(i, s)| (format!("s{i}.yaml"), *s)).collect();
+        let files: Vec<(String, &str)> = sequences
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("s{i}.yaml"), *s))
+            .collect();
         let files: Vec<(&str, &str)> = files.iter().map(|(p, s)| (p.as_str(), *s)).collect();
         let policy = self.sim.engine().policy.clone();
         let catalog = catalog(&files, default_templates());
-        let old = std::mem::replace(&mut self.sim, Simulator::new(Engine::new(Arc::new(catalog), policy)));
+        let old = std::mem::replace(
+            &mut self.sim,
+            Simulator::new(Engine::new(Arc::new(catalog), policy)),
+        );
         self.sim.adopt(old);
     }
 
@@ -95,7 +130,8 @@ impl TestEnv {
     /// The customer gets an email address (`<id>@example.com`) unless `data.customer` says otherwise.
     pub fn event(&mut self, kind: &str, customer: &str, at: &str, mut data: Value) {
         if data.get("customer").is_none() {
-            data["customer"] = json!({ "email": format!("{customer}@example.com"), "name": customer });
+            data["customer"] =
+                json!({ "email": format!("{customer}@example.com"), "name": customer });
         }
         self.next_id += 1;
         let id = format!("ev-{}", self.next_id);

@@ -1,0 +1,277 @@
+//! The `aftercare` binary: preview, schema, and the starter set as shipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn aftercare(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aftercare"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// A scratch directory with sequence files and templates.
+fn scratch(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("aftercare-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+const SHIPPED_EVENT: &str = r#"{"specversion":"1.0","id":"e1","source":"/wh","type":"order.shipped",
+  "time":"2024-03-05T09:00:00Z","subject":"c1",
+  "data":{"order_id":"o-1","carrier":"CJ","tracking_number":"T1","tracking_url":"https://t.example/T1",
+          "customer":{"name":"<Kim & Lee>","locale":"ko-KR","email":"k@example.com"}}}"#;
+
+#[test]
+fn preview_renders_locale_fallback_escaping_and_derived_text() {
+    let dir = scratch(
+        "preview",
+        &[
+            (
+                "seq/s.yaml",
+                "name: s\ntrigger: { event: order.placed }\njourney: per_order\nsteps:\n  - id: shipped\n    email: { template: t/shipped }\n",
+            ),
+            (
+                "seq/templates/t/shipped.subject.j2",
+                "Shipped: {{ order.id }}",
+            ),
+            (
+                "seq/templates/t/shipped.ko.subject.j2",
+                "발송: {{ order.id }}",
+            ),
+            (
+                "seq/templates/t/shipped.html.j2",
+                "<p>Hi {{ customer.name }}</p>",
+            ),
+            (
+                "seq/templates/t/shipped.ko.html.j2",
+                "<p>{{ customer.name }}님, <a href=\"{{ order.tracking_url }}\">배송 조회</a></p>",
+            ),
+            ("event.json", SHIPPED_EVENT),
+        ],
+    );
+    let out = stdout(&aftercare(
+        &[
+            "preview",
+            "s",
+            "shipped",
+            "--event",
+            "event.json",
+            "--sequences",
+            "seq",
+            "--format",
+            "json",
+        ],
+        &dir,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["subject"], "발송: o-1");
+    assert_eq!(v["locale"], "ko-KR");
+    assert_eq!(
+        v["html"],
+        "<p>&lt;Kim &amp; Lee&gt;님, <a href=\"https://t.example/T1\">배송 조회</a></p>"
+    );
+    assert_eq!(
+        v["text"],
+        "<Kim & Lee>님, 배송 조회 (https://t.example/T1)\n"
+    );
+    // Without the Korean variant for a locale, the default is used.
+    let out = stdout(&aftercare(
+        &[
+            "preview",
+            "s",
+            "shipped",
+            "--event",
+            "event.json",
+            "--sequences",
+            "seq",
+            "--locale",
+            "fr-FR",
+            "--format",
+            "json",
+        ],
+        &dir,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["subject"], "Shipped: o-1");
+    assert_eq!(v["html"], "<p>Hi &lt;Kim &amp; Lee&gt;</p>");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn preview_explains_unknown_sequences_and_steps() {
+    let o = aftercare(
+        &["preview", "fulfilmnet", "shipped", "--event", "x.json"],
+        &root(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "error: no sequence `fulfilmnet`; did you mean `fulfilment`?\n"
+    );
+    let o = aftercare(
+        &["preview", "fulfilment", "nope", "--event", "x.json"],
+        &root(),
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("has no step `nope`; its steps are: confirmation, shipped, delivered")
+    );
+}
+
+/// Every email of the starter set renders, in English and in Korean, for a realistic event.
+#[test]
+fn every_starter_email_renders_in_both_languages() {
+    let dir = scratch("starter", &[]);
+    let (catalog, diags) = aftercare::sequence::Catalog::load(&root().join("sequences")).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    let mut rendered = 0;
+    for seq in catalog.sequences() {
+        for step in &seq.steps {
+            if !matches!(step.action, Some(aftercare::sequence::Action::Email { .. })) {
+                continue;
+            }
+            for (locale, marker) in [
+                ("en-US", "<html lang=\"en\">"),
+                ("ko-KR", "<html lang=\"ko\">"),
+            ] {
+                let event = SHIPPED_EVENT.replace("ko-KR", locale);
+                std::fs::write(dir.join("event.json"), event).unwrap();
+                let event_path = dir.join("event.json").display().to_string();
+                let args = [
+                    "preview",
+                    &seq.name,
+                    &step.id,
+                    "--event",
+                    &event_path,
+                    "--format",
+                    "json",
+                ];
+                let v: serde_json::Value =
+                    serde_json::from_str(&stdout(&aftercare(&args, &root()))).unwrap();
+                let (subject, html, text) = (
+                    v["subject"].as_str().unwrap(),
+                    v["html"].as_str().unwrap(),
+                    v["text"].as_str().unwrap(),
+                );
+                assert!(
+                    !subject.is_empty() && !subject.contains('\n'),
+                    "{}/{} {locale}: {subject:?}",
+                    seq.name,
+                    step.id
+                );
+                assert!(
+                    html.contains(marker),
+                    "{}/{} {locale}: no {marker}",
+                    seq.name,
+                    step.id
+                );
+                assert!(
+                    html.contains("&lt;Kim &amp; Lee&gt;"),
+                    "{}/{} {locale}: name not escaped",
+                    seq.name,
+                    step.id
+                );
+                assert!(
+                    !text.contains('<') || text.contains("<Kim & Lee>"),
+                    "{}/{} {locale}: markup in text",
+                    seq.name,
+                    step.id
+                );
+                rendered += 1;
+            }
+        }
+    }
+    assert_eq!(rendered, 2 * 13);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_checked_in_schema_is_what_aftercare_schema_prints() {
+    let printed = stdout(&aftercare(&["schema"], &root()));
+    let file = std::fs::read_to_string(root().join("docs/sequence.schema.json")).unwrap();
+    assert_eq!(
+        printed, file,
+        "run `aftercare schema > docs/sequence.schema.json`"
+    );
+    for entry in std::fs::read_dir(root().join("sequences")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("# yaml-language-server: $schema=../docs/sequence.schema.json\n"),
+                "{} lacks the schema line",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_starter_set_validates() {
+    let out = stdout(&aftercare(&["validate", "sequences"], &root()));
+    assert_eq!(out, "sequences: 4 sequence(s) valid\n");
+}
+
+#[test]
+fn cdnow_converter_writes_a_deterministic_stream() {
+    let dir = scratch("cdnow", &[]);
+    let a = dir.join("a.jsonl");
+    let b = dir.join("b.jsonl");
+    for out in [&a, &b] {
+        let o = aftercare(
+            &[
+                "cdnow",
+                "data/cdnow/CDNOW_master.txt",
+                "--limit",
+                "500",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &root(),
+        );
+        assert!(o.status.success());
+    }
+    let text = std::fs::read_to_string(&a).unwrap();
+    assert_eq!(text, std::fs::read_to_string(&b).unwrap());
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "order.placed");
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["time"].as_str() <= w[1]["time"].as_str()),
+        "not in time order"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "order.placed")
+            .count(),
+        500
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| aftercare::event::Event::from_structured(e.to_string().as_bytes()).is_ok())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
