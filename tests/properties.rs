@@ -109,7 +109,7 @@ fn to_json(i: usize, (kind, customer, n, _): (usize, usize, usize, i32), minutes
         ),
     };
     let time = chrono::DateTime::parse_from_rfc3339(common::T0).unwrap()
-        + chrono::Duration::minutes(minutes as i64);
+        + chrono::Duration::minutes(minutes);
     let mut data = data;
     data["customer"] =
         json!({"email": format!("c{customer}@example.com"), "name": format!("c{customer}")});
