@@ -48,6 +48,10 @@ pub struct Kafka {
     #[serde(deserialize_with = "list_or_csv")]
     pub topics: Vec<String>,
     pub dlq_topic: String,
+    /// Consumer group session timeout; a dead member's partitions move after this long.
+    pub session_timeout_ms: u64,
+    /// librdkafka drops a consumer from the group that does not poll for this long.
+    pub max_poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +59,8 @@ pub struct Kafka {
 pub struct Store {
     /// `sqlite://path` (embedded default) or `postgres://...`.
     pub url: String,
+    /// How long processed-event keys are kept for dedupe.
+    pub dedupe_retention: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +153,8 @@ impl Default for Kafka {
             group_id: "aftercare".into(),
             topics: vec!["orders".into(), "support".into()],
             dlq_topic: "aftercare.dlq".into(),
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
         }
     }
 }
@@ -155,6 +163,7 @@ impl Default for Store {
     fn default() -> Store {
         Store {
             url: "sqlite://aftercare.db".into(),
+            dedupe_retention: "30d".into(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`engine`]: the pure journey state machine: (customer, input, now) → decisions.
 //! - [`store`]: where customers, journeys and processed-event keys live.
 //! - [`simulate`]: the engine on a virtual clock and the memory store.
+//! - [`service`]: `aftercare run`: Kafka in, engine, durable store, scheduler, outbox.
+//! - [`mail`]: emails out: message building and transports.
 //! - [`config`]: defaults → TOML → `AFTERCARE_*` environment, validated.
 //! - [`time`]: durations, cron send windows, quiet hours — pure, no clock.
 //! - [`cdnow`]: the CDNOW data set as a deterministic CloudEvents stream.
@@ -16,7 +18,9 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod mail;
 pub mod sequence;
+pub mod service;
 pub mod simulate;
 pub mod store;
 pub mod template;

@@ -84,7 +84,9 @@ impl fmt::Display for Period {
 pub struct CronWindow {
     /// As the marketer wrote it, for reasons and errors.
     pub source: String,
-    schedule: cron::Schedule,
+    /// Usually one; two when a classic 5-field schedule restricts both day of month and
+    /// weekday, which classic cron reads as "either" while the `cron` crate reads "both".
+    schedules: Vec<cron::Schedule>,
 }
 
 impl CronWindow {
@@ -92,30 +94,44 @@ impl CronWindow {
     /// Sunday) and the `cron` crate's 6-7 field form (seconds first, optional year).
     pub fn parse(text: &str) -> Result<CronWindow, String> {
         let fields: Vec<&str> = text.split_whitespace().collect();
-        let expr = match fields.len() {
+        let exprs = match fields.len() {
             5 => {
-                let weekday = five_field_weekday(fields[4])?;
-                format!(
-                    "0 {} {} {} {} {}",
-                    fields[0], fields[1], fields[2], fields[3], weekday
-                )
+                let (min, hour, dom, month) = (fields[0], fields[1], fields[2], fields[3]);
+                let dow = five_field_weekday(fields[4])?;
+                let both = !matches!(dom, "*" | "?") && !matches!(dow.as_str(), "*" | "?");
+                if both {
+                    vec![
+                        format!("0 {min} {hour} {dom} {month} *"),
+                        format!("0 {min} {hour} * {month} {dow}"),
+                    ]
+                } else {
+                    vec![format!("0 {min} {hour} {dom} {month} {dow}")]
+                }
             }
-            6 | 7 => fields.join(" "),
+            6 | 7 => vec![fields.join(" ")],
             n => {
                 return Err(format!(
                     "`{text}` has {n} fields; a cron schedule has 5 (minute hour day month weekday)"
                 ));
             }
         };
-        let schedule = cron::Schedule::from_str(&expr)
-            .map_err(|e| format!("`{text}` is not a valid cron schedule: {e}"))?;
-        // A schedule that never fires would hold a journey forever; refuse it up front.
-        if schedule.upcoming(Utc).next().is_none() {
+        let schedules = exprs
+            .iter()
+            .map(|e| {
+                cron::Schedule::from_str(e)
+                    .map_err(|err| format!("`{text}` is not a valid cron schedule: {err}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        // A schedule that never fires would hold a journey forever; refuse it up front. Looked
+        // at from the epoch, not today, so a schedule limited to a past year stays valid for
+        // replays of that year.
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        if schedules.iter().all(|s| s.after(&epoch).next().is_none()) {
             return Err(format!("`{text}` never fires"));
         }
         Ok(CronWindow {
             source: text.to_string(),
-            schedule,
+            schedules,
         })
     }
 
@@ -123,12 +139,13 @@ impl CronWindow {
     pub fn next_slot(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let local = at.with_timezone(&tz);
         let whole = local.with_nanosecond(0).unwrap_or(local);
-        if whole == local && self.schedule.includes(local) {
+        if whole == local && self.schedules.iter().any(|s| s.includes(local)) {
             return Some(at);
         }
-        self.schedule
-            .after(&local)
-            .next()
+        self.schedules
+            .iter()
+            .filter_map(|s| s.after(&local).next())
+            .min()
             .map(|t| t.with_timezone(&Utc))
     }
 }
@@ -288,6 +305,30 @@ mod tests {
         assert_eq!(
             w.next_slot(later, chrono_tz::Asia::Seoul),
             Some(utc("2024-01-08T01:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn day_of_month_and_weekday_mean_either_as_in_classic_cron() {
+        // Thursday 2024-05-02: the next "1st of the month or a Monday" is Monday the 6th.
+        let w = CronWindow::parse("0 9 1 * MON").unwrap();
+        assert_eq!(
+            w.next_slot(utc("2024-05-02T12:00:00Z"), Tz::UTC),
+            Some(utc("2024-05-06T09:00:00Z"))
+        );
+        assert_eq!(
+            w.next_slot(utc("2024-05-28T12:00:00Z"), Tz::UTC),
+            Some(utc("2024-06-01T09:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_schedule_of_a_past_year_is_still_valid() {
+        assert!(CronWindow::parse("0 0 9 * * * 2020").is_ok());
+        assert!(
+            CronWindow::parse("0 0 30 2 *")
+                .unwrap_err()
+                .contains("never fires")
         );
     }
 

@@ -293,3 +293,16 @@ fn the_cli_prints_every_error_and_exits_1() {
     assert_eq!(out.status.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_zero_timeout_is_refused() {
+    let yaml = format!(
+        "{HEAD}  - id: a\n    wait_for: {{ event: order.shipped, timeout: 0s, on_timeout: a }}\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:48: `timeout` must be longer than 0s\n  hint: wait at least a second, e.g. `timeout: 1h`",
+        ]
+    );
+}

@@ -1,7 +1,11 @@
 //! The `aftercare` commands: one file per command, this one parses and dispatches.
 
 mod cdnow;
+mod customer;
+pub mod plan;
 mod preview;
+mod publish;
+mod run;
 mod simulate;
 mod validate;
 
@@ -27,6 +31,14 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The service: consume events, advance journeys, send emails.
+    Run(run::Args),
+    /// A customer's profile, journeys and timeline, from the store.
+    Customer(customer::Args),
+    /// What deploying the sequence files in DIR would change for journeys in flight.
+    Plan(plan::Args),
+    /// Publish a JSON Lines file of CloudEvents to Kafka (quickstarts, tests).
+    Publish(publish::Args),
     /// Check every sequence, expression, cron and template; exit 1 on any error.
     Validate {
         /// The sequences directory (default: `sequences.dir` from the config).
@@ -50,6 +62,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Customer(args) => customer::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Publish(args) => publish::run(args),
         Command::Validate { dir, config } => validate::run(dir.as_deref(), config.as_deref()),
         Command::Simulate(args) => simulate::run(args),
         Command::Preview(args) => preview::run(args),

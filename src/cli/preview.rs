@@ -76,9 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         started_at: ev.time,
         step: si,
         state: State::Paused,
+        backfill: false,
     };
     let order = order_id.as_deref().and_then(|o| customer.order(o));
-    let mut ctx = Ctx::new(&customer.profile, Some(&ev), order, Some(&journey));
+    // As when sent: templates see the customer and order the event produced, not the event.
+    let mut ctx = Ctx::new(&customer.profile, None, order, Some(&journey));
     let base = config.http.public_url.trim_end_matches('/');
     ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
     ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));

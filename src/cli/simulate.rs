@@ -81,5 +81,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "simulated {} event(s) ({} bad line(s) skipped, {} duplicate(s) ignored): {} decision(s)",
         s.events, summary.bad_lines, s.duplicates, s.decisions
     );
+    if s.backfilled > 0 {
+        eprintln!(
+            "warning: {} event(s) were older than policy.max_event_age when replayed (a later event had moved the clock past them): they updated profiles but enrolled nobody in marketing",
+            s.backfilled
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,18 @@ impl Compact<Box<str>> {
     }
 }
 
+impl<T: serde::Serialize> serde::Serialize for Compact<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Compact<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Compact<T>, D::Error> {
+        Vec::<T>::deserialize(d).map(Compact::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

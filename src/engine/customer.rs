@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 
 use super::compact::Compact;
 use super::journey::{Journey, PendingGoal};
@@ -25,7 +26,8 @@ pub struct Customer {
 }
 
 /// The profile expressions and templates see as `customer`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Profile {
     pub id: Arc<str>,
     // Boxed strings and exact lists, not String and Vec: a profile is kept for every customer,
@@ -33,6 +35,7 @@ pub struct Profile {
     pub email: Option<Box<str>>,
     pub name: Option<Box<str>>,
     pub locale: Option<Box<str>>,
+    #[serde(with = "tz_name")]
     pub timezone: Option<Tz>,
     pub birthday: Option<Box<str>>,
     pub orders_count: u32,
@@ -52,14 +55,15 @@ pub struct Profile {
     pub last_marketing_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipping {
     pub carrier: String,
     pub tracking_number: String,
     pub tracking_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Placed,
     Shipped,
@@ -81,7 +85,7 @@ impl OrderStatus {
 }
 
 /// An order as known from its events (`order` in per_order journeys).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Order {
     pub id: Arc<str>,
     pub items: Compact<Item>,
@@ -263,5 +267,22 @@ impl Profile {
             .iter()
             .find(|c| &***c == "all" || &***c == category)
             .map(|c| &**c)
+    }
+}
+
+/// A timezone stored by its IANA name.
+mod tz_name {
+    use chrono_tz::Tz;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(tz: &Option<Tz>, s: S) -> Result<S::Ok, S::Error> {
+        match tz {
+            Some(tz) => s.serialize_some(tz.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Tz>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.and_then(|n| n.parse().ok()))
     }
 }

@@ -74,6 +74,8 @@ pub struct EmailIntent {
     pub template: Arc<str>,
     pub category: Arc<str>,
     pub transactional: bool,
+    /// The journey's order (per_order journeys): the `order` the template will see.
+    pub order_id: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

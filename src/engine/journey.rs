@@ -31,6 +31,28 @@ impl fmt::Display for JourneyId {
     }
 }
 
+impl std::str::FromStr for JourneyId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<JourneyId, Self::Err> {
+        u64::from_str_radix(s, 16).map(JourneyId)
+    }
+}
+
+// As 16 hex digits: JSON numbers above 2^53 lose precision in most tools.
+impl serde::Serialize for JourneyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JourneyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JourneyId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Journey {
     pub id: JourneyId,
@@ -42,6 +64,9 @@ pub struct Journey {
     /// Index of the current step.
     pub step: usize,
     pub state: State,
+    /// Started by an event older than `policy.max_event_age` (a transactional sequence during
+    /// a replay of history): it sends no marketing and starts no marketing sequence.
+    pub backfill: bool,
 }
 
 /// Where the current step stands.

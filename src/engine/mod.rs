@@ -27,7 +27,7 @@ pub use journey::{Cause, Journey, JourneyId, PendingGoal, State};
 
 use crate::event::Event;
 use crate::sequence::{self, Catalog, Expr, JourneyKind, OnTimeout, Sequence, Timing};
-use crate::time::{Period, QuietHours, rfc3339};
+use crate::time::{CronWindow, Period, QuietHours, rfc3339};
 use context::Ctx;
 use rules::Verdict;
 
@@ -54,6 +54,9 @@ impl Default for Policy {
     }
 }
 
+/// Why backfilled journeys send no marketing.
+const BACKFILL: &str = "backfill: the triggering event is older than policy.max_event_age";
+
 /// Steps one customer may run in one call; only a broken sequence could reach it.
 const STEP_BUDGET: usize = 10_000;
 
@@ -64,6 +67,18 @@ pub struct Engine {
 
 /// The journey being worked on, addressed by position in `Customer::journeys`.
 type Ji = usize;
+
+/// A journey about to start.
+struct Entry<'a> {
+    sequence: Arc<Sequence>,
+    id: JourneyId,
+    order_id: Option<&'a str>,
+    /// The first step's wait counts from here (the trigger's time, or now for `start`).
+    base: DateTime<Utc>,
+    reason: String,
+    /// Started by an event older than `policy.max_event_age` (see [`Journey::backfill`]).
+    backfill: bool,
+}
 
 impl Engine {
     pub fn new(catalog: Arc<Catalog>, policy: Policy) -> Engine {
@@ -86,6 +101,11 @@ impl Engine {
     }
 
     /// Applies one event (already deduplicated) to its customer.
+    ///
+    /// Steps that become due at the event's instant or later are left for [`Engine::wake`]:
+    /// the caller wakes the customer once every event of that instant has been applied, so an
+    /// event always goes before a step due at the same instant (SPEC: ties). `simulate` does it
+    /// from its queue, `run` at the end of each batch.
     pub fn handle_event(
         &self,
         c: &mut Customer,
@@ -102,7 +122,6 @@ impl Engine {
         self.wait_fors(c, ev, now, out);
         self.resumes(c, ev, now, out);
         self.triggers(c, ev, now, out);
-        self.run_due(c, now, None, out);
     }
 
     fn run_due(
@@ -129,7 +148,24 @@ impl Engine {
                 State::Paused => return,
             }
         }
+        // Validation refuses loops without a wait, so only a stored state from an older,
+        // looser version could get here; end what is still due rather than spin forever.
         tracing::error!(customer_id = %c.profile.id, "step budget exhausted: a sequence loops without waiting");
+        while let Some(ji) = c
+            .journeys
+            .iter()
+            .position(|j| j.due().is_some_and(|d| d <= now))
+        {
+            self.end(
+                c,
+                ji,
+                now,
+                Action::Exit,
+                "loops without waiting".into(),
+                false,
+                out,
+            );
+        }
     }
 
     // ---- event effects --------------------------------------------------------------------
@@ -146,7 +182,8 @@ impl Engine {
             let j = &c.journeys[i];
             if sees(j, ev) && j.sequence.exit_on.iter().any(|e| **e == *ev.kind) {
                 let reason = format!("exit_on {}", ev.kind);
-                self.end(c, i, now, Action::Exit, reason, out);
+                // Ended by an event, not finished: the customer may enter again.
+                self.end(c, i, now, Action::Exit, reason, false, out);
             } else {
                 i += 1;
             }
@@ -284,9 +321,15 @@ impl Engine {
                     continue;
                 }
             }
-            let id = JourneyId::derive(&[&seq.name, &ev.source, &ev.id]);
-            let reason = format!("trigger {}", ev.kind);
-            self.enter(c, seq.clone(), id, order_id, now, ev.time, reason, out);
+            let entry = Entry {
+                sequence: seq.clone(),
+                id: JourneyId::derive(&[&seq.name, &ev.source, &ev.id]),
+                order_id,
+                base: ev.time,
+                reason: format!("trigger {}", ev.kind),
+                backfill: too_old,
+            };
+            self.enter(c, entry, now, out);
         }
     }
 
@@ -322,33 +365,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Enrols the customer: `enter`, then the first step counts from `base`.
-    #[allow(clippy::too_many_arguments)]
-    fn enter(
-        &self,
-        c: &mut Customer,
-        seq: Arc<Sequence>,
-        id: JourneyId,
-        order_id: Option<&str>,
-        now: DateTime<Utc>,
-        base: DateTime<Utc>,
-        reason: String,
-        out: &mut Vec<Decision>,
-    ) {
-        if let Some(o) = order_id {
-            c.order_mut(o).enrolled.push(seq.name.clone());
+    /// Enrols the customer: `enter`, then the first step counts from `e.base`.
+    fn enter(&self, c: &mut Customer, e: Entry<'_>, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        if let Some(o) = e.order_id {
+            c.order_mut(o).enrolled.push(e.sequence.name.clone());
         }
         c.journeys.push(Journey {
-            id,
-            sequence: seq,
-            order_id: order_id.map(Arc::from),
+            id: e.id,
+            sequence: e.sequence,
+            order_id: e.order_id.map(Arc::from),
             started_at: now,
             step: 0,
             state: State::Paused,
+            backfill: e.backfill,
         });
         let ji = c.journeys.len() - 1;
-        self.push(c, ji, now, Action::Enter, reason, out);
-        self.begin_step(c, ji, base);
+        self.push(c, ji, now, Action::Enter, e.reason, out);
+        self.begin_step(c, ji, e.base);
     }
 
     /// Starts waiting for the current step, counting from `base`.
@@ -404,7 +437,12 @@ impl Engine {
         }
         if let Some(window) = &step.send_window {
             let tz = self.timezone(c, &seq);
-            match window.next_slot(now, tz) {
+            // Marketing email must also miss quiet hours: look for an instant both allow, or
+            // the two would defer each other forever.
+            let marketing = matches!(step.action, Some(sequence::Action::Email { .. }))
+                && !seq.step_category(si).is_transactional();
+            let quiet = self.policy.quiet_hours.filter(|_| marketing);
+            match next_allowed(window, quiet.as_ref(), tz, now) {
                 Some(slot) if slot > now => {
                     let reason = format!(
                         "send_window \"{}\" ({tz}): until {}",
@@ -420,7 +458,13 @@ impl Engine {
                 }
                 Some(_) => {}
                 None => {
-                    let reason = format!("send_window \"{}\" has no future slot", window.source);
+                    let reason = match quiet {
+                        Some(q) => format!(
+                            "send_window \"{}\" never opens outside quiet hours {q}",
+                            window.source
+                        ),
+                        None => format!("send_window \"{}\" has no future slot", window.source),
+                    };
                     self.push(c, ji, now, Action::Skip, reason, out);
                     return self.next_step(c, ji, now, out);
                 }
@@ -429,21 +473,25 @@ impl Engine {
         match &step.action {
             None => {}
             Some(sequence::Action::Exit) => {
-                return self.end(c, ji, now, Action::Exit, "exit step".into(), out);
+                return self.end(c, ji, now, Action::Exit, "exit step".into(), true, out);
             }
             Some(sequence::Action::Start { sequence }) => self.start(c, ji, sequence, now, out),
-            Some(sequence::Action::Email { template }) => match self.verdict(c, &seq, si, now) {
-                Verdict::Send => self.email(c, ji, template, cause, ev, now, out),
-                Verdict::Suppress(reason) => self.push(c, ji, now, Action::Suppress, reason, out),
-                Verdict::Defer(until, reason) => {
-                    self.push(c, ji, now, Action::Defer, reason, out);
-                    c.journeys[ji].state = State::Due {
-                        at: until,
-                        cause: Cause::QuietHoursOver,
-                    };
-                    return;
+            Some(sequence::Action::Email { template }) => {
+                match self.verdict(c, &seq, si, c.journeys[ji].backfill, now) {
+                    Verdict::Send => self.email(c, ji, template, cause, now, out),
+                    Verdict::Suppress(reason) => {
+                        self.push(c, ji, now, Action::Suppress, reason, out)
+                    }
+                    Verdict::Defer(until, reason) => {
+                        self.push(c, ji, now, Action::Defer, reason, out);
+                        c.journeys[ji].state = State::Due {
+                            at: until,
+                            cause: Cause::QuietHoursOver,
+                        };
+                        return;
+                    }
                 }
-            },
+            }
         }
         self.next_step(c, ji, now, out)
     }
@@ -455,7 +503,6 @@ impl Engine {
         ji: Ji,
         template: &Arc<str>,
         cause: Cause,
-        ev: Option<&Arc<Event>>,
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
@@ -463,7 +510,9 @@ impl Engine {
         let seq = j.sequence.clone();
         let si = j.step;
         let order = j.order_id.as_deref().and_then(|o| c.order(o));
-        let ctx = Ctx::new(&c.profile, ev, order, Some(j)).into_value();
+        // Templates see no `event`: the email is rendered again when it is sent, where the event
+        // is long gone, and the subject printed here must be the one sent.
+        let ctx = Ctx::new(&c.profile, None, order, Some(j)).into_value();
         let locale = c.profile.locale.as_deref();
         let rendered = self
             .catalog
@@ -496,6 +545,7 @@ impl Engine {
             template: template.clone(),
             transactional: category.is_transactional(),
             category: category.0,
+            order_id: c.journeys[ji].order_id.clone(),
         });
         out.push(d);
         self.arm_goal(c, ji, now);
@@ -510,7 +560,12 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         let parent = &c.journeys[ji];
-        let (pid, pseq, order_id) = (parent.id, parent.sequence.clone(), parent.order_id.clone());
+        let (pid, pseq, order_id, backfill) = (
+            parent.id,
+            parent.sequence.clone(),
+            parent.order_id.clone(),
+            parent.backfill,
+        );
         let step_id = pseq.steps[parent.step].id.clone();
         let Some(seq) = self.catalog.get(target).cloned() else {
             let reason = format!("{target} is not loaded");
@@ -520,7 +575,13 @@ impl Engine {
             JourneyKind::PerOrder => order_id.as_deref(),
             JourneyKind::PerCustomer => None,
         };
-        if let Err(why) = self.may_enter(c, &seq, order_id) {
+        let refusal = if backfill && !seq.category.is_transactional() {
+            // Backfill reaches marketing neither by trigger nor through a transactional hand-over.
+            Err(BACKFILL.to_string())
+        } else {
+            self.may_enter(c, &seq, order_id)
+        };
+        if let Err(why) = refusal {
             return self.push(
                 c,
                 ji,
@@ -532,9 +593,15 @@ impl Engine {
         }
         self.push(c, ji, now, Action::Start, format!("start {target}"), out);
         self.arm_goal(c, ji, now);
-        let id = JourneyId::derive(&[&seq.name, &pid.to_string(), &step_id]);
-        let reason = format!("started by {}/{}", pseq.name, step_id);
-        self.enter(c, seq, id, order_id, now, now, reason, out);
+        let entry = Entry {
+            id: JourneyId::derive(&[&seq.name, &pid.to_string(), &step_id]),
+            reason: format!("started by {}/{}", pseq.name, step_id),
+            sequence: seq,
+            order_id,
+            base: now,
+            backfill,
+        };
+        self.enter(c, entry, now, out);
     }
 
     fn arm_goal(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>) {
@@ -562,7 +629,7 @@ impl Engine {
                 self.next_step(c, ji, now, out);
             }
             OnTimeout::Continue => self.due_step(c, ji, now, Cause::TimeoutContinue, None, out),
-            OnTimeout::Exit => self.end(c, ji, now, Action::Exit, what, out),
+            OnTimeout::Exit => self.end(c, ji, now, Action::Exit, what, true, out),
             OnTimeout::Goto(target) => {
                 let reason = format!("{what}: go to {}", seq.steps[target].id);
                 self.push(c, ji, now, Action::Skip, reason, out);
@@ -579,10 +646,20 @@ impl Engine {
         if j.step < j.sequence.steps.len() {
             return self.begin_step(c, ji, now);
         }
-        self.end(c, ji, now, Action::Complete, "all steps done".into(), out);
+        self.end(
+            c,
+            ji,
+            now,
+            Action::Complete,
+            "all steps done".into(),
+            true,
+            out,
+        );
     }
 
-    /// Ends a journey with an `exit` or `complete` line.
+    /// Ends a journey with an `exit` or `complete` line. `finished` journeys count for
+    /// `reenter: false`; one ended by an `exit_on` event does not.
+    #[allow(clippy::too_many_arguments)]
     fn end(
         &self,
         c: &mut Customer,
@@ -590,6 +667,7 @@ impl Engine {
         now: DateTime<Utc>,
         action: Action,
         reason: String,
+        finished: bool,
         out: &mut Vec<Decision>,
     ) {
         let mut d = self.decision(c, ji, now, action, reason);
@@ -598,7 +676,9 @@ impl Engine {
         }
         out.push(d);
         let j = c.journeys.remove(ji);
-        if j.sequence.journey == JourneyKind::PerCustomer && !c.finished.contains(&j.sequence.name)
+        if finished
+            && j.sequence.journey == JourneyKind::PerCustomer
+            && !c.finished.contains(&j.sequence.name)
         {
             c.finished.push(j.sequence.name.clone());
         }
@@ -678,6 +758,25 @@ impl Engine {
             .or(seq.timezone)
             .unwrap_or(self.policy.timezone)
     }
+}
+
+/// The first instant at or after `now` in the window's slots and outside quiet hours; `None`
+/// if the window has no such slot within a year's worth of tries.
+fn next_allowed(
+    window: &CronWindow,
+    quiet: Option<&QuietHours>,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let mut at = now;
+    for _ in 0..400 {
+        let slot = window.next_slot(at, tz)?;
+        match quiet.and_then(|q| q.end_if_inside(slot, tz)) {
+            Some(end) => at = end,
+            None => return Some(slot),
+        }
+    }
+    None
 }
 
 /// A failing expression counts as false, and says so in the log.

@@ -22,6 +22,7 @@ impl Engine {
         c: &Customer,
         seq: &Sequence,
         step: usize,
+        backfill: bool,
         now: DateTime<Utc>,
     ) -> Verdict {
         let p = &c.profile;
@@ -34,6 +35,9 @@ impl Engine {
         let category = seq.step_category(step);
         if category.is_transactional() {
             return Verdict::Send;
+        }
+        if backfill {
+            return Verdict::Suppress(super::BACKFILL.into());
         }
         if let Some(which) = p.unsubscribed_from(category.as_str()) {
             return Verdict::Suppress(format!("unsubscribed from {which}"));

@@ -10,7 +10,7 @@ mod parse;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use money::Money;
 pub use parse::{EventError, MAX_EVENT_BYTES};
@@ -127,7 +127,7 @@ pub struct OrderPlaced {
     pub currency: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     // Boxed: every order keeps its items for as long as the customer is known.
     pub sku: Box<str>,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An amount in ten-thousandths of the currency unit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,6 +84,23 @@ impl fmt::Display for Money {
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(self.as_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    /// A number (as serialized) or a decimal string.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(f64),
+            Text(String),
+        }
+        let m = match Repr::deserialize(d)? {
+            Repr::Number(v) => Money::from_f64(v),
+            Repr::Text(s) => Money::parse_decimal(&s),
+        };
+        m.ok_or_else(|| serde::de::Error::custom("not an amount"))
     }
 }
 

@@ -42,6 +42,25 @@ pub fn version_of(source: &str) -> String {
 
 /// Compiles one file. Returns `None` when `d` received any error for it.
 pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -> Option<Compiled> {
+    compile_with(path, source, Some(templates), d)
+}
+
+/// Compiles a stored older version so its journeys can finish. Its templates are not checked:
+/// they may have been edited or removed since, which shows at send time, per email.
+pub fn compile_kept(path: &str, source: &str) -> Result<Sequence, Vec<super::Diagnostic>> {
+    let mut d = Diags::new(path);
+    match compile_with(path, source, None, &mut d) {
+        Some(c) => Ok(c.sequence),
+        None => Err(d.list),
+    }
+}
+
+fn compile_with(
+    path: &str,
+    source: &str,
+    templates: Option<&Templates>,
+    d: &mut Diags,
+) -> Option<Compiled> {
     let root = match super::yaml::parse(source) {
         Ok(root) => root,
         Err(e) => {
@@ -70,7 +89,8 @@ pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -
 
 struct Compiler<'a, 'b, 'd> {
     d: &'d mut Diags<'a>,
-    templates: &'b Templates,
+    /// `None` when reviving a stored version: templates are not checked then.
+    templates: Option<&'b Templates>,
     starts: Vec<Sp<String>>,
 }
 
@@ -344,7 +364,18 @@ impl Compiler<'_, '_, '_> {
         };
         let when = w.value.when.as_ref().map(|e| self.expr(e));
         let timeout = match &w.value.timeout {
-            Some(t) => self.period(t),
+            Some(t) => self.period(t).filter(|p| {
+                // A zero timeout with `on_timeout` jumping back would loop without waiting.
+                let ok = !p.is_zero();
+                if !ok {
+                    self.d.error_hint(
+                        t.pos,
+                        "`timeout` must be longer than 0s",
+                        "wait at least a second, e.g. `timeout: 1h`",
+                    );
+                }
+                ok
+            }),
             None => {
                 self.d.error_hint(
                     w.key,
@@ -446,7 +477,7 @@ impl Compiler<'_, '_, '_> {
                 );
                 return None;
             };
-            if let Err((msg, hint)) = self.templates.check(&t.value) {
+            if let Some(Err((msg, hint))) = self.templates.map(|ts| ts.check(&t.value)) {
                 self.d.error_hint(t.pos, msg, hint);
                 return None;
             }

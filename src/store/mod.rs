@@ -1,2 +1,195 @@
-//! Where state lives. `memory`: the in-process store for `simulate` and tests.
+//! Where state lives.
+//!
+//! - [`memory`]: in-process, for `simulate` and tests;
+//! - [`sqlite`]: the embedded default, one file, one instance;
+//! - [`postgres`]: several instances sharing the work.
+//!
+//! The durable stores implement [`Store`]: one transaction at a time through [`Tx`], whose
+//! operations take whole batches so PostgreSQL can do each in one round trip. The state change
+//! for a batch of events (or of wake-ups), its timeline and its outbox rows are written in one
+//! transaction; offsets are stored only after it commits.
+
 pub mod memory;
+pub mod postgres;
+pub mod record;
+pub mod sqlite;
+
+use chrono::{DateTime, Utc};
+
+pub use record::{JourneyRow, StoredCustomer};
+
+use crate::engine::Decision;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("stored state of customer {customer} is unreadable: {reason}")]
+    Corrupt { customer: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Worth retrying the same work: the database was busy, restarted or unreachable.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.code()
+                        .is_some_and(|c| c.code().starts_with("40") || c.code().starts_with("08"))
+            }
+            StoreError::Corrupt { .. } | StoreError::Config(_) => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A sequence file version, kept so journeys can finish on the version they started on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub name: String,
+    pub version: String,
+    pub path: String,
+    pub source: String,
+}
+
+/// An email waiting to be sent: ids only; it is rendered when sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// `journey:step`: the idempotency key, and the base of the Message-ID.
+    pub key: String,
+    pub customer: String,
+    pub journey: String,
+    pub sequence: String,
+    pub version: String,
+    pub step: String,
+    pub order_id: Option<String>,
+    pub template: String,
+    pub category: String,
+    pub transactional: bool,
+    pub created_at: DateTime<Utc>,
+    pub attempts: u32,
+}
+
+/// One line of a customer's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineRow {
+    pub at: DateTime<Utc>,
+    pub journey: String,
+    pub sequence: String,
+    pub version: String,
+    pub step: Option<String>,
+    pub action: String,
+    pub reason: String,
+    pub subject: Option<String>,
+}
+
+/// In-flight journeys on one sequence version and step (for `aftercare plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JourneyCount {
+    pub sequence: String,
+    pub version: String,
+    pub step: String,
+    pub status: String,
+    pub count: u64,
+}
+
+/// How a sent email ended, for [`Store::finish_email`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Sent {
+        message_id: String,
+    },
+    /// Not sent (dry run): recorded as it would have been sent.
+    DryRun {
+        message_id: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// A durable store.
+pub trait Store: Send {
+    /// Starts a transaction. Only one is open at a time per store handle.
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>>;
+
+    /// Records sequence versions not yet known.
+    fn save_versions(&mut self, versions: &[VersionRecord]) -> Result<()>;
+
+    /// The earliest due time of any customer, to know how long the scheduler may sleep.
+    fn next_due(&mut self) -> Result<Option<DateTime<Utc>>>;
+
+    /// A customer's stored state and journeys, without locking.
+    fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>>;
+
+    /// A customer's stored state, journeys and timeline (oldest first).
+    fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>>;
+
+    /// In-flight journeys grouped by sequence, version, step and status.
+    fn journey_counts(&mut self) -> Result<Vec<JourneyCount>>;
+
+    /// Emails due to be sent (pending, attempt time reached), oldest first.
+    fn pending_emails(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxRow>>;
+
+    /// Records how an email ended.
+    fn finish_email(&mut self, key: &str, now: DateTime<Utc>, delivery: &Delivery) -> Result<()>;
+
+    /// Forgets processed-event keys older than `before` (the dedupe window).
+    fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// One transaction. Dropping it without `commit` rolls back.
+pub trait Tx {
+    /// Records the event keys as processed; for each, whether it was new.
+    fn first_sight(&mut self, keys: &[(&str, &str)], now: DateTime<Utc>) -> Result<Vec<bool>>;
+
+    /// Loads these customers (locking them on PostgreSQL until commit).
+    fn load(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredCustomer>>>;
+
+    /// Claims up to `limit` customers due at or before `now`, skipping any another instance
+    /// holds, and loads them.
+    fn claim_due(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StoredCustomer>>;
+
+    /// A stored sequence version.
+    fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>>;
+
+    /// Writes customers back: state, next due time, and their journeys (replacing the old).
+    fn save(&mut self, customers: &[StoredCustomer]) -> Result<()>;
+
+    /// Appends decisions to the timeline and queues their emails (once per journey and step).
+    fn record(&mut self, decisions: &[Decision]) -> Result<()>;
+
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Opens the store named by `store.url` and runs its migrations.
+pub fn open(url: &str) -> Result<Box<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Box::new(sqlite::SqliteStore::open(path)?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::PgStore::connect(url)?));
+    }
+    Err(StoreError::Config(format!(
+        "store.url `{url}`: use sqlite://PATH or postgres://..."
+    )))
+}
+
+/// Timestamps are stored as microseconds since the epoch in both databases: one column type,
+/// exact, and comparable in SQL.
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}

@@ -165,13 +165,17 @@ impl TestEnv {
         self.sim.bounce(customer);
     }
 
-    /// Decisions since the last call, as `at sequence/step action (reason)` strings.
+    /// Decisions since the last call, as `at sequence/step action (reason)` strings, after
+    /// running what is due at the current instant (once its events are all in).
     pub fn take(&mut self) -> Vec<String> {
-        self.out.drain(..).map(|d| compact(&d)).collect()
+        self.take_decisions().iter().map(compact).collect()
     }
 
-    /// Decisions since the last call, whole.
+    /// As [`take`](Self::take), whole decisions.
     pub fn take_decisions(&mut self) -> Vec<Decision> {
+        if let Some(now) = self.sim.now() {
+            self.sim.advance_to(now, &mut self.out);
+        }
         std::mem::take(&mut self.out)
     }
 }

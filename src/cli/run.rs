@@ -1,0 +1,56 @@
+//! `aftercare run [-c FILE] [--dry-run]`: the service, until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::service::{self, Options};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Decide everything, send nothing: each email is recorded as it would have been sent.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(args.config.as_deref())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let service = {
+        let stop = stop.clone();
+        let options = Options {
+            dry_run: args.dry_run,
+        };
+        std::thread::Builder::new()
+            .name("service".into())
+            .spawn(move || service::run(config, options, stop))?
+    };
+    // Signals are the one async thing here: a small runtime waits for them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    if service.is_finished() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    match service.join() {
+        Ok(Ok(_)) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(e),
+        Err(_) => anyhow::bail!("the service thread panicked"),
+    }
+}

@@ -1,0 +1,367 @@
+//! Kafka in: a consumer group on `kafka.topics`, at-least-once by construction.
+//!
+//! - Automatic offset storing is off: an offset is stored only when the engine reports that
+//!   the transaction holding the message's effects committed. librdkafka commits stored
+//!   offsets on a timer and on rebalance (and we ask for one when partitions are revoked);
+//!   commits are asynchronous, so a broker outage never blocks the loop.
+//! - The polling thread only polls, batches and stores offsets. Processing runs on another
+//!   thread, so `max.poll.interval.ms` is never exceeded by slow work; when that thread falls
+//!   behind, the assigned partitions are paused instead of the poll loop blocking.
+//! - Storing an offset for a partition revoked in the meantime fails with `__STATE`: the
+//!   partition was lost, its new owner re-reads from the last commit and dedupe keeps the
+//!   effects single. Logged, never fatal.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Kafka as KafkaConfig;
+use crate::event::{Event, EventError};
+
+/// Messages handed to the engine together: many events per transaction (group commit).
+pub struct Batch {
+    pub messages: Vec<OwnedMessage>,
+}
+
+/// "These messages' effects are committed": per (topic, partition), the next offset to read.
+pub type Ack = Vec<(String, i32, i64)>;
+
+/// Batch limits: as many messages as arrive within `LINGER`, at most `MAX_BATCH`.
+pub const MAX_BATCH: usize = 2000;
+const LINGER: Duration = Duration::from_millis(5);
+
+/// Reads an event from a message in either CloudEvents binding.
+pub fn decode(m: &OwnedMessage) -> Result<Event, EventError> {
+    let payload = m.payload().unwrap_or_default();
+    let binary = m
+        .headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == "ce_specversion"));
+    if binary {
+        let headers = m.headers().map(|h| {
+            h.iter()
+                .map(|h: Header<'_, &[u8]>| (h.key, h.value.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        });
+        return Event::from_binary(headers.unwrap_or_default(), payload);
+    }
+    if payload.is_empty() {
+        return Err(EventError::NotJson("the message is empty".into()));
+    }
+    Event::from_structured(payload)
+}
+
+/// Consumer callbacks: log commits, commit before partitions are taken away.
+pub struct Context {
+    pub lost: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions revoked; committing stored offsets"
+            );
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                // Nothing stored yet is the common, harmless case.
+                tracing::debug!(error = %e, "commit on revoke");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; retried on the next one"),
+        }
+    }
+}
+
+pub type KafkaConsumer = BaseConsumer<Context>;
+
+/// Builds the consumer and subscribes it.
+pub fn consumer(cfg: &KafkaConfig) -> KafkaResult<KafkaConsumer> {
+    let consumer: KafkaConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout_ms / 3).max(500).to_string(),
+        )
+        .create_with_context(Context {
+            lost: Arc::default(),
+        })?;
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// The polling loop. Returns when `stop` is set and everything handed out has been acked
+/// (or `grace` ran out), after a last asynchronous commit.
+pub fn poll_loop(
+    consumer: &KafkaConsumer,
+    batches: SyncSender<Batch>,
+    acks: Receiver<Ack>,
+    stop: &AtomicBool,
+    grace: Duration,
+) {
+    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(MAX_BATCH);
+    let mut first_at = Instant::now();
+    let mut paused = false;
+    let mut outstanding = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok(ack) = acks.try_recv() {
+            outstanding = outstanding.saturating_sub(1);
+            store(consumer, &ack);
+        }
+        if !paused || batch.len() < MAX_BATCH {
+            match consumer.poll(Duration::from_millis(if batch.is_empty() {
+                100
+            } else {
+                1
+            })) {
+                Some(Ok(m)) => {
+                    if batch.is_empty() {
+                        first_at = Instant::now();
+                    }
+                    batch.push(m.detach());
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                None => {}
+            }
+        } else {
+            // Paused and full: keep serving callbacks (rebalances) without fetching.
+            consumer.poll(Duration::from_millis(50));
+        }
+        let ready = batch.len() >= MAX_BATCH || (!batch.is_empty() && first_at.elapsed() >= LINGER);
+        if !ready {
+            continue;
+        }
+        match batches.try_send(Batch {
+            messages: std::mem::take(&mut batch),
+        }) {
+            Ok(()) => {
+                outstanding += 1;
+                if paused {
+                    set_paused(consumer, false);
+                    paused = false;
+                }
+            }
+            Err(TrySendError::Full(b)) => {
+                batch = b.messages;
+                if !paused {
+                    set_paused(consumer, true);
+                    paused = true;
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => break,
+        }
+    }
+    // Shutdown: stop fetching; what was fetched but not handed out is simply re-read later.
+    drop(batches);
+    let deadline = Instant::now() + grace;
+    while outstanding > 0 && Instant::now() < deadline {
+        match acks.recv_timeout(Duration::from_millis(50)) {
+            Ok(ack) => {
+                outstanding -= 1;
+                store(consumer, &ack);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+        tracing::debug!(error = %e, "final commit");
+    }
+    // Let the asynchronous commit go out, without waiting on a broker that is down.
+    let end = Instant::now()
+        + Duration::from_millis(500)
+            .min(deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100));
+    while Instant::now() < end {
+        consumer.poll(Duration::from_millis(20));
+    }
+}
+
+fn set_paused(consumer: &KafkaConsumer, pause: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => tracing::debug!(pause, "partitions paused/resumed: the engine is behind"),
+        Err(e) => tracing::warn!(error = %e, pause, "pause/resume failed"),
+    }
+}
+
+/// Stores the next offsets of committed work, one partition at a time so a revoked one does
+/// not keep the others from being stored.
+fn store(consumer: &KafkaConsumer, ack: &Ack) {
+    for (topic, partition, next) in ack {
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*next))
+            .is_err()
+        {
+            continue;
+        }
+        match consumer.store_offsets(&tpl) {
+            Ok(()) => {}
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                consumer.context().lost.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    topic,
+                    partition,
+                    "partition lost before its offset was stored; its new owner re-reads it"
+                );
+            }
+            Err(e) => tracing::warn!(topic, partition, error = %e, "storing offset failed"),
+        }
+    }
+}
+
+/// The highest offset per partition of a batch, as "next offset to read".
+pub fn ack_of(messages: &[OwnedMessage]) -> Ack {
+    let mut ack: Ack = Vec::new();
+    for m in messages {
+        match ack
+            .iter_mut()
+            .find(|(t, p, _)| t == m.topic() && *p == m.partition())
+        {
+            Some(entry) => entry.2 = entry.2.max(m.offset() + 1),
+            None => ack.push((m.topic().to_string(), m.partition(), m.offset() + 1)),
+        }
+    }
+    ack
+}
+
+/// Records delivery failures of dead letters.
+#[derive(Default)]
+pub struct DlqContext {
+    failures: Mutex<Vec<String>>,
+}
+
+impl ClientContext for DlqContext {}
+
+impl ProducerContext for DlqContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result
+            && let Ok(mut f) = self.failures.lock()
+        {
+            f.push(e.to_string());
+        }
+    }
+}
+
+/// Publishes malformed messages to the dead-letter topic, unchanged, with the reason and the
+/// original position in headers.
+pub struct DeadLetters {
+    producer: BaseProducer<DlqContext>,
+    topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(cfg: &KafkaConfig) -> KafkaResult<DeadLetters> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create_with_context(DlqContext::default())?;
+        Ok(DeadLetters {
+            producer,
+            topic: cfg.dlq_topic.clone(),
+        })
+    }
+
+    /// Sends every message with its reason and waits for the broker to acknowledge all of them.
+    pub fn publish(
+        &self,
+        dead: &[(&OwnedMessage, String)],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        for (m, reason) in dead {
+            let partition = m.partition().to_string();
+            let offset = m.offset().to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "aftercare.error",
+                    value: Some(reason.as_str()),
+                })
+                .insert(Header {
+                    key: "aftercare.source.topic",
+                    value: Some(m.topic()),
+                })
+                .insert(Header {
+                    key: "aftercare.source.partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "aftercare.source.offset",
+                    value: Some(offset.as_str()),
+                });
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.topic).headers(headers);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = m.payload() {
+                record = record.payload(p);
+            }
+            let mut record = record;
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        self.producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(e.to_string()),
+                }
+            }
+        }
+        self.producer.flush(timeout).map_err(|e| e.to_string())?;
+        let failures = self
+            .producer
+            .context()
+            .failures
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        match failures.first() {
+            None => Ok(()),
+            Some(f) => Err(format!(
+                "{} dead letter(s) not delivered: {f}",
+                failures.len()
+            )),
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! `aftercare run`: Kafka in, the engine, the durable store, the scheduler, the outbox.
+//!
+//! Three threads, each with one job:
+//! - **poll**: fetches from Kafka, batches, stores offsets of committed work ([`kafka`]);
+//! - **engine**: applies batches and wakes due customers, one store transaction each
+//!   ([`apply`]); it is the only writer of customer state in this instance;
+//! - **outbox**: renders and sends queued emails ([`outbox`]).
+//!
+//! Shutdown (SIGTERM/SIGINT): the poll thread stops fetching, the engine finishes its batch and
+//! acks it, offsets are stored and committed asynchronously, threads exit; bounded by a grace
+//! period so the process is gone within 10 s even with the broker down.
+
+pub mod apply;
+pub mod kafka;
+pub mod outbox;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use lettre::message::Mailbox;
+
+use crate::config::{Config, Transport as TransportKind};
+use crate::engine::Engine;
+use crate::mail::transport::FileTransport;
+use crate::sequence::{Catalog, Sequence};
+use crate::store::{Store, VersionRecord};
+use apply::Applier;
+use kafka::{Ack, Batch, DeadLetters};
+
+/// Counters the service keeps (logged on exit; exported as metrics once HTTP lands).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub decisions: AtomicU64,
+    pub wakeups: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Decide everything, send nothing: emails are recorded as they would have been sent.
+    pub dry_run: bool,
+}
+
+/// How long shutdown may take before threads are abandoned.
+pub const GRACE: Duration = Duration::from_secs(8);
+
+/// Wake-ups per transaction.
+const WAKE_BATCH: usize = 256;
+
+/// Runs until `stop` is set. Returns the counters.
+pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<Stats>> {
+    let policy = config
+        .policy()
+        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
+    let catalog = Arc::new(load_catalog(&config.sequences.dir)?);
+    let mut store = crate::store::open(&config.store.url).context("opening the store")?;
+    store
+        .save_versions(&versions_of(&catalog))
+        .context("recording sequence versions")?;
+    let stats = Arc::new(Stats::default());
+
+    let consumer = Arc::new(kafka::consumer(&config.kafka).context("creating the Kafka consumer")?);
+    let dlq = DeadLetters::new(&config.kafka).context("creating the dead-letter producer")?;
+    let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(2);
+    let (ack_tx, ack_rx) = mpsc::channel::<Ack>();
+
+    let from: Mailbox = config
+        .mail
+        .from
+        .parse()
+        .map_err(|e| anyhow::anyhow!("config error: mail.from `{}`: {e}", config.mail.from))?;
+    let transport = match config.mail.transport {
+        TransportKind::File => {
+            Box::new(FileTransport::new(config.mail.file.dir.clone()).context("mail.file.dir")?)
+        }
+        TransportKind::Smtp => anyhow::bail!(
+            "config error: mail.transport = \"smtp\" is not available yet; use \"file\""
+        ),
+    };
+    let mut sender = outbox::Sender {
+        store: crate::store::open(&config.store.url)?,
+        catalog: catalog.clone(),
+        from,
+        transport,
+        dry_run: options.dry_run,
+    };
+
+    let engine_stop = Arc::new(AtomicBool::new(false));
+    let engine = {
+        let stats = stats.clone();
+        let stop = engine_stop.clone();
+        let applier = Applier::new(Engine::new(catalog.clone(), policy));
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                engine_loop(store, applier, dlq, batch_rx, ack_tx, &stop, &stats);
+            })?
+    };
+    let poll = {
+        let consumer = consumer.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || kafka::poll_loop(&consumer, batch_tx, ack_rx, &stop, GRACE))?
+    };
+    let mail_stop = Arc::new(AtomicBool::new(false));
+    let mail = {
+        let stop = mail_stop.clone();
+        std::thread::Builder::new()
+            .name("outbox".into())
+            .spawn(move || sender.run(&stop))?
+    };
+    tracing::info!(
+        sequences = catalog.sequences().len(),
+        dry_run = options.dry_run,
+        "aftercare running"
+    );
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("shutting down");
+    let deadline = Instant::now() + GRACE;
+    // The poll thread returns once the engine has acked what it was handed (or the grace ran
+    // out); then the engine, which sees its channel close, and the outbox.
+    join_until(poll, deadline, "kafka-poll");
+    engine_stop.store(true, Ordering::Relaxed);
+    join_until(engine, deadline, "engine");
+    mail_stop.store(true, Ordering::Relaxed);
+    join_until(mail, deadline, "outbox");
+    // Dropping the consumer closes it; with the broker down that can take long, so it happens
+    // on a thread nobody waits for.
+    std::thread::spawn(move || drop(consumer));
+    tracing::info!(
+        events = stats.events.load(Ordering::Relaxed),
+        dead_letters = stats.dead_letters.load(Ordering::Relaxed),
+        decisions = stats.decisions.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(stats)
+}
+
+fn join_until(handle: std::thread::JoinHandle<()>, deadline: Instant, name: &str) {
+    while !handle.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if handle.is_finished() {
+        let _ = handle.join();
+    } else {
+        tracing::warn!(thread = name, "did not stop within the grace period");
+    }
+}
+
+/// Loads the sequences; refuses to start on any error (a running engine keeps the last good
+/// version, but there is none at start-up).
+pub fn load_catalog(dir: &Path) -> anyhow::Result<Catalog> {
+    let (catalog, diags) = Catalog::load(dir)?;
+    if !diags.is_empty() {
+        for d in &diags {
+            tracing::error!("{d}");
+        }
+        anyhow::bail!(
+            "{} has {} error(s); run `aftercare validate`",
+            dir.display(),
+            diags.len()
+        );
+    }
+    Ok(catalog)
+}
+
+/// The version records of every current sequence (sources read back from their files).
+pub fn versions_of(catalog: &Catalog) -> Vec<VersionRecord> {
+    catalog
+        .sequences()
+        .iter()
+        .filter_map(|s: &Arc<Sequence>| {
+            let source = std::fs::read_to_string(&s.path).ok()?;
+            Some(VersionRecord {
+                name: s.name.to_string(),
+                version: s.version.to_string(),
+                path: s.path.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The engine thread: batches as they come, wake-ups when due, both retried until they commit.
+fn engine_loop(
+    mut store: Box<dyn Store>,
+    mut applier: Applier,
+    dlq: DeadLetters,
+    batches: Receiver<Batch>,
+    acks: Sender<Ack>,
+    stop: &AtomicBool,
+    stats: &Stats,
+) {
+    let mut next_due: Option<chrono::DateTime<Utc>> = None;
+    let mut due_checked = Instant::now() - Duration::from_secs(1);
+    loop {
+        // Sleep until the next due customer, but look again at least twice a second: other
+        // instances may have changed what is due.
+        let wait = next_due
+            .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_millis(500))
+            .min(Duration::from_millis(500));
+        match batches.recv_timeout(wait) {
+            Ok(batch) => {
+                if !retry(stop, || {
+                    handle_batch(&mut *store, &mut applier, &dlq, &batch, stats)
+                }) {
+                    return;
+                }
+                let _ = acks.send(kafka::ack_of(&batch.messages));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if next_due.is_none_or(|d| d <= Utc::now())
+            || due_checked.elapsed() >= Duration::from_millis(500)
+        {
+            wake_all(&mut *store, &mut applier, stats);
+            next_due = store.next_due().unwrap_or(None);
+            due_checked = Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Retries `work` with backoff until it succeeds; false if told to stop first.
+fn retry(stop: &AtomicBool, mut work: impl FnMut() -> Result<(), String>) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match work() {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "batch not committed; retrying");
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Decodes a batch, dead-letters what is malformed, applies the rest in one transaction.
+fn handle_batch(
+    store: &mut dyn Store,
+    applier: &mut Applier,
+    dlq: &DeadLetters,
+    batch: &Batch,
+    stats: &Stats,
+) -> Result<(), String> {
+    let mut events = Vec::with_capacity(batch.messages.len());
+    let mut origin = Vec::with_capacity(batch.messages.len());
+    let mut dead = Vec::new();
+    for m in &batch.messages {
+        match kafka::decode(m) {
+            Ok(e) => {
+                events.push(Arc::new(e));
+                origin.push(m);
+            }
+            Err(e) => {
+                tracing::warn!(topic = %rdkafka::Message::topic(m), partition = rdkafka::Message::partition(m), offset = rdkafka::Message::offset(m), reason = %e, "malformed event to the dead-letter topic");
+                dead.push((m, e.to_string()));
+            }
+        }
+    }
+    if !dead.is_empty() {
+        dlq.publish(&dead, Duration::from_secs(10))?;
+        stats
+            .dead_letters
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+    }
+    let applied = applier
+        .apply(store, &events, Utc::now())
+        .map_err(|e| e.to_string())?;
+    if !applied.rejected.is_empty() {
+        let rejected: Vec<_> = applied
+            .rejected
+            .iter()
+            .filter_map(|(e, reason)| {
+                let i = events.iter().position(|x| Arc::ptr_eq(x, e))?;
+                Some((origin[i], reason.clone()))
+            })
+            .collect();
+        dlq.publish(&rejected, Duration::from_secs(10))?;
+        stats
+            .dead_letters
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    }
+    stats
+        .events
+        .fetch_add(applied.events as u64, Ordering::Relaxed);
+    stats
+        .duplicates
+        .fetch_add(applied.duplicates as u64, Ordering::Relaxed);
+    stats
+        .decisions
+        .fetch_add(applied.decisions.len() as u64, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    for d in &applied.decisions {
+        tracing::debug!(customer_id = %d.customer, sequence = %d.sequence, step = ?d.step.as_deref(), action = %d.action, reason = %d.reason, "decision");
+    }
+    Ok(())
+}
+
+/// Wakes every customer due now, a transaction per `WAKE_BATCH`.
+fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) {
+    loop {
+        match applier.wake(store, Utc::now(), WAKE_BATCH) {
+            Ok((n, decisions)) => {
+                stats.wakeups.fetch_add(n as u64, Ordering::Relaxed);
+                stats
+                    .decisions
+                    .fetch_add(decisions.len() as u64, Ordering::Relaxed);
+                if n < WAKE_BATCH {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "wake-ups not committed; retrying on the next tick");
+                return;
+            }
+        }
+    }
+}

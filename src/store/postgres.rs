@@ -1,0 +1,436 @@
+//! PostgreSQL: the store for several instances.
+//!
+//! Every batch operation is one statement over arrays (`UNNEST`), so a batch of events costs a
+//! handful of round trips whatever its size. Customers are locked (`FOR UPDATE`) for the
+//! transaction that changes them; due customers are claimed with `FOR UPDATE SKIP LOCKED`, so
+//! instances never wake the same customer twice and a claim lasts only as long as its
+//! transaction — never across an SMTP call.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use postgres::{Client, NoTls, Transaction};
+
+use super::{
+    Delivery, JourneyCount, JourneyRow, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
+    VersionRecord, from_micros, micros,
+};
+use crate::engine::Decision;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS aftercare_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS processed_events (
+    source TEXT NOT NULL, id TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (source, id));
+CREATE INDEX IF NOT EXISTS processed_events_at ON processed_events (at);
+CREATE TABLE IF NOT EXISTS customers (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, next_due BIGINT, updated_at BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS customers_due ON customers (next_due) WHERE next_due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS journeys (
+    customer TEXT NOT NULL, id TEXT NOT NULL, sequence TEXT NOT NULL, version TEXT NOT NULL,
+    order_id TEXT, started_at BIGINT NOT NULL, step INTEGER NOT NULL, step_id TEXT NOT NULL,
+    status TEXT NOT NULL, due BIGINT, cause TEXT NOT NULL, pos INTEGER NOT NULL, backfill BOOLEAN NOT NULL,
+    PRIMARY KEY (customer, id));
+CREATE TABLE IF NOT EXISTS timeline (
+    seq BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL, at BIGINT NOT NULL, journey TEXT NOT NULL,
+    sequence TEXT NOT NULL, version TEXT NOT NULL, step TEXT, action TEXT NOT NULL,
+    reason TEXT NOT NULL, subject TEXT);
+CREATE INDEX IF NOT EXISTS timeline_customer ON timeline (customer, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY, customer TEXT NOT NULL, journey TEXT NOT NULL, sequence TEXT NOT NULL,
+    version TEXT NOT NULL, step TEXT NOT NULL, order_id TEXT, template TEXT NOT NULL,
+    category TEXT NOT NULL, transactional BOOLEAN NOT NULL, status TEXT NOT NULL,
+    created_at BIGINT NOT NULL, next_attempt_at BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    sent_at BIGINT, message_id TEXT, last_error TEXT);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS sequence_versions (
+    name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
+    first_seen BIGINT NOT NULL, PRIMARY KEY (name, version));
+";
+
+/// Serialises concurrent migrations of several instances starting at once.
+const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
+
+pub struct PgStore {
+    client: Client,
+}
+
+impl PgStore {
+    pub fn connect(url: &str) -> Result<PgStore> {
+        let mut client = Client::connect(url, NoTls)?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute(SCHEMA)?;
+        tx.commit()?;
+        Ok(PgStore { client })
+    }
+}
+
+struct PgTx<'c> {
+    tx: Transaction<'c>,
+}
+
+impl Store for PgStore {
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
+        Ok(Box::new(PgTx {
+            tx: self.client.transaction()?,
+        }))
+    }
+
+    fn save_versions(&mut self, versions: &[VersionRecord]) -> Result<()> {
+        let names: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+        let vers: Vec<&str> = versions.iter().map(|v| v.version.as_str()).collect();
+        let paths: Vec<&str> = versions.iter().map(|v| v.path.as_str()).collect();
+        let sources: Vec<&str> = versions.iter().map(|v| v.source.as_str()).collect();
+        self.client.execute(
+            "INSERT INTO sequence_versions (name, version, path, source, first_seen)
+             SELECT n, v, p, s, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS t(n, v, p, s)
+             ON CONFLICT DO NOTHING",
+            &[&names, &vers, &paths, &sources, &micros(Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    fn next_due(&mut self) -> Result<Option<DateTime<Utc>>> {
+        let row = self.client.query_one(
+            "SELECT MIN(next_due) FROM customers WHERE next_due IS NOT NULL",
+            &[],
+        )?;
+        Ok(row.get::<_, Option<i64>>(0).map(from_micros))
+    }
+
+    fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>> {
+        Ok(load(&mut self.client, &[id], "")?.pop().flatten())
+    }
+
+    fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
+        let Some(c) = load(&mut self.client, &[id], "")?.pop().flatten() else {
+            return Ok(None);
+        };
+        let rows = self.client.query(
+            "SELECT at, journey, sequence, version, step, action, reason, subject FROM timeline WHERE customer = $1 ORDER BY seq",
+            &[&id],
+        )?;
+        let timeline = rows
+            .iter()
+            .map(|r| TimelineRow {
+                at: from_micros(r.get(0)),
+                journey: r.get(1),
+                sequence: r.get(2),
+                version: r.get(3),
+                step: r.get(4),
+                action: r.get(5),
+                reason: r.get(6),
+                subject: r.get(7),
+            })
+            .collect();
+        Ok(Some((c, timeline)))
+    }
+
+    fn journey_counts(&mut self) -> Result<Vec<JourneyCount>> {
+        let rows = self.client.query(
+            "SELECT sequence, version, step_id, status, COUNT(*) FROM journeys GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| JourneyCount {
+                sequence: r.get(0),
+                version: r.get(1),
+                step: r.get(2),
+                status: r.get(3),
+                count: r.get::<_, i64>(4) as u64,
+            })
+            .collect())
+    }
+
+    fn pending_emails(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxRow>> {
+        let rows = self.client.query(
+            "SELECT key, customer, journey, sequence, version, step, order_id, template, category, transactional, created_at, attempts
+             FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
+            &[&micros(now), &(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxRow {
+                key: r.get(0),
+                customer: r.get(1),
+                journey: r.get(2),
+                sequence: r.get(3),
+                version: r.get(4),
+                step: r.get(5),
+                order_id: r.get(6),
+                template: r.get(7),
+                category: r.get(8),
+                transactional: r.get(9),
+                created_at: from_micros(r.get(10)),
+                attempts: r.get::<_, i32>(11) as u32,
+            })
+            .collect())
+    }
+
+    fn finish_email(&mut self, key: &str, now: DateTime<Utc>, delivery: &Delivery) -> Result<()> {
+        let (status, message_id, error) = match delivery {
+            Delivery::Sent { message_id } => ("sent", Some(message_id.as_str()), None),
+            Delivery::DryRun { message_id } => ("dry-run", Some(message_id.as_str()), None),
+            Delivery::Failed { error } => ("failed", None, Some(error.as_str())),
+        };
+        self.client.execute(
+            "UPDATE outbox SET status = $2, sent_at = $3, message_id = $4, last_error = $5, attempts = attempts + 1 WHERE key = $1",
+            &[&key, &status, &micros(now), &message_id, &error],
+        )?;
+        Ok(())
+    }
+
+    fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {
+        Ok(self.client.execute(
+            "DELETE FROM processed_events WHERE at < $1",
+            &[&micros(before)],
+        )?)
+    }
+}
+
+/// Loads customers by id (in `ids` order), with `lock` appended to the customer query.
+fn load<C: postgres::GenericClient>(
+    client: &mut C,
+    ids: &[&str],
+    lock: &str,
+) -> Result<Vec<Option<StoredCustomer>>> {
+    let rows = client.query(
+        &format!("SELECT id, state, next_due FROM customers WHERE id = ANY($1) {lock}"),
+        &[&ids],
+    )?;
+    let mut found: HashMap<String, StoredCustomer> = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let state: String = r.get(1);
+        // An empty state is the placeholder row `lock_new` inserts: not a customer yet.
+        if state.is_empty() {
+            continue;
+        }
+        let id: String = r.get(0);
+        found.insert(
+            id.clone(),
+            StoredCustomer {
+                id,
+                state,
+                next_due: r.get::<_, Option<i64>>(2).map(from_micros),
+                journeys: Vec::new(),
+            },
+        );
+    }
+    if !found.is_empty() {
+        let keys: Vec<&str> = found.keys().map(String::as_str).collect();
+        let rows = client.query(
+            "SELECT customer, id, sequence, version, order_id, started_at, step, step_id, status, due, cause, backfill
+             FROM journeys WHERE customer = ANY($1) ORDER BY customer, pos",
+            &[&keys],
+        )?;
+        let journeys: Vec<(String, JourneyRow)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    JourneyRow {
+                        id: r.get(1),
+                        sequence: r.get(2),
+                        version: r.get(3),
+                        order_id: r.get(4),
+                        started_at: from_micros(r.get(5)),
+                        step: r.get::<_, i32>(6) as u32,
+                        step_id: r.get(7),
+                        status: r.get(8),
+                        due: r.get::<_, Option<i64>>(9).map(from_micros),
+                        cause: r.get(10),
+                        backfill: r.get(11),
+                    },
+                )
+            })
+            .collect();
+        for (customer, j) in journeys {
+            if let Some(c) = found.get_mut(&customer) {
+                c.journeys.push(j);
+            }
+        }
+    }
+    Ok(ids.iter().map(|id| found.remove(*id)).collect())
+}
+
+impl Tx for PgTx<'_> {
+    fn first_sight(&mut self, keys: &[(&str, &str)], now: DateTime<Utc>) -> Result<Vec<bool>> {
+        let sources: Vec<&str> = keys.iter().map(|k| k.0).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        let rows = self.tx.query(
+            "INSERT INTO processed_events (source, id, at)
+             SELECT s, i, $3 FROM UNNEST($1::text[], $2::text[]) AS t(s, i)
+             ON CONFLICT DO NOTHING RETURNING source, id",
+            &[&sources, &ids, &micros(now)],
+        )?;
+        let mut fresh: HashSet<(String, String)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        // The first occurrence of a key within the batch is the new one.
+        Ok(keys
+            .iter()
+            .map(|(s, i)| fresh.remove(&(s.to_string(), i.to_string())))
+            .collect())
+    }
+
+    fn load(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredCustomer>>> {
+        // A row to lock even for customers not seen before, so two instances handling the same
+        // new customer (events on different partitions) take turns instead of overwriting.
+        self.tx.execute(
+            "INSERT INTO customers (id, state, next_due, updated_at)
+             SELECT id, '', NULL, 0 FROM UNNEST($1::text[]) AS t(id) ON CONFLICT DO NOTHING",
+            &[&ids],
+        )?;
+        load(&mut self.tx, ids, "ORDER BY id FOR UPDATE")
+    }
+
+    fn claim_due(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StoredCustomer>> {
+        let rows = self.tx.query(
+            "SELECT id FROM customers WHERE next_due <= $1 ORDER BY next_due LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&micros(now), &(limit as i64)],
+        )?;
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        Ok(load(&mut self.tx, &ids, "")?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>> {
+        let row = self.tx.query_opt(
+            "SELECT path, source FROM sequence_versions WHERE name = $1 AND version = $2",
+            &[&name, &version],
+        )?;
+        Ok(row.map(|r| VersionRecord {
+            name: name.to_string(),
+            version: version.to_string(),
+            path: r.get(0),
+            source: r.get(1),
+        }))
+    }
+
+    fn save(&mut self, customers: &[StoredCustomer]) -> Result<()> {
+        let ids: Vec<&str> = customers.iter().map(|c| c.id.as_str()).collect();
+        let states: Vec<&str> = customers.iter().map(|c| c.state.as_str()).collect();
+        let dues: Vec<Option<i64>> = customers.iter().map(|c| c.next_due.map(micros)).collect();
+        self.tx.execute(
+            "INSERT INTO customers (id, state, next_due, updated_at)
+             SELECT i, s, d, $4 FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(i, s, d)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due, updated_at = excluded.updated_at",
+            &[&ids, &states, &dues, &micros(Utc::now())],
+        )?;
+        self.tx
+            .execute("DELETE FROM journeys WHERE customer = ANY($1)", &[&ids])?;
+        // `pos` keeps each customer's journeys in the order they started: it breaks ties.
+        let rows: Vec<(&str, &JourneyRow, i32)> = customers
+            .iter()
+            .flat_map(|c| {
+                c.journeys
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, j)| (c.id.as_str(), j, i as i32))
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&JourneyRow) -> &str| -> Vec<&str> {
+            rows.iter().map(|(_, j, _)| f(j)).collect()
+        };
+        let customer: Vec<&str> = rows.iter().map(|(c, _, _)| *c).collect();
+        let order_id: Vec<Option<&str>> =
+            rows.iter().map(|(_, j, _)| j.order_id.as_deref()).collect();
+        let started: Vec<i64> = rows.iter().map(|(_, j, _)| micros(j.started_at)).collect();
+        let step: Vec<i32> = rows.iter().map(|(_, j, _)| j.step as i32).collect();
+        let due: Vec<Option<i64>> = rows.iter().map(|(_, j, _)| j.due.map(micros)).collect();
+        let pos: Vec<i32> = rows.iter().map(|(_, _, p)| *p).collect();
+        let backfill: Vec<bool> = rows.iter().map(|(_, j, _)| j.backfill).collect();
+        self.tx.execute(
+            "INSERT INTO journeys (customer, id, sequence, version, order_id, started_at, step, step_id, status, due, cause, pos, backfill)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[],
+                                  $8::text[], $9::text[], $10::bigint[], $11::text[], $12::int[], $13::bool[])",
+            &[
+                &customer,
+                &col(|j| &j.id),
+                &col(|j| &j.sequence),
+                &col(|j| &j.version),
+                &order_id,
+                &started,
+                &step,
+                &col(|j| &j.step_id),
+                &col(|j| &j.status),
+                &due,
+                &col(|j| &j.cause),
+                &pos,
+                &backfill,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn record(&mut self, decisions: &[Decision]) -> Result<()> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let journeys: Vec<String> = decisions.iter().map(|d| d.journey.to_string()).collect();
+        let customer: Vec<&str> = decisions.iter().map(|d| &*d.customer).collect();
+        let at: Vec<i64> = decisions.iter().map(|d| micros(d.at)).collect();
+        let sequence: Vec<&str> = decisions.iter().map(|d| &*d.sequence).collect();
+        let version: Vec<&str> = decisions.iter().map(|d| &*d.version).collect();
+        let step: Vec<Option<&str>> = decisions.iter().map(|d| d.step.as_deref()).collect();
+        let action: Vec<&str> = decisions.iter().map(|d| d.action.as_str()).collect();
+        let reason: Vec<&str> = decisions.iter().map(|d| d.reason.as_str()).collect();
+        let subject: Vec<Option<&str>> = decisions.iter().map(|d| d.subject.as_deref()).collect();
+        // Rows take their `seq` in array order: the timeline keeps the order of the decisions.
+        self.tx.execute(
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                  $8::text[], $9::text[])",
+            &[&customer, &at, &journeys, &sequence, &version, &step, &action, &reason, &subject],
+        )?;
+        let emails: Vec<(usize, &crate::engine::EmailIntent, &str)> = decisions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((i, d.email.as_ref()?, d.step.as_deref()?)))
+            .collect();
+        if emails.is_empty() {
+            return Ok(());
+        }
+        let key: Vec<String> = emails
+            .iter()
+            .map(|(i, _, s)| format!("{}:{s}", journeys[*i]))
+            .collect();
+        let e_customer: Vec<&str> = emails.iter().map(|(i, _, _)| customer[*i]).collect();
+        let e_journey: Vec<&str> = emails
+            .iter()
+            .map(|(i, _, _)| journeys[*i].as_str())
+            .collect();
+        let e_sequence: Vec<&str> = emails.iter().map(|(i, _, _)| sequence[*i]).collect();
+        let e_version: Vec<&str> = emails.iter().map(|(i, _, _)| version[*i]).collect();
+        let e_step: Vec<&str> = emails.iter().map(|(_, _, s)| *s).collect();
+        let e_order: Vec<Option<&str>> = emails
+            .iter()
+            .map(|(_, e, _)| e.order_id.as_deref())
+            .collect();
+        let e_template: Vec<&str> = emails.iter().map(|(_, e, _)| &*e.template).collect();
+        let e_category: Vec<&str> = emails.iter().map(|(_, e, _)| &*e.category).collect();
+        let e_tx: Vec<bool> = emails.iter().map(|(_, e, _)| e.transactional).collect();
+        let e_at: Vec<i64> = emails.iter().map(|(i, _, _)| at[*i]).collect();
+        self.tx.execute(
+            "INSERT INTO outbox (key, customer, journey, sequence, version, step, order_id, template, category,
+                 transactional, status, created_at, next_attempt_at)
+             SELECT k, c, j, s, v, st, o, t, ca, tr, 'pending', a, a
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::text[], $9::text[], $10::bool[], $11::bigint[]) AS x(k, c, j, s, v, st, o, t, ca, tr, a)
+             ON CONFLICT (key) DO NOTHING",
+            &[&key, &e_customer, &e_journey, &e_sequence, &e_version, &e_step, &e_order, &e_template, &e_category, &e_tx, &e_at],
+        )?;
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}

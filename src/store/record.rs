@@ -1,0 +1,221 @@
+//! A customer as stored, and back.
+//!
+//! Journeys are rows of their own (so `plan` can count them by sequence, version and step);
+//! the rest of the customer — profile, orders, pending goals, finished sequences — is one JSON
+//! document. Sequences are stored by (name, version) and resolved to compiled versions when a
+//! customer is loaded.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{
+    Cause, Customer, Engine, Journey, JourneyId, Order, PendingGoal, Profile, State,
+};
+use crate::sequence::Sequence;
+
+/// A customer as stored: the state document, the next due time and the journeys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCustomer {
+    pub id: String,
+    /// JSON: profile, orders, pending goals, finished sequences.
+    pub state: String,
+    pub next_due: Option<DateTime<Utc>>,
+    pub journeys: Vec<JourneyRow>,
+}
+
+/// One journey in flight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JourneyRow {
+    pub id: String,
+    pub sequence: String,
+    pub version: String,
+    pub order_id: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// Index of the current step in its version.
+    pub step: u32,
+    /// Its id, for people reading the table.
+    pub step_id: String,
+    /// `due`, `waiting` (for an event) or `paused`.
+    pub status: String,
+    pub due: Option<DateTime<Utc>>,
+    pub cause: String,
+    /// Started from an event older than `policy.max_event_age`.
+    pub backfill: bool,
+}
+
+#[derive(Serialize)]
+struct StateOut<'a> {
+    profile: &'a Profile,
+    orders: Vec<&'a Order>,
+    goals: Vec<GoalRecord>,
+    finished: &'a [Arc<str>],
+}
+
+#[derive(Deserialize)]
+struct StateIn {
+    profile: Profile,
+    #[serde(default)]
+    orders: Vec<Order>,
+    #[serde(default)]
+    goals: Vec<GoalRecord>,
+    #[serde(default)]
+    finished: Vec<Arc<str>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GoalRecord {
+    journey: JourneyId,
+    sequence: String,
+    version: String,
+    step: u32,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+}
+
+/// Serializes a customer for saving.
+pub fn to_stored(c: &Customer) -> StoredCustomer {
+    let state = StateOut {
+        profile: &c.profile,
+        orders: c.orders.iter().map(|o| &**o).collect(),
+        goals: c
+            .goals
+            .iter()
+            .map(|g| GoalRecord {
+                journey: g.journey,
+                sequence: g.sequence.name.to_string(),
+                version: g.sequence.version.to_string(),
+                step: g.step as u32,
+                from: g.from,
+                until: g.until,
+            })
+            .collect(),
+        finished: &c.finished,
+    };
+    StoredCustomer {
+        id: c.profile.id.to_string(),
+        // Serializing plain data into a String cannot fail.
+        state: serde_json::to_string(&state).unwrap_or_default(),
+        next_due: Engine::next_due(c),
+        journeys: c.journeys.iter().map(journey_row).collect(),
+    }
+}
+
+fn journey_row(j: &Journey) -> JourneyRow {
+    let (status, due, cause) = match j.state {
+        State::Due { at, cause } => ("due", Some(at), cause_name(cause)),
+        State::WaitingFor { deadline } => ("waiting", Some(deadline), ""),
+        State::Paused => ("paused", None, ""),
+    };
+    JourneyRow {
+        id: j.id.to_string(),
+        sequence: j.sequence.name.to_string(),
+        version: j.sequence.version.to_string(),
+        order_id: j.order_id.as_deref().map(str::to_string),
+        started_at: j.started_at,
+        step: j.step as u32,
+        step_id: j.step_id().map(|s| s.to_string()).unwrap_or_default(),
+        status: status.to_string(),
+        due,
+        cause: cause.to_string(),
+        backfill: j.backfill,
+    }
+}
+
+fn cause_name(c: Cause) -> &'static str {
+    match c {
+        Cause::Immediate => "immediate",
+        Cause::Waited => "waited",
+        Cause::Event => "event",
+        Cause::TimeoutContinue => "timeout-continue",
+        Cause::Window => "window",
+        Cause::QuietHoursOver => "quiet-hours-over",
+        Cause::Resumed => "resumed",
+    }
+}
+
+fn cause_of(name: &str) -> Cause {
+    match name {
+        "waited" => Cause::Waited,
+        "event" => Cause::Event,
+        "timeout-continue" => Cause::TimeoutContinue,
+        "window" => Cause::Window,
+        "quiet-hours-over" => Cause::QuietHoursOver,
+        "resumed" => Cause::Resumed,
+        _ => Cause::Immediate,
+    }
+}
+
+/// The profile and orders of a stored customer: what rendering an email needs.
+pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), String> {
+    let state: StateIn = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
+    let mut profile = state.profile;
+    profile.id = s.id.as_str().into();
+    Ok((profile, state.orders))
+}
+
+/// Rebuilds a customer. `resolve` finds a compiled sequence by (name, version); a journey on
+/// a version that cannot be found is an error (its customer would otherwise silently lose it).
+pub fn from_stored(
+    s: &StoredCustomer,
+    resolve: &mut dyn FnMut(&str, &str) -> Option<Arc<Sequence>>,
+) -> Result<Customer, String> {
+    let state: StateIn = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
+    let mut c = Customer::new(s.id.as_str().into());
+    let mut profile = state.profile;
+    profile.id = s.id.as_str().into();
+    c.profile = Arc::new(profile);
+    for o in state.orders {
+        c.orders.push(Arc::new(o));
+    }
+    for f in state.finished {
+        c.finished.push(f);
+    }
+    let mut find = |name: &str, version: &str| {
+        resolve(name, version)
+            .ok_or_else(|| format!("sequence {name} version {version} is not known"))
+    };
+    for g in state.goals {
+        let sequence = find(&g.sequence, &g.version)?;
+        c.goals.push(PendingGoal {
+            journey: g.journey,
+            sequence,
+            step: g.step as usize,
+            from: g.from,
+            until: g.until,
+        });
+    }
+    for r in &s.journeys {
+        let sequence = find(&r.sequence, &r.version)?;
+        let state = match (r.status.as_str(), r.due) {
+            ("due", Some(at)) => State::Due {
+                at,
+                cause: cause_of(&r.cause),
+            },
+            ("waiting", Some(deadline)) => State::WaitingFor { deadline },
+            _ => State::Paused,
+        };
+        if r.step as usize >= sequence.steps.len() {
+            return Err(format!(
+                "journey {} is at step {} of a {}-step sequence",
+                r.id,
+                r.step,
+                sequence.steps.len()
+            ));
+        }
+        c.journeys.push(Journey {
+            id: r
+                .id
+                .parse()
+                .map_err(|_| format!("bad journey id {}", r.id))?,
+            sequence,
+            order_id: r.order_id.as_deref().map(Arc::from),
+            started_at: r.started_at,
+            step: r.step as usize,
+            state,
+            backfill: r.backfill,
+        });
+    }
+    Ok(c)
+}

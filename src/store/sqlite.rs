@@ -1,0 +1,373 @@
+//! SQLite: the embedded store. One file, WAL mode, full durability, one writing instance.
+//!
+//! `synchronous=FULL` makes every commit reach the disk before it returns, so an offset stored
+//! after a commit never points past an event whose effects could still be lost in a crash.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{
+    Delivery, JourneyCount, JourneyRow, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
+    VersionRecord, from_micros, micros,
+};
+use crate::engine::Decision;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS processed_events (
+    source TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (source, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_events_at ON processed_events (at);
+CREATE TABLE IF NOT EXISTS customers (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, next_due INTEGER, updated_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS customers_due ON customers (next_due) WHERE next_due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS journeys (
+    customer TEXT NOT NULL, id TEXT NOT NULL, sequence TEXT NOT NULL, version TEXT NOT NULL,
+    order_id TEXT, started_at INTEGER NOT NULL, step INTEGER NOT NULL, step_id TEXT NOT NULL,
+    status TEXT NOT NULL, due INTEGER, cause TEXT NOT NULL, pos INTEGER NOT NULL, backfill INTEGER NOT NULL,
+    PRIMARY KEY (customer, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS timeline (
+    seq INTEGER PRIMARY KEY, customer TEXT NOT NULL, at INTEGER NOT NULL, journey TEXT NOT NULL,
+    sequence TEXT NOT NULL, version TEXT NOT NULL, step TEXT, action TEXT NOT NULL,
+    reason TEXT NOT NULL, subject TEXT);
+CREATE INDEX IF NOT EXISTS timeline_customer ON timeline (customer, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY, customer TEXT NOT NULL, journey TEXT NOT NULL, sequence TEXT NOT NULL,
+    version TEXT NOT NULL, step TEXT NOT NULL, order_id TEXT, template TEXT NOT NULL,
+    category TEXT NOT NULL, transactional INTEGER NOT NULL, status TEXT NOT NULL,
+    created_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    sent_at INTEGER, message_id TEXT, last_error TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS sequence_versions (
+    name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, PRIMARY KEY (name, version));
+";
+
+/// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express.
+const SCHEMA_VERSION: i64 = 1;
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database file and migrates it.
+    pub fn open(path: &str) -> Result<SqliteStore> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        Ok(SqliteStore { conn })
+    }
+}
+
+struct SqliteTx<'c> {
+    tx: Transaction<'c>,
+}
+
+impl Store for SqliteStore {
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
+        // IMMEDIATE: take the write lock now, not at the first write, so a busy database is
+        // waited for here rather than failing halfway through a batch.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    fn save_versions(&mut self, versions: &[VersionRecord]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO sequence_versions (name, version, path, source, first_seen) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let now = micros(Utc::now());
+            for v in versions {
+                st.execute(params![v.name, v.version, v.path, v.source, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn next_due(&mut self) -> Result<Option<DateTime<Utc>>> {
+        let due: Option<i64> = self.conn.query_row(
+            "SELECT MIN(next_due) FROM customers WHERE next_due IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(due.map(from_micros))
+    }
+
+    fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>> {
+        load_one(&self.conn, id)
+    }
+
+    fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
+        let Some(c) = load_one(&self.conn, id)? else {
+            return Ok(None);
+        };
+        let mut st = self.conn.prepare_cached(
+            "SELECT at, journey, sequence, version, step, action, reason, subject FROM timeline WHERE customer = ?1 ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map([id], |r| {
+                Ok(TimelineRow {
+                    at: from_micros(r.get(0)?),
+                    journey: r.get(1)?,
+                    sequence: r.get(2)?,
+                    version: r.get(3)?,
+                    step: r.get(4)?,
+                    action: r.get(5)?,
+                    reason: r.get(6)?,
+                    subject: r.get(7)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some((c, rows)))
+    }
+
+    fn journey_counts(&mut self) -> Result<Vec<JourneyCount>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT sequence, version, step_id, status, COUNT(*) FROM journeys GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(JourneyCount {
+                    sequence: r.get(0)?,
+                    version: r.get(1)?,
+                    step: r.get(2)?,
+                    status: r.get(3)?,
+                    count: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn pending_emails(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT key, customer, journey, sequence, version, step, order_id, template, category, transactional, created_at, attempts
+             FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+        )?;
+        let rows = st
+            .query_map(params![micros(now), limit as i64], |r| {
+                Ok(OutboxRow {
+                    key: r.get(0)?,
+                    customer: r.get(1)?,
+                    journey: r.get(2)?,
+                    sequence: r.get(3)?,
+                    version: r.get(4)?,
+                    step: r.get(5)?,
+                    order_id: r.get(6)?,
+                    template: r.get(7)?,
+                    category: r.get(8)?,
+                    transactional: r.get::<_, i64>(9)? != 0,
+                    created_at: from_micros(r.get(10)?),
+                    attempts: r.get::<_, i64>(11)? as u32,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn finish_email(&mut self, key: &str, now: DateTime<Utc>, delivery: &Delivery) -> Result<()> {
+        let (status, message_id, error) = match delivery {
+            Delivery::Sent { message_id } => ("sent", Some(message_id.as_str()), None),
+            Delivery::DryRun { message_id } => ("dry-run", Some(message_id.as_str()), None),
+            Delivery::Failed { error } => ("failed", None, Some(error.as_str())),
+        };
+        self.conn.execute(
+            "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = ?4, last_error = ?5, attempts = attempts + 1 WHERE key = ?1",
+            params![key, status, micros(now), message_id, error],
+        )?;
+        Ok(())
+    }
+
+    fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {
+        let n = self.conn.execute(
+            "DELETE FROM processed_events WHERE at < ?1",
+            [micros(before)],
+        )?;
+        Ok(n as u64)
+    }
+}
+
+fn load_one(conn: &Connection, id: &str) -> Result<Option<StoredCustomer>> {
+    let row: Option<(String, Option<i64>)> = conn
+        .prepare_cached("SELECT state, next_due FROM customers WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((state, next_due)) = row else {
+        return Ok(None);
+    };
+    let mut st = conn.prepare_cached(
+        "SELECT id, sequence, version, order_id, started_at, step, step_id, status, due, cause, backfill
+         FROM journeys WHERE customer = ?1 ORDER BY pos",
+    )?;
+    let journeys = st
+        .query_map([id], |r| {
+            Ok(JourneyRow {
+                id: r.get(0)?,
+                sequence: r.get(1)?,
+                version: r.get(2)?,
+                order_id: r.get(3)?,
+                started_at: from_micros(r.get(4)?),
+                step: r.get::<_, i64>(5)? as u32,
+                step_id: r.get(6)?,
+                status: r.get(7)?,
+                due: r.get::<_, Option<i64>>(8)?.map(from_micros),
+                cause: r.get(9)?,
+                backfill: r.get::<_, i64>(10)? != 0,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(StoredCustomer {
+        id: id.to_string(),
+        state,
+        next_due: next_due.map(from_micros),
+        journeys,
+    }))
+}
+
+impl Tx for SqliteTx<'_> {
+    fn first_sight(&mut self, keys: &[(&str, &str)], now: DateTime<Utc>) -> Result<Vec<bool>> {
+        let mut st = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO processed_events (source, id, at) VALUES (?1, ?2, ?3)",
+        )?;
+        let now = micros(now);
+        keys.iter()
+            .map(|(source, id)| Ok(st.execute(params![source, id, now])? == 1))
+            .collect()
+    }
+
+    fn load(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredCustomer>>> {
+        ids.iter().map(|id| load_one(&self.tx, id)).collect()
+    }
+
+    fn claim_due(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StoredCustomer>> {
+        let ids: Vec<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT id FROM customers WHERE next_due <= ?1 ORDER BY next_due LIMIT ?2",
+            )?
+            .query_map(params![micros(now), limit as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = load_one(&self.tx, &id)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>> {
+        let row = self
+            .tx
+            .prepare_cached(
+                "SELECT path, source FROM sequence_versions WHERE name = ?1 AND version = ?2",
+            )?
+            .query_row([name, version], |r| {
+                Ok(VersionRecord {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    path: r.get(0)?,
+                    source: r.get(1)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
+    fn save(&mut self, customers: &[StoredCustomer]) -> Result<()> {
+        let now = micros(Utc::now());
+        let mut upsert = self.tx.prepare_cached(
+            "INSERT INTO customers (id, state, next_due, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due, updated_at = excluded.updated_at",
+        )?;
+        let mut clear = self
+            .tx
+            .prepare_cached("DELETE FROM journeys WHERE customer = ?1")?;
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO journeys (customer, id, sequence, version, order_id, started_at, step, step_id, status, due, cause, pos, backfill)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        for c in customers {
+            upsert.execute(params![c.id, c.state, c.next_due.map(micros), now])?;
+            clear.execute([&c.id])?;
+            // `pos` keeps the journeys in the order they started: it breaks ties.
+            for (pos, j) in c.journeys.iter().enumerate() {
+                insert.execute(params![
+                    c.id,
+                    j.id,
+                    j.sequence,
+                    j.version,
+                    j.order_id,
+                    micros(j.started_at),
+                    j.step as i64,
+                    j.step_id,
+                    j.status,
+                    j.due.map(micros),
+                    j.cause,
+                    pos as i64,
+                    j.backfill as i64
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, decisions: &[Decision]) -> Result<()> {
+        let mut timeline = self.tx.prepare_cached(
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut outbox = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO outbox (key, customer, journey, sequence, version, step, order_id, template, category,
+                 transactional, status, created_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11)",
+        )?;
+        for d in decisions {
+            let journey = d.journey.to_string();
+            timeline.execute(params![
+                &*d.customer,
+                micros(d.at),
+                journey,
+                &*d.sequence,
+                &*d.version,
+                d.step.as_deref(),
+                d.action.as_str(),
+                d.reason,
+                d.subject
+            ])?;
+            if let (Some(email), Some(step)) = (&d.email, &d.step) {
+                outbox.execute(params![
+                    format!("{journey}:{step}"),
+                    &*d.customer,
+                    journey,
+                    &*d.sequence,
+                    &*d.version,
+                    &**step,
+                    email.order_id.as_deref(),
+                    &*email.template,
+                    &*email.category,
+                    email.transactional as i64,
+                    micros(d.at)
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}
