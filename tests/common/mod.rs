@@ -2,6 +2,8 @@
 //! (virtual) clock, the memory store, and helpers to send events and move time.
 #![allow(dead_code)]
 
+pub mod stores;
+
 use std::sync::Arc;
 
 use aftercare::engine::{Decision, Engine, Policy};
