@@ -52,6 +52,8 @@ pub struct Kafka {
     pub session_timeout_ms: u64,
     /// librdkafka drops a consumer from the group that does not poll for this long.
     pub max_poll_interval_ms: u64,
+    /// Larger messages go to the dead-letter topic unread.
+    pub max_event_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +157,7 @@ impl Default for Kafka {
             dlq_topic: "aftercare.dlq".into(),
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
+            max_event_bytes: crate::event::MAX_EVENT_BYTES,
         }
     }
 }

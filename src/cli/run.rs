@@ -26,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         std::thread::Builder::new()
             .name("service".into())
-            .spawn(move || service::run(config, options, stop))?
+            .spawn(move || service::run(config, options, stop, Arc::default()))?
     };
     // Signals are the one async thing here: a small runtime waits for them.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -39,9 +39,16 @@ pub type Ack = Vec<(String, i32, i64)>;
 pub const MAX_BATCH: usize = 2000;
 const LINGER: Duration = Duration::from_millis(5);
 
-/// Reads an event from a message in either CloudEvents binding.
-pub fn decode(m: &OwnedMessage) -> Result<Event, EventError> {
+/// Reads an event from a message in either CloudEvents binding; messages over `max_bytes`
+/// are refused unread.
+pub fn decode(m: &OwnedMessage, max_bytes: usize) -> Result<Event, EventError> {
     let payload = m.payload().unwrap_or_default();
+    if payload.len() > max_bytes {
+        return Err(EventError::Oversized {
+            size: payload.len(),
+            max: max_bytes,
+        });
+    }
     let binary = m
         .headers()
         .is_some_and(|h| h.iter().any(|h| h.key == "ce_specversion"));

@@ -55,8 +55,8 @@ pub const GRACE: Duration = Duration::from_secs(8);
 /// Wake-ups per transaction.
 const WAKE_BATCH: usize = 256;
 
-/// Runs until `stop` is set. Returns the counters.
-pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<Stats>> {
+/// Runs until `stop` is set, counting into `stats`.
+pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>, stats: Arc<Stats>) -> anyhow::Result<()> {
     let policy = config
         .policy()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
@@ -65,7 +65,6 @@ pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>) -> anyhow::R
     store
         .save_versions(&versions_of(&catalog))
         .context("recording sequence versions")?;
-    let stats = Arc::new(Stats::default());
 
     let consumer = Arc::new(kafka::consumer(&config.kafka).context("creating the Kafka consumer")?);
     let dlq = DeadLetters::new(&config.kafka).context("creating the dead-letter producer")?;
@@ -98,10 +97,11 @@ pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>) -> anyhow::R
         let stats = stats.clone();
         let stop = engine_stop.clone();
         let applier = Applier::new(Engine::new(catalog.clone(), policy));
+        let max_bytes = config.kafka.max_event_bytes;
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                engine_loop(store, applier, dlq, batch_rx, ack_tx, &stop, &stats);
+                engine_loop(store, applier, dlq, batch_rx, ack_tx, max_bytes, &stop, &stats);
             })?
     };
     let poll = {
@@ -145,7 +145,7 @@ pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>) -> anyhow::R
         decisions = stats.decisions.load(Ordering::Relaxed),
         "stopped"
     );
-    Ok(stats)
+    Ok(())
 }
 
 fn join_until(handle: std::thread::JoinHandle<()>, deadline: Instant, name: &str) {
@@ -194,12 +194,14 @@ pub fn versions_of(catalog: &Catalog) -> Vec<VersionRecord> {
 }
 
 /// The engine thread: batches as they come, wake-ups when due, both retried until they commit.
+#[allow(clippy::too_many_arguments)]
 fn engine_loop(
     mut store: Box<dyn Store>,
     mut applier: Applier,
     dlq: DeadLetters,
     batches: Receiver<Batch>,
     acks: Sender<Ack>,
+    max_bytes: usize,
     stop: &AtomicBool,
     stats: &Stats,
 ) {
@@ -215,7 +217,7 @@ fn engine_loop(
         match batches.recv_timeout(wait) {
             Ok(batch) => {
                 if !retry(stop, || {
-                    handle_batch(&mut *store, &mut applier, &dlq, &batch, stats)
+                    handle_batch(&mut *store, &mut applier, &dlq, &batch, max_bytes, stats)
                 }) {
                     return;
                 }
@@ -261,13 +263,14 @@ fn handle_batch(
     applier: &mut Applier,
     dlq: &DeadLetters,
     batch: &Batch,
+    max_bytes: usize,
     stats: &Stats,
 ) -> Result<(), String> {
     let mut events = Vec::with_capacity(batch.messages.len());
     let mut origin = Vec::with_capacity(batch.messages.len());
     let mut dead = Vec::new();
     for m in &batch.messages {
-        match kafka::decode(m) {
+        match kafka::decode(m, max_bytes) {
             Ok(e) => {
                 events.push(Arc::new(e));
                 origin.push(m);

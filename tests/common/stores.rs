@@ -55,6 +55,22 @@ impl TestStore {
         store::open(&self.url).unwrap()
     }
 
+    /// A single number from SQL, e.g. `SELECT COUNT(*) FROM timeline`, on either database.
+    pub fn count(&self, sql: &str) -> i64 {
+        match &self.cleanup {
+            Cleanup::File(_) => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+            }
+            Cleanup::Schema(_) => {
+                let mut c = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+                c.query_one(sql, &[]).map(|r| r.get::<_, i64>(0)).unwrap_or(0)
+            }
+        }
+    }
+
     pub fn both() -> Vec<TestStore> {
         vec![TestStore::sqlite(), TestStore::postgres()]
     }

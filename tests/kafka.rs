@@ -1,0 +1,184 @@
+//! `run` against librdkafka's in-process mock cluster (a real Kafka protocol peer with fault
+//! injection): dead letters, a broker outage, a restart, a rebalance.
+
+mod common;
+
+use common::service::{config, flush, producer, read_topic, send, sequences_dir, start, wait_until};
+use common::stores::TestStore;
+use rdkafka::mocking::MockCluster;
+use serde_json::json;
+
+const THANKS: &str = "name: thanks\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: receipt\n    email: { template: t/a }\n  - id: followup\n    wait: 1h\n    email: { template: t/b }\n";
+
+fn cluster(brokers: i32) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let c = MockCluster::new(brokers).unwrap();
+    c.create_topic("orders", 3, 1).unwrap();
+    c.create_topic("support", 3, 1).unwrap();
+    c.create_topic("aftercare.dlq", 1, 1).unwrap();
+    c
+}
+
+fn placed(customer: &str, order: &str) -> String {
+    json!({"specversion": "1.0", "id": format!("p-{order}"), "source": "/shop", "type": "order.placed",
+        "time": aftercare::time::rfc3339(chrono::Utc::now()), "subject": customer,
+        "data": {"order_id": order, "total": "10.00", "currency": "EUR", "items": [],
+                 "customer": {"email": format!("{customer}@example.com")}}})
+    .to_string()
+}
+
+#[test]
+fn events_reach_the_store_and_every_poison_class_the_dead_letter_topic() {
+    let kafka = cluster(1);
+    let brokers = kafka.bootstrap_servers();
+    let store = TestStore::sqlite();
+    let seqs = sequences_dir("dlq", &[("thanks.yaml", THANKS)]);
+    let mut cfg = config(&brokers, "dlq-test", &store.url, &seqs, &seqs.join("mail"));
+    cfg.kafka.max_event_bytes = 4096;
+    let service = start(cfg);
+
+    let p = producer(&brokers);
+    // Two good events, one per binding.
+    send(&p, "orders", "ann", placed("ann", "o1").as_bytes(), &[]);
+    let now = aftercare::time::rfc3339(chrono::Utc::now());
+    let binary_data = r#"{"order_id":"o2","total":5,"currency":"EUR","items":[],"customer":{"email":"bob@example.com"}}"#;
+    let ce = |missing: &str| -> Vec<(&'static str, String)> {
+        [("ce_specversion", "1.0"), ("ce_id", "b-1"), ("ce_source", "/shop"), ("ce_type", "order.placed"), ("ce_subject", "bob")]
+            .into_iter()
+            .filter(|(k, _)| *k != missing)
+            .map(|(k, v)| (k, v.to_string()))
+            .chain(std::iter::once(("ce_time", now.clone())))
+            .collect()
+    };
+    let headers = ce("");
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send(&p, "orders", "bob", binary_data.as_bytes(), &h);
+
+    // Every class of malformed input, keyed by its class.
+    let valid = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&placed("x", "ox")).unwrap();
+        f(&mut v);
+        v.to_string().into_bytes()
+    };
+    let big = vec![b' '; 5000];
+    let poison: Vec<(&str, Vec<u8>, String)> = vec![
+        ("not-utf8", b"\xff\xfe{}".to_vec(), "not valid UTF-8 (invalid byte at offset 0)".into()),
+        ("not-json", b"{not json".to_vec(), "not valid JSON: key must be a string at line 1 column 2".into()),
+        ("not-object", b"[1,2]".to_vec(), "not a JSON object".into()),
+        ("empty", Vec::new(), "not valid JSON: the message is empty".into()),
+        ("no-subject", valid(&|v| { v.as_object_mut().unwrap().remove("subject"); }), "missing required attribute `subject`".into()),
+        ("bad-version", valid(&|v| v["specversion"] = json!("0.3")), "unsupported specversion `0.3` (expected \"1.0\")".into()),
+        ("wrong-type", valid(&|v| v["data"]["total"] = json!("ten")), "`data.total` must be a number or a decimal string like \"10.00\"".into()),
+        ("missing-field", valid(&|v| { v["data"].as_object_mut().unwrap().remove("order_id"); }), "missing required field `data.order_id` for order.placed".into()),
+        ("bad-time", valid(&|v| v["time"] = json!("tuesday")), "attribute `time` is not an RFC 3339 timestamp: `tuesday`".into()),
+        ("oversized", big, "message is 5000 bytes, over the 4096-byte limit".into()),
+    ];
+    for (key, payload, _) in &poison {
+        send(&p, "orders", key, payload, &[]);
+    }
+    let no_subject = ce("ce_subject");
+    let h: Vec<(&str, &str)> = no_subject.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send(&p, "orders", "binary-no-subject", binary_data.as_bytes(), &h);
+    flush(&p);
+
+    let letters = read_topic(&brokers, "aftercare.dlq", poison.len() + 1);
+    wait_until(30, "both good events applied", || store.count("SELECT COUNT(*) FROM processed_events") == 2);
+    let stats = service.stop();
+
+    for (key, payload, reason) in &poison {
+        let l = letters.iter().find(|l| l.key.as_deref() == Some(key.as_bytes())).unwrap_or_else(|| panic!("{key} not dead-lettered"));
+        assert_eq!(l.header("aftercare.error"), reason, "{key}");
+        assert_eq!(&l.value, payload, "{key}: value changed");
+        assert_eq!(l.header("aftercare.source.topic"), "orders");
+        assert!(l.header("aftercare.source.partition").parse::<i32>().is_ok_and(|p| (0..3).contains(&p)));
+        assert!(l.header("aftercare.source.offset").parse::<i64>().is_ok());
+    }
+    let l = letters.iter().find(|l| l.key.as_deref() == Some(&b"binary-no-subject"[..])).unwrap();
+    assert_eq!(l.header("aftercare.error"), "missing required attribute `subject`");
+    assert_eq!(stats.dead_letters.load(std::sync::atomic::Ordering::Relaxed), 11);
+    // Both bindings reached the store as customers with their receipts.
+    assert_eq!(store.count("SELECT COUNT(*) FROM timeline WHERE action = 'email' AND step = 'receipt'"), 2);
+    assert_eq!(store.count("SELECT COUNT(*) FROM customers WHERE id IN ('ann', 'bob')"), 2);
+}
+
+#[test]
+fn a_broker_outage_and_a_restart_lose_nothing_and_apply_each_event_once() {
+    let kafka = cluster(3);
+    let brokers = kafka.bootstrap_servers();
+    let store = TestStore::sqlite();
+    let seqs = sequences_dir("outage", &[("thanks.yaml", THANKS)]);
+    let cfg = config(&brokers, "outage-test", &store.url, &seqs, &seqs.join("mail"));
+    let p = producer(&brokers);
+    let publish = |range: std::ops::Range<usize>| {
+        for i in range {
+            send(&p, "orders", &format!("c{i}"), placed(&format!("c{i}"), &format!("o{i}")).as_bytes(), &[]);
+        }
+    };
+
+    let first = start(cfg.clone());
+    publish(0..100);
+    flush(&p);
+    let applied = || store.count("SELECT COUNT(*) FROM processed_events");
+    wait_until(60, "100 events applied", || applied() == 100);
+    // Every broker down while more events are produced and consumed.
+    for b in 1..=3 {
+        kafka.broker_down(b).unwrap();
+    }
+    publish(100..200);
+    std::thread::sleep(std::time::Duration::from_secs(3)); // the outage's length, not a synchronisation
+    for b in 1..=3 {
+        kafka.broker_up(b).unwrap();
+    }
+    flush(&p);
+    wait_until(90, "200 events applied after the outage", || applied() == 200);
+    first.stop();
+
+    // A new instance in the same group carries on from the committed offsets.
+    let second = start(cfg);
+    publish(200..250);
+    flush(&p);
+    wait_until(90, "250 events applied after the restart", || applied() == 250);
+    second.stop();
+
+    assert_eq!(store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"), 250);
+    assert_eq!(store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"), 250);
+    assert_eq!(store.count("SELECT COUNT(*) FROM outbox WHERE step = 'receipt'"), 250);
+}
+
+#[test]
+fn two_instances_share_the_partitions_and_apply_each_event_once() {
+    let kafka = cluster(1);
+    let brokers = kafka.bootstrap_servers();
+    let store = TestStore::postgres();
+    let seqs = sequences_dir("rebalance", &[("thanks.yaml", THANKS)]);
+    let cfg = config(&brokers, "rebalance-test", &store.url, &seqs, &seqs.join("mail"));
+    let p = producer(&brokers);
+    let publish = |range: std::ops::Range<usize>| {
+        for i in range {
+            send(&p, "orders", &format!("c{i}"), placed(&format!("c{i}"), &format!("o{i}")).as_bytes(), &[]);
+        }
+        flush(&p);
+    };
+    let applied = || store.count("SELECT COUNT(*) FROM processed_events");
+    let a = start(cfg.clone());
+    publish(0..150);
+    wait_until(60, "the first instance to apply events", || applied() >= 1);
+    // A second member joins: the group rebalances while events keep coming, until it has
+    // taken partitions and applied some of them.
+    let b = start(cfg);
+    let mut next = 150;
+    let b_applied = || b.stats.events.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until(90, "the second instance to take partitions", || {
+        if next < 300 {
+            publish(next..next + 10);
+            next += 10;
+        }
+        b_applied() > 0
+    });
+    publish(next..300);
+    wait_until(90, "300 events applied across both instances", || applied() == 300);
+    let (sa, sb) = (a.stop(), b.stop());
+    let events = |s: &aftercare::service::Stats| s.events.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(events(&sa) + events(&sb), 300, "each event applied by exactly one instance");
+    assert_eq!(store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"), 300);
+    assert_eq!(store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"), 300);
+}
