@@ -22,8 +22,9 @@ const SECRETS: &[&str] = &[
     "AFTERCARE_ADMIN_TOKEN",
 ];
 
-/// Environment variables read by aftercare that are not config keys.
-const OTHER_VARS: &[&str] = &["AFTERCARE_LOG"];
+/// Environment variables read by aftercare that are not config keys (`AFTERCARE_TEST_*` are
+/// the test suite's own).
+const OTHER_VARS: &[&str] = &["AFTERCARE_LOG", "AFTERCARE_FAULT"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -289,7 +290,7 @@ impl Config {
                 "AFTERCARE_SMTP_PASSWORD" => secrets.smtp_password = Some(value.clone()),
                 "AFTERCARE_SIGNING_KEY" => secrets.signing_key = Some(value.clone()),
                 "AFTERCARE_ADMIN_TOKEN" => secrets.admin_token = Some(value.clone()),
-                n if OTHER_VARS.contains(&n) => {}
+                n if OTHER_VARS.contains(&n) || n.starts_with("AFTERCARE_TEST_") => {}
                 _ => {
                     let key = env_key(name)?;
                     set_path(&mut table, &key, parse_env_value(value)).map_err(|message| {

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::service::{config, flush, producer, read_topic, send, sequences_dir, start, wait_until};
+use common::service::{
+    config, flush, producer, read_topic, send, sequences_dir, start, wait_until,
+};
 use common::stores::TestStore;
 use rdkafka::mocking::MockCluster;
 use serde_json::json;
@@ -42,12 +44,18 @@ fn events_reach_the_store_and_every_poison_class_the_dead_letter_topic() {
     let now = aftercare::time::rfc3339(chrono::Utc::now());
     let binary_data = r#"{"order_id":"o2","total":5,"currency":"EUR","items":[],"customer":{"email":"bob@example.com"}}"#;
     let ce = |missing: &str| -> Vec<(&'static str, String)> {
-        [("ce_specversion", "1.0"), ("ce_id", "b-1"), ("ce_source", "/shop"), ("ce_type", "order.placed"), ("ce_subject", "bob")]
-            .into_iter()
-            .filter(|(k, _)| *k != missing)
-            .map(|(k, v)| (k, v.to_string()))
-            .chain(std::iter::once(("ce_time", now.clone())))
-            .collect()
+        [
+            ("ce_specversion", "1.0"),
+            ("ce_id", "b-1"),
+            ("ce_source", "/shop"),
+            ("ce_type", "order.placed"),
+            ("ce_subject", "bob"),
+        ]
+        .into_iter()
+        .filter(|(k, _)| *k != missing)
+        .map(|(k, v)| (k, v.to_string()))
+        .chain(std::iter::once(("ce_time", now.clone())))
+        .collect()
     };
     let headers = ce("");
     let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -61,43 +69,115 @@ fn events_reach_the_store_and_every_poison_class_the_dead_letter_topic() {
     };
     let big = vec![b' '; 5000];
     let poison: Vec<(&str, Vec<u8>, String)> = vec![
-        ("not-utf8", b"\xff\xfe{}".to_vec(), "not valid UTF-8 (invalid byte at offset 0)".into()),
-        ("not-json", b"{not json".to_vec(), "not valid JSON: key must be a string at line 1 column 2".into()),
+        (
+            "not-utf8",
+            b"\xff\xfe{}".to_vec(),
+            "not valid UTF-8 (invalid byte at offset 0)".into(),
+        ),
+        (
+            "not-json",
+            b"{not json".to_vec(),
+            "not valid JSON: key must be a string at line 1 column 2".into(),
+        ),
         ("not-object", b"[1,2]".to_vec(), "not a JSON object".into()),
-        ("empty", Vec::new(), "not valid JSON: the message is empty".into()),
-        ("no-subject", valid(&|v| { v.as_object_mut().unwrap().remove("subject"); }), "missing required attribute `subject`".into()),
-        ("bad-version", valid(&|v| v["specversion"] = json!("0.3")), "unsupported specversion `0.3` (expected \"1.0\")".into()),
-        ("wrong-type", valid(&|v| v["data"]["total"] = json!("ten")), "`data.total` must be a number or a decimal string like \"10.00\"".into()),
-        ("missing-field", valid(&|v| { v["data"].as_object_mut().unwrap().remove("order_id"); }), "missing required field `data.order_id` for order.placed".into()),
-        ("bad-time", valid(&|v| v["time"] = json!("tuesday")), "attribute `time` is not an RFC 3339 timestamp: `tuesday`".into()),
-        ("oversized", big, "message is 5000 bytes, over the 4096-byte limit".into()),
+        (
+            "empty",
+            Vec::new(),
+            "not valid JSON: the message is empty".into(),
+        ),
+        (
+            "no-subject",
+            valid(&|v| {
+                v.as_object_mut().unwrap().remove("subject");
+            }),
+            "missing required attribute `subject`".into(),
+        ),
+        (
+            "bad-version",
+            valid(&|v| v["specversion"] = json!("0.3")),
+            "unsupported specversion `0.3` (expected \"1.0\")".into(),
+        ),
+        (
+            "wrong-type",
+            valid(&|v| v["data"]["total"] = json!("ten")),
+            "`data.total` must be a number or a decimal string like \"10.00\"".into(),
+        ),
+        (
+            "missing-field",
+            valid(&|v| {
+                v["data"].as_object_mut().unwrap().remove("order_id");
+            }),
+            "missing required field `data.order_id` for order.placed".into(),
+        ),
+        (
+            "bad-time",
+            valid(&|v| v["time"] = json!("tuesday")),
+            "attribute `time` is not an RFC 3339 timestamp: `tuesday`".into(),
+        ),
+        (
+            "oversized",
+            big,
+            "message is 5000 bytes, over the 4096-byte limit".into(),
+        ),
     ];
     for (key, payload, _) in &poison {
         send(&p, "orders", key, payload, &[]);
     }
     let no_subject = ce("ce_subject");
     let h: Vec<(&str, &str)> = no_subject.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    send(&p, "orders", "binary-no-subject", binary_data.as_bytes(), &h);
+    send(
+        &p,
+        "orders",
+        "binary-no-subject",
+        binary_data.as_bytes(),
+        &h,
+    );
     flush(&p);
 
     let letters = read_topic(&brokers, "aftercare.dlq", poison.len() + 1);
-    wait_until(30, "both good events applied", || store.count("SELECT COUNT(*) FROM processed_events") == 2);
+    wait_until(30, "both good events applied", || {
+        store.count("SELECT COUNT(*) FROM processed_events") == 2
+    });
     let stats = service.stop();
 
     for (key, payload, reason) in &poison {
-        let l = letters.iter().find(|l| l.key.as_deref() == Some(key.as_bytes())).unwrap_or_else(|| panic!("{key} not dead-lettered"));
+        let l = letters
+            .iter()
+            .find(|l| l.key.as_deref() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("{key} not dead-lettered"));
         assert_eq!(l.header("aftercare.error"), reason, "{key}");
         assert_eq!(&l.value, payload, "{key}: value changed");
         assert_eq!(l.header("aftercare.source.topic"), "orders");
-        assert!(l.header("aftercare.source.partition").parse::<i32>().is_ok_and(|p| (0..3).contains(&p)));
+        assert!(
+            l.header("aftercare.source.partition")
+                .parse::<i32>()
+                .is_ok_and(|p| (0..3).contains(&p))
+        );
         assert!(l.header("aftercare.source.offset").parse::<i64>().is_ok());
     }
-    let l = letters.iter().find(|l| l.key.as_deref() == Some(&b"binary-no-subject"[..])).unwrap();
-    assert_eq!(l.header("aftercare.error"), "missing required attribute `subject`");
-    assert_eq!(stats.dead_letters.load(std::sync::atomic::Ordering::Relaxed), 11);
+    let l = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(&b"binary-no-subject"[..]))
+        .unwrap();
+    assert_eq!(
+        l.header("aftercare.error"),
+        "missing required attribute `subject`"
+    );
+    assert_eq!(
+        stats
+            .dead_letters
+            .load(std::sync::atomic::Ordering::Relaxed),
+        11
+    );
     // Both bindings reached the store as customers with their receipts.
-    assert_eq!(store.count("SELECT COUNT(*) FROM timeline WHERE action = 'email' AND step = 'receipt'"), 2);
-    assert_eq!(store.count("SELECT COUNT(*) FROM customers WHERE id IN ('ann', 'bob')"), 2);
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM timeline WHERE action = 'email' AND step = 'receipt'"),
+        2
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM customers WHERE id IN ('ann', 'bob')"),
+        2
+    );
 }
 
 #[test]
@@ -106,11 +186,23 @@ fn a_broker_outage_and_a_restart_lose_nothing_and_apply_each_event_once() {
     let brokers = kafka.bootstrap_servers();
     let store = TestStore::sqlite();
     let seqs = sequences_dir("outage", &[("thanks.yaml", THANKS)]);
-    let cfg = config(&brokers, "outage-test", &store.url, &seqs, &seqs.join("mail"));
+    let cfg = config(
+        &brokers,
+        "outage-test",
+        &store.url,
+        &seqs,
+        &seqs.join("mail"),
+    );
     let p = producer(&brokers);
     let publish = |range: std::ops::Range<usize>| {
         for i in range {
-            send(&p, "orders", &format!("c{i}"), placed(&format!("c{i}"), &format!("o{i}")).as_bytes(), &[]);
+            send(
+                &p,
+                "orders",
+                &format!("c{i}"),
+                placed(&format!("c{i}"), &format!("o{i}")).as_bytes(),
+                &[],
+            );
         }
     };
 
@@ -129,19 +221,32 @@ fn a_broker_outage_and_a_restart_lose_nothing_and_apply_each_event_once() {
         kafka.broker_up(b).unwrap();
     }
     flush(&p);
-    wait_until(90, "200 events applied after the outage", || applied() == 200);
+    wait_until(90, "200 events applied after the outage", || {
+        applied() == 200
+    });
     first.stop();
 
     // A new instance in the same group carries on from the committed offsets.
     let second = start(cfg);
     publish(200..250);
     flush(&p);
-    wait_until(90, "250 events applied after the restart", || applied() == 250);
+    wait_until(90, "250 events applied after the restart", || {
+        applied() == 250
+    });
     second.stop();
 
-    assert_eq!(store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"), 250);
-    assert_eq!(store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"), 250);
-    assert_eq!(store.count("SELECT COUNT(*) FROM outbox WHERE step = 'receipt'"), 250);
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"),
+        250
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"),
+        250
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM outbox WHERE step = 'receipt'"),
+        250
+    );
 }
 
 #[test]
@@ -150,11 +255,23 @@ fn two_instances_share_the_partitions_and_apply_each_event_once() {
     let brokers = kafka.bootstrap_servers();
     let store = TestStore::postgres();
     let seqs = sequences_dir("rebalance", &[("thanks.yaml", THANKS)]);
-    let cfg = config(&brokers, "rebalance-test", &store.url, &seqs, &seqs.join("mail"));
+    let cfg = config(
+        &brokers,
+        "rebalance-test",
+        &store.url,
+        &seqs,
+        &seqs.join("mail"),
+    );
     let p = producer(&brokers);
     let publish = |range: std::ops::Range<usize>| {
         for i in range {
-            send(&p, "orders", &format!("c{i}"), placed(&format!("c{i}"), &format!("o{i}")).as_bytes(), &[]);
+            send(
+                &p,
+                "orders",
+                &format!("c{i}"),
+                placed(&format!("c{i}"), &format!("o{i}")).as_bytes(),
+                &[],
+            );
         }
         flush(&p);
     };
@@ -175,10 +292,23 @@ fn two_instances_share_the_partitions_and_apply_each_event_once() {
         b_applied() > 0
     });
     publish(next..300);
-    wait_until(90, "300 events applied across both instances", || applied() == 300);
+    wait_until(90, "300 events applied across both instances", || {
+        applied() == 300
+    });
     let (sa, sb) = (a.stop(), b.stop());
-    let events = |s: &aftercare::service::Stats| s.events.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(events(&sa) + events(&sb), 300, "each event applied by exactly one instance");
-    assert_eq!(store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"), 300);
-    assert_eq!(store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"), 300);
+    let events =
+        |s: &aftercare::service::Stats| s.events.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        events(&sa) + events(&sb),
+        300,
+        "each event applied by exactly one instance"
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"),
+        300
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"),
+        300
+    );
 }

@@ -56,7 +56,12 @@ pub const GRACE: Duration = Duration::from_secs(8);
 const WAKE_BATCH: usize = 256;
 
 /// Runs until `stop` is set, counting into `stats`.
-pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>, stats: Arc<Stats>) -> anyhow::Result<()> {
+pub fn run(
+    config: Config,
+    options: Options,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) -> anyhow::Result<()> {
     let policy = config
         .policy()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
@@ -101,7 +106,9 @@ pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>, stats: Arc<S
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                engine_loop(store, applier, dlq, batch_rx, ack_tx, max_bytes, &stop, &stats);
+                engine_loop(
+                    store, applier, dlq, batch_rx, ack_tx, max_bytes, &stop, &stats,
+                );
             })?
     };
     let poll = {
@@ -141,6 +148,7 @@ pub fn run(config: Config, options: Options, stop: Arc<AtomicBool>, stats: Arc<S
     std::thread::spawn(move || drop(consumer));
     tracing::info!(
         events = stats.events.load(Ordering::Relaxed),
+        duplicates = stats.duplicates.load(Ordering::Relaxed),
         dead_letters = stats.dead_letters.load(Ordering::Relaxed),
         decisions = stats.decisions.load(Ordering::Relaxed),
         "stopped"
@@ -221,6 +229,7 @@ fn engine_loop(
                 }) {
                     return;
                 }
+                fault_point_after_commit();
                 let _ = acks.send(kafka::ack_of(&batch.messages));
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -235,6 +244,24 @@ fn engine_loop(
         }
         if stop.load(Ordering::Relaxed) {
             return;
+        }
+    }
+}
+
+/// Crash tests need the process to die after a transaction committed and before its offsets
+/// are stored. With `AFTERCARE_FAULT=pause-after-commit:FILE` the engine writes FILE at that
+/// point and stops there, for the test to kill it. Unset in production.
+fn fault_point_after_commit() {
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let fault = FAULT.get_or_init(|| {
+        std::env::var("AFTERCARE_FAULT")
+            .ok()
+            .and_then(|f| f.strip_prefix("pause-after-commit:").map(str::to_string))
+    });
+    if let Some(path) = fault {
+        let _ = std::fs::write(path, b"committed, offsets not stored\n");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
 }

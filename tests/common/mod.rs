@@ -4,6 +4,7 @@
 
 pub mod service;
 pub mod stores;
+pub mod tansu;
 
 use std::sync::Arc;
 

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aftercare::config::Config;
@@ -32,7 +32,13 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-pub fn config(brokers: &str, group: &str, store_url: &str, sequences: &Path, mail: &Path) -> Config {
+pub fn config(
+    brokers: &str,
+    group: &str,
+    store_url: &str,
+    sequences: &Path,
+    mail: &Path,
+) -> Config {
     let mut c = Config::default();
     c.kafka.brokers = brokers.to_string();
     c.kafka.group_id = group.to_string();
@@ -61,7 +67,11 @@ pub fn start_with(config: Config, options: Options) -> Running {
     let stats = Arc::new(Stats::default());
     let (s, st) = (stop.clone(), stats.clone());
     let handle = std::thread::spawn(move || service::run(config, options, s, st));
-    Running { stop, stats, handle: Some(handle) }
+    Running {
+        stop,
+        stats,
+        handle: Some(handle),
+    }
 }
 
 impl Running {
@@ -70,7 +80,11 @@ impl Running {
         self.stop.store(true, Ordering::Relaxed);
         let started = Instant::now();
         self.handle.take().unwrap().join().unwrap().unwrap();
-        assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "shutdown took {:?}",
+            started.elapsed()
+        );
         self.stats.clone()
     }
 }
@@ -94,12 +108,23 @@ pub fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
 }
 
 /// Sends one message and waits for the broker's acknowledgement.
-pub fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+pub fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
     let mut h = OwnedHeaders::new();
     for (k, v) in headers {
-        h = h.insert(Header { key: k, value: Some(*v) });
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
     }
-    p.send(BaseRecord::to(topic).key(key).payload(payload).headers(h)).map_err(|(e, _)| e).unwrap();
+    p.send(BaseRecord::to(topic).key(key).payload(payload).headers(h))
+        .map_err(|(e, _)| e)
+        .unwrap();
 }
 
 pub fn flush(p: &ThreadedProducer<DefaultProducerContext>) {
@@ -125,7 +150,11 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
     }
 }
 
@@ -150,7 +179,13 @@ pub fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<DeadLetter> {
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),

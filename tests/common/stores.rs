@@ -8,13 +8,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use aftercare::store::{self, Store};
 
 pub fn pg_base() -> String {
-    std::env::var("AFTERCARE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("AFTERCARE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A store that cleans up after itself; `url` opens more handles on the same data.
@@ -43,7 +48,9 @@ impl TestStore {
         let schema = unique("aftercare_t");
         let mut client = postgres::Client::connect(&pg_base(), postgres::NoTls)
             .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed for this test: {e}", pg_base()));
-        client.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .unwrap();
         let sep = if pg_base().contains('?') { '&' } else { '?' };
         TestStore {
             url: format!("{}{sep}options=-csearch_path%3D{schema}", pg_base()),
@@ -61,12 +68,15 @@ impl TestStore {
             Cleanup::File(_) => {
                 let path = self.url.trim_start_matches("sqlite://");
                 let conn = rusqlite::Connection::open(path).unwrap();
-                conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(5))
+                    .unwrap();
                 conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
             }
             Cleanup::Schema(_) => {
                 let mut c = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
-                c.query_one(sql, &[]).map(|r| r.get::<_, i64>(0)).unwrap_or(0)
+                c.query_one(sql, &[])
+                    .map(|r| r.get::<_, i64>(0))
+                    .unwrap_or(0)
             }
         }
     }

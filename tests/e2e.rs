@@ -1,0 +1,296 @@
+//! End to end with a real broker process (tansu) and the real binary: `run` decides what
+//! `simulate` decides; a crash between commit and offset loses and doubles nothing; dry run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use common::service::{sequences_dir, wait_until};
+use common::stores::TestStore;
+use common::tansu::{Aftercare, Tansu, aftercare, write_config};
+use serde_json::{Value, json};
+
+/// Waits short enough to watch in real time; the same file drives both engines.
+const FLOW: &str = "name: flow\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: receipt\n    email: { template: t/a }\n  - id: shipped\n    wait_for: { event: order.shipped, timeout: 8s, on_timeout: late }\n    email: { template: t/b }\n  - id: done\n    exit: true\n  - id: late\n    email: { template: t/c }\n";
+const NUDGE: &str = "name: nudge\ncategory: education\njourney: per_order\ntrigger: { event: order.delivered }\nsteps:\n  - id: tip\n    wait: 2s\n    email: { template: t/d }\n";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("aftercare-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Orders placed in a second; every other one ships 4 s later and is delivered 4 s after that.
+/// The gaps are wider than the broker's delivery latency: a step that runs late in `run` (it
+/// counts from when it really ran) must still fall before the customer's next event.
+fn events(dir: &Path, n: usize) -> PathBuf {
+    // A second ahead: published and applied before their time comes.
+    let t0 = Utc::now() + chrono::Duration::seconds(1);
+    let at = |s: i64| aftercare::time::rfc3339(t0 + chrono::Duration::seconds(s));
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let (c, o) = (format!("c{i}"), format!("o{i}"));
+        lines.push(json!({"specversion": "1.0", "id": format!("p{i}"), "source": "/shop", "type": "order.placed", "time": at(0), "subject": c,
+            "data": {"order_id": o, "total": 9, "currency": "EUR", "items": [], "customer": {"email": format!("{c}@example.com"), "name": c}}}));
+    }
+    for i in (0..n).step_by(2) {
+        let (c, o) = (format!("c{i}"), format!("o{i}"));
+        lines.push(json!({"specversion": "1.0", "id": format!("s{i}"), "source": "/wh", "type": "order.shipped", "time": at(4), "subject": c,
+            "data": {"order_id": o, "carrier": "UPS", "tracking_number": "T"}}));
+    }
+    for i in (0..n).step_by(2) {
+        let (c, o) = (format!("c{i}"), format!("o{i}"));
+        lines.push(json!({"specversion": "1.0", "id": format!("d{i}"), "source": "/wh", "type": "order.delivered", "time": at(8), "subject": c,
+            "data": {"order_id": o}}));
+    }
+    let path = dir.join("events.jsonl");
+    std::fs::write(
+        &path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    path
+}
+
+fn replay_in_real_time(brokers: &str, events: &Path) {
+    let p = common::service::producer(brokers);
+    let text = std::fs::read_to_string(events).unwrap();
+    let mut lines = text
+        .lines()
+        .map(|l| (serde_json::from_str::<Value>(l).unwrap(), l))
+        .peekable();
+    while let Some((first, _)) = lines.peek() {
+        let time = first["time"].as_str().unwrap().to_string();
+        let at = chrono::DateTime::parse_from_rfc3339(&time)
+            .unwrap()
+            .with_timezone(&Utc);
+        if let Ok(wait) = (at - Utc::now()).to_std() {
+            std::thread::sleep(wait); // pacing the input like a live shop, not synchronising
+        }
+        while let Some((v, line)) = lines.next_if(|(v, _)| v["time"] == time.as_str()) {
+            common::service::send(
+                &p,
+                "orders",
+                v["subject"].as_str().unwrap(),
+                line.as_bytes(),
+                &[],
+            );
+        }
+        common::service::flush(&p);
+    }
+}
+
+fn publish(config: &Path, events: &Path) {
+    let out = aftercare()
+        .arg("publish")
+        .arg("--events")
+        .arg(events)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Per customer, the decisions without their instant: (sequence, step, action, reason, subject).
+type ByCustomer = BTreeMap<String, Vec<(String, String, String, String, String)>>;
+
+fn by_customer(lines: impl Iterator<Item = Value>) -> ByCustomer {
+    let mut out = ByCustomer::new();
+    for v in lines {
+        let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+        out.entry(s("customer")).or_default().push((
+            s("sequence"),
+            s("step"),
+            s("action"),
+            s("reason"),
+            s("subject"),
+        ));
+    }
+    out
+}
+
+#[test]
+fn run_makes_the_decisions_simulate_makes() {
+    let dir = scratch("same");
+    let seqs = sequences_dir("same", &[("flow.yaml", FLOW), ("nudge.yaml", NUDGE)]);
+    let kafka = Tansu::start(&["orders", "support", "aftercare.dlq"]);
+    let store = TestStore::sqlite();
+    let config = write_config(&dir, &kafka.brokers, "same", &store.url, &seqs);
+    // Event times are near the real clock: `run` must meet them before they pass, or its
+    // waits (which count from when a step really ran) would drift from simulate's. So the
+    // stream is made once `run` is consuming (a warm-up event of a type no sequence knows).
+    let mut run = Aftercare::run(&config, &[], &[]);
+    let warmup = dir.join("warmup.jsonl");
+    let w = json!({"specversion": "1.0", "id": "w", "source": "/test", "type": "test.warmup", "time": aftercare::time::rfc3339(Utc::now()), "subject": "warmup"});
+    std::fs::write(&warmup, format!("{w}\n")).unwrap();
+    publish(&config, &warmup);
+    wait_until(60, "run to join the group and consume", || {
+        store.count("SELECT COUNT(*) FROM processed_events") == 1
+    });
+    let events = events(&dir, 10);
+
+    let sim = aftercare()
+        .args(["simulate", "--until", "1h", "--sequences"])
+        .arg(&seqs)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(sim.status.success());
+    let expected = by_customer(
+        String::from_utf8(sim.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap()),
+    );
+    let decisions: usize = expected.values().map(Vec::len).sum();
+
+    // Each event is published when its time comes, as a shop's backend would: `run` applies it
+    // within moments, so its waits (which count from when steps really ran) match simulate's.
+    replay_in_real_time(&kafka.brokers, &events);
+    wait_until(60, "run to make as many decisions as simulate", || {
+        store.count("SELECT COUNT(*) FROM timeline") as usize >= decisions
+    });
+    wait_until(30, "every email sent", || {
+        store.count("SELECT COUNT(*) FROM outbox WHERE status = 'pending'") == 0
+    });
+    let (took, _) = run.terminate();
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+
+    let mut db = aftercare::store::open(&store.url).unwrap();
+    let mut got = ByCustomer::new();
+    for customer in expected.keys() {
+        let (_, timeline) = db.customer(customer).unwrap().unwrap();
+        got.insert(
+            customer.clone(),
+            timeline
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.sequence,
+                        t.step.unwrap_or("-".into()),
+                        t.action,
+                        t.reason,
+                        t.subject.unwrap_or("-".into()),
+                    )
+                })
+                .collect(),
+        );
+    }
+    assert_eq!(got, expected);
+    let emails = expected
+        .values()
+        .flatten()
+        .filter(|d| d.2 == "email")
+        .count();
+    assert_eq!(std::fs::read_dir(dir.join("mail")).unwrap().count(), emails);
+}
+
+#[test]
+fn a_crash_between_commit_and_offset_applies_each_event_exactly_once() {
+    let dir = scratch("crash");
+    let seqs = sequences_dir("crash", &[("flow.yaml", FLOW)]);
+    let kafka = Tansu::start(&["orders", "support", "aftercare.dlq"]);
+    let store = TestStore::sqlite();
+    let config = write_config(&dir, &kafka.brokers, "crash", &store.url, &seqs);
+    let events = events(&dir, 40);
+    let marker = dir.join("committed");
+
+    let fault = format!("pause-after-commit:{}", marker.display());
+    let mut first = Aftercare::run(&config, &[], &[("AFTERCARE_FAULT", &fault)]);
+    publish(&config, &events);
+    wait_until(60, "a committed batch", || marker.exists());
+    let applied_before = store.count("SELECT COUNT(*) FROM processed_events");
+    assert!(applied_before > 0);
+    first.kill();
+    // tansu 0.6 can leave a member that joins while the killed one's session is still open
+    // without partitions; its session (6 s) must expire first.
+    std::thread::sleep(Duration::from_secs(8));
+
+    let mut second = Aftercare::run(&config, &[], &[]);
+    // One more order after the crash: once it is applied, everything before it on its
+    // partition has been read again.
+    let after = dir.join("after.jsonl");
+    std::fs::write(
+        &after,
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .replace("\"p0\"", "\"p-after\"")
+            .replace("\"o0\"", "\"o-after\"")
+            + "\n",
+    )
+    .unwrap();
+    publish(&config, &after);
+    wait_until(90, "every event applied", || {
+        store.count("SELECT COUNT(*) FROM processed_events") == 81
+    });
+    let (_, log) = second.terminate();
+    // The second process was handed the crashed batch again: its effects were already there.
+    let dupes: u64 = log
+        .lines()
+        .filter(|l| l.contains("stopped"))
+        .find_map(|l| {
+            l.split("duplicates=")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(
+        dupes >= applied_before as u64,
+        "expected the uncommitted batch redelivered: {dupes} duplicate(s)\n{log}"
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"),
+        41
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(DISTINCT journey) FROM timeline WHERE action = 'enter'"),
+        41
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM timeline WHERE step = 'receipt' AND action = 'email'"),
+        41
+    );
+}
+
+#[test]
+fn dry_run_records_every_email_and_sends_none() {
+    let dir = scratch("dry");
+    let seqs = sequences_dir("dry", &[("flow.yaml", FLOW)]);
+    let kafka = Tansu::start(&["orders", "support", "aftercare.dlq"]);
+    let store = TestStore::sqlite();
+    let config = write_config(&dir, &kafka.brokers, "dry", &store.url, &seqs);
+    let events = events(&dir, 4);
+    let mut run = Aftercare::run(&config, &["--dry-run"], &[]);
+    publish(&config, &events);
+    wait_until(60, "the receipts recorded", || {
+        store.count("SELECT COUNT(*) FROM outbox WHERE status = 'dry-run'") >= 4
+    });
+    run.terminate();
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM outbox WHERE status = 'sent'"),
+        0
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM outbox WHERE message_id IS NULL"),
+        0
+    );
+    assert!(
+        !dir.join("mail").exists() || std::fs::read_dir(dir.join("mail")).unwrap().count() == 0
+    );
+}
