@@ -43,7 +43,7 @@ fn cdnow_jsonl() -> Vec<u8> {
         std::fs::read_to_string(root().join("data/cdnow/CDNOW_master.txt")).expect("CDNOW data");
     let rows = aftercare::cdnow::parse(&text).expect("CDNOW rows");
     let mut out = Vec::new();
-    aftercare::cdnow::write_events(&rows, &mut out).expect("write events");
+    aftercare::cdnow::write_events(&rows, None, &mut out).expect("write events");
     out
 }
 

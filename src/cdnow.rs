@@ -110,17 +110,44 @@ struct Out {
 
 /// All events for `rows` as JSON lines, sorted by time.
 pub fn events(rows: &[Row]) -> Vec<String> {
+    generate(rows, Duration::zero())
+}
+
+/// A live snapshot for demos: every time moved so the latest purchase happens at `end`, and
+/// the events that would come after `end` left out (they have not happened yet). Recent
+/// orders are then still in their journeys; 1997 dates would all be history, which enrols
+/// nobody in marketing.
+pub fn events_ending_at(rows: &[Row], end: DateTime<Utc>) -> Vec<String> {
+    let mut probe = Vec::with_capacity(rows.len() * 4);
+    for (i, row) in rows.iter().enumerate() {
+        order_events(i, row, Duration::zero(), &mut probe);
+    }
+    let last_order = probe.iter().filter(|o| o.event.contains("\"order.placed\"")).map(|o| o.time).max();
+    let shift = last_order.map_or(Duration::zero(), |t| end - t);
+    let mut out: Vec<Out> = Vec::with_capacity(probe.len());
+    for (i, row) in rows.iter().enumerate() {
+        order_events(i, row, shift, &mut out);
+    }
+    out.retain(|o| o.time <= end);
+    out.sort_by_key(|a| (a.time, a.seq));
+    out.into_iter().map(|o| o.event).collect()
+}
+
+fn generate(rows: &[Row], shift: Duration) -> Vec<String> {
     let mut out: Vec<Out> = Vec::with_capacity(rows.len() * 4);
     for (i, row) in rows.iter().enumerate() {
-        order_events(i, row, &mut out);
+        order_events(i, row, shift, &mut out);
     }
     out.sort_by_key(|a| (a.time, a.seq));
     out.into_iter().map(|o| o.event).collect()
 }
 
-/// Writes the events as JSON Lines; returns how many.
-pub fn write_events(rows: &[Row], w: &mut impl Write) -> std::io::Result<usize> {
-    let evs = events(rows);
+/// Writes the events as JSON Lines, moved to end at `end` if given; returns how many.
+pub fn write_events(rows: &[Row], end: Option<DateTime<Utc>>, w: &mut impl Write) -> std::io::Result<usize> {
+    let evs = match end {
+        Some(end) => events_ending_at(rows, end),
+        None => events(rows),
+    };
     for e in &evs {
         w.write_all(e.as_bytes())?;
         w.write_all(b"\n")?;
@@ -149,7 +176,7 @@ fn event(
     });
 }
 
-fn order_events(i: usize, row: &Row, out: &mut Vec<Out>) {
+fn order_events(i: usize, row: &Row, shift: Duration, out: &mut Vec<Out>) {
     let customer = format!("cdnow-{}", row.customer);
     let order_id = format!("cdnow-o{:06}", i + 1);
     let h = fnv(&order_id);
@@ -165,7 +192,8 @@ fn order_events(i: usize, row: &Row, out: &mut Vec<Out>) {
     let qty = row.quantity.max(1);
     let unit = Money(row.value.0 / i64::from(qty));
     let placed = Utc.from_utc_datetime(&row.date.and_hms_opt(9, 0, 0).unwrap_or_default())
-        + Duration::minutes(pick(h, 3, 12 * 60) as i64);
+        + Duration::minutes(pick(h, 3, 12 * 60) as i64)
+        + shift;
     let name = if korean {
         format!("고객 {}", row.customer)
     } else {

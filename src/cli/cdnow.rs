@@ -16,6 +16,13 @@ pub struct Args {
     /// Only the first N rows (a smaller sample).
     #[arg(long)]
     limit: Option<usize>,
+    /// Only the N most recent purchases (with `--end now`, a sample still in its journeys).
+    #[arg(long, conflicts_with = "limit")]
+    latest: Option<usize>,
+    /// A live snapshot: move every time so the latest purchase happens at this instant
+    /// (RFC 3339, or `now`) and leave out what would come later.
+    #[arg(long)]
+    end: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -25,18 +32,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.limit {
         rows.truncate(n);
     }
+    if let Some(n) = args.latest {
+        // Stable: rows of the same day keep their file order.
+        rows.sort_by_key(|r| std::cmp::Reverse(r.date));
+        rows.truncate(n);
+        rows.reverse();
+    }
+    let end = match args.end.as_deref() {
+        None => None,
+        Some("now") => Some(chrono::Utc::now()),
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| anyhow::anyhow!("--end: `{t}` is not RFC 3339 or `now`"))?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
     let n = match &args.output {
         Some(path) => {
             let f = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
             let mut w = BufWriter::new(f);
-            let n = crate::cdnow::write_events(&rows, &mut w)?;
+            let n = crate::cdnow::write_events(&rows, end, &mut w)?;
             w.flush()?;
             n
         }
         None => {
             let mut w = BufWriter::new(std::io::stdout().lock());
-            let n = crate::cdnow::write_events(&rows, &mut w)?;
+            let n = crate::cdnow::write_events(&rows, end, &mut w)?;
             w.flush()?;
             n
         }

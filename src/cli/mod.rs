@@ -7,6 +7,7 @@ mod preview;
 mod publish;
 mod run;
 mod simulate;
+mod status;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub enum Command {
     Customer(customer::Args),
     /// What deploying the sequence files in DIR would change for journeys in flight.
     Plan(plan::Args),
+    /// What the store holds, in numbers: events, customers, journeys, emails, decisions.
+    Status(status::Args),
     /// Publish a JSON Lines file of CloudEvents to Kafka (quickstarts, tests).
     Publish(publish::Args),
     /// Check every sequence, expression, cron and template; exit 1 on any error.
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Customer(args) => customer::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Publish(args) => publish::run(args),
+        Command::Status(args) => status::run(args),
         Command::Validate { dir, config } => validate::run(dir.as_deref(), config.as_deref()),
         Command::Simulate(args) => simulate::run(args),
         Command::Preview(args) => preview::run(args),

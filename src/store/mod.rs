@@ -143,6 +143,10 @@ pub trait Store: Send {
     /// Records how an email ended.
     fn finish_email(&mut self, key: &str, now: DateTime<Utc>, delivery: &Delivery) -> Result<()>;
 
+    /// Named totals for `aftercare status`: events, customers, journeys, emails by status,
+    /// decisions by action.
+    fn counts(&mut self) -> Result<Vec<(String, i64)>>;
+
     /// Forgets processed-event keys older than `before` (the dedupe window).
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64>;
 }
@@ -193,3 +197,15 @@ pub fn micros(t: DateTime<Utc>) -> i64 {
 pub fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
+
+/// The queries behind [`Store::counts`], the same in both databases.
+pub const COUNT_QUERIES: &[(&str, &str)] = &[
+    ("events processed", "SELECT COUNT(*) FROM processed_events"),
+    ("customers", "SELECT COUNT(*) FROM customers WHERE state <> ''"),
+    ("journeys in flight", "SELECT COUNT(*) FROM journeys"),
+    ("emails pending", "SELECT COUNT(*) FROM outbox WHERE status = 'pending'"),
+    ("emails sent", "SELECT COUNT(*) FROM outbox WHERE status = 'sent'"),
+    ("emails recorded by a dry run", "SELECT COUNT(*) FROM outbox WHERE status = 'dry-run'"),
+    ("emails failed", "SELECT COUNT(*) FROM outbox WHERE status = 'failed'"),
+    ("decisions", "SELECT COUNT(*) FROM timeline"),
+];

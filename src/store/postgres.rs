@@ -181,6 +181,13 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn counts(&mut self) -> Result<Vec<(String, i64)>> {
+        super::COUNT_QUERIES
+            .iter()
+            .map(|(name, sql)| Ok((name.to_string(), self.client.query_one(*sql, &[])?.get(0))))
+            .collect()
+    }
+
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {
         Ok(self.client.execute(
             "DELETE FROM processed_events WHERE at < $1",

@@ -190,6 +190,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn counts(&mut self) -> Result<Vec<(String, i64)>> {
+        super::COUNT_QUERIES
+            .iter()
+            .map(|(name, sql)| Ok((name.to_string(), self.conn.query_row(sql, [], |r| r.get(0))?)))
+            .collect()
+    }
+
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {
         let n = self.conn.execute(
             "DELETE FROM processed_events WHERE at < ?1",
