@@ -45,10 +45,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  (none)");
     }
     for j in &stored.journeys {
-        let due = j
-            .due
-            .map(|d| format!(" until {}", rfc3339(d)))
-            .unwrap_or_default();
+        let due = match (j.status.as_str(), j.due) {
+            ("due", Some(d)) => format!(" at {}", rfc3339(d)),
+            (_, Some(d)) => format!(" until {}", rfc3339(d)),
+            (_, None) => String::new(),
+        };
         let order = j
             .order_id
             .as_deref()
