@@ -122,7 +122,11 @@ pub fn events_ending_at(rows: &[Row], end: DateTime<Utc>) -> Vec<String> {
     for (i, row) in rows.iter().enumerate() {
         order_events(i, row, Duration::zero(), &mut probe);
     }
-    let last_order = probe.iter().filter(|o| o.event.contains("\"order.placed\"")).map(|o| o.time).max();
+    let last_order = probe
+        .iter()
+        .filter(|o| o.event.contains("\"order.placed\""))
+        .map(|o| o.time)
+        .max();
     let shift = last_order.map_or(Duration::zero(), |t| end - t);
     let mut out: Vec<Out> = Vec::with_capacity(probe.len());
     for (i, row) in rows.iter().enumerate() {
@@ -143,7 +147,11 @@ fn generate(rows: &[Row], shift: Duration) -> Vec<String> {
 }
 
 /// Writes the events as JSON Lines, moved to end at `end` if given; returns how many.
-pub fn write_events(rows: &[Row], end: Option<DateTime<Utc>>, w: &mut impl Write) -> std::io::Result<usize> {
+pub fn write_events(
+    rows: &[Row],
+    end: Option<DateTime<Utc>>,
+    w: &mut impl Write,
+) -> std::io::Result<usize> {
     let evs = match end {
         Some(end) => events_ending_at(rows, end),
         None => events(rows),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aftercare::engine::{Engine, Policy};
 use aftercare::event::Event;
 use aftercare::service::apply::Applier;
-use aftercare::store::VersionRecord;
+use aftercare::store::{VersionRecord, record};
 use chrono::{DateTime, Duration, Utc};
 use common::stores::TestStore;
 use serde_json::json;
@@ -43,7 +43,9 @@ fn a_batch_is_applied_once_and_survives_reopening() {
         let mut a = applier(SEQ_V1);
         let ev = placed("c1", "o1", t0());
         let now = t0() + Duration::seconds(1);
-        let first = a.apply(&mut *store, std::slice::from_ref(&ev), now).unwrap();
+        let first = a
+            .apply(&mut *store, std::slice::from_ref(&ev), now)
+            .unwrap();
         assert_eq!(
             lines(&first.decisions),
             [
@@ -65,12 +67,10 @@ fn a_batch_is_applied_once_and_survives_reopening() {
 
         let mut store = ts.open();
         let (stored, timeline) = store.customer("c1").unwrap().unwrap();
-        assert_eq!(stored.journeys.len(), 1);
+        let journeys = record::journeys(&stored).unwrap();
+        assert_eq!(journeys.len(), 1);
         assert_eq!(
-            (
-                stored.journeys[0].step_id.as_str(),
-                stored.journeys[0].status.as_str()
-            ),
+            (journeys[0].step_id.as_str(), journeys[0].status.as_str()),
             ("followup", "due")
         );
         // The receipt went out at `now`; the follow-up waits an hour from then.
@@ -113,7 +113,7 @@ fn a_batch_is_applied_once_and_survives_reopening() {
             ts.url
         );
         let (stored, _) = store.customer("c1").unwrap().unwrap();
-        assert!(stored.journeys.is_empty() && stored.next_due.is_none());
+        assert!(record::journeys(&stored).unwrap().is_empty() && stored.next_due.is_none());
         assert_eq!(
             store
                 .pending_emails(t0() + Duration::hours(3), 10)
@@ -208,4 +208,31 @@ fn instances_never_wake_the_same_customer_twice() {
         (300, 300),
         "a customer was woken twice or not at all"
     );
+}
+
+#[test]
+fn the_dedupe_window_forgets_keys_older_than_the_retention_only() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        let old = placed("c1", "o1", t0());
+        let recent = placed("c2", "o2", t0());
+        a.apply(&mut *store, std::slice::from_ref(&old), t0())
+            .unwrap();
+        a.apply(
+            &mut *store,
+            std::slice::from_ref(&recent),
+            t0() + Duration::days(20),
+        )
+        .unwrap();
+        // A 30-day window, 31 days after the first event was processed: only its key goes.
+        let forgotten = store
+            .prune_processed(t0() + Duration::days(31) - Duration::days(30))
+            .unwrap();
+        assert_eq!(forgotten, 1, "{}", ts.url);
+        let now = t0() + Duration::days(31);
+        let again = a.apply(&mut *store, &[recent, old], now).unwrap();
+        // The recent one is still known; the forgotten one counts as new again.
+        assert_eq!((again.duplicates, again.events), (1, 1), "{}", ts.url);
+    }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::engine::{Action, Decision, JourneyId};
-use crate::store::record::profile_and_orders;
+use crate::store::record::{journeys, profile_and_orders};
 use crate::time::rfc3339;
 
 #[derive(clap::Args)]
@@ -41,10 +41,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     println!("journeys in flight:");
-    if stored.journeys.is_empty() {
+    let journeys =
+        journeys(&stored).map_err(|e| anyhow::anyhow!("stored customer unreadable: {e}"))?;
+    if journeys.is_empty() {
         println!("  (none)");
     }
-    for j in &stored.journeys {
+    for j in &journeys {
         let due = match (j.status.as_str(), j.due) {
             ("due", Some(d)) => format!(" at {}", rfc3339(d)),
             (_, Some(d)) => format!(" until {}", rfc3339(d)),

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls, Transaction};
 
 use super::{
-    Delivery, JourneyCount, JourneyRow, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
+    Delivery, JourneyCount, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
     VersionRecord, from_micros, micros,
 };
 use crate::engine::Decision;
@@ -25,11 +25,6 @@ CREATE INDEX IF NOT EXISTS processed_events_at ON processed_events (at);
 CREATE TABLE IF NOT EXISTS customers (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, next_due BIGINT, updated_at BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS customers_due ON customers (next_due) WHERE next_due IS NOT NULL;
-CREATE TABLE IF NOT EXISTS journeys (
-    customer TEXT NOT NULL, id TEXT NOT NULL, sequence TEXT NOT NULL, version TEXT NOT NULL,
-    order_id TEXT, started_at BIGINT NOT NULL, step INTEGER NOT NULL, step_id TEXT NOT NULL,
-    status TEXT NOT NULL, due BIGINT, cause TEXT NOT NULL, pos INTEGER NOT NULL, backfill BOOLEAN NOT NULL,
-    PRIMARY KEY (customer, id));
 CREATE TABLE IF NOT EXISTS timeline (
     seq BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL, at BIGINT NOT NULL, journey TEXT NOT NULL,
     sequence TEXT NOT NULL, version TEXT NOT NULL, step TEXT, action TEXT NOT NULL,
@@ -128,7 +123,9 @@ impl Store for PgStore {
 
     fn journey_counts(&mut self) -> Result<Vec<JourneyCount>> {
         let rows = self.client.query(
-            "SELECT sequence, version, step_id, status, COUNT(*) FROM journeys GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+            "SELECT j ->> 'sequence', j ->> 'version', j ->> 'step_id', j ->> 'status', COUNT(*)
+             FROM customers, jsonb_array_elements(CASE WHEN state = '' THEN '[]'::jsonb ELSE state::jsonb -> 'journeys' END) AS j
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
             &[],
         )?;
         Ok(rows
@@ -182,8 +179,10 @@ impl Store for PgStore {
     }
 
     fn counts(&mut self) -> Result<Vec<(String, i64)>> {
-        super::COUNT_QUERIES
-            .iter()
+        super::count_queries(
+            "SELECT COALESCE(SUM(jsonb_array_length(state::jsonb -> 'journeys')), 0)::bigint FROM customers WHERE state <> ''",
+        )
+        .iter()
             .map(|(name, sql)| Ok((name.to_string(), self.client.query_one(*sql, &[])?.get(0))))
             .collect()
     }
@@ -209,7 +208,7 @@ fn load<C: postgres::GenericClient>(
     let mut found: HashMap<String, StoredCustomer> = HashMap::with_capacity(rows.len());
     for r in rows {
         let state: String = r.get(1);
-        // An empty state is the placeholder row `lock_new` inserts: not a customer yet.
+        // An empty state is the placeholder row `Tx::load` inserts: not a customer yet.
         if state.is_empty() {
             continue;
         }
@@ -220,43 +219,8 @@ fn load<C: postgres::GenericClient>(
                 id,
                 state,
                 next_due: r.get::<_, Option<i64>>(2).map(from_micros),
-                journeys: Vec::new(),
             },
         );
-    }
-    if !found.is_empty() {
-        let keys: Vec<&str> = found.keys().map(String::as_str).collect();
-        let rows = client.query(
-            "SELECT customer, id, sequence, version, order_id, started_at, step, step_id, status, due, cause, backfill
-             FROM journeys WHERE customer = ANY($1) ORDER BY customer, pos",
-            &[&keys],
-        )?;
-        let journeys: Vec<(String, JourneyRow)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    JourneyRow {
-                        id: r.get(1),
-                        sequence: r.get(2),
-                        version: r.get(3),
-                        order_id: r.get(4),
-                        started_at: from_micros(r.get(5)),
-                        step: r.get::<_, i32>(6) as u32,
-                        step_id: r.get(7),
-                        status: r.get(8),
-                        due: r.get::<_, Option<i64>>(9).map(from_micros),
-                        cause: r.get(10),
-                        backfill: r.get(11),
-                    },
-                )
-            })
-            .collect();
-        for (customer, j) in journeys {
-            if let Some(c) = found.get_mut(&customer) {
-                c.journeys.push(j);
-            }
-        }
     }
     Ok(ids.iter().map(|id| found.remove(*id)).collect())
 }
@@ -326,52 +290,6 @@ impl Tx for PgTx<'_> {
              SELECT i, s, d, $4 FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(i, s, d)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due, updated_at = excluded.updated_at",
             &[&ids, &states, &dues, &micros(Utc::now())],
-        )?;
-        self.tx
-            .execute("DELETE FROM journeys WHERE customer = ANY($1)", &[&ids])?;
-        // `pos` keeps each customer's journeys in the order they started: it breaks ties.
-        let rows: Vec<(&str, &JourneyRow, i32)> = customers
-            .iter()
-            .flat_map(|c| {
-                c.journeys
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, j)| (c.id.as_str(), j, i as i32))
-            })
-            .collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let col = |f: fn(&JourneyRow) -> &str| -> Vec<&str> {
-            rows.iter().map(|(_, j, _)| f(j)).collect()
-        };
-        let customer: Vec<&str> = rows.iter().map(|(c, _, _)| *c).collect();
-        let order_id: Vec<Option<&str>> =
-            rows.iter().map(|(_, j, _)| j.order_id.as_deref()).collect();
-        let started: Vec<i64> = rows.iter().map(|(_, j, _)| micros(j.started_at)).collect();
-        let step: Vec<i32> = rows.iter().map(|(_, j, _)| j.step as i32).collect();
-        let due: Vec<Option<i64>> = rows.iter().map(|(_, j, _)| j.due.map(micros)).collect();
-        let pos: Vec<i32> = rows.iter().map(|(_, _, p)| *p).collect();
-        let backfill: Vec<bool> = rows.iter().map(|(_, j, _)| j.backfill).collect();
-        self.tx.execute(
-            "INSERT INTO journeys (customer, id, sequence, version, order_id, started_at, step, step_id, status, due, cause, pos, backfill)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[],
-                                  $8::text[], $9::text[], $10::bigint[], $11::text[], $12::int[], $13::bool[])",
-            &[
-                &customer,
-                &col(|j| &j.id),
-                &col(|j| &j.sequence),
-                &col(|j| &j.version),
-                &order_id,
-                &started,
-                &step,
-                &col(|j| &j.step_id),
-                &col(|j| &j.status),
-                &due,
-                &col(|j| &j.cause),
-                &pos,
-                &backfill,
-            ],
         )?;
         Ok(())
     }

@@ -1,9 +1,10 @@
 //! A customer as stored, and back.
 //!
-//! Journeys are rows of their own (so `plan` can count them by sequence, version and step);
-//! the rest of the customer — profile, orders, pending goals, finished sequences — is one JSON
-//! document. Sequences are stored by (name, version) and resolved to compiled versions when a
-//! customer is loaded.
+//! One row per customer: a JSON document with the profile, orders, journeys in flight, pending
+//! goals and finished sequences, and the next due time as a column the scheduler indexes.
+//! One row written per customer per batch is what lets the store keep up with Kafka; `plan`
+//! counts journeys with the databases' JSON functions instead of a table of its own.
+//! Sequences are stored by (name, version) and resolved to compiled versions on load.
 
 use std::sync::Arc;
 
@@ -15,33 +16,36 @@ use crate::engine::{
 };
 use crate::sequence::Sequence;
 
-/// A customer as stored: the state document, the next due time and the journeys.
+/// A customer as stored: the state document and the next due time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredCustomer {
     pub id: String,
-    /// JSON: profile, orders, pending goals, finished sequences.
+    /// JSON: profile, orders, journeys, pending goals, finished sequences.
     pub state: String,
     pub next_due: Option<DateTime<Utc>>,
-    pub journeys: Vec<JourneyRow>,
 }
 
-/// One journey in flight.
-#[derive(Debug, Clone, PartialEq)]
+/// One journey in flight, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JourneyRow {
-    pub id: String,
+    pub id: JourneyId,
     pub sequence: String,
     pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
     pub started_at: DateTime<Utc>,
     /// Index of the current step in its version.
     pub step: u32,
-    /// Its id, for people reading the table.
+    /// Its id, for people reading the document.
     pub step_id: String,
     /// `due`, `waiting` (for an event) or `paused`.
     pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cause: String,
     /// Started from an event older than `policy.max_event_age`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backfill: bool,
 }
 
@@ -49,6 +53,7 @@ pub struct JourneyRow {
 struct StateOut<'a> {
     profile: &'a Profile,
     orders: Vec<&'a Order>,
+    journeys: Vec<JourneyRow>,
     goals: Vec<GoalRecord>,
     finished: &'a [Arc<str>],
 }
@@ -58,6 +63,8 @@ struct StateIn {
     profile: Profile,
     #[serde(default)]
     orders: Vec<Order>,
+    #[serde(default)]
+    journeys: Vec<JourneyRow>,
     #[serde(default)]
     goals: Vec<GoalRecord>,
     #[serde(default)]
@@ -79,6 +86,7 @@ pub fn to_stored(c: &Customer) -> StoredCustomer {
     let state = StateOut {
         profile: &c.profile,
         orders: c.orders.iter().map(|o| &**o).collect(),
+        journeys: c.journeys.iter().map(journey_row).collect(),
         goals: c
             .goals
             .iter()
@@ -98,7 +106,6 @@ pub fn to_stored(c: &Customer) -> StoredCustomer {
         // Serializing plain data into a String cannot fail.
         state: serde_json::to_string(&state).unwrap_or_default(),
         next_due: Engine::next_due(c),
-        journeys: c.journeys.iter().map(journey_row).collect(),
     }
 }
 
@@ -109,7 +116,7 @@ fn journey_row(j: &Journey) -> JourneyRow {
         State::Paused => ("paused", None, ""),
     };
     JourneyRow {
-        id: j.id.to_string(),
+        id: j.id,
         sequence: j.sequence.name.to_string(),
         version: j.sequence.version.to_string(),
         order_id: j.order_id.as_deref().map(str::to_string),
@@ -149,10 +156,19 @@ fn cause_of(name: &str) -> Cause {
 
 /// The profile and orders of a stored customer: what rendering an email needs.
 pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), String> {
-    let state: StateIn = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
-    let mut profile = state.profile;
-    profile.id = s.id.as_str().into();
-    Ok((profile, state.orders))
+    let state = parse(s)?;
+    Ok((state.profile, state.orders))
+}
+
+/// The journeys in flight of a stored customer, as stored.
+pub fn journeys(s: &StoredCustomer) -> Result<Vec<JourneyRow>, String> {
+    Ok(parse(s)?.journeys)
+}
+
+fn parse(s: &StoredCustomer) -> Result<StateIn, String> {
+    let mut state: StateIn = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
+    state.profile.id = s.id.as_str().into();
+    Ok(state)
 }
 
 /// Rebuilds a customer. `resolve` finds a compiled sequence by (name, version); a journey on
@@ -161,11 +177,9 @@ pub fn from_stored(
     s: &StoredCustomer,
     resolve: &mut dyn FnMut(&str, &str) -> Option<Arc<Sequence>>,
 ) -> Result<Customer, String> {
-    let state: StateIn = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
+    let state = parse(s)?;
     let mut c = Customer::new(s.id.as_str().into());
-    let mut profile = state.profile;
-    profile.id = s.id.as_str().into();
-    c.profile = Arc::new(profile);
+    c.profile = Arc::new(state.profile);
     for o in state.orders {
         c.orders.push(Arc::new(o));
     }
@@ -186,7 +200,7 @@ pub fn from_stored(
             until: g.until,
         });
     }
-    for r in &s.journeys {
+    for r in state.journeys {
         let sequence = find(&r.sequence, &r.version)?;
         let state = match (r.status.as_str(), r.due) {
             ("due", Some(at)) => State::Due {
@@ -205,10 +219,7 @@ pub fn from_stored(
             ));
         }
         c.journeys.push(Journey {
-            id: r
-                .id
-                .parse()
-                .map_err(|_| format!("bad journey id {}", r.id))?,
+            id: r.id,
             sequence,
             order_id: r.order_id.as_deref().map(Arc::from),
             started_at: r.started_at,
