@@ -329,6 +329,7 @@ impl Config {
     /// Second stage: values that parse as TOML but mean nothing (a bad duration, zone, URL).
     fn check(&self) -> Result<(), (String, String)> {
         self.policy().map(|_| ())?;
+        self.dedupe_retention().map(|_| ())?;
         let url = &self.store.url;
         if !(url.starts_with("sqlite://")
             || url.starts_with("postgres://")
@@ -377,6 +378,18 @@ impl Config {
                 .transpose()?,
             timezone: parse_tz(&p.timezone).map_err(|m| ("policy.timezone".to_string(), m))?,
         })
+    }
+
+    /// How long processed-event keys are kept (the dedupe window), checked.
+    pub fn dedupe_retention(&self) -> Result<chrono::Duration, (String, String)> {
+        match self.store.dedupe_retention.parse::<Period>() {
+            Ok(p) if !p.is_zero() => Ok(p.0),
+            Ok(_) => Err((
+                "store.dedupe_retention".into(),
+                "must be longer than 0s: a redelivered event would be applied twice".into(),
+            )),
+            Err(m) => Err(("store.dedupe_retention".into(), m)),
+        }
     }
 
     /// Default timezone, for callers that only need it.
@@ -490,6 +503,13 @@ mod tests {
                 .starts_with("policy.min_gap: `3 days` is not a duration"),
             "{}",
             e.message
+        );
+
+        let p = write(&d, "[store]\ndedupe_retention = \"0s\"\n");
+        let e = Config::load_with(Some(&p), &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "store.dedupe_retention: must be longer than 0s: a redelivered event would be applied twice"
         );
 
         let p = write(&d, "[mail.smtp]\nport = \"x\"\n");

@@ -27,16 +27,20 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Kafka as KafkaConfig;
 use crate::event::{Event, EventError};
 
-/// Messages handed to the engine together: many events per transaction (group commit).
+/// Messages handed to the engine together: many events per transaction (group commit),
+/// each with its decoded event or the reason it is malformed.
 pub struct Batch {
     pub messages: Vec<OwnedMessage>,
+    pub decoded: Vec<Result<Arc<Event>, EventError>>,
 }
 
 /// "These messages' effects are committed": per (topic, partition), the next offset to read.
 pub type Ack = Vec<(String, i32, i64)>;
 
-/// Batch limits: as many messages as arrive within `LINGER`, at most `MAX_BATCH`.
-pub const MAX_BATCH: usize = 2000;
+/// Batch limits: as many messages as arrive within `LINGER` or while the engine is busy, at
+/// most `MAX_BATCH`; fetching pauses with `HIGH_WATER` messages waiting.
+pub const MAX_BATCH: usize = 8192;
+const HIGH_WATER: usize = 3 * MAX_BATCH;
 const LINGER: Duration = Duration::from_millis(5);
 
 /// Reads an event from a message in either CloudEvents binding; messages over `max_bytes`
@@ -129,14 +133,25 @@ pub fn consumer(cfg: &KafkaConfig) -> KafkaResult<KafkaConsumer> {
 
 /// The polling loop. Returns when `stop` is set and everything handed out has been acked
 /// (or `grace` ran out), after a last asynchronous commit.
+///
+/// Messages are decoded as they arrive and buffered; a batch (at most `MAX_BATCH`) is handed
+/// over when the engine is `idle`, once the oldest buffered message is `LINGER` old or a full
+/// batch is waiting. Under load the engine is rarely idle, so batches grow to `MAX_BATCH`
+/// (group commit). Fetching pauses when `HIGH_WATER` messages are buffered and resumes below
+/// `MAX_BATCH`, so the refetch that follows a resume overlaps the engine's work.
 pub fn poll_loop(
     consumer: &KafkaConsumer,
     batches: SyncSender<Batch>,
     acks: Receiver<Ack>,
+    idle: &AtomicBool,
     stop: &AtomicBool,
     grace: Duration,
+    max_bytes: usize,
 ) {
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(MAX_BATCH);
+    let mut buffered = Batch {
+        messages: Vec::with_capacity(MAX_BATCH),
+        decoded: Vec::with_capacity(MAX_BATCH),
+    };
     let mut first_at = Instant::now();
     let mut paused = false;
     let mut outstanding = 0usize;
@@ -145,47 +160,61 @@ pub fn poll_loop(
             outstanding = outstanding.saturating_sub(1);
             store(consumer, &ack);
         }
-        if !paused || batch.len() < MAX_BATCH {
-            match consumer.poll(Duration::from_millis(if batch.is_empty() {
-                100
-            } else {
-                1
-            })) {
-                Some(Ok(m)) => {
-                    if batch.is_empty() {
-                        first_at = Instant::now();
-                    }
-                    batch.push(m.detach());
+        let timeout = if buffered.messages.is_empty() { 100 } else { 1 };
+        // Paused, this still serves callbacks (rebalances) and keeps the group membership.
+        match consumer.poll(Duration::from_millis(timeout)) {
+            Some(Ok(m)) => {
+                if buffered.messages.is_empty() {
+                    first_at = Instant::now();
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
-                None => {}
+                let m = m.detach();
+                // Microseconds a message, sizes bounded by `max_bytes`: the engine thread is
+                // kept for the engine and the store.
+                buffered.decoded.push(decode(&m, max_bytes).map(Arc::new));
+                buffered.messages.push(m);
             }
-        } else {
-            // Paused and full: keep serving callbacks (rebalances) without fetching.
-            consumer.poll(Duration::from_millis(50));
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+            None => {}
         }
-        let ready = batch.len() >= MAX_BATCH || (!batch.is_empty() && first_at.elapsed() >= LINGER);
-        if !ready {
+        let n = buffered.messages.len();
+        if !paused && n >= HIGH_WATER {
+            set_paused(consumer, true);
+            paused = true;
+        }
+        let ready = n >= MAX_BATCH || (n > 0 && first_at.elapsed() >= LINGER);
+        if !ready || !idle.load(Ordering::Acquire) {
             continue;
         }
-        match batches.try_send(Batch {
-            messages: std::mem::take(&mut batch),
-        }) {
-            Ok(()) => {
-                outstanding += 1;
-                if paused {
-                    set_paused(consumer, false);
-                    paused = false;
-                }
-            }
-            Err(TrySendError::Full(b)) => {
-                batch = b.messages;
-                if !paused {
-                    set_paused(consumer, true);
-                    paused = true;
-                }
+        let batch = if n > MAX_BATCH {
+            let rest = Batch {
+                messages: buffered.messages.split_off(MAX_BATCH),
+                decoded: buffered.decoded.split_off(MAX_BATCH),
+            };
+            first_at = Instant::now();
+            std::mem::replace(&mut buffered, rest)
+        } else {
+            std::mem::replace(
+                &mut buffered,
+                Batch {
+                    messages: Vec::with_capacity(MAX_BATCH),
+                    decoded: Vec::with_capacity(MAX_BATCH),
+                },
+            )
+        };
+        idle.store(false, Ordering::Release);
+        match batches.try_send(batch) {
+            Ok(()) => outstanding += 1,
+            Err(TrySendError::Full(mut b)) => {
+                // The engine was between batches after all: take them back, in order.
+                b.messages.append(&mut buffered.messages);
+                b.decoded.append(&mut buffered.decoded);
+                buffered = b;
             }
             Err(TrySendError::Disconnected(_)) => break,
+        }
+        if paused && buffered.messages.len() < MAX_BATCH {
+            set_paused(consumer, false);
+            paused = false;
         }
     }
     // Shutdown: stop fetching; what was fetched but not handed out is simply re-read later.

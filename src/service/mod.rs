@@ -52,6 +52,9 @@ pub struct Options {
 /// How long shutdown may take before threads are abandoned.
 pub const GRACE: Duration = Duration::from_secs(8);
 
+/// How often processed-event keys older than `store.dedupe_retention` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Wake-ups per transaction.
 const WAKE_BATCH: usize = 256;
 
@@ -65,6 +68,9 @@ pub fn run(
     let policy = config
         .policy()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
+    let retention = config
+        .dedupe_retention()
+        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let catalog = Arc::new(load_catalog(&config.sequences.dir)?);
     let mut store = crate::store::open(&config.store.url).context("opening the store")?;
     store
@@ -73,7 +79,10 @@ pub fn run(
 
     let consumer = Arc::new(kafka::consumer(&config.kafka).context("creating the Kafka consumer")?);
     let dlq = DeadLetters::new(&config.kafka).context("creating the dead-letter producer")?;
-    let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(2);
+    // A batch is handed over when the engine is `idle`; until then the poll thread keeps
+    // adding to it. Under load batches grow (fewer, larger commits: group commit).
+    let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(1);
+    let idle = Arc::new(AtomicBool::new(true));
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>();
 
     let from: Mailbox = config
@@ -102,21 +111,24 @@ pub fn run(
         let stats = stats.clone();
         let stop = engine_stop.clone();
         let applier = Applier::new(Engine::new(catalog.clone(), policy));
-        let max_bytes = config.kafka.max_event_bytes;
+        let idle = idle.clone();
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
                 engine_loop(
-                    store, applier, dlq, batch_rx, ack_tx, max_bytes, &stop, &stats,
+                    store, applier, dlq, batch_rx, ack_tx, &idle, &stop, &stats, retention,
                 );
             })?
     };
     let poll = {
         let consumer = consumer.clone();
+        let max_bytes = config.kafka.max_event_bytes;
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("kafka-poll".into())
-            .spawn(move || kafka::poll_loop(&consumer, batch_tx, ack_rx, &stop, GRACE))?
+            .spawn(move || {
+                kafka::poll_loop(&consumer, batch_tx, ack_rx, &idle, &stop, GRACE, max_bytes)
+            })?
     };
     let mail_stop = Arc::new(AtomicBool::new(false));
     let mail = {
@@ -209,11 +221,13 @@ fn engine_loop(
     dlq: DeadLetters,
     batches: Receiver<Batch>,
     acks: Sender<Ack>,
-    max_bytes: usize,
+    idle: &AtomicBool,
     stop: &AtomicBool,
     stats: &Stats,
+    retention: chrono::Duration,
 ) {
     let mut next_due: Option<chrono::DateTime<Utc>> = None;
+    let mut pruned_at: Option<Instant> = None;
     let mut due_checked = Instant::now() - Duration::from_secs(1);
     loop {
         // Sleep until the next due customer, but look again at least twice a second: other
@@ -222,10 +236,11 @@ fn engine_loop(
             .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::from_millis(500))
             .min(Duration::from_millis(500));
+        idle.store(true, Ordering::Release);
         match batches.recv_timeout(wait) {
             Ok(batch) => {
                 if !retry(stop, || {
-                    handle_batch(&mut *store, &mut applier, &dlq, &batch, max_bytes, stats)
+                    handle_batch(&mut *store, &mut applier, &dlq, &batch, stats)
                 }) {
                     return;
                 }
@@ -241,6 +256,17 @@ fn engine_loop(
             wake_all(&mut *store, &mut applier, stats);
             next_due = store.next_due().unwrap_or(None);
             due_checked = Instant::now();
+        }
+        if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            // Keys older than the window are forgotten: a redelivery older than that would
+            // apply again, so the window must outlast any replay (topic retention).
+            match store.prune_processed(Utc::now() - retention) {
+                Ok(n) => tracing::debug!(forgotten = n, "dedupe window pruned"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the dedupe window failed; retrying later")
+                }
+            }
+            pruned_at = Some(Instant::now());
         }
         if stop.load(Ordering::Relaxed) {
             return;
@@ -290,16 +316,15 @@ fn handle_batch(
     applier: &mut Applier,
     dlq: &DeadLetters,
     batch: &Batch,
-    max_bytes: usize,
     stats: &Stats,
 ) -> Result<(), String> {
     let mut events = Vec::with_capacity(batch.messages.len());
     let mut origin = Vec::with_capacity(batch.messages.len());
     let mut dead = Vec::new();
-    for m in &batch.messages {
-        match kafka::decode(m, max_bytes) {
+    for (m, decoded) in batch.messages.iter().zip(&batch.decoded) {
+        match decoded {
             Ok(e) => {
-                events.push(Arc::new(e));
+                events.push(e.clone());
                 origin.push(m);
             }
             Err(e) => {
