@@ -12,8 +12,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aftercare::config::Config;
@@ -34,7 +34,8 @@ fn root() -> &'static Path {
 }
 
 fn pg_base() -> String {
-    std::env::var("AFTERCARE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("AFTERCARE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// CDNOW events, moved so the stream ends now (no backfill), `n` of them.
@@ -49,6 +50,8 @@ fn stream(n: usize) -> Vec<String> {
 struct Tansu {
     child: Child,
     brokers: String,
+    bin: String,
+    url: String,
 }
 
 impl Tansu {
@@ -60,20 +63,53 @@ impl Tansu {
                 .expect("python3");
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu");
         let brokers = format!("127.0.0.1:{port}");
         wait(30, || std::net::TcpStream::connect(&brokers).is_ok());
-        for t in ["orders", "support", "aftercare.dlq"] {
-            Command::new(&bin).args(["topic", "create", t, "--broker", &url, "--partitions", "3"]).output().expect("topic");
+        let t = Tansu {
+            child,
+            brokers,
+            bin,
+            url,
+        };
+        for name in ["orders", "support", "aftercare.dlq"] {
+            t.topic(name);
         }
-        Tansu { child, brokers }
+        t
+    }
+
+    fn topic(&self, name: &str) {
+        Command::new(&self.bin)
+            .args([
+                "topic",
+                "create",
+                name,
+                "--broker",
+                &self.url,
+                "--partitions",
+                "3",
+            ])
+            .output()
+            .expect("topic");
     }
 }
 
@@ -93,6 +129,10 @@ fn wait(secs: u64, mut cond: impl FnMut() -> bool) {
 }
 
 fn publish(brokers: &str, events: &[String]) {
+    publish_to(brokers, "orders", events)
+}
+
+fn publish_to(brokers: &str, topic: &str, events: &[String]) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -102,7 +142,7 @@ fn publish(brokers: &str, events: &[String]) {
     for e in events {
         let v: serde_json::Value = serde_json::from_str(e).unwrap();
         let key = v["subject"].as_str().unwrap_or_default().to_string();
-        let mut rec = BaseRecord::to("orders").key(&key).payload(e);
+        let mut rec = BaseRecord::to(topic).key(&key).payload(e);
         loop {
             match p.send(rec) {
                 Ok(()) => break,
@@ -132,26 +172,37 @@ fn floor_consume(brokers: &str, n: usize) -> f64 {
     while got < n {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             started.get_or_insert_with(Instant::now);
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+            let v: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
             got += usize::from(v.is_object());
         }
     }
     (n - 1) as f64 / started.map_or(1.0, |s| s.elapsed().as_secs_f64())
 }
 
-/// Floor: one row per event, inserted in transactions of 2,000; rows/s.
+/// Floor: one row per event, inserted in transactions of the service's batch size; rows/s.
 fn floor_insert(url: &str, events: &[String]) -> f64 {
-    let ids: Vec<String> = events.iter().map(|e| e[e.find("\"id\":\"").unwrap_or(0)..].chars().take(40).collect()).collect();
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| {
+            e[e.find("\"id\":\"").unwrap_or(0)..]
+                .chars()
+                .take(40)
+                .collect()
+        })
+        .collect();
     let started = Instant::now();
     if let Some(path) = url.strip_prefix("sqlite://") {
         let mut conn = rusqlite::Connection::open(path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "synchronous", "FULL").unwrap();
         conn.execute_batch("CREATE TABLE floor (source TEXT, id TEXT, at INTEGER, PRIMARY KEY (source, id)) WITHOUT ROWID").unwrap();
-        for chunk in ids.chunks(2000) {
+        for chunk in ids.chunks(service::kafka::MAX_BATCH) {
             let tx = conn.transaction().unwrap();
             {
-                let mut st = tx.prepare_cached("INSERT INTO floor VALUES ('/s', ?1, 0)").unwrap();
+                let mut st = tx
+                    .prepare_cached("INSERT INTO floor VALUES ('/s', ?1, 0)")
+                    .unwrap();
                 for (i, id) in chunk.iter().enumerate() {
                     st.execute([format!("{id}{i}")]).unwrap();
                 }
@@ -160,11 +211,22 @@ fn floor_insert(url: &str, events: &[String]) -> f64 {
         }
     } else {
         let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
-        c.batch_execute("CREATE TABLE floor (source TEXT, id TEXT, at BIGINT, PRIMARY KEY (source, id))").unwrap();
-        for chunk in ids.chunks(2000) {
+        c.batch_execute(
+            "CREATE TABLE floor (source TEXT, id TEXT, at BIGINT, PRIMARY KEY (source, id))",
+        )
+        .unwrap();
+        for chunk in ids.chunks(service::kafka::MAX_BATCH) {
             let mut tx = c.transaction().unwrap();
-            let chunk: Vec<String> = chunk.iter().enumerate().map(|(i, id)| format!("{id}{i}")).collect();
-            tx.execute("INSERT INTO floor SELECT '/s', i, 0 FROM UNNEST($1::text[]) AS t(i)", &[&chunk]).unwrap();
+            let chunk: Vec<String> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, id)| format!("{id}{i}"))
+                .collect();
+            tx.execute(
+                "INSERT INTO floor SELECT '/s', i, 0 FROM UNNEST($1::text[]) AS t(i)",
+                &[&chunk],
+            )
+            .unwrap();
             tx.commit().unwrap();
         }
     }
@@ -190,7 +252,10 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
     let stats = Arc::new(Stats::default());
     let (s, st) = (stop.clone(), stats.clone());
     let handle = std::thread::spawn(move || service::run(cfg, Options { dry_run: true }, s, st));
-    let seen = || stats.events.load(Ordering::Relaxed) as usize + stats.duplicates.load(Ordering::Relaxed) as usize;
+    let seen = || {
+        stats.events.load(Ordering::Relaxed) as usize
+            + stats.duplicates.load(Ordering::Relaxed) as usize
+    };
     wait(120, || seen() > 0);
     let (start_n, started) = (seen(), Instant::now());
     wait(600, || seen() >= n);
@@ -241,33 +306,173 @@ fn sqlite_url(name: &str) -> (String, PathBuf) {
 fn pg_url(name: &str) -> String {
     let schema = format!("bench_{name}_{}", std::process::id());
     let mut c = postgres::Client::connect(&pg_base(), postgres::NoTls).expect("PostgreSQL");
-    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).unwrap();
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ))
+    .unwrap();
     let sep = if pg_base().contains('?') { '&' } else { '?' };
     format!("{}{sep}options=-csearch_path%3D{schema}", pg_base())
 }
 
+/// The median of `runs` measurements.
+fn median(runs: usize, mut f: impl FnMut(usize) -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..runs).map(&mut f).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seeds `store_path` up to `total` customers, each with a journey in flight (fulfilment,
+/// waiting for the shipment), starting from customer `from`.
+fn seed(url: &str, from: usize, total: usize) {
+    let (catalog, _) = aftercare::sequence::Catalog::load(&sequences()).unwrap();
+    let mut a = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
+    let mut store = aftercare::store::open(url).unwrap();
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+    let ids: Vec<usize> = (from..total).collect();
+    for chunk in ids.chunks(service::kafka::MAX_BATCH) {
+        let events: Vec<Arc<Event>> = chunk
+            .iter()
+            .map(|i| {
+                let e = serde_json::json!({"specversion": "1.0", "id": format!("seed{i}"), "source": "/seed", "type": "order.placed",
+                    "time": aftercare::time::rfc3339(t0), "subject": format!("seed{i}"),
+                    "data": {"order_id": format!("s{i}"), "total": 10, "currency": "EUR", "items": [{"sku": "cd", "name": "CD", "category": "music", "quantity": 1, "unit_price": 10}],
+                             "customer": {"email": format!("seed{i}@example.com")}}});
+                Arc::new(Event::from_structured(e.to_string().as_bytes()).unwrap())
+            })
+            .collect();
+        a.apply(&mut *store, &events, t0).unwrap();
+    }
+}
+
+fn count(url: &str, name: &str) -> i64 {
+    let mut store = aftercare::store::open(url).unwrap();
+    store
+        .counts()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, v)| v)
+}
+
+/// `aftercare run` (the release binary) on a store seeded with `journeys` journeys in flight:
+/// it consumes `stream` from a topic of its own and wakes what is due; RSS (MiB) once it has
+/// applied the whole stream.
+fn rss(brokers: &str, url: &str, topic: &str, stream: &[String]) -> (f64, f64) {
+    let dir = std::env::temp_dir().join(format!("aftercare-rss-{topic}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = count(url, "events processed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aftercare"))
+        .args(["run", "--dry-run"])
+        .current_dir(root())
+        .env("AFTERCARE_KAFKA__BROKERS", brokers)
+        .env("AFTERCARE_KAFKA__GROUP_ID", format!("rss-{topic}"))
+        .env("AFTERCARE_KAFKA__TOPICS", topic)
+        .env("AFTERCARE_KAFKA__SESSION_TIMEOUT_MS", "6000")
+        .env("AFTERCARE_KAFKA__MAX_POLL_INTERVAL_MS", "6000")
+        .env("AFTERCARE_STORE__URL", url)
+        .env("AFTERCARE_MAIL__FILE__DIR", dir.join("mail"))
+        .env("AFTERCARE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("aftercare run");
+    let sample = |field: &str| -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    publish_to(brokers, topic, stream);
+    wait(300, || {
+        count(url, "events processed") >= before + stream.len() as i64
+    });
+    let (rss, peak) = (sample("VmRSS:"), sample("VmHWM:"));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    (rss, peak)
+}
+
+/// An empty store of the kind `name`.
+fn fresh(name: &str, tag: &str) -> String {
+    if name == "sqlite" {
+        sqlite_url(tag).0
+    } else {
+        pg_url(tag)
+    }
+}
+
 fn main() {
-    let n: usize = std::env::var("INGEST_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("INGEST_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let events = stream(n);
     let n = events.len();
     let kafka = Tansu::start();
     let t = Instant::now();
     publish(&kafka.brokers, &events);
-    println!("stream: {n} CDNOW events published to tansu in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "stream: {n} CDNOW events published to tansu in {:.1} s; medians of {runs} runs",
+        t.elapsed().as_secs_f64()
+    );
 
-    let consume = floor_consume(&kafka.brokers, n);
+    let consume = median(runs, |_| floor_consume(&kafka.brokers, n));
     println!("floor, raw consume + JSON parse:        {consume:>9.0} events/s");
-
-    for (name, url) in [("sqlite", sqlite_url("floor").0), ("postgres", pg_url("floor"))] {
-        let rate = floor_insert(&url, &events);
-        println!("floor, raw batched insert ({name:8}):  {rate:>9.0} rows/s");
+    for name in ["sqlite", "postgres"] {
+        let insert = median(runs, |i| {
+            floor_insert(&fresh(name, &format!("floor{i}")), &events)
+        });
+        let rate = median(runs, |i| {
+            ingest(
+                &kafka.brokers,
+                &fresh(name, &format!("ingest{i}")),
+                &format!("ingest-{name}-{i}"),
+                n,
+            )
+        });
+        let floor = consume.min(insert);
+        println!("floor, raw batched insert ({name:8}):  {insert:>9.0} rows/s");
+        println!(
+            "ingest, kafka -> engine -> {name:8}:  {rate:>9.0} events/s = {:.1}% of its floor (the lower of consume and insert)",
+            100.0 * rate / floor
+        );
     }
-    for (name, url) in [("sqlite", sqlite_url("ingest").0), ("postgres", pg_url("ingest"))] {
-        let rate = ingest(&kafka.brokers, &url, &format!("ingest-{name}"), n);
-        println!("ingest, kafka -> engine -> {name:8}:  {rate:>9.0} events/s ({:.0}% of the consume floor)", 100.0 * rate / consume);
-    }
-    for (name, url) in [("sqlite", sqlite_url("wake").0), ("postgres", pg_url("wake"))] {
-        let rate = wakeups(&url, 20_000);
+    for name in ["sqlite", "postgres"] {
+        let rate = median(runs, |i| wakeups(&fresh(name, &format!("wake{i}")), 20_000));
         println!("wake-ups ({name:8}):                  {rate:>9.0} /s");
+    }
+
+    // RSS: one SQLite store grown from 10k to 1M journeys; at each size the service runs and
+    // applies 5,000 more events.
+    let (url, _dir) = sqlite_url("rss");
+    let sizes: Vec<usize> = std::env::var("RSS_JOURNEYS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
+    let mut seeded = 0;
+    let mut first = None;
+    for (k, size) in sizes.iter().enumerate() {
+        seed(&url, seeded, *size);
+        seeded = *size;
+        let slice = &events[k * 5_000 % n..(k * 5_000 % n + 5_000).min(n)];
+        let topic = format!("rss{k}");
+        kafka.topic(&topic);
+        let (rss, peak) = rss(&kafka.brokers, &url, &topic, slice);
+        let base = *first.get_or_insert(rss);
+        println!(
+            "RSS with {:>9} journeys in flight:  {rss:>6.1} MiB (peak {peak:.1} MiB), {:+.1}% from the first",
+            count(&url, "journeys in flight"),
+            100.0 * (rss - base) / base
+        );
     }
 }

@@ -71,8 +71,42 @@ pub struct Store {
 pub struct Mail {
     pub transport: Transport,
     pub from: String,
+    /// An address for `mailto:` unsubscribes in `List-Unsubscribe` (optional).
+    pub unsubscribe_mailto: Option<String>,
+    /// Emails being sent at once.
+    pub concurrency: usize,
+    /// Most emails per second; 0 is no limit.
+    pub rate_limit: f64,
+    /// Deadline of one send; past it the send is ambiguous (the server may have accepted it).
+    pub send_timeout: String,
+    pub retry: Retry,
     pub smtp: Smtp,
     pub file: FileMail,
+    pub dkim: Option<Dkim>,
+}
+
+/// Backoff for 4xx replies and connection errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    /// Wait before the first retry; doubled after each.
+    pub first: String,
+    /// The longest wait between two attempts.
+    pub max: String,
+    /// An email still failing this long after it was queued is recorded as failed.
+    pub give_up_after: String,
+}
+
+/// DKIM signing (relaxed/relaxed), when configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dkim {
+    pub selector: String,
+    /// The signing domain (`d=`); default the From address's domain.
+    pub domain: Option<String>,
+    /// The private key: an RSA key in PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`), or an Ed25519 seed
+    /// in base64 (32 bytes).
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -89,6 +123,10 @@ pub struct Smtp {
     pub port: u16,
     pub username: Option<String>,
     pub tls: Tls,
+    /// A PEM certificate to trust besides the public roots (a private relay's CA).
+    pub ca_file: Option<PathBuf>,
+    /// Connections kept open to the relay.
+    pub pool_size: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,6 +152,8 @@ pub struct PolicyConfig {
     pub max_event_age: String,
     /// Timezone for customers whose profile has none.
     pub timezone: String,
+    /// A bounced address gets no transactional email either (order updates included).
+    pub bounce_stops_transactional: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +168,19 @@ pub struct Http {
 #[serde(deny_unknown_fields, default)]
 pub struct Sequences {
     pub dir: PathBuf,
+}
+
+/// `mail.*` checked: what the outbox worker needs besides the transport.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub from: lettre::message::Mailbox,
+    pub unsubscribe_mailto: Option<lettre::Address>,
+    pub concurrency: usize,
+    pub rate_limit: f64,
+    pub send_timeout: std::time::Duration,
+    pub retry_first: std::time::Duration,
+    pub retry_max: std::time::Duration,
+    pub give_up_after: std::time::Duration,
 }
 
 /// Secrets, from the environment only.
@@ -177,8 +230,14 @@ impl Default for Mail {
         Mail {
             transport: Transport::File,
             from: "Shop <shop@example.com>".into(),
+            unsubscribe_mailto: None,
+            concurrency: 8,
+            rate_limit: 0.0,
+            send_timeout: "60s".into(),
+            retry: Retry::default(),
             smtp: Smtp::default(),
             file: FileMail::default(),
+            dkim: None,
         }
     }
 }
@@ -190,6 +249,20 @@ impl Default for Smtp {
             port: 587,
             username: None,
             tls: Tls::Starttls,
+            ca_file: None,
+            pool_size: 8,
+        }
+    }
+}
+
+impl Default for Retry {
+    /// In the spirit of RFC 5321 and Postfix: minutes at first, at most an hour apart, for
+    /// five days.
+    fn default() -> Retry {
+        Retry {
+            first: "5m".into(),
+            max: "1h".into(),
+            give_up_after: "5d".into(),
         }
     }
 }
@@ -207,6 +280,7 @@ impl Default for PolicyConfig {
             quiet_hours: None,
             max_event_age: "7d".into(),
             timezone: "UTC".into(),
+            bounce_stops_transactional: true,
         }
     }
 }
@@ -330,6 +404,7 @@ impl Config {
     fn check(&self) -> Result<(), (String, String)> {
         self.policy().map(|_| ())?;
         self.dedupe_retention().map(|_| ())?;
+        self.delivery().map(|_| ())?;
         let url = &self.store.url;
         if !(url.starts_with("sqlite://")
             || url.starts_with("postgres://")
@@ -377,6 +452,51 @@ impl Config {
                 })
                 .transpose()?,
             timezone: parse_tz(&p.timezone).map_err(|m| ("policy.timezone".to_string(), m))?,
+            bounce_stops_transactional: p.bounce_stops_transactional,
+        })
+    }
+
+    /// The delivery settings, checked.
+    pub fn delivery(&self) -> Result<Delivery, (String, String)> {
+        let m = &self.mail;
+        let period = |key: &str, v: &str| match v.parse::<Period>() {
+            Ok(p) if !p.is_zero() => {
+                p.0.to_std()
+                    .map_err(|e| (format!("mail.{key}"), e.to_string()))
+            }
+            Ok(_) => Err((format!("mail.{key}"), "must be longer than 0s".into())),
+            Err(e) => Err((format!("mail.{key}"), e)),
+        };
+        let from: lettre::message::Mailbox = m
+            .from
+            .parse()
+            .map_err(|e| ("mail.from".to_string(), format!("`{}`: {e}", m.from)))?;
+        let unsubscribe_mailto = m
+            .unsubscribe_mailto
+            .as_deref()
+            .map(|a| {
+                a.parse::<lettre::Address>()
+                    .map_err(|e| ("mail.unsubscribe_mailto".to_string(), format!("`{a}`: {e}")))
+            })
+            .transpose()?;
+        if m.concurrency == 0 {
+            return Err(("mail.concurrency".into(), "must be at least 1".into()));
+        }
+        if !(m.rate_limit >= 0.0 && m.rate_limit.is_finite()) {
+            return Err((
+                "mail.rate_limit".into(),
+                "must be 0 (no limit) or a positive number of emails per second".into(),
+            ));
+        }
+        Ok(Delivery {
+            from,
+            unsubscribe_mailto,
+            concurrency: m.concurrency,
+            rate_limit: m.rate_limit,
+            send_timeout: period("send_timeout", &m.send_timeout)?,
+            retry_first: period("retry.first", &m.retry.first)?,
+            retry_max: period("retry.max", &m.retry.max)?,
+            give_up_after: period("retry.give_up_after", &m.retry.give_up_after)?,
         })
     }
 

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use aftercare::engine::{Engine, Policy};
 use aftercare::event::Event;
 use aftercare::service::apply::Applier;
-use aftercare::store::{VersionRecord, record};
+use aftercare::store::{Delivery, VersionRecord, record};
 use chrono::{DateTime, Duration, Utc};
 use common::stores::TestStore;
 use serde_json::json;
 
 const SEQ_V1: &str = "name: thanks\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: receipt\n    email: { template: t/a }\n  - id: followup\n    wait: 1h\n    email: { template: t/b }\n";
 const SEQ_V2: &str = "name: thanks\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: receipt\n    email: { template: t/c }\n  - id: survey\n    wait: 2h\n    email: { template: t/d }\n";
+
+const LEASE: Duration = Duration::minutes(5);
 
 fn t0() -> DateTime<Utc> {
     common::time("+0s")
@@ -82,7 +84,7 @@ fn a_batch_is_applied_once_and_survives_reopening() {
                 .collect::<Vec<_>>(),
             ["enter", "email"]
         );
-        let outbox = store.pending_emails(now, 10).unwrap();
+        let outbox = store.claim_emails(now, 10, LEASE).unwrap();
         assert_eq!(outbox.len(), 1);
         assert_eq!(
             (
@@ -116,7 +118,7 @@ fn a_batch_is_applied_once_and_survives_reopening() {
         assert!(record::journeys(&stored).unwrap().is_empty() && stored.next_due.is_none());
         assert_eq!(
             store
-                .pending_emails(t0() + Duration::hours(3), 10)
+                .claim_emails(t0() + Duration::hours(3), 10, LEASE)
                 .unwrap()
                 .len(),
             2
@@ -234,5 +236,115 @@ fn the_dedupe_window_forgets_keys_older_than_the_retention_only() {
         let again = a.apply(&mut *store, &[recent, old], now).unwrap();
         // The recent one is still known; the forgotten one counts as new again.
         assert_eq!((again.duplicates, again.events), (1, 1), "{}", ts.url);
+    }
+}
+
+#[test]
+fn outbox_claims_are_leased_and_outcomes_are_recorded_with_the_timeline() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        a.apply(
+            &mut *store,
+            &[placed("c1", "o1", t0()), placed("c2", "o2", t0())],
+            t0(),
+        )
+        .unwrap();
+        let claimed = store.claim_emails(t0(), 10, LEASE).unwrap();
+        assert_eq!(claimed.len(), 2, "{}", ts.url);
+        // Claimed rows are nobody else's until the lease runs out.
+        assert!(store.claim_emails(t0(), 10, LEASE).unwrap().is_empty());
+        let (c1, c2) = (claimed[0].clone(), claimed[1].clone());
+        let (c1, c2) = if c1.customer == "c1" {
+            (c1, c2)
+        } else {
+            (c2, c1)
+        };
+        let retry_at = t0() + Duration::minutes(10);
+        store
+            .finish_emails(
+                t0(),
+                &[
+                    (
+                        c1.clone(),
+                        Delivery::Retry {
+                            error: "451 try later".into(),
+                            at: retry_at,
+                        },
+                    ),
+                    (
+                        c2.clone(),
+                        Delivery::Bounced {
+                            error: "550 no such user".into(),
+                            address: "c2@example.com".into(),
+                        },
+                    ),
+                ],
+            )
+            .unwrap();
+        // The retry waits for its time, then comes back with its attempt counted.
+        assert!(
+            store
+                .claim_emails(retry_at - Duration::seconds(1), 10, LEASE)
+                .unwrap()
+                .is_empty()
+        );
+        let again = store.claim_emails(retry_at, 10, LEASE).unwrap();
+        assert_eq!(
+            again
+                .iter()
+                .map(|r| (r.key.as_str(), r.attempts))
+                .collect::<Vec<_>>(),
+            [(c1.key.as_str(), 1)]
+        );
+        store
+            .finish_emails(
+                retry_at,
+                &[(
+                    again[0].clone(),
+                    Delivery::Sent {
+                        message_id: "<m1@example.com>".into(),
+                    },
+                )],
+            )
+            .unwrap();
+        let (_, timeline) = store.customer("c1").unwrap().unwrap();
+        let tail: Vec<(String, String)> = timeline
+            .iter()
+            .skip(2)
+            .map(|t| (t.action.clone(), t.reason.clone()))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                (
+                    "retry".to_string(),
+                    "451 try later; next attempt at 2024-01-01T00:10:00Z".to_string()
+                ),
+                (
+                    "sent".to_string(),
+                    "accepted as <m1@example.com>".to_string()
+                ),
+            ]
+        );
+        // The bounce marked c2's address, and its timeline says why.
+        let (stored, timeline) = store.customer("c2").unwrap().unwrap();
+        assert!(record::profile_and_orders(&stored).unwrap().0.bounced);
+        assert_eq!(
+            timeline
+                .last()
+                .map(|t| (t.action.as_str(), t.reason.as_str())),
+            Some(("bounce", "550 no such user"))
+        );
+        let counts: std::collections::HashMap<String, i64> =
+            store.counts().unwrap().into_iter().collect();
+        assert_eq!(
+            (
+                counts["emails sent"],
+                counts["emails bounced"],
+                counts["emails pending"]
+            ),
+            (1, 1, 0)
+        );
     }
 }

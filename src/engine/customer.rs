@@ -219,6 +219,16 @@ impl Customer {
                     p.unsubscribed.insert_sorted(c);
                 }
             }
+            EventData::CustomerSubscribed { categories } => {
+                if categories
+                    .iter()
+                    .any(|c| self.profile.unsubscribed.contains_str(c))
+                {
+                    Arc::make_mut(&mut self.profile)
+                        .unsubscribed
+                        .retain(|u| !categories.iter().any(|c| **c == **u));
+                }
+            }
             EventData::FeedbackSubmitted { .. }
             | EventData::ReviewSubmitted { .. }
             | EventData::CustomerUpdated

@@ -41,6 +41,8 @@ pub struct Policy {
     pub max_event_age: Period,
     /// For customers without a timezone, when the sequence names none.
     pub timezone: Tz,
+    /// A bounced address gets no transactional email either.
+    pub bounce_stops_transactional: bool,
 }
 
 impl Default for Policy {
@@ -50,6 +52,7 @@ impl Default for Policy {
             quiet_hours: None,
             max_event_age: Period(chrono::Duration::days(7)),
             timezone: Tz::UTC,
+            bounce_stops_transactional: true,
         }
     }
 }
@@ -749,6 +752,27 @@ impl Engine {
         ji: Option<Ji>,
     ) -> bool {
         when.is_none() || self.check(when, c, ev, ji)
+    }
+
+    /// The first instant at or after `at` when step `step` of `seq` may send to this customer:
+    /// inside its `send_window` and, for marketing, outside quiet hours (what a retry of its
+    /// email waits for). `at` itself when neither applies; `None` if no such instant comes.
+    pub fn send_slot(
+        &self,
+        c: &Customer,
+        seq: &Sequence,
+        step: usize,
+        at: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let tz = self.timezone(c, seq);
+        let quiet = self
+            .policy
+            .quiet_hours
+            .filter(|_| !seq.step_category(step).is_transactional());
+        match seq.steps.get(step).and_then(|s| s.send_window.as_ref()) {
+            Some(window) => next_allowed(window, quiet.as_ref(), tz, at),
+            None => Some(quiet.and_then(|q| q.end_if_inside(at, tz)).unwrap_or(at)),
+        }
     }
 
     /// Customer's timezone, else the sequence's, else the configured default.

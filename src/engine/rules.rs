@@ -15,8 +15,9 @@ pub enum Verdict {
 }
 
 impl Engine {
-    /// Bounced and missing addresses stop every email; transactional email ignores the
-    /// marketing rules (unsubscribes, quiet hours, frequency cap).
+    /// Bounced addresses stop marketing email (and, by default, transactional email too);
+    /// missing addresses stop every email; transactional email ignores the marketing rules
+    /// (unsubscribes, quiet hours, frequency cap).
     pub(super) fn verdict(
         &self,
         c: &Customer,
@@ -26,13 +27,13 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Verdict {
         let p = &c.profile;
-        if p.bounced {
+        let category = seq.step_category(step);
+        if p.bounced && (self.policy.bounce_stops_transactional || !category.is_transactional()) {
             return Verdict::Suppress("address bounced".into());
         }
         if p.email.is_none() {
             return Verdict::Suppress("no email address".into());
         }
-        let category = seq.step_category(step);
         if category.is_transactional() {
             return Verdict::Send;
         }

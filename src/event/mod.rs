@@ -46,7 +46,8 @@ impl Event {
             EventData::TicketResolved { .. }
             | EventData::FeedbackSubmitted { .. }
             | EventData::CustomerUpdated
-            | EventData::CustomerUnsubscribed { .. } => None,
+            | EventData::CustomerUnsubscribed { .. }
+            | EventData::CustomerSubscribed { .. } => None,
         }
     }
 
@@ -113,6 +114,11 @@ pub enum EventData {
     CustomerUpdated,
     CustomerUnsubscribed {
         /// Category names, or `all`.
+        categories: Vec<String>,
+    },
+    /// The reverse of an unsubscribe (the preferences page): these categories are wanted
+    /// again; `all` lifts an unsubscribe from everything.
+    CustomerSubscribed {
         categories: Vec<String>,
     },
     /// An event type aftercare does not know: recorded, may trigger sequences.

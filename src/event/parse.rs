@@ -314,6 +314,9 @@ fn typed_data(
         "customer.unsubscribed" => EventData::CustomerUnsubscribed {
             categories: categories(&mut f)?,
         },
+        "customer.subscribed" => EventData::CustomerSubscribed {
+            categories: categories(&mut f)?,
+        },
         _ => {
             if let Some(c) = &customer {
                 // Keep `customer` visible in the raw data of unknown types too.
@@ -342,6 +345,7 @@ fn is_known(kind: &str) -> bool {
             | "review.submitted"
             | "customer.updated"
             | "customer.unsubscribed"
+            | "customer.subscribed"
     )
 }
 

@@ -1,18 +1,27 @@
-//! Emails out: building the message from an outbox row, and the transports.
+//! Emails out: composing the message for an outbox row, and the transports.
 //!
-//! The outbox holds ids only; the email is rendered here, when it is sent, from the customer
-//! and order as they are then.
+//! The outbox holds ids only; the email is rendered when it is sent, from the customer and
+//! order as they are then, and composed here: multipart/alternative (text, HTML), the
+//! aftercare headers, `List-Id`, and for marketing `List-Unsubscribe` with one-click
+//! (RFC 8058), DKIM-signed when a key is configured. Every header value goes through lettre's
+//! encoder (RFC 2047, folded), and addresses are parsed, so customer data cannot add a header.
 
+pub mod token;
 pub mod transport;
 
-use lettre::Message;
+use lettre::message::dkim::{
+    DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
+    DkimSigningKey,
+};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
+use lettre::{Address, Message};
 
 use crate::store::OutboxRow;
 use crate::template::Rendered;
+use token::Signer;
 
-/// Why a message could not be built: the address or a header is unusable.
+/// Why a message could not be composed: the address or a header is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("invalid address: {0}")]
@@ -21,14 +30,25 @@ pub enum BuildError {
     Message(String),
 }
 
+/// A composed email, ready for a transport.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The outbox key (`journey:step`).
+    pub key: String,
+    pub message_id: String,
+    pub envelope: lettre::address::Envelope,
+    pub bytes: Vec<u8>,
+}
+
 /// The `Message-ID` of an outbox row: the same for every attempt, so a resend after a crash
 /// is recognisable as the same email.
 pub fn message_id(row: &OutboxRow, domain: &str) -> String {
-    format!("<{}.{}@{domain}>", row.journey, hex_safe(&row.step))
+    format!("<{}.{}@{domain}>", row.journey, word(&row.step))
 }
 
-/// Step ids are words, but a Message-ID must stay a valid addr-spec whatever they hold.
-fn hex_safe(s: &str) -> String {
+/// Step ids and categories are words, but Message-ID and List-Id must stay valid whatever
+/// they hold.
+fn word(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -40,35 +60,149 @@ fn hex_safe(s: &str) -> String {
         .collect()
 }
 
-/// The domain of the From address, for Message-IDs.
-pub fn domain_of(from: &Mailbox) -> String {
-    from.email.domain().to_string()
+/// Headers signed by DKIM. lettre's default list leaves out the List-Unsubscribe pair, which
+/// RFC 8058 requires to be signed, and the Message-ID.
+const SIGNED_HEADERS: [&str; 9] = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+
+/// Loads the DKIM key: an RSA key in PKCS#1 PEM, or an Ed25519 seed in base64.
+pub fn dkim_config(selector: &str, domain: &str, key_text: &str) -> Result<DkimConfig, String> {
+    let algorithm = if key_text.contains("BEGIN RSA PRIVATE KEY") {
+        DkimSigningAlgorithm::Rsa
+    } else if key_text.contains("BEGIN") {
+        return Err(
+            "not a PKCS#1 RSA key: convert it with `openssl rsa -in key.pem -traditional`".into(),
+        );
+    } else {
+        DkimSigningAlgorithm::Ed25519
+    };
+    let key = DkimSigningKey::new(key_text.trim(), algorithm).map_err(|e| e.to_string())?;
+    Ok(DkimConfig::new(
+        selector.to_string(),
+        domain.to_string(),
+        key,
+        SIGNED_HEADERS
+            .iter()
+            .map(|h| HeaderName::new_from_ascii_str(h))
+            .collect(),
+        DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        },
+    ))
 }
 
-/// Builds the MIME message: multipart/alternative with text and HTML, and the aftercare headers.
-pub fn build(
-    row: &OutboxRow,
-    from: &Mailbox,
-    to: &str,
-    rendered: &Rendered,
-) -> Result<Message, BuildError> {
-    let to: Mailbox = to
-        .parse()
-        .map_err(|_| BuildError::Address("the customer's address".into()))?;
-    let header = |name: &'static str, value: &str| {
-        HeaderValue::new(HeaderName::new_from_ascii_str(name), value.to_string())
-    };
-    Message::builder()
-        .from(from.clone())
-        .to(to)
-        .subject(rendered.subject.clone())
-        .message_id(Some(message_id(row, &domain_of(from))))
-        .raw_header(header("X-Aftercare-Sequence", &row.sequence))
-        .raw_header(header("X-Aftercare-Step", &row.step))
-        .raw_header(header("X-Aftercare-Journey", &row.journey))
-        .multipart(MultiPart::alternative_plain_html(
-            rendered.text.clone(),
-            rendered.html.clone(),
-        ))
-        .map_err(|e| BuildError::Message(e.to_string()))
+/// Composes messages: the sender's identity, links and signature.
+pub struct Composer {
+    pub from: Mailbox,
+    /// The base of links (`http.public_url`), without a trailing slash.
+    pub public_url: String,
+    pub signer: Signer,
+    pub unsubscribe_mailto: Option<Address>,
+    pub dkim: Option<DkimConfig>,
+}
+
+/// The links an email's templates may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    pub unsubscribe_url: String,
+    pub preferences_url: String,
+    pub token: String,
+}
+
+impl Composer {
+    fn domain(&self) -> &str {
+        self.from.email.domain()
+    }
+
+    /// Unsubscribe (one click, this email's category) and preferences links for a customer.
+    pub fn links(&self, customer: &str, category: &str) -> Links {
+        let token = self.signer.sign(customer, category);
+        Links {
+            unsubscribe_url: format!("{}/u/{token}", self.public_url),
+            preferences_url: format!("{}/preferences/{token}", self.public_url),
+            token,
+        }
+    }
+
+    /// The message for `row`, to `to` (the customer's address, and name when known).
+    pub fn compose(
+        &self,
+        row: &OutboxRow,
+        to_name: Option<&str>,
+        to_email: &str,
+        rendered: &Rendered,
+        links: &Links,
+    ) -> Result<Outgoing, BuildError> {
+        let address: Address = to_email
+            .parse()
+            .map_err(|_| BuildError::Address("the customer's address is not valid".into()))?;
+        // A display name is a phrase: control characters (a CR LF that would start a header)
+        // become spaces; lettre encodes the rest.
+        let to_name = to_name
+            .map(|n| {
+                n.split(|c: char| c.is_control())
+                    .flat_map(str::split_whitespace)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .filter(|n| !n.is_empty());
+        let to = Mailbox::new(to_name, address);
+        let header = |name: &'static str, value: String| {
+            HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
+        };
+        let message_id = message_id(row, self.domain());
+        let category = word(&row.category);
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(rendered.subject.clone())
+            .message_id(Some(message_id.clone()))
+            .raw_header(header("X-Aftercare-Sequence", row.sequence.clone()))
+            .raw_header(header("X-Aftercare-Step", row.step.clone()))
+            .raw_header(header("X-Aftercare-Journey", row.journey.clone()))
+            .raw_header(header(
+                "List-Id",
+                format!("{category} <{category}.{}>", self.domain()),
+            ));
+        if !row.transactional {
+            let mut value = format!("<{}>", links.unsubscribe_url);
+            if let Some(mailto) = &self.unsubscribe_mailto {
+                value.push_str(&format!(
+                    ", <mailto:{mailto}?subject=unsubscribe%20{}>",
+                    links.token
+                ));
+            }
+            builder = builder
+                .raw_header(header("List-Unsubscribe", value))
+                .raw_header(header(
+                    "List-Unsubscribe-Post",
+                    "List-Unsubscribe=One-Click".into(),
+                ));
+        }
+        let mut message = builder
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text.clone(),
+                rendered.html.clone(),
+            ))
+            .map_err(|e| BuildError::Message(e.to_string()))?;
+        if let Some(dkim) = &self.dkim {
+            message.sign(dkim);
+        }
+        Ok(Outgoing {
+            key: row.key.clone(),
+            message_id,
+            envelope: message.envelope().clone(),
+            bytes: message.formatted(),
+        })
+    }
 }

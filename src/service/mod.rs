@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::Utc;
-use lettre::message::Mailbox;
+use tokio::sync::Notify;
 
 use crate::config::{Config, Transport as TransportKind};
 use crate::engine::Engine;
-use crate::mail::transport::FileTransport;
+use crate::mail::Composer;
+use crate::mail::token::Signer;
+use crate::mail::transport::{FileTransport, Plan};
 use crate::sequence::{Catalog, Sequence};
 use crate::store::{Store, VersionRecord};
 use apply::Applier;
@@ -85,25 +87,18 @@ pub fn run(
     let idle = Arc::new(AtomicBool::new(true));
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>();
 
-    let from: Mailbox = config
-        .mail
-        .from
-        .parse()
-        .map_err(|e| anyhow::anyhow!("config error: mail.from `{}`: {e}", config.mail.from))?;
-    let transport = match config.mail.transport {
-        TransportKind::File => {
-            Box::new(FileTransport::new(config.mail.file.dir.clone()).context("mail.file.dir")?)
-        }
-        TransportKind::Smtp => anyhow::bail!(
-            "config error: mail.transport = \"smtp\" is not available yet; use \"file\""
-        ),
-    };
-    let mut sender = outbox::Sender {
+    let delivery = config
+        .delivery()
+        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
+    let mail_wake = Arc::new(Notify::new());
+    let sender = outbox::Sender {
         store: crate::store::open(&config.store.url)?,
-        catalog: catalog.clone(),
-        from,
-        transport,
+        engine: Arc::new(Engine::new(catalog.clone(), policy.clone())),
+        composer: composer(&config, &delivery)?,
+        transport: transport(&config, &delivery)?,
+        settings: delivery,
         dry_run: options.dry_run,
+        wake: mail_wake.clone(),
     };
 
     let engine_stop = Arc::new(AtomicBool::new(false));
@@ -112,11 +107,13 @@ pub fn run(
         let stop = engine_stop.clone();
         let applier = Applier::new(Engine::new(catalog.clone(), policy));
         let idle = idle.clone();
+        let mail_wake = mail_wake.clone();
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
                 engine_loop(
                     store, applier, dlq, batch_rx, ack_tx, &idle, &stop, &stats, retention,
+                    &mail_wake,
                 );
             })?
     };
@@ -135,7 +132,11 @@ pub fn run(
         let stop = mail_stop.clone();
         std::thread::Builder::new()
             .name("outbox".into())
-            .spawn(move || sender.run(&stop))?
+            .spawn(move || {
+                if let Err(e) = sender.run(&stop) {
+                    tracing::error!(error = %e, "outbox worker stopped");
+                }
+            })?
     };
     tracing::info!(
         sequences = catalog.sequences().len(),
@@ -225,6 +226,7 @@ fn engine_loop(
     stop: &AtomicBool,
     stats: &Stats,
     retention: chrono::Duration,
+    mail_wake: &Notify,
 ) {
     let mut next_due: Option<chrono::DateTime<Utc>> = None;
     let mut pruned_at: Option<Instant> = None;
@@ -244,6 +246,7 @@ fn engine_loop(
                 }) {
                     return;
                 }
+                mail_wake.notify_one();
                 fault_point_after_commit();
                 let _ = acks.send(kafka::ack_of(&batch.messages));
             }
@@ -253,7 +256,9 @@ fn engine_loop(
         if next_due.is_none_or(|d| d <= Utc::now())
             || due_checked.elapsed() >= Duration::from_millis(500)
         {
-            wake_all(&mut *store, &mut applier, stats);
+            if wake_all(&mut *store, &mut applier, stats) {
+                mail_wake.notify_one();
+            }
             next_due = store.next_due().unwrap_or(None);
             due_checked = Instant::now();
         }
@@ -372,8 +377,10 @@ fn handle_batch(
     Ok(())
 }
 
-/// Wakes every customer due now, a transaction per `WAKE_BATCH`.
-fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) {
+/// Wakes every customer due now, a transaction per `WAKE_BATCH`; whether any email was
+/// queued.
+fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool {
+    let mut emails = false;
     loop {
         match applier.wake(store, Utc::now(), WAKE_BATCH) {
             Ok((n, decisions)) => {
@@ -381,14 +388,79 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) {
                 stats
                     .decisions
                     .fetch_add(decisions.len() as u64, Ordering::Relaxed);
+                emails |= decisions.iter().any(|d| d.email.is_some());
                 if n < WAKE_BATCH {
-                    return;
+                    return emails;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "wake-ups not committed; retrying on the next tick");
-                return;
+                return emails;
             }
         }
     }
+}
+
+/// The development signing key, used only with the `file` transport when
+/// `AFTERCARE_SIGNING_KEY` is unset: links work locally, and nothing real is mailed.
+const DEV_SIGNING_KEY: &[u8] = b"aftercare-development-key-not-for-real-mail";
+
+/// The message composer for `mail.*` and `http.public_url`.
+pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> anyhow::Result<Composer> {
+    let key = match (&config.secrets.signing_key, config.mail.transport) {
+        (Some(k), _) => k.as_bytes().to_vec(),
+        (None, TransportKind::File) => {
+            tracing::warn!(
+                "AFTERCARE_SIGNING_KEY is unset: unsubscribe links are signed with a development key"
+            );
+            DEV_SIGNING_KEY.to_vec()
+        }
+        (None, TransportKind::Smtp) => anyhow::bail!(
+            "config error: AFTERCARE_SIGNING_KEY must be set to send real mail: it signs the unsubscribe links"
+        ),
+    };
+    let dkim = match &config.mail.dkim {
+        Some(d) => {
+            let text = std::fs::read_to_string(&d.key_file).with_context(|| {
+                format!("config error: mail.dkim.key_file {}", d.key_file.display())
+            })?;
+            let domain = d
+                .domain
+                .clone()
+                .unwrap_or_else(|| delivery.from.email.domain().to_string());
+            Some(
+                crate::mail::dkim_config(&d.selector, &domain, &text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "config error: mail.dkim.key_file {}: {e}",
+                        d.key_file.display()
+                    )
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok(Composer {
+        from: delivery.from.clone(),
+        public_url: config.http.public_url.trim_end_matches('/').to_string(),
+        signer: Signer::new(&key),
+        unsubscribe_mailto: delivery.unsubscribe_mailto.clone(),
+        dkim,
+    })
+}
+
+/// The transport for `mail.transport`, checked.
+pub fn transport(config: &Config, delivery: &crate::config::Delivery) -> anyhow::Result<Plan> {
+    Ok(match config.mail.transport {
+        TransportKind::File => {
+            Plan::File(FileTransport::new(config.mail.file.dir.clone()).context("mail.file.dir")?)
+        }
+        TransportKind::Smtp => Plan::Smtp(Box::new(
+            crate::mail::transport::smtp(
+                &config.mail.smtp,
+                config.secrets.smtp_password.as_deref(),
+                delivery.send_timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("config error: {e}"))?,
+        )),
+    })
 }

@@ -1,70 +1,240 @@
-//! The outbox worker: sends queued emails, rendering each when it is sent.
+//! The outbox worker: claims queued emails, renders and sends them concurrently, and records
+//! how each ended.
 //!
-//! A row is marked sent only after the transport accepted the message, so a crash between the
-//! two re-sends at most that one email (with the same Message-ID) and never loses one.
+//! - **Claims** are leases in the store (`claimed_until`), so several instances share the
+//!   outbox and no lock is held across an SMTP call.
+//! - **Rendering** happens here, at send time, from the customer and order as they are now; a
+//!   template error is recorded on the timeline and logged, never a crash. The sending rules
+//!   that can change after an email was queued (an unsubscribe, a bounce) are checked again.
+//! - **Sending** runs up to `mail.concurrency` at once, paced by `mail.rate_limit`, each under
+//!   its own deadline.
+//! - **Outcomes** are recorded in batches, one transaction each: sent; 4xx or connection
+//!   trouble → retried with exponential backoff and jitter, inside the step's send window,
+//!   until `mail.retry.give_up_after`; 5xx → the address is marked bounced.
+//!
+//! A row is marked sent only after the transport accepted it, so a crash between the two
+//! re-sends at most the emails in flight (same Message-ID) and never loses one.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
-use lettre::message::Mailbox;
-use minijinja::context;
+use chrono::{DateTime, Utc};
+use minijinja::{Value, context};
+use tokio::sync::{Notify, mpsc};
 
+use crate::config;
 use crate::engine::context::Ctx;
-use crate::mail::transport::Transport;
-use crate::sequence::Catalog;
+use crate::engine::{Customer, Engine, Profile};
+use crate::mail::transport::{Failure, Plan, SendError, Transport};
+use crate::mail::{Composer, Outgoing};
 use crate::store::record::profile_and_orders;
 use crate::store::{Delivery, OutboxRow, Store};
 
+/// How often the outbox is looked at when nobody signals new work.
+const POLL: Duration = Duration::from_millis(200);
+
 pub struct Sender {
     pub store: Box<dyn Store>,
-    pub catalog: Arc<Catalog>,
-    pub from: Mailbox,
-    pub transport: Box<dyn Transport>,
+    /// The engine's catalog and policy: templates, send windows, quiet hours, timezones.
+    pub engine: Arc<Engine>,
+    pub composer: Composer,
+    pub transport: Plan,
+    pub settings: config::Delivery,
     /// Decide and record everything, send nothing.
     pub dry_run: bool,
+    /// Signalled when new emails are queued, so they go out without waiting for the poll.
+    pub wake: Arc<Notify>,
+}
+
+/// What preparing a row gave: a message to send, or an outcome already.
+enum Prepared {
+    Send {
+        mail: Outgoing,
+        address: String,
+        profile: Arc<Profile>,
+    },
+    Done(Delivery),
 }
 
 impl Sender {
-    /// Sends until `stop`; idles briefly when nothing is pending.
-    pub fn run(&mut self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            match self.send_pending(100) {
-                Ok(0) => std::thread::sleep(Duration::from_millis(100)),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox: store unavailable; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
+    /// Sends until `stop`, then waits for the sends in flight and records them.
+    pub fn run(self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("outbox-send")
+            .enable_all()
+            .build()?;
+        let Sender {
+            store,
+            engine,
+            composer,
+            transport,
+            settings,
+            dry_run,
+            wake,
+        } = self;
+        // The SMTP pool is created and dropped in the runtime's context.
+        let _inside = rt.enter();
+        let mut worker = Worker {
+            store,
+            engine,
+            composer,
+            transport: Arc::new(transport.open()),
+            settings,
+            dry_run,
+            wake,
+        };
+        worker.serve(&rt, stop);
+        Ok(())
+    }
+}
+
+/// The sender inside its runtime, with the transport open.
+struct Worker {
+    store: Box<dyn Store>,
+    engine: Arc<Engine>,
+    composer: Composer,
+    transport: Arc<Transport>,
+    settings: config::Delivery,
+    dry_run: bool,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// The loop runs on the outbox thread, outside the runtime: the store's clients block
+    /// (PostgreSQL's runs a runtime of its own). Sends run on the runtime's threads; the loop
+    /// enters the runtime only to pace them and to wait.
+    fn serve(&mut self, rt: &tokio::runtime::Runtime, stop: &AtomicBool) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(OutboxRow, Delivery)>();
+        match self.store.release_stale_claims() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                emails = n,
+                "claims left by a crash released: sending them again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing stale claims failed; they expire with their lease")
+            }
+        }
+        let mut in_flight = 0usize;
+        let mut finished: Vec<(OutboxRow, Delivery)> = Vec::new();
+        let mut pacer = Pacer::new(self.settings.rate_limit);
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            while let Ok(done) = done_rx.try_recv() {
+                in_flight -= 1;
+                finished.push(done);
+            }
+            if !finished.is_empty() {
+                match self.store.finish_emails(Utc::now(), &finished) {
+                    Ok(()) => {
+                        log_outcomes(&finished);
+                        finished.clear();
+                    }
+                    Err(e) => {
+                        // Kept and recorded on the next pass; the claims outlive the wait.
+                        tracing::warn!(error = %e, "outbox: recording deliveries failed; retrying");
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
                 }
             }
-        }
-    }
-
-    /// One pass over due rows; returns how many were handled.
-    pub fn send_pending(&mut self, limit: usize) -> crate::store::Result<usize> {
-        let rows = self.store.pending_emails(Utc::now(), limit)?;
-        for row in &rows {
-            let delivery = self.deliver(row);
-            if let Delivery::Failed { error } = &delivery {
-                tracing::warn!(key = %row.key, sequence = %row.sequence, step = %row.step, error = %error, "email not sent");
+            if stopping && in_flight == 0 {
+                return;
             }
-            self.store.finish_email(&row.key, Utc::now(), &delivery)?;
+            let free = self.settings.concurrency.saturating_sub(in_flight);
+            let mut claimed = 0;
+            if !stopping && free > 0 {
+                match self.store.claim_emails(Utc::now(), free, self.lease()) {
+                    Ok(rows) => {
+                        claimed = rows.len();
+                        for row in rows {
+                            match self.prepare(&row) {
+                                Prepared::Done(d) => finished.push((row, d)),
+                                Prepared::Send {
+                                    mail,
+                                    address,
+                                    profile,
+                                } => {
+                                    rt.block_on(pacer.wait());
+                                    in_flight += 1;
+                                    let transport = self.transport.clone();
+                                    let done = done_tx.clone();
+                                    let deadline = self.settings.send_timeout;
+                                    let outcome = Outcome {
+                                        settings: self.settings.clone(),
+                                        engine: self.engine.clone(),
+                                    };
+                                    rt.spawn(async move {
+                                        let result = transport.send(&mail, deadline).await;
+                                        let delivery =
+                                            outcome.of(&row, &mail, &address, &profile, result);
+                                        // The receiver lives as long as anything is in flight.
+                                        let _ = done.send((row, delivery));
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox: store unavailable; retrying");
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
+                }
+            }
+            if claimed > 0 || !finished.is_empty() {
+                continue;
+            }
+            let wake = self.wake.clone();
+            rt.block_on(async {
+                tokio::select! {
+                    Some(done) = done_rx.recv() => {
+                        in_flight -= 1;
+                        finished.push(done);
+                    }
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            });
         }
-        Ok(rows.len())
     }
 
-    fn deliver(&mut self, row: &OutboxRow) -> Delivery {
-        let failed = |error: String| Delivery::Failed { error };
+    /// A claim outlives the longest send (its deadline) with room to record the outcome.
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.settings.send_timeout * 2 + Duration::from_secs(30))
+            .unwrap_or(chrono::Duration::minutes(5))
+    }
+
+    /// Renders and composes the email, or says why it will not be sent.
+    fn prepare(&mut self, row: &OutboxRow) -> Prepared {
+        let failed = |error: String| Prepared::Done(Delivery::Failed { error });
         let stored = match self.store.load(&row.customer) {
             Ok(Some(s)) => s,
             Ok(None) => return failed("customer not found".into()),
-            Err(e) => return failed(e.to_string()),
+            Err(e) => return failed(format!("store: {e}")),
         };
         let (profile, orders) = match profile_and_orders(&stored) {
             Ok(p) => p,
             Err(e) => return failed(format!("stored customer unreadable: {e}")),
         };
+        // Rules that may have changed since the email was queued.
+        if profile.bounced && (self.engine.policy.bounce_stops_transactional || !row.transactional)
+        {
+            return Prepared::Done(Delivery::Suppressed {
+                reason: "address bounced".into(),
+            });
+        }
+        if !row.transactional
+            && let Some(which) = profile.unsubscribed_from(&row.category)
+        {
+            return Prepared::Done(Delivery::Suppressed {
+                reason: format!("unsubscribed from {which}"),
+            });
+        }
         let Some(to) = profile.email.as_deref().map(str::to_string) else {
             return failed("no email address".into());
         };
@@ -74,29 +244,177 @@ impl Sender {
             .and_then(|id| orders.into_iter().find(|o| &*o.id == id))
             .map(Arc::new);
         let locale = profile.locale.as_deref().map(str::to_string);
+        let name = profile.name.as_deref().map(str::to_string);
         let profile = Arc::new(profile);
+        let links = self.composer.links(&row.customer, &row.category);
         let mut ctx = Ctx::new(&profile, None, order.as_ref(), None);
         ctx.journey = context! { id => &row.journey, sequence => &row.sequence, step => &row.step };
-        let rendered =
-            match self
-                .catalog
-                .templates
-                .render(&row.template, locale.as_deref(), &ctx.into_value())
-            {
-                Ok(r) => r,
-                Err(e) => return failed(format!("template error: {e}")),
-            };
-        let message = match crate::mail::build(row, &self.from, &to, &rendered) {
+        ctx.unsubscribe_url = Value::from(links.unsubscribe_url.clone());
+        ctx.preferences_url = Value::from(links.preferences_url.clone());
+        let rendered = match self.engine.catalog.templates.render(
+            &row.template,
+            locale.as_deref(),
+            &ctx.into_value(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(sequence = %row.sequence, step = %row.step, template = %row.template, error = %e, "template error at send time");
+                return failed(format!("template error: {e}"));
+            }
+        };
+        let mail = match self
+            .composer
+            .compose(row, name.as_deref(), &to, &rendered, &links)
+        {
             Ok(m) => m,
             Err(e) => return failed(e.to_string()),
         };
-        let message_id = crate::mail::message_id(row, &crate::mail::domain_of(&self.from));
         if self.dry_run {
-            return Delivery::DryRun { message_id };
+            return Prepared::Done(Delivery::DryRun {
+                message_id: mail.message_id,
+            });
         }
-        match self.transport.send(&row.key, &to, &message.formatted()) {
-            Ok(()) => Delivery::Sent { message_id },
-            Err(e) => failed(e.message),
+        Prepared::Send {
+            mail,
+            address: to,
+            profile,
         }
+    }
+}
+
+/// Turns a send's result into the outcome to record (in the sending task).
+struct Outcome {
+    settings: config::Delivery,
+    engine: Arc<Engine>,
+}
+
+impl Outcome {
+    fn of(
+        &self,
+        row: &OutboxRow,
+        mail: &Outgoing,
+        address: &str,
+        profile: &Arc<Profile>,
+        result: Result<(), SendError>,
+    ) -> Delivery {
+        let e = match result {
+            Ok(()) => {
+                return Delivery::Sent {
+                    message_id: mail.message_id.clone(),
+                };
+            }
+            Err(e) => e,
+        };
+        if e.failure == Failure::Permanent {
+            return Delivery::Bounced {
+                error: e.message,
+                address: address.to_string(),
+            };
+        }
+        let now = Utc::now();
+        let attempts = row.attempts + 1;
+        let give_up = chrono::Duration::from_std(self.settings.give_up_after)
+            .unwrap_or(chrono::Duration::days(5));
+        let wait = backoff(
+            &self.settings,
+            attempts,
+            jitter_seed(&row.key, attempts, now),
+        );
+        let mut at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
+        if let Some(slot) = self.window_slot(row, profile, at) {
+            at = slot;
+        }
+        if at > row.created_at + give_up {
+            return Delivery::Failed {
+                error: format!(
+                    "gave up after {attempts} attempts over {}: {}",
+                    crate::time::Period(give_up),
+                    e.message
+                ),
+            };
+        }
+        let error = match e.failure {
+            Failure::Ambiguous => format!("ambiguous: {}", e.message),
+            _ => e.message,
+        };
+        Delivery::Retry { error, at }
+    }
+
+    /// The retry moved into the step's send window (and out of quiet hours for marketing).
+    fn window_slot(
+        &self,
+        row: &OutboxRow,
+        profile: &Arc<Profile>,
+        at: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let seq = self.engine.catalog.version(&row.sequence, &row.version)?;
+        let step = seq.step_index(&row.step)?;
+        let mut c = Customer::new(row.customer.as_str().into());
+        c.profile = profile.clone();
+        self.engine.send_slot(&c, seq, step, at)
+    }
+}
+
+/// The wait before attempt `attempts + 1`: `first`, doubled each time, at most `max`, with
+/// ±20% jitter so a relay that comes back is not hit by every email at once.
+pub fn backoff(s: &config::Delivery, attempts: u32, seed: u64) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(30);
+    let base = s
+        .retry_first
+        .saturating_mul(1u32 << doublings.min(20))
+        .min(s.retry_max);
+    let jitter = 0.8 + 0.4 * ((seed % 10_000) as f64 / 10_000.0);
+    base.mul_f64(jitter).min(s.retry_max)
+}
+
+fn jitter_seed(key: &str, attempts: u32, now: DateTime<Utc>) -> u64 {
+    let mut h = DefaultHasher::new();
+    (key, attempts, now.timestamp_subsec_nanos()).hash(&mut h);
+    h.finish()
+}
+
+fn log_outcomes(done: &[(OutboxRow, Delivery)]) {
+    for (row, d) in done {
+        match d {
+            Delivery::Sent { .. } | Delivery::DryRun { .. } => {}
+            Delivery::Retry { error, at } => {
+                tracing::info!(key = %row.key, sequence = %row.sequence, step = %row.step, attempt = row.attempts + 1, %error, next = %crate::time::rfc3339(*at), "email deferred")
+            }
+            Delivery::Failed { error } => {
+                tracing::warn!(key = %row.key, sequence = %row.sequence, step = %row.step, %error, "email failed")
+            }
+            Delivery::Bounced { error, .. } => {
+                tracing::warn!(key = %row.key, sequence = %row.sequence, step = %row.step, %error, "address bounced")
+            }
+            Delivery::Suppressed { reason } => {
+                tracing::info!(key = %row.key, sequence = %row.sequence, step = %row.step, %reason, "email suppressed at send time")
+            }
+        }
+    }
+}
+
+/// Paces sends to at most `rate` per second (0: no limit).
+struct Pacer {
+    interval: Option<Duration>,
+    next: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Pacer {
+        Pacer {
+            interval: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn wait(&mut self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        }
+        self.next = self.next.max(now) + interval;
     }
 }

@@ -102,19 +102,69 @@ pub struct JourneyCount {
     pub count: u64,
 }
 
-/// How a sent email ended, for [`Store::finish_email`].
+/// How an attempt to send an email ended, for [`Store::finish_emails`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    Sent {
-        message_id: String,
-    },
+    /// Accepted by the transport.
+    Sent { message_id: String },
     /// Not sent (dry run): recorded as it would have been sent.
-    DryRun {
-        message_id: String,
-    },
-    Failed {
-        error: String,
-    },
+    DryRun { message_id: String },
+    /// Not sent this time (4xx, connection trouble, an ambiguous deadline): tried again at `at`.
+    Retry { error: String, at: DateTime<Utc> },
+    /// Given up, or impossible to send (a template error, no address).
+    Failed { error: String },
+    /// Refused for good (5xx): `address` is marked bounced.
+    Bounced { error: String, address: String },
+    /// Not sent: a sending rule now applies that did not when it was queued (an
+    /// unsubscribe or a bounce since).
+    Suppressed { reason: String },
+}
+
+impl Delivery {
+    /// The outbox status it leaves the row in.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Delivery::Sent { .. } => "sent",
+            Delivery::DryRun { .. } => "dry-run",
+            Delivery::Retry { .. } => "pending",
+            Delivery::Failed { .. } => "failed",
+            Delivery::Bounced { .. } => "bounced",
+            Delivery::Suppressed { .. } => "suppressed",
+        }
+    }
+
+    pub fn message_id(&self) -> Option<&str> {
+        match self {
+            Delivery::Sent { message_id } | Delivery::DryRun { message_id } => Some(message_id),
+            _ => None,
+        }
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Delivery::Retry { error, .. }
+            | Delivery::Failed { error }
+            | Delivery::Bounced { error, .. } => Some(error),
+            Delivery::Suppressed { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The timeline line it adds: (action, reason). A dry run adds none: the `email`
+    /// decision already says it all.
+    pub fn timeline(&self) -> Option<(&'static str, String)> {
+        match self {
+            Delivery::Sent { message_id } => Some(("sent", format!("accepted as {message_id}"))),
+            Delivery::DryRun { .. } => None,
+            Delivery::Retry { error, at } => Some((
+                "retry",
+                format!("{error}; next attempt at {}", crate::time::rfc3339(*at)),
+            )),
+            Delivery::Failed { error } => Some(("failed", error.clone())),
+            Delivery::Bounced { error, .. } => Some(("bounce", error.clone())),
+            Delivery::Suppressed { reason } => Some(("suppress", reason.clone())),
+        }
+    }
 }
 
 /// A durable store.
@@ -137,11 +187,26 @@ pub trait Store: Send {
     /// In-flight journeys grouped by sequence, version, step and status.
     fn journey_counts(&mut self) -> Result<Vec<JourneyCount>>;
 
-    /// Emails due to be sent (pending, attempt time reached), oldest first.
-    fn pending_emails(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxRow>>;
+    /// Claims up to `limit` emails due to be sent (pending, attempt time reached, not claimed
+    /// by anyone else), oldest first, for `lease`: until then no instance claims them again.
+    /// A claim that is never finished (a crash) expires, and the email is sent again.
+    fn claim_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxRow>>;
 
-    /// Records how an email ended.
-    fn finish_email(&mut self, key: &str, now: DateTime<Utc>, delivery: &Delivery) -> Result<()>;
+    /// Called once by the outbox worker as it starts: claims that can only be left over from
+    /// a crash of this instance are released (SQLite, one instance per file); with several
+    /// instances (PostgreSQL) nothing is released and claims expire with their lease.
+    fn release_stale_claims(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Records how attempts ended, in one transaction: the outbox rows, their timeline lines,
+    /// and bounced addresses on the customers' profiles.
+    fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()>;
 
     /// Named totals for `aftercare status`: events, customers, journeys, emails by status,
     /// decisions by action.
@@ -200,7 +265,7 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
 
 /// The queries behind [`Store::counts`]; `journeys` counts the journeys in the state
 /// documents, which each database does with its own JSON functions.
-pub fn count_queries(journeys: &'static str) -> [(&'static str, &'static str); 8] {
+pub fn count_queries(journeys: &'static str) -> [(&'static str, &'static str); 10] {
     [
         ("events processed", "SELECT COUNT(*) FROM processed_events"),
         (
@@ -223,6 +288,14 @@ pub fn count_queries(journeys: &'static str) -> [(&'static str, &'static str); 8
         (
             "emails failed",
             "SELECT COUNT(*) FROM outbox WHERE status = 'failed'",
+        ),
+        (
+            "emails bounced",
+            "SELECT COUNT(*) FROM outbox WHERE status = 'bounced'",
+        ),
+        (
+            "emails suppressed when sending",
+            "SELECT COUNT(*) FROM outbox WHERE status = 'suppressed'",
         ),
         ("decisions", "SELECT COUNT(*) FROM timeline"),
     ]

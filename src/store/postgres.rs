@@ -40,6 +40,7 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE stat
 CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
     first_seen BIGINT NOT NULL, PRIMARY KEY (name, version));
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_until BIGINT;
 ";
 
 /// Serialises concurrent migrations of several instances starting at once.
@@ -140,41 +141,114 @@ impl Store for PgStore {
             .collect())
     }
 
-    fn pending_emails(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxRow>> {
+    fn claim_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxRow>> {
+        // SKIP LOCKED: instances claiming at once take different rows; the claim itself is
+        // the lease column, so no lock is held while the email is being sent.
         let rows = self.client.query(
-            "SELECT key, customer, journey, sequence, version, step, order_id, template, category, transactional, created_at, attempts
-             FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
-            &[&micros(now), &(limit as i64)],
+            "UPDATE outbox SET claimed_until = $3 WHERE key IN (
+                 SELECT key FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
+                     AND (claimed_until IS NULL OR claimed_until <= $1)
+                 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
+                 transactional, created_at, attempts, next_attempt_at",
+            &[&micros(now), &(limit as i64), &micros(now + lease)],
         )?;
-        Ok(rows
+        let mut rows: Vec<(i64, OutboxRow)> = rows
             .iter()
-            .map(|r| OutboxRow {
-                key: r.get(0),
-                customer: r.get(1),
-                journey: r.get(2),
-                sequence: r.get(3),
-                version: r.get(4),
-                step: r.get(5),
-                order_id: r.get(6),
-                template: r.get(7),
-                category: r.get(8),
-                transactional: r.get(9),
-                created_at: from_micros(r.get(10)),
-                attempts: r.get::<_, i32>(11) as u32,
+            .map(|r| {
+                (
+                    r.get(12),
+                    OutboxRow {
+                        key: r.get(0),
+                        customer: r.get(1),
+                        journey: r.get(2),
+                        sequence: r.get(3),
+                        version: r.get(4),
+                        step: r.get(5),
+                        order_id: r.get(6),
+                        template: r.get(7),
+                        category: r.get(8),
+                        transactional: r.get(9),
+                        created_at: from_micros(r.get(10)),
+                        attempts: r.get::<_, i32>(11) as u32,
+                    },
+                )
             })
-            .collect())
+            .collect();
+        rows.sort_by_key(|(due, _)| *due);
+        Ok(rows.into_iter().map(|(_, r)| r).collect())
     }
 
-    fn finish_email(&mut self, key: &str, now: DateTime<Utc>, delivery: &Delivery) -> Result<()> {
-        let (status, message_id, error) = match delivery {
-            Delivery::Sent { message_id } => ("sent", Some(message_id.as_str()), None),
-            Delivery::DryRun { message_id } => ("dry-run", Some(message_id.as_str()), None),
-            Delivery::Failed { error } => ("failed", None, Some(error.as_str())),
-        };
-        self.client.execute(
-            "UPDATE outbox SET status = $2, sent_at = $3, message_id = $4, last_error = $5, attempts = attempts + 1 WHERE key = $1",
-            &[&key, &status, &micros(now), &message_id, &error],
+    fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()> {
+        let mut tx = self.client.transaction()?;
+        let update = tx.prepare(
+            "UPDATE outbox SET status = $2, sent_at = $3, message_id = COALESCE($4, message_id),
+                 last_error = $5, attempts = attempts + 1, claimed_until = NULL,
+                 next_attempt_at = COALESCE($6, next_attempt_at)
+             WHERE key = $1",
         )?;
+        let timeline = tx.prepare(
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+        )?;
+        for (row, d) in done {
+            let retry_at = match d {
+                Delivery::Retry { at, .. } => Some(micros(*at)),
+                _ => None,
+            };
+            let sent_at =
+                matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }).then(|| micros(now));
+            tx.execute(
+                &update,
+                &[
+                    &row.key,
+                    &d.status(),
+                    &sent_at,
+                    &d.message_id(),
+                    &d.error(),
+                    &retry_at,
+                ],
+            )?;
+            if let Some((action, reason)) = d.timeline() {
+                tx.execute(
+                    &timeline,
+                    &[
+                        &row.customer,
+                        &micros(now),
+                        &row.journey,
+                        &row.sequence,
+                        &row.version,
+                        &row.step,
+                        &action,
+                        &reason,
+                    ],
+                )?;
+            }
+            if let Delivery::Bounced { address, .. } = d
+                && let Some(c) = load(&mut tx, &[row.customer.as_str()], "FOR UPDATE")?
+                    .pop()
+                    .flatten()
+            {
+                let changed = super::record::mark_bounced(&c.state, address).map_err(|reason| {
+                    super::StoreError::Corrupt {
+                        customer: row.customer.clone(),
+                        reason,
+                    }
+                })?;
+                if let Some(state) = changed {
+                    tx.execute(
+                        "UPDATE customers SET state = $2, updated_at = $3 WHERE id = $1",
+                        &[&row.customer, &state, &micros(now)],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -81,6 +81,24 @@ struct GoalRecord {
     until: DateTime<Utc>,
 }
 
+/// The state document with the profile's address marked bounced, if `address` is still the
+/// profile's address (a new address has not bounced); `None` when nothing changes.
+pub fn mark_bounced(state: &str, address: &str) -> Result<Option<String>, String> {
+    let mut doc: serde_json::Value = serde_json::from_str(state).map_err(|e| e.to_string())?;
+    let Some(profile) = doc.get_mut("profile").and_then(|p| p.as_object_mut()) else {
+        return Err("no profile".into());
+    };
+    let same = profile
+        .get("email")
+        .and_then(|e| e.as_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case(address));
+    if !same || profile.get("bounced") == Some(&serde_json::Value::Bool(true)) {
+        return Ok(None);
+    }
+    profile.insert("bounced".into(), serde_json::Value::Bool(true));
+    Ok(Some(doc.to_string()))
+}
+
 /// Serializes a customer for saving.
 pub fn to_stored(c: &Customer) -> StoredCustomer {
     let state = StateOut {

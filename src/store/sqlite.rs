@@ -32,15 +32,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     version TEXT NOT NULL, step TEXT NOT NULL, order_id TEXT, template TEXT NOT NULL,
     category TEXT NOT NULL, transactional INTEGER NOT NULL, status TEXT NOT NULL,
     created_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    sent_at INTEGER, message_id TEXT, last_error TEXT) WITHOUT ROWID;
+    sent_at INTEGER, message_id TEXT, last_error TEXT, claimed_until INTEGER) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
     first_seen INTEGER NOT NULL, PRIMARY KEY (name, version));
 ";
 
-/// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express; each
+/// version's step from the one before is in `MIGRATIONS`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// (version reached, statements): run in order from the database's version.
+const MIGRATIONS: [(i64, &str); 1] = [(2, "ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;")];
 
 /// Page cache per connection.
 const CACHE_KIB: i64 = 16 * 1024;
@@ -62,10 +66,15 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version < SCHEMA_VERSION {
+        if version == 0 {
             conn.execute_batch(SCHEMA)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        } else {
+            for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
+                conn.execute_batch(sql)?;
+                conn.pragma_update(None, "user_version", to)?;
+            }
         }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         // Checkpoints (copying the WAL back into the database file) run on a thread of their
         // own instead of inside whichever commit crosses the threshold: a quarter of a batch's
         // time otherwise.
@@ -212,42 +221,131 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
-    fn pending_emails(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxRow>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT key, customer, journey, sequence, version, step, order_id, template, category, transactional, created_at, attempts
-             FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
-        )?;
-        let rows = st
-            .query_map(params![micros(now), limit as i64], |r| {
-                Ok(OutboxRow {
-                    key: r.get(0)?,
-                    customer: r.get(1)?,
-                    journey: r.get(2)?,
-                    sequence: r.get(3)?,
-                    version: r.get(4)?,
-                    step: r.get(5)?,
-                    order_id: r.get(6)?,
-                    template: r.get(7)?,
-                    category: r.get(8)?,
-                    transactional: r.get::<_, i64>(9)? != 0,
-                    created_at: from_micros(r.get(10)?),
-                    attempts: r.get::<_, i64>(11)? as u32,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+    fn claim_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxRow>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows = {
+            let mut st = tx.prepare_cached(
+                "UPDATE outbox SET claimed_until = ?3 WHERE key IN (
+                     SELECT key FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
+                         AND (claimed_until IS NULL OR claimed_until <= ?1)
+                     ORDER BY next_attempt_at LIMIT ?2)
+                 RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
+                     transactional, created_at, attempts, next_attempt_at",
+            )?;
+            let mut rows = st
+                .query_map(
+                    params![micros(now), limit as i64, micros(now + lease)],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(12)?,
+                            OutboxRow {
+                                key: r.get(0)?,
+                                customer: r.get(1)?,
+                                journey: r.get(2)?,
+                                sequence: r.get(3)?,
+                                version: r.get(4)?,
+                                step: r.get(5)?,
+                                order_id: r.get(6)?,
+                                template: r.get(7)?,
+                                category: r.get(8)?,
+                                transactional: r.get::<_, i64>(9)? != 0,
+                                created_at: from_micros(r.get(10)?),
+                                attempts: r.get::<_, i64>(11)? as u32,
+                            },
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.sort_by_key(|(due, _)| *due);
+            rows.into_iter().map(|(_, r)| r).collect()
+        };
+        tx.commit()?;
         Ok(rows)
     }
 
-    fn finish_email(&mut self, key: &str, now: DateTime<Utc>, delivery: &Delivery) -> Result<()> {
-        let (status, message_id, error) = match delivery {
-            Delivery::Sent { message_id } => ("sent", Some(message_id.as_str()), None),
-            Delivery::DryRun { message_id } => ("dry-run", Some(message_id.as_str()), None),
-            Delivery::Failed { error } => ("failed", None, Some(error.as_str())),
-        };
-        self.conn.execute(
-            "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = ?4, last_error = ?5, attempts = attempts + 1 WHERE key = ?1",
-            params![key, status, micros(now), message_id, error],
+    /// One instance per SQLite file: a claim left by a crash was this instance's, and is
+    /// taken back at once instead of waiting for its lease to expire.
+    fn release_stale_claims(&mut self) -> Result<u64> {
+        let n = self.conn.execute(
+            "UPDATE outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
+            [],
         )?;
+        Ok(n as u64)
+    }
+
+    fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = COALESCE(?4, message_id),
+                     last_error = ?5, attempts = attempts + 1, claimed_until = NULL,
+                     next_attempt_at = COALESCE(?6, next_attempt_at)
+                 WHERE key = ?1",
+            )?;
+            let mut timeline = tx.prepare_cached(
+                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+            )?;
+            for (row, d) in done {
+                let retry_at = match d {
+                    Delivery::Retry { at, .. } => Some(micros(*at)),
+                    _ => None,
+                };
+                let sent_at = matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. })
+                    .then(|| micros(now));
+                update.execute(params![
+                    row.key,
+                    d.status(),
+                    sent_at,
+                    d.message_id(),
+                    d.error(),
+                    retry_at
+                ])?;
+                if let Some((action, reason)) = d.timeline() {
+                    timeline.execute(params![
+                        row.customer,
+                        micros(now),
+                        row.journey,
+                        row.sequence,
+                        row.version,
+                        row.step,
+                        action,
+                        reason
+                    ])?;
+                }
+                if let Delivery::Bounced { address, .. } = d
+                    && let Some(c) = load_one(&tx, &row.customer)?
+                {
+                    let changed =
+                        super::record::mark_bounced(&c.state, address).map_err(|reason| {
+                            super::StoreError::Corrupt {
+                                customer: row.customer.clone(),
+                                reason,
+                            }
+                        })?;
+                    if let Some(state) = changed {
+                        tx.prepare_cached(
+                            "UPDATE customers SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![
+                            row.customer,
+                            state,
+                            micros(now)
+                        ])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

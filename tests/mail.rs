@@ -1,0 +1,611 @@
+//! Delivery against a real SMTP server this project did not write: aiosmtpd (PyPI), started
+//! by the harness (`tests/smtp/server.py`), with the outbox worker, the composer and the SMTP
+//! transport `run` uses, on a real SQLite store.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aftercare::config::{Config, Tls, Transport};
+use aftercare::engine::{Engine, Policy};
+use aftercare::event::Event;
+use aftercare::mail::token::Signer;
+use aftercare::service::apply::Applier;
+use aftercare::service::outbox::Sender;
+use aftercare::store::{Store, record};
+use chrono::Utc;
+use common::stores::TestStore;
+use serde_json::{Value, json};
+
+const KEY: &str = "test-signing-key";
+
+const REVIEW: &str = "name: review\ncategory: review\njourney: per_order\ntrigger: { event: order.delivered }\nsteps:\n  - id: ask\n    email: { template: review/ask }\n";
+const RECEIPT: &str = "name: receipt\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: thanks\n    email: { template: receipt/thanks }\n";
+
+fn templates() -> Vec<(String, String)> {
+    vec![
+        (
+            "review/ask.subject.j2".into(),
+            "How is it going, {{ customer.name }}?".into(),
+        ),
+        (
+            "review/ask.html.j2".into(),
+            "<p>Hello {{ customer.name }}, tell us about order {{ order.id }}.</p><p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>".into(),
+        ),
+        (
+            "receipt/thanks.subject.j2".into(),
+            "Thanks for order {{ order.id }}".into(),
+        ),
+        (
+            "receipt/thanks.html.j2".into(),
+            "<p>We got it, {{ customer.name }}.</p>".into(),
+        ),
+        (
+            "receipt/thanks.txt.j2".into(),
+            "We got it, {{ customer.name }}.".into(),
+        ),
+    ]
+}
+
+/// aiosmtpd on a free port, with the faults asked for; stopped on drop.
+struct SmtpServer {
+    child: Child,
+    out: PathBuf,
+}
+
+/// A port no other test of this process uses, free now. Handed out from a counter rather
+/// than by the kernel: the outage test leaves its port closed for a while, and an ephemeral
+/// port could meanwhile go to another test's server.
+fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "aftercare-mail-{name}-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl SmtpServer {
+    fn start(port: u16, out: &Path, args: &[&str]) -> SmtpServer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(out)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd) is needed");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("ready {port}"),
+            "the SMTP server did not start"
+        );
+        SmtpServer {
+            child,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// Every DATA attempt the server saw.
+    fn log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.out.join("log.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The accepted messages, in order.
+    fn messages(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A store with the test sequences, an applier to feed it, and the config of a sender.
+struct Rig {
+    store: TestStore,
+    applier: Applier,
+    config: Config,
+}
+
+fn rig(port: u16, tls: Tls, ca: Option<&Path>) -> Rig {
+    let dir = common::service::sequences_dir(
+        &format!("mail-{port}"),
+        &[("review.yaml", REVIEW), ("receipt.yaml", RECEIPT)],
+    );
+    for (path, text) in templates() {
+        let p = dir.join("templates").join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let mut config = Config::default();
+    config.sequences.dir = dir.clone();
+    config.mail.transport = Transport::Smtp;
+    config.mail.from = "Shop <shop@example.com>".into();
+    config.mail.smtp.host = if ca.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    }
+    .into();
+    config.mail.smtp.port = port;
+    config.mail.smtp.tls = tls;
+    config.mail.smtp.ca_file = ca.map(Path::to_path_buf);
+    config.mail.retry.first = "1s".into();
+    config.mail.retry.max = "2s".into();
+    config.mail.send_timeout = "10s".into();
+    config.http.public_url = "https://mail.example.com".into();
+    config.secrets.signing_key = Some(KEY.into());
+    let catalog = aftercare::service::load_catalog(&dir).unwrap();
+    let applier = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
+    Rig {
+        store: TestStore::sqlite(),
+        applier,
+        config,
+    }
+}
+
+fn event(kind: &str, id: &str, customer: &str, data: Value) -> Arc<Event> {
+    let ev = json!({"specversion": "1.0", "id": id, "source": "/shop", "type": kind,
+        "time": aftercare::time::rfc3339(Utc::now()), "subject": customer, "data": data});
+    Arc::new(Event::from_structured(ev.to_string().as_bytes()).unwrap())
+}
+
+fn placed(customer: &str, order: &str, name: &str, email: &str) -> Arc<Event> {
+    event(
+        "order.placed",
+        &format!("p-{order}"),
+        customer,
+        json!({"order_id": order, "total": "10.00", "currency": "EUR", "items": [],
+               "customer": {"email": email, "name": name}}),
+    )
+}
+
+fn delivered(customer: &str, order: &str) -> Arc<Event> {
+    event(
+        "order.delivered",
+        &format!("d-{order}"),
+        customer,
+        json!({"order_id": order}),
+    )
+}
+
+impl Rig {
+    fn apply(&mut self, events: &[Arc<Event>]) {
+        let mut store = self.store.open();
+        self.applier.apply(&mut *store, events, Utc::now()).unwrap();
+    }
+
+    /// Runs the outbox worker until `done` holds for the store's counts (or 60 s pass).
+    fn send_until(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+        let delivery = self.config.delivery().unwrap();
+        let catalog = aftercare::service::load_catalog(&self.config.sequences.dir).unwrap();
+        let sender = Sender {
+            store: self.store.open(),
+            engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
+            composer: aftercare::service::composer(&self.config, &delivery).unwrap(),
+            transport: aftercare::service::transport(&self.config, &delivery).unwrap(),
+            settings: delivery,
+            dry_run: false,
+            wake: Default::default(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let worker = std::thread::spawn(move || sender.run(&s));
+        let counts = self.wait(what, done);
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap().unwrap();
+        counts
+    }
+
+    fn wait(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut store = self.store.open();
+        loop {
+            let c = counts(&mut *store);
+            if done(&c) {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {c:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn timeline(&self, customer: &str) -> Vec<(String, String)> {
+        let (_, t) = self.store.open().customer(customer).unwrap().unwrap();
+        t.into_iter().map(|r| (r.action, r.reason)).collect()
+    }
+}
+
+type Counts = std::collections::HashMap<String, i64>;
+
+fn counts(store: &mut dyn Store) -> Counts {
+    store.counts().unwrap().into_iter().collect()
+}
+
+/// The header block of a message, unfolded: (name, value) in order.
+fn headers(message: &str) -> Vec<(String, String)> {
+    let head = message.split("\r\n\r\n").next().unwrap();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            out.last_mut().unwrap().1.push_str(line);
+        } else if let Some((n, v)) = line.split_once(':') {
+            out.push((n.to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn marketing_and_transactional_emails_arrive_with_the_exact_headers_and_parts() {
+    let port = free_port();
+    let server = SmtpServer::start(port, &scratch("exact"), &[]);
+    let mut rig = rig(port, Tls::None, None);
+    rig.apply(&[placed("c1", "o1", "Ann Lee", "ann@example.com")]);
+    rig.apply(&[delivered("c1", "o1")]);
+    rig.send_until("two emails sent", |c| c["emails sent"] == 2);
+    let messages = server.messages();
+    assert_eq!(messages.len(), 2);
+    let receipt = messages
+        .iter()
+        .find(|m| m.contains("X-Aftercare-Sequence: receipt"))
+        .unwrap();
+    let review = messages
+        .iter()
+        .find(|m| m.contains("X-Aftercare-Sequence: review"))
+        .unwrap();
+
+    // The journey id is in the Message-ID: read it from the header that carries it alone.
+    let h = headers(review);
+    let journey = header(&h, "X-Aftercare-Journey").unwrap().to_string();
+    let token = Signer::new(KEY.as_bytes()).sign("c1", "review");
+    let expected = [
+        ("From", "Shop <shop@example.com>".to_string()),
+        ("To", "\"Ann Lee\" <ann@example.com>".to_string()),
+        ("Subject", "How is it going, Ann Lee?".to_string()),
+        ("Message-ID", format!("<{journey}.ask@example.com>")),
+        ("X-Aftercare-Sequence", "review".to_string()),
+        ("X-Aftercare-Step", "ask".to_string()),
+        ("List-Id", "review <review.example.com>".to_string()),
+        (
+            "List-Unsubscribe",
+            format!("<https://mail.example.com/u/{token}>"),
+        ),
+        (
+            "List-Unsubscribe-Post",
+            "List-Unsubscribe=One-Click".to_string(),
+        ),
+    ];
+    for (name, value) in &expected {
+        assert_eq!(
+            header(&h, name),
+            Some(value.as_str()),
+            "{name} in\n{review}"
+        );
+    }
+    assert!(
+        header(&h, "Content-Type")
+            .unwrap()
+            .starts_with("multipart/alternative;")
+    );
+    // Both parts, the text one derived from the HTML, and the link signed for this customer.
+    assert!(review.contains("Content-Type: text/plain; charset=utf-8"));
+    assert!(review.contains("Content-Type: text/html; charset=utf-8"));
+    assert!(review.contains("Hello Ann Lee, tell us about order o1."));
+    assert!(review.contains(&format!("https://mail.example.com/u/{token}")));
+
+    // Transactional: the aftercare headers and List-Id, but no unsubscribe headers.
+    let h = headers(receipt);
+    assert_eq!(header(&h, "Subject"), Some("Thanks for order o1"));
+    assert_eq!(header(&h, "X-Aftercare-Step"), Some("thanks"));
+    assert_eq!(
+        header(&h, "List-Id"),
+        Some("transactional <transactional.example.com>")
+    );
+    assert_eq!(header(&h, "List-Unsubscribe"), None);
+    assert_eq!(header(&h, "List-Unsubscribe-Post"), None);
+    assert!(receipt.contains("We got it, Ann Lee."));
+
+    // The envelope: from the From address, to the customer only.
+    for entry in server.log() {
+        assert_eq!(entry["mail_from"], "shop@example.com");
+        assert_eq!(entry["rcpt_tos"], json!(["ann@example.com"]));
+    }
+    let actions: Vec<String> = rig.timeline("c1").into_iter().map(|(a, _)| a).collect();
+    assert_eq!(actions.iter().filter(|a| *a == "sent").count(), 2);
+}
+
+#[test]
+fn temporary_failures_are_retried_and_the_email_is_delivered_exactly_once() {
+    let port = free_port();
+    // 421 for the first three attempts, then the server recovers.
+    let server = SmtpServer::start(
+        port,
+        &scratch("retry"),
+        &["--fail-first", "3", "--fail-code", "421"],
+    );
+    let mut rig = rig(port, Tls::None, None);
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    let c = rig.send_until("the email sent", |c| c["emails sent"] == 1);
+    assert_eq!((c["emails pending"], c["emails failed"]), (0, 0));
+    let log = server.log();
+    let replies: Vec<i64> = log.iter().map(|e| e["reply"].as_i64().unwrap()).collect();
+    assert_eq!(replies, [421, 421, 421, 250]);
+    // Every attempt carried the same Message-ID.
+    let ids: std::collections::HashSet<&str> = log
+        .iter()
+        .map(|e| e["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(server.messages().len(), 1);
+    let t = rig.timeline("c1");
+    let retries: Vec<&(String, String)> = t.iter().filter(|(a, _)| a == "retry").collect();
+    assert_eq!(retries.len(), 3);
+    assert!(retries[0].1.contains("421"), "{:?}", retries[0]);
+    assert_eq!(t.last().unwrap().0, "sent");
+}
+
+#[test]
+fn a_permanent_failure_marks_the_address_bounced_and_later_marketing_is_suppressed() {
+    let port = free_port();
+    let server = SmtpServer::start(
+        port,
+        &scratch("bounce"),
+        &["--reject-domain", "gone.example.com"],
+    );
+    let mut rig = rig(port, Tls::None, None);
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@gone.example.com")]);
+    rig.send_until("the bounce", |c| c["emails bounced"] == 1);
+    let (stored, _) = rig.store.open().customer("c1").unwrap().unwrap();
+    assert!(record::profile_and_orders(&stored).unwrap().0.bounced);
+    assert_eq!(
+        rig.timeline("c1").last().unwrap(),
+        &(
+            "bounce".to_string(),
+            "permanent error (550): 5.1.1 <ann@gone.example.com>: no such user".to_string()
+        )
+    );
+    // The next marketing email is suppressed by the engine and never queued.
+    rig.apply(&[delivered("c1", "o1")]);
+    let t = rig.timeline("c1");
+    assert!(
+        t.contains(&("suppress".to_string(), "address bounced".to_string())),
+        "{t:?}"
+    );
+    assert_eq!(server.messages().len(), 0);
+    let c = counts(&mut *rig.store.open());
+    assert_eq!(c["emails pending"], 0);
+}
+
+#[test]
+fn emails_queued_while_the_server_is_down_are_delivered_once_it_is_back() {
+    let port = free_port();
+    let mut rig = rig(port, Tls::None, None);
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    let out = scratch("down");
+    // Down: the worker retries with backoff; the server starts after two refused attempts.
+    let delivery = rig.config.delivery().unwrap();
+    let catalog = aftercare::service::load_catalog(&rig.config.sequences.dir).unwrap();
+    let sender = Sender {
+        store: rig.store.open(),
+        engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
+        composer: aftercare::service::composer(&rig.config, &delivery).unwrap(),
+        transport: aftercare::service::transport(&rig.config, &delivery).unwrap(),
+        settings: delivery,
+        dry_run: false,
+        wake: Default::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let worker = std::thread::spawn(move || sender.run(&s));
+    rig.wait("two refused attempts", |_| {
+        rig.timeline("c1")
+            .iter()
+            .filter(|(a, _)| a == "retry")
+            .count()
+            >= 2
+    });
+    let server = SmtpServer::start(port, &out, &[]);
+    rig.wait("the email sent", |c| c["emails sent"] == 1);
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap().unwrap();
+    assert_eq!(server.messages().len(), 1);
+    assert!(
+        rig.timeline("c1")
+            .iter()
+            .any(|(a, r)| a == "retry" && r.contains("Connection refused")),
+        "{:?}",
+        rig.timeline("c1")
+    );
+}
+
+#[test]
+fn starttls_is_negotiated_with_the_relay_certificate() {
+    let dir = scratch("tls");
+    // A CA, and the relay's certificate for `localhost` signed by it (rustls will not take a
+    // self-signed leaf as its own root).
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("cert.csr"),
+    );
+    let ext = dir.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let _ = (&ca_key, &csr);
+    let port = free_port();
+    let server = SmtpServer::start(
+        port,
+        &dir.join("out"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let mut rig = rig(port, Tls::Starttls, Some(&ca));
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    rig.send_until("the email sent", |c| c["emails sent"] == 1);
+    let log = server.log();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["tls"], true);
+    assert_eq!(log[0]["reply"], 250);
+}
+
+#[test]
+fn customer_data_cannot_inject_headers_or_recipients() {
+    let port = free_port();
+    let server = SmtpServer::start(port, &scratch("inject"), &[]);
+    let mut rig = rig(port, Tls::None, None);
+    // A name carrying a header, and an address carrying one: the first is encoded, the second
+    // refused (recorded as failed, never sent).
+    rig.apply(&[
+        placed(
+            "c1",
+            "o1",
+            "Eve\r\nBcc: victim@example.com",
+            "eve@example.com",
+        ),
+        placed(
+            "c2",
+            "o2",
+            "Mallory",
+            "mallory@example.com\r\nBcc: victim@example.com",
+        ),
+    ]);
+    let c = rig.send_until("both handled", |c| {
+        c["emails sent"] + c["emails failed"] == 2
+    });
+    assert_eq!((c["emails sent"], c["emails failed"]), (1, 1));
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1);
+    let h = headers(&messages[0]);
+    assert_eq!(header(&h, "Bcc"), None, "{}", messages[0]);
+    // In the body the text is only text; the header block has no line of its own for it.
+    let head = messages[0].split("\r\n\r\n").next().unwrap();
+    assert!(
+        !head.lines().any(|l| l.starts_with("Bcc")),
+        "a Bcc header got through:\n{head}"
+    );
+    // The name is one encoded word (RFC 2047) of "Eve Bcc: victim@example.com".
+    assert_eq!(
+        header(&h, "To"),
+        Some("=?utf-8?b?RXZlIEJjYzogdmljdGltQGV4YW1wbGUuY29t?= <eve@example.com>")
+    );
+    for entry in server.log() {
+        assert_eq!(entry["rcpt_tos"], json!(["eve@example.com"]));
+    }
+    assert_eq!(
+        rig.timeline("c2").last().unwrap(),
+        &(
+            "failed".to_string(),
+            "invalid address: the customer's address is not valid".to_string()
+        )
+    );
+}

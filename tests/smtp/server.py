@@ -1,0 +1,99 @@
+"""A real SMTP server for aftercare's delivery tests: aiosmtpd (PyPI), with faults on demand.
+
+    python3 server.py --port P --out DIR [--fail-first N] [--fail-code 451]
+                      [--reject-domain D] [--tls-cert C --tls-key K]
+
+Every DATA attempt is logged as one JSON line in DIR/log.jsonl (sender, recipients, whether
+TLS was on, the reply given, the Message-ID); every accepted message is written whole to
+DIR/<n>.eml. The first N DATA commands are answered with --fail-code (default 451); recipients
+in --reject-domain get 550 at RCPT. With a certificate, STARTTLS is required. Prints
+"ready <port>" on stdout once it accepts connections; stops on SIGTERM.
+"""
+
+import argparse
+import asyncio
+import email
+import json
+import os
+import signal
+import ssl
+import sys
+
+from aiosmtpd.controller import Controller
+
+
+class Handler:
+    def __init__(self, out, fail_first, fail_code, reject_domain):
+        self.out = out
+        self.fail_left = fail_first
+        self.fail_code = fail_code
+        self.reject_domain = reject_domain
+        self.accepted = 0
+
+    def log(self, entry):
+        with open(os.path.join(self.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.reject_domain and address.lower().endswith("@" + self.reject_domain):
+            self.log({"rcpt": address, "reply": 550})
+            return "550 5.1.1 <%s>: no such user" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(envelope.content)
+        entry = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "tls": session.ssl is not None,
+            "message_id": msg.get("Message-ID"),
+        }
+        if self.fail_left > 0:
+            self.fail_left -= 1
+            entry["reply"] = self.fail_code
+            self.log(entry)
+            return "%d 4.3.0 try again later" % self.fail_code
+        self.accepted += 1
+        path = os.path.join(self.out, "%04d.eml" % self.accepted)
+        with open(path + ".tmp", "wb") as f:
+            f.write(envelope.original_content or envelope.content)
+        os.rename(path + ".tmp", path)
+        entry["reply"] = 250
+        self.log(entry)
+        return "250 2.0.0 OK queued"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--fail-first", type=int, default=0)
+    p.add_argument("--fail-code", type=int, default=451)
+    p.add_argument("--reject-domain", default="")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    handler = Handler(a.out, a.fail_first, a.fail_code, a.reject_domain)
+    kwargs = {}
+    if a.tls_cert:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        kwargs = {"tls_context": ctx, "require_starttls": True}
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=a.port, server_hostname="localhost", **kwargs
+    )
+    controller.start()
+    print("ready %d" % a.port, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.run_until_complete(stop.wait())
+    controller.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
