@@ -248,6 +248,7 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
     cfg.store.url = url.into();
     cfg.sequences.dir = sequences();
     cfg.mail.file.dir = std::env::temp_dir().join(format!("ingest-mail-{group}"));
+    cfg.http.listen = "127.0.0.1:0".into();
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Stats::default());
     let (s, st) = (stop.clone(), stats.clone());

@@ -57,6 +57,8 @@ transport = "file"
 from = "Aftercare Shop <shop@example.com>"
 [mail.file]
 dir = "$WORK/mail"
+[http]
+listen = "127.0.0.1:${HTTP_PORT:-8080}"
 [sequences]
 dir = "$ROOT/sequences"
 EOF

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::engine::{Customer, Decision, Engine};
-use crate::event::Event;
+use crate::event::{Event, EventData};
 use crate::sequence::compile::compile_kept;
 use crate::sequence::{JourneyKind, Sequence};
 use crate::store::record::{from_stored, to_stored};
-use crate::store::{Result, Store, StoredCustomer, Tx};
+use crate::store::{Note, Result, Store, StoredCustomer, Tx};
 
 /// What a batch did.
 #[derive(Debug, Default)]
@@ -75,11 +75,13 @@ impl Applier {
                 None => Ok(Customer::new((*id).into())),
             });
         }
+        let mut notes = Vec::new();
         for e in events {
             match &mut customers[index[&*e.subject]] {
                 Ok(c) => {
                     self.engine.handle_event(c, e, now, &mut out.decisions);
                     out.events += 1;
+                    notes.extend(note_of(e, now));
                 }
                 Err(reason) => out.rejected.push((e.clone(), reason.clone())),
             }
@@ -95,6 +97,9 @@ impl Applier {
             .collect();
         tx.save(&stored)?;
         tx.record(&out.decisions)?;
+        if !notes.is_empty() {
+            tx.note(&notes)?;
+        }
         tx.commit()?;
         Ok(out)
     }
@@ -199,3 +204,18 @@ impl Applier {
 }
 
 type Result2<T> = std::result::Result<T, String>;
+
+/// The timeline line of an event that changes what the customer receives as a whole.
+fn note_of(e: &Event, now: DateTime<Utc>) -> Option<Note> {
+    let (action, categories) = match &e.data {
+        EventData::CustomerUnsubscribed { categories } => ("unsubscribe", categories),
+        EventData::CustomerSubscribed { categories } => ("subscribe", categories),
+        _ => return None,
+    };
+    Some(Note {
+        customer: e.subject.to_string(),
+        at: now,
+        action: action.into(),
+        reason: format!("{} (from {})", categories.join(", "), e.source),
+    })
+}

@@ -1,16 +1,18 @@
 //! `aftercare run`: Kafka in, the engine, the durable store, the scheduler, the outbox.
 //!
-//! Three threads, each with one job:
+//! Four threads, each with one job:
 //! - **poll**: fetches from Kafka, batches, stores offsets of committed work ([`kafka`]);
 //! - **engine**: applies batches and wakes due customers, one store transaction each
 //!   ([`apply`]); it is the only writer of customer state in this instance;
-//! - **outbox**: renders and sends queued emails ([`outbox`]).
+//! - **outbox**: renders and sends queued emails ([`outbox`]);
+//! - **http**: unsubscribe and preferences pages ([`http`]).
 //!
 //! Shutdown (SIGTERM/SIGINT): the poll thread stops fetching, the engine finishes its batch and
 //! acks it, offsets are stored and committed asynchronously, threads exit; bounded by a grace
 //! period so the process is gone within 10 s even with the broker down.
 
 pub mod apply;
+pub mod http;
 pub mod kafka;
 pub mod outbox;
 
@@ -101,6 +103,40 @@ pub fn run(
         wake: mail_wake.clone(),
     };
 
+    // Unsubscribe and preferences pages: bound now, so a taken port fails the start.
+    let listener = std::net::TcpListener::bind(&config.http.listen)
+        .with_context(|| format!("config error: http.listen {}", config.http.listen))?;
+    listener.set_nonblocking(true)?;
+    tracing::info!(listen = %listener.local_addr()?, "http listening");
+    let web = Arc::new(http::Web {
+        signer: sender.composer.signer.clone(),
+        categories: marketing_categories(&catalog),
+        apply: std::sync::Mutex::new((
+            crate::store::open(&config.store.url)?,
+            Applier::new(Engine::new(catalog.clone(), policy.clone())),
+        )),
+    });
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            let serve = || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    http::serve(listener, web, async move {
+                        let _ = http_stopped.await;
+                    })
+                    .await
+                })
+            };
+            if let Err(e) = serve() {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        })?;
+
     let engine_stop = Arc::new(AtomicBool::new(false));
     let engine = {
         let stats = stats.clone();
@@ -156,6 +192,8 @@ pub fn run(
     join_until(engine, deadline, "engine");
     mail_stop.store(true, Ordering::Relaxed);
     join_until(mail, deadline, "outbox");
+    let _ = http_stop.send(());
+    join_until(http, deadline, "http");
     // Dropping the consumer closes it; with the broker down that can take long, so it happens
     // on a thread nobody waits for.
     std::thread::spawn(move || drop(consumer));
@@ -399,6 +437,21 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool
             }
         }
     }
+}
+
+/// The categories a customer can choose on the preferences page: every marketing category
+/// of the loaded sequences and their steps.
+pub fn marketing_categories(catalog: &Catalog) -> Vec<String> {
+    let mut out: Vec<String> = catalog
+        .sequences()
+        .iter()
+        .flat_map(|s| (0..s.steps.len()).map(move |i| s.step_category(i)))
+        .filter(|c| !c.is_transactional())
+        .map(|c| c.as_str().to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The development signing key, used only with the `file` transport when

@@ -92,6 +92,15 @@ pub struct TimelineRow {
     pub subject: Option<String>,
 }
 
+/// A timeline line about the customer as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub customer: String,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub reason: String,
+}
+
 /// In-flight journeys on one sequence version and step (for `aftercare plan`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JourneyCount {
@@ -236,6 +245,10 @@ pub trait Tx {
 
     /// Appends decisions to the timeline and queues their emails (once per journey and step).
     fn record(&mut self, decisions: &[Decision]) -> Result<()>;
+
+    /// Appends lines about a customer rather than a journey (an unsubscribe, say); their
+    /// journey, sequence and version are `-`.
+    fn note(&mut self, notes: &[Note]) -> Result<()>;
 
     fn commit(self: Box<Self>) -> Result<()>;
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls, Transaction};
 
 use super::{
-    Delivery, JourneyCount, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
+    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
     VersionRecord, from_micros, micros,
 };
 use crate::engine::Decision;
@@ -425,6 +425,17 @@ impl Tx for PgTx<'_> {
              ON CONFLICT (key) DO NOTHING",
             &[&key, &e_customer, &e_journey, &e_sequence, &e_version, &e_step, &e_order, &e_template, &e_category, &e_tx, &e_at],
         )?;
+        Ok(())
+    }
+
+    fn note(&mut self, notes: &[Note]) -> Result<()> {
+        for n in notes {
+            self.tx.execute(
+                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
+                 VALUES ($1, $2, '-', '-', '-', NULL, $3, $4, NULL)",
+                &[&n.customer, &micros(n.at), &n.action, &n.reason],
+            )?;
+        }
         Ok(())
     }
 

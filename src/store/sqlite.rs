@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    Delivery, JourneyCount, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
+    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
     VersionRecord, from_micros, micros,
 };
 use crate::engine::Decision;
@@ -486,6 +486,17 @@ impl Tx for SqliteTx<'_> {
                     micros(d.at)
                 ])?;
             }
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, notes: &[Note]) -> Result<()> {
+        let mut timeline = self.tx.prepare_cached(
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
+             VALUES (?1, ?2, '-', '-', '-', NULL, ?3, ?4, NULL)",
+        )?;
+        for n in notes {
+            timeline.execute(params![n.customer, micros(n.at), n.action, n.reason])?;
         }
         Ok(())
     }

@@ -47,6 +47,7 @@ pub fn config(
     c.store.url = store_url.to_string();
     c.sequences.dir = sequences.to_path_buf();
     c.mail.file.dir = mail.to_path_buf();
+    c.http.listen = "127.0.0.1:0".into();
     c
 }
 

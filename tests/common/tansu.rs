@@ -118,7 +118,7 @@ pub fn write_config(
     let path = dir.join("aftercare.toml");
     let text = format!(
         "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\nsession_timeout_ms = 6000\nmax_poll_interval_ms = 6000\n\
-         [store]\nurl = \"{store}\"\n[mail.file]\ndir = \"{}\"\n[sequences]\ndir = \"{}\"\n",
+         [store]\nurl = \"{store}\"\n[mail.file]\ndir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[sequences]\ndir = \"{}\"\n",
         dir.join("mail").display(),
         sequences.display()
     );

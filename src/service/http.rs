@@ -1,0 +1,268 @@
+//! The HTTP side of `run` (on `http.listen`): unsubscribe and preferences pages.
+//!
+//! - `GET /u/{token}`: a small page confirming what the link does, with one button;
+//! - `POST /u/{token}`: the RFC 8058 one-click unsubscribe (what mailbox providers POST with
+//!   `List-Unsubscribe=One-Click`): idempotent, 200, committed before the answer;
+//! - `GET /preferences/{token}`, `POST /preferences/{token}`: choose categories;
+//! - `GET /healthz`.
+//!
+//! A change is an event like any other (`customer.unsubscribed` / `customer.subscribed` from
+//! source `aftercare/http`), applied through the same engine path as Kafka's, so it lands on
+//! the timeline and every pending send of the category is suppressed when its turn comes.
+//! A forged or altered token gets 400 and the same few words whatever was wrong with it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+
+use crate::event::{Event, EventData};
+use crate::mail::token::{Claim, Signer};
+use crate::service::apply::Applier;
+use crate::store::Store;
+use crate::store::record::profile_and_orders;
+
+/// What the handlers share.
+pub struct Web {
+    pub signer: Signer,
+    /// The marketing categories of the loaded sequences, for the preferences page.
+    pub categories: Vec<String>,
+    /// The store and an engine to apply changes with (one at a time).
+    pub apply: Mutex<(Box<dyn Store>, Applier)>,
+}
+
+pub fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/u/{token}", get(confirm).post(one_click))
+        .route(
+            "/preferences/{token}",
+            get(preferences).post(save_preferences),
+        )
+        .with_state(web)
+}
+
+/// Serves until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    web: Arc<Web>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(web))
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+const INVALID: &str = "This link is not valid. If you copied it from an email, copy all of it.";
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>{title}</title><style>body{{font-family:sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
+         button{{font-size:1rem;padding:.5rem 1rem}}</style></head><body><h1>{title}</h1>{body}</body></html>",
+        title = escape(title)
+    );
+    (status, Html(html)).into_response()
+}
+
+fn invalid() -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Invalid link",
+        &format!("<p>{INVALID}</p>"),
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn what(category: &str) -> String {
+    if category == "all" {
+        "all our emails except order updates".into()
+    } else {
+        format!("“{}” emails", escape(category))
+    }
+}
+
+async fn confirm(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Response {
+    let Some(claim) = web.signer.verify(&token) else {
+        return invalid();
+    };
+    let token = escape(&token);
+    page(
+        StatusCode::OK,
+        "Unsubscribe",
+        &format!(
+            "<p>Stop sending you {}?</p><form method=\"post\" action=\"/u/{token}\">\
+             <button type=\"submit\">Unsubscribe</button></form>\
+             <p><a href=\"/preferences/{token}\">Choose which emails you get</a></p>",
+            what(&claim.category)
+        ),
+    )
+}
+
+async fn one_click(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Response {
+    let Some(claim) = web.signer.verify(&token) else {
+        return invalid();
+    };
+    let event = change(
+        &claim.customer,
+        "customer.unsubscribed",
+        vec![claim.category.clone()],
+    );
+    match apply(&web, vec![event]).await {
+        Ok(()) => page(
+            StatusCode::OK,
+            "Unsubscribed",
+            &format!("<p>You will get no more {}.</p>", what(&claim.category)),
+        ),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn preferences(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Response {
+    let Some(claim) = web.signer.verify(&token) else {
+        return invalid();
+    };
+    let unsubscribed = match current(&web, &claim).await {
+        Ok(u) => u,
+        Err(e) => return unavailable(&e),
+    };
+    let all = unsubscribed.iter().any(|c| c == "all");
+    let mut boxes = String::new();
+    for c in &web.categories {
+        let checked = if all || unsubscribed.contains(c) {
+            ""
+        } else {
+            " checked"
+        };
+        boxes.push_str(&format!(
+            "<p><label><input type=\"checkbox\" name=\"c_{c}\"{checked}> {c}</label></p>",
+            c = escape(c)
+        ));
+    }
+    page(
+        StatusCode::OK,
+        "Email preferences",
+        &format!(
+            "<p>Order updates always come. Choose the other emails you want:</p>\
+             <form method=\"post\" action=\"/preferences/{}\">{boxes}\
+             <button type=\"submit\">Save</button></form>",
+            escape(&token)
+        ),
+    )
+}
+
+async fn save_preferences(
+    State(web): State<Arc<Web>>,
+    Path(token): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some(claim) = web.signer.verify(&token) else {
+        return invalid();
+    };
+    let wanted: Vec<String> = web
+        .categories
+        .iter()
+        .filter(|c| form.contains_key(&format!("c_{c}")))
+        .cloned()
+        .collect();
+    let unwanted: Vec<String> = web
+        .categories
+        .iter()
+        .filter(|c| !wanted.contains(c))
+        .cloned()
+        .collect();
+    let mut events = Vec::new();
+    if !wanted.is_empty() {
+        // Choosing a category also lifts an unsubscribe from everything.
+        let mut lift = wanted.clone();
+        lift.push("all".into());
+        events.push(change(&claim.customer, "customer.subscribed", lift));
+    }
+    if !unwanted.is_empty() {
+        events.push(change(&claim.customer, "customer.unsubscribed", unwanted));
+    }
+    match apply(&web, events).await {
+        Ok(()) => page(
+            StatusCode::OK,
+            "Preferences saved",
+            "<p>Your choices are saved.</p>",
+        ),
+        Err(e) => unavailable(&e),
+    }
+}
+
+fn unavailable(e: &str) -> Response {
+    tracing::error!(error = %e, "preferences change not saved");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Please try again",
+        "<p>Your request could not be saved just now. Please try again in a minute.</p>",
+    )
+}
+
+/// A preferences event from this server; its id is unique, and its effect idempotent (a set
+/// of categories added or removed).
+fn change(customer: &str, kind: &str, categories: Vec<String>) -> Arc<Event> {
+    let now = Utc::now();
+    let data = match kind {
+        "customer.subscribed" => EventData::CustomerSubscribed { categories },
+        _ => EventData::CustomerUnsubscribed { categories },
+    };
+    Arc::new(Event {
+        id: format!(
+            "{kind}-{}-{}",
+            now.timestamp_micros(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+        source: "aftercare/http".into(),
+        kind: kind.into(),
+        time: now,
+        subject: customer.into(),
+        customer: None,
+        data,
+    })
+}
+
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Applies the events in one transaction, off the async threads (the stores block).
+async fn apply(web: &Arc<Web>, events: Vec<Arc<Event>>) -> Result<(), String> {
+    let web = web.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = web.apply.lock().map_err(|_| "poisoned".to_string())?;
+        let (store, applier) = &mut *guard;
+        applier
+            .apply(&mut **store, &events, Utc::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The categories the customer is unsubscribed from now.
+async fn current(web: &Arc<Web>, claim: &Claim) -> Result<Vec<String>, String> {
+    let web = web.clone();
+    let customer = claim.customer.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = web.apply.lock().map_err(|_| "poisoned".to_string())?;
+        let Some(stored) = guard.0.load(&customer).map_err(|e| e.to_string())? else {
+            return Ok(Vec::new());
+        };
+        let (profile, _) = profile_and_orders(&stored)?;
+        Ok(profile.unsubscribed.iter().map(|c| c.to_string()).collect())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
