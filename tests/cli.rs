@@ -148,8 +148,8 @@ fn every_starter_email_renders_in_both_languages() {
                 continue;
             }
             for (locale, marker) in [
-                ("en-US", "<html lang=\"en\">"),
-                ("ko-KR", "<html lang=\"ko\">"),
+                ("en-US", "<html lang=\"en\" "),
+                ("ko-KR", "<html lang=\"ko\" "),
             ] {
                 let event = SHIPPED_EVENT.replace("ko-KR", locale);
                 std::fs::write(dir.join("event.json"), event).unwrap();
@@ -179,6 +179,13 @@ fn every_starter_email_renders_in_both_languages() {
                 assert!(
                     html.contains(marker),
                     "{}/{} {locale}: no {marker}",
+                    seq.name,
+                    step.id
+                );
+                // The starter set's layout is MJML, rendered to responsive HTML.
+                assert!(
+                    html.starts_with("<!doctype html>") && html.contains("@media only screen"),
+                    "{}/{} {locale}: not rendered from MJML",
                     seq.name,
                     step.id
                 );

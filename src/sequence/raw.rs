@@ -175,7 +175,7 @@ pub struct RawGoal {
 #[derive(Debug, Default, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawEmail {
-    /// Template name, e.g. `camera/basics` for `templates/camera/basics.subject.j2` and `.html.j2`.
+    /// Template name, e.g. `camera/basics` for `templates/camera/basics.subject.j2` and `.html.j2` (or `.mjml.j2`).
     #[schemars(required)]
     pub template: Option<Sp<String>>,
 }

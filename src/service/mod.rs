@@ -124,13 +124,19 @@ pub fn run(
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(async move {
+                // The last handle on the store is dropped here, outside the runtime: the
+                // PostgreSQL client blocks on a runtime of its own when it closes.
+                let handlers = web.clone();
+                let served = rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    http::serve(listener, web, async move {
+                    http::serve(listener, handlers, async move {
                         let _ = http_stopped.await;
                     })
                     .await
-                })
+                });
+                drop(rt);
+                drop(web);
+                served
             };
             if let Err(e) = serve() {
                 tracing::error!(error = %e, "http server stopped");

@@ -1,4 +1,6 @@
-//! Email templates: `templates/<name>[.<locale>].{subject,html,txt}.j2`, rendered with MiniJinja.
+//! Email templates: `templates/<name>[.<locale>].{subject,html,mjml,txt}.j2`, rendered with
+//! MiniJinja. An `.mjml.j2` body is MJML: rendered by MiniJinja first (HTML auto-escaped),
+//! then to responsive HTML by mrml; it takes the place of `.html.j2`.
 //!
 //! Locale fallback is `ko-KR` → `ko` → the default file. The text part comes from the same
 //! locale as the HTML part: a Korean HTML body never gets an English text twin.
@@ -87,7 +89,7 @@ impl Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_auto_escape_callback(|name| {
-            if name.ends_with(".html.j2") {
+            if name.ends_with(".html.j2") || name.ends_with(".mjml.j2") {
                 AutoEscape::Html
             } else {
                 AutoEscape::None
@@ -112,8 +114,8 @@ impl Templates {
             let Some((name, locale, part)) = split_name(&file) else {
                 diags.push(
                     Diagnostic::new(&shown, Pos::START, "unrecognised template file name").hint(
-                        "name templates <name>.subject.j2, <name>.html.j2 or <name>.txt.j2, \
-                         with an optional locale: <name>.ko.html.j2",
+                        "name templates <name>.subject.j2, <name>.html.j2 (or <name>.mjml.j2) or \
+                         <name>.txt.j2, with an optional locale: <name>.ko.html.j2",
                     ),
                 );
                 continue;
@@ -139,6 +141,17 @@ impl Templates {
             };
             if part == Part::Subject {
                 variants[i].simple_subject = Simple::parse(&source);
+            }
+            if let Some(other) = &variants[i].files[part.index()] {
+                diags.push(
+                    Diagnostic::new(
+                        &shown,
+                        Pos::START,
+                        format!("{root}/{other} is the same part"),
+                    )
+                    .hint("keep one of <name>.html.j2 and <name>.mjml.j2 per locale"),
+                );
+                continue;
             }
             variants[i].files[part.index()] = Some(file);
         }
@@ -264,12 +277,16 @@ impl Templates {
         let variant = self
             .pick(name, locale, Part::Html)
             .ok_or_else(|| self.missing(name, Part::Html))?;
-        let html = self.render_file(
-            variant.files[Part::Html.index()]
-                .as_deref()
-                .unwrap_or_default(),
-            ctx,
-        )?;
+        let file = variant.files[Part::Html.index()]
+            .as_deref()
+            .unwrap_or_default();
+        let mut html = self.render_file(file, ctx)?;
+        if file.ends_with(".mjml.j2") {
+            html = mjml_to_html(&html).map_err(|message| RenderError {
+                file: format!("{}/{file}", self.root),
+                message,
+            })?;
+        }
         let text = match &variant.files[Part::Text.index()] {
             Some(file) => self.render_file(file, ctx)?,
             None => text::html_to_text(&html),
@@ -280,6 +297,21 @@ impl Templates {
             text,
         })
     }
+}
+
+/// Responsive HTML from rendered MJML.
+fn mjml_to_html(mjml: &str) -> Result<String, String> {
+    let parsed = mrml::parse(mjml).map_err(|e| format!("MJML: {e}"))?;
+    let options = mrml::prelude::render::RenderOptions {
+        // No HTML comments (they only add bytes) and no web fonts fetched from Google.
+        disable_comments: true,
+        fonts: Default::default(),
+        ..Default::default()
+    };
+    parsed
+        .element
+        .render(&options)
+        .map_err(|e| format!("MJML: {e}"))
 }
 
 /// `&`, `<`, `>`, `"` and `'` as entities: enough for text and attribute values.
@@ -324,7 +356,7 @@ fn split_name(file: &str) -> Option<(String, String, Part)> {
     let (rest, part) = stem.rsplit_once('.')?;
     let part = match part {
         "subject" => Part::Subject,
-        "html" => Part::Html,
+        "html" | "mjml" => Part::Html,
         "txt" => Part::Text,
         _ => return None,
     };
@@ -376,6 +408,37 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io:
 mod tests {
     use super::*;
     use minijinja::context;
+
+    #[test]
+    fn an_mjml_body_becomes_responsive_html_with_escaped_data_and_derived_text() {
+        let (t, diags) = Templates::from_files(
+            "seq/templates",
+            vec![
+                ("m.subject.j2".into(), "Hi {{ name }}".into()),
+                (
+                    "m.mjml.j2".into(),
+                    "<mjml><mj-body><mj-section><mj-column><mj-text>Hello {{ name }}</mj-text>\
+                     </mj-column></mj-section></mj-body></mjml>"
+                        .into(),
+                ),
+                ("bad.subject.j2".into(), "x".into()),
+                ("bad.mjml.j2".into(), "<mjml><mj-body><mj-text>".into()),
+            ],
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let r = t.render("m", None, &context! { name => "<Ann>" }).unwrap();
+        assert!(r.html.starts_with("<!doctype html>"), "{}", r.html);
+        assert!(r.html.contains("Hello &lt;Ann&gt;"), "{}", r.html);
+        assert!(
+            r.html.contains("@media only screen"),
+            "responsive CSS: {}",
+            r.html
+        );
+        assert_eq!(r.text.trim(), "Hello <Ann>");
+        let e = t.render("bad", None, &Value::UNDEFINED).unwrap_err();
+        assert_eq!(e.file, "seq/templates/bad.mjml.j2");
+        assert!(e.message.starts_with("MJML: "), "{}", e.message);
+    }
 
     fn set(files: &[(&str, &str)]) -> Templates {
         let files = files
