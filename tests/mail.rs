@@ -467,27 +467,18 @@ fn emails_queued_while_the_server_is_down_are_delivered_once_it_is_back() {
     );
 }
 
-#[test]
-fn starttls_is_negotiated_with_the_relay_certificate() {
-    let dir = scratch("tls");
-    // A CA, and the relay's certificate for `localhost` signed by it (rustls will not take a
-    // self-signed leaf as its own root).
-    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let (cert, key, csr) = (
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-        dir.join("cert.csr"),
-    );
-    let ext = dir.join("ext.cnf");
+/// A CA, and a certificate for `localhost` signed by it (rustls will not take a self-signed
+/// leaf as its own root), in `dir`: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(
-        &ext,
+        dir.join("ext.cnf"),
         "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
     let openssl = |args: &[&str]| {
         let ok = Command::new("openssl")
             .args(args)
-            .current_dir(&dir)
+            .current_dir(dir)
             .stderr(Stdio::null())
             .status()
             .unwrap();
@@ -537,25 +528,42 @@ fn starttls_is_negotiated_with_the_relay_certificate() {
         "-out",
         "cert.pem",
     ]);
-    let _ = (&ca_key, &csr);
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+fn over_tls(name: &str, mode: Tls, extra: &[&str]) {
+    let dir = scratch(name);
+    let (ca, cert, key) = certificates(&dir);
     let port = free_port();
-    let server = SmtpServer::start(
-        port,
-        &dir.join("out"),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    let mut rig = rig(port, Tls::Starttls, Some(&ca));
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = SmtpServer::start(port, &dir.join("out"), &args);
+    let mut rig = rig(port, mode, Some(&ca));
     rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
     rig.send_until("the email sent", |c| c["emails sent"] == 1);
     let log = server.log();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["tls"], true);
     assert_eq!(log[0]["reply"], 250);
+}
+
+#[test]
+fn starttls_is_negotiated_with_the_relay_certificate() {
+    over_tls("starttls", Tls::Starttls, &[]);
+}
+
+#[test]
+fn implicit_tls_is_spoken_from_the_first_byte() {
+    over_tls("implicit-tls", Tls::Tls, &["--implicit-tls"]);
 }
 
 #[test]

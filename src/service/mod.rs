@@ -513,13 +513,13 @@ pub fn transport(config: &Config, delivery: &crate::config::Delivery) -> anyhow:
         TransportKind::File => {
             Plan::File(FileTransport::new(config.mail.file.dir.clone()).context("mail.file.dir")?)
         }
-        TransportKind::Smtp => Plan::Smtp(Box::new(
+        TransportKind::Smtp => Plan::Smtp(
             crate::mail::transport::smtp(
                 &config.mail.smtp,
                 config.secrets.smtp_password.as_deref(),
                 delivery.send_timeout,
             )
             .map_err(|e| anyhow::anyhow!("config error: {e}"))?,
-        )),
+        ),
     })
 }

@@ -1,12 +1,14 @@
 """A real SMTP server for aftercare's delivery tests: aiosmtpd (PyPI), with faults on demand.
 
     python3 server.py --port P --out DIR [--fail-first N] [--fail-code 451]
-                      [--reject-domain D] [--tls-cert C --tls-key K]
+                      [--reject-domain D] [--tls-cert C --tls-key K] [--discard]
 
 Every DATA attempt is logged as one JSON line in DIR/log.jsonl (sender, recipients, whether
 TLS was on, the reply given, the Message-ID); every accepted message is written whole to
 DIR/<n>.eml. The first N DATA commands are answered with --fail-code (default 451); recipients
-in --reject-domain get 550 at RCPT. With a certificate, STARTTLS is required. Prints
+in --reject-domain get 550 at RCPT. With a certificate, STARTTLS is required. --discard
+--implicit-tls serves TLS from the first byte
+(port 465 style) instead. --discard accepts and drops everything (a sink for benchmarks: no files, no log). Prints
 "ready <port>" on stdout once it accepts connections; stops on SIGTERM.
 """
 
@@ -23,7 +25,8 @@ from aiosmtpd.controller import Controller
 
 
 class Handler:
-    def __init__(self, out, fail_first, fail_code, reject_domain):
+    def __init__(self, out, fail_first, fail_code, reject_domain, discard=False):
+        self.discard = discard
         self.out = out
         self.fail_left = fail_first
         self.fail_code = fail_code
@@ -42,11 +45,14 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.discard:
+            return "250 2.0.0 OK"
         msg = email.message_from_bytes(envelope.content)
         entry = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
-            "tls": session.ssl is not None,
+            "tls": session.ssl is not None
+            or server.transport.get_extra_info("ssl_object") is not None,
             "message_id": msg.get("Message-ID"),
         }
         if self.fail_left > 0:
@@ -73,14 +79,19 @@ def main():
     p.add_argument("--reject-domain", default="")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--discard", action="store_true")
+    p.add_argument("--implicit-tls", action="store_true")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    handler = Handler(a.out, a.fail_first, a.fail_code, a.reject_domain)
+    handler = Handler(a.out, a.fail_first, a.fail_code, a.reject_domain, a.discard)
     kwargs = {}
     if a.tls_cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        kwargs = {"tls_context": ctx, "require_starttls": True}
+        if a.implicit_tls:
+            kwargs = {"ssl_context": ctx}
+        else:
+            kwargs = {"tls_context": ctx, "require_starttls": True}
     controller = Controller(
         handler, hostname="127.0.0.1", port=a.port, server_hostname="localhost", **kwargs
     )
