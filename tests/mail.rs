@@ -453,6 +453,14 @@ fn emails_queued_while_the_server_is_down_are_delivered_once_it_is_back() {
             .count()
             >= 2
     });
+    // AFTERCARE_TEST_OUTAGE_SECS=60 stretches the outage to a minute (the case); CI
+    // keeps it to the two refused attempts.
+    if let Some(secs) = std::env::var("AFTERCARE_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     let server = SmtpServer::start(port, &out, &[]);
     rig.wait("the email sent", |c| c["emails sent"] == 1);
     stop.store(true, Ordering::Relaxed);
@@ -770,4 +778,122 @@ fn one_click_unsubscribe_and_preferences_change_the_store_and_stop_pending_sends
 
     let _ = stop.send(());
     site.join().unwrap();
+}
+
+#[test]
+fn dkim_signatures_verify_and_cover_the_unsubscribe_headers() {
+    let dir = scratch("dkim");
+    let key = dir.join("dkim.pem");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}");
+        out.stdout
+    };
+    run(&["genrsa", "-traditional", "-out", "dkim.pem", "2048"]);
+    let der = run(&["rsa", "-in", "dkim.pem", "-pubout", "-outform", "der"]);
+    use base64::Engine as _;
+    let public = dir.join("public.b64");
+    std::fs::write(
+        &public,
+        base64::engine::general_purpose::STANDARD.encode(der),
+    )
+    .unwrap();
+
+    let port = free_port();
+    let server = SmtpServer::start(port, &dir.join("out"), &[]);
+    let mut rig = rig(port, Tls::None, None);
+    rig.config.mail.dkim = Some(aftercare::config::Dkim {
+        selector: "s1".into(),
+        domain: None,
+        key_file: key,
+    });
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    rig.apply(&[delivered("c1", "o1")]);
+    rig.send_until("two emails sent", |c| c["emails sent"] == 2);
+    let messages = server.messages();
+    let review = messages
+        .iter()
+        .find(|m| m.contains("X-Aftercare-Sequence: review"))
+        .unwrap();
+    let h = headers(review);
+    let signature = header(&h, "DKIM-Signature")
+        .unwrap()
+        .replace([' ', '\t'], "");
+    assert!(signature.contains("c=relaxed/relaxed"), "{signature}");
+    assert!(signature.contains("d=example.com") && signature.contains("s=s1"));
+    let signed: Vec<String> = signature
+        .split(';')
+        .find_map(|t| t.strip_prefix("h="))
+        .unwrap()
+        .split(':')
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for name in [
+        "from",
+        "subject",
+        "message-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    ] {
+        assert!(
+            signed.iter().any(|s| s == name),
+            "{name} not signed: {signed:?}"
+        );
+    }
+    // An independent verifier (dkimpy) accepts every message as received.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/dkim_verify.py");
+    for (i, m) in messages.iter().enumerate() {
+        let file = dir.join(format!("m{i}.eml"));
+        std::fs::write(&file, m).unwrap();
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&file)
+            .arg(&public)
+            .output()
+            .expect("python3 with dkimpy (pip install dkimpy)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "pass",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_template_error_at_send_time_is_recorded_and_the_worker_carries_on() {
+    let port = free_port();
+    let server = SmtpServer::start(port, &scratch("tplerr"), &[]);
+    let mut rig = rig(port, Tls::None, None);
+    // The review body becomes MJML that does not parse: it fails when rendered, not before.
+    let broken = rig
+        .config
+        .sequences
+        .dir
+        .join("templates/review/ask.html.j2");
+    std::fs::remove_file(&broken).unwrap();
+    std::fs::write(
+        broken.with_file_name("ask.mjml.j2"),
+        "<mjml><mj-body><mj-text>{{ customer.name }}",
+    )
+    .unwrap();
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    rig.apply(&[delivered("c1", "o1")]);
+    let c = rig.send_until("both handled", |c| {
+        c["emails sent"] + c["emails failed"] == 2
+    });
+    assert_eq!((c["emails sent"], c["emails failed"]), (1, 1));
+    assert_eq!(server.messages().len(), 1);
+    let t = rig.timeline("c1");
+    let (_, reason) = t.iter().find(|(a, _)| a == "failed").unwrap();
+    assert!(
+        reason.starts_with("template error: ")
+            && reason.contains("templates/review/ask.mjml.j2: MJML: "),
+        "{reason}"
+    );
 }

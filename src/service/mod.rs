@@ -94,7 +94,7 @@ pub fn run(
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let mail_wake = Arc::new(Notify::new());
     let sender = outbox::Sender {
-        store: crate::store::open(&config.store.url)?,
+        store: crate::store::open_small(&config.store.url)?,
         engine: Arc::new(Engine::new(catalog.clone(), policy.clone())),
         composer: composer(&config, &delivery)?,
         transport: transport(&config, &delivery)?,
@@ -112,7 +112,7 @@ pub fn run(
         signer: sender.composer.signer.clone(),
         categories: marketing_categories(&catalog),
         apply: std::sync::Mutex::new((
-            crate::store::open(&config.store.url)?,
+            crate::store::open_small(&config.store.url)?,
             Applier::new(Engine::new(catalog.clone(), policy.clone())),
         )),
     });

@@ -418,3 +418,130 @@ impl Pacer {
         self.next = self.next.max(now) + interval;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Policy;
+
+    fn settings() -> config::Delivery {
+        crate::config::Config::default().delivery().unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_from_first_up_to_max_with_jitter_within_a_fifth() {
+        let s = settings(); // 5m first, 1h max
+        let mins = |attempts, seed| backoff(&s, attempts, seed).as_secs_f64() / 60.0;
+        for seed in [0, 4_999, 9_999, 123_456_789] {
+            let first = mins(1, seed);
+            assert!((4.0..=6.0).contains(&first), "{first}");
+            let second = mins(2, seed);
+            assert!((8.0..=12.0).contains(&second), "{second}");
+            // 5m * 2^4 = 80m, capped at 60m, then jitter; never above max.
+            let fifth = mins(5, seed);
+            assert!((48.0..=60.0).contains(&fifth), "{fifth}");
+            assert!(mins(40, seed) <= 60.0);
+        }
+        // The jitter spreads retries: different seeds, different waits.
+        assert_ne!(backoff(&s, 1, 1), backoff(&s, 1, 7_777));
+    }
+
+    fn row(created_at: DateTime<Utc>, attempts: u32) -> OutboxRow {
+        OutboxRow {
+            key: "j:s".into(),
+            customer: "c1".into(),
+            journey: "j".into(),
+            sequence: "unknown".into(),
+            version: "v".into(),
+            step: "s".into(),
+            order_id: None,
+            template: "t".into(),
+            category: "review".into(),
+            transactional: false,
+            created_at,
+            attempts,
+        }
+    }
+
+    #[test]
+    fn failures_become_retries_bounces_or_give_ups() {
+        let empty = std::env::temp_dir().join(format!("aftercare-outbox-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let (catalog, _) = crate::sequence::Catalog::load(&empty).unwrap();
+        let catalog = Arc::new(catalog);
+        let outcome = Outcome {
+            settings: settings(),
+            engine: Arc::new(Engine::new(catalog, Policy::default())),
+        };
+        let mail = Outgoing {
+            key: "j:s".into(),
+            message_id: "<j.s@example.com>".into(),
+            envelope: lettre::address::Envelope::new(None, vec!["a@example.com".parse().unwrap()])
+                .unwrap(),
+            bytes: Vec::new(),
+        };
+        let profile = Arc::new(Profile::default());
+        let err = |failure, message: &str| {
+            Err(SendError {
+                failure,
+                code: None,
+                message: message.into(),
+            })
+        };
+        let now = Utc::now();
+        match outcome.of(
+            &row(now, 0),
+            &mail,
+            "a@example.com",
+            &profile,
+            err(Failure::Transient, "451 later"),
+        ) {
+            Delivery::Retry { error, at } => {
+                assert_eq!(error, "451 later");
+                assert!(
+                    at >= now + chrono::Duration::minutes(4)
+                        && at <= now + chrono::Duration::minutes(7)
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        // An expired deadline may have been accepted: retried, and said so.
+        match outcome.of(
+            &row(now, 0),
+            &mail,
+            "a@example.com",
+            &profile,
+            err(Failure::Ambiguous, "no answer"),
+        ) {
+            Delivery::Retry { error, .. } => assert_eq!(error, "ambiguous: no answer"),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(
+            outcome.of(
+                &row(now, 0),
+                &mail,
+                "a@example.com",
+                &profile,
+                err(Failure::Permanent, "550 no such user")
+            ),
+            Delivery::Bounced {
+                error: "550 no such user".into(),
+                address: "a@example.com".into()
+            }
+        );
+        // Still failing five days after it was queued: given up.
+        let old = now - chrono::Duration::days(5);
+        assert_eq!(
+            outcome.of(
+                &row(old, 40),
+                &mail,
+                "a@example.com",
+                &profile,
+                err(Failure::Transient, "421 busy")
+            ),
+            Delivery::Failed {
+                error: "gave up after 41 attempts over 5d: 421 busy".into()
+            }
+        );
+    }
+}

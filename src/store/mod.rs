@@ -266,6 +266,19 @@ pub fn open(url: &str) -> Result<Box<dyn Store>> {
     )))
 }
 
+/// As [`open`], for a connection that touches a few rows at a time (the outbox worker, the
+/// HTTP pages, the commands): SQLite gives it a small page cache, so memory stays flat however
+/// many customers the store holds.
+pub fn open_small(url: &str) -> Result<Box<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Box::new(sqlite::SqliteStore::open_with_cache(
+            path,
+            sqlite::SMALL_CACHE_KIB,
+        )?));
+    }
+    open(url)
+}
+
 /// Timestamps are stored as microseconds since the epoch in both databases: one column type,
 /// exact, and comparable in SQL.
 pub fn micros(t: DateTime<Utc>) -> i64 {

@@ -46,8 +46,11 @@ const SCHEMA_VERSION: i64 = 2;
 /// (version reached, statements): run in order from the database's version.
 const MIGRATIONS: [(i64, &str); 1] = [(2, "ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;")];
 
-/// Page cache per connection.
-const CACHE_KIB: i64 = 16 * 1024;
+/// Page cache of the engine's connection, which reads and writes every customer.
+pub const CACHE_KIB: i64 = 16 * 1024;
+
+/// Page cache of the other connections (outbox, HTTP, commands): they touch a few rows each.
+pub const SMALL_CACHE_KIB: i64 = 2 * 1024;
 
 pub struct SqliteStore {
     conn: Connection,
@@ -55,15 +58,20 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating) the database file and migrates it.
+    /// Opens (creating) the database file and migrates it, with the engine's page cache.
     pub fn open(path: &str) -> Result<SqliteStore> {
+        SqliteStore::open_with_cache(path, CACHE_KIB)
+    }
+
+    /// As [`SqliteStore::open`], with a page cache of `cache_kib` KiB.
+    pub fn open_with_cache(path: &str, cache_kib: i64) -> Result<SqliteStore> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Hot customers and index pages stay in memory (a batch touches thousands of pages);
         // the cache is bounded, so memory does not grow with the number of customers.
-        conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        conn.pragma_update(None, "cache_size", -cache_kib)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 0 {
