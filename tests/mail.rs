@@ -897,3 +897,70 @@ fn a_template_error_at_send_time_is_recorded_and_the_worker_carries_on() {
         "{reason}"
     );
 }
+
+#[test]
+fn the_relay_login_is_given_and_a_refused_one_is_retried_never_a_bounce() {
+    let dir = scratch("auth");
+    let (ca, cert, key) = certificates(&dir);
+    let port = free_port();
+    let server = SmtpServer::start(
+        port,
+        &dir.join("out"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--auth",
+            "aftercare:s3cret",
+        ],
+    );
+    let mut rig = rig(port, Tls::Starttls, Some(&ca));
+    rig.config.mail.smtp.username = Some("aftercare".into());
+    rig.config.secrets.smtp_password = Some("wrong".into());
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    // A 535 is about aftercare's login, not the customer's address.
+    rig.send_until("a refused login", |_| {
+        rig.timeline("c1").iter().any(|(a, _)| a == "retry")
+    });
+    let t = rig.timeline("c1");
+    let (_, reason) = t.iter().find(|(a, _)| a == "retry").unwrap();
+    assert!(reason.contains("535"), "{reason}");
+    let c = counts(&mut *rig.store.open());
+    assert_eq!((c["emails bounced"], c["emails sent"]), (0, 0));
+    let (stored, _) = rig.store.open().customer("c1").unwrap().unwrap();
+    assert!(!record::profile_and_orders(&stored).unwrap().0.bounced);
+
+    rig.config.secrets.smtp_password = Some("s3cret".into());
+    rig.send_until("the email sent", |c| c["emails sent"] == 1);
+    let log = server.log();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0]["tls"].clone(), log[0]["reply"].clone()),
+        (json!(true), json!(250))
+    );
+}
+
+#[test]
+fn a_message_refused_after_data_fails_that_email_without_bouncing_the_address() {
+    let port = free_port();
+    // 554 to the message itself (content or policy), not to the recipient.
+    let server = SmtpServer::start(
+        port,
+        &scratch("refused"),
+        &["--fail-first", "1", "--fail-code", "554"],
+    );
+    let mut rig = rig(port, Tls::None, None);
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    let c = rig.send_until("the refusal", |c| c["emails failed"] == 1);
+    assert_eq!((c["emails bounced"], c["emails sent"]), (0, 0));
+    let (stored, _) = rig.store.open().customer("c1").unwrap().unwrap();
+    assert!(!record::profile_and_orders(&stored).unwrap().0.bounced);
+    let t = rig.timeline("c1");
+    let (_, reason) = t.iter().find(|(a, _)| a == "failed").unwrap();
+    assert!(
+        reason.starts_with("refused: ") && reason.contains("554"),
+        "{reason}"
+    );
+    assert_eq!(server.messages().len(), 0);
+}

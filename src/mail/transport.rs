@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
 
 use super::Outgoing;
 use crate::config::{Smtp, Tls as TlsMode};
@@ -19,10 +20,14 @@ use crate::config::{Smtp, Tls as TlsMode};
 /// How a send went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// 4xx, or the connection failed before the message was handed over: retry later.
+    /// 4xx, a connection error, or a refusal that is not about the recipient (authentication,
+    /// the sender, TLS): retry later.
     Transient,
-    /// 5xx: the address (or the message) is refused for good.
+    /// 5xx to the recipient (RCPT): the address is refused for good.
     Permanent,
+    /// 5xx to the message itself (after DATA: content or policy): this email is refused, the
+    /// address is not at fault.
+    Refused,
     /// The deadline expired mid-send: it may or may not have been accepted.
     Ambiguous,
 }
@@ -116,16 +121,18 @@ pub struct SmtpPool {
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(5);
 
 impl SmtpPool {
+    /// One transaction, a stage at a time, so a 5xx is blamed on what it answered: the
+    /// recipient (RCPT: the address bounced), the message (DATA: refused), or neither (MAIL,
+    /// which is about the sender: the relay's or aftercare's configuration, retried).
     async fn send(&self, mail: &Outgoing) -> Result<(), SendError> {
         let mut conn = self.checkout().await?;
-        match conn.send(&mail.envelope, &mail.bytes).await {
-            Ok(_) => {
-                self.checkin(conn);
-                Ok(())
-            }
-            // lettre aborts the connection on any error; it is not reused.
-            Err(e) => Err(classify(&e)),
+        let result = transaction(&mut conn, mail).await;
+        match &result {
+            Ok(()) => self.checkin(conn),
+            // After a refusal the connection may be mid-transaction: not reused.
+            Err(_) => conn.abort().await,
         }
+        result
     }
 
     async fn checkout(&self) -> Result<AsyncSmtpConnection, SendError> {
@@ -151,7 +158,13 @@ impl SmtpPool {
         }
     }
 
+    /// A connection, greeted, encrypted and authenticated. Nothing that fails here is about a
+    /// recipient, so even a 5xx (a refused login) is retried, never a bounce.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let not_recipient = |e: &lettre::transport::smtp::Error| SendError {
+            failure: Failure::Transient,
+            ..classify(e)
+        };
         let refused = |message: String| SendError {
             failure: Failure::Transient,
             code: None,
@@ -167,7 +180,7 @@ impl SmtpPool {
                 None,
             )
             .await
-            .map_err(|e| classify(&e))?,
+            .map_err(|e| not_recipient(&e))?,
             _ => {
                 let tcp = tokio::time::timeout(
                     self.timeout,
@@ -198,10 +211,39 @@ impl SmtpPool {
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(|e| classify(&e))?;
+                .map_err(|e| not_recipient(&e))?;
         }
         Ok(conn)
     }
+}
+
+async fn transaction(conn: &mut AsyncSmtpConnection, mail: &Outgoing) -> Result<(), SendError> {
+    let not_recipient = |e: lettre::transport::smtp::Error| SendError {
+        failure: Failure::Transient,
+        ..classify(&e)
+    };
+    let mut options = Vec::new();
+    if !mail.bytes.is_ascii() {
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(mail.envelope.from().cloned(), options))
+        .await
+        .map_err(not_recipient)?;
+    for to in mail.envelope.to() {
+        conn.command(Rcpt::new(to.clone(), Vec::new()))
+            .await
+            .map_err(|e| classify(&e))?;
+    }
+    let refused = |e: lettre::transport::smtp::Error| {
+        let mut err = classify(&e);
+        if err.failure == Failure::Permanent {
+            err.failure = Failure::Refused;
+        }
+        err
+    };
+    conn.command(Data).await.map_err(refused)?;
+    conn.message(&mail.bytes).await.map_err(refused)?;
+    Ok(())
 }
 
 /// The SMTP transport for `mail.smtp`, checked (certificates read, credentials complete) but

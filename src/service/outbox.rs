@@ -305,11 +305,19 @@ impl Outcome {
             }
             Err(e) => e,
         };
-        if e.failure == Failure::Permanent {
-            return Delivery::Bounced {
-                error: e.message,
-                address: address.to_string(),
-            };
+        match e.failure {
+            Failure::Permanent => {
+                return Delivery::Bounced {
+                    error: e.message,
+                    address: address.to_string(),
+                };
+            }
+            Failure::Refused => {
+                return Delivery::Failed {
+                    error: format!("refused: {}", e.message),
+                };
+            }
+            Failure::Transient | Failure::Ambiguous => {}
         }
         let now = Utc::now();
         let attempts = row.attempts + 1;

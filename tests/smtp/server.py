@@ -1,14 +1,15 @@
 """A real SMTP server for aftercare's delivery tests: aiosmtpd (PyPI), with faults on demand.
 
     python3 server.py --port P --out DIR [--fail-first N] [--fail-code 451]
-                      [--reject-domain D] [--tls-cert C --tls-key K] [--discard]
+                      [--reject-domain D] [--tls-cert C --tls-key K] [--implicit-tls]
+                      [--auth USER:PASSWORD] [--discard]
 
 Every DATA attempt is logged as one JSON line in DIR/log.jsonl (sender, recipients, whether
 TLS was on, the reply given, the Message-ID); every accepted message is written whole to
 DIR/<n>.eml. The first N DATA commands are answered with --fail-code (default 451); recipients
-in --reject-domain get 550 at RCPT. With a certificate, STARTTLS is required. --discard
---implicit-tls serves TLS from the first byte
-(port 465 style) instead. --discard accepts and drops everything (a sink for benchmarks: no files, no log). Prints
+in --reject-domain get 550 at RCPT. With a certificate, STARTTLS is required, or with
+--implicit-tls TLS from the first byte (port 465 style). --auth requires AUTH (after TLS).
+--discard accepts and drops everything (a sink for benchmarks: no files, no log). Prints
 "ready <port>" on stdout once it accepts connections; stops on SIGTERM.
 """
 
@@ -81,6 +82,7 @@ def main():
     p.add_argument("--tls-key")
     p.add_argument("--discard", action="store_true")
     p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--auth", help="USER:PASSWORD required (AUTH PLAIN/LOGIN, after TLS)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     handler = Handler(a.out, a.fail_first, a.fail_code, a.reject_domain, a.discard)
@@ -92,6 +94,21 @@ def main():
             kwargs = {"ssl_context": ctx}
         else:
             kwargs = {"tls_context": ctx, "require_starttls": True}
+    if a.auth:
+        user, password = a.auth.split(":", 1)
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            from aiosmtpd.smtp import AuthResult, LoginPassword
+
+            ok = (
+                isinstance(auth_data, LoginPassword)
+                and auth_data.login.decode() == user
+                and auth_data.password.decode() == password
+            )
+            # handled=False: aiosmtpd answers 535 itself on a failure.
+            return AuthResult(success=ok, handled=False)
+
+        kwargs.update(authenticator=authenticator, auth_required=True)
     controller = Controller(
         handler, hostname="127.0.0.1", port=a.port, server_hostname="localhost", **kwargs
     )
