@@ -214,11 +214,11 @@ impl Rig {
         self.applier.apply(&mut *store, events, Utc::now()).unwrap();
     }
 
-    /// Runs the outbox worker until `done` holds for the store's counts (or 60 s pass).
-    fn send_until(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+    /// The outbox worker as `run` builds it, for this rig's config.
+    fn sender(&self) -> Sender {
         let delivery = self.config.delivery().unwrap();
         let catalog = aftercare::service::load_catalog(&self.config.sequences.dir).unwrap();
-        let sender = Sender {
+        Sender {
             store: self.store.open(),
             engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
             composer: aftercare::service::composer(&self.config, &delivery).unwrap(),
@@ -226,7 +226,12 @@ impl Rig {
             settings: delivery,
             dry_run: false,
             wake: Default::default(),
-        };
+        }
+    }
+
+    /// Runs the outbox worker until `done` holds for the store's counts (or 60 s pass).
+    fn send_until(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+        let sender = self.sender();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let worker = std::thread::spawn(move || sender.run(&s));
@@ -432,17 +437,7 @@ fn emails_queued_while_the_server_is_down_are_delivered_once_it_is_back() {
     rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
     let out = scratch("down");
     // Down: the worker retries with backoff; the server starts after two refused attempts.
-    let delivery = rig.config.delivery().unwrap();
-    let catalog = aftercare::service::load_catalog(&rig.config.sequences.dir).unwrap();
-    let sender = Sender {
-        store: rig.store.open(),
-        engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
-        composer: aftercare::service::composer(&rig.config, &delivery).unwrap(),
-        transport: aftercare::service::transport(&rig.config, &delivery).unwrap(),
-        settings: delivery,
-        dry_run: false,
-        wake: Default::default(),
-    };
+    let sender = rig.sender();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let worker = std::thread::spawn(move || sender.run(&s));

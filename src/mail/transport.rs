@@ -83,6 +83,14 @@ impl Transport {
     }
 }
 
+/// A failure that is not about the recipient, whatever its code: retried.
+fn not_recipient(e: &lettre::transport::smtp::Error) -> SendError {
+    SendError {
+        failure: Failure::Transient,
+        ..classify(e)
+    }
+}
+
 fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     let code = e.status().map(u16::from);
     // A reply that timed out (the per-command timeout) is retried like a 4xx: if it came
@@ -161,10 +169,6 @@ impl SmtpPool {
     /// A connection, greeted, encrypted and authenticated. Nothing that fails here is about a
     /// recipient, so even a 5xx (a refused login) is retried, never a bounce.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let not_recipient = |e: &lettre::transport::smtp::Error| SendError {
-            failure: Failure::Transient,
-            ..classify(e)
-        };
         let refused = |message: String| SendError {
             failure: Failure::Transient,
             code: None,
@@ -218,17 +222,13 @@ impl SmtpPool {
 }
 
 async fn transaction(conn: &mut AsyncSmtpConnection, mail: &Outgoing) -> Result<(), SendError> {
-    let not_recipient = |e: lettre::transport::smtp::Error| SendError {
-        failure: Failure::Transient,
-        ..classify(&e)
-    };
     let mut options = Vec::new();
     if !mail.bytes.is_ascii() {
         options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
     conn.command(Mail::new(mail.envelope.from().cloned(), options))
         .await
-        .map_err(not_recipient)?;
+        .map_err(|e| not_recipient(&e))?;
     for to in mail.envelope.to() {
         conn.command(Rcpt::new(to.clone(), Vec::new()))
             .await
