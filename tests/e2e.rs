@@ -147,7 +147,7 @@ fn run_makes_the_decisions_simulate_makes() {
         .unwrap();
     assert!(sim.status.success());
     let expected = by_customer(
-        String::from_utf8(sim.stdout)
+        String::from_utf8(sim.stdout.clone())
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap()),
@@ -191,6 +191,22 @@ fn run_makes_the_decisions_simulate_makes() {
         );
     }
     assert_eq!(got, expected);
+    // `aftercare customer` prints the decisions as simulate does, and how each email went.
+    let shown = aftercare()
+        .args(["customer", "c0", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    let simulated = String::from_utf8(sim.stdout).unwrap();
+    // The same line but for `at` (run decides on the wall clock).
+    let first = simulated.lines().find(|l| l.contains("\"c0\"")).unwrap();
+    let (_, first) = first.split_once(",\"customer\"").unwrap();
+    assert!(shown.contains(first), "{first}\nnot in\n{shown}");
+    assert!(
+        shown.contains("\"step\":\"receipt\",\"action\":\"sent\",\"reason\":\"accepted as <"),
+        "{shown}"
+    );
     let emails = expected
         .values()
         .flatten()

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::engine::{Action, Decision, JourneyId};
 use crate::store::record::{journeys, profile_and_orders};
 use crate::time::rfc3339;
 
@@ -64,23 +63,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("timeline:");
     for t in &timeline {
-        // The same line simulate prints.
-        let d = Decision {
-            at: t.at,
-            customer: stored.id.as_str().into(),
-            journey: t.journey.parse().unwrap_or(JourneyId(0)),
-            sequence: t.sequence.as_str().into(),
-            version: t.version.as_str().into(),
-            step: t.step.as_deref().map(Into::into),
-            action: Action::ALL
-                .into_iter()
-                .find(|a| a.as_str() == t.action)
-                .unwrap_or(Action::Skip),
-            reason: t.reason.clone(),
-            subject: t.subject.clone(),
-            email: None,
+        // The same line simulate prints; delivery lines (`sent`, `retry`, ...) and profile
+        // lines (`unsubscribe`) have the same fields with actions of their own.
+        let line = Line {
+            at: crate::time::rfc3339(t.at),
+            customer: &stored.id,
+            sequence: &t.sequence,
+            step: t.step.as_deref(),
+            action: &t.action,
+            reason: &t.reason,
+            subject: t.subject.as_deref(),
         };
-        println!("  {}", d.to_json());
+        println!("  {}", serde_json::to_string(&line)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A timeline line, in the order of simulate's decision lines.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    at: String,
+    customer: &'a str,
+    sequence: &'a str,
+    step: Option<&'a str>,
+    action: &'a str,
+    reason: &'a str,
+    subject: Option<&'a str>,
 }
