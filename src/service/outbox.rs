@@ -555,6 +555,30 @@ mod tests {
 }
 
 #[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_lets_through_at_most_rate_per_second() {
+        let mut pacer = Pacer::new(4.0);
+        let start = tokio::time::Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..9 {
+            pacer.wait().await;
+            times.push((tokio::time::Instant::now() - start).as_millis());
+        }
+        assert_eq!(times, [0, 250, 500, 750, 1000, 1250, 1500, 1750, 2000]);
+        // No limit: no waiting.
+        let mut free = Pacer::new(0.0);
+        let t = tokio::time::Instant::now();
+        for _ in 0..100 {
+            free.wait().await;
+        }
+        assert_eq!(tokio::time::Instant::now(), t);
+    }
+}
+
+#[cfg(test)]
 mod window_tests {
     use super::*;
     use crate::engine::Policy;
