@@ -454,6 +454,16 @@ mod tests {
         assert_ne!(backoff(&s, 1, 1), backoff(&s, 1, 7_777));
     }
 
+    fn mail() -> Outgoing {
+        Outgoing {
+            key: "j:s".into(),
+            message_id: "<j.s@example.com>".into(),
+            envelope: lettre::address::Envelope::new(None, vec!["a@example.com".parse().unwrap()])
+                .unwrap(),
+            bytes: Vec::new(),
+        }
+    }
+
     fn row(created_at: DateTime<Utc>, attempts: u32) -> OutboxRow {
         OutboxRow {
             key: "j:s".into(),
@@ -481,13 +491,7 @@ mod tests {
             settings: settings(),
             engine: Arc::new(Engine::new(catalog, Policy::default())),
         };
-        let mail = Outgoing {
-            key: "j:s".into(),
-            message_id: "<j.s@example.com>".into(),
-            envelope: lettre::address::Envelope::new(None, vec!["a@example.com".parse().unwrap()])
-                .unwrap(),
-            bytes: Vec::new(),
-        };
+        let mail = mail();
         let profile = Arc::new(Profile::default());
         let err = |failure, message: &str| {
             Err(SendError {
@@ -552,6 +556,54 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn a_retry_waits_for_the_steps_send_window_in_the_customers_timezone() {
+        let dir = std::env::temp_dir().join(format!("aftercare-window-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("templates/t")).unwrap();
+        std::fs::write(
+            dir.join("w.yaml"),
+            "name: w\ncategory: news\ntrigger: { event: order.placed }\nsteps:\n  - id: s\n    send_window: \"0 9 * * *\"\n    email: { template: t/a }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("templates/t/a.subject.j2"), "A").unwrap();
+        std::fs::write(dir.join("templates/t/a.html.j2"), "<p>a</p>").unwrap();
+        let (catalog, diags) = crate::sequence::Catalog::load(&dir).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        let version = catalog.get("w").unwrap().version.to_string();
+        let outcome = Outcome {
+            settings: crate::config::Config::default().delivery().unwrap(),
+            engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
+        };
+        let row = OutboxRow {
+            sequence: "w".into(),
+            version,
+            template: "t/a".into(),
+            category: "news".into(),
+            ..row(Utc::now(), 0)
+        };
+        let mail = mail();
+        let profile = Profile {
+            timezone: Some(chrono_tz::Asia::Seoul),
+            ..Default::default()
+        };
+        let failed = Err(SendError {
+            failure: Failure::Transient,
+            code: Some(451),
+            message: "451 later".into(),
+        });
+        let before = Utc::now();
+        let Delivery::Retry { at, .. } =
+            outcome.of(&row, &mail, "a@example.com", &Arc::new(profile), failed)
+        else {
+            panic!("not a retry");
+        };
+        // 09:00 in Seoul, the first one after the backoff (about 5 minutes from now).
+        let local = at.with_timezone(&chrono_tz::Asia::Seoul);
+        assert_eq!(local.format("%H:%M:%S").to_string(), "09:00:00");
+        assert!(at > before + chrono::Duration::minutes(4));
+        assert!(at <= before + chrono::Duration::days(1) + chrono::Duration::minutes(7));
+    }
 }
 
 #[cfg(test)]
@@ -575,72 +627,5 @@ mod pacer_tests {
             free.wait().await;
         }
         assert_eq!(tokio::time::Instant::now(), t);
-    }
-}
-
-#[cfg(test)]
-mod window_tests {
-    use super::*;
-    use crate::engine::Policy;
-
-    #[test]
-    fn a_retry_waits_for_the_steps_send_window_in_the_customers_timezone() {
-        let dir = std::env::temp_dir().join(format!("aftercare-window-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("templates/t")).unwrap();
-        std::fs::write(
-            dir.join("w.yaml"),
-            "name: w\ncategory: news\ntrigger: { event: order.placed }\nsteps:\n  - id: s\n    send_window: \"0 9 * * *\"\n    email: { template: t/a }\n",
-        )
-        .unwrap();
-        std::fs::write(dir.join("templates/t/a.subject.j2"), "A").unwrap();
-        std::fs::write(dir.join("templates/t/a.html.j2"), "<p>a</p>").unwrap();
-        let (catalog, diags) = crate::sequence::Catalog::load(&dir).unwrap();
-        assert!(diags.is_empty(), "{diags:?}");
-        let version = catalog.get("w").unwrap().version.to_string();
-        let outcome = Outcome {
-            settings: crate::config::Config::default().delivery().unwrap(),
-            engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
-        };
-        let row = OutboxRow {
-            key: "j:s".into(),
-            customer: "c1".into(),
-            journey: "j".into(),
-            sequence: "w".into(),
-            version,
-            step: "s".into(),
-            order_id: None,
-            template: "t/a".into(),
-            category: "news".into(),
-            transactional: false,
-            created_at: Utc::now(),
-            attempts: 0,
-        };
-        let mail = Outgoing {
-            key: "j:s".into(),
-            message_id: "<j.s@example.com>".into(),
-            envelope: lettre::address::Envelope::new(None, vec!["a@example.com".parse().unwrap()])
-                .unwrap(),
-            bytes: Vec::new(),
-        };
-        let profile = Profile {
-            timezone: Some(chrono_tz::Asia::Seoul),
-            ..Default::default()
-        };
-        let failed = Err(SendError {
-            failure: Failure::Transient,
-            code: Some(451),
-            message: "451 later".into(),
-        });
-        let before = Utc::now();
-        let Delivery::Retry { at, .. } =
-            outcome.of(&row, &mail, "a@example.com", &Arc::new(profile), failed)
-        else {
-            panic!("not a retry");
-        };
-        // 09:00 in Seoul, the first one after the backoff (about 5 minutes from now).
-        let local = at.with_timezone(&chrono_tz::Asia::Seoul);
-        assert_eq!(local.format("%H:%M:%S").to_string(), "09:00:00");
-        assert!(at > before + chrono::Duration::minutes(4));
-        assert!(at <= before + chrono::Duration::days(1) + chrono::Duration::minutes(7));
     }
 }

@@ -233,19 +233,12 @@ impl Store for PgStore {
                 && let Some(c) = load(&mut tx, &[row.customer.as_str()], "FOR UPDATE")?
                     .pop()
                     .flatten()
+                && let Some(state) = super::record::mark_bounced(&c, address)?
             {
-                let changed = super::record::mark_bounced(&c.state, address).map_err(|reason| {
-                    super::StoreError::Corrupt {
-                        customer: row.customer.clone(),
-                        reason,
-                    }
-                })?;
-                if let Some(state) = changed {
-                    tx.execute(
-                        "UPDATE customers SET state = $2, updated_at = $3 WHERE id = $1",
-                        &[&row.customer, &state, &micros(now)],
-                    )?;
-                }
+                tx.execute(
+                    "UPDATE customers SET state = $2, updated_at = $3 WHERE id = $1",
+                    &[&row.customer, &state, &micros(now)],
+                )?;
             }
         }
         tx.commit()?;

@@ -81,12 +81,17 @@ struct GoalRecord {
     until: DateTime<Utc>,
 }
 
-/// The state document with the profile's address marked bounced, if `address` is still the
-/// profile's address (a new address has not bounced); `None` when nothing changes.
-pub fn mark_bounced(state: &str, address: &str) -> Result<Option<String>, String> {
-    let mut doc: serde_json::Value = serde_json::from_str(state).map_err(|e| e.to_string())?;
+/// The customer's state document with the profile's address marked bounced, if `address` is
+/// still the profile's address (a new address has not bounced); `None` when nothing changes.
+pub fn mark_bounced(c: &StoredCustomer, address: &str) -> crate::store::Result<Option<String>> {
+    let corrupt = |reason: String| crate::store::StoreError::Corrupt {
+        customer: c.id.clone(),
+        reason,
+    };
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&c.state).map_err(|e| corrupt(e.to_string()))?;
     let Some(profile) = doc.get_mut("profile").and_then(|p| p.as_object_mut()) else {
-        return Err("no profile".into());
+        return Err(corrupt("no profile".into()));
     };
     let same = profile
         .get("email")

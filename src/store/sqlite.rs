@@ -332,24 +332,12 @@ impl Store for SqliteStore {
                 }
                 if let Delivery::Bounced { address, .. } = d
                     && let Some(c) = load_one(&tx, &row.customer)?
+                    && let Some(state) = super::record::mark_bounced(&c, address)?
                 {
-                    let changed =
-                        super::record::mark_bounced(&c.state, address).map_err(|reason| {
-                            super::StoreError::Corrupt {
-                                customer: row.customer.clone(),
-                                reason,
-                            }
-                        })?;
-                    if let Some(state) = changed {
-                        tx.prepare_cached(
-                            "UPDATE customers SET state = ?2, updated_at = ?3 WHERE id = ?1",
-                        )?
-                        .execute(params![
-                            row.customer,
-                            state,
-                            micros(now)
-                        ])?;
-                    }
+                    tx.prepare_cached(
+                        "UPDATE customers SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![row.customer, state, micros(now)])?;
                 }
             }
         }
