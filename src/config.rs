@@ -636,6 +636,37 @@ mod tests {
         let e = Config::load_with(Some(&p), &[]).unwrap_err();
         assert!(e.message.contains("mail.smtp.port"), "{}", e.message);
 
+        // Delivery settings are checked at load, each naming its key.
+        for (text, message) in [
+            (
+                "[mail.retry]\nfirst = \"0s\"\n",
+                "mail.retry.first: must be longer than 0s",
+            ),
+            (
+                "[mail]\nrate_limit = -1.0\n",
+                "mail.rate_limit: must be 0 (no limit) or a positive number of emails per second",
+            ),
+            (
+                "[mail]\nconcurrency = 0\n",
+                "mail.concurrency: must be at least 1",
+            ),
+        ] {
+            let p = write(&d, text);
+            let e = Config::load_with(Some(&p), &[]).unwrap_err();
+            assert_eq!(
+                (e.origin.as_str(), e.message.as_str()),
+                (p.to_str().unwrap(), message)
+            );
+        }
+        let p = write(&d, "[mail]\nunsubscribe_mailto = \"not an address\"\n");
+        let e = Config::load_with(Some(&p), &[]).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("mail.unsubscribe_mailto: `not an address`: "),
+            "{}",
+            e.message
+        );
+
         let e = Config::load_with(Some(&p), &env(&[("AFTERCARE_KAFKA_BROKERS", "x")])).unwrap_err();
         assert_eq!(e.origin, "AFTERCARE_KAFKA_BROKERS");
 

@@ -959,3 +959,27 @@ fn a_message_refused_after_data_fails_that_email_without_bouncing_the_address() 
     );
     assert_eq!(server.messages().len(), 0);
 }
+
+#[test]
+fn real_mail_needs_a_signing_key_and_a_username_needs_its_password() {
+    let mut config = Config::default();
+    config.mail.transport = Transport::Smtp;
+    let delivery = config.delivery().unwrap();
+    let e = aftercare::service::composer(&config, &delivery)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        "config error: AFTERCARE_SIGNING_KEY must be set to send real mail: it signs the unsubscribe links"
+    );
+    config.mail.smtp.username = Some("aftercare".into());
+    let e = aftercare::service::transport(&config, &delivery)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        "config error: mail.smtp.username is set but AFTERCARE_SMTP_PASSWORD is not"
+    );
+}
