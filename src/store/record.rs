@@ -179,8 +179,16 @@ fn cause_of(name: &str) -> Cause {
 
 /// The profile and orders of a stored customer: what rendering an email needs.
 pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), String> {
-    let state = parse(s)?;
-    Ok((state.profile, state.orders))
+    // Read for every email sent: journeys, goals and the rest are skipped, not built.
+    #[derive(Deserialize)]
+    struct ProfileAndOrders {
+        profile: Profile,
+        #[serde(default)]
+        orders: Vec<Order>,
+    }
+    let mut p: ProfileAndOrders = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
+    p.profile.id = s.id.as_str().into();
+    Ok((p.profile, p.orders))
 }
 
 /// The journeys in flight of a stored customer, as stored.
