@@ -265,6 +265,13 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
     let rate = (n - start_n) as f64 / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap().unwrap();
+    // How much group commit there was: events per store transaction.
+    let batches = stats.batches.load(Ordering::Relaxed).max(1);
+    println!(
+        "  ({group}: {} events in {batches} batches, {:.0} per batch)",
+        seen(),
+        seen() as f64 / batches as f64
+    );
     rate
 }
 
