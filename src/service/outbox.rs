@@ -215,7 +215,13 @@ impl Worker {
         let stored = match self.store.load(&row.customer) {
             Ok(Some(s)) => s,
             Ok(None) => return failed("customer not found".into()),
-            Err(e) => return failed(format!("store: {e}")),
+            // The database, not the email: try again shortly rather than give the email up.
+            Err(e) => {
+                return Prepared::Done(Delivery::Retry {
+                    error: format!("store: {e}"),
+                    at: Utc::now() + chrono::Duration::seconds(30),
+                });
+            }
         };
         let (profile, orders) = match profile_and_orders(&stored) {
             Ok(p) => p,
