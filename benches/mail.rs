@@ -124,6 +124,7 @@ fn outbox(port: u16, n: usize, run: usize) -> f64 {
         settings: delivery,
         dry_run: false,
         wake: Default::default(),
+        observe: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();

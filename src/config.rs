@@ -36,6 +36,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub http: Http,
     pub sequences: Sequences,
+    pub log: Log,
+    pub trace: Trace,
     #[serde(skip)]
     pub secrets: Secrets,
 }
@@ -162,12 +164,71 @@ pub struct Http {
     pub listen: String,
     /// The base of links put in emails, e.g. `https://mail.example.com`.
     pub public_url: String,
+    /// How often the figures that need the store (journeys, outbox depth, retention, NPS)
+    /// are recomputed for `/metrics`, the admin API and the dashboard.
+    pub figures_refresh: String,
+    /// The window NPS is computed over, back from now.
+    pub nps_window: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sequences {
     pub dir: PathBuf,
+    /// Watch `dir` while running: a changed file is validated and, if good, becomes the
+    /// version new journeys start on.
+    pub watch: bool,
+    /// How often the folder is looked at.
+    pub watch_interval: String,
+}
+
+/// Logs on stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` (for people) or `json` (one object per line, for collectors).
+    pub format: LogFormat,
+    /// A filter in `tracing` syntax: `info`, `aftercare=debug,rdkafka=warn`.
+    /// `AFTERCARE_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Distributed tracing: spans exported with OTLP over HTTP when an endpoint is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Trace {
+    /// The collector's traces URL, e.g. `http://otel-collector:4318/v1/traces`; empty = off.
+    pub otlp_endpoint: String,
+    /// `http/protobuf` (the OTLP default) or `http/json`.
+    pub protocol: String,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Trace {
+    fn default() -> Trace {
+        Trace {
+            otlp_endpoint: String::new(),
+            protocol: "http/protobuf".into(),
+            service_name: "aftercare".into(),
+        }
+    }
 }
 
 /// `mail.*` checked: what the outbox worker needs besides the transport.
@@ -290,6 +351,8 @@ impl Default for Http {
         Http {
             listen: "127.0.0.1:8080".into(),
             public_url: "http://localhost:8080".into(),
+            figures_refresh: "30s".into(),
+            nps_window: "90d".into(),
         }
     }
 }
@@ -298,6 +361,8 @@ impl Default for Sequences {
     fn default() -> Sequences {
         Sequences {
             dir: "sequences".into(),
+            watch: true,
+            watch_interval: "2s".into(),
         }
     }
 }
@@ -405,6 +470,29 @@ impl Config {
         self.policy().map(|_| ())?;
         self.dedupe_retention().map(|_| ())?;
         self.delivery().map(|_| ())?;
+        self.intervals().map(|_| ())?;
+        if !matches!(self.trace.protocol.as_str(), "http/protobuf" | "http/json") {
+            return Err((
+                "trace.protocol".into(),
+                format!(
+                    "`{}` must be http/protobuf or http/json",
+                    self.trace.protocol
+                ),
+            ));
+        }
+        let endpoint = &self.trace.otlp_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            return Err((
+                "trace.otlp_endpoint".into(),
+                format!(
+                    "`{}` must be an http:// or https:// URL",
+                    self.trace.otlp_endpoint
+                ),
+            ));
+        }
         let url = &self.store.url;
         if !(url.starts_with("sqlite://")
             || url.starts_with("postgres://")
@@ -498,6 +586,29 @@ impl Config {
             retry_max: period("retry.max", &m.retry.max)?,
             give_up_after: period("retry.give_up_after", &m.retry.give_up_after)?,
         })
+    }
+
+    /// The service's periods, checked: (figures refresh, NPS window, sequences watch interval).
+    pub fn intervals(
+        &self,
+    ) -> Result<(std::time::Duration, chrono::Duration, std::time::Duration), (String, String)>
+    {
+        let positive = |key: &str, v: &str| match v.parse::<Period>() {
+            Ok(p) if !p.is_zero() => Ok(p.0),
+            Ok(_) => Err((key.to_string(), "must be longer than 0s".to_string())),
+            Err(m) => Err((key.to_string(), m)),
+        };
+        let std = |key: &str, d: chrono::Duration| {
+            d.to_std().map_err(|e| (key.to_string(), e.to_string()))
+        };
+        let refresh = positive("http.figures_refresh", &self.http.figures_refresh)?;
+        let window = positive("http.nps_window", &self.http.nps_window)?;
+        let watch = positive("sequences.watch_interval", &self.sequences.watch_interval)?;
+        Ok((
+            std("http.figures_refresh", refresh)?,
+            window,
+            std("sequences.watch_interval", watch)?,
+        ))
     }
 
     /// How long processed-event keys are kept (the dedupe window), checked.

@@ -226,6 +226,7 @@ impl Rig {
             settings: delivery,
             dry_run: false,
             wake: Default::default(),
+            observe: Default::default(),
         }
     }
 
@@ -621,25 +622,15 @@ fn customer_data_cannot_inject_headers_or_recipients() {
     );
 }
 
-/// One HTTP/1.1 request on a fresh connection: (status, body).
+/// One form request on a fresh connection: (status, body).
 fn http(port: u16, method: &str, path: &str, form: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-        form.len()
+    common::http::request(
+        ([127, 0, 0, 1], port).into(),
+        method,
+        path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form,
     )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn unsubscribed(rig: &Rig, customer: &str) -> Vec<String> {
@@ -665,6 +656,7 @@ fn one_click_unsubscribe_and_preferences_change_the_store_and_stop_pending_sends
             rig.store.open(),
             Applier::new(Engine::new(Arc::new(catalog), Policy::default())),
         )),
+        ops: Default::default(),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();

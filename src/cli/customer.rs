@@ -56,8 +56,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .as_deref()
             .map(|o| format!(" order {o}"))
             .unwrap_or_default();
+        let held = if j.held {
+            " (paused by an operator)"
+        } else {
+            ""
+        };
         println!(
-            "  {} {}@{} step {} {}{due}{order}",
+            "  {} {}@{} step {} {}{held}{due}{order}",
             j.id, j.sequence, j.version, j.step_id, j.status
         );
     }

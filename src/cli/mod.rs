@@ -63,7 +63,10 @@ pub enum Command {
 /// sequences) or 2 (the command could not run).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `run` sets up its logs (and traces) from its config file.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_tracing();
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Customer(args) => customer::run(args),

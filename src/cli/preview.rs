@@ -77,6 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         step: si,
         state: State::Paused,
         backfill: false,
+        held: false,
     };
     let order = order_id.as_deref().and_then(|o| customer.order(o));
     // As when sent: templates see the customer and order the event produced, not the event.

@@ -18,6 +18,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::load_config(args.config.as_deref())?;
+    // Flushes buffered spans when `run` returns.
+    let _trace = service::trace::init(&config.log, &config.trace)?;
     let stop = Arc::new(AtomicBool::new(false));
     let service = {
         let stop = stop.clone();

@@ -67,6 +67,9 @@ pub struct Journey {
     /// Started by an event older than `policy.max_event_age` (a transactional sequence during
     /// a replay of history): it sends no marketing and starts no marketing sequence.
     pub backfill: bool,
+    /// Paused by an operator: nothing runs (no step, no timeout, no `wait_for` match) until
+    /// resumed; `exit_on` and goals still end it.
+    pub held: bool,
 }
 
 /// Where the current step stands.
@@ -125,6 +128,9 @@ impl Cause {
 impl Journey {
     /// The instant this journey next needs the engine without an event, if any.
     pub fn due(&self) -> Option<DateTime<Utc>> {
+        if self.held {
+            return None;
+        }
         match &self.state {
             State::Due { at, .. } => Some(*at),
             State::WaitingFor { deadline } => Some(*deadline),

@@ -25,6 +25,24 @@ pub use customer::{Customer, Order, OrderStatus, Profile};
 pub use decision::{Action, Decision, EmailIntent};
 pub use journey::{Cause, Journey, JourneyId, PendingGoal, State};
 
+/// What an operator can do to a journey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("the customer has no journey in flight with this id")]
+    NoSuchJourney,
+    #[error("the journey is already paused")]
+    AlreadyPaused,
+    #[error("the journey is not paused")]
+    NotPaused,
+}
+
 use crate::event::Event;
 use crate::sequence::{self, Catalog, Expr, JourneyKind, OnTimeout, Sequence, Timing};
 use crate::time::{CronWindow, Period, QuietHours, rfc3339};
@@ -101,6 +119,57 @@ impl Engine {
     /// Runs every step due at or before `now`.
     pub fn wake(&self, c: &mut Customer, now: DateTime<Utc>, out: &mut Vec<Decision>) {
         self.run_due(c, now, None, out);
+    }
+
+    /// An operator's pause, resume or cancel of one journey (the admin API). A resumed
+    /// journey whose step fell due while paused runs at the next [`Engine::wake`]; a cancelled
+    /// one ends with `exit` and counts as finished (`reenter: false` keeps the customer out).
+    pub fn control(
+        &self,
+        c: &mut Customer,
+        journey: JourneyId,
+        op: Control,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) -> Result<(), ControlError> {
+        let ji = c
+            .journeys
+            .iter()
+            .position(|j| j.id == journey)
+            .ok_or(ControlError::NoSuchJourney)?;
+        match op {
+            Control::Pause if c.journeys[ji].held => Err(ControlError::AlreadyPaused),
+            Control::Resume if !c.journeys[ji].held => Err(ControlError::NotPaused),
+            Control::Pause => {
+                c.journeys[ji].held = true;
+                self.push(
+                    c,
+                    ji,
+                    now,
+                    Action::Pause,
+                    "paused by an operator".into(),
+                    out,
+                );
+                Ok(())
+            }
+            Control::Resume => {
+                c.journeys[ji].held = false;
+                self.push(
+                    c,
+                    ji,
+                    now,
+                    Action::Resume,
+                    "resumed by an operator".into(),
+                    out,
+                );
+                Ok(())
+            }
+            Control::Cancel => {
+                let reason = "cancelled by an operator".into();
+                self.end(c, ji, now, Action::Exit, reason, true, out);
+                Ok(())
+            }
+        }
     }
 
     /// Applies one event (already deduplicated) to its customer.
@@ -247,7 +316,7 @@ impl Engine {
                 continue;
             };
             let j = &c.journeys[ji];
-            if !matches!(j.state, State::WaitingFor { .. }) || !sees(j, ev) {
+            if j.held || !matches!(j.state, State::WaitingFor { .. }) || !sees(j, ev) {
                 continue;
             }
             let Timing::WaitFor(w) = &j.sequence.steps[j.step].timing else {
@@ -270,7 +339,7 @@ impl Engine {
         let ids: Vec<JourneyId> = c
             .journeys
             .iter()
-            .filter(|j| j.state == State::Paused)
+            .filter(|j| j.state == State::Paused && !j.held)
             .map(|j| j.id)
             .collect();
         for id in ids {
@@ -381,6 +450,7 @@ impl Engine {
             step: 0,
             state: State::Paused,
             backfill: e.backfill,
+            held: false,
         });
         let ji = c.journeys.len() - 1;
         self.push(c, ji, now, Action::Enter, e.reason, out);

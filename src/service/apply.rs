@@ -13,6 +13,7 @@ use crate::engine::{Customer, Decision, Engine};
 use crate::event::{Event, EventData};
 use crate::sequence::compile::compile_kept;
 use crate::sequence::{JourneyKind, Sequence};
+use crate::service::metrics::Metrics;
 use crate::store::record::{from_stored, to_stored};
 use crate::store::{Note, Result, Store, StoredCustomer, Tx};
 
@@ -25,12 +26,16 @@ pub struct Applied {
     /// Events whose customer's stored state could not be read: they go to the dead-letter
     /// topic with this reason rather than blocking the partition.
     pub rejected: Vec<(Arc<Event>, String)>,
+    /// For each event given, whether it was new (false: a duplicate, skipped).
+    pub fresh: Vec<bool>,
 }
 
 pub struct Applier {
     pub engine: Engine,
     /// Older sequence versions revived from the store, by (name, version).
     kept: HashMap<(String, String), Arc<Sequence>>,
+    /// Where wake-up lateness is observed, when metered.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Applier {
@@ -38,7 +43,20 @@ impl Applier {
         Applier {
             engine,
             kept: HashMap::new(),
+            metrics: None,
         }
+    }
+
+    /// Observes how late each wake-up is in `metrics`.
+    pub fn metered(mut self, metrics: Arc<Metrics>) -> Applier {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// New journeys start on `catalog` from now on (hot reload); journeys in flight keep
+    /// their versions, found in the store when the catalog no longer has them.
+    pub fn reload(&mut self, catalog: Arc<crate::sequence::Catalog>) {
+        self.engine = Engine::new(catalog, self.engine.policy.clone());
     }
 
     /// Applies a batch of events (in order) in one transaction.
@@ -48,20 +66,34 @@ impl Applier {
         events: &[Arc<Event>],
         now: DateTime<Utc>,
     ) -> Result<Applied> {
+        self.apply_traced(store, events, &|_| tracing::Span::none(), now)
+    }
+
+    /// As [`Applier::apply`], each event handled inside `span_of(its index)`, with a child
+    /// span per decision it caused.
+    pub fn apply_traced(
+        &mut self,
+        store: &mut dyn Store,
+        events: &[Arc<Event>],
+        span_of: &dyn Fn(usize) -> tracing::Span,
+        now: DateTime<Utc>,
+    ) -> Result<Applied> {
         let mut out = Applied::default();
         let mut tx = store.begin()?;
         let keys: Vec<(&str, &str)> = events.iter().map(|e| e.key()).collect();
         let fresh = tx.first_sight(&keys, now)?;
-        let events: Vec<&Arc<Event>> = events
+        let events: Vec<(usize, &Arc<Event>)> = events
             .iter()
+            .enumerate()
             .zip(&fresh)
             .filter(|(_, f)| **f)
             .map(|(e, _)| e)
             .collect();
         out.duplicates = keys.len() - events.len();
+        out.fresh = fresh;
         let mut ids: Vec<&str> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
-        for e in &events {
+        for (_, e) in &events {
             index.entry(&e.subject).or_insert_with(|| {
                 ids.push(&e.subject);
                 ids.len() - 1
@@ -76,10 +108,18 @@ impl Applier {
             });
         }
         let mut notes = Vec::new();
-        for e in events {
-            match &mut customers[index[&*e.subject]] {
+        // Each customer's last event span: the steps its events made due run after the batch
+        // and are traced under it.
+        let mut last_span: Vec<Option<tracing::Span>> = vec![None; customers.len()];
+        for (i, e) in events {
+            let ci = index[&*e.subject];
+            match &mut customers[ci] {
                 Ok(c) => {
-                    self.engine.handle_event(c, e, now, &mut out.decisions);
+                    let span = span_of(i);
+                    let before = out.decisions.len();
+                    span.in_scope(|| self.engine.handle_event(c, e, now, &mut out.decisions));
+                    crate::service::trace::decision_spans(&span, &out.decisions[before..]);
+                    last_span[ci] = Some(span);
                     out.events += 1;
                     notes.extend(note_of(e, now));
                 }
@@ -87,8 +127,13 @@ impl Applier {
             }
         }
         // Steps made due by the batch run once all its events are applied (SPEC: ties).
-        for c in customers.iter_mut().flatten() {
+        for (c, span) in customers.iter_mut().zip(&last_span) {
+            let Ok(c) = c else { continue };
+            let before = out.decisions.len();
             self.engine.wake(c, now, &mut out.decisions);
+            if let Some(span) = span {
+                crate::service::trace::decision_spans(span, &out.decisions[before..]);
+            }
         }
         let stored: Vec<StoredCustomer> = customers
             .iter()
@@ -113,6 +158,14 @@ impl Applier {
     ) -> Result<(usize, Vec<Decision>)> {
         let mut tx = store.begin()?;
         let due = tx.claim_due(now, limit)?;
+        if let Some(m) = &self.metrics {
+            for s in &due {
+                if let Some(at) = s.next_due {
+                    let late = (now - at).num_microseconds().unwrap_or(0).max(0);
+                    m.wake_lateness_seconds.observe(late as f64 / 1e6);
+                }
+            }
+        }
         let mut decisions = Vec::new();
         let mut stored = Vec::with_capacity(due.len());
         for s in &due {
@@ -135,6 +188,40 @@ impl Applier {
         tx.record(&decisions)?;
         tx.commit()?;
         Ok((due.len(), decisions))
+    }
+
+    /// An operator's pause, resume or cancel of one journey, in one transaction (the
+    /// customer row is locked on PostgreSQL, so it cannot race the engine thread).
+    /// `Ok(None)`: no such customer; `Ok(Some(Err(_)))`: refused, nothing written.
+    pub fn control(
+        &mut self,
+        store: &mut dyn Store,
+        customer: &str,
+        journey: crate::engine::JourneyId,
+        op: crate::engine::Control,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::result::Result<Vec<Decision>, String>>> {
+        let mut tx = store.begin()?;
+        let Some(Some(stored)) = tx.load(&[customer])?.pop() else {
+            return Ok(None);
+        };
+        let mut c = match self.revive(&mut *tx, &stored) {
+            Ok(c) => c,
+            Err(reason) => return Ok(Some(Err(reason))),
+        };
+        let mut decisions = Vec::new();
+        if let Err(e) = self
+            .engine
+            .control(&mut c, journey, op, now, &mut decisions)
+        {
+            return Ok(Some(Err(e.to_string())));
+        }
+        // A resumed step that fell due while paused runs now.
+        self.engine.wake(&mut c, now, &mut decisions);
+        tx.save(&[to_stored(&c)])?;
+        tx.record(&decisions)?;
+        tx.commit()?;
+        Ok(Some(Ok(decisions)))
     }
 
     /// A stored customer as an engine customer, journeys on their pinned versions.
@@ -205,11 +292,25 @@ impl Applier {
 
 type Result2<T> = std::result::Result<T, String>;
 
-/// The timeline line of an event that changes what the customer receives as a whole.
+/// The timeline line of an event about the customer as a whole: a change to what they
+/// receive, or a feedback answer (`feedback nps 9`, at the event's time: NPS is computed from
+/// these lines over a window).
 fn note_of(e: &Event, now: DateTime<Utc>) -> Option<Note> {
     let (action, categories) = match &e.data {
         EventData::CustomerUnsubscribed { categories } => ("unsubscribe", categories),
         EventData::CustomerSubscribed { categories } => ("subscribe", categories),
+        EventData::FeedbackSubmitted { kind, score, .. } => {
+            let kind = match kind {
+                crate::event::FeedbackKind::Nps => "nps",
+                crate::event::FeedbackKind::Csat => "csat",
+            };
+            return Some(Note {
+                customer: e.subject.to_string(),
+                at: e.time,
+                action: "feedback".into(),
+                reason: format!("{kind} {score}"),
+            });
+        }
         _ => return None,
     };
     Some(Note {

@@ -34,11 +34,14 @@ pub struct Web {
     pub categories: Vec<String>,
     /// The store and an engine to apply changes with (one at a time).
     pub apply: Mutex<(Box<dyn Store>, Applier)>,
+    /// The operators' routes: probes, metrics, admin API, dashboard ([`super::admin`]).
+    pub ops: super::admin::Ops,
 }
 
 pub fn router(web: Arc<Web>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(super::admin::routes(web.clone()))
         .route("/u/{token}", get(confirm).post(one_click))
         .route(
             "/preferences/{token}",
@@ -238,17 +241,16 @@ static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 
 /// Applies the events in one transaction, off the async threads (the stores block).
 async fn apply(web: &Arc<Web>, events: Vec<Arc<Event>>) -> Result<(), String> {
-    let web = web.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut guard = web.apply.lock().map_err(|_| "poisoned".to_string())?;
-        let (store, applier) = &mut *guard;
-        applier
-            .apply(&mut **store, &events, Utc::now())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    let metrics = web.ops.stats.metrics.clone();
+    super::admin::with_store(web, move |w| {
+        let applied = w
+            .applier
+            .apply(w.store, &events, Utc::now())
+            .map_err(|e| e.to_string())?;
+        metrics.decided(&applied.decisions);
+        Ok(())
     })
     .await
-    .map_err(|e| e.to_string())?
 }
 
 /// The categories the customer is unsubscribed from now.

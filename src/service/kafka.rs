@@ -26,6 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Kafka as KafkaConfig;
 use crate::event::{Event, EventError};
+use crate::service::metrics::{Metrics, PartitionLabels};
 
 /// Messages handed to the engine together: many events per transaction (group commit),
 /// each with its decoded event or the reason it is malformed.
@@ -70,12 +71,34 @@ pub fn decode(m: &OwnedMessage, max_bytes: usize) -> Result<Event, EventError> {
     Event::from_structured(payload)
 }
 
+/// How often librdkafka reports statistics (consumer lag).
+const STATS_INTERVAL_MS: &str = "2000";
+
 /// Consumer callbacks: log commits, commit before partitions are taken away.
 pub struct Context {
     pub lost: Arc<std::sync::atomic::AtomicU64>,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    pub metrics: Arc<Metrics>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let lag = &self.metrics.consumer_lag;
+        lag.clear();
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; a lag of -1 is "not known yet".
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    lag.get_or_create(&PartitionLabels {
+                        topic: topic.clone(),
+                        partition: partition.to_string(),
+                    })
+                    .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -108,7 +131,7 @@ impl ConsumerContext for Context {
 pub type KafkaConsumer = BaseConsumer<Context>;
 
 /// Builds the consumer and subscribes it.
-pub fn consumer(cfg: &KafkaConfig) -> KafkaResult<KafkaConsumer> {
+pub fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> KafkaResult<KafkaConsumer> {
     let consumer: KafkaConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
@@ -123,8 +146,11 @@ pub fn consumer(cfg: &KafkaConfig) -> KafkaResult<KafkaConsumer> {
             "heartbeat.interval.ms",
             (cfg.session_timeout_ms / 3).max(500).to_string(),
         )
+        // Lag per partition comes with librdkafka's statistics.
+        .set("statistics.interval.ms", STATS_INTERVAL_MS)
         .create_with_context(Context {
             lost: Arc::default(),
+            metrics,
         })?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;

@@ -5,16 +5,24 @@
 //! - **engine**: applies batches and wakes due customers, one store transaction each
 //!   ([`apply`]); it is the only writer of customer state in this instance;
 //! - **outbox**: renders and sends queued emails ([`outbox`]);
-//! - **http**: unsubscribe and preferences pages ([`http`]).
+//! - **http**: unsubscribe and preferences pages ([`http`]); probes, `/metrics`, the admin API
+//!   and the dashboard ([`admin`]);
+//! - **figures**: recomputes the store-backed gauges and retention figures ([`figures`]);
+//! - **watch**: hot reload of the sequences folder ([`reload`]).
 //!
 //! Shutdown (SIGTERM/SIGINT): the poll thread stops fetching, the engine finishes its batch and
 //! acks it, offsets are stored and committed asynchronously, threads exit; bounded by a grace
 //! period so the process is gone within 10 s even with the broker down.
 
+pub mod admin;
 pub mod apply;
+pub mod figures;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
+pub mod reload;
+pub mod trace;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,8 +44,8 @@ use crate::store::{Store, VersionRecord};
 use apply::Applier;
 use kafka::{Ack, Batch, DeadLetters};
 
-/// Counters the service keeps (logged on exit; exported as metrics once HTTP lands).
-#[derive(Debug, Default)]
+/// Counters the service keeps: logged on exit; the metrics are served at `/metrics`.
+#[derive(Default)]
 pub struct Stats {
     pub events: AtomicU64,
     pub duplicates: AtomicU64,
@@ -45,6 +53,9 @@ pub struct Stats {
     pub decisions: AtomicU64,
     pub wakeups: AtomicU64,
     pub batches: AtomicU64,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Where the HTTP server listens, once bound (`http.listen` may ask for port 0).
+    pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,13 +86,23 @@ pub fn run(
     let retention = config
         .dedupe_retention()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
+    let (figures_every, nps_window, watch_every) = config
+        .intervals()
+        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let catalog = Arc::new(load_catalog(&config.sequences.dir)?);
+    let live = Arc::new(reload::Live::new(catalog.clone()));
+    let metrics = stats.metrics.clone();
+    metrics
+        .sequences_loaded
+        .set(catalog.sequences().len() as i64);
     let mut store = crate::store::open(&config.store.url).context("opening the store")?;
     store
         .save_versions(&versions_of(&catalog))
         .context("recording sequence versions")?;
 
-    let consumer = Arc::new(kafka::consumer(&config.kafka).context("creating the Kafka consumer")?);
+    let consumer = Arc::new(
+        kafka::consumer(&config.kafka, metrics.clone()).context("creating the Kafka consumer")?,
+    );
     let dlq = DeadLetters::new(&config.kafka).context("creating the dead-letter producer")?;
     // A batch is handed over when the engine is `idle`; until then the poll thread keeps
     // adding to it. Under load batches grow (fewer, larger commits: group commit).
@@ -101,13 +122,30 @@ pub fn run(
         settings: delivery,
         dry_run: options.dry_run,
         wake: mail_wake.clone(),
+        observe: outbox::Observe {
+            metrics: metrics.clone(),
+            live: Some(live.clone()),
+        },
     };
 
     // Unsubscribe and preferences pages: bound now, so a taken port fails the start.
     let listener = std::net::TcpListener::bind(&config.http.listen)
         .with_context(|| format!("config error: http.listen {}", config.http.listen))?;
     listener.set_nonblocking(true)?;
-    tracing::info!(listen = %listener.local_addr()?, "http listening");
+    let bound = listener.local_addr()?;
+    let _ = stats.http_addr.set(bound);
+    tracing::info!(listen = %bound, "http listening");
+    let report: figures::Shared = Arc::default();
+    let broker: admin::BrokerCheck = {
+        let consumer = consumer.clone();
+        Arc::new(move || {
+            use rdkafka::consumer::Consumer as _;
+            consumer
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    };
     let web = Arc::new(http::Web {
         signer: sender.composer.signer.clone(),
         categories: marketing_categories(&catalog),
@@ -115,6 +153,14 @@ pub fn run(
             crate::store::open_small(&config.store.url)?,
             Applier::new(Engine::new(catalog.clone(), policy.clone())),
         )),
+        ops: admin::Ops {
+            token: config.secrets.admin_token.clone(),
+            stats: stats.clone(),
+            live: Some(live.clone()),
+            seen: AtomicU64::new(live.generation()),
+            report: report.clone(),
+            broker: Some(broker),
+        },
     });
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = std::thread::Builder::new()
@@ -147,17 +193,54 @@ pub fn run(
     let engine = {
         let stats = stats.clone();
         let stop = engine_stop.clone();
-        let applier = Applier::new(Engine::new(catalog.clone(), policy));
+        let applier =
+            Applier::new(Engine::new(catalog.clone(), policy)).metered(stats.metrics.clone());
         let idle = idle.clone();
         let mail_wake = mail_wake.clone();
+        let live = live.clone();
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
                 engine_loop(
                     store, applier, dlq, batch_rx, ack_tx, &idle, &stop, &stats, retention,
-                    &mail_wake,
+                    &mail_wake, &live,
                 );
             })?
+    };
+    let side_stop = Arc::new(AtomicBool::new(false));
+    let figures_thread = {
+        let mut store = crate::store::open_small(&config.store.url)?;
+        let (stop, stats, live, report) = (
+            side_stop.clone(),
+            stats.clone(),
+            live.clone(),
+            report.clone(),
+        );
+        let window = config.http.nps_window.clone();
+        std::thread::Builder::new()
+            .name("figures".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    refresh_figures(&mut *store, &stats, &live, &report, nps_window, &window);
+                    reload::sleep_until_stopped(figures_every, &stop);
+                }
+                drop(store);
+            })?
+    };
+    let watch_thread = if config.sequences.watch {
+        let mut store = crate::store::open_small(&config.store.url)?;
+        let (stop, metrics, live) = (side_stop.clone(), metrics.clone(), live.clone());
+        let dir = config.sequences.dir.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("watch".into())
+                .spawn(move || {
+                    reload::watch(&dir, watch_every, &live, &mut *store, &metrics, &stop);
+                    drop(store);
+                })?,
+        )
+    } else {
+        None
     };
     let poll = {
         let consumer = consumer.clone();
@@ -200,6 +283,11 @@ pub fn run(
     join_until(mail, deadline, "outbox");
     let _ = http_stop.send(());
     join_until(http, deadline, "http");
+    side_stop.store(true, Ordering::Relaxed);
+    join_until(figures_thread, deadline, "figures");
+    if let Some(w) = watch_thread {
+        join_until(w, deadline, "watch");
+    }
     // Dropping the consumer closes it; with the broker down that can take long, so it happens
     // on a thread nobody waits for.
     std::thread::spawn(move || drop(consumer));
@@ -271,7 +359,9 @@ fn engine_loop(
     stats: &Stats,
     retention: chrono::Duration,
     mail_wake: &Notify,
+    live: &reload::Live,
 ) {
+    let mut seen = live.generation();
     let mut next_due: Option<chrono::DateTime<Utc>> = None;
     let mut pruned_at: Option<Instant> = None;
     let mut due_checked = Instant::now() - Duration::from_secs(1);
@@ -283,7 +373,11 @@ fn engine_loop(
             .unwrap_or(Duration::from_millis(500))
             .min(Duration::from_millis(500));
         idle.store(true, Ordering::Release);
-        match batches.recv_timeout(wait) {
+        let received = batches.recv_timeout(wait);
+        if let Some(catalog) = live.changed(&mut seen) {
+            applier.reload(catalog);
+        }
+        match received {
             Ok(batch) => {
                 if !retry(stop, || {
                     handle_batch(&mut *store, &mut applier, &dlq, &batch, stats)
@@ -387,9 +481,13 @@ fn handle_batch(
         stats
             .dead_letters
             .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        stats
+            .metrics
+            .event("invalid", "dead_lettered", dead.len() as u64);
     }
+    let span_of = |i: usize| trace::event_span(origin[i], &events[i]);
     let applied = applier
-        .apply(store, &events, Utc::now())
+        .apply_traced(store, &events, &span_of, Utc::now())
         .map_err(|e| e.to_string())?;
     if !applied.rejected.is_empty() {
         let rejected: Vec<_> = applied
@@ -404,7 +502,15 @@ fn handle_batch(
         stats
             .dead_letters
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        for (e, _) in &applied.rejected {
+            stats
+                .metrics
+                .event(metrics::event_type(e), "dead_lettered", 1);
+        }
     }
+    stats.metrics.events_applied(&events, &applied.fresh);
+    stats.metrics.decided(&applied.decisions);
+    stats.metrics.batches.inc();
     stats
         .events
         .fetch_add(applied.events as u64, Ordering::Relaxed);
@@ -429,6 +535,7 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool
         match applier.wake(store, Utc::now(), WAKE_BATCH) {
             Ok((n, decisions)) => {
                 stats.wakeups.fetch_add(n as u64, Ordering::Relaxed);
+                stats.metrics.decided(&decisions);
                 stats
                     .decisions
                     .fetch_add(decisions.len() as u64, Ordering::Relaxed);
@@ -442,6 +549,35 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool
                 return emails;
             }
         }
+    }
+}
+
+/// Recomputes the retention report and the store-backed gauges.
+fn refresh_figures(
+    store: &mut dyn Store,
+    stats: &Stats,
+    live: &reload::Live,
+    report: &figures::Shared,
+    nps_window: chrono::Duration,
+    window_text: &str,
+) {
+    let now = Utc::now();
+    match store.figures(now, now - nps_window) {
+        Ok(f) => {
+            let r = figures::report(
+                &f,
+                &live.current(),
+                now,
+                window_text,
+                stats.dead_letters.load(Ordering::Relaxed),
+            );
+            figures::export(&stats.metrics, &r, &f.journeys);
+            match report.write() {
+                Ok(mut w) => *w = Arc::new(r),
+                Err(p) => *p.into_inner() = Arc::new(r),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "figures not refreshed; retrying later"),
     }
 }
 

@@ -30,6 +30,8 @@ use crate::engine::context::Ctx;
 use crate::engine::{Customer, Engine, Profile};
 use crate::mail::transport::{Failure, Plan, SendError, Transport};
 use crate::mail::{Composer, Outgoing};
+use crate::service::metrics::Metrics;
+use crate::service::reload::Live;
 use crate::store::record::profile_and_orders;
 use crate::store::{Delivery, OutboxRow, Store};
 
@@ -47,6 +49,15 @@ pub struct Sender {
     pub dry_run: bool,
     /// Signalled when new emails are queued, so they go out without waiting for the poll.
     pub wake: Arc<Notify>,
+    pub observe: Observe,
+}
+
+/// What the worker reports to and follows while `run` runs.
+#[derive(Default, Clone)]
+pub struct Observe {
+    pub metrics: Arc<Metrics>,
+    /// Hot reloads: templates and send windows of the new catalog.
+    pub live: Option<Arc<Live>>,
 }
 
 /// What preparing a row gave: a message to send, or an outcome already.
@@ -75,6 +86,7 @@ impl Sender {
             settings,
             dry_run,
             wake,
+            observe,
         } = self;
         // The SMTP pool is created and dropped in the runtime's context.
         let _inside = rt.enter();
@@ -86,6 +98,8 @@ impl Sender {
             settings,
             dry_run,
             wake,
+            seen: observe.live.as_ref().map_or(0, |l| l.generation()),
+            observe,
         };
         worker.serve(&rt, stop);
         Ok(())
@@ -101,6 +115,9 @@ struct Worker {
     settings: config::Delivery,
     dry_run: bool,
     wake: Arc<Notify>,
+    observe: Observe,
+    /// The catalog generation the engine was built from.
+    seen: u64,
 }
 
 impl Worker {
@@ -123,6 +140,14 @@ impl Worker {
         let mut finished: Vec<(OutboxRow, Delivery)> = Vec::new();
         let mut pacer = Pacer::new(self.settings.rate_limit);
         loop {
+            if let Some(catalog) = self
+                .observe
+                .live
+                .as_ref()
+                .and_then(|l| l.changed(&mut self.seen))
+            {
+                self.engine = Arc::new(Engine::new(catalog, self.engine.policy.clone()));
+            }
             let stopping = stop.load(Ordering::Relaxed);
             while let Ok(done) = done_rx.try_recv() {
                 in_flight -= 1;
@@ -132,6 +157,7 @@ impl Worker {
                 match self.store.finish_emails(Utc::now(), &finished) {
                     Ok(()) => {
                         log_outcomes(&finished);
+                        self.observe.metrics.delivered(&finished, Utc::now());
                         finished.clear();
                     }
                     Err(e) => {
@@ -168,8 +194,39 @@ impl Worker {
                                         settings: self.settings.clone(),
                                         engine: self.engine.clone(),
                                     };
+                                    let metrics = self.observe.metrics.clone();
+                                    let span = tracing::debug_span!(
+                                        "send",
+                                        sequence = %row.sequence,
+                                        step = %row.step,
+                                        journey = %row.journey,
+                                        customer = %crate::service::trace::hashed(&row.customer),
+                                        attempt = row.attempts + 1,
+                                        smtp.code = tracing::field::Empty,
+                                        outcome = tracing::field::Empty,
+                                    );
                                     rt.spawn(async move {
+                                        let started = std::time::Instant::now();
                                         let result = transport.send(&mail, deadline).await;
+                                        metrics
+                                            .send_seconds
+                                            .observe(started.elapsed().as_secs_f64());
+                                        match &result {
+                                            Ok(()) => {
+                                                span.record("smtp.code", 250);
+                                                span.record("outcome", "accepted");
+                                            }
+                                            Err(e) => {
+                                                if let Some(code) = e.code {
+                                                    span.record("smtp.code", code);
+                                                }
+                                                span.record(
+                                                    "outcome",
+                                                    tracing::field::debug(e.failure),
+                                                );
+                                            }
+                                        }
+                                        drop(span);
                                         let delivery =
                                             outcome.of(&row, &mail, &address, &profile, result);
                                         // The receiver lives as long as anything is in flight.

@@ -111,6 +111,34 @@ pub struct JourneyCount {
     pub count: u64,
 }
 
+/// What the retention figures are computed from, counted by the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreFigures {
+    /// Journey lines of the timeline: (sequence, step or "", action, reason for `suppress`,
+    /// `skip` and `exit` lines else "", count).
+    pub decisions: Vec<(String, String, String, String, i64)>,
+    /// Outbox rows: (sequence, step, status, count).
+    pub emails: Vec<(String, String, String, i64)>,
+    /// Feedback lines in the NPS window: (reason as written, e.g. `nps 9`, count).
+    pub feedback: Vec<(String, i64)>,
+    /// Customers known, and of them those with two or more orders.
+    pub customers: (i64, i64),
+    /// Per sequence: customers who entered it, and of them those with two or more orders.
+    pub entered: Vec<(String, i64, i64)>,
+    pub journeys: Vec<JourneyCount>,
+    pub outbox_pending: i64,
+    /// Customers due at or before `now`.
+    pub due_backlog: i64,
+}
+
+/// The figure queries both databases share (`?1`/`$1` bound to the window's start or `now`).
+pub const FIGURE_DECISIONS: &str = "SELECT sequence, COALESCE(step, ''), action,
+    CASE WHEN action IN ('suppress', 'skip', 'exit') THEN reason ELSE '' END, COUNT(*)
+    FROM timeline WHERE journey <> '-' GROUP BY 1, 2, 3, 4";
+pub const FIGURE_EMAILS: &str =
+    "SELECT sequence, step, status, COUNT(*) FROM outbox GROUP BY 1, 2, 3";
+pub const FIGURE_PENDING: &str = "SELECT COUNT(*) FROM outbox WHERE status = 'pending'";
+
 /// How an attempt to send an email ended, for [`Store::finish_emails`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -220,6 +248,11 @@ pub trait Store: Send {
     /// Named totals for `aftercare status`: events, customers, journeys, emails by status,
     /// decisions by action.
     fn counts(&mut self) -> Result<Vec<(String, i64)>>;
+
+    /// What the retention figures, journey gauges and backlogs are computed from; feedback
+    /// since `nps_since`, due customers up to `now`. Scans the timeline: call it every few
+    /// seconds at most.
+    fn figures(&mut self, now: DateTime<Utc>, nps_since: DateTime<Utc>) -> Result<StoreFigures>;
 
     /// Forgets processed-event keys older than `before` (the dedupe window).
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64>;

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls, Transaction};
 
 use super::{
-    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
-    VersionRecord, from_micros, micros,
+    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoreFigures, StoredCustomer,
+    TimelineRow, Tx, VersionRecord, from_micros, micros,
 };
 use crate::engine::Decision;
 
@@ -252,6 +252,65 @@ impl Store for PgStore {
         .iter()
             .map(|(name, sql)| Ok((name.to_string(), self.client.query_one(*sql, &[])?.get(0))))
             .collect()
+    }
+
+    fn figures(&mut self, now: DateTime<Utc>, nps_since: DateTime<Utc>) -> Result<StoreFigures> {
+        let journeys = self.journey_counts()?;
+        let c = &mut self.client;
+        let decisions = c
+            .query(super::FIGURE_DECISIONS, &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        let emails = c
+            .query(super::FIGURE_EMAILS, &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        let feedback = c
+            .query(
+                "SELECT reason, COUNT(*) FROM timeline
+                 WHERE journey = '-' AND action = 'feedback' AND at >= $1 GROUP BY 1",
+                &[&micros(nps_since)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let row = c.query_one(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE (state::jsonb -> 'profile' ->> 'orders_count')::int >= 2)
+             FROM customers WHERE state <> ''",
+            &[],
+        )?;
+        let customers = (row.get(0), row.get(1));
+        let entered = c
+            .query(
+                "SELECT t.sequence, COUNT(*),
+                        COUNT(*) FILTER (WHERE (c.state::jsonb -> 'profile' ->> 'orders_count')::int >= 2)
+                 FROM (SELECT DISTINCT customer, sequence FROM timeline WHERE action = 'enter') t
+                 JOIN customers c ON c.id = t.customer AND c.state <> ''
+                 GROUP BY 1",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let outbox_pending = c.query_one(super::FIGURE_PENDING, &[])?.get(0);
+        let due_backlog = c
+            .query_one(
+                "SELECT COUNT(*) FROM customers WHERE next_due IS NOT NULL AND next_due <= $1",
+                &[&micros(now)],
+            )?
+            .get(0);
+        Ok(StoreFigures {
+            decisions,
+            emails,
+            feedback,
+            customers,
+            entered,
+            journeys,
+            outbox_pending,
+            due_backlog,
+        })
     }
 
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {

@@ -47,6 +47,9 @@ pub struct JourneyRow {
     /// Started from an event older than `policy.max_event_age`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backfill: bool,
+    /// Paused by an operator (admin API) until resumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 #[derive(Serialize)]
@@ -150,6 +153,7 @@ fn journey_row(j: &Journey) -> JourneyRow {
         due,
         cause: cause.to_string(),
         backfill: j.backfill,
+        held: j.held,
     }
 }
 
@@ -257,6 +261,7 @@ pub fn from_stored(
             step: r.step as usize,
             state,
             backfill: r.backfill,
+            held: r.held,
         });
     }
     Ok(c)

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoredCustomer, TimelineRow, Tx,
-    VersionRecord, from_micros, micros,
+    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoreFigures, StoredCustomer,
+    TimelineRow, Tx, VersionRecord, from_micros, micros,
 };
 use crate::engine::Decision;
 
@@ -357,6 +357,60 @@ impl Store for SqliteStore {
             ))
         })
         .collect()
+    }
+
+    fn figures(&mut self, now: DateTime<Utc>, nps_since: DateTime<Utc>) -> Result<StoreFigures> {
+        let journeys = self.journey_counts()?;
+        let c = &self.conn;
+        let decisions = c
+            .prepare_cached(super::FIGURE_DECISIONS)?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let emails = c
+            .prepare_cached(super::FIGURE_EMAILS)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let feedback = c
+            .prepare_cached(
+                "SELECT reason, COUNT(*) FROM timeline
+                 WHERE journey = '-' AND action = 'feedback' AND at >= ?1 GROUP BY 1",
+            )?
+            .query_map([micros(nps_since)], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let customers = c.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(json_extract(state, '$.profile.orders_count') >= 2), 0)
+             FROM customers WHERE state <> ''",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let entered = c
+            .prepare_cached(
+                "SELECT t.sequence, COUNT(*),
+                        COALESCE(SUM(json_extract(c.state, '$.profile.orders_count') >= 2), 0)
+                 FROM (SELECT DISTINCT customer, sequence FROM timeline WHERE action = 'enter') t
+                 JOIN customers c ON c.id = t.customer AND c.state <> ''
+                 GROUP BY 1",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let outbox_pending = c.query_row(super::FIGURE_PENDING, [], |r| r.get(0))?;
+        let due_backlog = c.query_row(
+            "SELECT COUNT(*) FROM customers WHERE next_due IS NOT NULL AND next_due <= ?1",
+            [micros(now)],
+            |r| r.get(0),
+        )?;
+        Ok(StoreFigures {
+            decisions,
+            emails,
+            feedback,
+            customers,
+            entered,
+            journeys,
+            outbox_pending,
+            due_backlog,
+        })
     }
 
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {

@@ -2,6 +2,7 @@
 //! (virtual) clock, the memory store, and helpers to send events and move time.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod service;
 pub mod stores;
 pub mod tansu;

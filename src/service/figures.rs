@@ -1,0 +1,331 @@
+//! Retention figures: what the sequences did and what it earned.
+//!
+//! Per sequence and step: journeys entered, emails decided and sent, suppressed by reason,
+//! skipped, deferred, failed and bounced; goal conversions and their rate; the repeat-purchase
+//! rate of customers who went through the sequence against those who did not. NPS (% promoters
+//! 9-10 minus % detractors 0-6) from `feedback.submitted` over `http.nps_window`.
+//!
+//! Computed from the store every `http.figures_refresh` by the figures thread, which also
+//! sets the store-backed gauges of `/metrics`; the admin API and the dashboard read the last
+//! report, so a page view never scans the timeline.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::metrics::{
+    FigureLabels, GroupLabels, JourneyLabels, Metrics, SequenceLabels, reason_class,
+};
+use crate::sequence::Catalog;
+use crate::store::{JourneyCount, StoreFigures};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Report {
+    pub computed_at: Option<DateTime<Utc>>,
+    pub sequences: Vec<SequenceFigures>,
+    pub nps: Nps,
+    pub customers: i64,
+    /// Share of all customers with two or more orders.
+    pub repeat_purchase_rate: Option<f64>,
+    pub dead_letters: u64,
+    pub outbox_pending: i64,
+    pub due_backlog: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SequenceFigures {
+    pub name: String,
+    /// Journeys started (`enter` lines).
+    pub entered: i64,
+    pub in_flight: i64,
+    pub completed: i64,
+    pub exited: i64,
+    /// Goal conversions (`goal` lines) and their share of `entered`.
+    pub goals: i64,
+    pub conversion_rate: Option<f64>,
+    /// Customers who went through the sequence, and the share of them with 2+ orders.
+    pub customers: i64,
+    pub repeat_purchase_rate: Option<f64>,
+    /// The same share among customers who never entered it.
+    pub repeat_purchase_rate_others: Option<f64>,
+    pub steps: Vec<StepFigures>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct StepFigures {
+    pub id: String,
+    /// `email` decisions: the engine chose to send.
+    pub emailed: i64,
+    /// Accepted by the transport (`sent`), or recorded by a dry run (`dry_run`).
+    pub sent: i64,
+    pub dry_run: i64,
+    pub pending: i64,
+    /// Not sent, by reason: at decision time (unsubscribed, bounced, backfill, …) or at send
+    /// time (an unsubscribe since it was queued).
+    pub suppressed: BTreeMap<String, i64>,
+    pub skipped: i64,
+    pub deferred: i64,
+    pub failed: i64,
+    pub bounced: i64,
+    /// Journeys on this step now.
+    pub in_flight: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Nps {
+    /// The window, as configured (`90d`).
+    pub window: String,
+    pub responses: i64,
+    pub promoters: i64,
+    pub passives: i64,
+    pub detractors: i64,
+    /// -100..100; absent without answers.
+    pub score: Option<f64>,
+}
+
+/// The last report, shared by the figures thread (writer) and the HTTP handlers.
+pub type Shared = Arc<RwLock<Arc<Report>>>;
+
+fn rate(part: i64, whole: i64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// Builds the report: sequences and steps in the catalog's order (then any only the store
+/// knows, e.g. a sequence since deleted), so a funnel reads top to bottom.
+pub fn report(
+    f: &StoreFigures,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+    nps_window: &str,
+    dead_letters: u64,
+) -> Report {
+    let mut seqs: Vec<SequenceFigures> = catalog
+        .sequences()
+        .iter()
+        .map(|s| SequenceFigures {
+            name: s.name.to_string(),
+            steps: s
+                .steps
+                .iter()
+                .map(|st| StepFigures {
+                    id: st.id.to_string(),
+                    ..StepFigures::default()
+                })
+                .collect(),
+            ..SequenceFigures::default()
+        })
+        .collect();
+    fn seq<'a>(seqs: &'a mut Vec<SequenceFigures>, name: &str) -> &'a mut SequenceFigures {
+        let i = match seqs.iter().position(|s| s.name == name) {
+            Some(i) => i,
+            None => {
+                seqs.push(SequenceFigures {
+                    name: name.into(),
+                    ..SequenceFigures::default()
+                });
+                seqs.len() - 1
+            }
+        };
+        &mut seqs[i]
+    }
+    fn step<'a>(s: &'a mut SequenceFigures, id: &str) -> &'a mut StepFigures {
+        let i = match s.steps.iter().position(|st| st.id == id) {
+            Some(i) => i,
+            None => {
+                s.steps.push(StepFigures {
+                    id: id.into(),
+                    ..StepFigures::default()
+                });
+                s.steps.len() - 1
+            }
+        };
+        &mut s.steps[i]
+    }
+    for (sequence, step_id, action, reason, n) in &f.decisions {
+        let s = seq(&mut seqs, sequence);
+        match action.as_str() {
+            "enter" => s.entered += n,
+            "goal" => s.goals += n,
+            "complete" => s.completed += n,
+            "exit" => s.exited += n,
+            _ if step_id.is_empty() => {}
+            "email" => step(s, step_id).emailed += n,
+            "skip" => step(s, step_id).skipped += n,
+            "defer" => step(s, step_id).deferred += n,
+            // Decision-time suppressions; send-time ones are counted from the outbox below.
+            "suppress" => {
+                *step(s, step_id)
+                    .suppressed
+                    .entry(reason_class(reason).to_string())
+                    .or_default() += n
+            }
+            _ => {}
+        }
+    }
+    for (sequence, step_id, status, n) in &f.emails {
+        let st = step(seq(&mut seqs, sequence), step_id);
+        match status.as_str() {
+            "sent" => st.sent += n,
+            "dry-run" => st.dry_run += n,
+            "pending" => st.pending += n,
+            "failed" => st.failed += n,
+            "bounced" => st.bounced += n,
+            "suppressed" => *st.suppressed.entry("at send time".into()).or_default() += n,
+            _ => {}
+        }
+    }
+    for j in &f.journeys {
+        let s = seq(&mut seqs, &j.sequence);
+        s.in_flight += j.count as i64;
+        step(s, &j.step).in_flight += j.count as i64;
+    }
+    let (all, all_repeat) = f.customers;
+    for (sequence, customers, repeat) in &f.entered {
+        let s = seq(&mut seqs, sequence);
+        s.customers = *customers;
+        s.repeat_purchase_rate = rate(*repeat, *customers);
+        s.repeat_purchase_rate_others = rate(all_repeat - repeat, all - customers);
+    }
+    for s in &mut seqs {
+        s.conversion_rate = rate(s.goals, s.entered);
+        if s.customers == 0 {
+            s.repeat_purchase_rate_others = rate(all_repeat, all);
+        }
+    }
+    Report {
+        computed_at: Some(now),
+        sequences: seqs,
+        nps: nps(&f.feedback, nps_window),
+        customers: all,
+        repeat_purchase_rate: rate(all_repeat, all),
+        dead_letters,
+        outbox_pending: f.outbox_pending,
+        due_backlog: f.due_backlog,
+    }
+}
+
+/// NPS from `feedback` lines (`nps 9`); CSAT answers and malformed lines are left out.
+fn nps(feedback: &[(String, i64)], window: &str) -> Nps {
+    let mut out = Nps {
+        window: window.into(),
+        ..Nps::default()
+    };
+    for (line, n) in feedback {
+        let Some(score) = line
+            .strip_prefix("nps ")
+            .and_then(|s| s.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        out.responses += n;
+        if score >= 9.0 {
+            out.promoters += n;
+        } else if score <= 6.0 {
+            out.detractors += n;
+        } else {
+            out.passives += n;
+        }
+    }
+    out.score = (out.responses > 0)
+        .then(|| 100.0 * (out.promoters - out.detractors) as f64 / out.responses as f64);
+    out
+}
+
+/// Sets the store-backed gauges from a report and the journey counts.
+pub fn export(m: &Metrics, r: &Report, journeys: &[JourneyCount]) {
+    m.journeys.clear();
+    let mut by_step: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    for j in journeys {
+        *by_step
+            .entry((&j.sequence, &j.step, &j.status))
+            .or_default() += j.count as i64;
+    }
+    for ((sequence, step, status), n) in by_step {
+        m.journeys
+            .get_or_create(&JourneyLabels {
+                sequence: sequence.into(),
+                step: step.into(),
+                status: status.into(),
+            })
+            .set(n);
+    }
+    m.outbox_pending.set(r.outbox_pending);
+    m.due_backlog.set(r.due_backlog);
+    m.figures.clear();
+    m.conversion_rate.clear();
+    m.repeat_purchase_rate.clear();
+    for s in &r.sequences {
+        let figure = |step: &str, figure: &str, n: i64| {
+            m.figures
+                .get_or_create(&FigureLabels {
+                    sequence: s.name.clone(),
+                    step: step.into(),
+                    figure: figure.into(),
+                })
+                .set(n);
+        };
+        figure("", "entered", s.entered);
+        figure("", "goals", s.goals);
+        figure("", "completed", s.completed);
+        figure("", "exited", s.exited);
+        for st in &s.steps {
+            figure(&st.id, "emailed", st.emailed);
+            figure(&st.id, "sent", st.sent);
+            figure(&st.id, "skipped", st.skipped);
+            figure(&st.id, "deferred", st.deferred);
+            figure(&st.id, "failed", st.failed);
+            figure(&st.id, "bounced", st.bounced);
+            for (reason, n) in &st.suppressed {
+                figure(&st.id, &format!("suppressed: {reason}"), *n);
+            }
+        }
+        let label = SequenceLabels {
+            sequence: s.name.clone(),
+        };
+        if let Some(c) = s.conversion_rate {
+            m.conversion_rate.get_or_create(&label).set(c);
+        }
+        for (group, rate) in [
+            ("entered", s.repeat_purchase_rate),
+            ("not_entered", s.repeat_purchase_rate_others),
+        ] {
+            if let Some(rate) = rate {
+                m.repeat_purchase_rate
+                    .get_or_create(&GroupLabels {
+                        sequence: s.name.clone(),
+                        group,
+                    })
+                    .set(rate);
+            }
+        }
+    }
+    m.nps.set(r.nps.score.unwrap_or(0.0));
+    m.nps_responses.set(r.nps.responses);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nps_is_promoters_minus_detractors_in_percent() {
+        let lines = vec![
+            ("nps 10".to_string(), 3),
+            ("nps 9".to_string(), 2),
+            ("nps 8".to_string(), 1),
+            ("nps 7".to_string(), 1),
+            ("nps 6".to_string(), 2),
+            ("nps 0".to_string(), 1),
+            ("csat 5".to_string(), 4),
+        ];
+        let n = nps(&lines, "30d");
+        assert_eq!(
+            (n.responses, n.promoters, n.passives, n.detractors),
+            (10, 5, 2, 3)
+        );
+        assert_eq!(n.score, Some(20.0));
+        assert_eq!(nps(&[], "30d").score, None);
+    }
+}

@@ -1,0 +1,400 @@
+//! Prometheus metrics of `run`, served at `GET /metrics` (text exposition format).
+//!
+//! Counters and histograms move as the service works; the gauges that need the store
+//! (journeys, outbox depth, due backlog, retention figures) are set by the figures thread
+//! every `http.figures_refresh`. No label carries a customer id or an address: labels are
+//! event types, sequence and step names, actions and reason classes, all bounded by the
+//! sequence files.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::engine::{Action, Decision};
+use crate::event::{Event, EventData};
+use crate::store::{Delivery, OutboxRow};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub r#type: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub sequence: String,
+    pub step: String,
+    pub action: &'static str,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub sequence: String,
+    pub step: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JourneyLabels {
+    pub sequence: String,
+    pub step: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SequenceLabels {
+    pub sequence: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FigureLabels {
+    pub sequence: String,
+    pub step: String,
+    pub figure: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub sequence: String,
+    pub group: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+type Ratio = Gauge<f64, AtomicU64>;
+
+/// Every metric, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<EventLabels, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub emails: Family<StepLabels, Counter>,
+    pub send_seconds: Histogram,
+    pub event_to_send_seconds: Histogram,
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    pub journeys: Family<JourneyLabels, Gauge>,
+    pub outbox_pending: Gauge,
+    pub due_backlog: Gauge,
+    pub wake_lateness_seconds: Histogram,
+    pub batches: Counter,
+    pub reloads: Family<OutcomeLabels, Counter>,
+    pub sequences_loaded: Gauge,
+    pub figures: Family<FigureLabels, Gauge>,
+    pub conversion_rate: Family<SequenceLabels, Ratio>,
+    pub repeat_purchase_rate: Family<GroupLabels, Ratio>,
+    pub nps: Ratio,
+    pub nps_responses: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut r = Registry::with_prefix("aftercare");
+        let events = Family::<EventLabels, Counter>::default();
+        r.register(
+            "events",
+            "Events consumed, by type and outcome (applied, duplicate, dead_lettered)",
+            events.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        r.register(
+            "decisions",
+            "Engine decisions, by sequence, step, action and reason class",
+            decisions.clone(),
+        );
+        let emails = Family::<StepLabels, Counter>::default();
+        r.register(
+            "emails",
+            "Emails by sequence, step and outcome (queued, sent, dry_run, suppressed, deferred, retried, failed, bounced)",
+            emails.clone(),
+        );
+        // 1 ms .. ~33 s
+        let send_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        r.register(
+            "send_duration_seconds",
+            "Time the transport took to accept an email (SMTP conversation or file write)",
+            send_seconds.clone(),
+        );
+        // 10 ms .. ~5.8 days
+        let event_to_send_seconds = Histogram::new(exponential_buckets(0.01, 4.0, 16));
+        r.register(
+            "event_to_send_seconds",
+            "From the decision that queued an email to its acceptance by the transport",
+            event_to_send_seconds.clone(),
+        );
+        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
+        r.register(
+            "consumer_lag",
+            "Messages behind the end of each assigned partition (librdkafka statistics)",
+            consumer_lag.clone(),
+        );
+        let journeys = Family::<JourneyLabels, Gauge>::default();
+        r.register(
+            "journeys",
+            "Journeys in flight, by sequence, step and status",
+            journeys.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        r.register(
+            "outbox_pending",
+            "Emails waiting to be sent (outbox depth)",
+            outbox_pending.clone(),
+        );
+        let due_backlog = Gauge::default();
+        r.register(
+            "due_backlog",
+            "Customers whose next step is due now and not yet run",
+            due_backlog.clone(),
+        );
+        // 1 ms .. ~65 s
+        let wake_lateness_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        r.register(
+            "wake_lateness_seconds",
+            "How late a due customer was woken, against its due time",
+            wake_lateness_seconds.clone(),
+        );
+        let batches = Counter::default();
+        r.register(
+            "batches",
+            "Store transactions applying Kafka batches",
+            batches.clone(),
+        );
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        r.register(
+            "sequence_reloads",
+            "Hot reloads of the sequences folder, by outcome (applied, refused)",
+            reloads.clone(),
+        );
+        let sequences_loaded = Gauge::default();
+        r.register(
+            "sequences_loaded",
+            "Sequences in the catalog new journeys start on",
+            sequences_loaded.clone(),
+        );
+        let figures = Family::<FigureLabels, Gauge>::default();
+        r.register(
+            "retention",
+            "Retention figures per sequence and step (entered, emailed, sent, suppressed, skipped, goals, ...)",
+            figures.clone(),
+        );
+        let conversion_rate = Family::<SequenceLabels, Ratio>::default();
+        r.register(
+            "goal_conversion_rate",
+            "Goal conversions per journey entered, by sequence",
+            conversion_rate.clone(),
+        );
+        let repeat_purchase_rate = Family::<GroupLabels, Ratio>::default();
+        r.register(
+            "repeat_purchase_rate",
+            "Share of customers with two or more orders, among those who went through a sequence (group=entered) and those who did not (group=not_entered)",
+            repeat_purchase_rate.clone(),
+        );
+        let nps = Ratio::default();
+        r.register(
+            "nps",
+            "Net Promoter Score over http.nps_window: % promoters (9-10) minus % detractors (0-6)",
+            nps.clone(),
+        );
+        let nps_responses = Gauge::default();
+        r.register(
+            "nps_responses",
+            "NPS answers in the window",
+            nps_responses.clone(),
+        );
+        Metrics {
+            registry: r,
+            events,
+            decisions,
+            emails,
+            send_seconds,
+            event_to_send_seconds,
+            consumer_lag,
+            journeys,
+            outbox_pending,
+            due_backlog,
+            wake_lateness_seconds,
+            batches,
+            reloads,
+            sequences_loaded,
+            figures,
+            conversion_rate,
+            repeat_purchase_rate,
+            nps,
+            nps_responses,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn event(&self, kind: &'static str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.events
+                .get_or_create(&EventLabels {
+                    r#type: kind,
+                    outcome,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a batch's events by type: `applied` or `duplicate`.
+    pub fn events_applied(&self, events: &[std::sync::Arc<Event>], fresh: &[bool]) {
+        let mut counts: HashMap<(&'static str, &'static str), u64> = HashMap::new();
+        for (e, f) in events.iter().zip(fresh) {
+            let outcome = if *f { "applied" } else { "duplicate" };
+            *counts.entry((event_type(e), outcome)).or_default() += 1;
+        }
+        for ((kind, outcome), n) in counts {
+            self.event(kind, outcome, n);
+        }
+    }
+
+    /// Counts decisions (aggregated first: a batch has thousands, over a few label sets).
+    pub fn decided(&self, decisions: &[Decision]) {
+        let mut counts: HashMap<(&str, &str, Action, &str), u64> = HashMap::new();
+        for d in decisions {
+            let step = d.step.as_deref().unwrap_or("");
+            *counts
+                .entry((&d.sequence, step, d.action, reason_class(&d.reason)))
+                .or_default() += 1;
+        }
+        for ((sequence, step, action, reason), n) in counts {
+            self.decisions
+                .get_or_create(&DecisionLabels {
+                    sequence: sequence.into(),
+                    step: step.into(),
+                    action: action.as_str(),
+                    reason: reason.into(),
+                })
+                .inc_by(n);
+            let outcome = match action {
+                Action::Email => "queued",
+                Action::Suppress => "suppressed",
+                Action::Defer => "deferred",
+                _ => continue,
+            };
+            self.email(sequence, step, outcome, n);
+        }
+    }
+
+    fn email(&self, sequence: &str, step: &str, outcome: &'static str, n: u64) {
+        self.emails
+            .get_or_create(&StepLabels {
+                sequence: sequence.into(),
+                step: step.into(),
+                outcome,
+            })
+            .inc_by(n);
+    }
+
+    /// Counts how send attempts ended.
+    pub fn delivered(&self, done: &[(OutboxRow, Delivery)], now: chrono::DateTime<chrono::Utc>) {
+        for (row, d) in done {
+            let outcome = match d {
+                Delivery::Sent { .. } => "sent",
+                Delivery::DryRun { .. } => "dry_run",
+                Delivery::Retry { .. } => "retried",
+                Delivery::Failed { .. } => "failed",
+                Delivery::Bounced { .. } => "bounced",
+                Delivery::Suppressed { .. } => "suppressed",
+            };
+            self.email(&row.sequence, &row.step, outcome, 1);
+            if matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }) {
+                let waited = (now - row.created_at).num_microseconds().unwrap_or(0);
+                self.event_to_send_seconds
+                    .observe(waited.max(0) as f64 / 1e6);
+            }
+        }
+    }
+}
+
+/// The `type` label of an event: its CloudEvents type when aftercare knows it, else `other`
+/// (label values must stay bounded whatever producers send).
+pub fn event_type(e: &Event) -> &'static str {
+    match &e.data {
+        EventData::OrderPlaced(_) => "order.placed",
+        EventData::OrderShipped(_) => "order.shipped",
+        EventData::OrderDelivered { .. } => "order.delivered",
+        EventData::OrderCancelled { .. } => "order.cancelled",
+        EventData::OrderRefunded { .. } => "order.refunded",
+        EventData::TicketOpened { .. } => "ticket.opened",
+        EventData::TicketResolved { .. } => "ticket.resolved",
+        EventData::FeedbackSubmitted { .. } => "feedback.submitted",
+        EventData::ReviewSubmitted { .. } => "review.submitted",
+        EventData::CustomerUpdated => "customer.updated",
+        EventData::CustomerUnsubscribed { .. } => "customer.unsubscribed",
+        EventData::CustomerSubscribed { .. } => "customer.subscribed",
+        EventData::Other(_) => "other",
+    }
+}
+
+/// A decision's reason without its particulars: the leading words up to the first one that
+/// carries a value (a number, a time, a quoted window). "wait 1d elapsed" → "wait",
+/// "send_window \"Mon-Fri 09-17\" (UTC): until …" → "send_window", "exit_on order.refunded"
+/// → "exit_on order.refunded". Bounded by the sequence files, so fit for a label.
+pub fn reason_class(reason: &str) -> &str {
+    let mut end = 0;
+    for (i, word) in reason.split(' ').enumerate().take(4) {
+        if word.is_empty()
+            || word
+                .bytes()
+                .any(|b| b.is_ascii_digit() || matches!(b, b'"' | b'(' | b':' | b',' | b'\''))
+        {
+            break;
+        }
+        let start = word.as_ptr() as usize - reason.as_ptr() as usize;
+        end = start + word.len();
+        if i == 3 {
+            break;
+        }
+    }
+    &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_class;
+
+    #[test]
+    fn reason_classes_drop_particulars() {
+        assert_eq!(reason_class("wait 1d elapsed"), "wait");
+        assert_eq!(
+            reason_class("send_window \"Mon-Fri 09:00-17:00\" (UTC): until 2026-01-01T09:00:00Z"),
+            "send_window"
+        );
+        assert_eq!(
+            reason_class("exit_on order.refunded"),
+            "exit_on order.refunded"
+        );
+        assert_eq!(reason_class("address bounced"), "address bounced");
+        assert_eq!(
+            reason_class("unsubscribed from marketing"),
+            "unsubscribed from marketing"
+        );
+        assert_eq!(reason_class("min_gap 2d: until x"), "min_gap");
+        assert_eq!(reason_class(""), "");
+    }
+}

@@ -1,0 +1,190 @@
+//! Hot reload: the sequences folder is watched while `run` runs.
+//!
+//! Every `sequences.watch_interval` the folder's files (sequences and templates) are listed
+//! with their sizes and modification times; when that changes, the whole folder is loaded
+//! and validated as `aftercare validate` would. A good folder is recorded in the store (so
+//! journeys can finish on any version they started on, here or on another instance) and
+//! becomes the catalog new journeys start on; journeys in flight stay pinned to their
+//! version. A bad one is refused: each problem is logged as `file:line:column: message`,
+//! `aftercare_sequence_reloads_total{outcome="refused"}` counts it, and the last good
+//! version keeps running. Polling rather than inotify: it sees edits on any filesystem,
+//! including a Kubernetes ConfigMap's symlink swap, and costs a directory listing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use super::metrics::{Metrics, OutcomeLabels};
+use crate::sequence::Catalog;
+use crate::store::Store;
+
+/// The catalog new journeys start on, replaced by hot reloads.
+pub struct Live {
+    catalog: RwLock<Arc<Catalog>>,
+    generation: AtomicU64,
+}
+
+impl Live {
+    pub fn new(catalog: Arc<Catalog>) -> Live {
+        Live {
+            catalog: RwLock::new(catalog),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Bumped by every reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The catalog, if it changed since `seen` (which is updated).
+    pub fn changed(&self, seen: &mut u64) -> Option<Arc<Catalog>> {
+        let now = self.generation();
+        (now != *seen).then(|| {
+            *seen = now;
+            self.current()
+        })
+    }
+
+    fn replace(&self, catalog: Arc<Catalog>) {
+        match self.catalog.write() {
+            Ok(mut c) => *c = catalog,
+            Err(poisoned) => *poisoned.into_inner() = catalog,
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// What the folder looks like to [`Catalog::load`]: the path, size and modification time of
+/// each `*.yaml`/`*.yml` file in it and of every file under `templates/`, sorted. Anything
+/// else in the folder (a README, a mail folder) changes nothing.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), false)];
+    while let Some((d, in_templates)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            // Follows symlinks: a ConfigMap's files are links to a swapped directory.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let top_templates = !in_templates && path == dir.join("templates");
+            if meta.is_dir() {
+                if in_templates || top_templates {
+                    stack.push((path, true));
+                }
+            } else if in_templates || path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Watches `dir` until `stop`, replacing `live`'s catalog with each good version.
+pub fn watch(
+    dir: &Path,
+    every: Duration,
+    live: &Live,
+    store: &mut dyn Store,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+) {
+    let mut seen = fingerprint(dir);
+    // The content of the folder last refused, so a bad file is reported once, not every tick.
+    let mut refused: Option<Vec<(PathBuf, u64, Option<SystemTime>)>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        sleep_until_stopped(every, stop);
+        let now = fingerprint(dir);
+        if now == seen || refused.as_ref() == Some(&now) {
+            continue;
+        }
+        match reload(dir, live, store) {
+            Ok(changed) => {
+                metrics
+                    .reloads
+                    .get_or_create(&OutcomeLabels { outcome: "applied" })
+                    .inc();
+                metrics
+                    .sequences_loaded
+                    .set(live.current().sequences().len() as i64);
+                tracing::info!(
+                    dir = %dir.display(),
+                    changed = changed.join(", "),
+                    "sequences reloaded: new journeys start on these versions; journeys in flight keep theirs"
+                );
+                seen = now;
+                refused = None;
+            }
+            Err(Refused::Invalid(diags)) => {
+                metrics
+                    .reloads
+                    .get_or_create(&OutcomeLabels { outcome: "refused" })
+                    .inc();
+                for d in &diags {
+                    tracing::error!("{d}");
+                }
+                tracing::error!(
+                    dir = %dir.display(),
+                    errors = diags.len(),
+                    "sequences not reloaded: the last good version keeps running; fix the files (see `aftercare validate`)"
+                );
+                refused = Some(now);
+            }
+            // The store or the disk, not the files: try again next tick.
+            Err(Refused::Unavailable(e)) => {
+                tracing::warn!(error = %e, "sequences not reloaded yet; retrying");
+            }
+        }
+    }
+}
+
+enum Refused {
+    Invalid(Vec<String>),
+    Unavailable(String),
+}
+
+/// Loads and checks the folder; records and installs it if good. Returns the sequences whose
+/// version changed.
+fn reload(dir: &Path, live: &Live, store: &mut dyn Store) -> Result<Vec<String>, Refused> {
+    let (catalog, diags) = Catalog::load(dir).map_err(|e| Refused::Unavailable(e.to_string()))?;
+    if !diags.is_empty() {
+        return Err(Refused::Invalid(
+            diags.iter().map(|d| d.to_string()).collect(),
+        ));
+    }
+    store
+        .save_versions(&super::versions_of(&catalog))
+        .map_err(|e| Refused::Unavailable(e.to_string()))?;
+    let old = live.current();
+    let changed = catalog
+        .sequences()
+        .iter()
+        .filter(|s| old.version(&s.name, &s.version).is_none())
+        .map(|s| format!("{}@{}", s.name, s.version))
+        .collect();
+    live.replace(Arc::new(catalog));
+    Ok(changed)
+}
+
+pub fn sleep_until_stopped(d: Duration, stop: &AtomicBool) {
+    let step = Duration::from_millis(100);
+    let mut left = d;
+    while !left.is_zero() && !stop.load(Ordering::Relaxed) {
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+}

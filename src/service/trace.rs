@@ -1,0 +1,169 @@
+//! Logs and traces of `run`.
+//!
+//! - Logs on stderr, `text` or `json` (`log.format`), filtered by `log.level` or
+//!   `AFTERCARE_LOG`. Customer ids appear hashed ([`hashed`]); email addresses never appear.
+//! - Spans: `event` (event id and type, topic/partition/offset, hashed customer), a
+//!   `decision` child per decision (sequence, step, kind, reason), and `send` (sequence, step,
+//!   attempt, SMTP reply code). They are DEBUG-level so they cost nothing unless exported:
+//!   with `trace.otlp_endpoint` set they go to an OpenTelemetry collector over OTLP/HTTP. An
+//!   event whose Kafka message carries a W3C `traceparent` header (or `ce_traceparent`, the
+//!   CloudEvents binding's name) continues the producer's trace.
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use sha2::Digest;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{Log, LogFormat, Trace};
+
+/// A customer id as logs and spans show it: the first 16 hex digits of its SHA-256. Stable,
+/// so one customer's lines can be followed, and never the id (which may be an address).
+pub fn hashed(customer: &str) -> String {
+    let digest = sha2::Sha256::digest(customer.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Keeps the exporter alive; flushes the spans still buffered when dropped.
+pub struct Guard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("trace export: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber: logs as configured, spans to OTLP when configured.
+pub fn init(log: &Log, trace: &Trace) -> anyhow::Result<Guard> {
+    let filter = || {
+        EnvFilter::try_from_env("AFTERCARE_LOG")
+            .or_else(|_| EnvFilter::try_new(&log.level))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = match log.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+    };
+    let (otel, provider) = if trace.otlp_endpoint.is_empty() {
+        (None, None)
+    } else {
+        let protocol = match trace.protocol.as_str() {
+            "http/json" => Protocol::HttpJson,
+            _ => Protocol::HttpBinary,
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(&trace.otlp_endpoint)
+            .with_protocol(protocol)
+            .build()?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(trace.service_name.clone())
+                    .build(),
+            )
+            .build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("aftercare"))
+            .with_filter(EnvFilter::new("aftercare=debug"));
+        (Some(layer), Some(provider))
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
+    Ok(Guard { provider })
+}
+
+struct KafkaHeaders<'a>(&'a OwnedMessage);
+
+impl Extractor for KafkaHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let headers = self.0.headers()?;
+        let wanted = |name: &str| name == key || name.strip_prefix("ce_") == Some(key);
+        headers
+            .iter()
+            .find(|h| wanted(h.key))
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .headers()
+            .map(|h| h.iter().map(|h| h.key).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The span of one Kafka event, continuing the producer's trace when the message says so.
+pub fn event_span(m: &OwnedMessage, e: &crate::event::Event) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "event",
+        event.id = %e.id,
+        event.source = %e.source,
+        event.r#type = %e.kind,
+        customer = tracing::field::Empty,
+        messaging.destination = m.topic(),
+        messaging.partition = m.partition(),
+        messaging.offset = m.offset(),
+    );
+    if !span.is_disabled() {
+        span.record("customer", hashed(&e.subject));
+        let parent = TraceContextPropagator::new().extract(&KafkaHeaders(m));
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// A zero-length child span per decision, under the span of what caused it.
+pub fn decision_spans(parent: &tracing::Span, decisions: &[crate::engine::Decision]) {
+    if parent.is_disabled() {
+        return;
+    }
+    for d in decisions {
+        let _span = tracing::debug_span!(
+            parent: parent,
+            "decision",
+            sequence = %d.sequence,
+            step = d.step.as_deref().unwrap_or(""),
+            kind = d.action.as_str(),
+            reason = %d.reason,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn customer_ids_are_hashed_stably() {
+        let h = super::hashed("ann@example.com");
+        assert_eq!(h.len(), 16);
+        assert_eq!(h, super::hashed("ann@example.com"));
+        assert_ne!(h, super::hashed("bob@example.com"));
+        assert!(!h.contains('@'));
+    }
+}
