@@ -59,11 +59,13 @@ from = "Aftercare Shop <shop@example.com>"
 dir = "$WORK/mail"
 [http]
 listen = "127.0.0.1:${HTTP_PORT:-8080}"
+figures_refresh = "1s"
 [sequences]
 dir = "$ROOT/sequences"
 EOF
 
 say "aftercare run (log: $WORK/run.log)"
+export AFTERCARE_ADMIN_TOKEN=${AFTERCARE_ADMIN_TOKEN:-quickstart}
 AFTERCARE_LOG=info "$AFTERCARE" run -c "$WORK/aftercare.toml" 2> "$WORK/run.log" &
 RUN_PID=$!
 
@@ -91,5 +93,29 @@ say "one customer, and why each email was sent (aftercare customer $CUSTOMER)"
 say "emails written to $WORK/mail: $(ls "$WORK/mail" | wc -l)"
 FIRST=$(ls "$WORK/mail" | head -n 1)
 sed -n '1,10p' "$WORK/mail/$FIRST"
+
+HTTP="http://127.0.0.1:${HTTP_PORT:-8080}"
+say "retention figures, as the admin API gives them (GET $HTTP/api/figures)"
+python3 - "$HTTP" "$AFTERCARE_ADMIN_TOKEN" <<'PY'
+import json, sys, time, urllib.request
+base, token = sys.argv[1], sys.argv[2]
+def figures():
+    req = urllib.request.Request(base + "/api/figures", headers={"Authorization": "Bearer " + token})
+    return json.load(urllib.request.urlopen(req))
+deadline = time.time() + 30
+f = figures()
+while not any(s["entered"] for s in f["sequences"]) and time.time() < deadline:
+    time.sleep(0.5)
+    f = figures()
+for s in f["sequences"]:
+    steps = ", ".join(f'{st["id"]} {st["sent"] + st["dry_run"]}' for st in s["steps"])
+    print(f'{s["name"]}: entered {s["entered"]}, in flight {s["in_flight"]}; sent per step: {steps}')
+print(f'customers {f["customers"]}, dead letters {f["dead_letters"]}, emails waiting {f["outbox_pending"]}')
+PY
+if [ -n "${QUICKSTART_KEEP:-}" ]; then
+  say "dashboard: $HTTP/dashboard#token=$AFTERCARE_ADMIN_TOKEN (Ctrl-C to stop)"
+  wait "$RUN_PID"
+fi
+echo "(QUICKSTART_KEEP=1 keeps it running, with the dashboard at $HTTP/dashboard)"
 
 say "stopping"
