@@ -851,6 +851,8 @@ fn the_dashboard_renders_the_apis_figures_in_chromium() {
     let url = format!("http://{at}/dashboard#token={TOKEN}&customer=ann");
     let dom = chromium(&url, &["--dump-dom"], &profile);
     assert!(dom.contains("data-loaded=\"figures\""), "{dom}");
+    // The token was taken: no login form.
+    assert!(dom.contains("<form id=\"login\" hidden"), "{dom}");
     assert_eq!(page_figures(&dom), expected);
     // The customer lookup: ann's whole timeline.
     let (_, body) = get(at, "/api/customers/ann", Some(TOKEN));
@@ -864,6 +866,7 @@ fn the_dashboard_renders_the_apis_figures_in_chromium() {
         &profile,
     );
     assert!(dom.contains("The token was refused."), "{dom}");
+    assert!(dom.contains("<form id=\"login\">"), "{dom}");
     assert!(page_figures(&dom).values().all(|v| v == "–"), "{dom}");
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
