@@ -30,7 +30,8 @@ use crate::store::record::profile_and_orders;
 /// What the handlers share.
 pub struct Web {
     pub signer: Signer,
-    /// The marketing categories of the loaded sequences, for the preferences page.
+    /// The marketing categories for the preferences page when no live catalog is given
+    /// (`ops.live`, which follows hot reloads).
     pub categories: Vec<String>,
     /// The store and an engine to apply changes with (one at a time).
     pub apply: Mutex<(Box<dyn Store>, Applier)>,
@@ -142,7 +143,7 @@ async fn preferences(State(web): State<Arc<Web>>, Path(token): Path<String>) -> 
     };
     let all = unsubscribed.iter().any(|c| c == "all");
     let mut boxes = String::new();
-    for c in &web.categories {
+    for c in &categories(&web) {
         let checked = if all || unsubscribed.contains(c) {
             ""
         } else {
@@ -173,14 +174,13 @@ async fn save_preferences(
     let Some(claim) = web.signer.verify(&token) else {
         return invalid();
     };
-    let wanted: Vec<String> = web
-        .categories
+    let categories = categories(&web);
+    let wanted: Vec<String> = categories
         .iter()
         .filter(|c| form.contains_key(&format!("c_{c}")))
         .cloned()
         .collect();
-    let unwanted: Vec<String> = web
-        .categories
+    let unwanted: Vec<String> = categories
         .iter()
         .filter(|c| !wanted.contains(c))
         .cloned()
@@ -202,6 +202,15 @@ async fn save_preferences(
             "<p>Your choices are saved.</p>",
         ),
         Err(e) => unavailable(&e),
+    }
+}
+
+/// The marketing categories on offer: those of the sequences loaded now (hot reloads
+/// included).
+fn categories(web: &Web) -> Vec<String> {
+    match &web.ops.live {
+        Some(live) => super::marketing_categories(&live.current()),
+        None => web.categories.clone(),
     }
 }
 

@@ -562,8 +562,13 @@ fn refresh_figures(
     window_text: &str,
 ) {
     let now = Utc::now();
+    let started = Instant::now();
     match store.figures(now, now - nps_window) {
         Ok(f) => {
+            tracing::debug!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "figures refreshed"
+            );
             let r = figures::report(
                 &f,
                 &live.current(),

@@ -72,7 +72,15 @@ impl SqliteStore {
         // Hot customers and index pages stay in memory (a batch touches thousands of pages);
         // the cache is bounded, so memory does not grow with the number of customers.
         conn.pragma_update(None, "cache_size", -cache_kib)?;
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // The engine's temporary tables are small and hot; the other connections run the
+        // scans (figures, `status`, `plan`), whose sorts over the whole timeline must spill to
+        // disk rather than grow the process by the size of the store.
+        let temp_store = if cache_kib < CACHE_KIB {
+            "FILE"
+        } else {
+            "MEMORY"
+        };
+        conn.pragma_update(None, "temp_store", temp_store)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 0 {
             conn.execute_batch(SCHEMA)?;
