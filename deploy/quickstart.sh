@@ -20,7 +20,7 @@ say() { printf '\n== %s\n' "$*"; }
 
 say "building aftercare"
 cargo build --release --locked -q
-AFTERCARE=$ROOT/target/release/aftercare
+AFTERCARE=${CARGO_TARGET_DIR:-$ROOT/target}/release/aftercare
 
 say "the broker: tansu 0.6"
 TANSU=$(command -v tansu || true)
