@@ -91,8 +91,9 @@ say "one customer, and why each email was sent (aftercare customer $CUSTOMER)"
 "$AFTERCARE" customer "$CUSTOMER" -c "$WORK/aftercare.toml" | sed -n '/^journeys/,$p'
 
 say "emails written to $WORK/mail: $(ls "$WORK/mail" | wc -l)"
-FIRST=$(ls "$WORK/mail" | head -n 1)
-sed -n '1,10p' "$WORK/mail/$FIRST"
+# A glob, not `ls | head`: with pipefail, head closing the pipe early fails the script.
+EMAILS=("$WORK"/mail/*)
+sed -n '1,10p' "${EMAILS[0]}"
 
 HTTP="http://127.0.0.1:${HTTP_PORT:-8080}"
 say "retention figures, as the admin API gives them (GET $HTTP/api/figures)"
