@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use aftercare::service::apply::Applier;
 use aftercare::service::outbox::Sender;
 use aftercare::store::{Store, record};
 use chrono::Utc;
+use common::smtp::{SmtpServer, free_port};
 use common::stores::TestStore;
 use serde_json::{Value, json};
 
@@ -52,26 +52,6 @@ fn templates() -> Vec<(String, String)> {
     ]
 }
 
-/// aiosmtpd on a free port, with the faults asked for; stopped on drop.
-struct SmtpServer {
-    child: Child,
-    out: PathBuf,
-}
-
-/// A port no other test of this process uses, free now. Handed out from a counter rather
-/// than by the kernel: the outage test leaves its port closed for a while, and an ephemeral
-/// port could meanwhile go to another test's server.
-fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
-    loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "aftercare-mail-{name}-{}-{}",
@@ -80,63 +60,6 @@ fn scratch(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-impl SmtpServer {
-    fn start(port: u16, out: &Path, args: &[&str]) -> SmtpServer {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--out"])
-            .arg(out)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with aiosmtpd (pip install aiosmtpd) is needed");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            format!("ready {port}"),
-            "the SMTP server did not start"
-        );
-        SmtpServer {
-            child,
-            out: out.to_path_buf(),
-        }
-    }
-
-    /// Every DATA attempt the server saw.
-    fn log(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.out.join("log.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// The accepted messages, in order.
-    fn messages(&self) -> Vec<String> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.out)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A store with the test sequences, an applier to feed it, and the config of a sender.

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod service;
+pub mod smtp;
 pub mod stores;
 pub mod tansu;
 

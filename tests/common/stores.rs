@@ -63,6 +63,17 @@ impl TestStore {
     }
 
     /// A single number from SQL, e.g. `SELECT COUNT(*) FROM timeline`, on either database.
+    /// One text value (SQLite only): for fingerprints of whole tables.
+    pub fn text(&self, sql: &str) -> String {
+        let path = self.url.trim_start_matches("sqlite://");
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn.query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+            .unwrap()
+            .unwrap_or_default()
+    }
+
     pub fn count(&self, sql: &str) -> i64 {
         match &self.cleanup {
             Cleanup::File(_) => {
