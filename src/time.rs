@@ -139,15 +139,62 @@ impl CronWindow {
     pub fn next_slot(&self, at: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let local = at.with_timezone(&tz);
         let whole = local.with_nanosecond(0).unwrap_or(local);
-        if whole == local && self.schedules.iter().any(|s| s.includes(local)) {
+        if whole == local && !repeated(&local) && self.schedules.iter().any(|s| s.includes(local)) {
             return Some(at);
         }
-        self.schedules
+        let next = self
+            .schedules
             .iter()
-            .filter_map(|s| s.after(&local).next())
+            .filter_map(|s| s.after(&local).find(|t| !repeated(t)))
             .min()
-            .map(|t| t.with_timezone(&Utc))
+            .map(|t| t.with_timezone(&Utc))?;
+        // From a second before: at the very instant of the jump, the window is open.
+        let gap = self
+            .in_gap(at - Duration::seconds(1), next, tz)
+            .filter(|j| *j >= at);
+        Some(gap.unwrap_or(next))
     }
+
+    /// When the clocks went forward between `from` and `to` and the window falls in the local
+    /// times that were skipped (02:30 on the night 02:00 became 03:00), the instant the clocks
+    /// jumped: the window opens right after the change rather than not at all that day (as
+    /// cron does). The cron iterator alone would skip that day.
+    fn in_gap(&self, from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        use chrono::Offset;
+        let offset = |t: DateTime<Utc>| t.with_timezone(&tz).offset().fix().local_minus_utc();
+        let (before, after) = (offset(from), offset(to));
+        if after <= before {
+            return None;
+        }
+        // The first second on the new offset.
+        let (mut lo, mut hi) = (from, to);
+        while hi - lo > Duration::seconds(1) {
+            let mid = lo + (hi - lo) / 2;
+            if offset(mid) == before {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let jump = hi.with_nanosecond(0).unwrap_or(hi);
+        let skipped_from = jump.naive_utc() + Duration::seconds(i64::from(before));
+        let skipped_minutes = i64::from(after - before) / 60;
+        (0..skipped_minutes)
+            .map(|m| Utc.from_utc_datetime(&(skipped_from + Duration::minutes(m))))
+            .any(|wall| self.schedules.iter().any(|s| s.includes(wall)))
+            .then_some(jump)
+            .filter(|j| *j >= from)
+    }
+}
+
+/// Whether `t` is the second pass of a local time the clocks went back over (the hour that
+/// happens twice when daylight saving time ends). A window opens once per local time: on that
+/// night, "30 1 * * *" is 01:30 the first time round, not again an hour later.
+fn repeated(t: &DateTime<Tz>) -> bool {
+    matches!(
+        t.timezone().from_local_datetime(&t.naive_local()),
+        chrono::LocalResult::Ambiguous(first, _) if first != *t
+    )
 }
 
 /// Rewrites a classic cron weekday field (0-7, 0 and 7 = Sunday) into names, because the

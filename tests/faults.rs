@@ -505,3 +505,147 @@ fn smtp_faults(seed: u64, orders_total: usize, outage_secs: usize) {
         bouncing.len() as i64
     );
 }
+
+const DRIP: &str = "name: drip\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: a\n    email: { template: t/a }\n  - id: b\n    wait: 1d\n    email: { template: t/b }\n  - id: c\n    wait: 1d\n    email: { template: t/c }\n  - id: d\n    wait: 1d\n    email: { template: t/d }\n";
+
+fn utc(s: &str) -> chrono::DateTime<Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn placed_at(customer: &str, at: &str, timezone: &str) -> std::sync::Arc<aftercare::event::Event> {
+    let e = json!({"specversion": "1.0", "id": format!("p-{customer}"), "source": "/shop", "type": "order.placed",
+        "time": at, "subject": customer,
+        "data": {"order_id": format!("o-{customer}"), "total": 9, "currency": "EUR", "items": [],
+                 "customer": {"email": format!("{customer}@example.com"), "name": customer, "timezone": timezone}}});
+    std::sync::Arc::new(aftercare::event::Event::from_structured(e.to_string().as_bytes()).unwrap())
+}
+
+/// The scheduler as `run` drives it (the applier's wake-ups on a real SQLite store), with the
+/// wall clock given: a jump forward, back, and forward again.
+#[test]
+fn a_clock_jump_fires_what_is_due_once_and_a_jump_back_nothing() {
+    use aftercare::engine::{Engine, Policy};
+    use aftercare::service::apply::Applier;
+    let store = TestStore::sqlite();
+    let mut db = aftercare::store::open(&store.url).unwrap();
+    let catalog = common::catalog(&[("drip.yaml", DRIP)], common::default_templates());
+    let mut a = Applier::new(Engine::new(std::sync::Arc::new(catalog), Policy::default()));
+    let t0 = "2024-01-01T00:00:00Z";
+    let mut emails = Vec::new();
+    let mut take = |decisions: Vec<aftercare::engine::Decision>, now: &str| {
+        for d in decisions
+            .iter()
+            .filter(|d| d.action == aftercare::engine::Action::Email)
+        {
+            emails.push(format!("{now} {}", d.step.as_deref().unwrap_or("-")));
+        }
+    };
+    let applied = a
+        .apply(&mut *db, &[placed_at("ann", t0, "UTC")], utc(t0))
+        .unwrap();
+    take(applied.decisions, t0);
+    // Forward 2 days and an hour: `b` (due at +1d) fires once; `c` counts from when `b` ran.
+    for now in [
+        "2024-01-03T01:00:00Z", // the jump forward
+        "2024-01-02T00:00:00Z", // back a day: nothing is due again
+        "2024-01-03T01:00:00Z", // forward again: nothing twice
+        "2024-01-04T00:59:59Z", // just before `c`
+        "2024-01-04T01:00:00Z", // `c`
+        "2024-01-09T00:00:00Z", // far forward: `d`, once
+        "2024-01-09T00:00:00Z",
+    ] {
+        let (_, decisions) = a.wake(&mut *db, utc(now), 100).unwrap();
+        take(decisions, now);
+    }
+    assert_eq!(
+        emails,
+        [
+            "2024-01-01T00:00:00Z a",
+            "2024-01-03T01:00:00Z b",
+            "2024-01-04T01:00:00Z c",
+            "2024-01-09T00:00:00Z d",
+        ]
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM outbox"),
+        4,
+        "one email per step"
+    );
+}
+
+/// A daily send window in New York across both DST changes of 2024, woken every 10 minutes as
+/// `run`'s scheduler would be: each step is sent once, in the window's local hour, on
+/// consecutive days — the spring-forward day (02:30 does not exist) and the fall-back day
+/// (01:30 happens twice) included.
+#[test]
+fn a_dst_change_neither_skips_nor_doubles_a_send_window() {
+    use aftercare::engine::{Engine, Policy};
+    use aftercare::service::apply::Applier;
+    use chrono_tz::America::New_York;
+    for (window, start, expected) in [
+        (
+            "30 1 * * *",
+            "2024-11-01T12:00:00Z",
+            // EDT until Nov 3 02:00 local, then EST: 01:30 local is 05:30Z, then 06:30Z.
+            vec![
+                "2024-11-02 01:30",
+                "2024-11-03 01:30",
+                "2024-11-04 01:30",
+                "2024-11-05 01:30",
+            ],
+        ),
+        (
+            "30 2 * * *",
+            "2024-03-08T12:00:00Z",
+            // Mar 10 02:30 does not exist (02:00 → 03:00): that day's email goes as the clocks
+            // jump, at 03:00 (as cron runs a job of the skipped hour), and no day is skipped.
+            vec![
+                "2024-03-09 02:30",
+                "2024-03-10 03:00",
+                "2024-03-11 02:30",
+                "2024-03-12 02:30",
+            ],
+        ),
+    ] {
+        let seq = DRIP
+            .replace(
+                "  - id: a\n    email",
+                &format!("  - id: a\n    send_window: \"{window}\"\n    email"),
+            )
+            .replace(
+                "    wait: 1d\n",
+                &format!("    wait: 1h\n    send_window: \"{window}\"\n"),
+            );
+        let store = TestStore::sqlite();
+        let mut db = aftercare::store::open(&store.url).unwrap();
+        let catalog = common::catalog(&[("drip.yaml", &seq)], common::default_templates());
+        let mut a = Applier::new(Engine::new(std::sync::Arc::new(catalog), Policy::default()));
+        let mut sends = Vec::new();
+        let mut now = utc(start);
+        let applied = a
+            .apply(&mut *db, &[placed_at("ny", start, "America/New_York")], now)
+            .unwrap();
+        let mut record = |ds: &[aftercare::engine::Decision]| {
+            for d in ds
+                .iter()
+                .filter(|d| d.action == aftercare::engine::Action::Email)
+            {
+                sends.push(
+                    d.at.with_timezone(&New_York)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string(),
+                );
+            }
+        };
+        record(&applied.decisions);
+        while now < utc(start) + chrono::Duration::days(6) {
+            now += chrono::Duration::minutes(10);
+            let (_, ds) = a.wake(&mut *db, now, 100).unwrap();
+            record(&ds);
+        }
+        assert_eq!(sends, expected, "window {window}");
+        assert_eq!(store.count("SELECT COUNT(*) FROM outbox"), 4);
+    }
+}
