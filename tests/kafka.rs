@@ -250,7 +250,7 @@ fn a_broker_outage_and_a_restart_lose_nothing_and_apply_each_event_once() {
 }
 
 #[test]
-fn two_instances_share_the_partitions_and_apply_each_event_once() {
+fn two_instances_share_the_partitions_as_one_joins_and_leaves_and_apply_each_event_once() {
     let kafka = cluster(1);
     let brokers = kafka.bootstrap_servers();
     let store = TestStore::postgres();
@@ -295,7 +295,18 @@ fn two_instances_share_the_partitions_and_apply_each_event_once() {
     wait_until(90, "every event applied across both instances", || {
         applied() == total as i64
     });
-    let (sa, sb) = (a.stop(), b.stop());
+    // The second instance leaves mid-stream (stopped as by SIGTERM): its partitions go back to
+    // the first, which applies what comes next and nothing twice.
+    publish(total..total + 50);
+    let sb = b.stop();
+    publish(total + 50..total + 150);
+    let total = total + 150;
+    wait_until(
+        90,
+        "every event applied after the second instance left",
+        || applied() == total as i64,
+    );
+    let sa = a.stop();
     let events =
         |s: &aftercare::service::Stats| s.events.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
