@@ -114,7 +114,7 @@ async fn authorize(State(web): State<Arc<Web>>, request: Request, next: Next) ->
 /// Runs `f` on the HTTP side's store connection, off the async threads.
 pub(super) async fn with_store<T: Send + 'static>(
     web: &Arc<Web>,
-    f: impl FnOnce(&mut Web2<'_>) -> Result<T, String> + Send + 'static,
+    f: impl FnOnce(&mut Side<'_>) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let web = web.clone();
     tokio::task::spawn_blocking(move || {
@@ -127,7 +127,7 @@ pub(super) async fn with_store<T: Send + 'static>(
                 web.ops.seen.store(seen, Ordering::Release);
             }
         }
-        f(&mut Web2 {
+        f(&mut Side {
             store: &mut **store,
             applier,
         })
@@ -137,7 +137,7 @@ pub(super) async fn with_store<T: Send + 'static>(
 }
 
 /// The store and engine of the HTTP side, borrowed for one request.
-pub struct Web2<'a> {
+pub struct Side<'a> {
     pub store: &'a mut dyn crate::store::Store,
     pub applier: &'a mut super::apply::Applier,
 }

@@ -260,10 +260,19 @@ impl Metrics {
         }
     }
 
-    /// Counts a batch's events by type: `applied` or `duplicate`.
-    pub fn events_applied(&self, events: &[std::sync::Arc<Event>], fresh: &[bool]) {
+    /// Counts a batch's events by type: `applied` or `duplicate` (`rejected` ones are counted
+    /// as dead letters by the caller).
+    pub fn events_applied(
+        &self,
+        events: &[std::sync::Arc<Event>],
+        fresh: &[bool],
+        rejected: &[(std::sync::Arc<Event>, String)],
+    ) {
         let mut counts: HashMap<(&'static str, &'static str), u64> = HashMap::new();
         for (e, f) in events.iter().zip(fresh) {
+            if rejected.iter().any(|(r, _)| std::sync::Arc::ptr_eq(r, e)) {
+                continue;
+            }
             let outcome = if *f { "applied" } else { "duplicate" };
             *counts.entry((event_type(e), outcome)).or_default() += 1;
         }
@@ -356,20 +365,17 @@ pub fn event_type(e: &Event) -> &'static str {
 /// "send_window \"Mon-Fri 09-17\" (UTC): until …" → "send_window", "exit_on order.refunded"
 /// → "exit_on order.refunded". Bounded by the sequence files, so fit for a label.
 pub fn reason_class(reason: &str) -> &str {
-    let mut end = 0;
-    for (i, word) in reason.split(' ').enumerate().take(4) {
-        if word.is_empty()
+    let (mut start, mut end) = (0, 0);
+    for (i, word) in reason.split(' ').enumerate() {
+        let particular = word.is_empty()
             || word
                 .bytes()
-                .any(|b| b.is_ascii_digit() || matches!(b, b'"' | b'(' | b':' | b',' | b'\''))
-        {
+                .any(|b| b.is_ascii_digit() || matches!(b, b'"' | b'(' | b':' | b',' | b'\''));
+        if i == 4 || particular {
             break;
         }
-        let start = word.as_ptr() as usize - reason.as_ptr() as usize;
         end = start + word.len();
-        if i == 3 {
-            break;
-        }
+        start = end + 1;
     }
     &reason[..end]
 }

@@ -508,7 +508,9 @@ fn handle_batch(
                 .event(metrics::event_type(e), "dead_lettered", 1);
         }
     }
-    stats.metrics.events_applied(&events, &applied.fresh);
+    stats
+        .metrics
+        .events_applied(&events, &applied.fresh, &applied.rejected);
     stats.metrics.decided(&applied.decisions);
     stats.metrics.batches.inc();
     stats
