@@ -168,13 +168,18 @@ fn operator_surface(store: &TestStore) {
     assert_eq!(count("aftercare_send_duration_seconds_count"), 3.0);
     assert_eq!(count("aftercare_event_to_send_seconds_count"), 3.0);
     // The store-backed gauges follow on the next refresh (every second here).
-    wait_until(30, "journey gauges and NPS refreshed", || {
+    // (A refresh may fall between two events: wait for one after the last.)
+    wait_until(30, "journey gauges, NPS and goals refreshed", || {
         let m = metrics(at);
         sample(
             &m,
             "aftercare_journeys{sequence=\"thanks\",step=\"followup\",status=\"due\"}",
         ) == Some(3.0)
             && sample(&m, "aftercare_nps_responses") == Some(3.0)
+            && sample(
+                &m,
+                "aftercare_retention{sequence=\"thanks\",step=\"\",figure=\"goals\"}",
+            ) == Some(1.0)
     });
     let m = metrics(at);
     // (2 promoters - 1 detractor) / 3 answers.
