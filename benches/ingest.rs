@@ -3,6 +3,7 @@
 //! `cargo bench --bench ingest` measures, in one run:
 //! - floor, Kafka: raw consume + JSON parse of the same messages from a tansu broker;
 //! - floor, store: a raw batched insert of one row per event;
+//! - scale-out: two instances in one group on one PostgreSQL store against one;
 //! - ingest: `aftercare run` (in-process) from the broker into the store, events/s;
 //! - wake-ups: due customers fired per second (claim, engine, save, commit);
 //! - scheduler lateness: journeys coming due over 10 s while `run` is running, p50/p99/max of
@@ -275,6 +276,68 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
     rate
 }
 
+/// Two instances in one consumer group on one PostgreSQL store against one: events/s of each
+/// setup (from the first event applied to the last, across both), and whether they decided the
+/// same (customer, sequence, step, action) lines.
+fn scale_out(brokers: &str, n: usize) -> (f64, f64, bool) {
+    let one_url = pg_url("scale1");
+    let one = ingest(brokers, &one_url, "scale-1", n);
+    let two_url = pg_url("scale2");
+    let start = |i: usize| {
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = brokers.into();
+        cfg.kafka.group_id = "scale-2".into();
+        cfg.kafka.session_timeout_ms = 6000;
+        cfg.kafka.max_poll_interval_ms = 6000;
+        cfg.store.url = two_url.clone();
+        cfg.sequences.dir = sequences();
+        cfg.mail.file.dir = std::env::temp_dir().join(format!("scale-mail-{i}"));
+        cfg.http.listen = "127.0.0.1:0".into();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
+        let (s, st) = (stop.clone(), stats.clone());
+        let handle =
+            std::thread::spawn(move || service::run(cfg, Options { dry_run: true }, s, st));
+        (stop, stats, handle)
+    };
+    let instances = [start(0), start(1)];
+    let seen = || -> usize {
+        instances
+            .iter()
+            .map(|(_, s, _)| {
+                s.events.load(Ordering::Relaxed) as usize
+                    + s.duplicates.load(Ordering::Relaxed) as usize
+            })
+            .sum()
+    };
+    wait(120, || seen() > 0);
+    let (start_n, started) = (seen(), Instant::now());
+    wait(600, || seen() >= n);
+    let two = (n - start_n) as f64 / started.elapsed().as_secs_f64();
+    let shares: Vec<u64> = instances
+        .iter()
+        .map(|(_, s, _)| s.events.load(Ordering::Relaxed))
+        .collect();
+    println!("  (scale-2: events applied per instance {shares:?})");
+    for (stop, _, handle) in instances {
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap().unwrap();
+    }
+    let decisions = |url: &str| -> Vec<String> {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        c.query(
+            "SELECT customer || ' ' || sequence || ' ' || COALESCE(step, '-') || ' ' || action \
+             FROM timeline WHERE journey <> '-' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    (one, two, decisions(&one_url) == decisions(&two_url))
+}
+
 /// Wake-ups/s: `n` customers due now, fired in transactions of 256.
 fn wakeups(url: &str, n: usize) -> f64 {
     let (catalog, _) = aftercare::sequence::Catalog::load(&sequences()).unwrap();
@@ -533,6 +596,12 @@ fn main() {
         let rate = median(runs, |i| wakeups(&fresh(name, &format!("wake{i}")), 20_000));
         println!("wake-ups ({name:8}):                  {rate:>9.0} /s");
     }
+
+    let (one, two, same) = scale_out(&kafka.brokers, n);
+    println!(
+        "scale-out on postgres: 1 instance {one:.0} events/s, 2 instances {two:.0} events/s = {:.2}x; same decisions: {same}",
+        two / one
+    );
 
     kafka.topic("late");
     let (p50, p99, max) = lateness(&kafka.brokers, 20_000, Duration::from_secs(10));
