@@ -46,6 +46,10 @@ pub struct Profile {
     pub categories: Compact<Box<str>>,
     /// Ticket ids opened and not yet resolved.
     pub open_tickets: Compact<Box<str>>,
+    /// Ticket ids resolved before their opening arrived (events racing each other): the late
+    /// opening then leaves the ticket closed.
+    #[serde(skip_serializing_if = "none")]
+    pub resolved_early: Compact<Box<str>>,
     pub last_order_at: Option<DateTime<Utc>>,
     /// Categories unsubscribed from; `all` means every marketing category.
     pub unsubscribed: Compact<Box<str>>,
@@ -103,6 +107,25 @@ pub struct Order {
 }
 
 impl Order {
+    /// Moves to `status` unless the order already ended (cancelled or refunded): a delivery
+    /// that arrives after the refund does not make the order live again.
+    fn advance(&mut self, status: OrderStatus) {
+        if !matches!(self.status, OrderStatus::Cancelled | OrderStatus::Refunded) {
+            self.status = status;
+        }
+    }
+
+    /// The event among `exit_on` that this order already had, if any: `order.cancelled` or
+    /// `order.refunded`, the two that end an order for good.
+    pub fn ended_by<'a>(&self, exit_on: &'a [Arc<str>]) -> Option<&'a str> {
+        let had = match self.status {
+            OrderStatus::Cancelled => "order.cancelled",
+            OrderStatus::Refunded => "order.refunded",
+            _ => return None,
+        };
+        exit_on.iter().map(|k| &**k).find(|k| *k == had)
+    }
+
     fn new(id: &str) -> Order {
         Order {
             id: id.into(),
@@ -176,7 +199,7 @@ impl Customer {
             }
             EventData::OrderShipped(s) => {
                 let order = self.order_mut(&s.order_id);
-                order.status = OrderStatus::Shipped;
+                order.advance(OrderStatus::Shipped);
                 order.shipped_at = Some(ev.time);
                 order.shipping = Some(Box::new(Shipping {
                     carrier: s.carrier.clone(),
@@ -186,7 +209,7 @@ impl Customer {
             }
             EventData::OrderDelivered { order_id } => {
                 let order = self.order_mut(order_id);
-                order.status = OrderStatus::Delivered;
+                order.advance(OrderStatus::Delivered);
                 order.delivered_at = Some(ev.time);
             }
             EventData::OrderCancelled { order_id, .. } => {
@@ -200,17 +223,22 @@ impl Customer {
                 p.total_spent = p.total_spent - *amount;
             }
             EventData::TicketOpened { ticket_id, .. } => {
-                if !self.profile.open_tickets.contains_str(ticket_id) {
+                if self.profile.resolved_early.contains_str(ticket_id) {
+                    Arc::make_mut(&mut self.profile)
+                        .resolved_early
+                        .retain(|t| **t != **ticket_id);
+                } else if !self.profile.open_tickets.contains_str(ticket_id) {
                     Arc::make_mut(&mut self.profile)
                         .open_tickets
                         .push(ticket_id.as_str().into());
                 }
             }
             EventData::TicketResolved { ticket_id } => {
-                if self.profile.open_tickets.contains_str(ticket_id) {
-                    Arc::make_mut(&mut self.profile)
-                        .open_tickets
-                        .retain(|t| **t != **ticket_id);
+                let p = Arc::make_mut(&mut self.profile);
+                if p.open_tickets.contains_str(ticket_id) {
+                    p.open_tickets.retain(|t| **t != **ticket_id);
+                } else if !p.resolved_early.contains_str(ticket_id) {
+                    p.resolved_early.push(ticket_id.as_str().into());
                 }
             }
             EventData::CustomerUnsubscribed { categories } => {
@@ -235,6 +263,10 @@ impl Customer {
             | EventData::Other(_) => {}
         }
     }
+}
+
+fn none(list: &Compact<Box<str>>) -> bool {
+    list.is_empty()
 }
 
 impl Profile {

@@ -454,6 +454,17 @@ impl Engine {
         });
         let ji = c.journeys.len() - 1;
         self.push(c, ji, now, Action::Enter, e.reason, out);
+        // The order's refund or cancellation arrived before the trigger (events racing each
+        // other): the journey ends at once, as it would have had they come in order.
+        let seq = &c.journeys[ji].sequence;
+        if let Some(kind) = e
+            .order_id
+            .and_then(|o| c.order(o))
+            .and_then(|o| o.ended_by(&seq.exit_on))
+        {
+            let reason = format!("exit_on {kind}: received before the trigger");
+            return self.end(c, ji, now, Action::Exit, reason, false, out);
+        }
         self.begin_step(c, ji, e.base);
     }
 
