@@ -348,3 +348,29 @@ fn outbox_claims_are_leased_and_outcomes_are_recorded_with_the_timeline() {
         );
     }
 }
+
+/// Opening a PostgreSQL store whose schema is current takes no table lock: a second instance
+/// (or `aftercare customer`) starting while one writes neither waits for its transactions nor
+/// makes its writes wait. Here a writer holds an open transaction on every table, and the
+/// second open runs with `lock_timeout = 2s`: any lock it asked for would fail it.
+#[test]
+fn opening_a_current_postgres_schema_waits_for_no_writer() {
+    let store = TestStore::postgres();
+    drop(store.open());
+    let mut writer = postgres::Client::connect(&store.url, postgres::NoTls).unwrap();
+    let mut tx = writer.transaction().unwrap();
+    for table in [
+        "processed_events",
+        "customers",
+        "timeline",
+        "outbox",
+        "sequence_versions",
+    ] {
+        tx.batch_execute(&format!("LOCK TABLE {table} IN ROW EXCLUSIVE MODE"))
+            .unwrap();
+    }
+    let url = format!("{}%20-clock_timeout%3D2000", store.url);
+    let opened = aftercare::store::open(&url);
+    assert!(opened.is_ok(), "{:?}", opened.err());
+    tx.rollback().unwrap();
+}

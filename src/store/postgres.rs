@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::{
     Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoreFigures, StoredCustomer,
@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS sequence_versions (
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_until BIGINT;
 ";
 
+/// The version [`SCHEMA`] brings a database to; raise it with every change to `SCHEMA`.
+const SCHEMA_VERSION: i32 = 1;
+
 /// Serialises concurrent migrations of several instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
 
@@ -51,14 +54,43 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Connects, migrating the schema first if it is older than this build's. A current schema
+    /// is left alone: `CREATE INDEX` and `ALTER TABLE` lock their tables even when there is
+    /// nothing to do, and an instance (or a CLI command) starting next to running ones must not
+    /// stall or deadlock their writes.
     pub fn connect(url: &str) -> Result<PgStore> {
         let mut client = Client::connect(url, NoTls)?;
-        let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        tx.batch_execute(SCHEMA)?;
-        tx.commit()?;
+        if schema_version(&mut client)? < SCHEMA_VERSION {
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            // Another instance may have migrated while this one waited for the lock.
+            if schema_version(&mut tx)? < SCHEMA_VERSION {
+                tx.batch_execute(SCHEMA)?;
+                tx.execute("DELETE FROM aftercare_schema", &[])?;
+                tx.execute(
+                    "INSERT INTO aftercare_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )?;
+            }
+            tx.commit()?;
+        }
         Ok(PgStore { client })
     }
+}
+
+/// The schema version recorded in the database; 0 for none (or one from before versions).
+fn schema_version(client: &mut impl GenericClient) -> Result<i32> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('aftercare_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = client.query_one(
+        "SELECT COALESCE(MAX(version), 0) FROM aftercare_schema",
+        &[],
+    )?;
+    Ok(row.get(0))
 }
 
 struct PgTx<'c> {
