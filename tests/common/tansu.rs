@@ -1,5 +1,5 @@
-//! A real Kafka-compatible broker process (tansu 0.6, in-memory storage) and the `aftercare`
-//! binary as a process, for end-to-end and crash tests.
+//! A real Kafka-compatible broker process (tansu 0.6; in-memory storage, or S3 to survive a
+//! restart) and the `aftercare` binary as a process, for end-to-end and crash tests.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -35,6 +35,8 @@ pub fn tansu_bin() -> PathBuf {
 pub struct Tansu {
     child: Child,
     pub brokers: String,
+    /// Durable storage: an S3 server (moto) that outlives broker restarts.
+    s3: Option<(Child, u16)>,
 }
 
 fn free_port() -> u16 {
@@ -46,31 +48,43 @@ fn free_port() -> u16 {
 }
 
 impl Tansu {
-    /// Starts a broker and creates `topics` (3 partitions each).
+    /// Starts a broker with in-memory storage and creates `topics` (3 partitions each).
     pub fn start(topics: &[&str]) -> Tansu {
+        Tansu::launch(topics, None)
+    }
+
+    /// As [`start`](Self::start), with the broker's log, topics and committed offsets in S3
+    /// (moto's S3 server, from `pip install "moto[server]"`), so that a broker killed with
+    /// SIGKILL and started again has lost nothing.
+    pub fn start_durable(topics: &[&str]) -> Tansu {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
+        let moto = Command::new("python3")
             .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting tansu");
-        let t = Tansu {
-            child,
-            brokers: format!("127.0.0.1:{port}"),
-        };
-        super::service::wait_until(30, "tansu to listen", || {
-            std::net::TcpStream::connect(&t.brokers).is_ok()
+            .expect("python3 with moto[server] (pip install \"moto[server]\")");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        super::service::wait_until(60, "the S3 server to listen", || {
+            std::net::TcpStream::connect(addr).is_ok()
         });
+        let (status, body) = super::http::request(addr, "PUT", "/tansu", &[], "");
+        assert_eq!(status, 200, "creating the bucket: {body}");
+        Tansu::launch(topics, Some((moto, port)))
+    }
+
+    fn launch(topics: &[&str], s3: Option<(Child, u16)>) -> Tansu {
+        let brokers = format!("127.0.0.1:{}", free_port());
+        let child = spawn_broker(&brokers, s3.as_ref().map(|(_, port)| *port));
+        let t = Tansu { child, brokers, s3 };
+        let url = format!("tcp://{}", t.brokers);
         for topic in topics {
             let ok = Command::new(tansu_bin())
                 .args([
@@ -88,12 +102,64 @@ impl Tansu {
         }
         t
     }
+
+    /// Kills the broker (SIGKILL) and leaves it down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same address and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_broker(&self.brokers, self.s3.as_ref().map(|(_, port)| *port));
+    }
+}
+
+/// A broker listening on `brokers`, storing in memory or in the S3 server on `s3`.
+fn spawn_broker(brokers: &str, s3: Option<u16>) -> Child {
+    let url = format!("tcp://{brokers}");
+    let mut cmd = Command::new(tansu_bin());
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+    ]);
+    match s3 {
+        Some(port) => {
+            cmd.arg("s3://tansu/")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_DEFAULT_REGION", "us-east-1")
+                .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+                .env("AWS_ALLOW_HTTP", "true");
+        }
+        None => {
+            cmd.arg("memory://tansu/");
+        }
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tansu");
+    super::service::wait_until(30, "tansu to listen", || {
+        std::net::TcpStream::connect(brokers).is_ok()
+    });
+    child
 }
 
 impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some((s3, _)) = &mut self.s3 {
+            let _ = s3.kill();
+            let _ = s3.wait();
+        }
     }
 }
 
