@@ -21,6 +21,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 
 from aiosmtpd.controller import Controller
 
@@ -55,6 +56,8 @@ class Handler:
             "tls": session.ssl is not None
             or server.transport.get_extra_info("ssl_object") is not None,
             "message_id": msg.get("Message-ID"),
+            "subject": msg.get("Subject"),
+            "at": time.time(),
         }
         if self.fail_left > 0:
             self.fail_left -= 1
