@@ -55,6 +55,10 @@ pub struct Kafka {
     pub session_timeout_ms: u64,
     /// librdkafka drops a consumer from the group that does not poll for this long.
     pub max_poll_interval_ms: u64,
+    /// Longest a fetch waits at the broker for new messages (librdkafka's `fetch.wait.max.ms`):
+    /// Kafka answers as soon as a message arrives, but brokers that do not (tansu 0.6) answer
+    /// only when this runs out, which then bounds the latency of a quiet stream.
+    pub fetch_wait_ms: u64,
     /// Larger messages go to the dead-letter topic unread.
     pub max_event_bytes: usize,
 }
@@ -272,6 +276,7 @@ impl Default for Kafka {
             dlq_topic: "aftercare.dlq".into(),
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
+            fetch_wait_ms: 100,
             max_event_bytes: crate::event::MAX_EVENT_BYTES,
         }
     }

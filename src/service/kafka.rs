@@ -146,6 +146,7 @@ pub fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> KafkaResult<KafkaCo
             "heartbeat.interval.ms",
             (cfg.session_timeout_ms / 3).max(500).to_string(),
         )
+        .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
         // Lag per partition comes with librdkafka's statistics.
         .set("statistics.interval.ms", STATS_INTERVAL_MS)
         .create_with_context(Context {
