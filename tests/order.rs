@@ -25,7 +25,7 @@ use aftercare::event::Event;
 use aftercare::sequence::Catalog;
 use aftercare::simulate::Simulator;
 use chrono::{DateTime, Duration, Utc};
-use common::TestEnv;
+use common::{Rng, TestEnv};
 use serde_json::{Value, json};
 
 fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
@@ -33,23 +33,6 @@ fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| default.to_vec())
-}
-
-/// SplitMix64, as in tests/faults.rs: the whole permutation comes from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// The CDNOW stream of the first `customers` customers, as JSON values in time order, with

@@ -202,3 +202,21 @@ pub fn compact(d: &Decision) -> String {
     }
     s
 }
+
+/// SplitMix64: a small, well-mixed generator for seeded checks; a fault schedule or a
+/// permutation comes from the seed alone, so a failing seed re-runs identically.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
