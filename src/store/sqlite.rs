@@ -3,6 +3,8 @@
 //! `synchronous=FULL` makes every commit reach the disk before it returns, so an offset stored
 //! after a commit never points past an event whose effects could still be lost in a crash.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -52,10 +54,41 @@ pub const CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of the other connections (outbox, HTTP, commands): they touch a few rows each.
 pub const SMALL_CACHE_KIB: i64 = 2 * 1024;
 
+/// How large the write-ahead log may grow before the engine makes it start over.
+pub const WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
 pub struct SqliteStore {
     conn: Connection,
-    _checkpointer: Checkpointer,
+    _checkpointer: Option<Checkpointer>,
+    /// Keeps the write-ahead log bounded (the engine's store only).
+    bound: Option<LogBound>,
 }
+
+/// A checkpoint copies the log's pages into the database file, but the log only starts over
+/// when a writer begins while no reader is still using it. Under sustained load that moment
+/// never comes — the engine begins its next batch before the background copy is done, and the
+/// outbox worker is always reading — so the log grew by every page each batch wrote (400 MB for
+/// 100,000 events, without end while the load lasted). So when a commit leaves more than the
+/// limit in the log, the engine's next transaction first runs a RESTART checkpoint: it copies
+/// what the background checkpointer has not (little, usually), waits at most `RESTART_WAIT`
+/// for readers to leave the log (or tries again at the next batch), and the next commit writes
+/// from the log's start and cuts the file back to `journal_size_limit`.
+struct LogBound {
+    /// Frames in the log after the last commit, from SQLite's WAL hook.
+    frames: Arc<AtomicI64>,
+    limit: i64,
+    /// Held by whoever checkpoints in this process: SQLite lets one checkpoint run at a time
+    /// and fails a second at once, so the restart waits for the background pass to finish
+    /// (which leaves it little to copy) rather than failing on it batch after batch.
+    checkpointing: Arc<Mutex<()>>,
+}
+
+/// How long a restarting checkpoint waits for readers to leave the log before it gives up
+/// until the next batch.
+const RESTART_WAIT: Duration = Duration::from_millis(200);
+
+/// The engine's lock wait: another writer (the outbox worker) holds SQLite's lock briefly.
+const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 impl SqliteStore {
     /// Opens (creating) the database file and migrates it, with the engine's page cache.
@@ -63,12 +96,21 @@ impl SqliteStore {
         SqliteStore::open_with_cache(path, CACHE_KIB)
     }
 
-    /// As [`SqliteStore::open`], with a page cache of `cache_kib` KiB.
+    /// As [`SqliteStore::open`], with a page cache of `cache_kib` KiB. Only a store with the
+    /// engine's cache checkpoints: the small ones live beside one that does.
     pub fn open_with_cache(path: &str, cache_kib: i64) -> Result<SqliteStore> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        SqliteStore::open_with(path, cache_kib, WAL_LIMIT_BYTES)
+    }
+
+    /// As [`SqliteStore::open_with_cache`], with the write-ahead log kept near `wal_limit`
+    /// bytes (tests use a small bound to see it hold).
+    pub fn open_with(path: &str, cache_kib: i64, wal_limit: i64) -> Result<SqliteStore> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_WAIT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // When the log starts over, the first commit cuts the file back to this size.
+        conn.pragma_update(None, "journal_size_limit", wal_limit)?;
         // Hot customers and index pages stay in memory (a batch touches thousands of pages);
         // the cache is bounded, so memory does not grow with the number of customers.
         conn.pragma_update(None, "cache_size", -cache_kib)?;
@@ -95,10 +137,32 @@ impl SqliteStore {
         // own instead of inside whichever commit crosses the threshold: a quarter of a batch's
         // time otherwise.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = Checkpointer::start(path)?;
+        if cache_kib < CACHE_KIB {
+            return Ok(SqliteStore {
+                conn,
+                _checkpointer: None,
+                bound: None,
+            });
+        }
+        let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let frames = Arc::new(AtomicI64::new(0));
+        let seen = frames.clone();
+        conn.wal_hook(Some(
+            move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+                seen.store(pages.into(), Ordering::Relaxed);
+                Ok(())
+            },
+        ))?;
+        let checkpointing = Arc::new(Mutex::new(()));
         Ok(SqliteStore {
             conn,
-            _checkpointer: checkpointer,
+            _checkpointer: Some(Checkpointer::start(path, checkpointing.clone())?),
+            bound: Some(LogBound {
+                frames,
+                // A frame is a page and its 24-byte header.
+                limit: wal_limit / (page + 24),
+                checkpointing,
+            }),
         })
     }
 }
@@ -113,9 +177,9 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &str) -> Result<Checkpointer> {
+    fn start(path: &str, checkpointing: Arc<Mutex<()>>) -> Result<Checkpointer> {
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_WAIT)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -126,8 +190,8 @@ impl Checkpointer {
                     stopped.recv_timeout(CHECKPOINT_EVERY)
                 {
                     // PASSIVE: copies what it can without waiting for, or blocking, the writer.
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
+                    let _one = checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = checkpoint(&conn, "PASSIVE") {
                         tracing::warn!(error = %e, "sqlite checkpoint failed; retrying");
                     }
                 }
@@ -139,6 +203,34 @@ impl Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+/// Runs a checkpoint in `mode`; whether readers kept it from finishing.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<bool> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(0).map(|busy| busy != 0)
+    })
+}
+
+impl SqliteStore {
+    /// Starts the log over if the last commit left it past its limit (see [`LogBound`]).
+    fn bound_log(&self) -> Result<()> {
+        let Some(bound) = &self.bound else {
+            return Ok(());
+        };
+        if bound.frames.load(Ordering::Relaxed) < bound.limit {
+            return Ok(());
+        }
+        let _one = bound
+            .checkpointing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.conn.busy_timeout(RESTART_WAIT)?;
+        let outcome = checkpoint(&self.conn, "RESTART");
+        self.conn.busy_timeout(BUSY_WAIT)?;
+        // Busy (a reader stayed longer than the wait) is no error: the next batch tries again.
+        outcome.map(|_busy| ()).map_err(Into::into)
     }
 }
 
@@ -157,6 +249,7 @@ struct SqliteTx<'c> {
 
 impl Store for SqliteStore {
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
+        self.bound_log()?;
         // IMMEDIATE: take the write lock now, not at the first write, so a busy database is
         // waited for here rather than failing halfway through a batch.
         let tx = self
