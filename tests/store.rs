@@ -437,3 +437,48 @@ fn the_sqlite_log_stays_bounded_under_sustained_writes_and_reads() {
     drop(store);
     assert_eq!(test.count("SELECT count(*) FROM customers"), batches * 200);
 }
+
+/// The engine's batches follow each other with no gap; SQLite's lock has no queue. Another
+/// writer of the process (the outbox worker claiming and recording emails) must still get its
+/// turn between two batches, not only once ingest runs dry.
+#[test]
+fn other_writers_get_the_sqlite_lock_between_back_to_back_batches() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let test = TestStore::sqlite();
+    let mut engine = test.open();
+    let batches = 40;
+    let streams: Vec<Vec<_>> = (0..batches)
+        .map(|b| {
+            (0..200)
+                .map(|i| placed(&format!("c{b}-{i}"), &format!("o{b}-{i}"), t0()))
+                .collect()
+        })
+        .collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    let outbox = {
+        let (url, done) = (test.url.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut store = aftercare::store::open_small(&url).unwrap();
+            // Starts once the engine is under way; each claim records how far the engine was.
+            while done.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            (0..5)
+                .map(|_| {
+                    store.claim_emails(t0(), 10, LEASE).unwrap();
+                    done.load(Ordering::SeqCst)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut a = applier(SEQ_V1);
+    for events in &streams {
+        a.apply(&mut *engine, events, t0()).unwrap();
+        done.fetch_add(1, Ordering::SeqCst);
+    }
+    let claimed_at = outbox.join().unwrap();
+    assert!(
+        claimed_at.iter().all(|&b| b < batches),
+        "claims went through only after the engine's {batches} batches: {claimed_at:?}"
+    );
+}

@@ -3,7 +3,7 @@
 //! `synchronous=FULL` makes every commit reach the disk before it returns, so an offset stored
 //! after a commit never points past an event whose effects could still be lost in a crash.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,6 +90,39 @@ const RESTART_WAIT: Duration = Duration::from_millis(200);
 /// The engine's lock wait: another writer (the outbox worker) holds SQLite's lock briefly.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 
+/// Writers of this process other than the engine that want SQLite's write lock, or hold it.
+///
+/// Under load the engine's batches follow each other with no gap, and SQLite's lock has no
+/// queue: another writer that retries now and then (SQLite's busy handler sleeps up to 100 ms
+/// between tries) never gets in, so the outbox worker sent nothing while ingest was saturated.
+/// So the other writers announce themselves here and retry every millisecond, and the engine
+/// lets them go first, waiting at most `YIELD_AT_MOST` before its next batch.
+static OTHERS_WRITING: AtomicUsize = AtomicUsize::new(0);
+const YIELD_AT_MOST: Duration = Duration::from_millis(100);
+
+/// A writer's place in `OTHERS_WRITING`, from before it asks for the lock until its
+/// transaction ends.
+struct Turn;
+
+impl Turn {
+    fn take() -> Turn {
+        OTHERS_WRITING.fetch_add(1, Ordering::SeqCst);
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        OTHERS_WRITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The other writers' busy handler: another try every millisecond, for about `BUSY_WAIT`.
+fn retry_every_millisecond(attempts: i32) -> bool {
+    std::thread::sleep(Duration::from_millis(1));
+    i64::from(attempts) < BUSY_WAIT.as_millis() as i64
+}
+
 impl SqliteStore {
     /// Opens (creating) the database file and migrates it, with the engine's page cache.
     pub fn open(path: &str) -> Result<SqliteStore> {
@@ -123,6 +156,8 @@ impl SqliteStore {
             "MEMORY"
         };
         conn.pragma_update(None, "temp_store", temp_store)?;
+        // A current schema is only read: opening a store beside a running engine (the outbox
+        // worker's, a command's) must not queue for the write lock.
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 0 {
             conn.execute_batch(SCHEMA)?;
@@ -132,12 +167,15 @@ impl SqliteStore {
                 conn.pragma_update(None, "user_version", to)?;
             }
         }
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version < SCHEMA_VERSION {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         // Checkpoints (copying the WAL back into the database file) run on a thread of their
         // own instead of inside whichever commit crosses the threshold: a quarter of a batch's
         // time otherwise.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         if cache_kib < CACHE_KIB {
+            conn.busy_handler(Some(retry_every_millisecond))?;
             return Ok(SqliteStore {
                 conn,
                 _checkpointer: None,
@@ -214,6 +252,26 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<bool> {
 }
 
 impl SqliteStore {
+    /// A write transaction. IMMEDIATE: the write lock is taken now, not at the first write, so
+    /// a busy database is waited for here rather than failing halfway through. The engine
+    /// first lets other writers of this process go (see `OTHERS_WRITING`); they hold a `Turn`.
+    fn write(&mut self) -> Result<(Transaction<'_>, Option<Turn>)> {
+        let turn = if self.bound.is_some() {
+            let deadline = std::time::Instant::now() + YIELD_AT_MOST;
+            while OTHERS_WRITING.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            None
+        } else {
+            Some(Turn::take())
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok((tx, turn))
+    }
+
     /// Starts the log over if the last commit left it past its limit (see [`LogBound`]).
     fn bound_log(&self) -> Result<()> {
         let Some(bound) = &self.bound else {
@@ -245,17 +303,14 @@ impl Drop for Checkpointer {
 
 struct SqliteTx<'c> {
     tx: Transaction<'c>,
+    _turn: Option<Turn>,
 }
 
 impl Store for SqliteStore {
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
         self.bound_log()?;
-        // IMMEDIATE: take the write lock now, not at the first write, so a busy database is
-        // waited for here rather than failing halfway through a batch.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok(Box::new(SqliteTx { tx }))
+        let (tx, turn) = self.write()?;
+        Ok(Box::new(SqliteTx { tx, _turn: turn }))
     }
 
     fn save_versions(&mut self, versions: &[VersionRecord]) -> Result<()> {
@@ -336,9 +391,7 @@ impl Store for SqliteStore {
         limit: usize,
         lease: chrono::Duration,
     ) -> Result<Vec<OutboxRow>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (tx, _turn) = self.write()?;
         let rows = {
             let mut st = tx.prepare_cached(
                 "UPDATE outbox SET claimed_until = ?3 WHERE key IN (
@@ -390,9 +443,7 @@ impl Store for SqliteStore {
     }
 
     fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (tx, _turn) = self.write()?;
         {
             let mut update = tx.prepare_cached(
                 "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = COALESCE(?4, message_id),
