@@ -266,6 +266,30 @@ fn machine_ticks() -> (u64, u64) {
     (all - idle, all)
 }
 
+/// CPU ticks (10 ms) used so far by this process's threads named `name`.
+fn thread_ticks(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| {
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+            let tick = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            tick(11) + tick(12)
+        })
+        .sum()
+}
+
 /// The share of the machine's CPU (all cores) busy since `from`, in percent.
 fn machine_busy(from: (u64, u64)) -> f64 {
     let now = machine_ticks();
@@ -294,17 +318,28 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
     };
     wait(120, || seen() > 0);
     let (start_n, started, ticks) = (seen(), Instant::now(), machine_ticks());
+    let names = ["engine", "kafka-poll", "outbox"];
+    let before = names.map(thread_ticks);
     wait(600, || seen() >= n);
-    let rate = (n - start_n) as f64 / started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64();
+    let rate = (n - start_n) as f64 / secs;
     let busy = machine_busy(ticks);
+    // Ticks are 10 ms, so ticks per second are percent of a core.
+    let used: Vec<String> = names
+        .iter()
+        .zip(before)
+        .map(|(name, then)| format!("{name} {:.0}%", (thread_ticks(name) - then) as f64 / secs))
+        .collect();
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap().unwrap();
     // How much group commit there was: events per store transaction.
     let batches = stats.batches.load(Ordering::Relaxed).max(1);
     println!(
-        "  ({group}: {} events in {batches} batches, {:.0} per batch; machine CPU {busy:.0}% busy)",
+        "  ({group}: {} events in {batches} batches, {:.0} per batch; machine CPU {busy:.0}% busy; \
+         threads' CPU: {})",
         seen(),
-        seen() as f64 / batches as f64
+        seen() as f64 / batches as f64,
+        used.join(", ")
     );
     rate
 }

@@ -39,10 +39,12 @@ pub struct Batch {
 pub type Ack = Vec<(String, i32, i64)>;
 
 /// Batch limits: as many messages as arrive within `LINGER` or while the engine is busy, at
-/// most `MAX_BATCH`; fetching pauses with `HIGH_WATER` messages waiting.
+/// most `MAX_BATCH`; with `HIGH_WATER` messages waiting, polling waits for the engine, and
+/// fetching pauses if the engine takes longer than `PAUSE_AFTER`.
 pub const MAX_BATCH: usize = 8192;
 const HIGH_WATER: usize = 3 * MAX_BATCH;
 const LINGER: Duration = Duration::from_millis(5);
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Reads an event from a message in either CloudEvents binding; messages over `max_bytes`
 /// are refused unread.
@@ -164,8 +166,13 @@ pub fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> KafkaResult<KafkaCo
 /// Messages are decoded as they arrive and buffered; a batch (at most `MAX_BATCH`) is handed
 /// over when the engine is `idle`, once the oldest buffered message is `LINGER` old or a full
 /// batch is waiting. Under load the engine is rarely idle, so batches grow to `MAX_BATCH`
-/// (group commit). Fetching pauses when `HIGH_WATER` messages are buffered and resumes below
-/// `MAX_BATCH`, so the refetch that follows a resume overlaps the engine's work.
+/// (group commit). With `HIGH_WATER` messages buffered, the loop stops taking messages from
+/// librdkafka until the engine takes a batch: it does not pause the partitions, because
+/// pausing purges librdkafka's prefetch and the refetch after the resume left the engine
+/// waiting a quarter of the time (ingest 31k → 41k events/s without it). Not polling is safe
+/// for a while (`max.poll.interval.ms` is seconds); if the engine is still busy after
+/// `PAUSE_AFTER` (a store that is down, say), the partitions are paused so that polling, and
+/// with it the group membership and rebalances, go on; they resume below `MAX_BATCH`.
 pub fn poll_loop(
     consumer: &KafkaConsumer,
     batches: SyncSender<Batch>,
@@ -181,15 +188,36 @@ pub fn poll_loop(
     };
     let mut first_at = Instant::now();
     let mut paused = false;
+    let mut full_since: Option<Instant> = None;
     let mut outstanding = 0usize;
     while !stop.load(Ordering::Relaxed) {
         while let Ok(ack) = acks.try_recv() {
             outstanding = outstanding.saturating_sub(1);
             store(consumer, &ack);
         }
+        let full = buffered.messages.len() >= HIGH_WATER;
+        if !full {
+            full_since = None;
+        } else if !paused && !idle.load(Ordering::Acquire) {
+            if full_since.get_or_insert_with(Instant::now).elapsed() < PAUSE_AFTER {
+                // Wait for the engine's commit (its ack), then for it to be idle.
+                if let Ok(ack) = acks.recv_timeout(Duration::from_millis(1)) {
+                    outstanding = outstanding.saturating_sub(1);
+                    store(consumer, &ack);
+                }
+                continue;
+            }
+            set_paused(consumer, true);
+            paused = true;
+        }
         let timeout = if buffered.messages.is_empty() { 100 } else { 1 };
         // Paused, this still serves callbacks (rebalances) and keeps the group membership.
-        match consumer.poll(Duration::from_millis(timeout)) {
+        let polled = if full && !paused {
+            None
+        } else {
+            consumer.poll(Duration::from_millis(timeout))
+        };
+        match polled {
             Some(Ok(m)) => {
                 if buffered.messages.is_empty() {
                     first_at = Instant::now();
@@ -204,10 +232,6 @@ pub fn poll_loop(
             None => {}
         }
         let n = buffered.messages.len();
-        if !paused && n >= HIGH_WATER {
-            set_paused(consumer, true);
-            paused = true;
-        }
         let ready = n >= MAX_BATCH || (n > 0 && first_at.elapsed() >= LINGER);
         if !ready || !idle.load(Ordering::Acquire) {
             continue;
