@@ -54,7 +54,8 @@ pub const CACHE_KIB: i64 = 16 * 1024;
 /// Page cache of the other connections (outbox, HTTP, commands): they touch a few rows each.
 pub const SMALL_CACHE_KIB: i64 = 2 * 1024;
 
-/// How large the write-ahead log may grow before the engine makes it start over.
+/// How large the write-ahead log may grow before the engine makes it start over. 16 MiB made
+/// every batch restart it and cost ingest a seventh (37.7k against 43.9k events/s in the bench).
 pub const WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 pub struct SqliteStore {
