@@ -266,6 +266,21 @@ fn machine_ticks() -> (u64, u64) {
     (all - idle, all)
 }
 
+/// CPU ticks (10 ms) a process or thread has used so far: utime + stime from its `stat` file.
+fn stat_ticks(stat: &std::path::Path) -> u64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tick(11) + tick(12)
+}
+
 /// CPU ticks (10 ms) used so far by this process's threads named `name`.
 fn thread_ticks(name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -274,19 +289,7 @@ fn thread_ticks(name: &str) -> u64 {
     tasks
         .flatten()
         .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
-        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-        .map(|stat| {
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-            let tick = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            tick(11) + tick(12)
-        })
+        .map(|t| stat_ticks(&t.path().join("stat")))
         .sum()
 }
 
@@ -676,20 +679,8 @@ fn soak(kafka: &Tansu, secs: u64, rate: u64) {
             .unwrap_or(0.0)
             / 1024.0
     };
-    // CPU seconds a process has used (utime + stime from /proc, in clock ticks of 10 ms).
-    let cpu = |pid: u32| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
-    };
+    // CPU seconds a process has used.
+    let cpu = |pid: u32| stat_ticks(Path::new(&format!("/proc/{pid}/stat"))) as f64 / 100.0;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "2")

@@ -204,6 +204,45 @@ impl SqliteStore {
             }),
         })
     }
+
+    /// A write transaction. IMMEDIATE: the write lock is taken now, not at the first write, so
+    /// a busy database is waited for here rather than failing halfway through. The engine
+    /// first lets other writers of this process go (see `OTHERS_WRITING`); they hold a `Turn`.
+    fn write(&mut self) -> Result<(Transaction<'_>, Option<Turn>)> {
+        let turn = if self.bound.is_some() {
+            let deadline = std::time::Instant::now() + YIELD_AT_MOST;
+            while OTHERS_WRITING.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            None
+        } else {
+            Some(Turn::take())
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok((tx, turn))
+    }
+
+    /// Starts the log over if the last commit left it past its limit (see [`LogBound`]).
+    fn bound_log(&self) -> Result<()> {
+        let Some(bound) = &self.bound else {
+            return Ok(());
+        };
+        if bound.frames.load(Ordering::Relaxed) < bound.limit {
+            return Ok(());
+        }
+        let _one = bound
+            .checkpointing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.conn.busy_timeout(RESTART_WAIT)?;
+        let outcome = checkpoint(&self.conn, "RESTART");
+        self.conn.busy_timeout(BUSY_WAIT)?;
+        // Busy (a reader stayed longer than the wait) is no error: the next batch tries again.
+        outcome.map(|_busy| ()).map_err(Into::into)
+    }
 }
 
 /// How often the WAL is checkpointed.
@@ -250,47 +289,6 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<bool> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
         r.get::<_, i64>(0).map(|busy| busy != 0)
     })
-}
-
-impl SqliteStore {
-    /// A write transaction. IMMEDIATE: the write lock is taken now, not at the first write, so
-    /// a busy database is waited for here rather than failing halfway through. The engine
-    /// first lets other writers of this process go (see `OTHERS_WRITING`); they hold a `Turn`.
-    fn write(&mut self) -> Result<(Transaction<'_>, Option<Turn>)> {
-        let turn = if self.bound.is_some() {
-            let deadline = std::time::Instant::now() + YIELD_AT_MOST;
-            while OTHERS_WRITING.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            None
-        } else {
-            Some(Turn::take())
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok((tx, turn))
-    }
-
-    /// Starts the log over if the last commit left it past its limit (see [`LogBound`]).
-    fn bound_log(&self) -> Result<()> {
-        let Some(bound) = &self.bound else {
-            return Ok(());
-        };
-        if bound.frames.load(Ordering::Relaxed) < bound.limit {
-            return Ok(());
-        }
-        let _one = bound
-            .checkpointing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.conn.busy_timeout(RESTART_WAIT)?;
-        let outcome = checkpoint(&self.conn, "RESTART");
-        self.conn.busy_timeout(BUSY_WAIT)?;
-        // Busy (a reader stayed longer than the wait) is no error: the next batch tries again.
-        outcome.map(|_busy| ()).map_err(Into::into)
-    }
 }
 
 impl Drop for Checkpointer {
