@@ -482,3 +482,77 @@ fn other_writers_get_the_sqlite_lock_between_back_to_back_batches() {
         "claims went through only after the engine's {batches} batches: {claimed_at:?}"
     );
 }
+
+/// A SQLite file written by the previous schema (version 2: customers and emails in WITHOUT
+/// ROWID tables) is migrated in place when opened: same rows, rowid tables, indexes back.
+#[test]
+fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
+    let test = TestStore::sqlite();
+    let path = test.url.trim_start_matches("sqlite://").to_string();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE processed_events (
+                 source TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL,
+                 PRIMARY KEY (source, id)) WITHOUT ROWID;
+             CREATE INDEX processed_events_at ON processed_events (at);
+             CREATE TABLE customers (
+                 id TEXT PRIMARY KEY, state TEXT NOT NULL, next_due INTEGER, updated_at INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE INDEX customers_due ON customers (next_due) WHERE next_due IS NOT NULL;
+             CREATE TABLE timeline (
+                 seq INTEGER PRIMARY KEY, customer TEXT NOT NULL, at INTEGER NOT NULL, journey TEXT NOT NULL,
+                 sequence TEXT NOT NULL, version TEXT NOT NULL, step TEXT, action TEXT NOT NULL,
+                 reason TEXT NOT NULL, subject TEXT);
+             CREATE INDEX timeline_customer ON timeline (customer, seq);
+             CREATE TABLE outbox (
+                 key TEXT PRIMARY KEY, customer TEXT NOT NULL, journey TEXT NOT NULL, sequence TEXT NOT NULL,
+                 version TEXT NOT NULL, step TEXT NOT NULL, order_id TEXT, template TEXT NOT NULL,
+                 category TEXT NOT NULL, transactional INTEGER NOT NULL, status TEXT NOT NULL,
+                 created_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                 sent_at INTEGER, message_id TEXT, last_error TEXT, claimed_until INTEGER) WITHOUT ROWID;
+             CREATE INDEX outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
+             CREATE TABLE sequence_versions (
+                 name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
+                 first_seen INTEGER NOT NULL, PRIMARY KEY (name, version));
+             INSERT INTO customers VALUES ('c1', '{\"profile\":{\"email\":\"c1@example.com\"}}', 7, 1);
+             INSERT INTO outbox (key, customer, journey, sequence, version, step, template, category,
+                 transactional, status, created_at, next_attempt_at)
+                 VALUES ('j1:receipt', 'c1', 'j1', 'thanks', 'v1', 'receipt', 't/a', 'transactional', 1,
+                 'pending', 5, 5);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let mut store = test.open();
+    let c1 = store.load("c1").unwrap().unwrap();
+    assert_eq!(
+        (c1.state.as_str(), c1.next_due.map(aftercare::store::micros)),
+        ("{\"profile\":{\"email\":\"c1@example.com\"}}", Some(7))
+    );
+    let claimed = store
+        .claim_emails(aftercare::store::from_micros(10), 10, LEASE)
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["j1:receipt"]
+    );
+    drop(store);
+    assert_eq!(
+        test.text("SELECT CAST(user_version AS TEXT) FROM pragma_user_version"),
+        "3"
+    );
+    assert_eq!(
+        test.text(
+            "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
+             WHERE sql LIKE '%WITHOUT ROWID%' ORDER BY name)"
+        ),
+        "processed_events"
+    );
+    assert_eq!(
+        test.text(
+            "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
+             WHERE type = 'index' AND sql IS NOT NULL ORDER BY name)"
+        ),
+        "customers_due outbox_pending processed_events_at timeline_customer"
+    );
+}
