@@ -556,3 +556,27 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
         "customers_due outbox_pending processed_events_at timeline_customer"
     );
 }
+
+/// The engine's SQLite handle leaves syncing to its caller (`run` syncs on another thread
+/// before storing offsets): commits are there for other connections at once, and the syncer
+/// makes them durable. PostgreSQL's commits are durable as they return.
+#[test]
+fn the_sqlite_store_can_leave_syncing_to_the_caller() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let syncer = store.defer_sync().unwrap();
+        assert_eq!(
+            syncer.is_some(),
+            ts.url.starts_with("sqlite://"),
+            "{}",
+            ts.url
+        );
+        applier(SEQ_V1)
+            .apply(&mut *store, &[placed("c1", "o1", t0())], t0())
+            .unwrap();
+        assert_eq!(ts.count("SELECT count(*) FROM customers"), 1, "{}", ts.url);
+        if let Some(mut sync) = syncer {
+            sync().unwrap();
+        }
+    }
+}

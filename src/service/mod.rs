@@ -109,6 +109,19 @@ pub fn run(
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(1);
     let idle = Arc::new(AtomicBool::new(true));
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>();
+    // Offsets are stored only once a batch is durable. Where commits do not sync (SQLite),
+    // a thread of its own syncs and then passes the acks on, while the engine goes on.
+    let (engine_acks, sync_thread) = match store.defer_sync().context("opening the store")? {
+        Some(sync) => {
+            let (tx, rx) = mpsc::channel::<Ack>();
+            let stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name("sync".into())
+                .spawn(move || forward_durable(rx, ack_tx, sync, &stop))?;
+            (tx, Some(handle))
+        }
+        None => (ack_tx, None),
+    };
 
     let delivery = config
         .delivery()
@@ -202,8 +215,17 @@ pub fn run(
             .name("engine".into())
             .spawn(move || {
                 engine_loop(
-                    store, applier, dlq, batch_rx, ack_tx, &idle, &stop, &stats, retention,
-                    &mail_wake, &live,
+                    store,
+                    applier,
+                    dlq,
+                    batch_rx,
+                    engine_acks,
+                    &idle,
+                    &stop,
+                    &stats,
+                    retention,
+                    &mail_wake,
+                    &live,
                 );
             })?
     };
@@ -279,6 +301,9 @@ pub fn run(
     join_until(poll, deadline, "kafka-poll");
     engine_stop.store(true, Ordering::Relaxed);
     join_until(engine, deadline, "engine");
+    if let Some(sync) = sync_thread {
+        join_until(sync, deadline, "sync");
+    }
     mail_stop.store(true, Ordering::Relaxed);
     join_until(mail, deadline, "outbox");
     let _ = http_stop.send(());
@@ -431,6 +456,31 @@ fn fault_point_after_commit() {
         let _ = std::fs::write(path, b"committed, offsets not stored\n");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Passes acks on once what they acknowledge is on disk: one sync for all that are waiting,
+/// then their acks in order. A failed sync stops the service and passes nothing more on
+/// (after a failed fsync the kernel may have dropped the pages, and a retry can report
+/// success regardless): what was not acked is read again, and deduplicated, after a restart.
+fn forward_durable(
+    acks: Receiver<Ack>,
+    to: Sender<Ack>,
+    mut sync: crate::store::Syncer,
+    stop: &AtomicBool,
+) {
+    while let Ok(first) = acks.recv() {
+        let waiting: Vec<Ack> = std::iter::once(first).chain(acks.try_iter()).collect();
+        if let Err(e) = sync() {
+            tracing::error!(error = %e, "syncing the store to disk failed; stopping: events not yet acknowledged are read again after a restart");
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        for ack in waiting {
+            if to.send(ack).is_err() {
+                return;
+            }
         }
     }
 }
@@ -665,4 +715,52 @@ pub fn transport(config: &Config, delivery: &crate::config::Delivery) -> anyhow:
             .map_err(|e| anyhow::anyhow!("config error: {e}"))?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(partition: i32, offset: i64) -> Ack {
+        vec![("orders".to_string(), partition, offset)]
+    }
+
+    #[test]
+    fn acks_are_passed_on_in_order_only_after_one_sync_for_all_waiting() {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let (to_tx, to_rx) = mpsc::channel();
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let sync: crate::store::Syncer = Box::new(move || {
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
+            Ok(())
+        });
+        ack_tx.send(ack(0, 5)).unwrap();
+        ack_tx.send(ack(1, 7)).unwrap();
+        let forwarder = std::thread::spawn(move || {
+            forward_durable(ack_rx, to_tx, sync, &AtomicBool::new(false))
+        });
+        entered_rx.recv().unwrap();
+        assert!(to_rx.try_recv().is_err(), "an ack went on before the sync");
+        release_tx.send(()).unwrap();
+        assert_eq!(to_rx.recv().unwrap(), ack(0, 5));
+        assert_eq!(to_rx.recv().unwrap(), ack(1, 7));
+        drop(ack_tx);
+        forwarder.join().unwrap();
+        assert_eq!(entered_rx.try_iter().count(), 0, "one sync for both");
+    }
+
+    #[test]
+    fn a_failed_sync_passes_nothing_on_and_stops_the_service() {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let (to_tx, to_rx) = mpsc::channel::<Ack>();
+        let sync: crate::store::Syncer = Box::new(|| Err(std::io::Error::other("EIO")));
+        let stop = AtomicBool::new(false);
+        ack_tx.send(ack(0, 5)).unwrap();
+        ack_tx.send(ack(0, 9)).unwrap();
+        forward_durable(ack_rx, to_tx, sync, &stop);
+        assert!(stop.load(Ordering::Relaxed));
+        assert_eq!(to_rx.try_iter().count(), 0);
+    }
 }

@@ -256,7 +256,18 @@ pub trait Store: Send {
 
     /// Forgets processed-event keys older than `before` (the dedupe window).
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64>;
+
+    /// Makes syncing to disk the caller's job: from now on this handle's commits return once
+    /// written, and the returned function makes everything committed so far durable. `run`
+    /// calls it on a thread of its own before it stores offsets, so the engine's next batch
+    /// runs while the disk syncs. `None`: commits are durable as they return (PostgreSQL).
+    fn defer_sync(&mut self) -> Result<Option<Syncer>> {
+        Ok(None)
+    }
 }
+
+/// Makes what was committed durable (see [`Store::defer_sync`]).
+pub type Syncer = Box<dyn FnMut() -> std::io::Result<()> + Send>;
 
 /// One transaction. Dropping it without `commit` rolls back.
 pub trait Tx {

@@ -1,7 +1,9 @@
 //! SQLite: the embedded store. One file, WAL mode, full durability, one writing instance.
 //!
 //! `synchronous=FULL` makes every commit reach the disk before it returns, so an offset stored
-//! after a commit never points past an event whose effects could still be lost in a crash.
+//! after a commit never points past an event whose effects could still be lost in a crash. The
+//! engine's handle instead leaves the sync to `run` ([`Store::defer_sync`]), which syncs the
+//! log on a thread of its own before it stores the offsets.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -342,6 +344,23 @@ struct SqliteTx<'c> {
 }
 
 impl Store for SqliteStore {
+    /// Commits stop syncing (`synchronous=NORMAL`: in WAL mode a commit is then written, not
+    /// synced); the syncer syncs the write-ahead log, where every commit not yet checkpointed
+    /// is (a checkpoint syncs the log before copying it and the database after).
+    fn defer_sync(&mut self) -> Result<Option<super::Syncer>> {
+        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let wal = std::path::PathBuf::from(format!("{path}-wal"));
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Some(Box::new(move || match std::fs::File::open(&wal) {
+            Ok(log) => log.sync_data(),
+            // No log: the last connection closed it, checkpointed and synced.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })))
+    }
+
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
         self.bound_log()?;
         let (tx, turn) = self.write()?;
