@@ -467,10 +467,14 @@ fn pg_url(name: &str) -> String {
     format!("{}{sep}options=-csearch_path%3D{schema}", pg_base())
 }
 
-/// The median of `runs` measurements.
+/// The median of `runs` measurements; all of them are printed, the machine being noisy.
 fn median(runs: usize, mut f: impl FnMut(usize) -> f64) -> f64 {
     let mut v: Vec<f64> = (0..runs).map(&mut f).collect();
     v.sort_by(f64::total_cmp);
+    if v.len() > 1 {
+        let all: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+        println!("  (runs, sorted: {})", all.join(", "));
+    }
     v[v.len() / 2]
 }
 
