@@ -1103,6 +1103,21 @@ fn floor_store(name: &str, events: &[String], batch: usize) -> f64 {
     for chunk in parsed.chunks(batch.max(1)) {
         a.apply(&mut recording, chunk, now).unwrap();
     }
+    let per_event = |n: usize| n as f64 / events.len() as f64;
+    let emails = |a: &Asked| a.decisions.iter().filter(|d| d.email.is_some()).count();
+    println!(
+        "  (per event: {:.2} dedupe keys, {:.2} customer loads and upserts, {:.2} timeline rows, {:.2} emails queued)",
+        per_event(recording.asked.iter().map(|a| a.keys.len()).sum()),
+        per_event(recording.asked.iter().map(|a| a.saved.len()).sum()),
+        per_event(
+            recording
+                .asked
+                .iter()
+                .map(|a| a.decisions.len() + a.notes.len())
+                .sum()
+        ),
+        per_event(recording.asked.iter().map(emails).sum()),
+    );
     let mut store = store::open(&fresh(name, "storefloor")).unwrap();
     let started = Instant::now();
     for asked in &recording.asked {
