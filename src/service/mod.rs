@@ -71,7 +71,7 @@ pub const GRACE: Duration = Duration::from_secs(8);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Wake-ups per transaction.
-const WAKE_BATCH: usize = 256;
+pub const WAKE_BATCH: usize = 256;
 
 /// Runs until `stop` is set, counting into `stats`.
 pub fn run(
