@@ -309,7 +309,12 @@ pub fn run(
     let _ = http_stop.send(());
     join_until(http, deadline, "http");
     side_stop.store(true, Ordering::Relaxed);
-    join_until(figures_thread, deadline, "figures");
+    if !joined(
+        figures_thread,
+        (Instant::now() + FIGURES_WAIT).min(deadline),
+    ) {
+        tracing::debug!("figures scan still running; it ends with the process");
+    }
     if let Some(w) = watch_thread {
         join_until(w, deadline, "watch");
     }
@@ -327,15 +332,27 @@ pub fn run(
 }
 
 fn join_until(handle: std::thread::JoinHandle<()>, deadline: Instant, name: &str) {
-    while !handle.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if handle.is_finished() {
-        let _ = handle.join();
-    } else {
+    if !joined(handle, deadline) {
         tracing::warn!(thread = name, "did not stop within the grace period");
     }
 }
+
+/// Whether the thread ended by `deadline` (and was joined).
+fn joined(handle: std::thread::JoinHandle<()>, deadline: Instant) -> bool {
+    while !handle.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let finished = handle.is_finished();
+    if finished {
+        let _ = handle.join();
+    }
+    finished
+}
+
+/// How long shutdown waits for the figures thread: it only reads, and a scan of a large store
+/// (over 8 s at 1M journeys) is left to end with the process rather than hold the exit (the
+/// consumer, no longer polled, would be dropped from its group meanwhile).
+const FIGURES_WAIT: Duration = Duration::from_millis(300);
 
 /// Loads the sequences; refuses to start on any error (a running engine keeps the last good
 /// version, but there is none at start-up).
