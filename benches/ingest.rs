@@ -857,15 +857,17 @@ fn soak(kafka: &Tansu, secs: u64, rate: u64) {
     println!("soak: {split}");
 }
 
+/// A number from the environment, or `default`.
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
     if let Ok(secs) = std::env::var("SOAK_SECS") {
         let kafka = Tansu::start();
-        let env = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
         // tansu's in-memory log lists every stored batch of a partition on each fetch that
         // finds new data, so its cost per fetch grows with the partition's length; more
         // partitions keep each list short (see BENCHMARKS.md, soak).
@@ -873,14 +875,8 @@ fn main() {
         soak(&kafka, secs.parse().unwrap_or(300), env("SOAK_RATE", 400));
         return;
     }
-    let n: usize = std::env::var("INGEST_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let n = env("INGEST_EVENTS", 100_000) as usize;
+    let runs = env("RUNS", 3) as usize;
     let events = stream(n);
     let n = events.len();
     let kafka = Tansu::start();
@@ -892,11 +888,14 @@ fn main() {
     );
 
     let stores = std::env::var("INGEST_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
-    if std::env::var_os("WAKEUPS_ONLY").is_some() {
+    let wake_ups = || {
         for name in stores.split(',') {
             let rate = median(runs, |i| wakeups(&fresh(name, &format!("wake{i}")), 20_000));
             println!("wake-ups ({name:8}):                  {rate:>9.0} /s");
         }
+    };
+    if std::env::var_os("WAKEUPS_ONLY").is_some() {
+        wake_ups();
         return;
     }
     let consume = median(runs, |_| floor_consume(&kafka.brokers, n));
@@ -907,8 +906,8 @@ fn main() {
         });
         let floor = consume.min(insert);
         println!("floor, raw batched insert ({name:8}):  {insert:>9.0} rows/s");
-        let own = median(runs, |_| {
-            floor_store(name, &events, service::kafka::MAX_BATCH)
+        let own = median(runs, |i| {
+            floor_store(name, &events, service::kafka::MAX_BATCH, i == 0)
         });
         println!(
             "floor, the store's own writes ({name:8}): {own:>9.0} events/s (ingest's transactions replayed, no engine, no Kafka)"
@@ -930,10 +929,7 @@ fn main() {
     if std::env::var_os("INGEST_ONLY").is_some() {
         return;
     }
-    for name in ["sqlite", "postgres"] {
-        let rate = median(runs, |i| wakeups(&fresh(name, &format!("wake{i}")), 20_000));
-        println!("wake-ups ({name:8}):                  {rate:>9.0} /s");
-    }
+    wake_ups();
 
     let (one, two, same) = scale_out(&kafka.brokers, n);
     println!(
@@ -1094,8 +1090,9 @@ impl Store for Recording {
 /// Floor: the store's own share of ingest. The events go through the engine once in batches
 /// of `batch` (into a scratch store, recording what each transaction asked); then, timed, the
 /// same transactions run against a fresh store with no engine and no Kafka: the same keys
-/// marked processed, customers loaded and saved, timeline rows and emails written. Events/s.
-fn floor_store(name: &str, events: &[String], batch: usize) -> f64 {
+/// marked processed, customers loaded and saved, timeline rows and emails written. Events/s;
+/// with `counts`, also prints what the store keeps per event.
+fn floor_store(name: &str, events: &[String], batch: usize, counts: bool) -> f64 {
     let catalog = aftercare::service::load_catalog(&sequences()).unwrap();
     let mut a = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
     let parsed: Vec<Arc<Event>> = events
@@ -1112,19 +1109,21 @@ fn floor_store(name: &str, events: &[String], batch: usize) -> f64 {
     }
     let per_event = |n: usize| n as f64 / events.len() as f64;
     let emails = |a: &Asked| a.decisions.iter().filter(|d| d.email.is_some()).count();
-    println!(
-        "  (per event: {:.2} dedupe keys, {:.2} customer loads and upserts, {:.2} timeline rows, {:.2} emails queued)",
-        per_event(recording.asked.iter().map(|a| a.keys.len()).sum()),
-        per_event(recording.asked.iter().map(|a| a.saved.len()).sum()),
-        per_event(
-            recording
-                .asked
-                .iter()
-                .map(|a| a.decisions.len() + a.notes.len())
-                .sum()
-        ),
-        per_event(recording.asked.iter().map(emails).sum()),
-    );
+    if counts {
+        println!(
+            "  (per event: {:.2} dedupe keys, {:.2} customer loads and upserts, {:.2} timeline rows, {:.2} emails queued)",
+            per_event(recording.asked.iter().map(|a| a.keys.len()).sum()),
+            per_event(recording.asked.iter().map(|a| a.saved.len()).sum()),
+            per_event(
+                recording
+                    .asked
+                    .iter()
+                    .map(|a| a.decisions.len() + a.notes.len())
+                    .sum()
+            ),
+            per_event(recording.asked.iter().map(emails).sum()),
+        );
+    }
     let mut store = store::open(&fresh(name, "storefloor")).unwrap();
     let started = Instant::now();
     for asked in &recording.asked {

@@ -193,6 +193,7 @@ impl SqliteStore {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 0 {
             conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         } else {
             for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
                 // Another process may be opening the same file: the step runs once, whole.
@@ -205,9 +206,6 @@ impl SqliteStore {
                 }
                 tx.commit()?;
             }
-        }
-        if version < SCHEMA_VERSION {
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         // Checkpoints (copying the WAL back into the database file) run on a thread of their
         // own instead of inside whichever commit crosses the threshold: a quarter of a batch's
