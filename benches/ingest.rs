@@ -33,8 +33,8 @@ use aftercare::event::Event;
 use aftercare::service::apply::Applier;
 use aftercare::service::{self, Options, Stats};
 use aftercare::store::{
-    self, Delivery, JourneyCount, Note, OutboxRow, Store, StoreFigures, StoredCustomer,
-    TimelineRow, Tx, VersionRecord,
+    self, DeadLetter, DeadLetterQuery, Delivery, JourneyCount, Note, OutboxRow, Published, Store,
+    StoreFigures, StoredCustomer, StoredDeadLetter, TimelineRow, Tx, VersionRecord,
 };
 use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
@@ -1026,6 +1026,9 @@ impl Tx for RecordingTx<'_> {
         self.this.notes.extend_from_slice(notes);
         self.inner.note(notes)
     }
+    fn dead_letter(&mut self, letters: &[DeadLetter], now: DateTime<Utc>) -> store::Result<()> {
+        self.inner.dead_letter(letters, now)
+    }
     fn commit(self: Box<Self>) -> store::Result<()> {
         let RecordingTx { inner, asked, this } = *self;
         inner.commit()?;
@@ -1084,6 +1087,30 @@ impl Store for Recording {
     }
     fn prune_processed(&mut self, before: DateTime<Utc>) -> store::Result<u64> {
         self.inner.prune_processed(before)
+    }
+    fn claim_dead_letters(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> store::Result<Vec<StoredDeadLetter>> {
+        self.inner.claim_dead_letters(now, limit, lease)
+    }
+    fn finish_dead_letters(
+        &mut self,
+        now: DateTime<Utc>,
+        done: &[(i64, Published)],
+    ) -> store::Result<()> {
+        self.inner.finish_dead_letters(now, done)
+    }
+    fn dead_letters(&mut self, q: &DeadLetterQuery) -> store::Result<Vec<StoredDeadLetter>> {
+        self.inner.dead_letters(q)
+    }
+    fn dead_letter(&mut self, id: i64) -> store::Result<Option<StoredDeadLetter>> {
+        self.inner.dead_letter(id)
+    }
+    fn mark_replayed(&mut self, ids: &[i64], now: DateTime<Utc>) -> store::Result<()> {
+        self.inner.mark_replayed(ids, now)
     }
 }
 

@@ -74,8 +74,7 @@ pub fn parse(text: &str) -> Result<Vec<Row>, RowError> {
             quantity: qty
                 .parse()
                 .map_err(|_| err("number of CDs is not a whole number"))?,
-            value: Money::parse_decimal(value)
-                .ok_or_else(|| err("dollar value is not a decimal"))?,
+            value: Money::parse_decimal(value).map_err(|_| err("dollar value is not a decimal"))?,
         });
     }
     Ok(rows)
@@ -198,7 +197,7 @@ fn order_events(i: usize, row: &Row, shift: Duration, out: &mut Vec<Out>) {
     let category = category_of(pick(h, 1, 100));
     let model = pick(h, 2, 5) + 1;
     let qty = row.quantity.max(1);
-    let unit = Money(row.value.0 / i64::from(qty));
+    let unit = row.value.per_unit(qty);
     let placed = Utc.from_utc_datetime(&row.date.and_hms_opt(9, 0, 0).unwrap_or_default())
         + Duration::minutes(pick(h, 3, 12 * 60) as i64)
         + shift;

@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer};
 
 use crate::engine::Policy;
+use crate::sequence::Limits;
 use crate::time::{Period, QuietHours, parse_tz};
 
 /// The file read when `-c` is not given.
@@ -61,6 +62,12 @@ pub struct Kafka {
     pub fetch_wait_ms: u64,
     /// Larger messages go to the dead-letter topic unread.
     pub max_event_bytes: usize,
+    /// A dead letter the topic refuses as too large is published with its value cut to this
+    /// many bytes (the store keeps it whole).
+    pub dlq_max_bytes: usize,
+    /// Most bytes of messages held in memory: fetched ahead by the client, buffered, and in the
+    /// batch being applied.
+    pub buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +191,16 @@ pub struct Sequences {
     pub watch: bool,
     /// How often the folder is looked at.
     pub watch_interval: String,
+    /// Larger sequence and template files are refused unread.
+    pub max_file_bytes: usize,
+    /// Deepest nesting of YAML mappings and lists (block or flow style).
+    pub max_depth: usize,
+    /// Most nodes that YAML aliases may expand to in one file.
+    pub max_alias_nodes: usize,
+    /// MiniJinja's fuel for one render of one template part: bounds its time and memory.
+    pub template_fuel: u64,
+    /// MiniJinja's recursion limit (includes and macros count several levels each).
+    pub template_recursion: usize,
 }
 
 /// Logs on stderr.
@@ -278,6 +295,8 @@ impl Default for Kafka {
             max_poll_interval_ms: 300_000,
             fetch_wait_ms: 100,
             max_event_bytes: crate::event::MAX_EVENT_BYTES,
+            dlq_max_bytes: 900_000,
+            buffer_bytes: 64 << 20,
         }
     }
 }
@@ -368,6 +387,11 @@ impl Default for Sequences {
             dir: "sequences".into(),
             watch: true,
             watch_interval: "2s".into(),
+            max_file_bytes: Limits::default().max_file_bytes,
+            max_depth: Limits::default().max_depth,
+            max_alias_nodes: Limits::default().max_alias_nodes,
+            template_fuel: Limits::default().template_fuel,
+            template_recursion: Limits::default().template_recursion,
         }
     }
 }
@@ -476,6 +500,16 @@ impl Config {
         self.dedupe_retention().map(|_| ())?;
         self.delivery().map(|_| ())?;
         self.intervals().map(|_| ())?;
+        self.limits().map(|_| ())?;
+        if self.kafka.buffer_bytes < 1 << 20 {
+            return Err((
+                "kafka.buffer_bytes".into(),
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if self.kafka.dlq_max_bytes < 1024 {
+            return Err(("kafka.dlq_max_bytes".into(), "must be at least 1024".into()));
+        }
         if !matches!(self.trace.protocol.as_str(), "http/protobuf" | "http/json") {
             return Err((
                 "trace.protocol".into(),
@@ -626,6 +660,44 @@ impl Config {
             )),
             Err(m) => Err(("store.dedupe_retention".into(), m)),
         }
+    }
+
+    /// The limits on what sequence and template files may cost, checked.
+    pub fn limits(&self) -> Result<Limits, (String, String)> {
+        let s = &self.sequences;
+        let at_least = |key: &str, v: u64, min: u64| {
+            if v < min {
+                Err((
+                    format!("sequences.{key}"),
+                    format!("must be at least {min}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("max_file_bytes", s.max_file_bytes as u64, 1024)?;
+        at_least("max_depth", s.max_depth as u64, 8)?;
+        at_least("template_fuel", s.template_fuel, 1000)?;
+        at_least("template_recursion", s.template_recursion as u64, 10)?;
+        if s.template_recursion > 500 {
+            return Err((
+                "sequences.template_recursion".into(),
+                "must be at most 500 (MiniJinja's own limit)".into(),
+            ));
+        }
+        if s.max_depth > 1000 {
+            return Err((
+                "sequences.max_depth".into(),
+                "must be at most 1000: deeper trees can exhaust a thread's stack".into(),
+            ));
+        }
+        Ok(Limits {
+            max_file_bytes: s.max_file_bytes,
+            max_depth: s.max_depth,
+            max_alias_nodes: s.max_alias_nodes,
+            template_fuel: s.template_fuel,
+            template_recursion: s.template_recursion,
+        })
     }
 
     /// Default timezone, for callers that only need it.

@@ -10,15 +10,20 @@
 //! - [`service`]: `aftercare run`: Kafka in, engine, durable store, scheduler, outbox.
 //! - [`mail`]: emails out: message building and transports.
 //! - [`config`]: defaults → TOML → `AFTERCARE_*` environment, validated.
+//! - [`redact`]: outside text (database errors, relay replies) made safe to log.
 //! - [`time`]: durations, cron send windows, quiet hours — pure, no clock.
 //! - [`cdnow`]: the CDNOW data set as a deterministic CloudEvents stream.
 //! - [`cli`]: the `aftercare` commands.
+//! - `fuzzing`: the fuzz targets' bodies, shared with the corpus replay test.
 pub mod cdnow;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mail;
+pub mod redact;
 pub mod sequence;
 pub mod service;
 pub mod simulate;

@@ -539,7 +539,7 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
     drop(store);
     assert_eq!(
         test.text("SELECT CAST(user_version AS TEXT) FROM pragma_user_version"),
-        "3"
+        "4"
     );
     assert_eq!(
         test.text(
@@ -553,7 +553,7 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
             "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
              WHERE type = 'index' AND sql IS NOT NULL ORDER BY name)"
         ),
-        "customers_due outbox_pending processed_events_at timeline_customer"
+        "customers_due dead_letters_pending outbox_pending processed_events_at timeline_customer"
     );
 }
 

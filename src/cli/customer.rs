@@ -47,6 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     for j in &journeys {
         let due = match (j.status.as_str(), j.due) {
+            (_, Some(d)) if !crate::time::fires(d) => " due never".to_string(),
             ("due", Some(d)) => format!(" at {}", rfc3339(d)),
             (_, Some(d)) => format!(" until {}", rfc3339(d)),
             (_, None) => String::new(),

@@ -2,6 +2,7 @@
 
 mod cdnow;
 mod customer;
+mod dead_letters;
 pub mod plan;
 mod preview;
 mod publish;
@@ -40,6 +41,9 @@ pub enum Command {
     Plan(plan::Args),
     /// What the store holds, in numbers: events, customers, journeys, emails, decisions.
     Status(status::Args),
+    /// Messages that could not be applied: list, show one, replay them to their topics.
+    #[command(name = "dead-letters")]
+    DeadLetters(dead_letters::Args),
     /// Publish a JSON Lines file of CloudEvents to Kafka (quickstarts, tests).
     Publish(publish::Args),
     /// Check every sequence, expression, cron and template; exit 1 on any error.
@@ -72,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Customer(args) => customer::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Publish(args) => publish::run(args),
+        Command::DeadLetters(args) => dead_letters::run(args),
         Command::Status(args) => status::run(args),
         Command::Validate { dir, config } => validate::run(dir.as_deref(), config.as_deref()),
         Command::Simulate(args) => simulate::run(args),
@@ -115,10 +120,11 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("config error: {e}"))
 }
 
-/// Loads a catalog; prints every problem and fails if there is any.
-fn load_catalog_strict(dir: &Path) -> anyhow::Result<Catalog> {
+/// Loads a catalog with the config's limits; prints every problem and fails if there is any.
+fn load_catalog_strict(dir: &Path, config: &Config) -> anyhow::Result<Catalog> {
+    let limits = limits(config)?;
     let (catalog, diags) =
-        Catalog::load(dir).with_context(|| format!("loading {}", dir.display()))?;
+        Catalog::load_with(dir, &limits).with_context(|| format!("loading {}", dir.display()))?;
     if !diags.is_empty() {
         print_diags(&diags);
         anyhow::bail!(
@@ -128,6 +134,13 @@ fn load_catalog_strict(dir: &Path) -> anyhow::Result<Catalog> {
         );
     }
     Ok(catalog)
+}
+
+/// The config's limits on sequence files, checked.
+fn limits(config: &Config) -> anyhow::Result<crate::sequence::Limits> {
+    config
+        .limits()
+        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))
 }
 
 fn print_diags(diags: &[Diagnostic]) {

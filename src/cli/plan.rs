@@ -20,7 +20,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::load_config(args.config.as_deref())?;
     let dir = args.dir.unwrap_or(config.sequences.dir.clone());
-    let catalog = super::load_catalog_strict(&dir)?;
+    let catalog = super::load_catalog_strict(&dir, &config)?;
     let mut store = crate::store::open(&config.store.url).context("opening the store")?;
     let counts = store.journey_counts()?;
     for line in plan(&catalog, &counts) {

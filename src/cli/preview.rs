@@ -41,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .sequences
         .clone()
         .unwrap_or(config.sequences.dir.clone());
-    let catalog = super::load_catalog_strict(&dir)?;
+    let catalog = super::load_catalog_strict(&dir, &config)?;
     let seq = catalog.get(&args.sequence).cloned().ok_or_else(|| {
         let names = catalog.sequences().iter().map(|s| &*s.name);
         match did_you_mean(&args.sequence, names) {

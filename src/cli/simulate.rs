@@ -25,7 +25,8 @@ pub struct Args {
     until: String,
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
-    /// Worker threads (default: one per core). The output is the same for any number.
+    /// Worker threads (default, and at most: one per core). The output is the same for any
+    /// number.
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -39,12 +40,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let policy = config
         .policy()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
-    let dir = args.sequences.unwrap_or(config.sequences.dir);
-    let catalog = Arc::new(super::load_catalog_strict(&dir)?);
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let dir = args.sequences.unwrap_or(config.sequences.dir.clone());
+    let catalog = Arc::new(super::load_catalog_strict(&dir, &config)?);
+    // Never more workers than cores: each holds a catalog and its share of the customers,
+    // and more of them only divide the same cores (`--threads 100000` once aborted).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match args.threads {
+        Some(n) if n > cores => {
+            eprintln!("--threads {n}: using {cores}, the number of cores");
+            cores
+        }
+        Some(n) => n.max(1),
+        None => cores,
+    };
 
     let shown = args.events.display().to_string();
     let input: Box<dyn std::io::BufRead> = if shown == "-" {
@@ -68,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut engines = vec![Engine::new(catalog, policy.clone())];
         for _ in 1..threads {
             engines.push(Engine::new(
-                Arc::new(super::load_catalog_strict(&dir)?),
+                Arc::new(super::load_catalog_strict(&dir, &config)?),
                 policy.clone(),
             ));
         }

@@ -8,12 +8,14 @@ use anyhow::Context;
 use crate::sequence::Catalog;
 
 pub fn run(dir: Option<&Path>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(config)?;
+    let limits = super::limits(&config)?;
     let dir = match dir {
         Some(d) => d.to_path_buf(),
-        None => super::load_config(config)?.sequences.dir,
+        None => config.sequences.dir,
     };
     let (catalog, diags) =
-        Catalog::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+        Catalog::load_with(&dir, &limits).with_context(|| format!("loading {}", dir.display()))?;
     if diags.is_empty() {
         let n = catalog.sequences().len();
         println!("{}: {n} sequence(s) valid", dir.display());

@@ -229,7 +229,7 @@ impl Object for Event {
             "type" => Value::from(self.kind.as_str()),
             "time" => Value::from(rfc3339(self.time)),
             "subject" => Value::from(&*self.subject),
-            "data" => Value::from(minijinja::value::Serde(&self.data)),
+            "data" => data_value(&self.data),
             _ => return None,
         })
     }
@@ -237,6 +237,27 @@ impl Object for Event {
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         Enumerator::Str(EVENT_KEYS)
     }
+}
+
+/// `event.data` as expressions read it: amounts as numbers (`event.data.total > 100`), though
+/// they are exact decimals (serialized as strings) everywhere else.
+fn data_value(data: &crate::event::EventData) -> Value {
+    use crate::event::EventData;
+    let mut v = serde_json::to_value(data).unwrap_or_default();
+    let number = |m: &crate::event::Money| serde_json::Value::from(m.as_f64());
+    match data {
+        EventData::OrderPlaced(o) => {
+            v["total"] = number(&o.total);
+            if let Some(items) = v.get_mut("items").and_then(|i| i.as_array_mut()) {
+                for (json, item) in items.iter_mut().zip(&o.items) {
+                    json["unit_price"] = number(&item.unit_price);
+                }
+            }
+        }
+        EventData::OrderRefunded { amount, .. } => v["amount"] = number(amount),
+        _ => {}
+    }
+    Value::from(minijinja::value::Serde(&v))
 }
 
 /// `journey`: id, sequence, step, started_at (formatted only when read).
@@ -274,5 +295,30 @@ impl Object for JourneyCtx {
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         Enumerator::Str(JOURNEY_KEYS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequence::Expr;
+
+    #[test]
+    fn amounts_read_as_numbers_in_expressions() {
+        let text = r#"{"specversion":"1.0","id":"e","source":"s","type":"order.placed","time":"2024-01-01T00:00:00Z","subject":"c",
+            "data":{"order_id":"o","total":"150.00","currency":"EUR","items":[{"sku":"k","name":"n","category":"c","quantity":1,"unit_price":"922337203685477.58"}]}}"#;
+        let e = Arc::new(Event::from_structured(text.as_bytes()).unwrap());
+        let mut c = crate::engine::Customer::new("c".into());
+        c.apply(&e);
+        let ctx = || Ctx::new(&c.profile, Some(&e), c.order("o"), None).into_value();
+        for (expr, expected) in [
+            ("event.data.total > 100", true),
+            ("event.data.items[0].unit_price > 900000000000000", true),
+            ("order.total == 150", true),
+            ("customer.total_spent >= 150", true),
+            ("event.data.total < 100", false),
+        ] {
+            assert_eq!(Expr::compile(expr).unwrap().eval_slow(ctx()), Ok(expected), "{expr}");
+        }
     }
 }

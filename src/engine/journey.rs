@@ -126,7 +126,8 @@ impl Cause {
 }
 
 impl Journey {
-    /// The instant this journey next needs the engine without an event, if any.
+    /// The instant this journey next needs the engine without an event, if any. A timer
+    /// after 9999-12-31T23:59:59Z never fires (SPEC §7).
     pub fn due(&self) -> Option<DateTime<Utc>> {
         if self.held {
             return None;
@@ -136,6 +137,7 @@ impl Journey {
             State::WaitingFor { deadline } => Some(*deadline),
             State::Paused => None,
         }
+        .filter(|t| crate::time::fires(*t))
     }
 
     pub fn step_id(&self) -> Option<&Arc<str>> {

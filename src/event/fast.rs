@@ -5,9 +5,8 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer};
 use serde_json::value::RawValue;
 
 use super::{CustomerPatch, Event, EventData, Item, Money, OrderPlaced, OrderShipped};
@@ -87,35 +86,16 @@ struct Review {
     customer: Option<Customer>,
 }
 
-/// A money field: a JSON number or a decimal string, as the precise path reads it.
+/// A money field: a JSON number or a decimal string, read from its text as the precise path
+/// reads it.
 struct Amount(Money);
 
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Amount, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Amount;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number or a decimal string")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Amount, E> {
-                self.visit_f64(v as f64)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Amount, E> {
-                self.visit_f64(v as f64)
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Amount, E> {
-                Money::from_f64(v)
-                    .map(Amount)
-                    .ok_or_else(|| E::custom("bad amount"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Amount, E> {
-                Money::parse_decimal(v)
-                    .map(Amount)
-                    .ok_or_else(|| E::custom("bad amount"))
-            }
-        }
-        d.deserialize_any(V)
+        let raw = <&'de RawValue>::deserialize(d)?;
+        super::parse::amount(raw)
+            .map(Amount)
+            .map_err(|e| de::Error::custom(e.to_string()))
     }
 }
 
@@ -140,9 +120,7 @@ pub fn parse(text: &str) -> Option<Event> {
     {
         return None;
     }
-    let time = DateTime::parse_from_rfc3339(&env.time)
-        .ok()?
-        .with_timezone(&Utc);
+    let time = super::parse::parse_time(&env.time).ok()?;
     let data = env.data?.get();
     let (customer, data) = match env.kind.as_str() {
         "order.placed" => {

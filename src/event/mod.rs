@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use money::Money;
-pub use parse::{EventError, MAX_EVENT_BYTES};
+pub use money::{MAX_DIGITS, MoneyError};
+pub use parse::{EventError, MAX_EVENT_BYTES, MAX_ID_BYTES};
 
 /// One event, validated.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,8 +1,19 @@
 //! Bytes → [`Event`], or the precise reason it is not one.
+//!
+//! Every value an event carries is untrusted (SPEC §7). Besides the shape of the envelope and
+//! of `data`, [`check`] holds identifiers to 256 bytes without control characters, keeps NUL
+//! out of every text (PostgreSQL cannot store it), and event times inside 1970-9999. Amounts
+//! are read from their JSON text, never through a float. A key given twice in an object is
+//! refused rather than one of the two silently winning.
 
-use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+
+use chrono::{DateTime, Datelike, Utc};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::money::MoneyError;
 use super::{
     CustomerPatch, Event, EventData, FeedbackKind, Item, Money, OrderPlaced, OrderShipped,
 };
@@ -10,7 +21,11 @@ use super::{
 /// Messages above this size are refused before parsing (1 MiB).
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// Why bytes are not a valid event. The text is the dead-letter reason.
+/// The longest identifier (`subject`, `id`, `source`, `order_id`, `ticket_id`, `sku`).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Why bytes are not a valid event. The text is the dead-letter reason; values quoted in it
+/// are cut short and their control characters escaped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
     #[error("message is {size} bytes, over the {max}-byte limit")]
@@ -25,10 +40,12 @@ pub enum EventError {
     MissingAttribute(&'static str),
     #[error("attribute `{0}` must be a non-empty string")]
     BadAttribute(&'static str),
-    #[error("unsupported specversion `{0}` (expected \"1.0\")")]
+    #[error("unsupported specversion `{}` (expected \"1.0\")", shown(.0))]
     SpecVersion(String),
-    #[error("attribute `time` is not an RFC 3339 timestamp: `{0}`")]
+    #[error("attribute `time` is not an RFC 3339 timestamp: `{}`", shown(.0))]
     BadTime(String),
+    #[error("attribute `time` `{}` is outside the years 1970 to 9999", shown(.0))]
+    TimeOutOfRange(String),
     #[error("`data` must be a JSON object")]
     DataNotObject,
     #[error("missing required field `{field}` for {kind}")]
@@ -38,6 +55,57 @@ pub enum EventError {
         field: String,
         expected: &'static str,
     },
+    #[error("`{field}` {reason}")]
+    Amount { field: String, reason: MoneyError },
+    #[error("`{0}` appears twice: keys must be unique")]
+    DuplicateKey(String),
+    #[error("{field} is {len} bytes; identifiers are at most 256 bytes")]
+    IdTooLong { field: String, len: usize },
+    #[error(
+        "{field} contains the control character U+{code:04X} at byte {at}; identifiers may not contain control characters"
+    )]
+    ControlCharacter { field: String, code: u32, at: usize },
+    #[error("`{0}` contains a NUL character (U+0000)")]
+    Nul(String),
+}
+
+impl EventError {
+    /// The reason's class, for metrics and `aftercare dead-letters --reason`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            EventError::Oversized { .. } => "too_large",
+            EventError::NotUtf8(_) => "not_utf8",
+            EventError::NotJson(_) => "not_json",
+            EventError::NotObject => "not_object",
+            EventError::MissingAttribute(_) | EventError::BadAttribute(_) => "attribute",
+            EventError::SpecVersion(_) => "specversion",
+            EventError::BadTime(_) | EventError::TimeOutOfRange(_) => "time",
+            EventError::DataNotObject
+            | EventError::MissingField { .. }
+            | EventError::WrongType { .. }
+            | EventError::DuplicateKey(_) => "data",
+            EventError::Amount { .. } => "amount",
+            EventError::IdTooLong { .. } | EventError::ControlCharacter { .. } => "identifier",
+            EventError::Nul(_) => "nul",
+        }
+    }
+}
+
+/// A value quoted in a reason: at most 64 characters, control characters escaped.
+fn shown(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 64 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Event {
@@ -45,37 +113,31 @@ impl Event {
     pub fn from_structured(bytes: &[u8]) -> Result<Event, EventError> {
         check_size(bytes)?;
         let text = utf8(bytes)?;
-        if let Some(ev) = super::fast::parse(text) {
-            return Ok(ev);
-        }
-        Event::from_structured_text(text)
+        let event = match super::fast::parse(text) {
+            Some(ev) => ev,
+            None => Event::from_structured_text(text)?,
+        };
+        check(&event)?;
+        Ok(event)
     }
 
     /// The precise path: every field checked by name, every problem worded.
     fn from_structured_text(text: &str) -> Result<Event, EventError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| EventError::NotJson(e.to_string()))?;
-        let Value::Object(mut map) = value else {
-            return Err(EventError::NotObject);
+        let members = object(text).map_err(|e| match e {
+            Shape::NotObject => EventError::NotObject,
+            Shape::Json(e) => EventError::NotJson(e),
+        })?;
+        let mut env = Fields::new(members, String::new(), "")?;
+        let attrs = Attrs {
+            specversion: env.attr("specversion")?,
+            id: env.attr("id")?,
+            source: env.attr("source")?,
+            kind: env.attr("type")?,
+            time: env.attr("time")?,
+            subject: env.attr("subject")?,
         };
-        let specversion = take_attr(&mut map, "specversion")?;
-        let id = take_attr(&mut map, "id")?;
-        let source = take_attr(&mut map, "source")?;
-        let kind = take_attr(&mut map, "type")?;
-        let time = take_attr(&mut map, "time")?;
-        let subject = take_attr(&mut map, "subject")?;
-        let data = map.remove("data");
-        build(
-            Attrs {
-                specversion,
-                id,
-                source,
-                kind,
-                time,
-                subject,
-            },
-            data,
-        )
+        let data = env.take("data");
+        build(attrs, data)
     }
 
     /// Binary binding: attributes in `ce_*` headers, the message value is `data`.
@@ -112,13 +174,16 @@ impl Event {
             time: need(time, "time")?,
             subject: need(subject, "subject")?,
         };
-        let data = if value.iter().all(u8::is_ascii_whitespace) {
-            None
+        let event = if value.iter().all(u8::is_ascii_whitespace) {
+            build(attrs, None)?
         } else {
             let text = utf8(value)?;
-            Some(serde_json::from_str(text).map_err(|e| EventError::NotJson(e.to_string()))?)
+            let data: &RawValue =
+                serde_json::from_str(text).map_err(|e| EventError::NotJson(e.to_string()))?;
+            build(attrs, Some(data))?
         };
-        build(attrs, data)
+        check(&event)?;
+        Ok(event)
     }
 }
 
@@ -145,21 +210,50 @@ fn utf8(bytes: &[u8]) -> Result<&str, EventError> {
     std::str::from_utf8(bytes).map_err(|e| EventError::NotUtf8(e.valid_up_to()))
 }
 
-fn take_attr(map: &mut Map<String, Value>, name: &'static str) -> Result<String, EventError> {
-    match map.remove(name) {
-        None | Some(Value::Null) => Err(EventError::MissingAttribute(name)),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(_) => Err(EventError::BadAttribute(name)),
+/// The members of a JSON object in order, their values not yet parsed.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Members<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
-fn build(a: Attrs, data: Option<Value>) -> Result<Event, EventError> {
+enum Shape {
+    NotObject,
+    Json(String),
+}
+
+/// `text` as an object's members: not JSON at all, or JSON but not an object.
+fn object(text: &str) -> Result<Members<'_>, Shape> {
+    match serde_json::from_str::<Members>(text) {
+        Ok(m) => Ok(m),
+        Err(e) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Err(Shape::NotObject),
+            Err(_) => Err(Shape::Json(e.to_string())),
+        },
+    }
+}
+
+fn build(a: Attrs, data: Option<&RawValue>) -> Result<Event, EventError> {
     if a.specversion != "1.0" {
         return Err(EventError::SpecVersion(a.specversion));
     }
-    let time = DateTime::parse_from_rfc3339(&a.time)
-        .map_err(|_| EventError::BadTime(a.time.clone()))?
-        .with_timezone(&Utc);
+    let time = parse_time(&a.time)?;
     let (customer, data) = typed_data(&a.kind, data)?;
     Ok(Event {
         id: a.id,
@@ -172,15 +266,46 @@ fn build(a: Attrs, data: Option<Value>) -> Result<Event, EventError> {
     })
 }
 
+/// An RFC 3339 `time` in the years 1970-9999 (in UTC).
+pub(super) fn parse_time(text: &str) -> Result<DateTime<Utc>, EventError> {
+    let time = DateTime::parse_from_rfc3339(text)
+        .map_err(|_| EventError::BadTime(text.to_string()))?
+        .with_timezone(&Utc);
+    if !(1970..=9999).contains(&time.year()) {
+        return Err(EventError::TimeOutOfRange(text.to_string()));
+    }
+    Ok(time)
+}
+
 /// Reads fields out of one JSON object, naming them by their full path in errors.
-struct Fields<'k> {
-    map: Map<String, Value>,
-    /// `data` or `data.items[2]`.
+struct Fields<'a, 'k> {
+    members: Vec<(String, &'a RawValue)>,
+    /// `data` or `data.items[2]`; empty for the envelope.
     path: String,
     kind: &'k str,
 }
 
-impl Fields<'_> {
+impl<'a, 'k> Fields<'a, 'k> {
+    /// Refuses an object that gives a key twice.
+    fn new(m: Members<'a>, path: String, kind: &'k str) -> Result<Fields<'a, 'k>, EventError> {
+        let mut seen = HashSet::with_capacity(m.0.len());
+        for (key, _) in &m.0 {
+            if !seen.insert(key.as_str()) {
+                let field = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                return Err(EventError::DuplicateKey(field));
+            }
+        }
+        Ok(Fields {
+            members: m.0,
+            path,
+            kind,
+        })
+    }
+
     fn field(&self, key: &str) -> String {
         format!("{}.{key}", self.path)
     }
@@ -199,11 +324,28 @@ impl Fields<'_> {
         }
     }
 
+    /// The member's value, `None` when absent or `null`.
+    fn take(&mut self, key: &str) -> Option<&'a RawValue> {
+        let i = self.members.iter().position(|(k, _)| k == key)?;
+        let (_, v) = self.members.swap_remove(i);
+        (v.get() != "null").then_some(v)
+    }
+
+    /// A CloudEvents attribute: a non-empty string.
+    fn attr(&mut self, name: &'static str) -> Result<String, EventError> {
+        let raw = self.take(name).ok_or(EventError::MissingAttribute(name))?;
+        match serde_json::from_str::<String>(raw.get()) {
+            Ok(s) if !s.is_empty() => Ok(s),
+            _ => Err(EventError::BadAttribute(name)),
+        }
+    }
+
     fn opt_str(&mut self, key: &str) -> Result<Option<String>, EventError> {
-        match self.map.remove(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(self.wrong(key, "a string")),
+        match self.take(key) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|_| self.wrong(key, "a string")),
         }
     }
 
@@ -211,55 +353,82 @@ impl Fields<'_> {
         self.opt_str(key)?.ok_or_else(|| self.missing(key))
     }
 
-    fn value(&mut self, key: &str) -> Result<Value, EventError> {
-        match self.map.remove(key) {
-            None | Some(Value::Null) => Err(self.missing(key)),
-            Some(v) => Ok(v),
-        }
+    fn value(&mut self, key: &str) -> Result<&'a RawValue, EventError> {
+        self.take(key).ok_or_else(|| self.missing(key))
     }
 
-    /// A JSON number or a decimal string.
+    /// A JSON number or a decimal string, read exactly from its text.
     fn money(&mut self, key: &str) -> Result<Money, EventError> {
-        let expected = "a number or a decimal string like \"10.00\"";
-        let money = match self.value(key)? {
-            Value::Number(n) => n.as_f64().and_then(Money::from_f64),
-            Value::String(s) => Money::parse_decimal(&s),
-            _ => None,
-        };
-        money.ok_or_else(|| self.wrong(key, expected))
+        let raw = self.value(key)?;
+        amount(raw).map_err(|reason| EventError::Amount {
+            field: self.field(key),
+            reason,
+        })
     }
 
-    fn number(&mut self, key: &str) -> Result<f64, EventError> {
-        self.value(key)?
-            .as_f64()
-            .ok_or_else(|| self.wrong(key, "a number"))
+    fn number(&mut self, key: &str, expected: &'static str) -> Result<f64, EventError> {
+        let raw = self.value(key)?;
+        serde_json::from_str::<f64>(raw.get())
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| self.wrong(key, expected))
     }
 
     fn uint(&mut self, key: &str, max: u64, expected: &'static str) -> Result<u64, EventError> {
-        self.value(key)?
-            .as_u64()
+        let raw = self.value(key)?;
+        serde_json::from_str::<u64>(raw.get())
+            .ok()
             .filter(|v| *v <= max)
             .ok_or_else(|| self.wrong(key, expected))
     }
+
+    /// A nested object, read the same way.
+    fn object(&mut self, key: &str, raw: &'a RawValue) -> Result<Fields<'a, 'k>, EventError> {
+        let members =
+            serde_json::from_str::<Members>(raw.get()).map_err(|_| self.wrong(key, "an object"))?;
+        Fields::new(members, self.field(key), self.kind)
+    }
+
+    /// The rest of the object, as JSON (unknown event types keep their data).
+    fn into_value(self) -> Value {
+        let mut map = Map::new();
+        for (k, v) in self.members {
+            map.insert(k, serde_json::from_str(v.get()).unwrap_or(Value::Null));
+        }
+        Value::Object(map)
+    }
+}
+
+/// An amount from its JSON text: a number, or a string holding a decimal.
+pub(super) fn amount(raw: &RawValue) -> Result<Money, MoneyError> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        let s: String = serde_json::from_str(text).map_err(|_| MoneyError::NotDecimal)?;
+        return Money::parse_decimal(&s);
+    }
+    Money::parse_json_number(text)
 }
 
 /// Splits off `data.customer` and types the rest by event type.
 fn typed_data(
     kind: &str,
-    data: Option<Value>,
+    data: Option<&RawValue>,
 ) -> Result<(Option<CustomerPatch>, EventData), EventError> {
-    let map = match data {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m,
-        // Unknown types may carry any JSON as data.
-        Some(other) if !is_known(kind) => return Ok((None, EventData::Other(other))),
-        Some(_) => return Err(EventError::DataNotObject),
+    let members = match data {
+        None => Members(Vec::new()),
+        Some(raw) if raw.get() == "null" => Members(Vec::new()),
+        Some(raw) => match serde_json::from_str::<Members>(raw.get()) {
+            Ok(m) => m,
+            // Unknown types may carry any JSON as data.
+            Err(_) if !is_known(kind) => {
+                let value = serde_json::from_str(raw.get())
+                    .map_err(|e| EventError::NotJson(e.to_string()))?;
+                return Ok((None, EventData::Other(value)));
+            }
+            Err(_) => return Err(EventError::DataNotObject),
+        },
     };
-    let mut f = Fields {
-        map,
-        path: "data".into(),
-        kind,
-    };
+    let mut f = Fields::new(members, "data".into(), kind)?;
     let customer = customer_patch(&mut f)?;
     let data = match kind {
         "order.placed" => EventData::OrderPlaced(OrderPlaced {
@@ -293,15 +462,18 @@ fn typed_data(
         "support.ticket_resolved" => EventData::TicketResolved {
             ticket_id: f.str("ticket_id")?,
         },
-        "feedback.submitted" => EventData::FeedbackSubmitted {
-            kind: match f.str("kind")?.as_str() {
+        "feedback.submitted" => {
+            let kind = match f.str("kind")?.as_str() {
                 "nps" => FeedbackKind::Nps,
                 "csat" => FeedbackKind::Csat,
                 _ => return Err(f.wrong("kind", "\"nps\" or \"csat\"")),
-            },
-            score: f.number("score")?,
-            comment: f.opt_str("comment")?,
-        },
+            };
+            EventData::FeedbackSubmitted {
+                score: score(&mut f, kind)?,
+                kind,
+                comment: f.opt_str("comment")?,
+            }
+        }
         "review.submitted" => EventData::ReviewSubmitted {
             order_id: f.str("order_id")?,
             sku: f.str("sku")?,
@@ -318,17 +490,45 @@ fn typed_data(
             categories: categories(&mut f)?,
         },
         _ => {
+            let mut map = match f.into_value() {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
             if let Some(c) = &customer {
                 // Keep `customer` visible in the raw data of unknown types too.
-                f.map.insert(
+                map.insert(
                     "customer".into(),
                     serde_json::to_value(c).unwrap_or(Value::Null),
                 );
             }
-            EventData::Other(Value::Object(f.map))
+            EventData::Other(Value::Object(map))
         }
     };
     Ok((customer, data))
+}
+
+/// NPS answers are whole numbers 0-10 (the question's scale); CSAT answers any number 0-10.
+fn score(f: &mut Fields, kind: FeedbackKind) -> Result<f64, EventError> {
+    match kind {
+        FeedbackKind::Nps => {
+            let expected = "a whole number from 0 to 10 for nps";
+            let v = f.number("score", expected)?;
+            if (0.0..=10.0).contains(&v) && v.fract() == 0.0 {
+                Ok(v)
+            } else {
+                Err(f.wrong("score", expected))
+            }
+        }
+        FeedbackKind::Csat => {
+            let expected = "a number from 0 to 10";
+            let v = f.number("score", expected)?;
+            if (0.0..=10.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(f.wrong("score", expected))
+            }
+        }
+    }
 }
 
 fn is_known(kind: &str) -> bool {
@@ -350,16 +550,10 @@ fn is_known(kind: &str) -> bool {
 }
 
 fn customer_patch(f: &mut Fields) -> Result<Option<CustomerPatch>, EventError> {
-    let map = match f.map.remove("customer") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err(f.wrong("customer", "an object")),
+    let Some(raw) = f.take("customer") else {
+        return Ok(None);
     };
-    let mut c = Fields {
-        map,
-        path: f.field("customer"),
-        kind: f.kind,
-    };
+    let mut c = f.object("customer", raw)?;
     Ok(Some(CustomerPatch {
         email: c.opt_str("email")?,
         name: c.opt_str("name")?,
@@ -370,23 +564,18 @@ fn customer_patch(f: &mut Fields) -> Result<Option<CustomerPatch>, EventError> {
 }
 
 fn items(f: &mut Fields) -> Result<Vec<Item>, EventError> {
-    let Value::Array(list) = f.value("items")? else {
-        return Err(f.wrong("items", "a list"));
-    };
+    let raw = f.value("items")?;
+    let list: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| f.wrong("items", "a list"))?;
     let mut items = Vec::with_capacity(list.len());
     for (i, v) in list.into_iter().enumerate() {
         let path = format!("{}.items[{i}]", f.path);
-        let Value::Object(map) = v else {
-            return Err(EventError::WrongType {
-                field: path,
+        let members =
+            serde_json::from_str::<Members>(v.get()).map_err(|_| EventError::WrongType {
+                field: path.clone(),
                 expected: "an object",
-            });
-        };
-        let mut it = Fields {
-            map,
-            path,
-            kind: f.kind,
-        };
+            })?;
+        let mut it = Fields::new(members, path, f.kind)?;
         items.push(Item {
             sku: it.str("sku")?.into(),
             name: it.str("name")?.into(),
@@ -400,20 +589,140 @@ fn items(f: &mut Fields) -> Result<Vec<Item>, EventError> {
 
 fn categories(f: &mut Fields) -> Result<Vec<String>, EventError> {
     let expected = "a list of category names, or [\"all\"]";
-    let Value::Array(list) = f.value("categories")? else {
-        return Err(f.wrong("categories", expected));
-    };
+    let raw = f.value("categories")?;
+    let list: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| f.wrong("categories", expected))?;
     list.into_iter()
-        .map(|v| match v {
-            Value::String(s) => Ok(s),
-            _ => Err(f.wrong("categories", expected)),
-        })
+        .map(|v| serde_json::from_str(v.get()).map_err(|_| f.wrong("categories", expected)))
         .collect()
+}
+
+/// What the store and the engine rely on, whichever path parsed the event: identifiers of at
+/// most 256 bytes without control characters, and no NUL in any text.
+fn check(e: &Event) -> Result<(), EventError> {
+    let attr = |name: &str| format!("attribute `{name}`");
+    identifier(attr("id"), &e.id)?;
+    identifier(attr("source"), &e.source)?;
+    identifier(attr("type"), &e.kind)?;
+    identifier(attr("subject"), &e.subject)?;
+    let data = |key: &str| format!("`data.{key}`");
+    if let Some(c) = &e.customer {
+        for (key, v) in [
+            ("email", &c.email),
+            ("name", &c.name),
+            ("locale", &c.locale),
+            ("timezone", &c.timezone),
+            ("birthday", &c.birthday),
+        ] {
+            text(&format!("data.customer.{key}"), v.as_deref())?;
+        }
+    }
+    match &e.data {
+        EventData::OrderPlaced(o) => {
+            identifier(data("order_id"), &o.order_id)?;
+            text("data.currency", Some(&o.currency))?;
+            for (i, item) in o.items.iter().enumerate() {
+                identifier(data(&format!("items[{i}].sku")), &item.sku)?;
+                text(&format!("data.items[{i}].name"), Some(&item.name))?;
+                text(&format!("data.items[{i}].category"), Some(&item.category))?;
+            }
+        }
+        EventData::OrderShipped(s) => {
+            identifier(data("order_id"), &s.order_id)?;
+            text("data.carrier", Some(&s.carrier))?;
+            text("data.tracking_number", Some(&s.tracking_number))?;
+            text("data.tracking_url", s.tracking_url.as_deref())?;
+        }
+        EventData::OrderDelivered { order_id } | EventData::OrderRefunded { order_id, .. } => {
+            identifier(data("order_id"), order_id)?;
+        }
+        EventData::OrderCancelled { order_id, reason } => {
+            identifier(data("order_id"), order_id)?;
+            text("data.reason", reason.as_deref())?;
+        }
+        EventData::TicketOpened {
+            ticket_id,
+            order_id,
+            subject,
+        } => {
+            identifier(data("ticket_id"), ticket_id)?;
+            if let Some(o) = order_id {
+                identifier(data("order_id"), o)?;
+            }
+            text("data.subject", subject.as_deref())?;
+        }
+        EventData::TicketResolved { ticket_id } => identifier(data("ticket_id"), ticket_id)?,
+        EventData::FeedbackSubmitted { comment, .. } => text("data.comment", comment.as_deref())?,
+        EventData::ReviewSubmitted { order_id, sku, .. } => {
+            identifier(data("order_id"), order_id)?;
+            identifier(data("sku"), sku)?;
+        }
+        EventData::CustomerUpdated => {}
+        EventData::CustomerUnsubscribed { categories }
+        | EventData::CustomerSubscribed { categories } => {
+            for (i, c) in categories.iter().enumerate() {
+                text(&format!("data.categories[{i}]"), Some(c))?;
+            }
+        }
+        EventData::Other(v) => {
+            if let Some(o) = e.order_id() {
+                identifier(data("order_id"), o)?;
+            }
+            no_nul("data", v)?;
+        }
+    }
+    Ok(())
+}
+
+fn identifier(field: String, v: &str) -> Result<(), EventError> {
+    if v.len() > MAX_ID_BYTES {
+        return Err(EventError::IdTooLong {
+            field,
+            len: v.len(),
+        });
+    }
+    if let Some((at, c)) = v
+        .char_indices()
+        .find(|(_, c)| matches!(*c, '\u{0}'..='\u{1f}' | '\u{7f}'))
+    {
+        return Err(EventError::ControlCharacter {
+            field,
+            code: c as u32,
+            at,
+        });
+    }
+    Ok(())
+}
+
+fn text(field: &str, v: Option<&str>) -> Result<(), EventError> {
+    match v {
+        Some(s) if s.contains('\0') => Err(EventError::Nul(field.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// No NUL in any string of `v`, keys included. Depth is bounded by the JSON parser's own
+/// recursion limit (128).
+fn no_nul(path: &str, v: &Value) -> Result<(), EventError> {
+    match v {
+        Value::String(s) => text(path, Some(s)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| no_nul(&format!("{path}[{i}]"), v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let field = format!("{path}.{k}");
+            text(&field, Some(k))?;
+            no_nul(&field, v)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn structured(json: &str) -> Result<Event, EventError> {
         Event::from_structured(json.as_bytes())
@@ -434,8 +743,8 @@ mod tests {
         let EventData::OrderPlaced(o) = &e.data else {
             panic!("{:?}", e.data)
         };
-        assert_eq!(o.total, Money(300_000));
-        assert_eq!(o.items[0].unit_price, Money(300_000));
+        assert_eq!(o.total, Money::parse_decimal("30").unwrap());
+        assert_eq!(o.items[0].unit_price, Money::parse_decimal("30").unwrap());
         assert_eq!(e.customer.unwrap().locale.as_deref(), Some("ko-KR"));
     }
 
@@ -534,5 +843,200 @@ mod tests {
         .unwrap();
         assert_eq!(e.order_id(), Some("o9"));
         assert!(matches!(&e.data, EventData::Other(v) if v["tier"] == "gold"));
+    }
+
+    fn placed_with(f: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut v: Value = serde_json::from_str(PLACED).unwrap();
+        f(&mut v);
+        v.to_string().into_bytes()
+    }
+
+    fn reason(bytes: &[u8]) -> String {
+        Event::from_structured(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn identifiers_are_bounded_and_free_of_control_characters() {
+        let long = "x".repeat(10 * 1024);
+        assert_eq!(
+            reason(&placed_with(|v| v["subject"] = json!(long))),
+            "attribute `subject` is 10240 bytes; identifiers are at most 256 bytes"
+        );
+        assert_eq!(
+            reason(&placed_with(|v| v["subject"] = json!("victim\nall"))),
+            "attribute `subject` contains the control character U+000A at byte 6; identifiers may not contain control characters"
+        );
+        assert_eq!(
+            reason(&placed_with(|v| v["id"] = json!("a\u{0}b"))),
+            "attribute `id` contains the control character U+0000 at byte 1; identifiers may not contain control characters"
+        );
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["items"][0]["sku"] = json!("k\u{7f}")
+            )),
+            "`data.items[0].sku` contains the control character U+007F at byte 1; identifiers may not contain control characters"
+        );
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["order_id"] = json!("o".repeat(257))
+            )),
+            "`data.order_id` is 257 bytes; identifiers are at most 256 bytes"
+        );
+        // 256 bytes of multi-byte characters pass; text outside identifiers may hold newlines.
+        let ok = placed_with(|v| {
+            v["subject"] = json!("é".repeat(128));
+            v["data"]["customer"]["name"] = json!("Ann\nLee");
+        });
+        assert!(Event::from_structured(&ok).is_ok());
+    }
+
+    #[test]
+    fn binary_headers_are_held_to_the_same_rules() {
+        let headers = |subject: &'static [u8]| -> Vec<(&'static str, &'static [u8])> {
+            vec![
+                ("ce_specversion", b"1.0"),
+                ("ce_id", b"e1"),
+                ("ce_source", b"/shop"),
+                ("ce_type", b"order.delivered"),
+                ("ce_time", b"2024-03-01T10:00:00Z"),
+                ("ce_subject", subject),
+            ]
+        };
+        let data = br#"{"order_id":"o1"}"#;
+        assert_eq!(
+            Event::from_binary(headers(b"a\0b"), data)
+                .unwrap_err()
+                .to_string(),
+            "attribute `subject` contains the control character U+0000 at byte 1; identifiers may not contain control characters"
+        );
+        assert_eq!(
+            Event::from_binary(headers(b"c1"), br#"{"order_id":"o\u0000"}"#)
+                .unwrap_err()
+                .to_string(),
+            "`data.order_id` contains the control character U+0000 at byte 1; identifiers may not contain control characters"
+        );
+        assert_eq!(
+            Event::from_binary(headers(b"c1"), br#"{"order_id":"o1","order_id":"o2"}"#)
+                .unwrap_err()
+                .to_string(),
+            "`data.order_id` appears twice: keys must be unique"
+        );
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_text() {
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["customer"]["name"] = json!("A\u{0}")
+            )),
+            "`data.customer.name` contains a NUL character (U+0000)"
+        );
+        let other = br#"{"specversion":"1.0","id":"e","source":"s","type":"loyalty.x","time":"2024-01-01T00:00:00Z","subject":"c","data":{"tags":["ok","b\u0000d"]}}"#;
+        assert_eq!(
+            reason(other),
+            "`data.tags[1]` contains a NUL character (U+0000)"
+        );
+    }
+
+    #[test]
+    fn amounts_are_exact_and_bounded() {
+        let total = |t: Value| placed_with(|v| v["data"]["total"] = t);
+        let parsed = |b: &[u8]| match Event::from_structured(b).unwrap().data {
+            EventData::OrderPlaced(o) => o.total.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            parsed(&total(json!("922337203685477.58"))),
+            "922337203685477.58"
+        );
+        // A JSON number with 18 digits, which a float would round.
+        let text = String::from_utf8(total(json!(0)))
+            .unwrap()
+            .replace(r#""total":0"#, r#""total":1234567890123456.78"#);
+        assert_eq!(parsed(text.as_bytes()), "1234567890123456.78");
+        assert_eq!(
+            reason(&total(json!("1234567890123456789.5"))),
+            "`data.total` has 20 significant digits; amounts have at most 18"
+        );
+        assert_eq!(
+            reason(&total(json!("NaN"))),
+            "`data.total` must be a number or a decimal string like \"10.00\""
+        );
+        let huge = String::from_utf8(total(json!(0)))
+            .unwrap()
+            .replace(r#""total":0"#, r#""total":1e400"#);
+        assert_eq!(
+            reason(huge.as_bytes()),
+            "`data.total` is out of range: amounts are below 10^18"
+        );
+    }
+
+    #[test]
+    fn times_outside_1970_to_9999_are_refused() {
+        for t in ["1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z"] {
+            assert_eq!(
+                reason(&placed_with(|v| v["time"] = json!(t))),
+                format!("attribute `time` `{t}` is outside the years 1970 to 9999")
+            );
+        }
+        assert_eq!(
+            reason(&placed_with(|v| v["time"] = json!("+10000-01-03T23:59:59Z"))),
+            "attribute `time` is not an RFC 3339 timestamp: `+10000-01-03T23:59:59Z`"
+        );
+        for t in [
+            "9999-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2024-01-01T00:00:00+23:59",
+        ] {
+            assert!(
+                Event::from_structured(&placed_with(|v| v["time"] = json!(t))).is_ok(),
+                "{t}"
+            );
+        }
+        // A quoted value is cut short and its control characters escaped.
+        let r = reason(&placed_with(|v| {
+            v["time"] = json!(format!("\n{}", "9".repeat(100)))
+        }));
+        assert!(
+            r.starts_with("attribute `time` is not an RFC 3339 timestamp: `\\n999"),
+            "{r}"
+        );
+        assert!(r.ends_with("…`"), "{r}");
+    }
+
+    #[test]
+    fn duplicate_keys_and_deep_nesting_are_refused() {
+        let dup = br#"{"specversion":"1.0","id":"e","id":"f","source":"s","type":"x","time":"2024-01-01T00:00:00Z","subject":"c"}"#;
+        assert_eq!(reason(dup), "`id` appears twice: keys must be unique");
+        let deep = format!(
+            r#"{{"specversion":"1.0","id":"e","source":"s","type":"x","time":"2024-01-01T00:00:00Z","subject":"c","data":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(reason(deep.as_bytes()).starts_with("not valid JSON: recursion limit exceeded"));
+    }
+
+    #[test]
+    fn scores_are_on_their_scales() {
+        let fb = |kind: &str, score: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"e","source":"s","type":"feedback.submitted","time":"2024-01-01T00:00:00Z","subject":"c","data":{{"kind":"{kind}","score":{score}}}}}"#
+            )
+        };
+        assert!(Event::from_structured(fb("nps", "9").as_bytes()).is_ok());
+        assert!(Event::from_structured(fb("csat", "4.5").as_bytes()).is_ok());
+        assert_eq!(
+            reason(fb("nps", "11").as_bytes()),
+            "`data.score` must be a whole number from 0 to 10 for nps"
+        );
+        assert_eq!(
+            reason(fb("nps", "1e308").as_bytes()),
+            "`data.score` must be a whole number from 0 to 10 for nps"
+        );
+        assert_eq!(
+            reason(fb("csat", "-1").as_bytes()),
+            "`data.score` must be a number from 0 to 10"
+        );
     }
 }

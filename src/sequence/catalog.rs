@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::compile::{Compiled, compile};
+use super::compile::{Compiled, compile_limited};
 use super::diag::{Diagnostic, Diags, Pos, did_you_mean};
-use super::{JourneyKind, Sequence};
+use super::{JourneyKind, Limits, Sequence};
 use crate::template::Templates;
 
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub struct Catalog {
     pub templates: Arc<Templates>,
 }
 
-/// A sequences directory that could not be read at all.
+/// A sequences directory, or a file in it, that could not be read at all.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read sequences from {path}: {source}")]
 pub struct LoadError {
@@ -30,44 +30,108 @@ pub struct LoadError {
     pub source: std::io::Error,
 }
 
+/// The text of a sequence or template file: refused with a diagnostic naming it when it is
+/// over `limits.max_file_bytes` (read no further than that) or not UTF-8 (with the line and
+/// column of the first bad byte). `Err` only when it cannot be read at all.
+pub fn read_source(
+    path: &Path,
+    shown: &str,
+    limits: &Limits,
+) -> std::io::Result<Result<String, Diagnostic>> {
+    use std::io::Read as _;
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{shown}: {e}"));
+    let file = std::fs::File::open(path).map_err(named)?;
+    let mut bytes = Vec::new();
+    file.take(limits.max_file_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(named)?;
+    if bytes.len() > limits.max_file_bytes {
+        return Ok(Err(Diagnostic::new(
+            shown,
+            Pos::START,
+            format!("the file is over the {}-byte limit", limits.max_file_bytes),
+        )
+        .hint("split it into smaller files (sequences.max_file_bytes)")));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Ok(text)),
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let before = String::from_utf8_lossy(valid);
+            let pos = Pos::START.advance(&before, before.len());
+            Ok(Err(Diagnostic::new(
+                shown,
+                pos,
+                "the file is not UTF-8 text: a byte here is no UTF-8 character",
+            )
+            .hint(
+                "save the file as UTF-8 (most editors offer it under \"encoding\")",
+            )))
+        }
+    }
+}
+
 impl Catalog {
-    /// Loads `dir/*.yaml` and `dir/templates/`. Returns the valid sequences and every problem
-    /// found; the caller decides whether problems are fatal (`validate`, `simulate`) or leave
-    /// the last good version running (`run`).
+    /// Loads `dir/*.yaml` and `dir/templates/` with the default limits. Returns the valid
+    /// sequences and every problem found; the caller decides whether problems are fatal
+    /// (`validate`, `simulate`) or leave the last good version running (`run`).
     pub fn load(dir: &Path) -> Result<(Catalog, Vec<Diagnostic>), LoadError> {
+        Catalog::load_with(dir, &Limits::default())
+    }
+
+    /// As [`Catalog::load`], holding every file and template to `limits`.
+    pub fn load_with(dir: &Path, limits: &Limits) -> Result<(Catalog, Vec<Diagnostic>), LoadError> {
         let shown = dir.display().to_string();
         let err = |source| LoadError {
             path: shown.clone(),
             source,
         };
         let mut files = Vec::new();
+        let mut diags = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(err)? {
             let path = entry.map_err(err)?.path();
             let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
             if is_yaml && path.is_file() {
-                let source = std::fs::read_to_string(&path).map_err(err)?;
-                files.push((path.display().to_string(), source));
+                let file = path.display().to_string();
+                match read_source(&path, &file, limits).map_err(err)? {
+                    Ok(source) => files.push((file, source)),
+                    Err(d) => diags.push(d),
+                }
             }
         }
         files.sort();
         let tdir = dir.join("templates");
         let (templates, tdiags) =
-            Templates::load(&tdir, &tdir.display().to_string()).map_err(err)?;
-        Ok(Catalog::from_sources(files, templates, tdiags))
+            Templates::load_with(&tdir, &tdir.display().to_string(), limits).map_err(err)?;
+        diags.extend(tdiags);
+        Ok(Catalog::from_sources_with(files, templates, diags, limits))
     }
 
-    /// Builds a catalog from (path, source) pairs already in memory.
+    /// Builds a catalog from (path, source) pairs already in memory, with the default limits.
     pub fn from_sources(
         files: Vec<(String, String)>,
         templates: Templates,
+        diags: Vec<Diagnostic>,
+    ) -> (Catalog, Vec<Diagnostic>) {
+        Catalog::from_sources_with(files, templates, diags, &Limits::default())
+    }
+
+    /// As [`Catalog::from_sources`], holding every file to `limits`. Besides each file's
+    /// own checks: names unique, `start` targets known, no cycle of `start`s without a wait,
+    /// and every template and expression tried once against a sample customer within its
+    /// budget.
+    pub fn from_sources_with(
+        files: Vec<(String, String)>,
+        templates: Templates,
         mut diags: Vec<Diagnostic>,
+        limits: &Limits,
     ) -> (Catalog, Vec<Diagnostic>) {
         let mut compiled: Vec<(String, Compiled)> = Vec::new();
         // Every name a file claims, valid or not, so `start` of a broken file is not "unknown".
         let mut claimed: Vec<String> = Vec::new();
         for (path, source) in &files {
             let mut d = Diags::new(path);
-            if let Some(c) = compile(path, source, &templates, &mut d) {
+            if let Some(c) = compile_limited(path, source, &templates, &mut d, limits) {
                 claimed.push(c.sequence.name.to_string());
                 compiled.push((path.clone(), c));
             } else if let Some(stem) = Path::new(path).file_stem() {
@@ -97,6 +161,7 @@ impl Catalog {
             checked.push((path, seq, c.starts));
         }
         let mut current = Vec::new();
+        let mut starts_of = HashMap::new();
         for (path, seq, starts) in checked {
             let mut d = Diags::new(&path);
             for target in &starts {
@@ -128,13 +193,21 @@ impl Catalog {
                 }
             }
             if d.list.is_empty() {
+                starts_of.insert(seq.name.clone(), starts);
                 current.push(seq);
             } else {
                 by_name.remove(&seq.name);
                 diags.extend(d.list);
             }
         }
+        let looping = super::budget::start_cycles(&current, &starts_of);
+        if !looping.is_empty() {
+            current.retain(|s| !looping.iter().any(|d| d.path == s.path));
+            diags.extend(looping);
+        }
+        diags.extend(super::budget::check(&current, &templates));
         diags.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        diags.dedup();
         let catalog = Catalog::build(current, Arc::new(templates));
         (catalog, diags)
     }

@@ -9,8 +9,8 @@ use super::diag::{Diags, Pos, did_you_mean};
 use super::expr::Expr;
 use super::raw::{self, RawStep, Sp};
 use super::{
-    Action, Category, Goal, JourneyKind, Migrate, OnTimeout, Sequence, Step, Timing, Trigger,
-    WaitFor,
+    Action, Category, Goal, JourneyKind, Limits, Migrate, OnTimeout, Sequence, Step, Timing,
+    Trigger, WaitFor,
 };
 use crate::template::Templates;
 use crate::time::{CronWindow, Period, parse_tz};
@@ -40,16 +40,40 @@ pub fn version_of(source: &str) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compiles one file. Returns `None` when `d` received any error for it.
+/// Compiles one file with the default limits. Returns `None` when `d` received any error for
+/// it.
 pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -> Option<Compiled> {
-    compile_with(path, source, Some(templates), d)
+    compile_limited(path, source, templates, d, &Limits::default())
+}
+
+/// As [`compile`], refusing a file that goes past `limits` (size, nesting, aliases).
+pub fn compile_limited(
+    path: &str,
+    source: &str,
+    templates: &Templates,
+    d: &mut Diags,
+    limits: &Limits,
+) -> Option<Compiled> {
+    if source.len() > limits.max_file_bytes {
+        d.error_hint(
+            Pos::START,
+            format!(
+                "the file is {} bytes, over the {}-byte limit",
+                source.len(),
+                limits.max_file_bytes
+            ),
+            "split it into several sequences (sequences.max_file_bytes)",
+        );
+        return None;
+    }
+    compile_with(path, source, Some(templates), d, limits)
 }
 
 /// Compiles a stored older version so its journeys can finish. Its templates are not checked:
 /// they may have been edited or removed since, which shows at send time, per email.
 pub fn compile_kept(path: &str, source: &str) -> Result<Sequence, Vec<super::Diagnostic>> {
     let mut d = Diags::new(path);
-    match compile_with(path, source, None, &mut d) {
+    match compile_with(path, source, None, &mut d, &Limits::default()) {
         Some(c) => Ok(c.sequence),
         None => Err(d.list),
     }
@@ -60,14 +84,23 @@ fn compile_with(
     source: &str,
     templates: Option<&Templates>,
     d: &mut Diags,
+    limits: &Limits,
 ) -> Option<Compiled> {
-    let root = match super::yaml::parse(source) {
+    let yaml = super::yaml::YamlLimits {
+        max_depth: limits.max_depth,
+        max_alias_nodes: limits.max_alias_nodes,
+    };
+    // A byte-order mark is no content (editors on Windows write one).
+    let text = source.strip_prefix('\u{feff}').unwrap_or(source);
+    let root = match super::yaml::parse_limited(text, yaml) {
         Ok(root) => root,
         Err(e) => {
             d.error_hint(
                 e.pos,
                 format!("YAML syntax error: {}", e.message),
-                "check indentation (spaces, not tabs) and that quotes and brackets are closed",
+                e.hint.unwrap_or(
+                    "check indentation (spaces, not tabs) and that quotes and brackets are closed",
+                ),
             );
             return None;
         }

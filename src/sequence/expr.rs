@@ -12,8 +12,19 @@ use super::fast::Fast;
 /// without borrowing a per-catalog environment.
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(Environment::new)
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        // An expression decides one thing; this bounds one that loops over a large range.
+        env.set_fuel(Some(EXPR_FUEL));
+        env.set_recursion_limit(EXPR_RECURSION);
+        env
+    })
 }
+
+/// The budget of one evaluation: far above what a condition on a customer with a long
+/// history needs (a few thousand), far below what takes a measurable time.
+const EXPR_FUEL: u64 = 100_000;
+const EXPR_RECURSION: usize = 100;
 
 /// A compiled expression and the text it came from.
 #[derive(Clone)]
@@ -55,6 +66,17 @@ impl Expr {
             .eval(ctx)
             .map(|v| v.is_true())
             .map_err(|e| describe(&e))
+    }
+}
+
+impl Expr {
+    /// Evaluates through the VM; `Err` only when the evaluation went past its budget (what
+    /// load-time checks refuse), whatever else it returned.
+    pub fn eval_budgeted(&self, ctx: Value) -> Result<(), String> {
+        match self.compiled.eval(ctx) {
+            Err(e) if crate::template::over_budget(&e) => Err(describe(&e)),
+            _ => Ok(()),
+        }
     }
 }
 

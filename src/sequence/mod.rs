@@ -4,6 +4,7 @@
 //! meaning and builds a [`Sequence`]; `catalog` loads a directory, checks what spans files
 //! (names, `start` targets, templates) and keeps every version by content hash.
 
+pub mod budget;
 pub mod catalog;
 pub mod compile;
 pub mod diag;
@@ -21,6 +22,30 @@ pub use diag::{Diagnostic, Pos};
 pub use expr::Expr;
 
 use crate::time::{CronWindow, Period};
+
+/// What one sequences folder may cost to load and render (SPEC §7): the config's
+/// `sequences.max_file_bytes`, `max_depth`, `max_alias_nodes`, `template_fuel` and
+/// `template_recursion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_file_bytes: usize,
+    pub max_depth: usize,
+    pub max_alias_nodes: usize,
+    pub template_fuel: u64,
+    pub template_recursion: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_file_bytes: 1 << 20,
+            max_depth: 64,
+            max_alias_nodes: 10_000,
+            template_fuel: 200_000,
+            template_recursion: 100,
+        }
+    }
+}
 
 /// A compiled, valid sequence at one version.
 #[derive(Debug)]

@@ -47,25 +47,62 @@ impl Node {
     }
 }
 
-/// A YAML syntax error with its position.
+/// A YAML syntax error with its position, or a limit the file went past.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntaxError {
     pub pos: Pos,
     pub message: String,
+    /// What to do about it, when more particular than "check the syntax".
+    pub hint: Option<&'static str>,
+}
+
+/// What one file may cost to read (SPEC §7): nesting and alias expansion. A file of 637 bytes
+/// of nested aliases otherwise expands to gigabytes, and 50,000 nested lists overflow the
+/// stack of whoever walks or drops the tree.
+#[derive(Debug, Clone, Copy)]
+pub struct YamlLimits {
+    pub max_depth: usize,
+    pub max_alias_nodes: usize,
+}
+
+impl Default for YamlLimits {
+    fn default() -> YamlLimits {
+        let l = super::Limits::default();
+        YamlLimits {
+            max_depth: l.max_depth,
+            max_alias_nodes: l.max_alias_nodes,
+        }
+    }
 }
 
 fn pos_of(span: &Span) -> Pos {
     Pos::new(span.start.line() as u32, span.start.col() as u32 + 1)
 }
 
-/// Parses one YAML document. An empty file is a `Null` node at 1:1.
+/// Parses one YAML document with the default limits. An empty file is a `Null` node at 1:1.
 pub fn parse(src: &str) -> Result<Node, SyntaxError> {
+    parse_limited(src, YamlLimits::default())
+}
+
+/// Parses one YAML document, refusing it as soon as it goes past `limits`.
+pub fn parse_limited(src: &str, limits: YamlLimits) -> Result<Node, SyntaxError> {
     let mut parser = Parser::new_from_str(src);
-    let mut builder = Builder::default();
+    let mut builder = Builder {
+        limits,
+        ..Builder::default()
+    };
     while let Some(next) = parser.next_event() {
-        let (event, span) = next.map_err(|e| SyntaxError {
-            pos: Pos::new(e.marker().line() as u32, e.marker().col() as u32 + 1),
-            message: e.info().to_string(),
+        let (event, span) = next.map_err(|e| {
+            let pos = Pos::new(e.marker().line() as u32, e.marker().col() as u32 + 1);
+            // The scanner's own bound on flow nesting (255 levels), met while it reads ahead.
+            if e.info() == "recursion limit exceeded" {
+                return Builder::too_deep(pos, limits.max_depth);
+            }
+            SyntaxError {
+                pos,
+                message: e.info().to_string(),
+                hint: None,
+            }
         })?;
         if let Some(done) = builder.push(event, pos_of(&span))? {
             return Ok(done);
@@ -77,17 +114,23 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
     }))
 }
 
+/// A mapping or list being read: where it started, its anchor, what it holds so far, and how
+/// many nodes that is (itself included).
 enum Open {
-    Seq(Pos, usize, Vec<Node>),
-    Map(Pos, usize, Vec<(Node, Node)>, Option<Node>),
+    Seq(Pos, usize, Vec<Node>, usize),
+    Map(Pos, usize, Vec<(Node, Node)>, Option<Node>, usize),
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchor's node and its size in nodes.
+    anchors: HashMap<usize, (Node, usize)>,
     root: Option<Node>,
     documents: usize,
+    limits: YamlLimits,
+    /// Nodes copied in by aliases so far.
+    expanded: usize,
 }
 
 impl Builder {
@@ -101,6 +144,7 @@ impl Builder {
                         pos,
                         message: "a sequence file holds one YAML document; remove the second `---`"
                             .into(),
+                        hint: None,
                     });
                 }
             }
@@ -114,55 +158,99 @@ impl Builder {
                         quoted,
                     }
                 };
-                self.finish(Node { pos, kind }, anchor);
+                self.finish(Node { pos, kind }, 1, anchor);
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
+                let (node, size) = self.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
                     pos,
                     message: "alias to an unknown anchor".into(),
+                    hint: None,
                 })?;
-                self.finish(Node { pos, ..node }, 0);
+                self.expanded = self.expanded.saturating_add(size);
+                if self.expanded > self.limits.max_alias_nodes {
+                    return Err(SyntaxError {
+                        pos,
+                        message: format!(
+                            "aliases expand to more than {} nodes",
+                            self.limits.max_alias_nodes
+                        ),
+                        hint: Some(
+                            "write the repeated part out, or alias smaller pieces (sequences.max_alias_nodes)",
+                        ),
+                    });
+                }
+                self.finish(Node { pos, ..node }, size, 0);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(pos, anchor, Vec::new())),
+            Event::SequenceStart(anchor, _) => {
+                self.deeper(pos)?;
+                self.stack.push(Open::Seq(pos, anchor, Vec::new(), 1));
+            }
             Event::MappingStart(anchor, _) => {
-                self.stack.push(Open::Map(pos, anchor, Vec::new(), None))
+                self.deeper(pos)?;
+                self.stack.push(Open::Map(pos, anchor, Vec::new(), None, 1))
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match self.stack.pop() {
-                    Some(Open::Seq(pos, anchor, items)) => (
+                let (node, anchor, size) = match self.stack.pop() {
+                    Some(Open::Seq(pos, anchor, items, size)) => (
                         Node {
                             pos,
                             kind: NodeKind::Seq(items),
                         },
                         anchor,
+                        size,
                     ),
-                    Some(Open::Map(pos, anchor, entries, _)) => (
+                    Some(Open::Map(pos, anchor, entries, _, size)) => (
                         Node {
                             pos,
                             kind: NodeKind::Map(entries),
                         },
                         anchor,
+                        size,
                     ),
                     None => return Ok(None),
                 };
-                self.finish(node, anchor);
+                self.finish(node, size, anchor);
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
         Ok(None)
     }
 
-    fn finish(&mut self, node: Node, anchor: usize) {
+    /// A mapping or list opens: refused past the nesting limit, before it is read.
+    fn deeper(&self, pos: Pos) -> Result<(), SyntaxError> {
+        if self.stack.len() >= self.limits.max_depth {
+            return Err(Builder::too_deep(pos, self.limits.max_depth));
+        }
+        Ok(())
+    }
+
+    fn too_deep(pos: Pos, max: usize) -> SyntaxError {
+        SyntaxError {
+            pos,
+            message: format!("nested deeper than {max} levels of mappings and lists"),
+            hint: Some(
+                "a sequence file needs a handful of levels; look for a runaway `- ` or `[` (sequences.max_depth)",
+            ),
+        }
+    }
+
+    fn finish(&mut self, node: Node, size: usize, anchor: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
-            Some(Open::Seq(_, _, items)) => items.push(node),
-            Some(Open::Map(_, _, entries, key)) => match key.take() {
-                None => *key = Some(node),
-                Some(k) => entries.push((k, node)),
-            },
+            Some(Open::Seq(_, _, items, total)) => {
+                items.push(node);
+                *total = total.saturating_add(size);
+            }
+            Some(Open::Map(_, _, entries, key, total)) => {
+                *total = total.saturating_add(size);
+                match key.take() {
+                    None => *key = Some(node),
+                    Some(k) => entries.push((k, node)),
+                }
+            }
         }
     }
 }
@@ -208,5 +296,54 @@ mod tests {
             NodeKind::Scalar { quoted: false, .. }
         ));
         assert_eq!(e[2].1.kind, NodeKind::Null);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_at_the_alias_that_crosses_the_limit() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (i, name) in ["b", "c", "d", "e", "f", "g", "h", "i"].iter().enumerate() {
+            let prev = ["a", "b", "c", "d", "e", "f", "g", "h"][i];
+            bomb.push_str(&format!(
+                "{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        assert!(bomb.len() < 700, "{}", bomb.len());
+        let err = parse(&bomb).unwrap_err();
+        assert_eq!(err.message, "aliases expand to more than 10000 nodes");
+        // a: 11 nodes, b: 111, c: 1,111, d: 11,111.
+        assert_eq!(err.pos.line, 4);
+        // Aliases under the limit are fine.
+        assert!(parse("a: &a [1, 2]\nb: *a\nc: *a\n").is_ok());
+    }
+
+    #[test]
+    fn nesting_is_bounded_in_block_and_flow_style() {
+        let block: String = (0..50_000)
+            .map(|i| format!("{}- \n", "  ".repeat(i)))
+            .collect();
+        let err = parse(&block).unwrap_err();
+        assert_eq!(
+            err.message,
+            "nested deeper than 64 levels of mappings and lists"
+        );
+        assert_eq!(err.pos, Pos::new(65, 129));
+        // Flow style: the scanner reads ahead and stops at its own bound.
+        let flow = format!("a: {}{}", "[".repeat(200_000), "]".repeat(200_000));
+        let err = parse(&flow).unwrap_err();
+        assert_eq!(
+            err.message,
+            "nested deeper than 64 levels of mappings and lists"
+        );
+        let flow = format!("a: {}{}", "[".repeat(100), "]".repeat(100));
+        let err = parse(&flow).unwrap_err();
+        assert_eq!(
+            err.message,
+            "nested deeper than 64 levels of mappings and lists"
+        );
+        assert_eq!(err.pos, Pos::new(1, 67));
+        let flow_maps = format!("a: {}{}", "{b: ".repeat(100_000), "}".repeat(100_000));
+        assert!(parse(&flow_maps).is_err());
+        let ok: String = (0..60).map(|i| format!("{}- \n", "  ".repeat(i))).collect();
+        assert!(parse(&ok).is_ok());
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Open (no secrets in them, and probes cannot carry one):
 //! - `GET /healthz`: the process serves;
-//! - `GET /readyz`: the store answers and the broker's metadata can be fetched (503 and the
-//!   reason otherwise);
+//! - `GET /readyz`: the store answers, the broker's metadata can be fetched and no worker is
+//!   retrying a transient error (503 with one line per problem otherwise);
 //! - `GET /metrics`: Prometheus text format ([`super::metrics`]);
 //! - `GET /` and `GET /dashboard`: the read-only dashboard page, which asks for the token and
 //!   reads the API below with it.
@@ -154,19 +154,20 @@ async fn ready(State(web): State<Arc<Web>>) -> Response {
             .and_then(|r| r),
         None => Ok(()),
     };
-    match (store, broker) {
-        (Ok(()), Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        (Err(e), _) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}\n"),
-        )
-            .into_response(),
-        (_, Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("broker unavailable: {e}\n"),
-        )
-            .into_response(),
+    let mut problems = Vec::new();
+    if let Err(e) = store {
+        problems.push(format!("store unavailable: {e}"));
     }
+    if let Err(e) = broker {
+        problems.push(format!("broker unavailable: {e}"));
+    }
+    problems.extend(web.ops.stats.health.problems());
+    if problems.is_empty() {
+        return (StatusCode::OK, "ready\n").into_response();
+    }
+    let mut body = problems.join("\n");
+    body.push('\n');
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 async fn metrics(State(web): State<Arc<Web>>) -> Response {
@@ -199,6 +200,20 @@ async fn customer(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Respon
                     "version": t.version, "step": t.step, "action": t.action,
                     "reason": t.reason, "subject": t.subject,
                 })
+            })
+            .collect();
+        // A timer past 9999-12-31 never fires: shown as due "never", not as a date that
+        // RFC 3339 cannot write.
+        let journeys: Vec<Value> = journeys
+            .iter()
+            .map(|j| {
+                let mut v = serde_json::to_value(j).unwrap_or(Value::Null);
+                if let Some(d) = j.due
+                    && !crate::time::fires(d)
+                {
+                    v["due"] = Value::from("never");
+                }
+                v
             })
             .collect();
         Ok(Some(json!({

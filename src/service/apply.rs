@@ -23,11 +23,32 @@ pub struct Applied {
     pub events: usize,
     pub duplicates: usize,
     pub decisions: Vec<Decision>,
-    /// Events whose customer's stored state could not be read: they go to the dead-letter
-    /// topic with this reason rather than blocking the partition.
-    pub rejected: Vec<(Arc<Event>, String)>,
-    /// For each event given, whether it was new (false: a duplicate, skipped).
-    pub fresh: Vec<bool>,
+    /// For each event given, in order, what became of it.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// What became of one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Seen before (same `source` and `id`): no effect.
+    Duplicate,
+    /// Its customer's stored state cannot be read: the event is dead-lettered with this reason
+    /// and not marked processed, so a replay once the state is mended applies it.
+    Rejected(String),
+}
+
+impl Applied {
+    /// The events rejected, by index, with their reasons.
+    pub fn rejected(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                Outcome::Rejected(r) => Some((i, r.as_str())),
+                Outcome::Applied | Outcome::Duplicate => None,
+            })
+    }
 }
 
 pub struct Applier {
@@ -78,22 +99,27 @@ impl Applier {
         span_of: &dyn Fn(usize) -> tracing::Span,
         now: DateTime<Utc>,
     ) -> Result<Applied> {
-        let mut out = Applied::default();
         let mut tx = store.begin()?;
-        let keys: Vec<(&str, &str)> = events.iter().map(|e| e.key()).collect();
-        let fresh = tx.first_sight(&keys, now)?;
-        let events: Vec<(usize, &Arc<Event>)> = events
-            .iter()
-            .enumerate()
-            .zip(&fresh)
-            .filter(|(_, f)| **f)
-            .map(|(e, _)| e)
-            .collect();
-        out.duplicates = keys.len() - events.len();
-        out.fresh = fresh;
+        let out = self.apply_in(&mut *tx, events, span_of, now)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// As [`Applier::apply_traced`], inside the caller's transaction, which commits it (with
+    /// the batch's dead letters).
+    pub fn apply_in(
+        &mut self,
+        tx: &mut dyn Tx,
+        events: &[Arc<Event>],
+        span_of: &dyn Fn(usize) -> tracing::Span,
+        now: DateTime<Utc>,
+    ) -> Result<Applied> {
+        let mut out = Applied::default();
+        // Customers first: the events of one whose stored state cannot be read are rejected
+        // before their keys are marked processed.
         let mut ids: Vec<&str> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
-        for (_, e) in &events {
+        for e in events {
             index.entry(&e.subject).or_insert_with(|| {
                 ids.push(&e.subject);
                 ids.len() - 1
@@ -103,27 +129,45 @@ impl Applier {
         let mut customers: Vec<Result2<Customer>> = Vec::with_capacity(ids.len());
         for (id, stored) in ids.iter().zip(loaded) {
             customers.push(match stored {
-                Some(s) => self.revive(&mut *tx, &s),
+                Some(s) => self.revive(tx, &s),
                 None => Ok(Customer::new((*id).into())),
             });
+        }
+        out.outcomes = events
+            .iter()
+            .map(|e| match &customers[index[&*e.subject]] {
+                Ok(_) => Outcome::Applied,
+                Err(reason) => Outcome::Rejected(reason.clone()),
+            })
+            .collect();
+        let readable: Vec<usize> = (0..events.len())
+            .filter(|i| out.outcomes[*i] == Outcome::Applied)
+            .collect();
+        let keys: Vec<(&str, &str)> = readable.iter().map(|i| events[*i].key()).collect();
+        let fresh = tx.first_sight(&keys, now)?;
+        let mut fresh_events = Vec::with_capacity(readable.len());
+        for (i, new) in readable.into_iter().zip(fresh) {
+            if new {
+                fresh_events.push((i, &events[i]));
+            } else {
+                out.outcomes[i] = Outcome::Duplicate;
+                out.duplicates += 1;
+            }
         }
         let mut notes = Vec::new();
         // Each customer's last event span: the steps its events made due run after the batch
         // and are traced under it.
         let mut last_span: Vec<Option<tracing::Span>> = vec![None; customers.len()];
-        for (i, e) in events {
+        for (i, e) in fresh_events {
             let ci = index[&*e.subject];
-            match &mut customers[ci] {
-                Ok(c) => {
-                    let span = span_of(i);
-                    let before = out.decisions.len();
-                    span.in_scope(|| self.engine.handle_event(c, e, now, &mut out.decisions));
-                    crate::service::trace::decision_spans(&span, &out.decisions[before..]);
-                    last_span[ci] = Some(span);
-                    out.events += 1;
-                    notes.extend(note_of(e, now));
-                }
-                Err(reason) => out.rejected.push((e.clone(), reason.clone())),
+            if let Ok(c) = &mut customers[ci] {
+                let span = span_of(i);
+                let before = out.decisions.len();
+                span.in_scope(|| self.engine.handle_event(c, e, now, &mut out.decisions));
+                crate::service::trace::decision_spans(&span, &out.decisions[before..]);
+                last_span[ci] = Some(span);
+                out.events += 1;
+                notes.extend(note_of(e, now));
             }
         }
         // Steps made due by the batch run once all its events are applied (SPEC: ties).
@@ -145,7 +189,6 @@ impl Applier {
         if !notes.is_empty() {
             tx.note(&notes)?;
         }
-        tx.commit()?;
         Ok(out)
     }
 
@@ -188,6 +231,25 @@ impl Applier {
         tx.record(&decisions)?;
         tx.commit()?;
         Ok((due.len(), decisions))
+    }
+
+    /// Suspends the wake-ups of the customer due first, leaving its state as stored: the one
+    /// whose wake-up the store refuses (see `run`'s wake-ups). Its id, if any was due.
+    pub fn park_first_due(
+        &mut self,
+        store: &mut dyn Store,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        let mut tx = store.begin()?;
+        let Some(first) = tx.claim_due(now, 1)?.pop() else {
+            return Ok(None);
+        };
+        tx.save(&[StoredCustomer {
+            next_due: None,
+            ..first.clone()
+        }])?;
+        tx.commit()?;
+        Ok(Some(first.id))
     }
 
     /// An operator's pause, resume or cancel of one journey, in one transaction (the

@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::metrics::{
-    FigureLabels, GroupLabels, JourneyLabels, Metrics, SequenceLabels, reason_class,
+    DeadLetterLabels, FigureLabels, GroupLabels, JourneyLabels, Metrics, SequenceLabels,
+    reason_class,
 };
 use crate::sequence::Catalog;
 use crate::store::{JourneyCount, StoreFigures};
@@ -29,7 +30,11 @@ pub struct Report {
     pub customers: i64,
     /// Share of all customers with two or more orders.
     pub repeat_purchase_rate: Option<f64>,
-    pub dead_letters: u64,
+    /// Dead letters in the store (of every instance), those not yet on the dead-letter topic,
+    /// and the count per reason class.
+    pub dead_letters: i64,
+    pub dead_letters_pending: i64,
+    pub dead_letter_classes: BTreeMap<String, i64>,
     pub outbox_pending: i64,
     pub due_backlog: i64,
 }
@@ -94,13 +99,7 @@ fn rate(part: i64, whole: i64) -> Option<f64> {
 
 /// Builds the report: sequences and steps in the catalog's order (then any only the store
 /// knows, e.g. a sequence since deleted), so a funnel reads top to bottom.
-pub fn report(
-    f: &StoreFigures,
-    catalog: &Catalog,
-    now: DateTime<Utc>,
-    nps_window: &str,
-    dead_letters: u64,
-) -> Report {
+pub fn report(f: &StoreFigures, catalog: &Catalog, now: DateTime<Utc>, nps_window: &str) -> Report {
     let mut seqs: Vec<SequenceFigures> = catalog
         .sequences()
         .iter()
@@ -200,7 +199,20 @@ pub fn report(
         nps: nps(&f.feedback, nps_window),
         customers: all,
         repeat_purchase_rate: rate(all_repeat, all),
-        dead_letters,
+        dead_letters: f.dead_letters.iter().map(|(_, _, n)| n).sum(),
+        dead_letters_pending: f
+            .dead_letters
+            .iter()
+            .filter(|(_, state, _)| state == "pending")
+            .map(|(_, _, n)| n)
+            .sum(),
+        dead_letter_classes: f
+            .dead_letters
+            .iter()
+            .fold(BTreeMap::new(), |mut m, (c, _, n)| {
+                *m.entry(c.clone()).or_default() += n;
+                m
+            }),
         outbox_pending: f.outbox_pending,
         due_backlog: f.due_backlog,
     }
@@ -234,7 +246,12 @@ fn nps(feedback: &[(String, i64)], window: &str) -> Nps {
 }
 
 /// Sets the store-backed gauges from a report and the journey counts.
-pub fn export(m: &Metrics, r: &Report, journeys: &[JourneyCount]) {
+pub fn export(
+    m: &Metrics,
+    r: &Report,
+    journeys: &[JourneyCount],
+    dead_letters: &[(String, String, i64)],
+) {
     m.journeys.clear();
     let mut by_step: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
     for j in journeys {
@@ -252,6 +269,15 @@ pub fn export(m: &Metrics, r: &Report, journeys: &[JourneyCount]) {
             .set(n);
     }
     m.outbox_pending.set(r.outbox_pending);
+    m.dead_letters_stored.clear();
+    for (class, state, n) in dead_letters {
+        m.dead_letters_stored
+            .get_or_create(&DeadLetterLabels {
+                class: class.clone(),
+                state: state.clone(),
+            })
+            .set(*n);
+    }
     m.due_backlog.set(r.due_backlog);
     m.figures.clear();
     m.conversion_rate.clear();

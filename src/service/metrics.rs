@@ -77,6 +77,22 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub class: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component: &'static str,
+}
+
 type Ratio = Gauge<f64, AtomicU64>;
 
 /// Every metric, registered once.
@@ -100,6 +116,12 @@ pub struct Metrics {
     pub repeat_purchase_rate: Family<GroupLabels, Ratio>,
     pub nps: Ratio,
     pub nps_responses: Gauge,
+    pub dead_letters: Family<ClassLabels, Counter>,
+    pub dead_letters_stored: Family<DeadLetterLabels, Gauge>,
+    pub dead_letters_published: Family<OutcomeLabels, Counter>,
+    pub unavailable: Family<ComponentLabels, Gauge>,
+    pub transient_errors: Family<ComponentLabels, Counter>,
+    pub templates_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -216,8 +238,50 @@ impl Default for Metrics {
             "NPS answers in the window",
             nps_responses.clone(),
         );
+        let dead_letters = Family::<ClassLabels, Counter>::default();
+        r.register(
+            "dead_letters",
+            "Messages dead-lettered by this instance, by reason class",
+            dead_letters.clone(),
+        );
+        let dead_letters_stored = Family::<DeadLetterLabels, Gauge>::default();
+        r.register(
+            "dead_letters_stored",
+            "Dead letters in the store, by reason class and state (pending, published, truncated, refused)",
+            dead_letters_stored.clone(),
+        );
+        let dead_letters_published = Family::<OutcomeLabels, Counter>::default();
+        r.register(
+            "dead_letters_published",
+            "Dead-letter publish attempts by outcome (whole, truncated, retry, refused)",
+            dead_letters_published.clone(),
+        );
+        let unavailable = Family::<ComponentLabels, Gauge>::default();
+        r.register(
+            "unavailable",
+            "1 while a component cannot do its work and retries (the reason is at /readyz), else 0",
+            unavailable.clone(),
+        );
+        let transient_errors = Family::<ComponentLabels, Counter>::default();
+        r.register(
+            "transient_errors",
+            "Transient errors met (and retried), by component",
+            transient_errors.clone(),
+        );
+        let templates_failed = Counter::default();
+        r.register(
+            "template_budget_exceeded",
+            "Renders stopped by the template budget (fuel or recursion)",
+            templates_failed.clone(),
+        );
         Metrics {
             registry: r,
+            dead_letters,
+            dead_letters_stored,
+            dead_letters_published,
+            unavailable,
+            transient_errors,
+            templates_failed,
             events,
             decisions,
             emails,
@@ -260,20 +324,21 @@ impl Metrics {
         }
     }
 
-    /// Counts a batch's events by type: `applied` or `duplicate` (`rejected` ones are counted
-    /// as dead letters by the caller).
+    /// Counts a batch's events by type: `applied`, `duplicate` or `dead_lettered` (an
+    /// unreadable customer's).
     pub fn events_applied(
         &self,
         events: &[std::sync::Arc<Event>],
-        fresh: &[bool],
-        rejected: &[(std::sync::Arc<Event>, String)],
+        outcomes: &[crate::service::apply::Outcome],
     ) {
+        use crate::service::apply::Outcome;
         let mut counts: HashMap<(&'static str, &'static str), u64> = HashMap::new();
-        for (e, f) in events.iter().zip(fresh) {
-            if rejected.iter().any(|(r, _)| std::sync::Arc::ptr_eq(r, e)) {
-                continue;
-            }
-            let outcome = if *f { "applied" } else { "duplicate" };
+        for (e, o) in events.iter().zip(outcomes) {
+            let outcome = match o {
+                Outcome::Applied => "applied",
+                Outcome::Duplicate => "duplicate",
+                Outcome::Rejected(_) => "dead_lettered",
+            };
             *counts.entry((event_type(e), outcome)).or_default() += 1;
         }
         for ((kind, outcome), n) in counts {

@@ -3,7 +3,8 @@
 //! Four threads, each with one job:
 //! - **poll**: fetches from Kafka, batches, stores offsets of committed work ([`kafka`]);
 //! - **engine**: applies batches and wakes due customers, one store transaction each
-//!   ([`apply`]); it is the only writer of customer state in this instance;
+//!   ([`ingest`], [`apply`]); bad messages become dead letters in the same transaction;
+//! - **dead-letters**: publishes recorded dead letters to `kafka.dlq_topic` ([`deadletters`]);
 //! - **outbox**: renders and sends queued emails ([`outbox`]);
 //! - **http**: unsubscribe and preferences pages ([`http`]); probes, `/metrics`, the admin API
 //!   and the dashboard ([`admin`]);
@@ -16,8 +17,11 @@
 
 pub mod admin;
 pub mod apply;
+pub mod deadletters;
 pub mod figures;
+pub mod health;
 pub mod http;
+pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox;
@@ -42,10 +46,9 @@ use crate::mail::transport::{FileTransport, Plan};
 use crate::sequence::{Catalog, Sequence};
 use crate::store::{Store, VersionRecord};
 use apply::Applier;
-use kafka::{Ack, Batch, DeadLetters};
+use kafka::{Ack, Batch};
 
 /// Counters the service keeps: logged on exit; the metrics are served at `/metrics`.
-#[derive(Default)]
 pub struct Stats {
     pub events: AtomicU64,
     pub duplicates: AtomicU64,
@@ -56,6 +59,25 @@ pub struct Stats {
     pub metrics: Arc<metrics::Metrics>,
     /// Where the HTTP server listens, once bound (`http.listen` may ask for port 0).
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// What keeps the service from its work right now (`/readyz`).
+    pub health: health::Health,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        let metrics = Arc::new(metrics::Metrics::default());
+        Stats {
+            events: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            dead_letters: AtomicU64::default(),
+            decisions: AtomicU64::default(),
+            wakeups: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            health: health::Health::new(metrics.clone()),
+            metrics,
+            http_addr: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,7 +111,10 @@ pub fn run(
     let (figures_every, nps_window, watch_every) = config
         .intervals()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
-    let catalog = Arc::new(load_catalog(&config.sequences.dir)?);
+    let limits = config
+        .limits()
+        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
+    let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &limits)?);
     let live = Arc::new(reload::Live::new(catalog.clone()));
     let metrics = stats.metrics.clone();
     metrics
@@ -103,7 +128,13 @@ pub fn run(
     let consumer = Arc::new(
         kafka::consumer(&config.kafka, metrics.clone()).context("creating the Kafka consumer")?,
     );
-    let dlq = DeadLetters::new(&config.kafka).context("creating the dead-letter producer")?;
+    let publisher = deadletters::Publisher::new(
+        &config.kafka,
+        crate::store::open_small(&config.store.url)?,
+        stats.clone(),
+    )
+    .context("creating the dead-letter producer")?;
+    let (bell, rung) = mpsc::channel::<()>();
     // A batch is handed over when the engine is `idle`; until then the poll thread keeps
     // adding to it. Under load batches grow (fewer, larger commits: group commit).
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(1);
@@ -217,7 +248,7 @@ pub fn run(
                 engine_loop(
                     store,
                     applier,
-                    dlq,
+                    bell,
                     batch_rx,
                     engine_acks,
                     &idle,
@@ -230,6 +261,12 @@ pub fn run(
             })?
     };
     let side_stop = Arc::new(AtomicBool::new(false));
+    let dead_letters = {
+        let stop = side_stop.clone();
+        std::thread::Builder::new()
+            .name("dead-letters".into())
+            .spawn(move || publisher.run(rung, &stop))?
+    };
     let figures_thread = {
         let mut store = crate::store::open_small(&config.store.url)?;
         let (stop, stats, live, report) = (
@@ -257,7 +294,15 @@ pub fn run(
             std::thread::Builder::new()
                 .name("watch".into())
                 .spawn(move || {
-                    reload::watch(&dir, watch_every, &live, &mut *store, &metrics, &stop);
+                    reload::watch(
+                        &dir,
+                        watch_every,
+                        &limits,
+                        &live,
+                        &mut *store,
+                        &metrics,
+                        &stop,
+                    );
                     drop(store);
                 })?,
         )
@@ -268,10 +313,13 @@ pub fn run(
         let consumer = consumer.clone();
         let max_bytes = config.kafka.max_event_bytes;
         let stop = stop.clone();
+        let buffer = kafka::BufferLimit::for_config(&config.kafka);
         std::thread::Builder::new()
             .name("kafka-poll".into())
             .spawn(move || {
-                kafka::poll_loop(&consumer, batch_tx, ack_rx, &idle, &stop, GRACE, max_bytes)
+                kafka::poll_loop(
+                    &consumer, batch_tx, ack_rx, &idle, &stop, GRACE, max_bytes, buffer,
+                )
             })?
     };
     let mail_stop = Arc::new(AtomicBool::new(false));
@@ -318,6 +366,7 @@ pub fn run(
     if let Some(w) = watch_thread {
         join_until(w, deadline, "watch");
     }
+    join_until(dead_letters, deadline, "dead-letters");
     // Dropping the consumer closes it; with the broker down that can take long, so it happens
     // on a thread nobody waits for.
     std::thread::spawn(move || drop(consumer));
@@ -354,10 +403,15 @@ fn joined(handle: std::thread::JoinHandle<()>, deadline: Instant) -> bool {
 /// consumer, no longer polled, would be dropped from its group meanwhile).
 const FIGURES_WAIT: Duration = Duration::from_millis(300);
 
-/// Loads the sequences; refuses to start on any error (a running engine keeps the last good
-/// version, but there is none at start-up).
+/// Loads the sequences with the default limits; refuses to start on any error (a running
+/// engine keeps the last good version, but there is none at start-up).
 pub fn load_catalog(dir: &Path) -> anyhow::Result<Catalog> {
-    let (catalog, diags) = Catalog::load(dir)?;
+    load_catalog_with(dir, &crate::sequence::Limits::default())
+}
+
+/// As [`load_catalog`], with the config's limits.
+pub fn load_catalog_with(dir: &Path, limits: &crate::sequence::Limits) -> anyhow::Result<Catalog> {
+    let (catalog, diags) = Catalog::load_with(dir, limits)?;
     if !diags.is_empty() {
         for d in &diags {
             tracing::error!("{d}");
@@ -393,7 +447,7 @@ pub fn versions_of(catalog: &Catalog) -> Vec<VersionRecord> {
 fn engine_loop(
     mut store: Box<dyn Store>,
     mut applier: Applier,
-    dlq: DeadLetters,
+    dead_letters: Sender<()>,
     batches: Receiver<Batch>,
     acks: Sender<Ack>,
     idle: &AtomicBool,
@@ -421,12 +475,20 @@ fn engine_loop(
         }
         match received {
             Ok(batch) => {
-                if !retry(stop, || {
-                    handle_batch(&mut *store, &mut applier, &dlq, &batch, stats)
-                }) {
+                let dead_before = stats.dead_letters.load(Ordering::Relaxed);
+                let mut ingest = ingest::Ingest {
+                    store: &mut *store,
+                    applier: &mut applier,
+                    stats,
+                    stop,
+                };
+                if ingest.batch(&batch) == ingest::Settled::Stopped {
                     return;
                 }
                 mail_wake.notify_one();
+                if stats.dead_letters.load(Ordering::Relaxed) != dead_before {
+                    let _ = dead_letters.send(());
+                }
                 fault_point_after_commit();
                 let _ = acks.send(kafka::ack_of(&batch.messages));
             }
@@ -502,119 +564,53 @@ fn forward_durable(
     }
 }
 
-/// Retries `work` with backoff until it succeeds; false if told to stop first.
-fn retry(stop: &AtomicBool, mut work: impl FnMut() -> Result<(), String>) -> bool {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match work() {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "batch not committed; retrying");
-                if stop.load(Ordering::Relaxed) {
-                    return false;
-                }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Decodes a batch, dead-letters what is malformed, applies the rest in one transaction.
-fn handle_batch(
-    store: &mut dyn Store,
-    applier: &mut Applier,
-    dlq: &DeadLetters,
-    batch: &Batch,
-    stats: &Stats,
-) -> Result<(), String> {
-    let mut events = Vec::with_capacity(batch.messages.len());
-    let mut origin = Vec::with_capacity(batch.messages.len());
-    let mut dead = Vec::new();
-    for (m, decoded) in batch.messages.iter().zip(&batch.decoded) {
-        match decoded {
-            Ok(e) => {
-                events.push(e.clone());
-                origin.push(m);
-            }
-            Err(e) => {
-                tracing::warn!(topic = %rdkafka::Message::topic(m), partition = rdkafka::Message::partition(m), offset = rdkafka::Message::offset(m), reason = %e, "malformed event to the dead-letter topic");
-                dead.push((m, e.to_string()));
-            }
-        }
-    }
-    if !dead.is_empty() {
-        dlq.publish(&dead, Duration::from_secs(10))?;
-        stats
-            .dead_letters
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
-        stats
-            .metrics
-            .event("invalid", "dead_lettered", dead.len() as u64);
-    }
-    let span_of = |i: usize| trace::event_span(origin[i], &events[i]);
-    let applied = applier
-        .apply_traced(store, &events, &span_of, Utc::now())
-        .map_err(|e| e.to_string())?;
-    if !applied.rejected.is_empty() {
-        let rejected: Vec<_> = applied
-            .rejected
-            .iter()
-            .filter_map(|(e, reason)| {
-                let i = events.iter().position(|x| Arc::ptr_eq(x, e))?;
-                Some((origin[i], reason.clone()))
-            })
-            .collect();
-        dlq.publish(&rejected, Duration::from_secs(10))?;
-        stats
-            .dead_letters
-            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        for (e, _) in &applied.rejected {
-            stats
-                .metrics
-                .event(metrics::event_type(e), "dead_lettered", 1);
-        }
-    }
-    stats
-        .metrics
-        .events_applied(&events, &applied.fresh, &applied.rejected);
-    stats.metrics.decided(&applied.decisions);
-    stats.metrics.batches.inc();
-    stats
-        .events
-        .fetch_add(applied.events as u64, Ordering::Relaxed);
-    stats
-        .duplicates
-        .fetch_add(applied.duplicates as u64, Ordering::Relaxed);
-    stats
-        .decisions
-        .fetch_add(applied.decisions.len() as u64, Ordering::Relaxed);
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    for d in &applied.decisions {
-        tracing::debug!(customer_id = %d.customer, sequence = %d.sequence, step = ?d.step.as_deref(), action = %d.action, reason = %d.reason, "decision");
-    }
-    Ok(())
-}
-
 /// Wakes every customer due now, a transaction per `WAKE_BATCH`; whether any email was
-/// queued.
+/// queued. A transient error waits for the next tick (shown by `/readyz` meanwhile); a
+/// permanent one is a customer whose state the store refuses, found by waking one at a time
+/// and parked (its wake-ups suspended, with an error) so that the others go on.
 fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool {
     let mut emails = false;
+    let mut limit = WAKE_BATCH;
     loop {
-        match applier.wake(store, Utc::now(), WAKE_BATCH) {
+        match applier.wake(store, Utc::now(), limit) {
             Ok((n, decisions)) => {
+                stats.health.recovered(health::component::WAKEUPS);
                 stats.wakeups.fetch_add(n as u64, Ordering::Relaxed);
                 stats.metrics.decided(&decisions);
                 stats
                     .decisions
                     .fetch_add(decisions.len() as u64, Ordering::Relaxed);
                 emails |= decisions.iter().any(|d| d.email.is_some());
-                if n < WAKE_BATCH {
+                if n < limit {
                     return emails;
                 }
+                limit = WAKE_BATCH;
+            }
+            Err(e) if e.class() == crate::store::ErrorClass::Permanent && limit > 1 => {
+                tracing::warn!(error = %e, "wake-ups refused; waking one customer at a time to find the one that causes it");
+                limit = 1;
+            }
+            Err(e) if e.class() == crate::store::ErrorClass::Permanent => {
+                match applier.park_first_due(store, Utc::now()) {
+                    Ok(Some(id)) => {
+                        tracing::error!(customer_id = %id, error = %e, "the store refuses this customer's state; its wake-ups are suspended")
+                    }
+                    Ok(None) => return emails,
+                    Err(e) => {
+                        let wait = Duration::from_millis(500);
+                        stats
+                            .health
+                            .failing(health::component::WAKEUPS, &e.to_string(), wait);
+                        return emails;
+                    }
+                }
+                limit = WAKE_BATCH;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "wake-ups not committed; retrying on the next tick");
+                let wait = Duration::from_millis(500);
+                stats
+                    .health
+                    .failing(health::component::WAKEUPS, &e.to_string(), wait);
                 return emails;
             }
         }
@@ -638,14 +634,8 @@ fn refresh_figures(
                 took_ms = started.elapsed().as_millis() as u64,
                 "figures refreshed"
             );
-            let r = figures::report(
-                &f,
-                &live.current(),
-                now,
-                window_text,
-                stats.dead_letters.load(Ordering::Relaxed),
-            );
-            figures::export(&stats.metrics, &r, &f.journeys);
+            let r = figures::report(&f, &live.current(), now, window_text);
+            figures::export(&stats.metrics, &r, &f.journeys, &f.dead_letters);
             match report.write() {
                 Ok(mut w) => *w = Arc::new(r),
                 Err(p) => *p.into_inner() = Arc::new(r),

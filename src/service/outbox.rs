@@ -322,6 +322,9 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(sequence = %row.sequence, step = %row.step, template = %row.template, error = %e, "template error at send time");
+                if e.over_budget {
+                    self.observe.metrics.templates_failed.inc();
+                }
                 return failed(format!("template error: {e}"));
             }
         };

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::metrics::{Metrics, OutcomeLabels};
-use crate::sequence::Catalog;
+use crate::sequence::{Catalog, Limits};
 use crate::store::Store;
 
 /// The catalog new journeys start on, replaced by hot reloads.
@@ -93,10 +93,14 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Watches `dir` until `stop`, replacing `live`'s catalog with each good version.
+/// Watches `dir` until `stop`, replacing `live`'s catalog with each good version. Nothing a
+/// file holds can end this thread: every limit of `limits` applies, and a load that panics
+/// anyway is refused like an invalid folder, the last good version running on.
+#[allow(clippy::too_many_arguments)]
 pub fn watch(
     dir: &Path,
     every: Duration,
+    limits: &Limits,
     live: &Live,
     store: &mut dyn Store,
     metrics: &Metrics,
@@ -111,7 +115,21 @@ pub fn watch(
         if now == seen || refused.as_ref() == Some(&now) {
             continue;
         }
-        match reload(dir, live, store) {
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reload(dir, limits, live, &mut *store)
+        }));
+        let outcome = attempt.unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Refused::Invalid(vec![format!(
+                "{}: loading the folder failed ({what}); please report this with the files",
+                dir.display()
+            )]))
+        });
+        match outcome {
             Ok(changed) => {
                 metrics
                     .reloads
@@ -158,8 +176,14 @@ enum Refused {
 
 /// Loads and checks the folder; records and installs it if good. Returns the sequences whose
 /// version changed.
-fn reload(dir: &Path, live: &Live, store: &mut dyn Store) -> Result<Vec<String>, Refused> {
-    let (catalog, diags) = Catalog::load(dir).map_err(|e| Refused::Unavailable(e.to_string()))?;
+fn reload(
+    dir: &Path,
+    limits: &Limits,
+    live: &Live,
+    store: &mut dyn Store,
+) -> Result<Vec<String>, Refused> {
+    let (catalog, diags) =
+        Catalog::load_with(dir, limits).map_err(|e| Refused::Unavailable(e.to_string()))?;
     if !diags.is_empty() {
         return Err(Refused::Invalid(
             diags.iter().map(|d| d.to_string()).collect(),

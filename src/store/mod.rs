@@ -9,6 +9,7 @@
 //! for a batch of events (or of wake-ups), its timeline and its outbox rows are written in one
 //! transaction; offsets are stored only after it commits.
 
+pub mod dead;
 pub mod memory;
 pub mod postgres;
 pub mod record;
@@ -16,15 +17,17 @@ pub mod sqlite;
 
 use chrono::{DateTime, Utc};
 
+pub use dead::{DeadLetter, DeadLetterQuery, Published, StoredDeadLetter};
 pub use record::{JourneyRow, StoredCustomer};
 
 use crate::engine::Decision;
 
+/// A store error, with what it means for the work that met it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
+    #[error("sqlite: {}", sqlite_text(.0))]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_text(.0))]
     Postgres(#[from] ::postgres::Error),
     #[error("stored state of customer {customer} is unreadable: {reason}")]
     Corrupt { customer: String, reason: String },
@@ -32,22 +35,84 @@ pub enum StoreError {
     Config(String),
 }
 
+/// What to do about an error: the policy every caller applies the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database, not the data: busy, restarted, unreachable, out of space, or anything not
+    /// known to be caused by the data. Retried with backoff, and shown by `/readyz` meanwhile.
+    Transient,
+    /// Caused by what was written: a value the database refuses (a NUL in text, a number out
+    /// of range, a value too large), a constraint. Retrying cannot help; the work is split until
+    /// the offending input is found, which is then dead-lettered.
+    Permanent,
+}
+
 impl StoreError {
-    /// Worth retrying the same work: the database was busy, restarted or unreachable.
-    pub fn is_transient(&self) -> bool {
-        match self {
+    pub fn class(&self) -> ErrorClass {
+        let permanent = match self {
             StoreError::Sqlite(e) => matches!(
                 e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                Some(
+                    rusqlite::ErrorCode::TooBig
+                        | rusqlite::ErrorCode::ConstraintViolation
+                        | rusqlite::ErrorCode::TypeMismatch
+                )
             ),
-            StoreError::Postgres(e) => {
-                e.is_closed()
-                    || e.code()
-                        .is_some_and(|c| c.code().starts_with("40") || c.code().starts_with("08"))
-            }
-            StoreError::Corrupt { .. } | StoreError::Config(_) => false,
+            // SQLSTATE classes 22 (data exception), 23 (integrity constraint) and 54 (program
+            // limit exceeded, e.g. an index row too large); connection (08), rollback (40),
+            // resources (53), operator (57) and the rest are the database's.
+            StoreError::Postgres(e) => e
+                .as_db_error()
+                .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23" | "54")),
+            StoreError::Corrupt { .. } => true,
+            StoreError::Config(_) => false,
+        };
+        if permanent {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Transient
         }
     }
+
+    /// Worth retrying the same work.
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+}
+
+/// A PostgreSQL error as an operator can act on it: the SQLSTATE and the server's message
+/// (`22021 invalid byte sequence for encoding "UTF8": 0x00`), or what broke the connection.
+/// The server's detail is left out: it quotes the row's values. Addresses are hidden.
+fn postgres_text(e: &::postgres::Error) -> String {
+    let text = match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    };
+    crate::redact::text(&text)
+}
+
+/// A SQLite error with its message and extended result code (`database or disk is full (code
+/// 13)`).
+fn sqlite_text(e: &rusqlite::Error) -> String {
+    let text = match e {
+        rusqlite::Error::SqliteFailure(f, message) => {
+            let m = message
+                .as_deref()
+                .unwrap_or_else(|| rusqlite::ffi::code_to_str(f.extended_code));
+            format!("{m} (code {})", f.extended_code)
+        }
+        other => other.to_string(),
+    };
+    crate::redact::text(&text)
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -127,6 +192,9 @@ pub struct StoreFigures {
     pub entered: Vec<(String, i64, i64)>,
     pub journeys: Vec<JourneyCount>,
     pub outbox_pending: i64,
+    /// Dead letters: (reason class, state: `pending`, `published`, `truncated`, `refused`,
+    /// count).
+    pub dead_letters: Vec<(String, String, i64)>,
     /// Customers due at or before `now`.
     pub due_backlog: i64,
 }
@@ -138,6 +206,10 @@ pub const FIGURE_DECISIONS: &str = "SELECT sequence, COALESCE(step, ''), action,
 pub const FIGURE_EMAILS: &str =
     "SELECT sequence, step, status, COUNT(*) FROM outbox GROUP BY 1, 2, 3";
 pub const FIGURE_PENDING: &str = "SELECT COUNT(*) FROM outbox WHERE status = 'pending'";
+pub const FIGURE_DEAD_LETTERS: &str = "SELECT class,
+    CASE WHEN refused THEN 'refused' WHEN published_at IS NULL THEN 'pending'
+         WHEN truncated THEN 'truncated' ELSE 'published' END, COUNT(*)
+    FROM dead_letters GROUP BY 1, 2";
 
 /// How an attempt to send an email ended, for [`Store::finish_emails`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +329,26 @@ pub trait Store: Send {
     /// Forgets processed-event keys older than `before` (the dedupe window).
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64>;
 
+    /// Claims up to `limit` dead letters not yet published (nor refused for good), oldest
+    /// first, for `lease`: no other instance publishes them meanwhile.
+    fn claim_dead_letters(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> Result<Vec<StoredDeadLetter>>;
+
+    /// Records how publishing claimed dead letters ended, releasing their claims.
+    fn finish_dead_letters(&mut self, now: DateTime<Utc>, done: &[(i64, Published)]) -> Result<()>;
+
+    /// Dead letters matching `query`, newest first.
+    fn dead_letters(&mut self, query: &DeadLetterQuery) -> Result<Vec<StoredDeadLetter>>;
+
+    fn dead_letter(&mut self, id: i64) -> Result<Option<StoredDeadLetter>>;
+
+    /// Notes that these dead letters were sent back to their topics.
+    fn mark_replayed(&mut self, ids: &[i64], now: DateTime<Utc>) -> Result<()>;
+
     /// Makes syncing to disk the caller's job: from now on this handle's commits return once
     /// written, and the returned function makes everything committed so far durable. `run`
     /// calls it on a thread of its own before it stores offsets, so the engine's next batch
@@ -289,6 +381,10 @@ pub trait Tx {
 
     /// Appends decisions to the timeline and queues their emails (once per journey and step).
     fn record(&mut self, decisions: &[Decision]) -> Result<()>;
+
+    /// Records messages that could not be applied (see [`dead`]); a message already
+    /// recorded (same position, same bytes) is not recorded twice.
+    fn dead_letter(&mut self, letters: &[DeadLetter], now: DateTime<Utc>) -> Result<()>;
 
     /// Appends lines about a customer rather than a journey (an unsubscribe, say); their
     /// journey, sequence and version are `-`.

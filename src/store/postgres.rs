@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient, NoTls, Transaction};
 
 use super::{
-    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoreFigures, StoredCustomer,
-    TimelineRow, Tx, VersionRecord, from_micros, micros,
+    DeadLetter, DeadLetterQuery, Delivery, JourneyCount, Note, OutboxRow, Published, Result, Store,
+    StoreFigures, StoredCustomer, StoredDeadLetter, TimelineRow, Tx, VersionRecord, from_micros,
+    micros,
 };
 use crate::engine::Decision;
 
@@ -41,16 +42,29 @@ CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
     first_seen BIGINT NOT NULL, PRIMARY KEY (name, version));
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_until BIGINT;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, source_topic TEXT NOT NULL,
+    source_partition INTEGER NOT NULL, source_offset BIGINT NOT NULL, digest TEXT NOT NULL,
+    key BYTEA, value BYTEA NOT NULL, headers TEXT NOT NULL, reason TEXT NOT NULL, class TEXT NOT NULL,
+    published_at BIGINT, truncated BOOLEAN NOT NULL DEFAULT FALSE, refused BOOLEAN NOT NULL DEFAULT FALSE,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, claimed_until BIGINT, replayed_at BIGINT,
+    UNIQUE (source_topic, source_partition, source_offset, digest));
+CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
+    WHERE published_at IS NULL AND NOT refused;
 ";
 
 /// The version [`SCHEMA`] brings a database to; raise it with every change to `SCHEMA`.
-const SCHEMA_VERSION: i32 = 1;
+/// Version 2: dead letters, and amounts stored as decimal strings.
+const SCHEMA_VERSION: i32 = 2;
 
 /// Serialises concurrent migrations of several instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
 
 pub struct PgStore {
     client: Client,
+    /// To connect again when the connection was lost (a server restart, a network reset):
+    /// the work that met it failed with a transient error and is retried on a new one.
+    url: String,
 }
 
 impl PgStore {
@@ -64,8 +78,12 @@ impl PgStore {
             let mut tx = client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
             // Another instance may have migrated while this one waited for the lock.
-            if schema_version(&mut tx)? < SCHEMA_VERSION {
+            let from = schema_version(&mut tx)?;
+            if from < SCHEMA_VERSION {
                 tx.batch_execute(SCHEMA)?;
+                if from < 2 {
+                    rewrite_amounts(&mut tx)?;
+                }
                 tx.execute("DELETE FROM aftercare_schema", &[])?;
                 tx.execute(
                     "INSERT INTO aftercare_schema (version) VALUES ($1)",
@@ -74,8 +92,33 @@ impl PgStore {
             }
             tx.commit()?;
         }
-        Ok(PgStore { client })
+        Ok(PgStore {
+            client,
+            url: url.to_string(),
+        })
     }
+
+    /// The connection, made again first if the last one was lost.
+    fn c(&mut self) -> Result<&mut Client> {
+        if self.client.is_closed() {
+            tracing::info!("the PostgreSQL connection was lost; connecting again");
+            self.client = Client::connect(&self.url, NoTls)?;
+        }
+        Ok(&mut self.client)
+    }
+}
+
+/// Every customer document whose amounts are still floats, rewritten with decimal strings.
+fn rewrite_amounts(tx: &mut Transaction<'_>) -> Result<()> {
+    let rows = tx.query("SELECT id, state FROM customers WHERE state <> ''", &[])?;
+    let update = tx.prepare("UPDATE customers SET state = $2 WHERE id = $1")?;
+    for r in rows {
+        let (id, state): (String, String) = (r.get(0), r.get(1));
+        if let Some(state) = super::record::amounts_as_decimals(&state) {
+            tx.execute(&update, &[&id, &state])?;
+        }
+    }
+    Ok(())
 }
 
 /// The schema version recorded in the database; 0 for none (or one from before versions).
@@ -100,7 +143,7 @@ struct PgTx<'c> {
 impl Store for PgStore {
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
         Ok(Box::new(PgTx {
-            tx: self.client.transaction()?,
+            tx: self.c()?.transaction()?,
         }))
     }
 
@@ -109,7 +152,7 @@ impl Store for PgStore {
         let vers: Vec<&str> = versions.iter().map(|v| v.version.as_str()).collect();
         let paths: Vec<&str> = versions.iter().map(|v| v.path.as_str()).collect();
         let sources: Vec<&str> = versions.iter().map(|v| v.source.as_str()).collect();
-        self.client.execute(
+        self.c()?.execute(
             "INSERT INTO sequence_versions (name, version, path, source, first_seen)
              SELECT n, v, p, s, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS t(n, v, p, s)
              ON CONFLICT DO NOTHING",
@@ -119,7 +162,7 @@ impl Store for PgStore {
     }
 
     fn next_due(&mut self) -> Result<Option<DateTime<Utc>>> {
-        let row = self.client.query_one(
+        let row = self.c()?.query_one(
             "SELECT MIN(next_due) FROM customers WHERE next_due IS NOT NULL",
             &[],
         )?;
@@ -127,14 +170,14 @@ impl Store for PgStore {
     }
 
     fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>> {
-        Ok(load(&mut self.client, &[id], "")?.pop().flatten())
+        Ok(load(self.c()?, &[id], "")?.pop().flatten())
     }
 
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
-        let Some(c) = load(&mut self.client, &[id], "")?.pop().flatten() else {
+        let Some(c) = load(self.c()?, &[id], "")?.pop().flatten() else {
             return Ok(None);
         };
-        let rows = self.client.query(
+        let rows = self.c()?.query(
             "SELECT at, journey, sequence, version, step, action, reason, subject FROM timeline WHERE customer = $1 ORDER BY seq",
             &[&id],
         )?;
@@ -155,7 +198,7 @@ impl Store for PgStore {
     }
 
     fn journey_counts(&mut self) -> Result<Vec<JourneyCount>> {
-        let rows = self.client.query(
+        let rows = self.c()?.query(
             "SELECT j ->> 'sequence', j ->> 'version', j ->> 'step_id', j ->> 'status', COUNT(*)
              FROM customers, jsonb_array_elements(CASE WHEN state = '' THEN '[]'::jsonb ELSE state::jsonb -> 'journeys' END) AS j
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
@@ -181,7 +224,7 @@ impl Store for PgStore {
     ) -> Result<Vec<OutboxRow>> {
         // SKIP LOCKED: instances claiming at once take different rows; the claim itself is
         // the lease column, so no lock is held while the email is being sent.
-        let rows = self.client.query(
+        let rows = self.c()?.query(
             "UPDATE outbox SET claimed_until = $3 WHERE key IN (
                  SELECT key FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
                      AND (claimed_until IS NULL OR claimed_until <= $1)
@@ -217,7 +260,7 @@ impl Store for PgStore {
     }
 
     fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()> {
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.c()?.transaction()?;
         let update = tx.prepare(
             "UPDATE outbox SET status = $2, sent_at = $3, message_id = COALESCE($4, message_id),
                  last_error = $5, attempts = attempts + 1, claimed_until = NULL,
@@ -282,13 +325,13 @@ impl Store for PgStore {
             "SELECT COALESCE(SUM(jsonb_array_length(state::jsonb -> 'journeys')), 0)::bigint FROM customers WHERE state <> ''",
         )
         .iter()
-            .map(|(name, sql)| Ok((name.to_string(), self.client.query_one(*sql, &[])?.get(0))))
+            .map(|(name, sql)| Ok((name.to_string(), self.c()?.query_one(*sql, &[])?.get(0))))
             .collect()
     }
 
     fn figures(&mut self, now: DateTime<Utc>, nps_since: DateTime<Utc>) -> Result<StoreFigures> {
         let journeys = self.journey_counts()?;
-        let c = &mut self.client;
+        let c = self.c()?;
         let decisions = c
             .query(super::FIGURE_DECISIONS, &[])?
             .iter()
@@ -327,6 +370,11 @@ impl Store for PgStore {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
         let outbox_pending = c.query_one(super::FIGURE_PENDING, &[])?.get(0);
+        let dead_letters = c
+            .query(super::FIGURE_DEAD_LETTERS, &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
         let due_backlog = c
             .query_one(
                 "SELECT COUNT(*) FROM customers WHERE next_due IS NOT NULL AND next_due <= $1",
@@ -341,15 +389,114 @@ impl Store for PgStore {
             entered,
             journeys,
             outbox_pending,
+            dead_letters,
             due_backlog,
         })
     }
 
+    fn claim_dead_letters(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> Result<Vec<StoredDeadLetter>> {
+        let rows = self.c()?.query(
+            &format!(
+                "UPDATE dead_letters SET claimed_until = $2 WHERE id IN (
+                     SELECT id FROM dead_letters WHERE published_at IS NULL AND NOT refused
+                         AND (claimed_until IS NULL OR claimed_until <= $1)
+                     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING {DEAD_LETTER_COLUMNS}"
+            ),
+            &[&micros(now), &micros(now + lease), &(limit as i64)],
+        )?;
+        let mut out: Vec<StoredDeadLetter> = rows.iter().map(dead_letter_row).collect();
+        out.sort_by_key(|d| d.id);
+        Ok(out)
+    }
+
+    fn finish_dead_letters(&mut self, now: DateTime<Utc>, done: &[(i64, Published)]) -> Result<()> {
+        let mut tx = self.c()?.transaction()?;
+        let st = tx.prepare(
+            "UPDATE dead_letters SET published_at = $2, truncated = $3, refused = $4,
+                 last_error = $5, attempts = attempts + 1, claimed_until = NULL WHERE id = $1",
+        )?;
+        for (id, outcome) in done {
+            let (published, truncated, refused, error) = super::dead::outcome_columns(outcome);
+            let at = published.then(|| micros(now));
+            tx.execute(&st, &[id, &at, &truncated, &refused, &error])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, query: &DeadLetterQuery) -> Result<Vec<StoredDeadLetter>> {
+        let since = query.since.map_or(i64::MIN, micros);
+        let limit = if query.limit == 0 {
+            i64::MAX
+        } else {
+            query.limit as i64
+        };
+        let rows = self.c()?.query(
+            &format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters
+                 WHERE at >= $1 AND ($2::text IS NULL OR strpos(reason, $2) > 0 OR strpos(class, $2) > 0)
+                 ORDER BY id DESC LIMIT $3"
+            ),
+            &[&since, &query.reason, &limit],
+        )?;
+        Ok(rows.iter().map(dead_letter_row).collect())
+    }
+
+    fn dead_letter(&mut self, id: i64) -> Result<Option<StoredDeadLetter>> {
+        let row = self.c()?.query_opt(
+            &format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1"),
+            &[&id],
+        )?;
+        Ok(row.as_ref().map(dead_letter_row))
+    }
+
+    fn mark_replayed(&mut self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+        self.c()?.execute(
+            "UPDATE dead_letters SET replayed_at = $2 WHERE id = ANY($1)",
+            &[&ids, &micros(now)],
+        )?;
+        Ok(())
+    }
+
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {
-        Ok(self.client.execute(
+        Ok(self.c()?.execute(
             "DELETE FROM processed_events WHERE at < $1",
             &[&micros(before)],
         )?)
+    }
+}
+
+/// The columns [`dead_letter_row`] reads, in its order.
+const DEAD_LETTER_COLUMNS: &str = "id, at, source_topic, source_partition, source_offset, key,
+    value, headers, reason, class, published_at, truncated, refused, attempts, last_error,
+    replayed_at";
+
+fn dead_letter_row(r: &postgres::Row) -> StoredDeadLetter {
+    StoredDeadLetter {
+        id: r.get(0),
+        at: from_micros(r.get(1)),
+        letter: DeadLetter {
+            topic: r.get(2),
+            partition: r.get(3),
+            offset: r.get(4),
+            key: r.get(5),
+            value: r.get(6),
+            headers: DeadLetter::parse_headers(r.get(7)),
+            reason: r.get(8),
+            class: r.get(9),
+        },
+        published_at: r.get::<_, Option<i64>>(10).map(from_micros),
+        truncated: r.get(11),
+        refused: r.get(12),
+        attempts: r.get::<_, i32>(13) as u32,
+        last_error: r.get(14),
+        replayed_at: r.get::<_, Option<i64>>(15).map(from_micros),
     }
 }
 
@@ -509,6 +656,33 @@ impl Tx for PgTx<'_> {
              ON CONFLICT (key) DO NOTHING",
             &[&key, &e_customer, &e_journey, &e_sequence, &e_version, &e_step, &e_order, &e_template, &e_category, &e_tx, &e_at],
         )?;
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, letters: &[DeadLetter], now: DateTime<Utc>) -> Result<()> {
+        let st = self.tx.prepare(
+            "INSERT INTO dead_letters (at, source_topic, source_partition, source_offset, digest,
+                 key, value, headers, reason, class)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (source_topic, source_partition, source_offset, digest) DO NOTHING",
+        )?;
+        for d in letters {
+            self.tx.execute(
+                &st,
+                &[
+                    &micros(now),
+                    &d.topic,
+                    &d.partition,
+                    &d.offset,
+                    &d.digest(),
+                    &d.key,
+                    &d.value,
+                    &d.headers_text(),
+                    &d.reason,
+                    &d.class,
+                ],
+            )?;
+        }
         Ok(())
     }
 

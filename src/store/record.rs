@@ -107,6 +107,37 @@ pub fn mark_bounced(c: &StoredCustomer, address: &str) -> crate::store::Result<O
     Ok(Some(doc.to_string()))
 }
 
+/// The state document with its amounts as decimal strings, when some are still JSON numbers
+/// (floats, from stores written before amounts were decimals); `None` when nothing changes.
+/// The stores run it over every customer once, when they migrate.
+pub fn amounts_as_decimals(state: &str) -> Option<String> {
+    fn fix(v: Option<&mut serde_json::Value>, changed: &mut bool) {
+        let Some(v) = v else { return };
+        if !v.is_number() {
+            return;
+        }
+        if let Ok(m) = serde_json::from_value::<crate::event::Money>(v.clone()) {
+            *v = serde_json::Value::String(m.to_string());
+            *changed = true;
+        }
+    }
+    let mut doc: serde_json::Value = serde_json::from_str(state).ok()?;
+    let mut changed = false;
+    fix(doc.pointer_mut("/profile/total_spent"), &mut changed);
+    if let Some(orders) = doc.get_mut("orders").and_then(|o| o.as_array_mut()) {
+        for o in orders {
+            fix(o.get_mut("total"), &mut changed);
+            fix(o.get_mut("refunded"), &mut changed);
+            if let Some(items) = o.get_mut("items").and_then(|i| i.as_array_mut()) {
+                for item in items {
+                    fix(item.get_mut("unit_price"), &mut changed);
+                }
+            }
+        }
+    }
+    changed.then(|| doc.to_string())
+}
+
 /// Serializes a customer for saving.
 pub fn to_stored(c: &Customer) -> StoredCustomer {
     let state = StateOut {

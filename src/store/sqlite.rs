@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    Delivery, JourneyCount, Note, OutboxRow, Result, Store, StoreFigures, StoredCustomer,
-    TimelineRow, Tx, VersionRecord, from_micros, micros,
+    DeadLetter, DeadLetterQuery, Delivery, JourneyCount, Note, OutboxRow, Published, Result, Store,
+    StoreFigures, StoredCustomer, StoredDeadLetter, TimelineRow, Tx, VersionRecord, from_micros,
+    micros,
 };
 use crate::engine::Decision;
 
@@ -41,15 +42,24 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE stat
 CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
     first_seen INTEGER NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY, at INTEGER NOT NULL, source_topic TEXT NOT NULL,
+    source_partition INTEGER NOT NULL, source_offset INTEGER NOT NULL, digest TEXT NOT NULL,
+    key BLOB, value BLOB NOT NULL, headers TEXT NOT NULL, reason TEXT NOT NULL, class TEXT NOT NULL,
+    published_at INTEGER, truncated INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, claimed_until INTEGER, replayed_at INTEGER,
+    UNIQUE (source_topic, source_partition, source_offset, digest));
+CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
+    WHERE published_at IS NULL AND refused = 0;
 ";
 
 /// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express; each
 /// version's step from the one before is in `MIGRATIONS`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// (version reached, statements): run in order from the database's version, each step in a
 /// transaction of its own.
-const MIGRATIONS: [(i64, &str); 2] = [
+const MIGRATIONS: [(i64, &str); 3] = [
     (2, "ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;"),
     // Customers (a state document of a kilobyte or more) and emails become rowid tables: a
     // WITHOUT ROWID b-tree keeps whole rows in its pages, a few per page, so nearly every
@@ -77,7 +87,39 @@ const MIGRATIONS: [(i64, &str); 2] = [
          ALTER TABLE outbox_v3 RENAME TO outbox;
          CREATE INDEX outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';",
     ),
+    // Dead letters are kept in the store, written with the progress past them (SPEC §7).
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS dead_letters (
+             id INTEGER PRIMARY KEY, at INTEGER NOT NULL, source_topic TEXT NOT NULL,
+             source_partition INTEGER NOT NULL, source_offset INTEGER NOT NULL, digest TEXT NOT NULL,
+             key BLOB, value BLOB NOT NULL, headers TEXT NOT NULL, reason TEXT NOT NULL, class TEXT NOT NULL,
+             published_at INTEGER, truncated INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0,
+             attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, claimed_until INTEGER, replayed_at INTEGER,
+             UNIQUE (source_topic, source_partition, source_offset, digest));
+         CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
+             WHERE published_at IS NULL AND refused = 0;",
+    ),
 ];
+
+/// The version whose migration also rewrites amounts stored as JSON numbers (floats) as
+/// decimal strings.
+const AMOUNTS_VERSION: i64 = 4;
+
+/// Every customer document whose amounts are still floats, rewritten with decimal strings.
+fn rewrite_amounts(tx: &Transaction<'_>) -> Result<()> {
+    let rows: Vec<(i64, String)> = tx
+        .prepare("SELECT rowid, state FROM customers WHERE state <> ''")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx.prepare("UPDATE customers SET state = ?2 WHERE rowid = ?1")?;
+    for (rowid, state) in rows {
+        if let Some(state) = super::record::amounts_as_decimals(&state) {
+            update.execute(params![rowid, state])?;
+        }
+    }
+    Ok(())
+}
 
 /// Page cache of the engine's connection, which reads and writes every customer.
 pub const CACHE_KIB: i64 = 16 * 1024;
@@ -202,6 +244,9 @@ impl SqliteStore {
                 let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
                 if now < *to {
                     tx.execute_batch(sql)?;
+                    if *to == AMOUNTS_VERSION {
+                        rewrite_amounts(&tx)?;
+                    }
                     tx.pragma_update(None, "user_version", to)?;
                 }
                 tx.commit()?;
@@ -600,6 +645,10 @@ impl Store for SqliteStore {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let outbox_pending = c.query_row(super::FIGURE_PENDING, [], |r| r.get(0))?;
+        let dead_letters = c
+            .prepare_cached(super::FIGURE_DEAD_LETTERS)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         let due_backlog = c.query_row(
             "SELECT COUNT(*) FROM customers WHERE next_due IS NOT NULL AND next_due <= ?1",
             [micros(now)],
@@ -613,8 +662,98 @@ impl Store for SqliteStore {
             entered,
             journeys,
             outbox_pending,
+            dead_letters,
             due_backlog,
         })
+    }
+
+    fn claim_dead_letters(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease: chrono::Duration,
+    ) -> Result<Vec<StoredDeadLetter>> {
+        let (tx, _turn) = self.write()?;
+        let mut rows = {
+            let mut st = tx.prepare_cached(&format!(
+                "UPDATE dead_letters SET claimed_until = ?2 WHERE id IN (
+                     SELECT id FROM dead_letters WHERE published_at IS NULL AND refused = 0
+                         AND (claimed_until IS NULL OR claimed_until <= ?1) ORDER BY id LIMIT ?3)
+                 RETURNING {DEAD_LETTER_COLUMNS}"
+            ))?;
+            st.query_map(
+                params![micros(now), micros(now + lease), limit as i64],
+                dead_letter_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        tx.commit()?;
+        rows.sort_by_key(|d| d.id);
+        Ok(rows)
+    }
+
+    fn finish_dead_letters(&mut self, now: DateTime<Utc>, done: &[(i64, Published)]) -> Result<()> {
+        let (tx, _turn) = self.write()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE dead_letters SET published_at = ?2, truncated = ?3, refused = ?4,
+                     last_error = ?5, attempts = attempts + 1, claimed_until = NULL WHERE id = ?1",
+            )?;
+            for (id, outcome) in done {
+                let (published, truncated, refused, error) = super::dead::outcome_columns(outcome);
+                st.execute(params![
+                    id,
+                    published.then(|| micros(now)),
+                    truncated,
+                    refused,
+                    error
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn dead_letters(&mut self, query: &DeadLetterQuery) -> Result<Vec<StoredDeadLetter>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters
+             WHERE at >= ?1 AND (?2 IS NULL OR instr(reason, ?2) > 0 OR instr(class, ?2) > 0)
+             ORDER BY id DESC LIMIT ?3"
+        ))?;
+        let since = query.since.map_or(i64::MIN, micros);
+        let limit = if query.limit == 0 {
+            -1
+        } else {
+            query.limit as i64
+        };
+        let rows = st
+            .query_map(params![since, query.reason, limit], dead_letter_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn dead_letter(&mut self, id: i64) -> Result<Option<StoredDeadLetter>> {
+        let row = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?1"
+            ))?
+            .query_row([id], dead_letter_row)
+            .optional()?;
+        Ok(row)
+    }
+
+    fn mark_replayed(&mut self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+        let (tx, _turn) = self.write()?;
+        {
+            let mut st =
+                tx.prepare_cached("UPDATE dead_letters SET replayed_at = ?2 WHERE id = ?1")?;
+            for id in ids {
+                st.execute(params![id, micros(now)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64> {
@@ -624,6 +763,34 @@ impl Store for SqliteStore {
         )?;
         Ok(n as u64)
     }
+}
+
+/// The columns [`dead_letter_row`] reads, in its order.
+const DEAD_LETTER_COLUMNS: &str = "id, at, source_topic, source_partition, source_offset, key,
+    value, headers, reason, class, published_at, truncated, refused, attempts, last_error,
+    replayed_at";
+
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDeadLetter> {
+    Ok(StoredDeadLetter {
+        id: r.get(0)?,
+        at: from_micros(r.get(1)?),
+        letter: DeadLetter {
+            topic: r.get(2)?,
+            partition: r.get(3)?,
+            offset: r.get(4)?,
+            key: r.get(5)?,
+            value: r.get(6)?,
+            headers: DeadLetter::parse_headers(&r.get::<_, String>(7)?),
+            reason: r.get(8)?,
+            class: r.get(9)?,
+        },
+        published_at: r.get::<_, Option<i64>>(10)?.map(from_micros),
+        truncated: r.get::<_, i64>(11)? != 0,
+        refused: r.get::<_, i64>(12)? != 0,
+        attempts: r.get::<_, i64>(13)? as u32,
+        last_error: r.get(14)?,
+        replayed_at: r.get::<_, Option<i64>>(15)?.map(from_micros),
+    })
 }
 
 fn load_one(conn: &Connection, id: &str) -> Result<Option<StoredCustomer>> {
@@ -740,6 +907,29 @@ impl Tx for SqliteTx<'_> {
                     micros(d.at)
                 ])?;
             }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, letters: &[DeadLetter], now: DateTime<Utc>) -> Result<()> {
+        let mut st = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO dead_letters (at, source_topic, source_partition, source_offset,
+                 digest, key, value, headers, reason, class)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for d in letters {
+            st.execute(params![
+                micros(now),
+                d.topic,
+                d.partition,
+                d.offset,
+                d.digest(),
+                d.key,
+                d.value,
+                d.headers_text(),
+                d.reason,
+                d.class
+            ])?;
         }
         Ok(())
     }

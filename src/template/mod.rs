@@ -15,6 +15,7 @@ use std::path::Path;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 
+use crate::sequence::Limits;
 use crate::sequence::diag::{Diagnostic, Pos, did_you_mean};
 use crate::sequence::expr::describe;
 
@@ -63,6 +64,27 @@ pub struct Rendered {
 pub struct RenderError {
     pub file: String,
     pub message: String,
+    /// The render went past its budget (`sequences.template_fuel` or
+    /// `sequences.template_recursion`), rather than meeting an error in the template.
+    pub over_budget: bool,
+}
+
+/// Whether a MiniJinja error is the budget running out (fuel, recursion) rather than an error
+/// of the template itself — also when it happened in an included template.
+pub fn over_budget(e: &minijinja::Error) -> bool {
+    let e = root_cause(e);
+    matches!(e.kind(), minijinja::ErrorKind::OutOfFuel)
+        || (e.kind() == minijinja::ErrorKind::InvalidOperation
+            && e.detail() == Some("recursion limit exceeded"))
+}
+
+/// The innermost MiniJinja error: an include wraps its template's error as `BadInclude`.
+pub fn root_cause(e: &minijinja::Error) -> &minijinja::Error {
+    let mut e = e;
+    while let Some(inner) = std::error::Error::source(e).and_then(|s| s.downcast_ref()) {
+        e = inner;
+    }
+    e
 }
 
 /// Every template of a sequences directory, compiled.
@@ -83,10 +105,25 @@ impl std::fmt::Debug for Templates {
 }
 
 impl Templates {
-    /// Compiles template files given as (path under `root`, source). Syntax errors and
-    /// unrecognised file names are returned as diagnostics; the rest still load.
+    /// Compiles template files given as (path under `root`, source), with the default
+    /// budget. Syntax errors and unrecognised file names are returned as diagnostics; the rest
+    /// still load.
     pub fn from_files(root: &str, files: Vec<(String, String)>) -> (Templates, Vec<Diagnostic>) {
+        Templates::from_files_with(root, files, &Limits::default())
+    }
+
+    /// As [`Templates::from_files`]; every render is held to `limits`' fuel and recursion.
+    pub fn from_files_with(
+        root: &str,
+        files: Vec<(String, String)>,
+        limits: &Limits,
+    ) -> (Templates, Vec<Diagnostic>) {
         let mut env = Environment::new();
+        // Fuel bounds both the time and the memory of one render (a loop over range(100000)
+        // inside another, an output of gigabytes); the recursion limit, includes of itself and
+        // macros that never stop.
+        env.set_fuel(Some(limits.template_fuel));
+        env.set_recursion_limit(limits.template_recursion);
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".html.j2") || name.ends_with(".mjml.j2") {
@@ -165,12 +202,77 @@ impl Templates {
 
     /// Loads `dir` recursively (every `*.j2` file). A missing directory is an empty set.
     pub fn load(dir: &Path, shown: &str) -> std::io::Result<(Templates, Vec<Diagnostic>)> {
+        Templates::load_with(dir, shown, &Limits::default())
+    }
+
+    /// As [`Templates::load`]: a file over `limits.max_file_bytes`, or not UTF-8, is a
+    /// diagnostic naming it; a file that cannot be read at all is an error naming it.
+    pub fn load_with(
+        dir: &Path,
+        shown: &str,
+        limits: &Limits,
+    ) -> std::io::Result<(Templates, Vec<Diagnostic>)> {
         let mut files = Vec::new();
+        let mut diags = Vec::new();
         if dir.is_dir() {
             collect(dir, dir, &mut files)?;
         }
         files.sort();
-        Ok(Templates::from_files(shown, files))
+        let mut sources = Vec::with_capacity(files.len());
+        for (rel, path) in files {
+            let shown_file = format!("{shown}/{rel}");
+            match crate::sequence::catalog::read_source(&path, &shown_file, limits)? {
+                Ok(text) => sources.push((rel, text)),
+                Err(d) => diags.push(d),
+            }
+        }
+        let (templates, mut more) = Templates::from_files_with(shown, sources, limits);
+        diags.append(&mut more);
+        Ok((templates, diags))
+    }
+
+    /// Renders every template file once against `ctx` (a sample customer) and reports those
+    /// that go past the budget or include what is not there, naming the file: `validate`
+    /// refuses them instead of their first email failing. Other runtime errors are left to
+    /// the real data, which the sample cannot stand for.
+    pub fn check_budget(&self, ctx: &Value) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for variants in self.index.values() {
+            for v in variants {
+                for file in v.files.iter().flatten() {
+                    let Err(e) = self.env.get_template(file).and_then(|t| t.render(ctx)) else {
+                        continue;
+                    };
+                    let shown = format!("{}/{file}", self.root);
+                    let cause = root_cause(&e);
+                    let (message, hint) = if matches!(cause.kind(), minijinja::ErrorKind::OutOfFuel)
+                    {
+                        (
+                            "does not finish within the template budget (sequences.template_fuel)",
+                            "look for loops over large ranges, nested loops, or output that grows without end",
+                        )
+                    } else if over_budget(&e) {
+                        (
+                            "recurses deeper than sequences.template_recursion",
+                            "a template that includes itself, or a macro that calls itself without end",
+                        )
+                    } else if cause.kind() == minijinja::ErrorKind::TemplateNotFound {
+                        (
+                            "includes a template that does not exist",
+                            "include templates of this folder by their path under templates/",
+                        )
+                    } else {
+                        continue;
+                    };
+                    let pos = Pos::new(e.line().unwrap_or(1) as u32, 1);
+                    out.push(
+                        Diagnostic::new(shown, pos, format!("{message}: {}", describe(cause)))
+                            .hint(hint),
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// Checks that an email step may use `name`: a default subject and HTML part exist.
@@ -232,6 +334,7 @@ impl Templates {
         let err = |e: minijinja::Error| RenderError {
             file: format!("{}/{file}", self.root),
             message: describe(&e),
+            over_budget: over_budget(&e),
         };
         self.env
             .get_template(file)
@@ -243,6 +346,7 @@ impl Templates {
         RenderError {
             file: format!("{}/{name}.{}.j2", self.root, part.suffix()),
             message: "template not found".into(),
+            over_budget: false,
         }
     }
 
@@ -285,6 +389,7 @@ impl Templates {
             html = mjml_to_html(&html).map_err(|message| RenderError {
                 file: format!("{}/{file}", self.root),
                 message,
+                over_budget: false,
             })?;
         }
         let text = match &variant.files[Part::Text.index()] {
@@ -385,11 +490,31 @@ fn error_pos(e: &minijinja::Error, source: &str) -> Pos {
     Pos::new(e.line().unwrap_or(1) as u32, 1)
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+/// Every `*.j2` file under `dir`: (its path under `root` with `/`, its path). Depth is bounded
+/// to keep a symlink loop from recursing without end.
+fn collect(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, std::path::PathBuf)>,
+) -> std::io::Result<()> {
+    collect_at(root, dir, out, 0)
+}
+
+fn collect_at(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, std::path::PathBuf)>,
+    depth: usize,
+) -> std::io::Result<()> {
+    if depth > 16 {
+        return Ok(());
+    }
+    let shown =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    for entry in std::fs::read_dir(dir).map_err(shown)? {
+        let path = entry.map_err(shown)?.path();
         if path.is_dir() {
-            collect(root, &path, out)?;
+            collect_at(root, &path, out, depth + 1)?;
         } else if path.extension().is_some_and(|e| e == "j2") {
             let rel = path
                 .strip_prefix(root)
@@ -398,7 +523,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io:
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.push((rel, std::fs::read_to_string(&path)?));
+            out.push((rel, path));
         }
     }
     Ok(())

@@ -103,7 +103,7 @@ pub fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .set("message.max.bytes", "2000000")
+        .set("message.max.bytes", "4000000")
         .create()
         .unwrap()
 }

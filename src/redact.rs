@@ -1,0 +1,78 @@
+//! Text from outside (a database's error message, a relay's reply) made safe to log: email
+//! addresses are replaced, control characters escaped, the length bounded.
+
+/// Longest text kept; more is cut with `…`.
+const MAX_CHARS: usize = 1000;
+
+/// `text` with every email address written `<address>`, control characters escaped and at
+/// most 1,000 characters. An address is a run of address characters around an `@`
+/// (`postmaster@localhost` too); the check is deliberately loose: a false positive only hides a word.
+pub fn text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_CHARS));
+    let mut words = text
+        .split_inclusive(|c: char| !is_address_char(c))
+        .peekable();
+    let mut shown = 0usize;
+    while let Some(piece) = words.next() {
+        let (word, sep) = match piece.char_indices().last() {
+            Some((i, c)) if !is_address_char(c) => (&piece[..i], &piece[i..]),
+            _ => (piece, ""),
+        };
+        let word = if looks_like_address(word) {
+            "<address>"
+        } else {
+            word
+        };
+        for c in word.chars().chain(sep.chars()) {
+            if shown == MAX_CHARS {
+                out.push('…');
+                return out;
+            }
+            shown += 1;
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        if words.peek().is_none() {
+            break;
+        }
+    }
+    out
+}
+
+fn is_address_char(c: char) -> bool {
+    c.is_alphanumeric() || "@.!#$%&'*+-/=?^_`{|}~".contains(c)
+}
+
+fn looks_like_address(word: &str) -> bool {
+    let Some((local, domain)) = word.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty() && !domain.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_hidden_and_the_rest_kept() {
+        assert_eq!(
+            text("550 5.1.1 <bounce.carol@example.org>: Recipient address rejected"),
+            "550 5.1.1 <<address>>: Recipient address rejected"
+        );
+        assert_eq!(
+            text(r#"Key (id)=(ann@example.com) already exists."#),
+            "Key (id)=(<address>) already exists."
+        );
+        assert_eq!(
+            text("user@localhost, a@b.c and @ alone"),
+            "<address>, <address> and @ alone"
+        );
+        assert_eq!(text("line\nbreak\0"), "line\\nbreak\\u{0}");
+        let long = "x".repeat(5000);
+        assert_eq!(text(&long).chars().count(), MAX_CHARS + 1);
+    }
+}
