@@ -1,5 +1,6 @@
-//! Text from outside (a database's error message, a relay's reply) made safe to log: email
-//! addresses are replaced, control characters escaped, the length bounded.
+//! Text from outside (a database's error message, a relay's reply, a value quoted in a
+//! dead-letter reason) made safe to log: email addresses are replaced, control and
+//! formatting characters escaped, the length bounded.
 
 /// Longest text kept; more is cut with `…`.
 const MAX_CHARS: usize = 1000;
@@ -29,7 +30,7 @@ pub fn text(text: &str) -> String {
                 return out;
             }
             shown += 1;
-            if c.is_control() {
+            if hidden(c) {
                 out.extend(c.escape_default());
             } else {
                 out.push(c);
@@ -40,6 +41,14 @@ pub fn text(text: &str) -> String {
         }
     }
     out
+}
+
+/// Characters that change how the rest of a line reads without showing: control characters,
+/// and the bidirectional and zero-width formatting ones (a U+202E turns the text after it
+/// around).
+pub fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 fn is_address_char(c: char) -> bool {
@@ -72,6 +81,7 @@ mod tests {
             "<address>, <address> and @ alone"
         );
         assert_eq!(text("line\nbreak\0"), "line\\nbreak\\u{0}");
+        assert_eq!(text("evil\u{202e}txt"), "evil\\u{202e}txt");
         let long = "x".repeat(5000);
         assert_eq!(text(&long).chars().count(), MAX_CHARS + 1);
     }

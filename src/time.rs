@@ -302,10 +302,11 @@ pub fn parse_tz(name: &str) -> Result<Tz, String> {
 }
 
 /// RFC 3339 with whole seconds and `Z`, the form used in every output line.
-/// 9999-12-31T23:59:59Z: the last instant a timer may fire at. RFC 3339 has four-digit
-/// years, so a wait that ends later never ends (the journey waits, due "never").
+/// The end of 9999-12-31T23:59:59Z (a leap second included): the last instant a timer may
+/// fire at. RFC 3339 has four-digit years, so a wait that ends later never ends (the journey
+/// waits, due "never").
 pub fn last_instant() -> DateTime<Utc> {
-    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    DateTime::from_timestamp(253_402_300_799, 1_999_999_999).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Whether a timer at `t` can fire (it is not after [`last_instant`]).

@@ -596,7 +596,7 @@ fn sequence_files_past_the_limits_are_refused_with_their_position() {
         (
             "bomb.yaml",
             bomb.as_bytes(),
-            "bomb.yaml:5:8: YAML syntax error: aliases expand to more than 10000 nodes\n  hint: write the repeated part out, or alias smaller pieces (sequences.max_alias_nodes)",
+            "bomb.yaml:4:4: YAML syntax error: aliases expand to more than 10000 nodes\n  hint: write the repeated part out, or alias smaller pieces (sequences.max_alias_nodes)",
         ),
         (
             "deep.yaml",
@@ -623,6 +623,41 @@ fn sequence_files_past_the_limits_are_refused_with_their_position() {
             "{name}: expected\n{expected}\nin\n{out}"
         );
     }
+    // An expression of 8,000 terms once overflowed the watch thread's stack; 80,000 distinct
+    // keys took 48 s and printed 80,000 lines.
+    let long = format!(
+        "name: long\ntrigger: {{ event: order.placed, when: \"{} > 0\" }}\nsteps:\n  - id: a\n    exit: true\n",
+        vec!["1"; 8000].join("+")
+    );
+    let (ok, out) = validate(&[("long.yaml", long.as_bytes())]);
+    assert!(!ok);
+    assert!(out.contains("long.yaml:2:39: expression `1+1+1+"), "{out}");
+    assert!(
+        out.contains("`: it is 16003 bytes long; an expression is at most 2048"),
+        "{out}"
+    );
+    let keys: String = (0..80_000).map(|i| format!("k{i:07}: 1\n")).collect();
+    let (ok, out) = validate(&[("keys.yaml", keys.as_bytes())]);
+    assert!(!ok);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("keys.yaml:")).count(),
+        101,
+        "{out}"
+    );
+    assert!(
+        out.contains("… and 79902 more problem(s) in this file"),
+        "{out}"
+    );
+    let steps: String = (0..1001)
+        .map(|i| format!("  - id: s{i}\n    exit: true\n"))
+        .collect();
+    let many = format!("name: many\ntrigger: {{ event: order.placed }}\nsteps:\n{steps}");
+    let (ok, out) = validate(&[("many.yaml", many.as_bytes())]);
+    assert!(!ok);
+    assert!(
+        out.contains("many.yaml:4:3: 1001 steps; a sequence has at most 1000"),
+        "{out}"
+    );
 }
 
 /// Templates that would never finish, include themselves or recurse without end, and
@@ -633,26 +668,40 @@ fn templates_over_budget_and_start_cycles_are_refused_naming_the_file() {
     let seq = "name: s\ntrigger: { event: order.placed }\nsteps:\n  - id: a\n    email: { template: bad/x }\n";
     for (body, message) in [
         (
-            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+                .to_string(),
             "templates/bad/x.html.j2:1:1: does not finish within the template budget (sequences.template_fuel): engine ran out of fuel",
         ),
         (
-            "{% include \"bad/x.html.j2\" %}",
+            "{% include \"bad/x.html.j2\" %}".to_string(),
             "templates/bad/x.html.j2:1:1: recurses deeper than sequences.template_recursion",
         ),
         (
-            "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}",
+            "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}".to_string(),
             "templates/bad/x.html.j2:1:1: recurses deeper than sequences.template_recursion",
         ),
         (
-            "{{ 'x' * 1000000000 }}",
+            "{{ 'x' * 1000000000 }}".to_string(),
             "templates/bad/x.html.j2:1:1: does not finish within the template budget",
         ),
         (
-            "{% include \"../../../etc/passwd\" %}",
+            "{% include \"../../../etc/passwd\" %}".to_string(),
             "templates/bad/x.html.j2:1:1: includes a template that does not exist",
         ),
+        (
+            "{% extends \"bad/x.html.j2\" %}".to_string(),
+            "templates/bad/x.html.j2:1:1: extends itself, directly or through another template",
+        ),
+        (
+            "{{ customer.name | nosuchfilter }}".to_string(),
+            "templates/bad/x.html.j2:1:1: uses a filter, test or function that does not exist",
+        ),
+        (
+            format!("{{{{ {} }}}}", vec!["1"; 3000].join("+")),
+            "templates/bad/x.html.j2:1:1: a tag of 6005 bytes; `{{ }}` and `{% %}` tags are at most 4096",
+        ),
     ] {
+        let body = body.as_str();
         let (ok, out) = validate(&[
             ("s.yaml", seq.as_bytes()),
             ("templates/bad/x.subject.j2", b"hi"),
@@ -674,6 +723,49 @@ fn templates_over_budget_and_start_cycles_are_refused_naming_the_file() {
     let b = b.replace("wait: 0s", "wait: 1d");
     let (ok, out) = validate(&[("a.yaml", a.as_bytes()), ("b.yaml", b.as_bytes())]);
     assert!(ok, "{out}");
+}
+
+/// What a folder can hold besides files: links that loop, links out of it, a FIFO. The
+/// loader reads each directory once and only regular files inside the folder.
+#[test]
+fn links_and_special_files_in_a_sequences_folder_are_bounded_and_refused() {
+    let seq = "name: s\ntrigger: { event: order.placed }\nsteps:\n  - id: a\n    email: { template: t/a }\n";
+    let dir = scratch("links");
+    std::fs::write(dir.join("s.yaml"), seq).unwrap();
+    let t = dir.join("templates/t");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join("a.subject.j2"), "hi").unwrap();
+    std::fs::write(t.join("a.html.j2"), "<p>hi</p>").unwrap();
+    for name in ["a", "b", "c"] {
+        std::os::unix::fs::symlink(".", t.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink("/etc/hostname", t.join("leak.html.j2")).unwrap();
+    let fifo = t.join("pipe.subject.j2");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = aftercare().arg("validate").arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace(&format!("{}/", dir.display()), "");
+    assert!(!out.status.success());
+    assert!(
+        text.contains(
+            "templates/t/leak.html.j2:1:1: a link to a file outside the sequences folder"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("templates/t/pipe.subject.j2:1:1: not a regular file"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| !l.starts_with("  hint")).count(),
+        2,
+        "{text}"
+    );
 }
 
 /// The watched folder takes the same files while `run` runs: each is refused, the watch
@@ -1077,6 +1169,12 @@ fn cdnow_with_every_poison_mails_each_fulfilment_email_once_and_dead_letters_exa
             .sum();
         assert_eq!(published, poison.len(), "{log}");
         assert!(!log.contains("@example.com"), "an address in the log");
+        println!(
+            "{}: {} events, {expected} fulfilment emails each sent once, {} dead letters",
+            &store.url[..store.url.find(':').unwrap_or(0)],
+            lines.len(),
+            poison.len()
+        );
     }
 }
 
@@ -1196,4 +1294,121 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kib / 1024.0
+}
+
+/// The dead-letter workflow of docs/running.md, with the binary's commands: a customer whose
+/// stored state cannot be read has its event dead-lettered (not marked processed); `list`
+/// and `show` say why; once the state is mended, `replay` sends the message back to its topic
+/// and it is applied, once; a malformed one replayed is dead-lettered again.
+#[test]
+fn dead_letters_are_listed_shown_and_replayed_through_the_normal_path() {
+    let kafka = mock();
+    let brokers = kafka.bootstrap_servers();
+    let store = TestStore::sqlite();
+    let seqs = sequences_dir("replay", &[("receipt.yaml", RECEIPT)]);
+    let dir = scratch("replay");
+    let mail = dir.join("mail");
+    let config = common::tansu::write_config(&dir, &brokers, "replay", &store.url, &seqs);
+    let service = start(config_of(&brokers, &store.url, &seqs, &mail));
+    let p = producer(&brokers);
+    send(
+        &p,
+        "orders",
+        "ann",
+        placed("ann", "o1", json!(1)).as_bytes(),
+        &[],
+    );
+    flush(&p);
+    wait_until(30, "ann's first order mailed", || emails(&mail) == 1);
+    // Ann's stored state is damaged (a bad restore, say).
+    let conn = rusqlite::Connection::open(store.url.trim_start_matches("sqlite://")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute(
+        "UPDATE customers SET state = '{\"profile\":' WHERE id = 'ann'",
+        [],
+    )
+    .unwrap();
+    send(
+        &p,
+        "orders",
+        "ann",
+        placed("ann", "o2", json!(2)).as_bytes(),
+        &[],
+    );
+    send(&p, "orders", "junk", b"{not json", &[("x-trace", "t1")]);
+    flush(&p);
+    wait_until(30, "two dead letters", || dead_letters(&store).len() == 2);
+    let cli = |args: &[&str]| {
+        let out = aftercare()
+            .arg("dead-letters")
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, list) = cli(&["list"]);
+    assert!(ok, "{list}");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    let line = |class: &str| {
+        *lines
+            .iter()
+            .find(|l| l.contains(&format!("\t{class}\t")))
+            .unwrap_or_else(|| panic!("no {class} in {list}"))
+    };
+    assert!(
+        line("not_json").ends_with("\tnot valid JSON: key must be a string at line 1 column 2"),
+        "{list}"
+    );
+    let id_of = |l: &str| l.split('\t').next().unwrap().to_string();
+    assert!(
+        line("customer_unreadable")
+            .contains("\tthe customer's stored state cannot be read: EOF while parsing"),
+        "{list}"
+    );
+    let unreadable = id_of(line("customer_unreadable"));
+    let junk = id_of(line("not_json"));
+    let (_, only) = cli(&["list", "--reason", "not_json"]);
+    assert_eq!(only.lines().count(), 1);
+    let (ok, shown) = cli(&["show", &junk]);
+    assert!(ok);
+    assert!(shown.contains("header:    x-trace: t1"), "{shown}");
+    assert!(shown.contains("value:     9 bytes\n{not json"), "{shown}");
+    // Mended (the row removed: the customer starts afresh), the event is replayed and applied.
+    conn.execute("DELETE FROM customers WHERE id = 'ann'", [])
+        .unwrap();
+    let (ok, _) = cli(&["replay", &unreadable]);
+    assert!(ok);
+    wait_until(30, "ann's second order mailed", || emails(&mail) == 2);
+    // Replaying everything: ann's is a duplicate now (no effect), the junk is dead-lettered again.
+    let (ok, _) = cli(&["replay"]);
+    assert!(ok);
+    wait_until(30, "the junk dead-lettered again", || {
+        dead_letters(&store).len() == 3
+    });
+    service.stop();
+    assert_eq!(emails(&mail), 2);
+    let all = dead_letters(&store);
+    assert!(all[..2].iter().all(|d| d.replayed_at.is_some()));
+    assert_eq!(all[2].letter.value, b"{not json");
+    assert!(
+        all[2]
+            .letter
+            .headers
+            .iter()
+            .any(|(k, v)| k == "aftercare.replay.of" && !v.is_empty()),
+        "{:?}",
+        all[2].letter.headers
+    );
+}
+
+/// The in-process service's config, matching `write_config`'s file.
+fn config_of(brokers: &str, store: &str, seqs: &Path, mail: &Path) -> aftercare::config::Config {
+    config(brokers, "replay", store, seqs, mail)
 }

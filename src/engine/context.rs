@@ -318,7 +318,11 @@ mod tests {
             ("customer.total_spent >= 150", true),
             ("event.data.total < 100", false),
         ] {
-            assert_eq!(Expr::compile(expr).unwrap().eval_slow(ctx()), Ok(expected), "{expr}");
+            assert_eq!(
+                Expr::compile(expr).unwrap().eval_slow(ctx()),
+                Ok(expected),
+                "{expr}"
+            );
         }
     }
 }

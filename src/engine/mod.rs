@@ -15,6 +15,7 @@ pub mod decision;
 pub mod journey;
 mod rules;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -78,7 +79,8 @@ impl Default for Policy {
 /// Why backfilled journeys send no marketing.
 const BACKFILL: &str = "backfill: the triggering event is older than policy.max_event_age";
 
-/// Steps one customer may run in one call; only a broken sequence could reach it.
+/// Steps one customer may run in one call at least (more with many journeys due); only a
+/// broken sequence could reach it.
 const STEP_BUDGET: usize = 10_000;
 
 pub struct Engine {
@@ -203,7 +205,12 @@ impl Engine {
         before: Option<DateTime<Utc>>,
         out: &mut Vec<Decision>,
     ) {
-        for _ in 0..STEP_BUDGET {
+        // Each journey may run at most a few times its steps at one instant (validation refuses
+        // loops without a wait, so only a stored state of an older, looser version could run
+        // more); past that only that journey ends. The whole call is bounded besides.
+        let mut runs: HashMap<JourneyId, usize> = HashMap::new();
+        let cap = STEP_BUDGET.max(64 * (c.journeys.len() + 1));
+        for _ in 0..cap {
             let next = c
                 .journeys
                 .iter()
@@ -214,6 +221,15 @@ impl Engine {
             let Some((_, ji)) = next else {
                 return;
             };
+            let j = &c.journeys[ji];
+            let n = runs.entry(j.id).or_default();
+            *n += 1;
+            if *n > 2 * j.sequence.steps.len() + 16 {
+                tracing::error!(customer_id = %c.profile.id, sequence = %j.sequence.name, "a journey loops without waiting; it ends");
+                let reason = "loops without waiting".to_string();
+                self.end(c, ji, now, Action::Exit, reason, false, out);
+                continue;
+            }
             match c.journeys[ji].state {
                 State::Due { cause, .. } => self.due_step(c, ji, now, cause, None, out),
                 State::WaitingFor { .. } => self.timed_out(c, ji, now, out),

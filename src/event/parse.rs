@@ -6,8 +6,6 @@
 //! are read from their JSON text, never through a float. A key given twice in an object is
 //! refused rather than one of the two silently winning.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Datelike, Utc};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -57,7 +55,7 @@ pub enum EventError {
     },
     #[error("`{field}` {reason}")]
     Amount { field: String, reason: MoneyError },
-    #[error("`{0}` appears twice: keys must be unique")]
+    #[error("`{}` appears twice: keys must be unique", shown(.0))]
     DuplicateKey(String),
     #[error("{field} is {len} bytes; identifiers are at most 256 bytes")]
     IdTooLong { field: String, len: usize },
@@ -65,8 +63,10 @@ pub enum EventError {
         "{field} contains the control character U+{code:04X} at byte {at}; identifiers may not contain control characters"
     )]
     ControlCharacter { field: String, code: u32, at: usize },
-    #[error("`{0}` contains a NUL character (U+0000)")]
+    #[error("`{}` contains a NUL character (U+0000)", shown(.0))]
     Nul(String),
+    #[error("a text of the event contains a NUL character (U+0000)")]
+    NulElsewhere,
 }
 
 impl EventError {
@@ -86,26 +86,19 @@ impl EventError {
             | EventError::DuplicateKey(_) => "data",
             EventError::Amount { .. } => "amount",
             EventError::IdTooLong { .. } | EventError::ControlCharacter { .. } => "identifier",
-            EventError::Nul(_) => "nul",
+            EventError::Nul(_) | EventError::NulElsewhere => "nul",
         }
     }
 }
 
-/// A value quoted in a reason: at most 64 characters, control characters escaped.
+/// A value quoted in a reason: at most 64 characters, control and formatting characters
+/// escaped, addresses hidden (the reason is a Kafka header and a log field).
 fn shown(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == 64 {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+    let mut cut: String = s.chars().take(64).collect();
+    if cut.len() < s.len() {
+        cut.push('…');
     }
-    out
+    crate::redact::text(&cut)
 }
 
 impl Event {
@@ -118,6 +111,9 @@ impl Event {
             None => Event::from_structured_text(text)?,
         };
         check(&event)?;
+        if escaped_nul(text) {
+            return Err(EventError::NulElsewhere);
+        }
         Ok(event)
     }
 
@@ -136,7 +132,7 @@ impl Event {
             time: env.attr("time")?,
             subject: env.attr("subject")?,
         };
-        let data = env.take("data");
+        let data = env.take("data")?;
         build(attrs, data)
     }
 
@@ -174,15 +170,18 @@ impl Event {
             time: need(time, "time")?,
             subject: need(subject, "subject")?,
         };
-        let event = if value.iter().all(u8::is_ascii_whitespace) {
-            build(attrs, None)?
+        let (event, text) = if value.iter().all(u8::is_ascii_whitespace) {
+            (build(attrs, None)?, "")
         } else {
             let text = utf8(value)?;
             let data: &RawValue =
                 serde_json::from_str(text).map_err(|e| EventError::NotJson(e.to_string()))?;
-            build(attrs, Some(data))?
+            (build(attrs, Some(data))?, text)
         };
         check(&event)?;
+        if escaped_nul(text) {
+            return Err(EventError::NulElsewhere);
+        }
         Ok(event)
     }
 }
@@ -286,24 +285,30 @@ struct Fields<'a, 'k> {
 }
 
 impl<'a, 'k> Fields<'a, 'k> {
-    /// Refuses an object that gives a key twice.
     fn new(m: Members<'a>, path: String, kind: &'k str) -> Result<Fields<'a, 'k>, EventError> {
-        let mut seen = HashSet::with_capacity(m.0.len());
-        for (key, _) in &m.0 {
-            if !seen.insert(key.as_str()) {
-                let field = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                return Err(EventError::DuplicateKey(field));
-            }
-        }
         Ok(Fields {
             members: m.0,
             path,
             kind,
         })
+    }
+
+    /// The member named `key`, refused if the object gives it twice. Keys aftercare does not
+    /// read may repeat, as the typed fast path lets them: both paths must agree.
+    fn member(&mut self, key: &str) -> Result<Option<&'a RawValue>, EventError> {
+        let Some(i) = self.members.iter().position(|(k, _)| k == key) else {
+            return Ok(None);
+        };
+        let (_, v) = self.members.swap_remove(i);
+        if self.members.iter().any(|(k, _)| k == key) {
+            let field = if self.path.is_empty() {
+                key.to_string()
+            } else {
+                self.field(key)
+            };
+            return Err(EventError::DuplicateKey(field));
+        }
+        Ok(Some(v))
     }
 
     fn field(&self, key: &str) -> String {
@@ -325,15 +330,13 @@ impl<'a, 'k> Fields<'a, 'k> {
     }
 
     /// The member's value, `None` when absent or `null`.
-    fn take(&mut self, key: &str) -> Option<&'a RawValue> {
-        let i = self.members.iter().position(|(k, _)| k == key)?;
-        let (_, v) = self.members.swap_remove(i);
-        (v.get() != "null").then_some(v)
+    fn take(&mut self, key: &str) -> Result<Option<&'a RawValue>, EventError> {
+        Ok(self.member(key)?.filter(|v| v.get() != "null"))
     }
 
     /// A CloudEvents attribute: a non-empty string.
     fn attr(&mut self, name: &'static str) -> Result<String, EventError> {
-        let raw = self.take(name).ok_or(EventError::MissingAttribute(name))?;
+        let raw = self.take(name)?.ok_or(EventError::MissingAttribute(name))?;
         match serde_json::from_str::<String>(raw.get()) {
             Ok(s) if !s.is_empty() => Ok(s),
             _ => Err(EventError::BadAttribute(name)),
@@ -341,7 +344,7 @@ impl<'a, 'k> Fields<'a, 'k> {
     }
 
     fn opt_str(&mut self, key: &str) -> Result<Option<String>, EventError> {
-        match self.take(key) {
+        match self.take(key)? {
             None => Ok(None),
             Some(raw) => serde_json::from_str(raw.get())
                 .map(Some)
@@ -354,7 +357,7 @@ impl<'a, 'k> Fields<'a, 'k> {
     }
 
     fn value(&mut self, key: &str) -> Result<&'a RawValue, EventError> {
-        self.take(key).ok_or_else(|| self.missing(key))
+        self.take(key)?.ok_or_else(|| self.missing(key))
     }
 
     /// A JSON number or a decimal string, read exactly from its text.
@@ -550,7 +553,7 @@ fn is_known(kind: &str) -> bool {
 }
 
 fn customer_patch(f: &mut Fields) -> Result<Option<CustomerPatch>, EventError> {
-    let Some(raw) = f.take("customer") else {
+    let Some(raw) = f.take("customer")? else {
         return Ok(None);
     };
     let mut c = f.object("customer", raw)?;
@@ -672,6 +675,29 @@ fn check(e: &Event) -> Result<(), EventError> {
         }
     }
     Ok(())
+}
+
+/// Whether a JSON text escapes a NUL (`\u0000`) inside a string: in a field aftercare does not
+/// read (an extension attribute, a key it ignores) — those it reads are named by [`check`].
+/// NUL is refused wherever it is, so that both bindings and both parsers agree.
+fn escaped_nul(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                if b.get(i + 1) == Some(&b'u') && b.get(i + 2..i + 6) == Some(b"0000") {
+                    return true;
+                }
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 fn identifier(field: String, v: &str) -> Result<(), EventError> {
@@ -983,6 +1009,13 @@ mod tests {
             reason(&placed_with(|v| v["time"] = json!("+10000-01-03T23:59:59Z"))),
             "attribute `time` is not an RFC 3339 timestamp: `+10000-01-03T23:59:59Z`"
         );
+        // The last second of 9999, leap second included, is a time a timer can still fire at
+        // (the fuzzer found one that could not).
+        let last = Event::from_structured(&placed_with(|v| {
+            v["time"] = json!("9999-12-31T23:59:60.5Z")
+        }))
+        .unwrap();
+        assert!(crate::time::fires(last.time));
         for t in [
             "9999-12-31T23:59:59Z",
             "1970-01-01T00:00:00Z",
@@ -1037,6 +1070,68 @@ mod tests {
         assert_eq!(
             reason(fb("csat", "-1").as_bytes()),
             "`data.score` must be a number from 0 to 10"
+        );
+    }
+
+    #[test]
+    fn both_paths_and_both_bindings_agree_on_repeated_keys_and_nul() {
+        // A key aftercare does not read may repeat (the typed path lets it); one it reads may not.
+        let delivered = |data: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"e","source":"s","type":"order.delivered","time":"2024-01-01T00:00:00Z","subject":"c","data":{data}}}"#
+            )
+        };
+        assert!(structured(&delivered(r#"{"order_id":"o","note":1,"note":2}"#)).is_ok());
+        assert_eq!(
+            structured(&delivered(r#"{"order_id":"o","order_id":"p"}"#))
+                .unwrap_err()
+                .to_string(),
+            "`data.order_id` appears twice: keys must be unique"
+        );
+        let headers = || -> Vec<(&'static str, &'static [u8])> {
+            vec![
+                ("ce_specversion", b"1.0"),
+                ("ce_id", b"e"),
+                ("ce_source", b"s"),
+                ("ce_type", b"order.delivered"),
+                ("ce_time", b"2024-01-01T00:00:00Z"),
+                ("ce_subject", b"c"),
+            ]
+        };
+        assert!(Event::from_binary(headers(), br#"{"order_id":"o","note":1,"note":2}"#).is_ok());
+        // NUL in a field nobody reads is refused too, in either binding; `\\u0000` is no NUL.
+        let nul = "a text of the event contains a NUL character (U+0000)";
+        assert_eq!(
+            structured(&delivered(r#"{"order_id":"o","note":"a\u0000"}"#))
+                .unwrap_err()
+                .to_string(),
+            nul
+        );
+        assert_eq!(
+            Event::from_binary(headers(), br#"{"order_id":"o","note":"a\u0000"}"#)
+                .unwrap_err()
+                .to_string(),
+            nul
+        );
+        let ext = r#"{"specversion":"1.0","id":"e","source":"s","type":"x","time":"2024-01-01T00:00:00Z","subject":"c","traceparent":"a\u0000b"}"#;
+        assert_eq!(structured(ext).unwrap_err().to_string(), nul);
+        assert!(structured(&delivered(r#"{"order_id":"o","note":"a\\u0000"}"#)).is_ok());
+    }
+
+    #[test]
+    fn quoted_values_hide_addresses_and_formatting_characters() {
+        assert_eq!(
+            reason(&placed_with(|v| v["time"] = json!("bob@example.com"))),
+            "attribute `time` is not an RFC 3339 timestamp: `<address>`"
+        );
+        assert_eq!(
+            reason(&placed_with(|v| v["specversion"] = json!("1\u{202e}0"))),
+            "unsupported specversion `1\\u{202e}0` (expected \"1.0\")"
+        );
+        let other = br#"{"specversion":"1.0","id":"e","source":"s","type":"x","time":"2024-01-01T00:00:00Z","subject":"c","data":{"k\u0000\nfake@evil.com":"v"}}"#;
+        assert_eq!(
+            reason(other),
+            "`data.k\\u{0}\\n<address>` contains a NUL character (U+0000)"
         );
     }
 }

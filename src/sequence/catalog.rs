@@ -71,6 +71,29 @@ pub fn read_source(
     }
 }
 
+/// Problems reported per file: a file of 80,000 unknown keys is one problem to its author.
+const MAX_DIAGNOSTICS_PER_FILE: usize = 100;
+
+/// The first `max` problems, and one line saying how many more there are.
+fn at_most(mut list: Vec<Diagnostic>, max: usize) -> Vec<Diagnostic> {
+    if list.len() > max {
+        let more = list.len() - max;
+        list.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        list.truncate(max);
+        if let Some(last) = list.last().cloned() {
+            list.push(
+                Diagnostic::new(
+                    last.path,
+                    last.pos,
+                    format!("… and {more} more problem(s) in this file"),
+                )
+                .hint("fix these first; the rest are often the same mistake"),
+            );
+        }
+    }
+    list
+}
+
 impl Catalog {
     /// Loads `dir/*.yaml` and `dir/templates/` with the default limits. Returns the valid
     /// sequences and every problem found; the caller decides whether problems are fatal
@@ -88,10 +111,20 @@ impl Catalog {
         };
         let mut files = Vec::new();
         let mut diags = Vec::new();
+        let bound = dir.canonicalize().map_err(err)?;
         for entry in std::fs::read_dir(dir).map_err(err)? {
             let path = entry.map_err(err)?.path();
             let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
-            if is_yaml && path.is_file() {
+            if is_yaml && path.canonicalize().is_ok_and(|c| !c.starts_with(&bound)) {
+                diags.push(
+                    Diagnostic::new(
+                        path.display().to_string(),
+                        Pos::START,
+                        "a link to a file outside the sequences folder",
+                    )
+                    .hint("sequence files are regular files inside the sequences folder"),
+                );
+            } else if is_yaml && path.is_file() {
                 let file = path.display().to_string();
                 match read_source(&path, &file, limits).map_err(err)? {
                     Ok(source) => files.push((file, source)),
@@ -137,7 +170,7 @@ impl Catalog {
             } else if let Some(stem) = Path::new(path).file_stem() {
                 claimed.push(stem.to_string_lossy().into_owned());
             }
-            diags.extend(d.list);
+            diags.extend(at_most(d.list, MAX_DIAGNOSTICS_PER_FILE));
         }
         let mut by_name: HashMap<Arc<str>, Arc<Sequence>> = HashMap::new();
         let mut checked = Vec::new();

@@ -40,6 +40,13 @@ pub fn version_of(source: &str) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The longest name, category or step id: they go into headers, URLs and metric labels.
+const MAX_WORD: usize = 100;
+
+/// Most steps in one sequence: a journey may run them all at one instant, and each compiled
+/// expression takes memory (39,000 steps of a 1 MiB file took 700 MB).
+pub const MAX_STEPS: usize = 1000;
+
 /// Compiles one file with the default limits. Returns `None` when `d` received any error for
 /// it.
 pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -> Option<Compiled> {
@@ -190,6 +197,17 @@ impl Compiler<'_, '_, '_> {
 
     /// Names and categories are plain words: they appear in headers, URLs and output lines.
     fn word(&mut self, w: &Sp<String>, what: &str) -> Option<()> {
+        if w.value.len() > MAX_WORD {
+            self.d.error_hint(
+                w.pos,
+                format!(
+                    "{what} is {} characters long; at most {MAX_WORD}",
+                    w.value.len()
+                ),
+                "for example camera-education or cross_sell",
+            );
+            return None;
+        }
         let ok = !w.value.is_empty()
             && w.value
                 .chars()
@@ -232,9 +250,15 @@ impl Compiler<'_, '_, '_> {
     fn expr(&mut self, e: &Sp<String>) -> Option<Expr> {
         Expr::compile(&e.value)
             .map_err(|m| {
+                let shown: String = e.value.chars().take(80).collect();
+                let more = if shown.len() < e.value.len() {
+                    "…"
+                } else {
+                    ""
+                };
                 self.d.error_hint(
                     e.pos,
-                    format!("expression `{}`: {m}", e.value),
+                    format!("expression `{shown}{more}`: {m}"),
                     "expressions use Jinja syntax, e.g. customer.open_tickets > 0",
                 )
             })
@@ -301,6 +325,17 @@ impl Compiler<'_, '_, '_> {
         if steps.value.is_empty() {
             self.d
                 .error_hint(steps.pos, "`steps` is empty", "add at least one step");
+            return None;
+        }
+        if steps.value.len() > MAX_STEPS {
+            self.d.error_hint(
+                steps.pos,
+                format!(
+                    "{} steps; a sequence has at most {MAX_STEPS}",
+                    steps.value.len()
+                ),
+                "split it into sequences that hand over with `start`",
+            );
             return None;
         }
         // Ids first: `on_timeout` may jump forward to a step not compiled yet.

@@ -63,17 +63,39 @@ impl Diagnostic {
 }
 
 impl fmt::Display for Diagnostic {
+    /// Control and formatting characters a file put in a message are escaped: what `validate`
+    /// prints goes to a terminal.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{}:{}:{}: {}",
-            self.path, self.pos.line, self.pos.col, self.message
+            escaped(&self.path),
+            self.pos.line,
+            self.pos.col,
+            escaped(&self.message)
         )?;
         if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
+            write!(f, "\n  hint: {}", escaped(hint))?;
         }
         Ok(())
     }
+}
+
+fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(crate::redact::hidden) {
+        return s.into();
+    }
+    s.chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if crate::redact::hidden(c) {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Collects diagnostics for one file so that checks never stop at the first problem.

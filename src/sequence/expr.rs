@@ -26,6 +26,9 @@ fn env() -> &'static Environment<'static> {
 const EXPR_FUEL: u64 = 100_000;
 const EXPR_RECURSION: usize = 100;
 
+/// The longest expression accepted.
+pub const MAX_EXPR_BYTES: usize = 2048;
+
 /// A compiled expression and the text it came from.
 #[derive(Clone)]
 pub struct Expr {
@@ -38,6 +41,14 @@ pub struct Expr {
 impl Expr {
     /// Compiles `source`; the error is MiniJinja's message without its "syntax error" prefix noise.
     pub fn compile(source: &str) -> Result<Expr, String> {
+        // MiniJinja's parser nests one level per operator of a chain (`1+1+…`): a long one
+        // overflows a thread's stack while it compiles. A condition needs a line or two.
+        if source.len() > MAX_EXPR_BYTES {
+            return Err(format!(
+                "it is {} bytes long; an expression is at most {MAX_EXPR_BYTES}",
+                source.len()
+            ));
+        }
         let compiled = env()
             .compile_expression_owned(source.to_string())
             .map_err(|e| describe(&e))?;
@@ -122,5 +133,34 @@ mod tests {
     fn syntax_errors_are_reported() {
         let err = Expr::compile("customer.open_tickets >").unwrap_err();
         assert!(err.contains("syntax error"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    /// Stored versions are compiled again on the engine thread (a default 2 MiB stack): the
+    /// longest expression of the worst shapes must compile there.
+    #[test]
+    fn the_longest_expressions_compile_on_a_small_stack() {
+        let worst = [
+            "-".repeat(MAX_EXPR_BYTES - 1) + "1",
+            "not ".repeat((MAX_EXPR_BYTES - 1) / 4) + "1",
+            vec!["1"; MAX_EXPR_BYTES / 2].join("+"),
+            format!("x{}", "|lower".repeat((MAX_EXPR_BYTES - 1) / 6)),
+            format!("x{}", ".a".repeat((MAX_EXPR_BYTES - 1) / 2)),
+            format!("x{}", "[0]".repeat((MAX_EXPR_BYTES - 1) / 3)),
+        ];
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for e in &worst {
+                    assert!(e.len() <= MAX_EXPR_BYTES);
+                    let _ = Expr::compile(e);
+                }
+            })
+            .unwrap();
+        assert!(handle.join().is_ok());
     }
 }

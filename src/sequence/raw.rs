@@ -281,12 +281,14 @@ impl<'n> Fields<'n> {
             return None;
         };
         let mut entries: Vec<(&'n str, Pos, &'n Node)> = Vec::with_capacity(pairs.len());
+        // A set, not a scan of the entries: a 1 MiB file of distinct keys took 48 s.
+        let mut seen = std::collections::HashSet::with_capacity(pairs.len());
         for (k, v) in pairs {
             let Some(key) = k.as_str() else {
                 d.error(k.pos, format!("keys in {what} must be plain words"));
                 continue;
             };
-            if entries.iter().any(|(seen, _, _)| *seen == key) {
+            if !seen.insert(key) {
                 d.error_hint(
                     k.pos,
                     format!("duplicate key `{key}` in {what}"),

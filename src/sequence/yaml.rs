@@ -158,7 +158,7 @@ impl Builder {
                         quoted,
                     }
                 };
-                self.finish(Node { pos, kind }, 1, anchor);
+                self.finish(Node { pos, kind }, 1, anchor)?;
             }
             Event::Alias(id) => {
                 let (node, size) = self.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
@@ -166,20 +166,8 @@ impl Builder {
                     message: "alias to an unknown anchor".into(),
                     hint: None,
                 })?;
-                self.expanded = self.expanded.saturating_add(size);
-                if self.expanded > self.limits.max_alias_nodes {
-                    return Err(SyntaxError {
-                        pos,
-                        message: format!(
-                            "aliases expand to more than {} nodes",
-                            self.limits.max_alias_nodes
-                        ),
-                        hint: Some(
-                            "write the repeated part out, or alias smaller pieces (sequences.max_alias_nodes)",
-                        ),
-                    });
-                }
-                self.finish(Node { pos, ..node }, size, 0);
+                self.copied(size, pos)?;
+                self.finish(Node { pos, ..node }, size, 0)?;
             }
             Event::SequenceStart(anchor, _) => {
                 self.deeper(pos)?;
@@ -209,7 +197,7 @@ impl Builder {
                     ),
                     None => return Ok(None),
                 };
-                self.finish(node, size, anchor);
+                self.finish(node, size, anchor)?;
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
@@ -234,8 +222,28 @@ impl Builder {
         }
     }
 
-    fn finish(&mut self, node: Node, size: usize, anchor: usize) {
+    /// Counts nodes copied by an alias or kept for an anchor: anchors nested in each other
+    /// each keep a copy of what they hold, so they cost as much as aliases would.
+    fn copied(&mut self, size: usize, pos: Pos) -> Result<(), SyntaxError> {
+        self.expanded = self.expanded.saturating_add(size);
+        if self.expanded > self.limits.max_alias_nodes {
+            return Err(SyntaxError {
+                pos,
+                message: format!(
+                    "aliases expand to more than {} nodes",
+                    self.limits.max_alias_nodes
+                ),
+                hint: Some(
+                    "write the repeated part out, or alias smaller pieces (sequences.max_alias_nodes)",
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, node: Node, size: usize, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
+            self.copied(size, node.pos)?;
             self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
@@ -252,6 +260,7 @@ impl Builder {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -310,10 +319,22 @@ mod tests {
         assert!(bomb.len() < 700, "{}", bomb.len());
         let err = parse(&bomb).unwrap_err();
         assert_eq!(err.message, "aliases expand to more than 10000 nodes");
-        // a: 11 nodes, b: 111, c: 1,111, d: 11,111.
+        // Anchored copies and alias copies together: a: 11, b: 111 + 110, c: 1,111 + 1,110,
+        // d: 11,111 (the anchor of d crosses the limit).
         assert_eq!(err.pos.line, 4);
         // Aliases under the limit are fine.
         assert!(parse("a: &a [1, 2]\nb: *a\nc: *a\n").is_ok());
+        // Anchors nested in each other, without a single alias, keep copies too.
+        let nested = format!(
+            "z: {}[{}]{}\n",
+            "&a [".repeat(60),
+            vec!["x"; 500].join(","),
+            "]".repeat(60)
+        );
+        assert_eq!(
+            parse(&nested).unwrap_err().message,
+            "aliases expand to more than 10000 nodes"
+        );
     }
 
     #[test]

@@ -165,7 +165,8 @@ impl Ingest<'_> {
         }))
         .map_err(|p| Failure::Engine(panic_text(&*p)))??;
         for (i, reason) in applied.rejected() {
-            dead.push(letter(origin[i], reason.to_string(), "customer_unreadable"));
+            let reason = format!("the customer's stored state cannot be read: {reason}");
+            dead.push(letter(origin[i], reason, "customer_unreadable"));
         }
         tx.dead_letter(&dead, now)?;
         tx.commit()?;
@@ -259,7 +260,9 @@ pub fn letter(m: &OwnedMessage, reason: String, class: &str) -> DeadLetter {
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().unwrap_or_default().to_vec(),
         headers,
-        reason,
+        // Whatever produced the reason, it must be storable (PostgreSQL text holds no NUL),
+        // or recording the dead letter would fail in turn.
+        reason: reason.replace('\0', "\\u{0}"),
         class: class.to_string(),
     }
 }

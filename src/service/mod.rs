@@ -92,6 +92,9 @@ pub const GRACE: Duration = Duration::from_secs(8);
 /// How often processed-event keys older than `store.dedupe_retention` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// The watch thread's stack: as large as a main thread's (8 MiB), with room to spare.
+const WATCH_STACK: usize = 16 << 20;
+
 /// Wake-ups per transaction.
 pub const WAKE_BATCH: usize = 256;
 
@@ -293,6 +296,9 @@ pub fn run(
         Some(
             std::thread::Builder::new()
                 .name("watch".into())
+                // The same stack as the main thread that loaded the folder at start-up
+                // (and as `validate`): a file that loads there loads here.
+                .stack_size(WATCH_STACK)
                 .spawn(move || {
                     reload::watch(
                         &dir,

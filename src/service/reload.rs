@@ -69,7 +69,12 @@ impl Live {
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), false)];
+    // Each directory once: a link to a parent must not loop (it did, forever).
+    let mut seen = std::collections::HashSet::new();
     while let Some((d, in_templates)) = stack.pop() {
+        if !d.canonicalize().is_ok_and(|real| seen.insert(real)) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };

@@ -43,7 +43,7 @@ pub fn replay(
     let mut number = 0u64;
     loop {
         buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
+        if read_line(&mut input, &mut buf)? == 0 {
             break;
         }
         number += 1;
@@ -67,6 +67,33 @@ pub fn replay(
     }
     summary.stats = sim.stats;
     Ok(summary)
+}
+
+/// Reads one line into `buf` (appended), keeping at most one byte more than an event may
+/// have: the rest of a longer line is read and dropped, so a line of gigabytes costs no
+/// memory (its event is refused as oversized). The bytes the line took in the input.
+pub(crate) fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let keep = crate::event::MAX_EVENT_BYTES + 1;
+    let start = buf.len();
+    let mut total = 0;
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(total);
+        }
+        let (line, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..=i], true),
+            None => (chunk, false),
+        };
+        let room = keep.saturating_sub(buf.len() - start);
+        buf.extend_from_slice(&line[..line.len().min(room)]);
+        let n = line.len();
+        input.consume(n);
+        total += n;
+        if done {
+            return Ok(total);
+        }
+    }
 }
 
 /// Writes decisions as SPEC §5 lines; consecutive lines mostly share `at`, so its text is kept.

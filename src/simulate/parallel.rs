@@ -155,7 +155,7 @@ fn read_batch(
     lines.clear();
     while lines.len() < BATCH {
         let start = text.len();
-        if input.read_until(b'\n', text)? == 0 {
+        if super::read_line(input, text)? == 0 {
             break;
         }
         *number += 1;

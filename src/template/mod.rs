@@ -157,6 +157,17 @@ impl Templates {
                 );
                 continue;
             };
+            if let Some((at, len)) = long_tag(&source) {
+                diags.push(
+                    Diagnostic::new(
+                        &shown,
+                        Pos::START.advance(&source, at),
+                        format!("a tag of {len} bytes; `{{{{ }}}}` and `{{% %}}` tags are at most {MAX_TAG_BYTES}"),
+                    )
+                    .hint("compute a long expression in steps with {% set %}"),
+                );
+                continue;
+            }
             if let Err(e) = env.add_template_owned(file.clone(), source.clone()) {
                 diags.push(
                     Diagnostic::new(&shown, error_pos(&e, &source), describe(&e)).hint(
@@ -215,7 +226,7 @@ impl Templates {
         let mut files = Vec::new();
         let mut diags = Vec::new();
         if dir.is_dir() {
-            collect(dir, dir, &mut files)?;
+            collect(dir, dir, &mut files, &mut diags, shown)?;
         }
         files.sort();
         let mut sources = Vec::with_capacity(files.len());
@@ -260,6 +271,25 @@ impl Templates {
                         (
                             "includes a template that does not exist",
                             "include templates of this folder by their path under templates/",
+                        )
+                    } else if matches!(
+                        cause.kind(),
+                        minijinja::ErrorKind::UnknownFilter
+                            | minijinja::ErrorKind::UnknownTest
+                            | minijinja::ErrorKind::UnknownFunction
+                            | minijinja::ErrorKind::UnknownMethod
+                    ) {
+                        (
+                            "uses a filter, test or function that does not exist",
+                            "see MiniJinja's built-in filters and tests; it would fail for every customer",
+                        )
+                    } else if cause
+                        .detail()
+                        .is_some_and(|d| d.starts_with("cycle in template inheritance"))
+                    {
+                        (
+                            "extends itself, directly or through another template",
+                            "a layout is extended by its pages, not by itself",
                         )
                     } else {
                         continue;
@@ -357,6 +387,36 @@ impl Templates {
         locale: Option<&str>,
         ctx: &Value,
     ) -> Result<String, RenderError> {
+        self.guarded(name, || self.subject_of(name, locale, ctx))
+    }
+
+    /// Runs a render; a panic in it (a bug the renderers met on some template or data) fails
+    /// that render with the reason instead of the worker that ran it.
+    fn guarded<T>(
+        &self,
+        name: &str,
+        render: impl FnOnce() -> Result<T, RenderError>,
+    ) -> Result<T, RenderError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(render)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(RenderError {
+                file: format!("{}/{name}", self.root),
+                message: format!("rendering failed: {}", crate::redact::text(&what)),
+                over_budget: false,
+            })
+        })
+    }
+
+    fn subject_of(
+        &self,
+        name: &str,
+        locale: Option<&str>,
+        ctx: &Value,
+    ) -> Result<String, RenderError> {
         let variant = self
             .pick(name, locale, Part::Subject)
             .ok_or_else(|| self.missing(name, Part::Subject))?;
@@ -377,7 +437,16 @@ impl Templates {
         locale: Option<&str>,
         ctx: &Value,
     ) -> Result<Rendered, RenderError> {
-        let subject = self.render_subject(name, locale, ctx)?;
+        self.guarded(name, || self.render_parts(name, locale, ctx))
+    }
+
+    fn render_parts(
+        &self,
+        name: &str,
+        locale: Option<&str>,
+        ctx: &Value,
+    ) -> Result<Rendered, RenderError> {
+        let subject = self.subject_of(name, locale, ctx)?;
         let variant = self
             .pick(name, locale, Part::Html)
             .ok_or_else(|| self.missing(name, Part::Html))?;
@@ -417,6 +486,35 @@ fn mjml_to_html(mjml: &str) -> Result<String, String> {
         .element
         .render(&options)
         .map_err(|e| format!("MJML: {e}"))
+}
+
+/// The longest `{{ … }}` or `{% … %}` tag: MiniJinja's parser nests one level per operator of
+/// a chain (`1+1+…`, `a|f|f|…`), and a long one overflows the stack of whoever loads it.
+pub const MAX_TAG_BYTES: usize = 4096;
+
+/// The first tag longer than [`MAX_TAG_BYTES`]: (its offset, its length). An unclosed tag is
+/// left to MiniJinja's syntax error.
+fn long_tag(source: &str) -> Option<(usize, usize)> {
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    while let Some(open) = source[i..].find('{').map(|o| i + o) {
+        let close = match bytes.get(open + 1) {
+            Some(b'{') => "}}",
+            Some(b'%') => "%}",
+            _ => {
+                i = open + 1;
+                continue;
+            }
+        };
+        let Some(end) = source[open + 2..].find(close).map(|e| open + 2 + e + 2) else {
+            return (source.len() - open > MAX_TAG_BYTES).then_some((open, source.len() - open));
+        };
+        if end - open > MAX_TAG_BYTES {
+            return Some((open, end - open));
+        }
+        i = end;
+    }
+    None
 }
 
 /// `&`, `<`, `>`, `"` and `'` as entities: enough for text and attribute values.
@@ -490,32 +588,45 @@ fn error_pos(e: &minijinja::Error, source: &str) -> Pos {
     Pos::new(e.line().unwrap_or(1) as u32, 1)
 }
 
-/// Every `*.j2` file under `dir`: (its path under `root` with `/`, its path). Depth is bounded
-/// to keep a symlink loop from recursing without end.
+/// Every `*.j2` file under `dir`: (its path under `root` with `/`, its path). Symbolic links
+/// are followed (a Kubernetes ConfigMap is made of them) but each directory is read once, so a
+/// link to a parent cannot loop; entries that are not regular files (a FIFO would block the
+/// read) and files that resolve outside `bound` (the sequences folder) are reported, not read.
 fn collect(
     root: &Path,
     dir: &Path,
     out: &mut Vec<(String, std::path::PathBuf)>,
+    diags: &mut Vec<Diagnostic>,
+    shown: &str,
 ) -> std::io::Result<()> {
-    collect_at(root, dir, out, 0)
-}
-
-fn collect_at(
-    root: &Path,
-    dir: &Path,
-    out: &mut Vec<(String, std::path::PathBuf)>,
-    depth: usize,
-) -> std::io::Result<()> {
-    if depth > 16 {
-        return Ok(());
-    }
-    let shown =
-        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
-    for entry in std::fs::read_dir(dir).map_err(shown)? {
-        let path = entry.map_err(shown)?.path();
-        if path.is_dir() {
-            collect_at(root, &path, out, depth + 1)?;
-        } else if path.extension().is_some_and(|e| e == "j2") {
+    let bound = root
+        .parent()
+        .unwrap_or(root)
+        .canonicalize()
+        .unwrap_or_else(|_| root.to_path_buf());
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(real) = d.canonicalize() else { continue };
+        if !seen.insert(real) {
+            continue;
+        }
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", d.display()));
+        let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&d)
+            .map_err(named)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(named)?;
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "j2") {
+                continue;
+            }
             let rel = path
                 .strip_prefix(root)
                 .unwrap_or(&path)
@@ -523,7 +634,17 @@ fn collect_at(
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.push((rel, path));
+            let refuse = |message: &str| {
+                Diagnostic::new(format!("{shown}/{rel}"), Pos::START, message)
+                    .hint("templates are regular files inside the sequences folder")
+            };
+            if !path.is_file() {
+                diags.push(refuse("not a regular file"));
+            } else if path.canonicalize().is_ok_and(|c| !c.starts_with(&bound)) {
+                diags.push(refuse("a link to a file outside the sequences folder"));
+            } else {
+                out.push((rel, path));
+            }
         }
     }
     Ok(())

@@ -182,7 +182,11 @@ fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let Some(semi) = rest[..rest.len().min(12)].find(';') else {
+        // By bytes: 12 bytes in may fall inside a character; `;` itself is ASCII.
+        let Some(semi) = rest.as_bytes()[..rest.len().min(12)]
+            .iter()
+            .position(|b| *b == b';')
+        else {
             out.push('&');
             rest = &rest[1..];
             continue;
@@ -243,5 +247,11 @@ mod tests {
     #[test]
     fn escaped_markup_stays_text() {
         assert_eq!(html_to_text("<p>&lt;script&gt;</p>"), "<script>\n");
+    }
+
+    #[test]
+    fn an_ampersand_before_wide_characters_is_text() {
+        // Found by the fuzzer: 12 bytes on from the `&` fell inside `가`.
+        assert_eq!(html_to_text("<p>& 빛 활4가지</p>"), "& 빛 활4가지\n");
     }
 }
