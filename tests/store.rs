@@ -580,3 +580,38 @@ fn the_sqlite_store_can_leave_syncing_to_the_caller() {
         }
     }
 }
+
+/// Free text the world writes — a relay's reply, a reason quoting a template — may hold a NUL,
+/// which PostgreSQL's text type refuses. The outcome is still recorded (the NUL written
+/// `\u{0}` there), rather than the transaction refused and the claim retried forever.
+#[test]
+fn a_nul_in_a_relay_reply_is_recorded_not_refused() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        a.apply(&mut *store, &[placed("c1", "o1", t0())], t0())
+            .unwrap();
+        let claimed = store.claim_emails(t0(), 10, LEASE).unwrap();
+        assert_eq!(claimed.len(), 1, "{}", ts.url);
+        store
+            .finish_emails(
+                t0(),
+                &[(
+                    claimed[0].clone(),
+                    Delivery::Failed {
+                        error: "554 bad\0reply".into(),
+                    },
+                )],
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", ts.url));
+        let (_, timeline) = store.customer("c1").unwrap().unwrap();
+        let last = timeline.last().unwrap();
+        assert_eq!(last.action, "failed", "{}", ts.url);
+        let expected = if ts.url.starts_with("postgres") {
+            "554 bad\\u{0}reply"
+        } else {
+            "554 bad\0reply"
+        };
+        assert_eq!(last.reason, expected, "{}", ts.url);
+    }
+}

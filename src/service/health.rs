@@ -21,6 +21,9 @@ pub mod component {
     pub const WAKEUPS: &str = "wake-ups";
     /// Copying dead letters from the store to `kafka.dlq_topic`.
     pub const DEAD_LETTERS: &str = "dead-letters";
+    /// Claiming queued emails and recording how their sends went (not the relay: a relay
+    /// that is down is retried per email, see `aftercare_emails_total{outcome="retried"}`).
+    pub const OUTBOX: &str = "outbox";
 }
 
 struct Problem {

@@ -60,7 +60,7 @@ pub struct Stats {
     /// Where the HTTP server listens, once bound (`http.listen` may ask for port 0).
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// What keeps the service from its work right now (`/readyz`).
-    pub health: health::Health,
+    pub health: Arc<health::Health>,
 }
 
 impl Default for Stats {
@@ -73,7 +73,7 @@ impl Default for Stats {
             decisions: AtomicU64::default(),
             wakeups: AtomicU64::default(),
             batches: AtomicU64::default(),
-            health: health::Health::new(metrics.clone()),
+            health: Arc::new(health::Health::new(metrics.clone())),
             metrics,
             http_addr: std::sync::OnceLock::new(),
         }
@@ -172,6 +172,7 @@ pub fn run(
         observe: outbox::Observe {
             metrics: metrics.clone(),
             live: Some(live.clone()),
+            health: Some(stats.health.clone()),
         },
     };
 

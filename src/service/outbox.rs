@@ -58,7 +58,28 @@ pub struct Observe {
     pub metrics: Arc<Metrics>,
     /// Hot reloads: templates and send windows of the new catalog.
     pub live: Option<Arc<Live>>,
+    /// Where a store that keeps failing shows (`/readyz`).
+    pub health: Option<Arc<super::health::Health>>,
 }
+
+impl Observe {
+    fn store_failing(&self, error: &str) {
+        if let Some(h) = &self.health {
+            h.failing(super::health::component::OUTBOX, error, STORE_RETRY);
+        } else {
+            tracing::warn!(error, "outbox: store unavailable; retrying");
+        }
+    }
+
+    fn store_ok(&self) {
+        if let Some(h) = &self.health {
+            h.recovered(super::health::component::OUTBOX);
+        }
+    }
+}
+
+/// The wait before the store is tried again.
+const STORE_RETRY: Duration = Duration::from_millis(500);
 
 /// What preparing a row gave: a message to send, or an outcome already.
 enum Prepared {
@@ -156,14 +177,16 @@ impl Worker {
             if !finished.is_empty() {
                 match self.store.finish_emails(Utc::now(), &finished) {
                     Ok(()) => {
+                        self.observe.store_ok();
                         log_outcomes(&finished);
                         self.observe.metrics.delivered(&finished, Utc::now());
                         finished.clear();
                     }
                     Err(e) => {
                         // Kept and recorded on the next pass; the claims outlive the wait.
-                        tracing::warn!(error = %e, "outbox: recording deliveries failed; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
+                        self.observe
+                            .store_failing(&format!("recording deliveries: {e}"));
+                        std::thread::sleep(STORE_RETRY);
                         continue;
                     }
                 }
@@ -176,6 +199,7 @@ impl Worker {
             if !stopping && free > 0 {
                 match self.store.claim_emails(Utc::now(), free, self.lease()) {
                     Ok(rows) => {
+                        self.observe.store_ok();
                         claimed = rows.len();
                         for row in rows {
                             match self.prepare(&row) {
@@ -237,8 +261,8 @@ impl Worker {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "outbox: store unavailable; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
+                        self.observe.store_failing(&format!("claiming emails: {e}"));
+                        std::thread::sleep(STORE_RETRY);
                         continue;
                     }
                 }

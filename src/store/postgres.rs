@@ -6,6 +6,7 @@
 //! instances never wake the same customer twice and a claim lasts only as long as its
 //! transaction — never across an SMTP call.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -285,7 +286,7 @@ impl Store for PgStore {
                     &d.status(),
                     &sent_at,
                     &d.message_id(),
-                    &d.error(),
+                    &d.error().map(text),
                     &retry_at,
                 ],
             )?;
@@ -300,7 +301,7 @@ impl Store for PgStore {
                         &row.version,
                         &row.step,
                         &action,
-                        &reason,
+                        &text(&reason),
                     ],
                 )?;
             }
@@ -472,6 +473,17 @@ impl Store for PgStore {
     }
 }
 
+/// Free text (reasons, subjects, a relay's reply) as PostgreSQL can hold it: its text type
+/// refuses NUL, which a template or a relay may put there; written `\u{0}` instead, so the
+/// line is kept rather than the transaction refused.
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\\u{0}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// The columns [`dead_letter_row`] reads, in its order.
 const DEAD_LETTER_COLUMNS: &str = "id, at, source_topic, source_partition, source_offset, key,
     value, headers, reason, class, published_at, truncated, refused, attempts, last_error,
@@ -610,8 +622,11 @@ impl Tx for PgTx<'_> {
         let version: Vec<&str> = decisions.iter().map(|d| &*d.version).collect();
         let step: Vec<Option<&str>> = decisions.iter().map(|d| d.step.as_deref()).collect();
         let action: Vec<&str> = decisions.iter().map(|d| d.action.as_str()).collect();
-        let reason: Vec<&str> = decisions.iter().map(|d| d.reason.as_str()).collect();
-        let subject: Vec<Option<&str>> = decisions.iter().map(|d| d.subject.as_deref()).collect();
+        let reason: Vec<Cow<str>> = decisions.iter().map(|d| text(&d.reason)).collect();
+        let subject: Vec<Option<Cow<str>>> = decisions
+            .iter()
+            .map(|d| d.subject.as_deref().map(text))
+            .collect();
         // Rows take their `seq` in array order: the timeline keeps the order of the decisions.
         self.tx.execute(
             "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
@@ -691,7 +706,7 @@ impl Tx for PgTx<'_> {
             self.tx.execute(
                 "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
                  VALUES ($1, $2, '-', '-', '-', NULL, $3, $4, NULL)",
-                &[&n.customer, &micros(n.at), &n.action, &n.reason],
+                &[&n.customer, &micros(n.at), &n.action, &text(&n.reason)],
             )?;
         }
         Ok(())

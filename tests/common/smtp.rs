@@ -16,10 +16,11 @@ pub struct SmtpServer {
 
 /// A port no other test of this process uses, free now. Handed out from a counter rather
 /// than by the kernel: the outage test leaves its port closed for a while, and an ephemeral
-/// port could meanwhile go to another test's server.
+/// port could meanwhile go to another test's server. Kept below the kernel's ephemeral range
+/// (32768 and up on Linux), or an outgoing connection may take the port while it is closed.
 pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    let base = 10_000 + (std::process::id() % 2_000) as u16 * 10;
     loop {
         let port = base + NEXT.fetch_add(1, Ordering::Relaxed);
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
