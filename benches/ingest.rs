@@ -677,7 +677,10 @@ fn soak(kafka: &Tansu, secs: u64, rate: u64) {
         .env("AFTERCARE_MAIL__SMTP__PORT", port.to_string())
         .env("AFTERCARE_MAIL__SMTP__TLS", "none")
         .env("AFTERCARE_HTTP__LISTEN", "127.0.0.1:0")
-        .env("AFTERCARE_SIGNING_KEY", "soak")
+        .env(
+            "AFTERCARE_SIGNING_KEY",
+            "soak-signing-key-of-at-least-32-bytes",
+        )
         .env("AFTERCARE_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -1072,7 +1075,7 @@ impl Store for Recording {
         &mut self,
         now: DateTime<Utc>,
         done: &[(OutboxRow, Delivery)],
-    ) -> store::Result<()> {
+    ) -> store::Result<usize> {
         self.inner.finish_emails(now, done)
     }
     fn counts(&mut self) -> store::Result<Vec<(String, i64)>> {

@@ -72,7 +72,7 @@ fn config(port: u16, dir: &Path) -> Config {
     c.mail.smtp.host = "127.0.0.1".into();
     c.mail.smtp.port = port;
     c.mail.smtp.tls = Tls::None;
-    c.secrets.signing_key = Some("bench".into());
+    c.secrets.signing_key = Some("bench-signing-key-of-at-least-32-bytes".into());
     c
 }
 
@@ -161,6 +161,8 @@ fn prerendered(cfg: &Config) -> aftercare::mail::Outgoing {
         transactional: true,
         created_at: chrono::Utc::now(),
         attempts: 0,
+        claim: 1,
+        claimed_until: chrono::Utc::now(),
     };
     let links = composer.links("c1", "transactional");
     composer

@@ -19,7 +19,7 @@ use common::Rng;
 use common::service::{sequences_dir, wait_until};
 use common::smtp::{SmtpServer, free_port};
 use common::stores::TestStore;
-use common::tansu::{Aftercare, Tansu, aftercare};
+use common::tansu::{Aftercare, Tansu, aftercare, write_config};
 use serde_json::json;
 
 const RECEIPT: &str = "name: receipt\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: thanks\n    email: { template: t/a }\n";
@@ -162,7 +162,10 @@ fn crash(seed: u64, kills: usize, chunk: usize) {
         &seqs,
         "concurrency = 1\n[mail.retry]\nfirst = \"1s\"\nmax = \"2s\"\n",
     );
-    let env = [("AFTERCARE_SIGNING_KEY", "faults-key")];
+    let env = [(
+        "AFTERCARE_SIGNING_KEY",
+        "faults-signing-key-of-at-least-32-bytes",
+    )];
     let mut published = 0;
     let mut kinds = Vec::new();
     // Emails accepted by the time of each kill: kills during sends show as partial chunks.
@@ -336,7 +339,10 @@ fn replay(seed: u64, orders_total: usize) {
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     publish(&config, &file);
 
-    let env = [("AFTERCARE_SIGNING_KEY", "faults-key")];
+    let env = [(
+        "AFTERCARE_SIGNING_KEY",
+        "faults-signing-key-of-at-least-32-bytes",
+    )];
     let mut first = Aftercare::run(&config, &[], &env);
     wait_until(120, "every email accepted and recorded", || {
         accepted(&smtp).len() == orders_total
@@ -421,7 +427,14 @@ fn smtp_faults(seed: u64, orders_total: usize, outage_secs: usize) {
     let bouncing: BTreeSet<usize> = (0..orders_total).filter(|_| rng.below(20) == 0).collect();
     publish(&config, &orders_to(&dir, 0, orders_total, &bouncing));
     let good = orders_total - bouncing.len();
-    let mut run = Aftercare::run(&config, &[], &[("AFTERCARE_SIGNING_KEY", "faults-key")]);
+    let mut run = Aftercare::run(
+        &config,
+        &[],
+        &[(
+            "AFTERCARE_SIGNING_KEY",
+            "faults-signing-key-of-at-least-32-bytes",
+        )],
+    );
     let at = http_port(&run);
     let retried = || {
         metric(
@@ -464,10 +477,15 @@ fn smtp_faults(seed: u64, orders_total: usize, outage_secs: usize) {
         at,
         "aftercare_emails_total{sequence=\"receipt\",step=\"thanks\",outcome=\"sent\"}",
     );
-    run.terminate();
+    let (_, log) = run.terminate();
     let got = accepted(&smtp);
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     let refused_421 = smtp.log().iter().filter(|e| e["reply"] == 421).count();
+    // The relay's 421s and 550s quote the address (as Postfix does); the log never does.
+    assert!(
+        log.contains("address:") && !log.contains("@example") && !log.contains("@bounce.example"),
+        "an address in the log: {log}"
+    );
     println!(
         "smtp seed {seed}: {orders_total} emails, relay down {outage_secs} s ({during_outage} retries), \
          then {refused_421} answered 421 and {} addresses 550: {} accepted, 0 lost, {duplicates} duplicate(s), \
@@ -526,7 +544,14 @@ fn broker_restart(seed: u64, restarts: usize, chunk: usize) {
         &seqs,
         "",
     );
-    let mut run = Aftercare::run(&config, &[], &[("AFTERCARE_SIGNING_KEY", "faults-key")]);
+    let mut run = Aftercare::run(
+        &config,
+        &[],
+        &[(
+            "AFTERCARE_SIGNING_KEY",
+            "faults-signing-key-of-at-least-32-bytes",
+        )],
+    );
     let mut published = 0;
     let mut downtimes = Vec::new();
     for _ in 0..restarts {
@@ -718,4 +743,49 @@ fn a_dst_change_neither_skips_nor_doubles_a_send_window() {
         assert_eq!(sends, expected, "window {window}");
         assert_eq!(store.count("SELECT COUNT(*) FROM outbox"), 4);
     }
+}
+
+/// One `run` per SQLite file: a second one started while the first sends would take back the
+/// first's claims as a crash's and send them again. It refuses to start and names the PID that
+/// holds the file; read-only commands still work; once the first has stopped, a new `run`
+/// starts.
+#[test]
+fn a_second_run_on_one_sqlite_file_refuses_to_start_and_names_the_holder() {
+    let dir = scratch("writer-lock");
+    let seqs = sequences_dir("faults-writer-lock", &[("receipt.yaml", RECEIPT)]);
+    let kafka = Tansu::start(&["orders", "support", "aftercare.dlq"]);
+    let store = TestStore::sqlite();
+    let config = write_config(&dir, &kafka.brokers, "lock", &store.url, &seqs);
+    let mut first = Aftercare::run(&config, &[], &[]);
+    http_port(&first);
+    let second = aftercare()
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let path = store.url.strip_prefix("sqlite://").unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "{path} is in use by another `aftercare run` (PID {}, holding {path}.lock): \
+             one instance per SQLite file; for several instances use PostgreSQL",
+            first.child.id()
+        )),
+        "{stderr}"
+    );
+    let status = aftercare()
+        .args(["status", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    first.terminate();
+    let mut third = Aftercare::run(&config, &[], &[]);
+    http_port(&third);
+    third.terminate();
 }

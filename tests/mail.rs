@@ -22,7 +22,7 @@ use common::smtp::{SmtpServer, free_port};
 use common::stores::TestStore;
 use serde_json::{Value, json};
 
-const KEY: &str = "test-signing-key";
+const KEY: &str = "test-signing-key-of-at-least-32-bytes";
 
 const REVIEW: &str = "name: review\ncategory: review\njourney: per_order\ntrigger: { event: order.delivered }\nsteps:\n  - id: ask\n    email: { template: review/ask }\n";
 const RECEIPT: &str = "name: receipt\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: thanks\n    email: { template: receipt/thanks }\n";
@@ -339,7 +339,11 @@ fn a_permanent_failure_marks_the_address_bounced_and_later_marketing_is_suppress
         rig.timeline("c1").last().unwrap(),
         &(
             "bounce".to_string(),
-            "permanent error (550): 5.1.1 <ann@gone.example.com>: no such user".to_string()
+            // The reply quoted the address: it is kept as its hash prefix, as in the logs.
+            format!(
+                "permanent error (550): 5.1.1 <{}>: no such user",
+                aftercare::redact::address_hash("ann@gone.example.com")
+            )
         )
     );
     // The next marketing email is suppressed by the engine and never queued.
@@ -888,6 +892,32 @@ fn real_mail_needs_a_signing_key_and_a_username_needs_its_password() {
         e,
         "config error: AFTERCARE_SIGNING_KEY must be set to send real mail: it signs the unsubscribe links"
     );
+    // Set but empty or short: refused too, whatever the transport.
+    for (key, transport) in [
+        ("", Transport::Smtp),
+        ("x".repeat(31).as_str(), Transport::Smtp),
+        ("short", Transport::File),
+    ] {
+        let mut config = config.clone();
+        config.mail.transport = transport;
+        config.secrets.signing_key = Some(key.into());
+        let e = aftercare::service::composer(&config, &delivery)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "config error: AFTERCARE_SIGNING_KEY is {} bytes; it must be at least 32 (a shorter \
+                 key can be guessed, and with it any unsubscribe link forged): make one with \
+                 `openssl rand -base64 32`",
+                key.len()
+            )
+        );
+    }
+    config.secrets.signing_key = Some("y".repeat(32));
+    assert!(aftercare::service::composer(&config, &delivery).is_ok());
+    config.secrets.signing_key = None;
     config.mail.smtp.username = Some("aftercare".into());
     let e = aftercare::service::transport(&config, &delivery)
         .err()
@@ -897,4 +927,78 @@ fn real_mail_needs_a_signing_key_and_a_username_needs_its_password() {
         e,
         "config error: mail.smtp.username is set but AFTERCARE_SMTP_PASSWORD is not"
     );
+}
+
+/// Pacing slower than a claim's lease, more concurrency than pace, a slow relay: the old
+/// worker claimed `concurrency` emails at once and paced them out one by one, so the last
+/// started after their lease had run out and were claimed and sent again. Each email is
+/// accepted once — on SQLite with one worker, and on PostgreSQL with two.
+#[test]
+fn paced_sends_to_a_slow_relay_go_out_once_on_one_and_on_two_instances() {
+    for (store, instances, orders) in [(TestStore::sqlite(), 1, 45), (TestStore::postgres(), 2, 45)]
+    {
+        let port = free_port();
+        let server = SmtpServer::start(port, &scratch("paced"), &["--delay", "2"]);
+        let mut rig = rig(port, Tls::None, None);
+        rig.store = store;
+        rig.config.mail.concurrency = 40;
+        rig.config.mail.rate_limit = 1.0;
+        rig.config.mail.send_timeout = "3s".into();
+        let events: Vec<_> = (0..orders)
+            .map(|i| {
+                placed(
+                    &format!("c{i}"),
+                    &format!("o{i}"),
+                    "Ann",
+                    &format!("c{i}@example.com"),
+                )
+            })
+            .collect();
+        rig.apply(&events);
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..instances)
+            .map(|_| {
+                let sender = rig.sender();
+                let s = stop.clone();
+                std::thread::spawn(move || sender.run(&s))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut store = rig.store.open();
+        while counts(&mut *store)["emails sent"] < orders {
+            assert!(Instant::now() < deadline, "{:?}", counts(&mut *store));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap().unwrap();
+        }
+        let mut accepted: std::collections::HashMap<String, usize> = Default::default();
+        for entry in server.log().iter().filter(|e| e["reply"] == 250) {
+            *accepted
+                .entry(entry["message_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        let twice = accepted.values().filter(|&&n| n > 1).count();
+        println!(
+            "{} with {instances} worker(s): {orders} emails, {} accepted, {twice} twice",
+            &rig.store.url[..6],
+            accepted.values().sum::<usize>()
+        );
+        assert_eq!(
+            (accepted.len(), twice),
+            (orders as usize, 0),
+            "{}",
+            rig.store.url
+        );
+        let sent_lines = rig
+            .store
+            .open()
+            .counts()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == "emails sent")
+            .map(|(_, c)| c);
+        assert_eq!(sent_lines, Some(orders));
+    }
 }

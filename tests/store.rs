@@ -539,7 +539,7 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
     drop(store);
     assert_eq!(
         test.text("SELECT CAST(user_version AS TEXT) FROM pragma_user_version"),
-        "4"
+        "5"
     );
     assert_eq!(
         test.text(
@@ -613,5 +613,43 @@ fn a_nul_in_a_relay_reply_is_recorded_not_refused() {
             "554 bad\0reply"
         };
         assert_eq!(last.reason, expected, "{}", ts.url);
+    }
+}
+
+/// A claim is fenced: once its lease ran out and another claim took the email, the first
+/// claim's outcome is not recorded (it says how many it refused), and the current one's is.
+#[test]
+fn an_outcome_is_recorded_only_by_the_current_claim() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        a.apply(&mut *store, &[placed("c1", "o1", t0())], t0())
+            .unwrap();
+        let first = store.claim_emails(t0(), 10, LEASE).unwrap().remove(0);
+        assert_eq!(first.claimed_until, t0() + LEASE, "{}", ts.url);
+        let later = t0() + LEASE;
+        let second = store.claim_emails(later, 10, LEASE).unwrap().remove(0);
+        assert_eq!(second.key, first.key);
+        assert!(second.claim > first.claim, "{}", ts.url);
+        let sent = |id: &str| Delivery::Sent {
+            message_id: id.into(),
+        };
+        let stale = store
+            .finish_emails(later, &[(first.clone(), sent("<old@example.com>"))])
+            .unwrap();
+        assert_eq!(stale, 1, "{}", ts.url);
+        let (_, timeline) = store.customer("c1").unwrap().unwrap();
+        assert!(timeline.iter().all(|t| t.action != "sent"), "{}", ts.url);
+        let current = store
+            .finish_emails(later, &[(second, sent("<new@example.com>"))])
+            .unwrap();
+        assert_eq!(current, 0);
+        let (_, timeline) = store.customer("c1").unwrap().unwrap();
+        let sent_lines: Vec<&str> = timeline
+            .iter()
+            .filter(|t| t.action == "sent")
+            .map(|t| t.reason.as_str())
+            .collect();
+        assert_eq!(sent_lines, ["accepted as <new@example.com>"], "{}", ts.url);
     }
 }

@@ -101,10 +101,12 @@ fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     } else {
         Failure::Transient
     };
+    // A relay's reply may quote the address (Postfix: `<carol@example.org>: Recipient address
+    // rejected`); it is logged and kept on the timeline, so it never holds it in clear.
     SendError {
         failure,
         code,
-        message: e.to_string(),
+        message: crate::redact::text(&e.to_string()),
     }
 }
 

@@ -123,6 +123,8 @@ pub fn run(
     metrics
         .sequences_loaded
         .set(catalog.sequences().len() as i64);
+    // Held until `run` returns: one `run` per SQLite file.
+    let _writer = crate::store::lock_writer(&config.store.url)?;
     let mut store = crate::store::open(&config.store.url).context("opening the store")?;
     store
         .save_versions(&versions_of(&catalog))
@@ -674,6 +676,13 @@ const DEV_SIGNING_KEY: &[u8] = b"aftercare-development-key-not-for-real-mail";
 /// The message composer for `mail.*` and `http.public_url`.
 pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> anyhow::Result<Composer> {
     let key = match (&config.secrets.signing_key, config.mail.transport) {
+        (Some(k), _) if k.len() < crate::mail::token::Signer::MIN_KEY_BYTES => anyhow::bail!(
+            "config error: AFTERCARE_SIGNING_KEY is {} bytes; it must be at least {} (a shorter \
+             key can be guessed, and with it any unsubscribe link forged): make one with \
+             `openssl rand -base64 32`",
+            k.len(),
+            crate::mail::token::Signer::MIN_KEY_BYTES
+        ),
         (Some(k), _) => k.as_bytes().to_vec(),
         (None, TransportKind::File) => {
             tracing::warn!(

@@ -78,6 +78,9 @@ impl Observe {
     }
 }
 
+/// What a lease keeps, past the longest send, for the outcome to be recorded.
+const RECORD_ROOM: Duration = Duration::from_secs(30);
+
 /// The wait before the store is tried again.
 const STORE_RETRY: Duration = Duration::from_millis(500);
 
@@ -176,8 +179,14 @@ impl Worker {
             }
             if !finished.is_empty() {
                 match self.store.finish_emails(Utc::now(), &finished) {
-                    Ok(()) => {
+                    Ok(fenced) => {
                         self.observe.store_ok();
+                        if fenced > 0 {
+                            tracing::warn!(
+                                emails = fenced,
+                                "outcomes not recorded: their claims had expired and been taken by another claim"
+                            );
+                        }
                         log_outcomes(&finished);
                         self.observe.metrics.delivered(&finished, Utc::now());
                         finished.clear();
@@ -194,7 +203,12 @@ impl Worker {
             if stopping && in_flight == 0 {
                 return;
             }
-            let free = self.settings.concurrency.saturating_sub(in_flight);
+            // Only what can start now or within `send_timeout` at the current pace is
+            // claimed: every send then starts, and ends, well inside its claim's lease.
+            let room = self.settings.concurrency.saturating_sub(in_flight);
+            let free = room.min(pacer.slots(self.settings.send_timeout));
+            // Waiting for the pacer, not for a send to end: wake when a slot comes in reach.
+            let paced = room > 0 && free == 0;
             let mut claimed = 0;
             if !stopping && free > 0 {
                 match self.store.claim_emails(Utc::now(), free, self.lease()) {
@@ -210,6 +224,12 @@ impl Worker {
                                     profile,
                                 } => {
                                     rt.block_on(pacer.wait());
+                                    if !self.may_start(&row) {
+                                        // Left to expire and be claimed again: a send that
+                                        // could outlast its lease might be sent twice.
+                                        tracing::warn!(key = %row.key, "claim too close to its end to start a send; left for the next claim");
+                                        continue;
+                                    }
                                     in_flight += 1;
                                     let transport = self.transport.clone();
                                     let done = done_tx.clone();
@@ -279,15 +299,27 @@ impl Worker {
                     }
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
+                    _ = pacer.opens(self.settings.send_timeout), if paced => {}
                 }
             });
         }
     }
 
-    /// A claim outlives the longest send (its deadline) with room to record the outcome.
+    /// A claim outlives the latest start of its send (`send_timeout` after the claim, see
+    /// [`Pacer::slots`]), the longest send (its deadline) and the recording of the outcome.
     fn lease(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.settings.send_timeout * 2 + Duration::from_secs(30))
+        chrono::Duration::from_std(self.settings.send_timeout * 2 + RECORD_ROOM)
             .unwrap_or(chrono::Duration::minutes(5))
+    }
+
+    /// Whether a send started now ends, at its deadline, with room left in the claim's lease
+    /// to record the outcome. A send never starts on a claim that could expire under it.
+    fn may_start(&self, row: &OutboxRow) -> bool {
+        let needed = chrono::Duration::from_std(self.settings.send_timeout + RECORD_ROOM)
+            .unwrap_or(chrono::Duration::MAX);
+        Utc::now()
+            .checked_add_signed(needed)
+            .is_some_and(|end| end <= row.claimed_until)
     }
 
     /// Renders and composes the email, or says why it will not be sent.
@@ -505,6 +537,31 @@ impl Pacer {
         }
     }
 
+    /// How many sends may start within `horizon` from now.
+    fn slots(&self, horizon: Duration) -> usize {
+        let Some(interval) = self.interval else {
+            return usize::MAX;
+        };
+        let now = tokio::time::Instant::now();
+        let start = self.next.max(now);
+        let Some(room) = (now + horizon).checked_duration_since(start) else {
+            return 0;
+        };
+        (room.as_secs_f64() / interval.as_secs_f64()) as usize + 1
+    }
+
+    /// Resolves when a send may start within `horizon` (never, without a rate limit: the
+    /// worker then claims whenever it has room).
+    async fn opens(&self, horizon: Duration) {
+        match self.interval {
+            Some(_) => {
+                let at = self.next.checked_sub(horizon).unwrap_or(self.next);
+                tokio::time::sleep_until(at).await
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     async fn wait(&mut self) {
         let Some(interval) = self.interval else {
             return;
@@ -568,7 +625,22 @@ mod tests {
             transactional: false,
             created_at,
             attempts,
+            claim: 1,
+            claimed_until: created_at,
         }
+    }
+
+    #[test]
+    fn the_pacer_counts_the_sends_that_can_start_within_a_horizon() {
+        let secs = Duration::from_secs;
+        assert_eq!(Pacer::new(1.0).slots(secs(3)), 4);
+        assert_eq!(Pacer::new(0.2).slots(secs(1)), 1);
+        assert_eq!(Pacer::new(0.0).slots(secs(1)), usize::MAX);
+        // The next slot is 5 s away: nothing starts within 1 s, two within 6 s.
+        let mut p = Pacer::new(0.2);
+        p.next = tokio::time::Instant::now() + secs(5);
+        assert_eq!(p.slots(secs(1)), 0);
+        assert_eq!(p.slots(secs(11)), 2);
     }
 
     #[test]

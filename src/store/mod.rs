@@ -142,6 +142,11 @@ pub struct OutboxRow {
     pub transactional: bool,
     pub created_at: DateTime<Utc>,
     pub attempts: u32,
+    /// The fencing token of this claim: raised by every claim of the row, so an outcome is
+    /// recorded only by the claim that is still current ([`Store::finish_emails`]).
+    pub claim: i64,
+    /// When this claim's lease ends: no send may start that could outlast it.
+    pub claimed_until: DateTime<Utc>,
 }
 
 /// One line of a customer's timeline.
@@ -314,8 +319,14 @@ pub trait Store: Send {
     }
 
     /// Records how attempts ended, in one transaction: the outbox rows, their timeline lines,
-    /// and bounced addresses on the customers' profiles.
-    fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()>;
+    /// and bounced addresses on the customers' profiles. An outcome whose claim is no longer
+    /// the row's current one (its lease ran out and another claim followed) is not recorded:
+    /// the number of those is returned.
+    fn finish_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        done: &[(OutboxRow, Delivery)],
+    ) -> Result<usize>;
 
     /// Named totals for `aftercare status`: events, customers, journeys, emails by status,
     /// decisions by action.
@@ -404,6 +415,15 @@ pub fn open(url: &str) -> Result<Box<dyn Store>> {
     Err(StoreError::Config(format!(
         "store.url `{url}`: use sqlite://PATH or postgres://..."
     )))
+}
+
+/// The lock `run` holds on its store: for SQLite, the file's one-writer lock
+/// ([`sqlite::WriterLock`]); PostgreSQL serves many instances and needs none.
+pub fn lock_writer(url: &str) -> Result<Option<sqlite::WriterLock>> {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if path != ":memory:" => sqlite::WriterLock::take(path).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// As [`open`], for a connection that touches a few rows at a time (the outbox worker, the

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
     first_seen BIGINT NOT NULL, PRIMARY KEY (name, version));
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_until BIGINT;
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claim BIGINT NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, source_topic TEXT NOT NULL,
     source_partition INTEGER NOT NULL, source_offset BIGINT NOT NULL, digest TEXT NOT NULL,
@@ -55,8 +56,9 @@ CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
 ";
 
 /// The version [`SCHEMA`] brings a database to; raise it with every change to `SCHEMA`.
-/// Version 2: dead letters, and amounts stored as decimal strings.
-const SCHEMA_VERSION: i32 = 2;
+/// Version 2: dead letters, and amounts stored as decimal strings. Version 3: each claim of
+/// an email carries a fencing token (`outbox.claim`).
+const SCHEMA_VERSION: i32 = 3;
 
 /// Serialises concurrent migrations of several instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
@@ -226,12 +228,12 @@ impl Store for PgStore {
         // SKIP LOCKED: instances claiming at once take different rows; the claim itself is
         // the lease column, so no lock is held while the email is being sent.
         let rows = self.c()?.query(
-            "UPDATE outbox SET claimed_until = $3 WHERE key IN (
+            "UPDATE outbox SET claimed_until = $3, claim = claim + 1 WHERE key IN (
                  SELECT key FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1
                      AND (claimed_until IS NULL OR claimed_until <= $1)
                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
-                 transactional, created_at, attempts, next_attempt_at",
+                 transactional, created_at, attempts, next_attempt_at, claim, claimed_until",
             &[&micros(now), &(limit as i64), &micros(now + lease)],
         )?;
         let mut rows: Vec<(i64, OutboxRow)> = rows
@@ -252,6 +254,8 @@ impl Store for PgStore {
                         transactional: r.get(9),
                         created_at: from_micros(r.get(10)),
                         attempts: r.get::<_, i32>(11) as u32,
+                        claim: r.get(13),
+                        claimed_until: from_micros(r.get(14)),
                     },
                 )
             })
@@ -260,13 +264,18 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(|(_, r)| r).collect())
     }
 
-    fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()> {
+    fn finish_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        done: &[(OutboxRow, Delivery)],
+    ) -> Result<usize> {
         let mut tx = self.c()?.transaction()?;
+        let mut fenced = 0;
         let update = tx.prepare(
             "UPDATE outbox SET status = $2, sent_at = $3, message_id = COALESCE($4, message_id),
                  last_error = $5, attempts = attempts + 1, claimed_until = NULL,
                  next_attempt_at = COALESCE($6, next_attempt_at)
-             WHERE key = $1",
+             WHERE key = $1 AND claim = $7",
         )?;
         let timeline = tx.prepare(
             "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
@@ -279,7 +288,7 @@ impl Store for PgStore {
             };
             let sent_at =
                 matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }).then(|| micros(now));
-            tx.execute(
+            let updated = tx.execute(
                 &update,
                 &[
                     &row.key,
@@ -288,8 +297,14 @@ impl Store for PgStore {
                     &d.message_id(),
                     &d.error().map(text),
                     &retry_at,
+                    &row.claim,
                 ],
             )?;
+            if updated == 0 {
+                // The claim is no longer ours: another took it after it expired.
+                fenced += 1;
+                continue;
+            }
             if let Some((action, reason)) = d.timeline() {
                 tx.execute(
                     &timeline,
@@ -318,7 +333,7 @@ impl Store for PgStore {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(fenced)
     }
 
     fn counts(&mut self) -> Result<Vec<(String, i64)>> {

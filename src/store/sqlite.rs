@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     version TEXT NOT NULL, step TEXT NOT NULL, order_id TEXT, template TEXT NOT NULL,
     category TEXT NOT NULL, transactional INTEGER NOT NULL, status TEXT NOT NULL,
     created_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    sent_at INTEGER, message_id TEXT, last_error TEXT, claimed_until INTEGER);
+    sent_at INTEGER, message_id TEXT, last_error TEXT, claimed_until INTEGER,
+    claim INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
@@ -55,11 +56,11 @@ CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
 
 /// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express; each
 /// version's step from the one before is in `MIGRATIONS`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// (version reached, statements): run in order from the database's version, each step in a
 /// transaction of its own.
-const MIGRATIONS: [(i64, &str); 3] = [
+const MIGRATIONS: [(i64, &str); 4] = [
     (2, "ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;"),
     // Customers (a state document of a kilobyte or more) and emails become rowid tables: a
     // WITHOUT ROWID b-tree keeps whole rows in its pages, a few per page, so nearly every
@@ -99,6 +100,12 @@ const MIGRATIONS: [(i64, &str); 3] = [
              UNIQUE (source_topic, source_partition, source_offset, digest));
          CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
              WHERE published_at IS NULL AND refused = 0;",
+    ),
+    // Each claim of an email carries a fencing token: an outcome is recorded only by the
+    // claim that is still current.
+    (
+        5,
+        "ALTER TABLE outbox ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 
@@ -491,12 +498,12 @@ impl Store for SqliteStore {
         let (tx, _turn) = self.write()?;
         let rows = {
             let mut st = tx.prepare_cached(
-                "UPDATE outbox SET claimed_until = ?3 WHERE key IN (
+                "UPDATE outbox SET claimed_until = ?3, claim = claim + 1 WHERE key IN (
                      SELECT key FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1
                          AND (claimed_until IS NULL OR claimed_until <= ?1)
                      ORDER BY next_attempt_at LIMIT ?2)
                  RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
-                     transactional, created_at, attempts, next_attempt_at",
+                     transactional, created_at, attempts, next_attempt_at, claim, claimed_until",
             )?;
             let mut rows = st
                 .query_map(
@@ -517,6 +524,8 @@ impl Store for SqliteStore {
                                 transactional: r.get::<_, i64>(9)? != 0,
                                 created_at: from_micros(r.get(10)?),
                                 attempts: r.get::<_, i64>(11)? as u32,
+                                claim: r.get(13)?,
+                                claimed_until: from_micros(r.get(14)?),
                             },
                         ))
                     },
@@ -539,14 +548,19 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
-    fn finish_emails(&mut self, now: DateTime<Utc>, done: &[(OutboxRow, Delivery)]) -> Result<()> {
+    fn finish_emails(
+        &mut self,
+        now: DateTime<Utc>,
+        done: &[(OutboxRow, Delivery)],
+    ) -> Result<usize> {
         let (tx, _turn) = self.write()?;
+        let mut fenced = 0;
         {
             let mut update = tx.prepare_cached(
                 "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = COALESCE(?4, message_id),
                      last_error = ?5, attempts = attempts + 1, claimed_until = NULL,
                      next_attempt_at = COALESCE(?6, next_attempt_at)
-                 WHERE key = ?1",
+                 WHERE key = ?1 AND claim = ?7",
             )?;
             let mut timeline = tx.prepare_cached(
                 "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
@@ -559,14 +573,20 @@ impl Store for SqliteStore {
                 };
                 let sent_at = matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. })
                     .then(|| micros(now));
-                update.execute(params![
+                let updated = update.execute(params![
                     row.key,
                     d.status(),
                     sent_at,
                     d.message_id(),
                     d.error(),
-                    retry_at
+                    retry_at,
+                    row.claim
                 ])?;
+                if updated == 0 {
+                    // The claim is no longer ours: another took it after it expired.
+                    fenced += 1;
+                    continue;
+                }
                 if let Some((action, reason)) = d.timeline() {
                     timeline.execute(params![
                         row.customer,
@@ -591,7 +611,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(fenced)
     }
 
     fn counts(&mut self) -> Result<Vec<(String, i64)>> {
@@ -948,5 +968,52 @@ impl Tx for SqliteTx<'_> {
     fn commit(self: Box<Self>) -> Result<()> {
         self.tx.commit()?;
         Ok(())
+    }
+}
+
+/// The one-writer lock of a SQLite file: an exclusive `flock` on `PATH.lock` beside it, held
+/// by `aftercare run` for as long as it runs, the file holding its PID. One instance per file
+/// is what lets a starting instance take back the claims of a crashed one at once
+/// ([`Store::release_stale_claims`]); a second `run` would otherwise take back claims the first
+/// is still sending, and send them again. Read-only commands take no lock. The lock goes with
+/// the process, whatever ends it (the kernel drops it), so a crash never leaves it behind.
+pub struct WriterLock {
+    _file: std::fs::File,
+}
+
+impl WriterLock {
+    pub fn take(path: &str) -> Result<WriterLock> {
+        use std::io::{Read, Seek, Write};
+        let lock_path = format!("{path}.lock");
+        let failed = |what: &str, e: std::io::Error| {
+            super::StoreError::Config(format!("{what} the writer lock {lock_path}: {e}"))
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| failed("opening", e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().parse::<u32>() {
+                    Ok(pid) => format!("PID {pid}"),
+                    Err(_) => "a process that has not written its PID yet".to_string(),
+                };
+                return Err(super::StoreError::Config(format!(
+                    "{path} is in use by another `aftercare run` ({holder}, holding {lock_path}): \
+                     one instance per SQLite file; for several instances use PostgreSQL"
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(failed("taking", e)),
+        }
+        file.set_len(0).map_err(|e| failed("writing", e))?;
+        file.rewind().map_err(|e| failed("writing", e))?;
+        writeln!(file, "{}", std::process::id()).map_err(|e| failed("writing", e))?;
+        Ok(WriterLock { _file: file })
     }
 }

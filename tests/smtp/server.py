@@ -2,14 +2,15 @@
 
     python3 server.py --port P --out DIR [--fail-first N] [--fail-code 451]
                       [--reject-domain D] [--tls-cert C --tls-key K] [--implicit-tls]
-                      [--auth USER:PASSWORD] [--discard]
+                      [--auth USER:PASSWORD] [--discard] [--delay SECONDS]
 
 Every DATA attempt is logged as one JSON line in DIR/log.jsonl (sender, recipients, whether
 TLS was on, the reply given, the Message-ID); every accepted message is written whole to
 DIR/<n>.eml. The first N DATA commands are answered with --fail-code (default 451); recipients
 in --reject-domain get 550 at RCPT. With a certificate, STARTTLS is required, or with
 --implicit-tls TLS from the first byte (port 465 style). --auth requires AUTH (after TLS).
---discard accepts and drops everything (a sink for benchmarks: no files, no log). Prints
+--discard accepts and drops everything (a sink for benchmarks: no files, no log). --delay
+waits that long before answering each DATA (a slow relay). Prints
 "ready <port>" on stdout once it accepts connections; stops on SIGTERM.
 """
 
@@ -27,8 +28,9 @@ from aiosmtpd.controller import Controller
 
 
 class Handler:
-    def __init__(self, out, fail_first, fail_code, reject_domain, discard=False):
+    def __init__(self, out, fail_first, fail_code, reject_domain, discard=False, delay=0.0):
         self.discard = discard
+        self.delay = delay
         self.out = out
         self.fail_left = fail_first
         self.fail_code = fail_code
@@ -47,6 +49,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.discard:
             return "250 2.0.0 OK"
         msg = email.message_from_bytes(envelope.content)
@@ -63,7 +67,8 @@ class Handler:
             self.fail_left -= 1
             entry["reply"] = self.fail_code
             self.log(entry)
-            return "%d 4.3.0 try again later" % self.fail_code
+            # Postfix-style: the reply quotes the recipient.
+            return "%d 4.3.0 <%s>: try again later" % (self.fail_code, envelope.rcpt_tos[0])
         self.accepted += 1
         path = os.path.join(self.out, "%04d.eml" % self.accepted)
         with open(path + ".tmp", "wb") as f:
@@ -85,10 +90,11 @@ def main():
     p.add_argument("--tls-key")
     p.add_argument("--discard", action="store_true")
     p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--auth", help="USER:PASSWORD required (AUTH PLAIN/LOGIN, after TLS)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    handler = Handler(a.out, a.fail_first, a.fail_code, a.reject_domain, a.discard)
+    handler = Handler(a.out, a.fail_first, a.fail_code, a.reject_domain, a.discard, a.delay)
     kwargs = {}
     if a.tls_cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
