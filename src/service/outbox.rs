@@ -81,6 +81,13 @@ impl Observe {
 /// What a lease keeps, past the longest send, for the outcome to be recorded.
 const RECORD_ROOM: Duration = Duration::from_secs(30);
 
+/// Slack in a lease for the pacer's timer firing late: a send due at the end of the pace
+/// horizon still starts.
+const LEASE_SLACK: Duration = Duration::from_secs(5);
+
+/// How far ahead of the pacer emails are claimed (or `send_timeout`, if shorter).
+const PACE_HORIZON: Duration = Duration::from_secs(1);
+
 /// The wait before the store is tried again.
 const STORE_RETRY: Duration = Duration::from_millis(500);
 
@@ -203,10 +210,11 @@ impl Worker {
             if stopping && in_flight == 0 {
                 return;
             }
-            // Only what can start now or within `send_timeout` at the current pace is
-            // claimed: every send then starts, and ends, well inside its claim's lease.
+            // Only what can start within a second at the current pace is claimed: every
+            // send then starts, and ends, well inside its claim's lease, and the loop is
+            // never held by the pacer for long before it records what finished.
             let room = self.settings.concurrency.saturating_sub(in_flight);
-            let free = room.min(pacer.slots(self.settings.send_timeout));
+            let free = room.min(pacer.slots(self.pace_horizon()));
             // Waiting for the pacer, not for a send to end: wake when a slot comes in reach.
             let paced = room > 0 && free == 0;
             let mut claimed = 0;
@@ -299,16 +307,23 @@ impl Worker {
                     }
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
-                    _ = pacer.opens(self.settings.send_timeout), if paced => {}
+                    _ = pacer.opens(self.pace_horizon()), if paced => {}
                 }
             });
         }
     }
 
-    /// A claim outlives the latest start of its send (`send_timeout` after the claim, see
-    /// [`Pacer::slots`]), the longest send (its deadline) and the recording of the outcome.
+    /// How far ahead of the pacer emails are claimed.
+    fn pace_horizon(&self) -> Duration {
+        self.settings.send_timeout.min(PACE_HORIZON)
+    }
+
+    /// A claim outlives the latest start of its send (at most `send_timeout` after the claim,
+    /// see [`Worker::pace_horizon`]), the longest send (its deadline) and the recording of the
+    /// outcome, with slack for a timer that fires late ([`Worker::may_start`] does not
+    /// count it).
     fn lease(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.settings.send_timeout * 2 + RECORD_ROOM)
+        chrono::Duration::from_std(self.settings.send_timeout * 2 + RECORD_ROOM + LEASE_SLACK)
             .unwrap_or(chrono::Duration::minutes(5))
     }
 
@@ -532,7 +547,10 @@ struct Pacer {
 impl Pacer {
     fn new(rate: f64) -> Pacer {
         Pacer {
-            interval: (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate)),
+            // A rate so high that its interval rounds to nothing is no limit.
+            interval: (rate > 0.0)
+                .then(|| Duration::from_secs_f64(1.0 / rate))
+                .filter(|i| !i.is_zero()),
             next: tokio::time::Instant::now(),
         }
     }
@@ -547,7 +565,7 @@ impl Pacer {
         let Some(room) = (now + horizon).checked_duration_since(start) else {
             return 0;
         };
-        (room.as_secs_f64() / interval.as_secs_f64()) as usize + 1
+        ((room.as_secs_f64() / interval.as_secs_f64()) as usize).saturating_add(1)
     }
 
     /// Resolves when a send may start within `horizon` (never, without a rate limit: the
@@ -636,6 +654,7 @@ mod tests {
         assert_eq!(Pacer::new(1.0).slots(secs(3)), 4);
         assert_eq!(Pacer::new(0.2).slots(secs(1)), 1);
         assert_eq!(Pacer::new(0.0).slots(secs(1)), usize::MAX);
+        assert_eq!(Pacer::new(1e12).slots(secs(1)), usize::MAX);
         // The next slot is 5 s away: nothing starts within 1 s, two within 6 s.
         let mut p = Pacer::new(0.2);
         p.next = tokio::time::Instant::now() + secs(5);

@@ -984,6 +984,11 @@ pub struct WriterLock {
 impl WriterLock {
     pub fn take(path: &str) -> Result<WriterLock> {
         use std::io::{Read, Seek, Write};
+        // The file's real name: a symlink or another spelling of the path takes the same lock.
+        let path = std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.to_string());
+        let path = path.as_str();
         let lock_path = format!("{path}.lock");
         let failed = |what: &str, e: std::io::Error| {
             super::StoreError::Config(format!("{what} the writer lock {lock_path}: {e}"))
