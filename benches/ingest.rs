@@ -1075,7 +1075,7 @@ impl Store for Recording {
         &mut self,
         now: DateTime<Utc>,
         done: &[(OutboxRow, Delivery)],
-    ) -> store::Result<usize> {
+    ) -> store::Result<Vec<usize>> {
         self.inner.finish_emails(now, done)
     }
     fn counts(&mut self) -> store::Result<Vec<(String, i64)>> {

@@ -59,9 +59,18 @@ pub fn hidden(c: char) -> bool {
 
 /// How an address is written in a log: `address:` and a hash prefix of its lowercase form.
 pub fn address_hash(address: &str) -> String {
-    let digest = sha2::Sha256::digest(address.to_lowercase().as_bytes());
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("address:{hex}")
+    format!("address:{}", hash_prefix(&address.to_lowercase(), 4))
+}
+
+/// The first `bytes` bytes of the SHA-256 of `text`, in hex: how ids and addresses are named
+/// in logs and traces without being given away.
+pub fn hash_prefix(text: &str, bytes: usize) -> String {
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest
+        .iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn is_address_char(c: char) -> bool {

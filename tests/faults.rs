@@ -24,6 +24,12 @@ use serde_json::json;
 
 const RECEIPT: &str = "name: receipt\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: thanks\n    email: { template: t/a }\n";
 
+/// The signing key every `run` of these checks gets (real mail needs one of 32 bytes or more).
+const SIGNING_KEY: (&str, &str) = (
+    "AFTERCARE_SIGNING_KEY",
+    "faults-signing-key-of-at-least-32-bytes",
+);
+
 fn seeds() -> Vec<u64> {
     std::env::var("FAULTS_SEEDS")
         .ok()
@@ -162,10 +168,7 @@ fn crash(seed: u64, kills: usize, chunk: usize) {
         &seqs,
         "concurrency = 1\n[mail.retry]\nfirst = \"1s\"\nmax = \"2s\"\n",
     );
-    let env = [(
-        "AFTERCARE_SIGNING_KEY",
-        "faults-signing-key-of-at-least-32-bytes",
-    )];
+    let env = [SIGNING_KEY];
     let mut published = 0;
     let mut kinds = Vec::new();
     // Emails accepted by the time of each kill: kills during sends show as partial chunks.
@@ -339,10 +342,7 @@ fn replay(seed: u64, orders_total: usize) {
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     publish(&config, &file);
 
-    let env = [(
-        "AFTERCARE_SIGNING_KEY",
-        "faults-signing-key-of-at-least-32-bytes",
-    )];
+    let env = [SIGNING_KEY];
     let mut first = Aftercare::run(&config, &[], &env);
     wait_until(120, "every email accepted and recorded", || {
         accepted(&smtp).len() == orders_total
@@ -427,14 +427,7 @@ fn smtp_faults(seed: u64, orders_total: usize, outage_secs: usize) {
     let bouncing: BTreeSet<usize> = (0..orders_total).filter(|_| rng.below(20) == 0).collect();
     publish(&config, &orders_to(&dir, 0, orders_total, &bouncing));
     let good = orders_total - bouncing.len();
-    let mut run = Aftercare::run(
-        &config,
-        &[],
-        &[(
-            "AFTERCARE_SIGNING_KEY",
-            "faults-signing-key-of-at-least-32-bytes",
-        )],
-    );
+    let mut run = Aftercare::run(&config, &[], &[SIGNING_KEY]);
     let at = http_port(&run);
     let retried = || {
         metric(
@@ -544,14 +537,7 @@ fn broker_restart(seed: u64, restarts: usize, chunk: usize) {
         &seqs,
         "",
     );
-    let mut run = Aftercare::run(
-        &config,
-        &[],
-        &[(
-            "AFTERCARE_SIGNING_KEY",
-            "faults-signing-key-of-at-least-32-bytes",
-        )],
-    );
+    let mut run = Aftercare::run(&config, &[], &[SIGNING_KEY]);
     let mut published = 0;
     let mut downtimes = Vec::new();
     for _ in 0..restarts {

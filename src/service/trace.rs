@@ -15,7 +15,6 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use sha2::Digest;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -26,8 +25,7 @@ use crate::config::{Log, LogFormat, Trace};
 /// A customer id as logs and spans show it: the first 16 hex digits of its SHA-256. Stable,
 /// so one customer's lines can be followed, and never the id (which may be an address).
 pub fn hashed(customer: &str) -> String {
-    let digest = sha2::Sha256::digest(customer.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::redact::hash_prefix(customer, 8)
 }
 
 /// Keeps the exporter alive; flushes the spans still buffered when dropped.

@@ -321,12 +321,12 @@ pub trait Store: Send {
     /// Records how attempts ended, in one transaction: the outbox rows, their timeline lines,
     /// and bounced addresses on the customers' profiles. An outcome whose claim is no longer
     /// the row's current one (its lease ran out and another claim followed) is not recorded:
-    /// the number of those is returned.
+    /// their positions in `done` are returned.
     fn finish_emails(
         &mut self,
         now: DateTime<Utc>,
         done: &[(OutboxRow, Delivery)],
-    ) -> Result<usize>;
+    ) -> Result<Vec<usize>>;
 
     /// Named totals for `aftercare status`: events, customers, journeys, emails by status,
     /// decisions by action.

@@ -268,9 +268,9 @@ impl Store for PgStore {
         &mut self,
         now: DateTime<Utc>,
         done: &[(OutboxRow, Delivery)],
-    ) -> Result<usize> {
+    ) -> Result<Vec<usize>> {
         let mut tx = self.c()?.transaction()?;
-        let mut fenced = 0;
+        let mut fenced = Vec::new();
         let update = tx.prepare(
             "UPDATE outbox SET status = $2, sent_at = $3, message_id = COALESCE($4, message_id),
                  last_error = $5, attempts = attempts + 1, claimed_until = NULL,
@@ -281,7 +281,7 @@ impl Store for PgStore {
             "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
         )?;
-        for (row, d) in done {
+        for (i, (row, d)) in done.iter().enumerate() {
             let retry_at = match d {
                 Delivery::Retry { at, .. } => Some(micros(*at)),
                 _ => None,
@@ -302,7 +302,7 @@ impl Store for PgStore {
             )?;
             if updated == 0 {
                 // The claim is no longer ours: another took it after it expired.
-                fenced += 1;
+                fenced.push(i);
                 continue;
             }
             if let Some((action, reason)) = d.timeline() {

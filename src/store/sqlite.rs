@@ -552,9 +552,9 @@ impl Store for SqliteStore {
         &mut self,
         now: DateTime<Utc>,
         done: &[(OutboxRow, Delivery)],
-    ) -> Result<usize> {
+    ) -> Result<Vec<usize>> {
         let (tx, _turn) = self.write()?;
-        let mut fenced = 0;
+        let mut fenced = Vec::new();
         {
             let mut update = tx.prepare_cached(
                 "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = COALESCE(?4, message_id),
@@ -566,7 +566,7 @@ impl Store for SqliteStore {
                 "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
             )?;
-            for (row, d) in done {
+            for (i, (row, d)) in done.iter().enumerate() {
                 let retry_at = match d {
                     Delivery::Retry { at, .. } => Some(micros(*at)),
                     _ => None,
@@ -584,7 +584,7 @@ impl Store for SqliteStore {
                 ])?;
                 if updated == 0 {
                     // The claim is no longer ours: another took it after it expired.
-                    fenced += 1;
+                    fenced.push(i);
                     continue;
                 }
                 if let Some((action, reason)) = d.timeline() {
