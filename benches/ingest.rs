@@ -1051,6 +1051,9 @@ impl Store for Recording {
     fn save_versions(&mut self, v: &[VersionRecord]) -> store::Result<()> {
         self.inner.save_versions(v)
     }
+    fn version(&mut self, name: &str, version: &str) -> store::Result<Option<VersionRecord>> {
+        self.inner.version(name, version)
+    }
     fn next_due(&mut self) -> store::Result<Option<DateTime<Utc>>> {
         self.inner.next_due()
     }

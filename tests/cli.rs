@@ -282,3 +282,92 @@ fn cdnow_converter_writes_a_deterministic_stream() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const FLOW_A: &str = "name: flow\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: later\n    wait: 1h\n    email: { template: t/a }\n";
+
+/// A store with one journey waiting on `flow` as loaded from `seqs`, and a config naming it.
+fn store_with_a_waiting_journey(dir: &Path, seqs: &Path) -> (PathBuf, String) {
+    use aftercare::engine::{Engine, Policy};
+    use aftercare::service::apply::Applier;
+    let (catalog, diags) = aftercare::sequence::Catalog::load(seqs).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    let version = catalog.get("flow").unwrap().version.to_string();
+    let url = format!("sqlite://{}", dir.join("store.db").display());
+    let mut store = aftercare::store::open(&url).unwrap();
+    store
+        .save_versions(&aftercare::service::versions_of(&catalog))
+        .unwrap();
+    let event = r#"{"specversion":"1.0","id":"p1","source":"/shop","type":"order.placed",
+      "time":"2024-03-05T09:00:00Z","subject":"c1","data":{"order_id":"o1","total":"5","currency":"EUR",
+      "items":[],"customer":{"email":"c1@example.com"}}}"#;
+    let event =
+        std::sync::Arc::new(aftercare::event::Event::from_structured(event.as_bytes()).unwrap());
+    let at = chrono::DateTime::parse_from_rfc3339("2024-03-05T09:00:00Z")
+        .unwrap()
+        .to_utc();
+    Applier::new(Engine::new(std::sync::Arc::new(catalog), Policy::default()))
+        .apply(&mut *store, &[event], at)
+        .unwrap();
+    let config = dir.join("aftercare.toml");
+    std::fs::write(&config, format!("[store]\nurl = \"{url}\"\n")).unwrap();
+    (config, version)
+}
+
+/// A version is its file and the templates it renders: editing a template is a new version,
+/// and `plan` says which files changed; a template renamed away from journeys in flight is a
+/// warning from `validate`, which names the version that still sends it.
+#[test]
+fn plan_and_validate_show_what_template_edits_do_to_journeys_in_flight() {
+    let renamed_flow = FLOW_A.replace("t/a", "t/z");
+    let dir = scratch(
+        "plan-templates",
+        &[
+            ("a/flow.yaml", FLOW_A),
+            ("a/templates/t/a.subject.j2", "A"),
+            ("a/templates/t/a.html.j2", "<p>a</p>"),
+            ("edited/flow.yaml", FLOW_A),
+            ("edited/templates/t/a.subject.j2", "A"),
+            ("edited/templates/t/a.html.j2", "<p>a, edited</p>"),
+            ("renamed/flow.yaml", &renamed_flow),
+            ("renamed/templates/t/z.subject.j2", "Z"),
+            ("renamed/templates/t/z.html.j2", "<p>z</p>"),
+        ],
+    );
+    let (config, v1) = store_with_a_waiting_journey(&dir, &dir.join("a"));
+    let version = |folder: &str| {
+        let (c, _) = aftercare::sequence::Catalog::load(&dir.join(folder)).unwrap();
+        c.get("flow").unwrap().version.to_string()
+    };
+    let (v_edited, v_renamed) = (version("edited"), version("renamed"));
+    assert!(v1 != v_edited && v1 != v_renamed && v_edited != v_renamed);
+    let config = config.to_str().unwrap();
+
+    let plan = |folder: &str| stdout(&aftercare(&["plan", folder, "-c", config], &dir));
+    assert_eq!(
+        plan("edited"),
+        format!(
+            "flow@{v1} step later (due): 1 journey(s): stay on {v1} (new journeys take {v_edited})\n\
+             flow@{v1} -> {v_edited}: template t/a.html.j2 edited\n"
+        )
+    );
+    assert_eq!(
+        plan("renamed"),
+        format!(
+            "flow@{v1} step later (due): 1 journey(s): stay on {v1} (new journeys take {v_renamed})\n\
+             flow@{v1} -> {v_renamed}: renamed/flow.yaml edited, template t/z.html.j2 added, \
+             template t/z.subject.j2 added, template t/a.html.j2 removed, template t/a.subject.j2 removed\n"
+        )
+    );
+    let validate = |folder: &str| stdout(&aftercare(&["validate", folder, "-c", config], &dir));
+    assert_eq!(validate("edited"), "edited: 1 sequence(s) valid\n");
+    assert_eq!(
+        validate("renamed"),
+        format!(
+            "renamed: 1 sequence(s) valid\n\
+             {}: warning: template `t/a` is no longer in the folder but 1 journey(s) in flight on \
+             flow@{v1} send it: they render from the copy kept with their version; new journeys \
+             cannot use it\n",
+            dir.join("a/flow.yaml").display()
+        )
+    );
+}

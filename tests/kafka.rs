@@ -323,3 +323,121 @@ fn two_instances_share_the_partitions_as_one_joins_and_leaves_and_apply_each_eve
         total as i64
     );
 }
+
+const WAITING: &str = "name: flow\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: later\n    wait: 6s\n    email: { template: t/a }\n";
+
+/// The emails written by the file transport, by recipient.
+fn mails_to(dir: &std::path::Path, customer: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let to = format!("To: {customer}@example.com");
+    entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|m| m.lines().any(|l| l == to))
+        .collect()
+}
+
+/// A template renamed (the sequence edited to send the new name) while a journey waits: the
+/// reload is a new version, and the waiting journey's email is rendered from the template it
+/// started with, which the folder no longer has; a journey started after it sends the new one.
+#[test]
+fn a_template_renamed_during_a_wait_is_sent_from_the_version_the_journey_started_on() {
+    for store in TestStore::both() {
+        // A topic of its own: the second store must not see the first one's orders.
+        let kafka = cluster(1);
+        let brokers = kafka.bootstrap_servers();
+        let name = if store.url.starts_with("sqlite") {
+            "sqlite"
+        } else {
+            "pg"
+        };
+        let before = sequences_dir(&format!("rename-a-{name}"), &[("flow.yaml", WAITING)]);
+        std::fs::write(
+            before.join("templates/t/a.subject.j2"),
+            "A for {{ customer.email }}",
+        )
+        .unwrap();
+        let after = sequences_dir(
+            &format!("rename-b-{name}"),
+            &[
+                ("flow.yaml", &WAITING.replace("t/a", "t/z")),
+                ("templates/t/z.subject.j2", "Z for {{ customer.email }}"),
+                ("templates/t/z.html.j2", "<p>z</p>"),
+            ],
+        );
+        for part in ["subject", "html"] {
+            std::fs::remove_file(after.join(format!("templates/t/a.{part}.j2"))).unwrap();
+        }
+        // The folder the service watches is a link, swapped in one step: it sees either folder
+        // whole, never a mix.
+        let link = before.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&before, &link).unwrap();
+        let mail = before.join("mail");
+        let mut cfg = config(
+            &brokers,
+            &format!("rename-{name}"),
+            &store.url,
+            &link,
+            &mail,
+        );
+        cfg.sequences.watch_interval = "1s".into();
+        let service = start(cfg);
+        let p = producer(&brokers);
+        send(&p, "orders", "ann", placed("ann", "o1").as_bytes(), &[]);
+        flush(&p);
+        let entered = |c: &str| {
+            store.count(&format!(
+                "SELECT COUNT(*) FROM timeline WHERE customer = '{c}' AND action = 'enter'"
+            ))
+        };
+        wait_until(60, "ann's journey", || entered("ann") == 1);
+
+        let swap = before.with_extension("swap");
+        std::os::unix::fs::symlink(&after, &swap).unwrap();
+        std::fs::rename(&swap, &link).unwrap();
+        let metrics = service.stats.metrics.clone();
+        let applied = || {
+            metrics
+                .reloads
+                .get_or_create(&aftercare::service::metrics::OutcomeLabels { outcome: "applied" })
+                .get()
+        };
+        wait_until(30, "the renamed template reloaded", || applied() == 1);
+        assert!(
+            mails_to(&mail, "ann").is_empty(),
+            "ann's email went out before the reload: the wait is too short for this machine"
+        );
+        send(&p, "orders", "bob", placed("bob", "o2").as_bytes(), &[]);
+        flush(&p);
+        wait_until(60, "both emails", || {
+            mails_to(&mail, "ann").len() == 1 && mails_to(&mail, "bob").len() == 1
+        });
+        service.stop();
+
+        let ann = &mails_to(&mail, "ann")[0];
+        assert!(ann.contains("Subject: A for ann@example.com"), "{ann}");
+        assert!(ann.contains("<p>a</p>"), "{ann}");
+        let bob = &mails_to(&mail, "bob")[0];
+        assert!(bob.contains("Subject: Z for bob@example.com"), "{bob}");
+        assert!(bob.contains("<p>z</p>"), "{bob}");
+        // The subjects decided are those sent.
+        let emails = |c: &str, subject: &str| {
+            store.count(&format!(
+                "SELECT COUNT(*) FROM timeline WHERE action = 'email' AND customer = '{c}' AND subject LIKE '{subject}'"
+            ))
+        };
+        assert_eq!(
+            (
+                emails("ann", "A for ann@example.com"),
+                emails("bob", "Z for bob@example.com")
+            ),
+            (1, 1),
+            "{}",
+            store.url
+        );
+        assert_eq!(applied(), 1, "{}", store.url);
+        let _ = std::fs::remove_file(&link);
+    }
+}

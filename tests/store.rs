@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aftercare::engine::{Engine, Policy};
 use aftercare::event::Event;
 use aftercare::service::apply::Applier;
-use aftercare::store::{Delivery, VersionRecord, record};
+use aftercare::store::{Delivery, record};
 use chrono::{DateTime, Duration, Utc};
 use common::stores::TestStore;
 use serde_json::json;
@@ -130,15 +130,10 @@ fn a_batch_is_applied_once_and_survives_reopening() {
 fn journeys_finish_on_their_version_after_a_deploy_and_restart() {
     for ts in TestStore::both() {
         let mut store = ts.open();
-        store
-            .save_versions(&[VersionRecord {
-                name: "thanks".into(),
-                version: aftercare::sequence::compile::version_of(SEQ_V1),
-                path: "thanks.yaml".into(),
-                source: SEQ_V1.into(),
-            }])
-            .unwrap();
         let mut v1 = applier(SEQ_V1);
+        store
+            .save_versions(&aftercare::service::versions_of(&v1.engine.catalog))
+            .unwrap();
         v1.apply(&mut *store, &[placed("c1", "o1", t0())], t0())
             .unwrap();
         drop((v1, store));
@@ -539,21 +534,21 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
     drop(store);
     assert_eq!(
         test.text("SELECT CAST(user_version AS TEXT) FROM pragma_user_version"),
-        "5"
+        "6"
     );
     assert_eq!(
         test.text(
             "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
              WHERE sql LIKE '%WITHOUT ROWID%' ORDER BY name)"
         ),
-        "processed_events"
+        "erased processed_events"
     );
     assert_eq!(
         test.text(
             "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
              WHERE type = 'index' AND sql IS NOT NULL ORDER BY name)"
         ),
-        "customers_due dead_letters_pending outbox_pending processed_events_at timeline_customer"
+        "customers_due dead_letters_pending outbox_pending processed_events_at timeline_customer timeline_recorded"
     );
 }
 

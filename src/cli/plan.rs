@@ -1,11 +1,11 @@
 //! `aftercare plan [DIR]`: what deploying the sequence files in DIR would do to the journeys
 //! in flight, read from the store.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
+use super::validate::Stored;
 use crate::sequence::Catalog;
 use crate::store::JourneyCount;
 
@@ -21,17 +21,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::load_config(args.config.as_deref())?;
     let dir = args.dir.unwrap_or(config.sequences.dir.clone());
     let catalog = super::load_catalog_strict(&dir, &config)?;
-    let mut store = crate::store::open(&config.store.url).context("opening the store")?;
-    let counts = store.journey_counts()?;
-    for line in plan(&catalog, &counts) {
+    // No store yet: no journeys in flight.
+    let (counts, stored) = super::validate::in_flight(&config.store.url)?.unwrap_or_default();
+    for line in plan(&catalog, &counts, &stored) {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// One line per (sequence, version, step, status) in flight, saying what the files would do,
-/// then a line per sequence whose version would change.
-pub fn plan(catalog: &Catalog, counts: &[JourneyCount]) -> Vec<String> {
+/// then a line per version in flight that the files would change, saying what changed: the
+/// sequence file, and each template file edited, removed or added.
+pub fn plan(catalog: &Catalog, counts: &[JourneyCount], stored: &Stored) -> Vec<String> {
     let mut out = Vec::new();
     if counts.is_empty() {
         out.push("no journeys in flight".to_string());
@@ -62,6 +63,54 @@ pub fn plan(catalog: &Catalog, counts: &[JourneyCount]) -> Vec<String> {
         out.push(format!(
             "{}@{} step {} ({}): {} journey(s): {what}",
             c.sequence, c.version, c.step, c.status, c.count
+        ));
+    }
+    let versions: BTreeSet<(&str, &str)> = counts
+        .iter()
+        .map(|c| (c.sequence.as_str(), c.version.as_str()))
+        .collect();
+    for (name, version) in versions {
+        let (Some(now), Some(before)) = (
+            catalog.get(name),
+            stored.get(&(name.to_string(), version.to_string())),
+        ) else {
+            continue;
+        };
+        if *now.version == *version {
+            continue;
+        }
+        let mut changes = Vec::new();
+        if *now.source != *before.source {
+            changes.push(format!("{} edited", now.path));
+        }
+        if before.templates.is_empty() {
+            changes.push("templates not kept with the old version".to_string());
+        } else {
+            let old: BTreeMap<&str, &str> = before
+                .templates
+                .iter()
+                .map(|(f, t)| (f.as_str(), t.as_str()))
+                .collect();
+            let new_files = now.templates.files_used(now.email_templates());
+            let new: BTreeMap<&str, &str> = new_files
+                .iter()
+                .map(|(f, t)| (f.as_str(), t.as_str()))
+                .collect();
+            for (file, text) in &new {
+                match old.get(file) {
+                    None => changes.push(format!("template {file} added")),
+                    Some(t) if t != text => changes.push(format!("template {file} edited")),
+                    Some(_) => {}
+                }
+            }
+            for file in old.keys().filter(|f| !new.contains_key(*f)) {
+                changes.push(format!("template {file} removed"));
+            }
+        }
+        out.push(format!(
+            "{name}@{version} -> {}: {}",
+            now.version,
+            changes.join(", ")
         ));
     }
     out

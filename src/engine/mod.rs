@@ -614,10 +614,9 @@ impl Engine {
         // is long gone, and the subject printed here must be the one sent.
         let ctx = Ctx::new(&c.profile, None, order, Some(j)).into_value();
         let locale = c.profile.locale.as_deref();
-        let rendered = self
-            .catalog
-            .templates
-            .render_subject(template, locale, &ctx);
+        // The templates of the journey's version: an edit or a rename since it started is a
+        // new version, for new journeys.
+        let rendered = seq.templates.render_subject(template, locale, &ctx);
         // Release the context's share of the profile so the update below does not copy it.
         drop(ctx);
         let subject = match rendered {

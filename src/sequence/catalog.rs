@@ -159,6 +159,7 @@ impl Catalog {
         mut diags: Vec<Diagnostic>,
         limits: &Limits,
     ) -> (Catalog, Vec<Diagnostic>) {
+        let templates = Arc::new(templates);
         let mut compiled: Vec<(String, Compiled)> = Vec::new();
         // Every name a file claims, valid or not, so `start` of a broken file is not "unknown".
         let mut claimed: Vec<String> = Vec::new();
@@ -241,7 +242,7 @@ impl Catalog {
         diags.extend(super::budget::check(&current, &templates));
         diags.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         diags.dedup();
-        let catalog = Catalog::build(current, Arc::new(templates));
+        let catalog = Catalog::build(current, templates);
         (catalog, diags)
     }
 

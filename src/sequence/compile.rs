@@ -34,10 +34,24 @@ pub struct Compiled {
     pub starts: Vec<Sp<String>>,
 }
 
-/// The content hash that names a version of a sequence file.
-pub fn version_of(source: &str) -> String {
-    let digest = Sha256::digest(source.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+/// The content hash that names a version of a sequence: its file and the template files its
+/// emails render ([`Templates::files_used`]), so an edited template is a new version and
+/// journeys in flight keep the one they started with.
+pub fn version_of(source: &str, templates: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    // Lengths first: no two different sets of files hash alike.
+    for (file, text) in templates {
+        for part in [file, text] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The longest name, category or step id: they go into headers, URLs and metric labels.
@@ -49,7 +63,12 @@ pub const MAX_STEPS: usize = 1000;
 
 /// Compiles one file with the default limits. Returns `None` when `d` received any error for
 /// it.
-pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -> Option<Compiled> {
+pub fn compile(
+    path: &str,
+    source: &str,
+    templates: &Arc<Templates>,
+    d: &mut Diags,
+) -> Option<Compiled> {
     compile_limited(path, source, templates, d, &Limits::default())
 }
 
@@ -57,7 +76,7 @@ pub fn compile(path: &str, source: &str, templates: &Templates, d: &mut Diags) -
 pub fn compile_limited(
     path: &str,
     source: &str,
-    templates: &Templates,
+    templates: &Arc<Templates>,
     d: &mut Diags,
     limits: &Limits,
 ) -> Option<Compiled> {
@@ -73,15 +92,30 @@ pub fn compile_limited(
         );
         return None;
     }
-    compile_with(path, source, Some(templates), d, limits)
+    compile_with(path, source, templates, true, d, limits)
 }
 
-/// Compiles a stored older version so its journeys can finish. Its templates are not checked:
-/// they may have been edited or removed since, which shows at send time, per email.
-pub fn compile_kept(path: &str, source: &str) -> Result<Sequence, Vec<super::Diagnostic>> {
-    let mut d = Diags::new(path);
-    match compile_with(path, source, None, &mut d, &Limits::default()) {
-        Some(c) => Ok(c.sequence),
+/// Compiles a stored older version so its journeys can finish, rendering with `templates`
+/// (the files kept with it) and keeping the version it was stored under. Its templates are
+/// not checked again: they were when it was first loaded.
+pub fn compile_kept(
+    record: &crate::store::VersionRecord,
+    templates: Arc<Templates>,
+) -> Result<Sequence, Vec<super::Diagnostic>> {
+    let mut d = Diags::new(&record.path);
+    let limits = *templates.limits();
+    match compile_with(
+        &record.path,
+        &record.source,
+        &templates,
+        false,
+        &mut d,
+        &limits,
+    ) {
+        Some(c) => Ok(Sequence {
+            version: record.version.as_str().into(),
+            ..c.sequence
+        }),
         None => Err(d.list),
     }
 }
@@ -89,7 +123,8 @@ pub fn compile_kept(path: &str, source: &str) -> Result<Sequence, Vec<super::Dia
 fn compile_with(
     path: &str,
     source: &str,
-    templates: Option<&Templates>,
+    templates: &Arc<Templates>,
+    check_templates: bool,
     d: &mut Diags,
     limits: &Limits,
 ) -> Option<Compiled> {
@@ -116,10 +151,14 @@ fn compile_with(
     let raw = raw::decode(&root, d);
     let mut c = Compiler {
         d,
-        templates,
+        templates: check_templates.then_some(&**templates),
+        renders_with: templates,
         starts: Vec::new(),
     };
-    let sequence = c.sequence(path, source, raw);
+    let sequence = c.sequence(path, source, raw).map(|mut s| {
+        s.version = version_of(source, &templates.files_used(s.email_templates())).into();
+        s
+    });
     let starts = c.starts;
     (d.list.len() == before)
         .then_some(())
@@ -131,6 +170,8 @@ struct Compiler<'a, 'b, 'd> {
     d: &'d mut Diags<'a>,
     /// `None` when reviving a stored version: templates are not checked then.
     templates: Option<&'b Templates>,
+    /// The templates the sequence's emails are rendered with.
+    renders_with: &'b Arc<Templates>,
     starts: Vec<Sp<String>>,
 }
 
@@ -180,8 +221,11 @@ impl Compiler<'_, '_, '_> {
         };
         Some(Sequence {
             name: name?.into(),
-            version: version_of(source).into(),
+            // Set once the templates its steps use are known (`compile_with`).
+            version: "".into(),
             path: path.to_string(),
+            source: source.into(),
+            templates: self.renders_with.clone(),
             category: category?,
             description: raw.description.map(|d| d.value).unwrap_or_default(),
             timezone,

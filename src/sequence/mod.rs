@@ -51,10 +51,16 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Sequence {
     pub name: Arc<str>,
-    /// Content hash of the file (12 hex digits); journeys stay on the version they started on.
+    /// Content hash of the file and the templates it renders (12 hex digits,
+    /// [`compile::version_of`]); journeys stay on the version they started on.
     pub version: Arc<str>,
     /// The file it came from, as given to the loader.
     pub path: String,
+    /// The file's text, as stored with the version.
+    pub source: Arc<str>,
+    /// What its emails are rendered with: the folder's templates when it was loaded, or those
+    /// kept with a stored version.
+    pub templates: Arc<crate::template::Templates>,
     pub category: Category,
     pub description: String,
     /// Timezone for customers whose profile has none (else the configured default).
@@ -75,6 +81,14 @@ impl Sequence {
             .get(step)
             .and_then(|s| s.category.as_ref())
             .unwrap_or(&self.category)
+    }
+
+    /// The templates its steps send, in step order.
+    pub fn email_templates(&self) -> impl Iterator<Item = &str> {
+        self.steps.iter().filter_map(|step| match &step.action {
+            Some(Action::Email { template }) => Some(&**template),
+            _ => None,
+        })
     }
 
     pub fn step_index(&self, id: &str) -> Option<usize> {

@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 
 use crate::engine::{Customer, Decision, Engine};
 use crate::event::{Event, EventData};
-use crate::sequence::compile::compile_kept;
 use crate::sequence::{JourneyKind, Sequence};
 use crate::service::metrics::Metrics;
+use crate::service::versions::Kept;
 use crate::store::record::{from_stored, to_stored};
 use crate::store::{Note, Result, Store, StoredCustomer, Tx};
 
@@ -53,8 +53,8 @@ impl Applied {
 
 pub struct Applier {
     pub engine: Engine,
-    /// Older sequence versions revived from the store, by (name, version).
-    kept: HashMap<(String, String), Arc<Sequence>>,
+    /// Older sequence versions revived from the store.
+    kept: Kept,
     /// Where wake-up lateness is observed, when metered.
     metrics: Option<Arc<Metrics>>,
 }
@@ -63,7 +63,7 @@ impl Applier {
     pub fn new(engine: Engine) -> Applier {
         Applier {
             engine,
-            kept: HashMap::new(),
+            kept: Kept::default(),
             metrics: None,
         }
     }
@@ -292,23 +292,11 @@ impl Applier {
         let kept = &mut self.kept;
         let mut failure = None;
         let mut resolve = |name: &str, version: &str| -> Option<Arc<Sequence>> {
-            if let Some(seq) = catalog.version(name, version) {
-                return Some(seq.clone());
-            }
-            let key = (name.to_string(), version.to_string());
-            if let Some(seq) = kept.get(&key) {
-                return Some(seq.clone());
-            }
-            let record = match tx.version(name, version) {
-                Ok(r) => r?,
-                Err(e) => {
+            kept.resolve(&catalog, name, version, || tx.version(name, version))
+                .unwrap_or_else(|e| {
                     failure = Some(e.to_string());
-                    return None;
-                }
-            };
-            let seq = Arc::new(compile_kept(&record.path, &record.source).ok()?);
-            kept.insert(key, seq.clone());
-            Some(seq)
+                    None
+                })
         };
         let mut c = from_stored(s, &mut resolve)?;
         if let Some(f) = failure {

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod reload;
 pub mod trace;
+pub mod versions;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -434,19 +435,17 @@ pub fn load_catalog_with(dir: &Path, limits: &crate::sequence::Limits) -> anyhow
     Ok(catalog)
 }
 
-/// The version records of every current sequence (sources read back from their files).
+/// The version records of every current sequence, with the templates each renders.
 pub fn versions_of(catalog: &Catalog) -> Vec<VersionRecord> {
     catalog
         .sequences()
         .iter()
-        .filter_map(|s: &Arc<Sequence>| {
-            let source = std::fs::read_to_string(&s.path).ok()?;
-            Some(VersionRecord {
-                name: s.name.to_string(),
-                version: s.version.to_string(),
-                path: s.path.clone(),
-                source,
-            })
+        .map(|s: &Arc<Sequence>| VersionRecord {
+            name: s.name.to_string(),
+            version: s.version.to_string(),
+            path: s.path.clone(),
+            source: s.source.to_string(),
+            templates: s.templates.files_used(s.email_templates()),
         })
         .collect()
 }

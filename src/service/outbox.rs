@@ -30,8 +30,10 @@ use crate::engine::context::Ctx;
 use crate::engine::{Customer, Engine, Profile};
 use crate::mail::transport::{Failure, Plan, SendError, Transport};
 use crate::mail::{Composer, Outgoing};
+use crate::sequence::Sequence;
 use crate::service::metrics::Metrics;
 use crate::service::reload::Live;
+use crate::service::versions::Kept;
 use crate::store::record::profile_and_orders;
 use crate::store::{Delivery, OutboxRow, Store};
 
@@ -97,6 +99,7 @@ enum Prepared {
         mail: Outgoing,
         address: String,
         profile: Arc<Profile>,
+        sequence: Option<Arc<Sequence>>,
     },
     Done(Delivery),
 }
@@ -131,6 +134,7 @@ impl Sender {
             wake,
             seen: observe.live.as_ref().map_or(0, |l| l.generation()),
             observe,
+            kept: Kept::default(),
         };
         worker.serve(&rt, stop);
         Ok(())
@@ -149,6 +153,9 @@ struct Worker {
     observe: Observe,
     /// The catalog generation the engine was built from.
     seen: u64,
+    /// Versions no longer loaded, revived from the store: their emails render with the
+    /// templates kept with them.
+    kept: Kept,
 }
 
 impl Worker {
@@ -234,6 +241,7 @@ impl Worker {
                                     mail,
                                     address,
                                     profile,
+                                    sequence,
                                 } => {
                                     rt.block_on(pacer.wait());
                                     if !self.may_start(&row) {
@@ -249,6 +257,7 @@ impl Worker {
                                     let outcome = Outcome {
                                         settings: self.settings.clone(),
                                         engine: self.engine.clone(),
+                                        sequence,
                                     };
                                     let metrics = self.observe.metrics.clone();
                                     let span = tracing::debug_span!(
@@ -344,17 +353,28 @@ impl Worker {
     /// Renders and composes the email, or says why it will not be sent.
     fn prepare(&mut self, row: &OutboxRow) -> Prepared {
         let failed = |error: String| Prepared::Done(Delivery::Failed { error });
+        // The database, not the email: try again shortly rather than give the email up.
+        let unavailable = |e: crate::store::StoreError| {
+            Prepared::Done(Delivery::Retry {
+                error: format!("store: {e}"),
+                at: Utc::now() + chrono::Duration::seconds(30),
+            })
+        };
         let stored = match self.store.load(&row.customer) {
             Ok(Some(s)) => s,
             Ok(None) => return failed("customer not found".into()),
-            // The database, not the email: try again shortly rather than give the email up.
-            Err(e) => {
-                return Prepared::Done(Delivery::Retry {
-                    error: format!("store: {e}"),
-                    at: Utc::now() + chrono::Duration::seconds(30),
-                });
-            }
+            Err(e) => return unavailable(e),
         };
+        let store = &mut self.store;
+        let sequence =
+            match self
+                .kept
+                .resolve(&self.engine.catalog, &row.sequence, &row.version, || {
+                    store.version(&row.sequence, &row.version)
+                }) {
+                Ok(s) => s,
+                Err(e) => return unavailable(e),
+            };
         let (profile, orders) = match profile_and_orders(&stored) {
             Ok(p) => p,
             Err(e) => return failed(format!("stored customer unreadable: {e}")),
@@ -389,11 +409,10 @@ impl Worker {
         ctx.journey = context! { id => &row.journey, sequence => &row.sequence, step => &row.step };
         ctx.unsubscribe_url = Value::from(links.unsubscribe_url.clone());
         ctx.preferences_url = Value::from(links.preferences_url.clone());
-        let rendered = match self.engine.catalog.templates.render(
-            &row.template,
-            locale.as_deref(),
-            &ctx.into_value(),
-        ) {
+        let templates = sequence
+            .as_ref()
+            .map_or(&self.engine.catalog.templates, |s| &s.templates);
+        let rendered = match templates.render(&row.template, locale.as_deref(), &ctx.into_value()) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(sequence = %row.sequence, step = %row.step, template = %row.template, error = %e, "template error at send time");
@@ -419,6 +438,7 @@ impl Worker {
             mail,
             address: to,
             profile,
+            sequence,
         }
     }
 }
@@ -427,6 +447,8 @@ impl Worker {
 struct Outcome {
     settings: config::Delivery,
     engine: Arc<Engine>,
+    /// The email's sequence at its journey's version, when known.
+    sequence: Option<Arc<Sequence>>,
 }
 
 impl Outcome {
@@ -496,7 +518,7 @@ impl Outcome {
         profile: &Arc<Profile>,
         at: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let seq = self.engine.catalog.version(&row.sequence, &row.version)?;
+        let seq = self.sequence.as_ref()?;
         let step = seq.step_index(&row.step)?;
         let mut c = Customer::new(row.customer.as_str().into());
         c.profile = profile.clone();
@@ -675,6 +697,7 @@ mod tests {
         let outcome = Outcome {
             settings: settings(),
             engine: Arc::new(Engine::new(catalog, Policy::default())),
+            sequence: None,
         };
         let mail = mail();
         let profile = Arc::new(Profile::default());
@@ -755,10 +778,12 @@ mod tests {
         std::fs::write(dir.join("templates/t/a.html.j2"), "<p>a</p>").unwrap();
         let (catalog, diags) = crate::sequence::Catalog::load(&dir).unwrap();
         assert!(diags.is_empty(), "{diags:?}");
-        let version = catalog.get("w").unwrap().version.to_string();
+        let sequence = catalog.get("w").unwrap().clone();
+        let version = sequence.version.to_string();
         let outcome = Outcome {
             settings: crate::config::Config::default().delivery().unwrap(),
             engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
+            sequence: Some(sequence),
         };
         let row = OutboxRow {
             sequence: "w".into(),

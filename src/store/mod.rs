@@ -31,6 +31,9 @@ pub enum StoreError {
     Postgres(#[from] ::postgres::Error),
     #[error("stored state of customer {customer} is unreadable: {reason}")]
     Corrupt { customer: String, reason: String },
+    /// A stored row other than a customer's that cannot be read back.
+    #[error("{0}")]
+    Unreadable(String),
     #[error("{0}")]
     Config(String),
 }
@@ -64,7 +67,7 @@ impl StoreError {
             StoreError::Postgres(e) => e
                 .as_db_error()
                 .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23" | "54")),
-            StoreError::Corrupt { .. } => true,
+            StoreError::Corrupt { .. } | StoreError::Unreadable(_) => true,
             StoreError::Config(_) => false,
         };
         if permanent {
@@ -124,6 +127,10 @@ pub struct VersionRecord {
     pub version: String,
     pub path: String,
     pub source: String,
+    /// The template files its emails render, (file under `templates/`, text), by file name.
+    /// Empty for a version stored before templates were kept: it renders with the current
+    /// folder's.
+    pub templates: Vec<(String, String)>,
 }
 
 /// An email waiting to be sent: ids only; it is rendered when sent.
@@ -289,6 +296,9 @@ pub trait Store: Send {
     /// Records sequence versions not yet known.
     fn save_versions(&mut self, versions: &[VersionRecord]) -> Result<()>;
 
+    /// A stored sequence version, without locking.
+    fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>>;
+
     /// The earliest due time of any customer, to know how long the scheduler may sleep.
     fn next_due(&mut self) -> Result<Option<DateTime<Utc>>>;
 
@@ -437,6 +447,15 @@ pub fn open_small(url: &str) -> Result<Box<dyn Store>> {
         )?));
     }
     open(url)
+}
+
+/// As [`open_small`], but `None` for a SQLite file that does not exist yet: for commands that
+/// only read (`validate`), which must not leave an empty store behind.
+pub fn open_existing(url: &str) -> Result<Option<Box<dyn Store>>> {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if path == ":memory:" || !std::path::Path::new(path).exists() => Ok(None),
+        _ => open_small(url).map(Some),
+    }
 }
 
 /// Timestamps are stored as microseconds since the epoch in both databases: one column type,

@@ -53,12 +53,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     UNIQUE (source_topic, source_partition, source_offset, digest));
 CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
     WHERE published_at IS NULL AND NOT refused;
+ALTER TABLE sequence_versions ADD COLUMN IF NOT EXISTS templates TEXT NOT NULL DEFAULT '';
+ALTER TABLE timeline ADD COLUMN IF NOT EXISTS recorded_at BIGINT;
+CREATE INDEX IF NOT EXISTS timeline_recorded ON timeline (recorded_at);
+CREATE TABLE IF NOT EXISTS erased (address TEXT PRIMARY KEY, at BIGINT NOT NULL);
 ";
 
 /// The version [`SCHEMA`] brings a database to; raise it with every change to `SCHEMA`.
 /// Version 2: dead letters, and amounts stored as decimal strings. Version 3: each claim of
-/// an email carries a fencing token (`outbox.claim`).
-const SCHEMA_VERSION: i32 = 3;
+/// an email carries a fencing token (`outbox.claim`). Version 4: versions keep their
+/// templates, timeline lines their time of writing (`recorded_at`, for retention), and erased
+/// customers a keyed hash of their address (`erased`).
+const SCHEMA_VERSION: i32 = 4;
 
 /// Serialises concurrent migrations of several instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
@@ -86,6 +92,12 @@ impl PgStore {
                 tx.batch_execute(SCHEMA)?;
                 if from < 2 {
                     rewrite_amounts(&mut tx)?;
+                }
+                if from < 4 {
+                    tx.execute(
+                        "UPDATE timeline SET recorded_at = $1 WHERE recorded_at IS NULL",
+                        &[&micros(Utc::now())],
+                    )?;
                 }
                 tx.execute("DELETE FROM aftercare_schema", &[])?;
                 tx.execute(
@@ -155,13 +167,21 @@ impl Store for PgStore {
         let vers: Vec<&str> = versions.iter().map(|v| v.version.as_str()).collect();
         let paths: Vec<&str> = versions.iter().map(|v| v.path.as_str()).collect();
         let sources: Vec<&str> = versions.iter().map(|v| v.source.as_str()).collect();
+        let templates: Vec<String> = versions
+            .iter()
+            .map(|v| super::record::templates_text(&v.templates))
+            .collect();
         self.c()?.execute(
-            "INSERT INTO sequence_versions (name, version, path, source, first_seen)
-             SELECT n, v, p, s, $5 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS t(n, v, p, s)
+            "INSERT INTO sequence_versions (name, version, path, source, first_seen, templates)
+             SELECT n, v, p, s, $5, t FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $6::text[]) AS t(n, v, p, s, t)
              ON CONFLICT DO NOTHING",
-            &[&names, &vers, &paths, &sources, &micros(Utc::now())],
+            &[&names, &vers, &paths, &sources, &micros(Utc::now()), &templates],
         )?;
         Ok(())
+    }
+
+    fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>> {
+        version_row(self.c()?, name, version)
     }
 
     fn next_due(&mut self) -> Result<Option<DateTime<Utc>>> {
@@ -488,6 +508,28 @@ impl Store for PgStore {
     }
 }
 
+/// A stored sequence version, with the templates kept with it.
+fn version_row(
+    client: &mut impl GenericClient,
+    name: &str,
+    version: &str,
+) -> Result<Option<VersionRecord>> {
+    let row = client.query_opt(
+        "SELECT path, source, templates FROM sequence_versions WHERE name = $1 AND version = $2",
+        &[&name, &version],
+    )?;
+    row.map(|r| {
+        Ok(VersionRecord {
+            name: name.to_string(),
+            version: version.to_string(),
+            path: r.get(0),
+            source: r.get(1),
+            templates: super::record::templates_of(r.get(2))?,
+        })
+    })
+    .transpose()
+}
+
 /// Free text (reasons, subjects, a relay's reply) as PostgreSQL can hold it: its text type
 /// refuses NUL, which a template or a relay may put there; written `\u{0}` instead, so the
 /// line is kept rather than the transaction refused.
@@ -601,16 +643,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>> {
-        let row = self.tx.query_opt(
-            "SELECT path, source FROM sequence_versions WHERE name = $1 AND version = $2",
-            &[&name, &version],
-        )?;
-        Ok(row.map(|r| VersionRecord {
-            name: name.to_string(),
-            version: version.to_string(),
-            path: r.get(0),
-            source: r.get(1),
-        }))
+        version_row(&mut self.tx, name, version)
     }
 
     fn save(&mut self, customers: &[StoredCustomer]) -> Result<()> {

@@ -297,3 +297,22 @@ pub fn from_stored(
     }
     Ok(c)
 }
+
+/// A version's kept templates as stored: a JSON list of `[file, text]` pairs (JSON escapes
+/// the NUL PostgreSQL's text refuses); `''` for none.
+pub fn templates_text(files: &[(String, String)]) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    serde_json::to_string(files).unwrap_or_default()
+}
+
+/// The templates kept with a version, read back from [`templates_text`].
+pub fn templates_of(text: &str) -> super::Result<Vec<(String, String)>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(text).map_err(|e| {
+        super::StoreError::Unreadable(format!("the templates kept with a version: {e}"))
+    })
+}

@@ -30,8 +30,9 @@ CREATE INDEX IF NOT EXISTS customers_due ON customers (next_due) WHERE next_due 
 CREATE TABLE IF NOT EXISTS timeline (
     seq INTEGER PRIMARY KEY, customer TEXT NOT NULL, at INTEGER NOT NULL, journey TEXT NOT NULL,
     sequence TEXT NOT NULL, version TEXT NOT NULL, step TEXT, action TEXT NOT NULL,
-    reason TEXT NOT NULL, subject TEXT);
+    reason TEXT NOT NULL, subject TEXT, recorded_at INTEGER);
 CREATE INDEX IF NOT EXISTS timeline_customer ON timeline (customer, seq);
+CREATE INDEX IF NOT EXISTS timeline_recorded ON timeline (recorded_at);
 CREATE TABLE IF NOT EXISTS outbox (
     key TEXT PRIMARY KEY, customer TEXT NOT NULL, journey TEXT NOT NULL, sequence TEXT NOT NULL,
     version TEXT NOT NULL, step TEXT NOT NULL, order_id TEXT, template TEXT NOT NULL,
@@ -42,7 +43,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
-    first_seen INTEGER NOT NULL, PRIMARY KEY (name, version));
+    first_seen INTEGER NOT NULL, templates TEXT NOT NULL DEFAULT '', PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS erased (
+    address TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, source_topic TEXT NOT NULL,
     source_partition INTEGER NOT NULL, source_offset INTEGER NOT NULL, digest TEXT NOT NULL,
@@ -56,11 +59,11 @@ CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
 
 /// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express; each
 /// version's step from the one before is in `MIGRATIONS`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// (version reached, statements): run in order from the database's version, each step in a
 /// transaction of its own.
-const MIGRATIONS: [(i64, &str); 4] = [
+const MIGRATIONS: [(i64, &str); 5] = [
     (2, "ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;"),
     // Customers (a state document of a kilobyte or more) and emails become rowid tables: a
     // WITHOUT ROWID b-tree keeps whole rows in its pages, a few per page, so nearly every
@@ -107,6 +110,18 @@ const MIGRATIONS: [(i64, &str); 4] = [
         5,
         "ALTER TABLE outbox ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;",
     ),
+    // A version keeps the templates it renders; timeline lines say when they were written
+    // (retention counts from then: a replay of 1997 is not old news); erased customers leave
+    // a keyed hash of their address.
+    (
+        6,
+        "ALTER TABLE sequence_versions ADD COLUMN templates TEXT NOT NULL DEFAULT '';
+         ALTER TABLE timeline ADD COLUMN recorded_at INTEGER;
+         UPDATE timeline SET recorded_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000000;
+         CREATE INDEX IF NOT EXISTS timeline_recorded ON timeline (recorded_at);
+         CREATE TABLE IF NOT EXISTS erased (
+             address TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
+    ),
 ];
 
 /// The version whose migration also rewrites amounts stored as JSON numbers (floats) as
@@ -126,6 +141,28 @@ fn rewrite_amounts(tx: &Transaction<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A stored sequence version, with the templates kept with it.
+fn version_row(conn: &Connection, name: &str, version: &str) -> Result<Option<VersionRecord>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT path, source, templates FROM sequence_versions WHERE name = ?1 AND version = ?2",
+        )?
+        .query_row([name, version], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?))
+        })
+        .optional()?;
+    row.map(|(path, source, templates)| {
+        Ok(VersionRecord {
+            name: name.to_string(),
+            version: version.to_string(),
+            path,
+            source,
+            templates: super::record::templates_of(&templates)?,
+        })
+    })
+    .transpose()
 }
 
 /// Page cache of the engine's connection, which reads and writes every customer.
@@ -421,15 +458,21 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO sequence_versions (name, version, path, source, first_seen) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO sequence_versions (name, version, path, source, first_seen, templates)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let now = micros(Utc::now());
             for v in versions {
-                st.execute(params![v.name, v.version, v.path, v.source, now])?;
+                let templates = super::record::templates_text(&v.templates);
+                st.execute(params![v.name, v.version, v.path, v.source, now, templates])?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>> {
+        version_row(&self.conn, name, version)
     }
 
     fn next_due(&mut self) -> Result<Option<DateTime<Utc>>> {
@@ -860,21 +903,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>> {
-        let row = self
-            .tx
-            .prepare_cached(
-                "SELECT path, source FROM sequence_versions WHERE name = ?1 AND version = ?2",
-            )?
-            .query_row([name, version], |r| {
-                Ok(VersionRecord {
-                    name: name.to_string(),
-                    version: version.to_string(),
-                    path: r.get(0)?,
-                    source: r.get(1)?,
-                })
-            })
-            .optional()?;
-        Ok(row)
+        version_row(&self.tx, name, version)
     }
 
     fn save(&mut self, customers: &[StoredCustomer]) -> Result<()> {

@@ -94,6 +94,10 @@ pub struct Templates {
     index: BTreeMap<String, Vec<Variant>>,
     /// How template files are named in messages (`sequences/templates`).
     root: String,
+    /// Every file compiled, by name: what a sequence version keeps of them
+    /// ([`Templates::files_used`]).
+    sources: BTreeMap<String, String>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Templates {
@@ -145,6 +149,7 @@ impl Templates {
             }
         });
         let mut index: BTreeMap<String, Vec<Variant>> = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         let mut diags = Vec::new();
         for (file, source) in files {
             let shown = format!("{root}/{file}");
@@ -201,12 +206,15 @@ impl Templates {
                 );
                 continue;
             }
-            variants[i].files[part.index()] = Some(file);
+            variants[i].files[part.index()] = Some(file.clone());
+            sources.insert(file, source);
         }
         let templates = Templates {
             env,
             index,
             root: root.to_string(),
+            sources,
+            limits: *limits,
         };
         (templates, diags)
     }
@@ -328,6 +336,49 @@ impl Templates {
             }
         }
         Ok(())
+    }
+
+    /// The files the emails of `names` may render, by file name: every part and locale of
+    /// each, and every file they extend, include or import, transitively. A reference by a
+    /// computed name could be any file: then every file is used.
+    pub fn files_used<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<(String, String)> {
+        let mut todo: Vec<&str> = names
+            .into_iter()
+            .filter_map(|n| self.index.get(n))
+            .flatten()
+            .flat_map(|v| v.files.iter().flatten().map(String::as_str))
+            .collect();
+        let mut used: BTreeMap<&str, &str> = BTreeMap::new();
+        while let Some(file) = todo.pop() {
+            let Some((file, source)) = self.sources.get_key_value(file) else {
+                continue;
+            };
+            if used.insert(file, source).is_some() {
+                continue;
+            }
+            match references(source) {
+                Some(files) => todo.extend(files),
+                None => {
+                    used = self
+                        .sources
+                        .iter()
+                        .map(|(f, s)| (f.as_str(), s.as_str()))
+                        .collect();
+                    break;
+                }
+            }
+        }
+        used.into_iter()
+            .map(|(f, s)| (f.to_string(), s.to_string()))
+            .collect()
+    }
+
+    /// The limits every render of this set is held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The logical names known (`camera/basics`).
@@ -592,6 +643,71 @@ fn error_pos(e: &minijinja::Error, source: &str) -> Pos {
 /// are followed (a Kubernetes ConfigMap is made of them) but each directory is read once, so a
 /// link to a parent cannot loop; entries that are not regular files (a FIFO would block the
 /// read) and files that resolve outside `bound` (the sequences folder) are reported, not read.
+/// The template names `source` extends, includes or imports (`{% extends "x" %}`,
+/// `{% include ["a", "b"] ignore missing %}`, `{% from "m" import f %}`), or `None` when one
+/// of them is computed rather than written out.
+fn references(source: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    for tag in source.split("{%").skip(1) {
+        let body = tag.split("%}").next().unwrap_or_default();
+        let body = body
+            .trim_start_matches(['-', '+'])
+            .trim_end_matches(['-', '+']);
+        let body = body.trim();
+        let keyword = body.split_whitespace().next().unwrap_or_default();
+        if !matches!(keyword, "extends" | "include" | "import" | "from") {
+            continue;
+        }
+        let (names, tail) = literal_list(&body[keyword.len()..])?;
+        let tail = tail.trim();
+        let plain = match keyword {
+            "extends" => tail.is_empty() && names.len() == 1,
+            "include" => tail
+                .split_whitespace()
+                .all(|w| matches!(w, "ignore" | "missing" | "with" | "without" | "context")),
+            "import" => names.len() == 1 && tail.starts_with("as "),
+            _ => names.len() == 1 && tail.starts_with("import "),
+        };
+        if !plain {
+            return None;
+        }
+        out.extend(names);
+    }
+    Some(out)
+}
+
+/// A string literal or a `[…]` list of them at the start of `text`, and what follows; `None`
+/// when `text` starts with anything else (a variable, an expression).
+fn literal_list(text: &str) -> Option<(Vec<&str>, &str)> {
+    let mut rest = text.trim_start();
+    let list = rest.starts_with('[');
+    if list {
+        rest = &rest[1..];
+    }
+    let mut names = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let after = &rest[1..];
+        let close = after.find(quote)?;
+        let name = &after[..close];
+        if name.contains('\\') {
+            return None;
+        }
+        names.push(name);
+        rest = after[close + 1..].trim_start();
+        if list && rest.starts_with(',') {
+            rest = &rest[1..];
+            continue;
+        }
+        if list {
+            rest = rest.strip_prefix(']')?;
+        }
+        // The caller checks that only keywords follow: `"a" ~ x` is computed.
+        return Some((names, rest));
+    }
+}
+
 fn collect(
     root: &Path,
     dir: &Path,
@@ -654,6 +770,60 @@ fn collect(
 mod tests {
     use super::*;
     use minijinja::context;
+
+    #[test]
+    fn a_version_keeps_the_files_its_emails_render_and_what_they_extend() {
+        let files = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(f, s)| (f.to_string(), s.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let (t, diags) = Templates::from_files(
+            "t",
+            files(&[
+                ("a.subject.j2", "A"),
+                (
+                    "a.html.j2",
+                    "{% extends \"_l/base.html.j2\" %}{% block b %}x{% endblock %}",
+                ),
+                (
+                    "a.ko.html.j2",
+                    "{%- include ['_l/ko.html.j2', \"_l/x.html.j2\"] ignore missing -%}",
+                ),
+                ("b.subject.j2", "B"),
+                ("b.html.j2", "{% from '_l/m.html.j2' import f %}{{ f() }}"),
+                ("_l/base.html.j2", "<b>{% block b %}{% endblock %}</b>"),
+                ("_l/ko.html.j2", "ko"),
+                ("_l/m.html.j2", "{% macro f() %}m{% endmacro %}"),
+                ("c.subject.j2", "C"),
+                ("c.html.j2", "{% include name ~ '.html.j2' %}"),
+            ]),
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let names = |v: Vec<(String, String)>| v.into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        assert_eq!(
+            names(t.files_used(["a"])),
+            [
+                "_l/base.html.j2",
+                "_l/ko.html.j2",
+                "a.html.j2",
+                "a.ko.html.j2",
+                "a.subject.j2"
+            ]
+        );
+        assert_eq!(
+            names(t.files_used(["b", "nothing"])),
+            ["_l/m.html.j2", "b.html.j2", "b.subject.j2"]
+        );
+        // A computed name could be any file.
+        assert_eq!(t.files_used(["c"]).len(), 10);
+        assert_eq!(references("{% include \"a\" ~ x %}"), None);
+        assert_eq!(references("{% extends layout %}"), None);
+        assert_eq!(
+            references("{% import 'm' as m %}{% if x %}{% endif %}"),
+            Some(vec!["m"])
+        );
+    }
 
     #[test]
     fn an_mjml_body_becomes_responsive_html_with_escaped_data_and_derived_text() {
