@@ -1032,6 +1032,18 @@ impl Tx for RecordingTx<'_> {
     fn dead_letter(&mut self, letters: &[DeadLetter], now: DateTime<Utc>) -> store::Result<()> {
         self.inner.dead_letter(letters, now)
     }
+    fn forget(
+        &mut self,
+        customer: &str,
+        addresses: &[String],
+        erased: &[String],
+        now: DateTime<Utc>,
+    ) -> store::Result<u64> {
+        self.inner.forget(customer, addresses, erased, now)
+    }
+    fn unerase(&mut self, hashes: &[String]) -> store::Result<()> {
+        self.inner.unerase(hashes)
+    }
     fn commit(self: Box<Self>) -> store::Result<()> {
         let RecordingTx { inner, asked, this } = *self;
         inner.commit()?;
@@ -1053,6 +1065,12 @@ impl Store for Recording {
     }
     fn version(&mut self, name: &str, version: &str) -> store::Result<Option<VersionRecord>> {
         self.inner.version(name, version)
+    }
+    fn is_erased(&mut self, hash: &str) -> store::Result<bool> {
+        self.inner.is_erased(hash)
+    }
+    fn prune_timeline(&mut self, before: DateTime<Utc>) -> store::Result<u64> {
+        self.inner.prune_timeline(before)
     }
     fn next_due(&mut self) -> store::Result<Option<DateTime<Utc>>> {
         self.inner.next_due()

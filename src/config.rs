@@ -77,6 +77,8 @@ pub struct Store {
     pub url: String,
     /// How long processed-event keys are kept for dedupe.
     pub dedupe_retention: String,
+    /// How long timeline lines are kept, counted from when they were written.
+    pub timeline_retention: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +156,24 @@ pub enum Tls {
 #[serde(deny_unknown_fields, default)]
 pub struct FileMail {
     pub dir: PathBuf,
+}
+
+/// How long the store keeps what it needs only for a while (`store.*_retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Processed-event keys: a redelivery older than this applies again.
+    pub dedupe: chrono::Duration,
+    /// Timeline lines, from when they were written (not the decision's time: a replay of
+    /// old events is kept as long as a live one).
+    pub timeline: chrono::Duration,
+}
+
+impl Retention {
+    /// How long processed-event keys are kept: the dedupe window, and never longer than the
+    /// timeline (SPEC §7: `timeline_retention` prunes both).
+    pub fn dedupe_keys(&self) -> chrono::Duration {
+        self.dedupe.min(self.timeline)
+    }
 }
 
 /// `policy.*` as written; [`Config::policy`] gives the checked form.
@@ -306,6 +326,7 @@ impl Default for Store {
         Store {
             url: "sqlite://aftercare.db".into(),
             dedupe_retention: "30d".into(),
+            timeline_retention: "400d".into(),
         }
     }
 }
@@ -497,7 +518,7 @@ impl Config {
     /// Second stage: values that parse as TOML but mean nothing (a bad duration, zone, URL).
     fn check(&self) -> Result<(), (String, String)> {
         self.policy().map(|_| ())?;
-        self.dedupe_retention().map(|_| ())?;
+        self.retention().map(|_| ())?;
         self.delivery().map(|_| ())?;
         self.intervals().map(|_| ())?;
         self.limits().map(|_| ())?;
@@ -650,16 +671,25 @@ impl Config {
         ))
     }
 
-    /// How long processed-event keys are kept (the dedupe window), checked.
-    pub fn dedupe_retention(&self) -> Result<chrono::Duration, (String, String)> {
-        match self.store.dedupe_retention.parse::<Period>() {
+    /// How long processed-event keys (the dedupe window) and timeline lines are kept, checked.
+    pub fn retention(&self) -> Result<Retention, (String, String)> {
+        let period = |key: &str, text: &str, zero: &str| match text.parse::<Period>() {
             Ok(p) if !p.is_zero() => Ok(p.0),
-            Ok(_) => Err((
-                "store.dedupe_retention".into(),
-                "must be longer than 0s: a redelivered event would be applied twice".into(),
-            )),
-            Err(m) => Err(("store.dedupe_retention".into(), m)),
-        }
+            Ok(_) => Err((key.to_string(), zero.to_string())),
+            Err(m) => Err((key.to_string(), m)),
+        };
+        Ok(Retention {
+            dedupe: period(
+                "store.dedupe_retention",
+                &self.store.dedupe_retention,
+                "must be longer than 0s: a redelivered event would be applied twice",
+            )?,
+            timeline: period(
+                "store.timeline_retention",
+                &self.store.timeline_retention,
+                "must be longer than 0s: every decision would be deleted as it is written",
+            )?,
+        })
     }
 
     /// The limits on what sequence and template files may cost, checked.

@@ -371,3 +371,38 @@ fn plan_and_validate_show_what_template_edits_do_to_journeys_in_flight() {
         )
     );
 }
+
+/// `aftercare forget ID` erases the customer from the configured store.
+#[test]
+fn forget_erases_a_customer_and_refuses_an_id_no_event_could_carry() {
+    let dir = scratch(
+        "forget",
+        &[
+            ("a/flow.yaml", FLOW_A),
+            ("a/templates/t/a.subject.j2", "A"),
+            ("a/templates/t/a.html.j2", "<p>a</p>"),
+        ],
+    );
+    let (config, _) = store_with_a_waiting_journey(&dir, &dir.join("a"));
+    let config = config.to_str().unwrap();
+    assert_eq!(
+        stdout(&aftercare(&["forget", "c1", "-c", config], &dir)),
+        "customer c1 erased\n"
+    );
+    let gone = aftercare(&["customer", "c1", "-c", config], &dir);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).starts_with("no customer `c1` in sqlite://"),
+        "{gone:?}"
+    );
+    assert_eq!(
+        stdout(&aftercare(&["forget", "c1", "-c", config], &dir)),
+        "no customer c1 in the store: nothing of theirs but dead letters naming the id could be removed\n"
+    );
+    let bad = aftercare(&["forget", "c1\nall", "-c", config], &dir);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr),
+        "error: the customer id contains the control character U+000A at byte 2; identifiers may not contain control characters\n"
+    );
+}

@@ -98,7 +98,8 @@ fn rig(port: u16, tls: Tls, ca: Option<&Path>) -> Rig {
     config.http.public_url = "https://mail.example.com".into();
     config.secrets.signing_key = Some(KEY.into());
     let catalog = aftercare::service::load_catalog(&dir).unwrap();
-    let applier = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
+    let applier = Applier::new(Engine::new(Arc::new(catalog), Policy::default()))
+        .signing(aftercare::mail::token::Signer::new(KEY.as_bytes()));
     Rig {
         store: TestStore::sqlite(),
         applier,
@@ -777,6 +778,59 @@ fn dkim_signatures_verify_and_cover_the_unsubscribe_headers() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// An erased customer's address gets no marketing again, under any id, until a customer with
+/// it subscribes again; transactional email (a new order's receipt) still goes.
+#[test]
+fn marketing_never_restarts_to_an_erased_address_until_it_subscribes_again() {
+    let port = free_port();
+    let server = SmtpServer::start(port, &scratch("erased"), &[]);
+    let mut rig = rig(port, Tls::None, None);
+    rig.apply(&[placed("c1", "o1", "Ann", "ann@example.com")]);
+    rig.apply(&[delivered("c1", "o1")]);
+    rig.send_until("receipt and review sent", |c| c["emails sent"] == 2);
+    let mut store = rig.store.open();
+    rig.applier.forget(&mut *store, "c1", "test").unwrap();
+    assert_eq!(counts(&mut *store)["emails sent"], 0);
+
+    rig.apply(&[placed("c2", "o2", "Ann", "ANN@example.com")]);
+    rig.apply(&[delivered("c2", "o2")]);
+    let c = rig.send_until("the receipt sent, the review suppressed", |c| {
+        c["emails sent"] + c["emails suppressed when sending"] == 2
+    });
+    assert_eq!(
+        (c["emails sent"], c["emails suppressed when sending"]),
+        (1, 1)
+    );
+    let t = rig.timeline("c2");
+    assert!(
+        t.iter().any(|(_, reason)| reason
+            == "address erased: marketing resumes only when the customer subscribes again"),
+        "{t:?}"
+    );
+
+    rig.apply(&[event(
+        "customer.subscribed",
+        "s-c2",
+        "c2",
+        json!({"categories": ["review"]}),
+    )]);
+    rig.apply(&[placed("c2", "o3", "Ann", "ann@example.com")]);
+    rig.apply(&[delivered("c2", "o3")]);
+    rig.send_until("the second order's receipt and review sent", |c| {
+        c["emails sent"] == 3
+    });
+    let subjects: Vec<String> = server
+        .messages()
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find(|l| l.starts_with("Subject: "))
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(subjects.len(), 5, "{subjects:?}");
 }
 
 #[test]

@@ -388,6 +388,47 @@ fn operator_surface(store: &TestStore) {
     assert_eq!(f["dead_letters"], 1);
     assert_eq!(f["customers"], 3);
     assert_eq!(f["repeat_purchase_rate"], 0.0);
+
+    // Erasure: by an operator through the API, and by a shop's privacy pipeline on Kafka.
+    let delete = |path: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let (status, body) = common::http::request(at, "DELETE", path, &headers, "");
+        (status, body)
+    };
+    assert_eq!(delete("/api/customers/ann", None).0, 401);
+    assert_eq!(
+        delete("/api/customers/ann%0Aall", Some(TOKEN)),
+        (
+            400,
+            json!({"error": "the customer id contains the control character U+000A at byte 3; identifiers may not contain control characters"}).to_string()
+        )
+    );
+    assert_eq!(delete("/api/customers/ann", Some(TOKEN)).0, 204);
+    assert_eq!(get(at, "/api/customers/ann", Some(TOKEN)).0, 404);
+    let erased = event("x-bob", "customer.erased", "bob", json!({}));
+    send(&p, "support", "bob", erased.as_bytes(), &[]);
+    flush(&p);
+    wait_until(60, "bob erased", || {
+        get(at, "/api/customers/bob", Some(TOKEN)).0 == 404
+    });
+    for who in ["ann", "bob"] {
+        // The address anywhere; the id as a whole value or quoted inside one.
+        let left = store.rows_containing(&[
+            &format!("{who}@example.com"),
+            &format!("| {who} |"),
+            &format!("\"{who}\""),
+        ]);
+        assert_eq!(left, Vec::<String>::new(), "{who} {}", store.url);
+        assert_eq!(
+            store.count(&format!(
+                "SELECT COUNT(*) FROM timeline WHERE customer = '{who}'"
+            )),
+            0
+        );
+    }
+    assert_eq!(get(at, "/api/customers/cat", Some(TOKEN)).0, 200);
     service.stop();
 }
 

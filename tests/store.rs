@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use aftercare::engine::{Engine, Policy};
 use aftercare::event::Event;
+use aftercare::mail::token::Signer;
 use aftercare::service::apply::Applier;
-use aftercare::store::{Delivery, record};
+use aftercare::store::{DeadLetter, Delivery, record};
 use chrono::{DateTime, Duration, Utc};
 use common::stores::TestStore;
 use serde_json::json;
@@ -646,5 +647,196 @@ fn an_outcome_is_recorded_only_by_the_current_claim() {
             .map(|t| t.reason.as_str())
             .collect();
         assert_eq!(sent_lines, ["accepted as <new@example.com>"], "{}", ts.url);
+    }
+}
+
+fn event(json: serde_json::Value) -> Arc<Event> {
+    Arc::new(Event::from_structured(json.to_string().as_bytes()).unwrap())
+}
+
+fn letter(offset: i64, key: Option<&[u8]>, value: &[u8], headers: &[(&str, &[u8])]) -> DeadLetter {
+    DeadLetter {
+        topic: "orders".into(),
+        partition: 0,
+        offset,
+        key: key.map(<[u8]>::to_vec),
+        value: value.to_vec(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect(),
+        reason: "not JSON".into(),
+        class: "not_json".into(),
+    }
+}
+
+/// `forget` leaves no row of the customer in any table — state, timeline, emails queued and
+/// sent, notes, dead letters naming them by key, subject, header or address — and takes
+/// nothing of anyone else's; the address is kept only as a keyed hash, and that goes when a
+/// customer with the address subscribes again.
+#[test]
+fn an_erased_customer_leaves_no_row_behind_in_any_table() {
+    let signer = Signer::new(b"test-signing-key-of-at-least-32-bytes");
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1).signing(signer.clone());
+        store
+            .save_versions(&aftercare::service::versions_of(&a.engine.catalog))
+            .unwrap();
+        for (c, o) in [("victim", "o1"), ("victim", "o2"), ("other", "o3")] {
+            a.apply(&mut *store, &[placed(c, o, t0())], t0()).unwrap();
+        }
+        let feedback = event(
+            json!({"specversion": "1.0", "id": "f1", "source": "/survey",
+            "type": "feedback.submitted", "time": aftercare::time::rfc3339(t0()), "subject": "victim",
+            "data": {"kind": "nps", "score": 9, "comment": "I am the victim"}}),
+        );
+        a.apply(&mut *store, &[feedback], t0()).unwrap();
+        a.wake(&mut *store, t0() + Duration::hours(2), 10).unwrap();
+        let claimed = store
+            .claim_emails(t0() + Duration::hours(2), 100, LEASE)
+            .unwrap();
+        let first = claimed.iter().find(|r| r.customer == "victim").unwrap();
+        let sent = Delivery::Sent {
+            message_id: "<m1@example.com>".into(),
+        };
+        store
+            .finish_emails(t0() + Duration::hours(2), &[(first.clone(), sent)])
+            .unwrap();
+        let mut tx = store.begin().unwrap();
+        tx.dead_letter(
+            &[
+                letter(1, Some(b"victim"), b"\xff\xfe", &[]),
+                letter(
+                    2,
+                    None,
+                    br#"{"subject":"victim","type":"order.placed""#,
+                    &[],
+                ),
+                letter(3, None, b"to: VICTIM@example.com", &[]),
+                letter(4, None, b"binary", &[("ce_subject", b"victim")]),
+                letter(5, Some(b"other"), br#"{"subject":"other""#, &[]),
+            ],
+            t0(),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let theirs = ts.rows_containing(&["victim"]);
+        for table in ["customers", "timeline", "outbox", "dead_letters"] {
+            assert!(
+                theirs.iter().any(|r| r.starts_with(&format!("{table}: "))),
+                "{table} holds none of victim's rows before: {theirs:#?}"
+            );
+        }
+        let others = ts.rows_containing(&["other"]);
+
+        a.forget(&mut *store, "victim", "test").unwrap();
+        assert_eq!(
+            ts.rows_containing(&["victim"]),
+            Vec::<String>::new(),
+            "{}",
+            ts.url
+        );
+        assert_eq!(ts.rows_containing(&["other"]), others, "{}", ts.url);
+        assert!(store.load("victim").unwrap().is_none());
+        let hash = signer.address_hash(" Victim@Example.com");
+        assert!(store.is_erased(&hash).unwrap(), "{}", ts.url);
+        assert_eq!(ts.count("SELECT COUNT(*) FROM erased"), 1);
+
+        // Back under another id with the same address: still erased until they subscribe.
+        let back = |kind: &str, id: &str, data: serde_json::Value| {
+            event(
+                json!({"specversion": "1.0", "id": id, "source": "/shop", "type": kind,
+                "time": aftercare::time::rfc3339(t0()), "subject": "returning", "data": data}),
+            )
+        };
+        let order = back(
+            "order.placed",
+            "p9",
+            json!({"order_id": "o9", "total": "1", "currency": "EUR",
+            "items": [], "customer": {"email": "victim@example.com"}}),
+        );
+        a.apply(&mut *store, &[order], t0()).unwrap();
+        assert!(store.is_erased(&hash).unwrap(), "{}", ts.url);
+        let subscribed = back(
+            "customer.subscribed",
+            "s9",
+            json!({"categories": ["marketing"]}),
+        );
+        a.apply(&mut *store, &[subscribed], t0()).unwrap();
+        assert!(!store.is_erased(&hash).unwrap(), "{}", ts.url);
+    }
+}
+
+/// A `customer.erased` event in a batch takes the decisions the batch made for the customer
+/// before it; one after it starts them afresh, as a new customer.
+#[test]
+fn an_erasure_in_a_batch_keeps_only_what_came_after_it() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        let erased = event(
+            json!({"specversion": "1.0", "id": "e1", "source": "/privacy",
+            "type": "customer.erased", "time": aftercare::time::rfc3339(t0()), "subject": "ann"}),
+        );
+        let applied = a
+            .apply(
+                &mut *store,
+                &[placed("ann", "o1", t0()), erased, placed("ann", "o2", t0())],
+                t0(),
+            )
+            .unwrap();
+        // One journey's: o2's (the journeys below say which).
+        assert_eq!(
+            lines(&applied.decisions),
+            [
+                "2024-01-01T00:00:00Z ann thanks/receipt enter (trigger order.placed)",
+                "2024-01-01T00:00:00Z ann thanks/receipt email (no wait) [A for ann]",
+            ],
+            "{}",
+            ts.url
+        );
+        let (stored, timeline) = store.customer("ann").unwrap().unwrap();
+        let orders: Vec<String> = record::journeys(&stored)
+            .unwrap()
+            .iter()
+            .filter_map(|j| j.order_id.clone())
+            .collect();
+        assert_eq!(orders, ["o2"], "{}", ts.url);
+        assert_eq!(timeline.len(), 2, "{}", ts.url);
+        assert_eq!(
+            ts.count("SELECT COUNT(*) FROM outbox WHERE order_id = 'o1'"),
+            0,
+            "{}",
+            ts.url
+        );
+    }
+}
+
+/// `store.timeline_retention` counts from when a line was written: a replay of 1997's orders
+/// is kept as long as today's, and every line goes once it is older than the cutoff.
+#[test]
+fn timeline_retention_counts_from_when_a_line_was_written() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        let old = chrono::DateTime::parse_from_rfc3339("1997-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        a.apply(&mut *store, &[placed("c1", "o1", old)], old)
+            .unwrap();
+        let lines = ts.count("SELECT COUNT(*) FROM timeline");
+        assert!(lines >= 2, "{}", ts.url);
+        let now = Utc::now();
+        assert_eq!(store.prune_timeline(now - Duration::days(400)).unwrap(), 0);
+        assert_eq!(ts.count("SELECT COUNT(*) FROM timeline"), lines);
+        let later = now + Duration::days(1);
+        assert_eq!(
+            store.prune_timeline(later).unwrap(),
+            lines as u64,
+            "{}",
+            ts.url
+        );
+        assert_eq!(ts.count("SELECT COUNT(*) FROM timeline"), 0);
     }
 }

@@ -3,6 +3,7 @@
 mod cdnow;
 mod customer;
 mod dead_letters;
+mod forget;
 pub mod plan;
 mod preview;
 mod publish;
@@ -37,6 +38,8 @@ pub enum Command {
     Run(run::Args),
     /// A customer's profile, journeys and timeline, from the store.
     Customer(customer::Args),
+    /// Erase one customer: every row of theirs, in one transaction (a privacy request).
+    Forget(forget::Args),
     /// What deploying the sequence files in DIR would change for journeys in flight.
     Plan(plan::Args),
     /// What the store holds, in numbers: events, customers, journeys, emails, decisions.
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Customer(args) => customer::run(args),
+        Command::Forget(args) => forget::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Publish(args) => publish::run(args),
         Command::DeadLetters(args) => dead_letters::run(args),

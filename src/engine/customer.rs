@@ -260,6 +260,7 @@ impl Customer {
             EventData::FeedbackSubmitted { .. }
             | EventData::ReviewSubmitted { .. }
             | EventData::CustomerUpdated
+            | EventData::CustomerErased
             | EventData::Other(_) => {}
         }
     }

@@ -187,6 +187,11 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
+        if matches!(ev.data, crate::event::EventData::CustomerErased) {
+            // Forgotten whole, at once: nothing due runs first, no journey says goodbye.
+            *c = Customer::new(c.profile.id.clone());
+            return;
+        }
         // Steps due before the event happened ran before it in time, even when the event is
         // processed late; at the same instant the event goes first (SPEC: ties).
         self.run_due(c, now, Some(ev.time), out);
@@ -326,19 +331,27 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        let ids: Vec<JourneyId> = c.journeys.iter().map(|j| j.id).collect();
+        // The journeys waiting for this event, found in one pass: those are the only ones
+        // looked up again (a step may add or end journeys, moving the others).
+        let waiting = |j: &Journey| {
+            !j.held
+                && matches!(j.state, State::WaitingFor { .. })
+                && sees(j, ev)
+                && matches!(&j.sequence.steps[j.step].timing, Timing::WaitFor(w) if *w.event == *ev.kind)
+        };
+        let ids: Vec<JourneyId> = c.journeys.iter().filter(|j| waiting(j)).map(|j| j.id).collect();
         for id in ids {
             let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
                 continue;
             };
             let j = &c.journeys[ji];
-            if j.held || !matches!(j.state, State::WaitingFor { .. }) || !sees(j, ev) {
+            if !waiting(j) {
                 continue;
             }
             let Timing::WaitFor(w) = &j.sequence.steps[j.step].timing else {
                 continue;
             };
-            if *w.event != *ev.kind || !self.passes(w.when.as_ref(), c, Some(ev), Some(ji)) {
+            if !self.passes(w.when.as_ref(), c, Some(ev), Some(ji)) {
                 continue;
             }
             self.due_step(c, ji, now, Cause::Event, Some(ev), out);

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use money::Money;
 pub use money::{MAX_DIGITS, MoneyError};
-pub use parse::{EventError, MAX_EVENT_BYTES, MAX_ID_BYTES};
+pub use parse::{EventError, MAX_EVENT_BYTES, MAX_ID_BYTES, check_identifier};
 
 /// One event, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,27 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event aftercare makes itself (a preferences page, an operator's erasure), from
+    /// `source`, happening now; its id is unique.
+    pub fn internal(kind: &str, source: &str, subject: &str, data: EventData) -> Arc<Event> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = Utc::now();
+        Arc::new(Event {
+            id: format!(
+                "{kind}-{}-{}-{}",
+                now.timestamp_micros(),
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            source: source.into(),
+            kind: kind.into(),
+            time: now,
+            subject: subject.into(),
+            customer: None,
+            data,
+        })
+    }
+
     /// The `order_id` the event is about, if any (per_order journeys match on it).
     pub fn order_id(&self) -> Option<&str> {
         match &self.data {
@@ -48,7 +69,8 @@ impl Event {
             | EventData::FeedbackSubmitted { .. }
             | EventData::CustomerUpdated
             | EventData::CustomerUnsubscribed { .. }
-            | EventData::CustomerSubscribed { .. } => None,
+            | EventData::CustomerSubscribed { .. }
+            | EventData::CustomerErased => None,
         }
     }
 
@@ -113,6 +135,8 @@ pub enum EventData {
         rating: u8,
     },
     CustomerUpdated,
+    /// Forget the customer (a privacy request): every row of theirs is removed.
+    CustomerErased,
     CustomerUnsubscribed {
         /// Category names, or `all`.
         categories: Vec<String>,

@@ -486,6 +486,7 @@ fn typed_data(
             },
         },
         "customer.updated" => EventData::CustomerUpdated,
+        "customer.erased" => EventData::CustomerErased,
         "customer.unsubscribed" => EventData::CustomerUnsubscribed {
             categories: categories(&mut f)?,
         },
@@ -547,6 +548,7 @@ fn is_known(kind: &str) -> bool {
             | "feedback.submitted"
             | "review.submitted"
             | "customer.updated"
+            | "customer.erased"
             | "customer.unsubscribed"
             | "customer.subscribed"
     )
@@ -660,7 +662,7 @@ fn check(e: &Event) -> Result<(), EventError> {
             identifier(data("order_id"), order_id)?;
             identifier(data("sku"), sku)?;
         }
-        EventData::CustomerUpdated => {}
+        EventData::CustomerUpdated | EventData::CustomerErased => {}
         EventData::CustomerUnsubscribed { categories }
         | EventData::CustomerSubscribed { categories } => {
             for (i, c) in categories.iter().enumerate() {
@@ -698,6 +700,12 @@ fn escaped_nul(text: &str) -> bool {
         i += 1;
     }
     false
+}
+
+/// Checks an id given outside an event (a command's argument, a URL) as ids in events are
+/// checked (SPEC §7): at most 256 bytes, no control characters.
+pub fn check_identifier(field: &str, v: &str) -> Result<(), EventError> {
+    identifier(field.to_string(), v)
 }
 
 fn identifier(field: String, v: &str) -> Result<(), EventError> {
@@ -879,6 +887,16 @@ mod tests {
 
     fn reason(bytes: &[u8]) -> String {
         Event::from_structured(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_erasure_needs_no_data() {
+        let e = Event::from_structured(
+            br#"{"specversion":"1.0","id":"x1","source":"/privacy","type":"customer.erased","time":"2024-01-01T00:00:00Z","subject":"ann"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.data, EventData::CustomerErased);
+        assert_eq!(&*e.subject, "ann");
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! - `GET /api/figures`: retention figures (funnels, suppressions, goals, NPS, repeat
 //!   purchases) as last computed ([`super::figures`]);
 //! - `POST /api/customers/{id}/journeys/{journey}/{pause|resume|cancel}` (also without
-//!   `/api`): an operator's control of one journey, recorded on the timeline.
+//!   `/api`): an operator's control of one journey, recorded on the timeline;
+//! - `DELETE /api/customers/{id}` (also without `/api`): erases the customer, as a
+//!   `customer.erased` event would (204; 400 for an id no event could carry).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +60,7 @@ pub struct Ops {
 
 pub fn routes(web: Arc<Web>) -> Router<Arc<Web>> {
     let api = Router::new()
-        .route("/customers/{id}", get(customer))
+        .route("/customers/{id}", get(customer).delete(forget))
         .route(
             "/customers/{id}/journeys/{journey}/{op}",
             post(control_journey),
@@ -230,6 +232,28 @@ async fn customer(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Respon
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such customer"),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+async fn forget(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Response {
+    if let Err(e) = crate::event::check_identifier("the customer id", &id) {
+        return error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    let done = with_store(&web, move |w| {
+        w.applier
+            .forget(w.store, &id, "aftercare/admin")
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match done {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "erasure not saved");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not erased, try again: {e}"),
+            )
+        }
     }
 }
 

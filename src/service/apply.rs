@@ -11,10 +11,11 @@ use chrono::{DateTime, Utc};
 
 use crate::engine::{Customer, Decision, Engine};
 use crate::event::{Event, EventData};
+use crate::mail::token::Signer;
 use crate::sequence::{JourneyKind, Sequence};
 use crate::service::metrics::Metrics;
 use crate::service::versions::Kept;
-use crate::store::record::{from_stored, to_stored};
+use crate::store::record::{from_stored, profile_and_orders, to_stored};
 use crate::store::{Note, Result, Store, StoredCustomer, Tx};
 
 /// What a batch did.
@@ -57,6 +58,8 @@ pub struct Applier {
     kept: Kept,
     /// Where wake-up lateness is observed, when metered.
     metrics: Option<Arc<Metrics>>,
+    /// Keys the hashes erased addresses are kept as ([`Signer::address_hash`]).
+    signer: Signer,
 }
 
 impl Applier {
@@ -65,7 +68,14 @@ impl Applier {
             engine,
             kept: Kept::default(),
             metrics: None,
+            signer: Signer::new(super::DEV_SIGNING_KEY),
         }
+    }
+
+    /// Keeps erased addresses as hashes keyed by `signer` (the service's signing key).
+    pub fn signing(mut self, signer: Signer) -> Applier {
+        self.signer = signer;
+        self
     }
 
     /// Observes how late each wake-up is in `metrics`.
@@ -128,8 +138,27 @@ impl Applier {
         let loaded = tx.load(&ids)?;
         let mut customers: Vec<Result2<Customer>> = Vec::with_capacity(ids.len());
         for (id, stored) in ids.iter().zip(loaded) {
+            let erased_here = || {
+                events
+                    .iter()
+                    .any(|e| &*e.subject == *id && matches!(e.data, EventData::CustomerErased))
+            };
             customers.push(match stored {
-                Some(s) => self.revive(tx, &s),
+                Some(s) => match self.revive(tx, &s) {
+                    // An erasure must work on a state that no longer reads: the profile's
+                    // address, if it still reads, is all it needs.
+                    Err(_) if erased_here() => {
+                        let mut c = Customer::new((*id).into());
+                        if let Ok((profile, _)) = profile_and_orders(&s) {
+                            c.profile = Arc::new(crate::engine::Profile {
+                                id: (*id).into(),
+                                ..profile
+                            });
+                        }
+                        Ok(c)
+                    }
+                    revived => revived,
+                },
                 None => Ok(Customer::new((*id).into())),
             });
         }
@@ -158,9 +187,23 @@ impl Applier {
         // Each customer's last event span: the steps its events made due run after the batch
         // and are traced under it.
         let mut last_span: Vec<Option<tracing::Span>> = vec![None; customers.len()];
+        let mut erasures: Vec<Option<Erasure>> = vec![None; customers.len()];
+        let mut subscribed: Vec<String> = Vec::new();
         for (i, e) in fresh_events {
             let ci = index[&*e.subject];
             if let Ok(c) = &mut customers[ci] {
+                if matches!(e.data, EventData::CustomerErased) {
+                    // What the batch decided for them before goes too.
+                    out.decisions.retain(|d| *d.customer != *e.subject);
+                    notes.retain(|n: &Note| *n.customer != *e.subject);
+                    let erasure = erasures[ci].get_or_insert_with(Erasure::default);
+                    erasure
+                        .addresses
+                        .extend(c.profile.email.as_deref().map(str::to_string));
+                    erasure.written_after = false;
+                } else if let Some(erasure) = &mut erasures[ci] {
+                    erasure.written_after = true;
+                }
                 let span = span_of(i);
                 let before = out.decisions.len();
                 span.in_scope(|| self.engine.handle_event(c, e, now, &mut out.decisions));
@@ -168,6 +211,11 @@ impl Applier {
                 last_span[ci] = Some(span);
                 out.events += 1;
                 notes.extend(note_of(e, now));
+                if matches!(e.data, EventData::CustomerSubscribed { .. })
+                    && let Some(address) = &c.profile.email
+                {
+                    subscribed.push(self.signer.address_hash(address));
+                }
             }
         }
         // Steps made due by the batch run once all its events are applied (SPEC: ties).
@@ -179,9 +227,25 @@ impl Applier {
                 crate::service::trace::decision_spans(span, &out.decisions[before..]);
             }
         }
+        for (id, erasure) in ids.iter().zip(&erasures) {
+            let Some(erasure) = erasure else { continue };
+            let hashes: Vec<String> = erasure
+                .addresses
+                .iter()
+                .map(|a| self.signer.address_hash(a))
+                .collect();
+            tx.forget(id, &erasure.addresses, &hashes, now)?;
+            tracing::info!(customer = %crate::service::trace::hashed(id), "customer erased");
+        }
+        if !subscribed.is_empty() {
+            tx.unerase(&subscribed)?;
+        }
         let stored: Vec<StoredCustomer> = customers
             .iter()
-            .filter_map(|c| c.as_ref().ok())
+            .zip(&erasures)
+            // An erased customer leaves no row, unless later events of the batch are theirs.
+            .filter(|(_, erasure)| erasure.as_ref().is_none_or(|e| e.written_after))
+            .filter_map(|(c, _)| c.as_ref().ok())
             .map(to_stored)
             .collect();
         tx.save(&stored)?;
@@ -190,6 +254,19 @@ impl Applier {
             tx.note(&notes)?;
         }
         Ok(out)
+    }
+
+    /// Erases one customer now, as a `customer.erased` event from `source` would
+    /// (`aftercare forget`, `DELETE /api/customers/{id}`): the same path, one transaction.
+    pub fn forget(&mut self, store: &mut dyn Store, customer: &str, source: &str) -> Result<()> {
+        let event = Event::internal(
+            "customer.erased",
+            source,
+            customer,
+            EventData::CustomerErased,
+        );
+        self.apply(store, &[event], Utc::now())?;
+        Ok(())
     }
 
     /// Wakes up to `limit` customers due by `now`, in one transaction. Returns the decisions.
@@ -341,6 +418,14 @@ impl Applier {
 }
 
 type Result2<T> = std::result::Result<T, String>;
+
+/// A `customer.erased` event met in a batch: the addresses the customer had, and whether
+/// events after it wrote a new state (a customer who came back at once).
+#[derive(Debug, Clone, Default)]
+struct Erasure {
+    addresses: Vec<String>,
+    written_after: bool,
+}
 
 /// The timeline line of an event about the customer as a whole: a change to what they
 /// receive, or a feedback answer (`feedback nps 9`, at the event's time: NPS is computed from

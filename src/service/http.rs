@@ -226,27 +226,12 @@ fn unavailable(e: &str) -> Response {
 /// A preferences event from this server; its id is unique, and its effect idempotent (a set
 /// of categories added or removed).
 fn change(customer: &str, kind: &str, categories: Vec<String>) -> Arc<Event> {
-    let now = Utc::now();
     let data = match kind {
         "customer.subscribed" => EventData::CustomerSubscribed { categories },
         _ => EventData::CustomerUnsubscribed { categories },
     };
-    Arc::new(Event {
-        id: format!(
-            "{kind}-{}-{}",
-            now.timestamp_micros(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ),
-        source: "aftercare/http".into(),
-        kind: kind.into(),
-        time: now,
-        subject: customer.into(),
-        customer: None,
-        data,
-    })
+    Event::internal(kind, "aftercare/http", customer, data)
 }
-
-static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Applies the events in one transaction, off the async threads (the stores block).
 async fn apply(web: &Arc<Web>, events: Vec<Arc<Event>>) -> Result<(), String> {

@@ -419,6 +419,7 @@ pub fn event_type(e: &Event) -> &'static str {
         EventData::FeedbackSubmitted { .. } => "feedback.submitted",
         EventData::ReviewSubmitted { .. } => "review.submitted",
         EventData::CustomerUpdated => "customer.updated",
+        EventData::CustomerErased => "customer.erased",
         EventData::CustomerUnsubscribed { .. } => "customer.unsubscribed",
         EventData::CustomerSubscribed { .. } => "customer.subscribed",
         EventData::Other(_) => "other",

@@ -90,7 +90,8 @@ pub struct Options {
 /// How long shutdown may take before threads are abandoned.
 pub const GRACE: Duration = Duration::from_secs(8);
 
-/// How often processed-event keys older than `store.dedupe_retention` are deleted.
+/// How often processed-event keys older than `store.dedupe_retention`, and timeline lines
+/// older than `store.timeline_retention`, are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The watch thread's stack: as large as a main thread's (8 MiB), with room to spare.
@@ -110,7 +111,7 @@ pub fn run(
         .policy()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let retention = config
-        .dedupe_retention()
+        .retention()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let (figures_every, nps_window, watch_every) = config
         .intervals()
@@ -197,12 +198,13 @@ pub fn run(
                 .map_err(|e| e.to_string())
         })
     };
+    let signer = sender.composer.signer.clone();
     let web = Arc::new(http::Web {
-        signer: sender.composer.signer.clone(),
+        signer: signer.clone(),
         categories: marketing_categories(&catalog),
         apply: std::sync::Mutex::new((
             crate::store::open_small(&config.store.url)?,
-            Applier::new(Engine::new(catalog.clone(), policy.clone())),
+            Applier::new(Engine::new(catalog.clone(), policy.clone())).signing(signer.clone()),
         )),
         ops: admin::Ops {
             token: config.secrets.admin_token.clone(),
@@ -244,8 +246,9 @@ pub fn run(
     let engine = {
         let stats = stats.clone();
         let stop = engine_stop.clone();
-        let applier =
-            Applier::new(Engine::new(catalog.clone(), policy)).metered(stats.metrics.clone());
+        let applier = Applier::new(Engine::new(catalog.clone(), policy))
+            .metered(stats.metrics.clone())
+            .signing(signer);
         let idle = idle.clone();
         let mail_wake = mail_wake.clone();
         let live = live.clone();
@@ -461,7 +464,7 @@ fn engine_loop(
     idle: &AtomicBool,
     stop: &AtomicBool,
     stats: &Stats,
-    retention: chrono::Duration,
+    retention: crate::config::Retention,
     mail_wake: &Notify,
     live: &reload::Live,
 ) {
@@ -515,10 +518,19 @@ fn engine_loop(
         if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             // Keys older than the window are forgotten: a redelivery older than that would
             // apply again, so the window must outlast any replay (topic retention).
-            match store.prune_processed(Utc::now() - retention) {
+            match store.prune_processed(Utc::now() - retention.dedupe_keys()) {
                 Ok(n) => tracing::debug!(forgotten = n, "dedupe window pruned"),
                 Err(e) => {
                     tracing::warn!(error = %e, "pruning the dedupe window failed; retrying later")
+                }
+            }
+            match store.prune_timeline(Utc::now() - retention.timeline) {
+                Ok(n) => tracing::debug!(
+                    deleted = n,
+                    "timeline lines past store.timeline_retention deleted"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the timeline failed; retrying later")
                 }
             }
             pruned_at = Some(Instant::now());
@@ -670,11 +682,12 @@ pub fn marketing_categories(catalog: &Catalog) -> Vec<String> {
 
 /// The development signing key, used only with the `file` transport when
 /// `AFTERCARE_SIGNING_KEY` is unset: links work locally, and nothing real is mailed.
-const DEV_SIGNING_KEY: &[u8] = b"aftercare-development-key-not-for-real-mail";
+pub(crate) const DEV_SIGNING_KEY: &[u8] = b"aftercare-development-key-not-for-real-mail";
 
-/// The message composer for `mail.*` and `http.public_url`.
-pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> anyhow::Result<Composer> {
-    let key = match (&config.secrets.signing_key, config.mail.transport) {
+/// The key that signs unsubscribe links and keys erased addresses' hashes: required for real
+/// mail, the development key otherwise.
+pub fn signing_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+    Ok(match (&config.secrets.signing_key, config.mail.transport) {
         (Some(k), _) if k.len() < crate::mail::token::Signer::MIN_KEY_BYTES => anyhow::bail!(
             "config error: AFTERCARE_SIGNING_KEY is {} bytes; it must be at least {} (a shorter \
              key can be guessed, and with it any unsubscribe link forged): make one with \
@@ -692,7 +705,12 @@ pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> anyhow::
         (None, TransportKind::Smtp) => anyhow::bail!(
             "config error: AFTERCARE_SIGNING_KEY must be set to send real mail: it signs the unsubscribe links"
         ),
-    };
+    })
+}
+
+/// The message composer for `mail.*` and `http.public_url`.
+pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> anyhow::Result<Composer> {
+    let key = signing_key(config)?;
     let dkim = match &config.mail.dkim {
         Some(d) => {
             let text = std::fs::read_to_string(&d.key_file).with_context(|| {

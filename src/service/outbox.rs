@@ -396,6 +396,20 @@ impl Worker {
         let Some(to) = profile.email.as_deref().map(str::to_string) else {
             return failed("no email address".into());
         };
+        if !row.transactional {
+            match self
+                .store
+                .is_erased(&self.composer.signer.address_hash(&to))
+            {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Prepared::Done(Delivery::Suppressed {
+                        reason: "address erased: marketing resumes only when the customer subscribes again".into(),
+                    });
+                }
+                Err(e) => return unavailable(e),
+            }
+        }
         let order = row
             .order_id
             .as_deref()

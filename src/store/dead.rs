@@ -10,8 +10,12 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A message that could not be applied, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetter {
     pub topic: String,
     pub partition: i32,
@@ -37,6 +41,27 @@ impl DeadLetter {
         h.update(&self.value);
         let d = h.finalize();
         d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether the message is about `customer` or one of `addresses`: its key is the id, its
+    /// value holds the id as a JSON string (a structured event's `subject`) or an address, or a
+    /// header (a binary event's `ce_subject`) is the id or holds an address. What an erasure
+    /// removes besides the customer's own rows.
+    pub fn mentions(&self, customer: &str, addresses: &[String]) -> bool {
+        let has_address = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(bytes).to_lowercase();
+            addresses
+                .iter()
+                .any(|a| !a.is_empty() && text.contains(&a.to_lowercase()))
+        };
+        let quoted = serde_json::to_string(customer).unwrap_or_default();
+        self.key.as_deref() == Some(customer.as_bytes())
+            || contains(&self.value, quoted.as_bytes())
+            || has_address(&self.value)
+            || self
+                .headers
+                .iter()
+                .any(|(_, v)| v == customer.as_bytes() || has_address(v))
     }
 
     /// The headers as stored: a JSON list of `[name, base64 value]`.

@@ -299,6 +299,14 @@ pub trait Store: Send {
     /// A stored sequence version, without locking.
     fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>>;
 
+    /// Whether `hash` ([`crate::mail::token::Signer::address_hash`]) is the address of an
+    /// erased customer who has not subscribed again.
+    fn is_erased(&mut self, hash: &str) -> Result<bool>;
+
+    /// Deletes timeline lines written before `before` (`store.timeline_retention`); returns
+    /// how many.
+    fn prune_timeline(&mut self, before: DateTime<Utc>) -> Result<u64>;
+
     /// The earliest due time of any customer, to know how long the scheduler may sleep.
     fn next_due(&mut self) -> Result<Option<DateTime<Utc>>>;
 
@@ -406,6 +414,22 @@ pub trait Tx {
     /// Records messages that could not be applied (see [`dead`]); a message already
     /// recorded (same position, same bytes) is not recorded twice.
     fn dead_letter(&mut self, letters: &[DeadLetter], now: DateTime<Utc>) -> Result<()>;
+
+    /// Removes every row about `customer`: its state (profile, orders, journeys), timeline,
+    /// emails (queued or sent) and the dead letters that name it or one of `addresses`
+    /// ([`DeadLetter::mentions`]); and records `erased` (keyed hashes of its addresses) so
+    /// marketing never restarts to them unless the customer subscribes again. Returns the
+    /// rows removed.
+    fn forget(
+        &mut self,
+        customer: &str,
+        addresses: &[String],
+        erased: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+
+    /// Forgets that these addresses were erased: their customer subscribed again.
+    fn unerase(&mut self, hashes: &[String]) -> Result<()>;
 
     /// Appends lines about a customer rather than a journey (an unsubscribe, say); their
     /// journey, sequence and version are `-`.

@@ -298,8 +298,8 @@ impl Store for PgStore {
              WHERE key = $1 AND claim = $7",
         )?;
         let timeline = tx.prepare(
-            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, (extract(epoch from now()) * 1000000)::bigint)",
         )?;
         for (i, (row, d)) in done.iter().enumerate() {
             let retry_at = match d {
@@ -506,6 +506,20 @@ impl Store for PgStore {
             &[&micros(before)],
         )?)
     }
+
+    fn is_erased(&mut self, hash: &str) -> Result<bool> {
+        let row = self
+            .c()?
+            .query_opt("SELECT 1 FROM erased WHERE address = $1", &[&hash])?;
+        Ok(row.is_some())
+    }
+
+    fn prune_timeline(&mut self, before: DateTime<Utc>) -> Result<u64> {
+        Ok(self.c()?.execute(
+            "DELETE FROM timeline WHERE recorded_at < $1",
+            &[&micros(before)],
+        )?)
+    }
 }
 
 /// A stored sequence version, with the templates kept with it.
@@ -677,8 +691,8 @@ impl Tx for PgTx<'_> {
             .collect();
         // Rows take their `seq` in array order: the timeline keeps the order of the decisions.
         self.tx.execute(
-            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+             SELECT *, (extract(epoch from now()) * 1000000)::bigint FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                                   $8::text[], $9::text[])",
             &[&customer, &at, &journeys, &sequence, &version, &step, &action, &reason, &subject],
         )?;
@@ -749,11 +763,60 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    fn forget(
+        &mut self,
+        customer: &str,
+        addresses: &[String],
+        erased: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        for table in [
+            "customers WHERE id",
+            "timeline WHERE customer",
+            "outbox WHERE customer",
+        ] {
+            removed += self
+                .tx
+                .execute(&format!("DELETE FROM {table} = $1"), &[&customer])?;
+        }
+        let rows = self
+            .tx
+            .query("SELECT id, key, value, headers FROM dead_letters", &[])?;
+        let mut ids: Vec<i64> = Vec::new();
+        for r in rows {
+            let letter = DeadLetter {
+                key: r.get(1),
+                value: r.get(2),
+                headers: DeadLetter::parse_headers(r.get(3)),
+                ..DeadLetter::default()
+            };
+            if letter.mentions(customer, addresses) {
+                ids.push(r.get(0));
+            }
+        }
+        removed += self
+            .tx
+            .execute("DELETE FROM dead_letters WHERE id = ANY($1)", &[&ids])?;
+        self.tx.execute(
+            "INSERT INTO erased (address, at) SELECT a, $2 FROM UNNEST($1::text[]) AS t(a)
+             ON CONFLICT DO NOTHING",
+            &[&erased, &micros(now)],
+        )?;
+        Ok(removed)
+    }
+
+    fn unerase(&mut self, hashes: &[String]) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM erased WHERE address = ANY($1)", &[&hashes])?;
+        Ok(())
+    }
+
     fn note(&mut self, notes: &[Note]) -> Result<()> {
         for n in notes {
             self.tx.execute(
-                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
-                 VALUES ($1, $2, '-', '-', '-', NULL, $3, $4, NULL)",
+                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+                 VALUES ($1, $2, '-', '-', '-', NULL, $3, $4, NULL, (extract(epoch from now()) * 1000000)::bigint)",
                 &[&n.customer, &micros(n.at), &n.action, &text(&n.reason)],
             )?;
         }

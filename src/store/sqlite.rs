@@ -606,8 +606,8 @@ impl Store for SqliteStore {
                  WHERE key = ?1 AND claim = ?7",
             )?;
             let mut timeline = tx.prepare_cached(
-                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))",
             )?;
             for (i, (row, d)) in done.iter().enumerate() {
                 let retry_at = match d {
@@ -826,6 +826,24 @@ impl Store for SqliteStore {
         )?;
         Ok(n as u64)
     }
+
+    fn is_erased(&mut self, hash: &str) -> Result<bool> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT 1 FROM erased WHERE address = ?1")?
+            .exists([hash])?;
+        Ok(found)
+    }
+
+    fn prune_timeline(&mut self, before: DateTime<Utc>) -> Result<u64> {
+        let (tx, _turn) = self.write()?;
+        let n = tx.execute(
+            "DELETE FROM timeline WHERE recorded_at < ?1",
+            [micros(before)],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
 }
 
 /// The columns [`dead_letter_row`] reads, in its order.
@@ -920,8 +938,8 @@ impl Tx for SqliteTx<'_> {
 
     fn record(&mut self, decisions: &[Decision]) -> Result<()> {
         let mut timeline = self.tx.prepare_cached(
-            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))",
         )?;
         let mut outbox = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO outbox (key, customer, journey, sequence, version, step, order_id, template, category,
@@ -960,6 +978,64 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn forget(
+        &mut self,
+        customer: &str,
+        addresses: &[String],
+        erased: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        for table in [
+            "customers WHERE id",
+            "timeline WHERE customer",
+            "outbox WHERE customer",
+        ] {
+            removed += self
+                .tx
+                .execute(&format!("DELETE FROM {table} = ?1"), [customer])?;
+        }
+        let letters: Vec<(i64, DeadLetter)> = self
+            .tx
+            .prepare_cached("SELECT id, key, value, headers FROM dead_letters")?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    DeadLetter {
+                        key: r.get(1)?,
+                        value: r.get(2)?,
+                        headers: DeadLetter::parse_headers(&r.get::<_, String>(3)?),
+                        ..DeadLetter::default()
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, letter) in letters {
+            if letter.mentions(customer, addresses) {
+                removed += self
+                    .tx
+                    .execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+            }
+        }
+        let mut st = self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO erased (address, at) VALUES (?1, ?2)")?;
+        for hash in erased {
+            st.execute(params![hash, micros(now)])?;
+        }
+        Ok(removed as u64)
+    }
+
+    fn unerase(&mut self, hashes: &[String]) -> Result<()> {
+        let mut st = self
+            .tx
+            .prepare_cached("DELETE FROM erased WHERE address = ?1")?;
+        for hash in hashes {
+            st.execute([hash])?;
+        }
+        Ok(())
+    }
+
     fn dead_letter(&mut self, letters: &[DeadLetter], now: DateTime<Utc>) -> Result<()> {
         let mut st = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO dead_letters (at, source_topic, source_partition, source_offset,
@@ -985,8 +1061,8 @@ impl Tx for SqliteTx<'_> {
 
     fn note(&mut self, notes: &[Note]) -> Result<()> {
         let mut timeline = self.tx.prepare_cached(
-            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject)
-             VALUES (?1, ?2, '-', '-', '-', NULL, ?3, ?4, NULL)",
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+             VALUES (?1, ?2, '-', '-', '-', NULL, ?3, ?4, NULL, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))",
         )?;
         for n in notes {
             timeline.execute(params![n.customer, micros(n.at), n.action, n.reason])?;

@@ -92,6 +92,86 @@ impl TestStore {
         }
     }
 
+    /// Every row of every table, as text (blobs read as UTF-8 where they are), that contains
+    /// one of `needles` (case-insensitive), as `table: | cell | cell |` (so `| id |` matches
+    /// a whole cell).
+    pub fn rows_containing(&self, needles: &[&str]) -> Vec<String> {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        match &self.cleanup {
+            Cleanup::File(_) => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let conn = rusqlite::Connection::open(path).unwrap();
+                let tables: Vec<String> = conn
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for t in tables {
+                    let mut st = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+                    let n = st.column_count();
+                    let mut q = st.query([]).unwrap();
+                    while let Some(r) = q.next().unwrap() {
+                        let cells: Vec<String> = (0..n)
+                            .map(|i| match r.get_ref(i).unwrap() {
+                                rusqlite::types::ValueRef::Null => "NULL".into(),
+                                rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                                rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                                rusqlite::types::ValueRef::Text(b)
+                                | rusqlite::types::ValueRef::Blob(b) => {
+                                    String::from_utf8_lossy(b).into_owned()
+                                }
+                            })
+                            .collect();
+                        rows.push((t.clone(), format!("| {} |", cells.join(" | "))));
+                    }
+                }
+            }
+            Cleanup::Schema(_) => {
+                let mut c = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+                let tables: Vec<String> = c
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables
+                         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+                        &[],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for t in tables {
+                    let columns: Vec<String> = c
+                        .query(
+                            "SELECT CASE WHEN data_type = 'bytea' THEN 'encode(' || quote_ident(column_name) || ', ''escape'')'
+                                    ELSE quote_ident(column_name) || '::text' END
+                             FROM information_schema.columns
+                             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                            &[&t],
+                        )
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    let sql = format!(
+                        "SELECT concat_ws(' | ', {}) FROM \"{t}\"",
+                        columns.join(", ")
+                    );
+                    for r in c.query(&sql, &[]).unwrap() {
+                        rows.push((t.clone(), format!("| {} |", r.get::<_, String>(0))));
+                    }
+                }
+            }
+        }
+        rows.into_iter()
+            .filter(|(_, row)| {
+                let row = row.to_lowercase();
+                needles.iter().any(|n| row.contains(&n.to_lowercase()))
+            })
+            .map(|(t, row)| format!("{t}: {row}"))
+            .collect()
+    }
+
     pub fn both() -> Vec<TestStore> {
         vec![TestStore::sqlite(), TestStore::postgres()]
     }
