@@ -58,6 +58,8 @@ fn metrics(at: SocketAddr) -> String {
 }
 
 /// One stream through a running service; everything an operator can see of it.
+const SIGNING_KEY: &str = "ops-test-signing-key-of-32-bytes-or-more";
+
 fn operator_surface(store: &TestStore) {
     let kafka = cluster();
     let brokers = kafka.bootstrap_servers();
@@ -67,6 +69,7 @@ fn operator_surface(store: &TestStore) {
     );
     let mut cfg = config(&brokers, "ops", &store.url, &seqs, &seqs.join("mail"));
     cfg.secrets.admin_token = Some(TOKEN.into());
+    cfg.secrets.signing_key = Some(SIGNING_KEY.into());
     cfg.http.figures_refresh = "1s".into();
     cfg.http.nps_window = "30d".into();
     let service = start(cfg);
@@ -406,6 +409,18 @@ fn operator_surface(store: &TestStore) {
         )
     );
     assert_eq!(delete("/api/customers/ann", Some(TOKEN)).0, 204);
+    assert_eq!(get(at, "/api/customers/ann", Some(TOKEN)).0, 404);
+    // A link from an email sent before the erasure answers, and brings nothing back.
+    let token =
+        aftercare::mail::token::Signer::new(SIGNING_KEY.as_bytes()).sign("ann", "marketing");
+    let (status, _) = common::http::request(
+        at,
+        "POST",
+        &format!("/u/{token}"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "List-Unsubscribe=One-Click",
+    );
+    assert_eq!(status, 200);
     assert_eq!(get(at, "/api/customers/ann", Some(TOKEN)).0, 404);
     let erased = event("x-bob", "customer.erased", "bob", json!({}));
     send(&p, "support", "bob", erased.as_bytes(), &[]);

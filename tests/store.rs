@@ -549,7 +549,7 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
             "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
              WHERE type = 'index' AND sql IS NOT NULL ORDER BY name)"
         ),
-        "customers_due dead_letters_pending outbox_pending processed_events_at timeline_customer timeline_recorded"
+        "customers_due dead_letters_pending outbox_customer outbox_pending processed_events_at timeline_customer timeline_recorded"
     );
 }
 
@@ -807,6 +807,25 @@ fn an_erasure_in_a_batch_keeps_only_what_came_after_it() {
         assert_eq!(
             ts.count("SELECT COUNT(*) FROM outbox WHERE order_id = 'o1'"),
             0,
+            "{}",
+            ts.url
+        );
+
+        // A subscription before the erasure in one batch does not undo it.
+        let signer = Signer::new(b"test-signing-key-of-at-least-32-bytes");
+        let mut a = applier(SEQ_V1).signing(signer.clone());
+        let subscribed = event(json!({"specversion": "1.0", "id": "s1", "source": "/prefs",
+            "type": "customer.subscribed", "time": aftercare::time::rfc3339(t0()), "subject": "ann",
+            "data": {"categories": ["marketing"]}}));
+        let erased = event(
+            json!({"specversion": "1.0", "id": "e2", "source": "/privacy",
+            "type": "customer.erased", "time": aftercare::time::rfc3339(t0()), "subject": "ann"}),
+        );
+        a.apply(&mut *store, &[subscribed, erased], t0()).unwrap();
+        assert!(
+            store
+                .is_erased(&signer.address_hash("ann@example.com"))
+                .unwrap(),
             "{}",
             ts.url
         );

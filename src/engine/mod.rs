@@ -339,7 +339,12 @@ impl Engine {
                 && sees(j, ev)
                 && matches!(&j.sequence.steps[j.step].timing, Timing::WaitFor(w) if *w.event == *ev.kind)
         };
-        let ids: Vec<JourneyId> = c.journeys.iter().filter(|j| waiting(j)).map(|j| j.id).collect();
+        let ids: Vec<JourneyId> = c
+            .journeys
+            .iter()
+            .filter(|j| waiting(j))
+            .map(|j| j.id)
+            .collect();
         for id in ids {
             let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
                 continue;

@@ -26,6 +26,9 @@ pub struct Applied {
     pub decisions: Vec<Decision>,
     /// For each event given, in order, what became of it.
     pub outcomes: Vec<Outcome>,
+    /// The customers erased, with the addresses they had: the batch's dead letters that name
+    /// them are not recorded either.
+    pub erased: Vec<(String, Vec<String>)>,
 }
 
 /// What became of one event of a batch.
@@ -201,6 +204,13 @@ impl Applier {
                         .addresses
                         .extend(c.profile.email.as_deref().map(str::to_string));
                     erasure.written_after = false;
+                    // A subscription earlier in the batch does not outlive the erasure.
+                    let hashes: Vec<String> = erasure
+                        .addresses
+                        .iter()
+                        .map(|a| self.signer.address_hash(a))
+                        .collect();
+                    subscribed.retain(|h| !hashes.contains(h));
                 } else if let Some(erasure) = &mut erasures[ci] {
                     erasure.written_after = true;
                 }
@@ -236,6 +246,7 @@ impl Applier {
                 .collect();
             tx.forget(id, &erasure.addresses, &hashes, now)?;
             tracing::info!(customer = %crate::service::trace::hashed(id), "customer erased");
+            out.erased.push((id.to_string(), erasure.addresses.clone()));
         }
         if !subscribed.is_empty() {
             tx.unerase(&subscribed)?;

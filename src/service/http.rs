@@ -233,10 +233,26 @@ fn change(customer: &str, kind: &str, categories: Vec<String>) -> Arc<Event> {
     Event::internal(kind, "aftercare/http", customer, data)
 }
 
-/// Applies the events in one transaction, off the async threads (the stores block).
+/// Applies the events in one transaction, off the async threads (the stores block). An
+/// event about a customer the store does not hold (erased since the email was sent) is
+/// dropped: a link must not bring them back.
 async fn apply(web: &Arc<Web>, events: Vec<Arc<Event>>) -> Result<(), String> {
     let metrics = web.ops.stats.metrics.clone();
     super::admin::with_store(web, move |w| {
+        let mut known = Vec::with_capacity(events.len());
+        for e in events {
+            if w.store
+                .load(&e.subject)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                known.push(e);
+            }
+        }
+        if known.is_empty() {
+            return Ok(());
+        }
+        let events = known;
         let applied = w
             .applier
             .apply(w.store, &events, Utc::now())

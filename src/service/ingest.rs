@@ -168,6 +168,8 @@ impl Ingest<'_> {
             let reason = format!("the customer's stored state cannot be read: {reason}");
             dead.push(letter(origin[i], reason, "customer_unreadable"));
         }
+        // An erasure in the batch takes the batch's dead letters about the customer too.
+        dead.retain(|d| !applied.erased.iter().any(|(id, a)| d.mentions(id, a)));
         tx.dead_letter(&dead, now)?;
         tx.commit()?;
         self.count(&events, &applied, &dead);

@@ -16,6 +16,9 @@ use crate::template::Templates;
 pub struct Kept {
     sequences: HashMap<(String, String), Arc<Sequence>>,
     templates: HashMap<String, Arc<Templates>>,
+    /// Versions stored before templates were kept: they render with the folder's templates
+    /// of the moment, so they are compiled again when a reload brings new ones.
+    legacy: HashMap<(String, String), crate::store::VersionRecord>,
 }
 
 impl Kept {
@@ -33,17 +36,28 @@ impl Kept {
         }
         let key = (name.to_string(), version.to_string());
         if let Some(seq) = self.sequences.get(&key) {
-            return Ok(Some(seq.clone()));
+            let stale =
+                self.legacy.contains_key(&key) && !Arc::ptr_eq(&seq.templates, &catalog.templates);
+            if !stale {
+                return Ok(Some(seq.clone()));
+            }
         }
-        let Some(record) = fetch()? else {
-            return Ok(None);
+        let record = match self.legacy.remove(&key) {
+            Some(r) => r,
+            None => match fetch()? {
+                Some(r) => r,
+                None => return Ok(None),
+            },
         };
         let templates = self.templates_of(catalog, &record);
         let Ok(seq) = compile_kept(&record, templates) else {
             return Ok(None);
         };
         let seq = Arc::new(seq);
-        self.sequences.insert(key, seq.clone());
+        self.sequences.insert(key.clone(), seq.clone());
+        if record.templates.is_empty() {
+            self.legacy.insert(key, record);
+        }
         Ok(Some(seq))
     }
 

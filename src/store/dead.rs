@@ -10,8 +10,56 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `value` says `"subject": "<id>"`: parsed when it is JSON, else read as far as it
+/// goes (a dead letter is often not JSON at all), never a mere mention of the id.
+fn has_subject(value: &[u8], id: &str) -> bool {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
+        return v.get("subject").and_then(|s| s.as_str()) == Some(id);
+    }
+    let quoted = serde_json::to_string(id).unwrap_or_default();
+    let key = b"\"subject\"";
+    let mut rest = value;
+    while let Some(at) = find(rest, key) {
+        let after = trim_start(&rest[at + key.len()..]);
+        if let Some(after) = after.strip_prefix(b":")
+            && trim_start(after).starts_with(quoted.as_bytes())
+        {
+            return true;
+        }
+        rest = &rest[at + key.len()..];
+    }
+    false
+}
+
+/// Whether `address` appears in `bytes` as a whole address, in any case: `a@b.co` is not
+/// in `xa@b.com`.
+fn has_address(bytes: &[u8], address: &str) -> bool {
+    let needle = address.trim().to_ascii_lowercase().into_bytes();
+    if needle.is_empty() {
+        return false;
+    }
+    let hay = bytes.to_ascii_lowercase();
+    let part = |b: u8| b.is_ascii_alphanumeric() || b".-_+%@".contains(&b);
+    let mut from = 0;
+    while let Some(at) = find(&hay[from..], &needle) {
+        let start = from + at;
+        let end = start + needle.len();
+        let before = start.checked_sub(1).map(|i| hay[i]);
+        if !before.is_some_and(part) && !hay.get(end).copied().is_some_and(part) {
+            return true;
+        }
+        from = start + 1;
+    }
+    false
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
 }
 
 /// A message that could not be applied, and why.
@@ -44,24 +92,22 @@ impl DeadLetter {
     }
 
     /// Whether the message is about `customer` or one of `addresses`: its key is the id, its
-    /// value holds the id as a JSON string (a structured event's `subject`) or an address, or a
-    /// header (a binary event's `ce_subject`) is the id or holds an address. What an erasure
-    /// removes besides the customer's own rows.
+    /// `subject` (a structured event's, or a binary event's `ce_subject` header) is the id, or
+    /// one of the addresses appears in it as a whole address (any case). What an erasure
+    /// removes besides the customer's own rows. An empty id names nobody.
     pub fn mentions(&self, customer: &str, addresses: &[String]) -> bool {
-        let has_address = |bytes: &[u8]| {
-            let text = String::from_utf8_lossy(bytes).to_lowercase();
-            addresses
-                .iter()
-                .any(|a| !a.is_empty() && text.contains(&a.to_lowercase()))
-        };
-        let quoted = serde_json::to_string(customer).unwrap_or_default();
-        self.key.as_deref() == Some(customer.as_bytes())
-            || contains(&self.value, quoted.as_bytes())
-            || has_address(&self.value)
-            || self
-                .headers
-                .iter()
-                .any(|(_, v)| v == customer.as_bytes() || has_address(v))
+        let id = customer.as_bytes();
+        let by_id = !id.is_empty()
+            && (self.key.as_deref() == Some(id)
+                || self
+                    .headers
+                    .iter()
+                    .any(|(k, v)| k == "ce_subject" && v == id)
+                || has_subject(&self.value, customer));
+        by_id
+            || addresses.iter().any(|a| {
+                has_address(&self.value, a) || self.headers.iter().any(|(_, v)| has_address(v, a))
+            })
     }
 
     /// The headers as stored: a JSON list of `[name, base64 value]`.
@@ -153,6 +199,36 @@ pub struct DeadLetterQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_letter_names_a_customer_only_by_its_key_subject_or_whole_address() {
+        let letter = |key: Option<&[u8]>, value: &[u8], headers: &[(&str, &[u8])]| DeadLetter {
+            key: key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+            ..DeadLetter::default()
+        };
+        let ann = ["ann@example.com".to_string()];
+        let event = br#"{"specversion":"1.0","subject":"ann","data":{"x":"1.0"}}"#;
+        assert!(letter(None, event, &[]).mentions("ann", &[]));
+        // The id elsewhere in the message is not the subject.
+        assert!(!letter(None, event, &[]).mentions("1.0", &[]));
+        assert!(!letter(None, event, &[("ce_specversion", b"1.0")]).mentions("1.0", &[]));
+        assert!(letter(None, b"x", &[("ce_subject", b"1.0")]).mentions("1.0", &[]));
+        assert!(letter(Some(b"ann"), b"\xff", &[]).mentions("ann", &[]));
+        // Not JSON: read as far as it goes.
+        assert!(letter(None, br#"{"subject" : "ann", "data": {"#, &[]).mentions("ann", &[]));
+        assert!(!letter(None, br#"{"subject":"anna""#, &[]).mentions("ann", &[]));
+        // Nobody has an empty id, and an address counts only whole.
+        assert!(!letter(Some(b""), b"", &[("e", b"")]).mentions("", &[]));
+        assert!(letter(None, b"to: <ANN@Example.com>", &[]).mentions("zed", &ann));
+        assert!(!letter(None, b"to: joann@example.com", &[]).mentions("zed", &ann));
+        assert!(!letter(None, b"ann@example.community", &[]).mentions("zed", &ann));
+        assert!(letter(None, b"x", &[("reply-to", b"ann@example.com")]).mentions("zed", &ann));
+    }
 
     #[test]
     fn headers_round_trip_with_any_bytes() {

@@ -55,7 +55,9 @@ CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
     WHERE published_at IS NULL AND NOT refused;
 ALTER TABLE sequence_versions ADD COLUMN IF NOT EXISTS templates TEXT NOT NULL DEFAULT '';
 ALTER TABLE timeline ADD COLUMN IF NOT EXISTS recorded_at BIGINT;
+ALTER TABLE timeline ALTER COLUMN recorded_at SET DEFAULT (extract(epoch from now()) * 1000000)::bigint;
 CREATE INDEX IF NOT EXISTS timeline_recorded ON timeline (recorded_at);
+CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer);
 CREATE TABLE IF NOT EXISTS erased (address TEXT PRIMARY KEY, at BIGINT NOT NULL);
 ";
 
@@ -95,7 +97,7 @@ impl PgStore {
                 }
                 if from < 4 {
                     tx.execute(
-                        "UPDATE timeline SET recorded_at = $1 WHERE recorded_at IS NULL",
+                        "UPDATE timeline SET recorded_at = LEAST(at, $1) WHERE recorded_at IS NULL",
                         &[&micros(Utc::now())],
                     )?;
                 }
@@ -516,7 +518,7 @@ impl Store for PgStore {
 
     fn prune_timeline(&mut self, before: DateTime<Utc>) -> Result<u64> {
         Ok(self.c()?.execute(
-            "DELETE FROM timeline WHERE recorded_at < $1",
+            "DELETE FROM timeline WHERE recorded_at < $1 OR (recorded_at IS NULL AND at < $1)",
             &[&micros(before)],
         )?)
     }
@@ -780,11 +782,14 @@ impl Tx for PgTx<'_> {
                 .tx
                 .execute(&format!("DELETE FROM {table} = $1"), &[&customer])?;
         }
-        let rows = self
-            .tx
-            .query("SELECT id, key, value, headers FROM dead_letters", &[])?;
+        // One letter in memory at a time: the table may hold many large ones.
+        use postgres::fallible_iterator::FallibleIterator as _;
         let mut ids: Vec<i64> = Vec::new();
-        for r in rows {
+        let mut rows = self.tx.query_raw(
+            "SELECT id, key, value, headers FROM dead_letters",
+            std::iter::empty::<&str>(),
+        )?;
+        while let Some(r) = rows.next()? {
             let letter = DeadLetter {
                 key: r.get(1),
                 value: r.get(2),
@@ -795,6 +800,7 @@ impl Tx for PgTx<'_> {
                 ids.push(r.get(0));
             }
         }
+        drop(rows);
         removed += self
             .tx
             .execute("DELETE FROM dead_letters WHERE id = ANY($1)", &[&ids])?;

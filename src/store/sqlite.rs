@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_at INTEGER, message_id TEXT, last_error TEXT, claimed_until INTEGER,
     claim INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer);
 CREATE TABLE IF NOT EXISTS sequence_versions (
     name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
     first_seen INTEGER NOT NULL, templates TEXT NOT NULL DEFAULT '', PRIMARY KEY (name, version));
@@ -117,8 +118,9 @@ const MIGRATIONS: [(i64, &str); 5] = [
         6,
         "ALTER TABLE sequence_versions ADD COLUMN templates TEXT NOT NULL DEFAULT '';
          ALTER TABLE timeline ADD COLUMN recorded_at INTEGER;
-         UPDATE timeline SET recorded_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000000;
+         UPDATE timeline SET recorded_at = MIN(at, CAST(strftime('%s', 'now') AS INTEGER) * 1000000);
          CREATE INDEX IF NOT EXISTS timeline_recorded ON timeline (recorded_at);
+         CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer);
          CREATE TABLE IF NOT EXISTS erased (
              address TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
     ),
@@ -838,7 +840,7 @@ impl Store for SqliteStore {
     fn prune_timeline(&mut self, before: DateTime<Utc>) -> Result<u64> {
         let (tx, _turn) = self.write()?;
         let n = tx.execute(
-            "DELETE FROM timeline WHERE recorded_at < ?1",
+            "DELETE FROM timeline WHERE recorded_at < ?1 OR (recorded_at IS NULL AND at < ?1)",
             [micros(before)],
         )?;
         tx.commit()?;
@@ -995,27 +997,29 @@ impl Tx for SqliteTx<'_> {
                 .tx
                 .execute(&format!("DELETE FROM {table} = ?1"), [customer])?;
         }
-        let letters: Vec<(i64, DeadLetter)> = self
-            .tx
-            .prepare_cached("SELECT id, key, value, headers FROM dead_letters")?
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    DeadLetter {
-                        key: r.get(1)?,
-                        value: r.get(2)?,
-                        headers: DeadLetter::parse_headers(&r.get::<_, String>(3)?),
-                        ..DeadLetter::default()
-                    },
-                ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        for (id, letter) in letters {
-            if letter.mentions(customer, addresses) {
-                removed += self
-                    .tx
-                    .execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+        // One letter in memory at a time: the table may hold many large ones.
+        let mut named = Vec::new();
+        {
+            let mut st = self
+                .tx
+                .prepare_cached("SELECT id, key, value, headers FROM dead_letters")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let letter = DeadLetter {
+                    key: r.get(1)?,
+                    value: r.get(2)?,
+                    headers: DeadLetter::parse_headers(&r.get::<_, String>(3)?),
+                    ..DeadLetter::default()
+                };
+                if letter.mentions(customer, addresses) {
+                    named.push(r.get::<_, i64>(0)?);
+                }
             }
+        }
+        for id in named {
+            removed += self
+                .tx
+                .execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
         }
         let mut st = self
             .tx

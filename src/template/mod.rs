@@ -345,15 +345,15 @@ impl Templates {
         &self,
         names: impl IntoIterator<Item = &'a str>,
     ) -> Vec<(String, String)> {
-        let mut todo: Vec<&str> = names
+        let mut todo: Vec<String> = names
             .into_iter()
             .filter_map(|n| self.index.get(n))
             .flatten()
-            .flat_map(|v| v.files.iter().flatten().map(String::as_str))
+            .flat_map(|v| v.files.iter().flatten().cloned())
             .collect();
         let mut used: BTreeMap<&str, &str> = BTreeMap::new();
         while let Some(file) = todo.pop() {
-            let Some((file, source)) = self.sources.get_key_value(file) else {
+            let Some((file, source)) = self.sources.get_key_value(&file) else {
                 continue;
             };
             if used.insert(file, source).is_some() {
@@ -646,16 +646,25 @@ fn error_pos(e: &minijinja::Error, source: &str) -> Pos {
 /// The template names `source` extends, includes or imports (`{% extends "x" %}`,
 /// `{% include ["a", "b"] ignore missing %}`, `{% from "m" import f %}`), or `None` when one
 /// of them is computed rather than written out.
-fn references(source: &str) -> Option<Vec<&str>> {
+fn references(source: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
-    for tag in source.split("{%").skip(1) {
+    let mut raw = false;
+    for tag in without_comments(source).split("{%").skip(1) {
         let body = tag.split("%}").next().unwrap_or_default();
         let body = body
             .trim_start_matches(['-', '+'])
             .trim_end_matches(['-', '+']);
         let body = body.trim();
-        let keyword = body.split_whitespace().next().unwrap_or_default();
-        if !matches!(keyword, "extends" | "include" | "import" | "from") {
+        // `{%include"a"%}` is a tag too: the keyword is the leading word, whatever follows.
+        let keyword = &body[..body
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(body.len())];
+        match keyword {
+            "raw" => raw = true,
+            "endraw" => raw = false,
+            _ => {}
+        }
+        if raw || !matches!(keyword, "extends" | "include" | "import" | "from") {
             continue;
         }
         let (names, tail) = literal_list(&body[keyword.len()..])?;
@@ -671,9 +680,27 @@ fn references(source: &str) -> Option<Vec<&str>> {
         if !plain {
             return None;
         }
-        out.extend(names);
+        out.extend(names.into_iter().map(str::to_string));
     }
     Some(out)
+}
+
+/// `source` without its `{# … #}` comments: a tag commented out references nothing.
+fn without_comments(source: &str) -> std::borrow::Cow<'_, str> {
+    if !source.contains("{#") {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{#") {
+        out.push_str(&rest[..open]);
+        match rest[open + 2..].find("#}") {
+            Some(close) => rest = &rest[open + 2 + close + 2..],
+            None => return std::borrow::Cow::Owned(out),
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 /// A string literal or a `[…]` list of them at the start of `text`, and what follows; `None`
@@ -818,10 +845,21 @@ mod tests {
         // A computed name could be any file.
         assert_eq!(t.files_used(["c"]).len(), 10);
         assert_eq!(references("{% include \"a\" ~ x %}"), None);
+        // No space after the keyword is still a tag; a parenthesis a computed name.
+        assert_eq!(
+            references("{%include\"f\"%}{%-extends'b'-%}"),
+            Some(vec!["f".to_string(), "b".to_string()])
+        );
+        assert_eq!(references("{%extends(\"b\")%}"), None);
+        // Commented out or raw: no reference.
+        assert_eq!(
+            references("{# {% include x %} #}{% raw %}{% include y %}{% endraw %}"),
+            Some(vec![])
+        );
         assert_eq!(references("{% extends layout %}"), None);
         assert_eq!(
             references("{% import 'm' as m %}{% if x %}{% endif %}"),
-            Some(vec!["m"])
+            Some(vec!["m".to_string()])
         );
     }
 
