@@ -399,6 +399,14 @@ fn forget_erases_a_customer_and_refuses_an_id_no_event_could_carry() {
         stdout(&aftercare(&["forget", "c1", "-c", config], &dir)),
         "no customer c1 in the store: nothing of theirs but dead letters naming the id could be removed\n"
     );
+    let empty = aftercare(&["forget", "", "-c", config], &dir);
+    assert_eq!(
+        (
+            empty.status.code(),
+            String::from_utf8_lossy(&empty.stderr).as_ref()
+        ),
+        (Some(2), "error: the customer id is empty\n")
+    );
     let bad = aftercare(&["forget", "c1\nall", "-c", config], &dir);
     assert_eq!(bad.status.code(), Some(2));
     assert_eq!(

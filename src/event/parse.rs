@@ -59,6 +59,8 @@ pub enum EventError {
     DuplicateKey(String),
     #[error("{field} is {len} bytes; identifiers are at most 256 bytes")]
     IdTooLong { field: String, len: usize },
+    #[error("{0} is empty")]
+    EmptyId(String),
     #[error(
         "{field} contains the control character U+{code:04X} at byte {at}; identifiers may not contain control characters"
     )]
@@ -85,7 +87,9 @@ impl EventError {
             | EventError::WrongType { .. }
             | EventError::DuplicateKey(_) => "data",
             EventError::Amount { .. } => "amount",
-            EventError::IdTooLong { .. } | EventError::ControlCharacter { .. } => "identifier",
+            EventError::IdTooLong { .. }
+            | EventError::ControlCharacter { .. }
+            | EventError::EmptyId(_) => "identifier",
             EventError::Nul(_) | EventError::NulElsewhere => "nul",
         }
     }
@@ -705,6 +709,9 @@ fn escaped_nul(text: &str) -> bool {
 /// Checks an id given outside an event (a command's argument, a URL) as ids in events are
 /// checked (SPEC §7): at most 256 bytes, no control characters.
 pub fn check_identifier(field: &str, v: &str) -> Result<(), EventError> {
+    if v.is_empty() {
+        return Err(EventError::EmptyId(field.to_string()));
+    }
     identifier(field.to_string(), v)
 }
 

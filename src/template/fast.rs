@@ -80,7 +80,7 @@ fn render(pieces: &[Piece], ctx: &Value, out: &mut String) -> Option<()> {
             Piece::Var(path) => {
                 let v = resolve(ctx, path)?;
                 match v.kind() {
-                    ValueKind::Undefined => {}
+                    ValueKind::Undefined | ValueKind::None => {}
                     ValueKind::String => out.push_str(v.as_str()?),
                     ValueKind::Number if v.as_i64().is_some() => out.push_str(&v.to_string()),
                     _ => return None,

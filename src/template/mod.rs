@@ -140,6 +140,11 @@ impl Templates {
             // MiniJinja's HTML escaping also writes `/` as `&#x2f;`, which turns every URL in
             // an email into `https:&#x2f;&#x2f;…`: valid, but unreadable in the source that
             // link scanners and spam filters read. Strings are escaped here without it.
+            // A field the customer never gave (`customer.name` of someone who left it out)
+            // is no text: "Hi None" is worse than "Hi".
+            if value.is_none() {
+                return Ok(());
+            }
             match value.as_str() {
                 Some(s) if matches!(state.auto_escape(), AutoEscape::Html) && !value.is_safe() => {
                     out.write_str(&escape_html(s))
@@ -861,6 +866,25 @@ mod tests {
             references("{% import 'm' as m %}{% if x %}{% endif %}"),
             Some(vec!["m".to_string()])
         );
+    }
+
+    #[test]
+    fn a_value_the_customer_never_gave_renders_as_nothing() {
+        let (t, diags) = Templates::from_files(
+            "t",
+            vec![
+                ("m.subject.j2".into(), "Hi {{ customer.name }}".into()),
+                (
+                    "m.html.j2".into(),
+                    "<p>Hi {{ customer.name }}{{ customer.name | default('') }}</p>".into(),
+                ),
+            ],
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let ctx = context! { customer => context! { name => Value::from(()) } };
+        assert_eq!(t.render_subject("m", None, &ctx).unwrap(), "Hi");
+        let r = t.render("m", None, &ctx).unwrap();
+        assert!(r.html.contains("<p>Hi </p>"), "{}", r.html);
     }
 
     #[test]
