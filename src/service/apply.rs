@@ -205,11 +205,7 @@ impl Applier {
                         .extend(c.profile.email.as_deref().map(str::to_string));
                     erasure.written_after = false;
                     // A subscription earlier in the batch does not outlive the erasure.
-                    let hashes: Vec<String> = erasure
-                        .addresses
-                        .iter()
-                        .map(|a| self.signer.address_hash(a))
-                        .collect();
+                    let hashes = erasure.hashes(&self.signer);
                     subscribed.retain(|h| !hashes.contains(h));
                 } else if let Some(erasure) = &mut erasures[ci] {
                     erasure.written_after = true;
@@ -239,12 +235,7 @@ impl Applier {
         }
         for (id, erasure) in ids.iter().zip(&erasures) {
             let Some(erasure) = erasure else { continue };
-            let hashes: Vec<String> = erasure
-                .addresses
-                .iter()
-                .map(|a| self.signer.address_hash(a))
-                .collect();
-            tx.forget(id, &erasure.addresses, &hashes, now)?;
+            tx.forget(id, &erasure.addresses, &erasure.hashes(&self.signer), now)?;
             tracing::info!(customer = %crate::service::trace::hashed(id), "customer erased");
             out.erased.push((id.to_string(), erasure.addresses.clone()));
         }
@@ -436,6 +427,16 @@ type Result2<T> = std::result::Result<T, String>;
 struct Erasure {
     addresses: Vec<String>,
     written_after: bool,
+}
+
+impl Erasure {
+    /// The addresses as the store keeps them ([`Signer::address_hash`]).
+    fn hashes(&self, signer: &Signer) -> Vec<String> {
+        self.addresses
+            .iter()
+            .map(|a| signer.address_hash(a))
+            .collect()
+    }
 }
 
 /// The timeline line of an event about the customer as a whole: a change to what they
