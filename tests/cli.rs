@@ -414,3 +414,36 @@ fn forget_erases_a_customer_and_refuses_an_id_no_event_could_carry() {
         "error: the customer id contains the control character U+000A at byte 2; identifiers may not contain control characters\n"
     );
 }
+
+/// A customer id may be an address (shops use them as ids): the engine's warnings name the
+/// customer by its hash prefix, never in clear.
+#[test]
+fn an_address_used_as_a_customer_id_never_reaches_the_log() {
+    let dir = scratch(
+        "leak",
+        &[
+            (
+                "seq/s.yaml",
+                "name: s\njourney: per_order\ntrigger: { event: order.placed, when: \"customer.name + 1 > 0\" }\nsteps:\n  - id: a\n    email: { template: t/a }\n",
+            ),
+            ("seq/templates/t/a.subject.j2", "A"),
+            ("seq/templates/t/a.html.j2", "<p>a</p>"),
+            (
+                "ev.jsonl",
+                r#"{"specversion":"1.0","id":"p1","source":"/s","type":"order.placed","time":"2024-01-01T00:00:00Z","subject":"ann@example.com","data":{"order_id":"o1","total":"1","currency":"EUR","items":[],"customer":{"email":"ann@example.com","name":"Ann"}}}"#,
+            ),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_aftercare"))
+        .current_dir(&dir)
+        .args(["simulate", "--events", "ev.jsonl", "--sequences", "seq"])
+        .env("AFTERCARE_LOG", "warn")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("expression failed; taken as false customer_id=address:"),
+        "{log}"
+    );
+    assert!(!log.contains("ann@example.com"), "{log}");
+}

@@ -230,7 +230,7 @@ impl Engine {
             let n = runs.entry(j.id).or_default();
             *n += 1;
             if *n > 2 * j.sequence.steps.len() + 16 {
-                tracing::error!(customer_id = %c.profile.id, sequence = %j.sequence.name, "a journey loops without waiting; it ends");
+                tracing::error!(customer_id = %crate::redact::text(&c.profile.id), sequence = %j.sequence.name, "a journey loops without waiting; it ends");
                 let reason = "loops without waiting".to_string();
                 self.end(c, ji, now, Action::Exit, reason, false, out);
                 continue;
@@ -243,7 +243,7 @@ impl Engine {
         }
         // Validation refuses loops without a wait, so only a stored state from an older,
         // looser version could get here; end what is still due rather than spin forever.
-        tracing::error!(customer_id = %c.profile.id, "step budget exhausted: a sequence loops without waiting");
+        tracing::error!(customer_id = %crate::redact::text(&c.profile.id), "step budget exhausted: a sequence loops without waiting");
         while let Some(ji) = c
             .journeys
             .iter()
@@ -640,7 +640,7 @@ impl Engine {
         let subject = match rendered {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(customer_id = %c.profile.id, sequence = %seq.name, error = %e, "template error");
+                tracing::warn!(customer_id = %crate::redact::text(&c.profile.id), sequence = %seq.name, error = %e, "template error");
                 return self.push(
                     c,
                     ji,
@@ -920,7 +920,7 @@ fn next_allowed(
 /// A failing expression counts as false, and says so in the log.
 fn eval(expr: &Expr, ctx: Value, c: &Customer) -> bool {
     expr.eval(ctx).unwrap_or_else(|e| {
-        tracing::warn!(customer_id = %c.profile.id, expression = %expr, error = %e, "expression failed; taken as false");
+        tracing::warn!(customer_id = %crate::redact::text(&c.profile.id), expression = %expr, error = %e, "expression failed; taken as false");
         false
     })
 }

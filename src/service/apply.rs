@@ -298,7 +298,7 @@ impl Applier {
                 }
                 Err(reason) => {
                     // Left as is, it would be claimed again at once; park it and say why.
-                    tracing::error!(customer_id = %s.id, %reason, "stored customer unreadable; its wake-ups are suspended");
+                    tracing::error!(customer_id = %crate::redact::text(&s.id), %reason, "stored customer unreadable; its wake-ups are suspended");
                     stored.push(StoredCustomer {
                         next_due: None,
                         ..s.clone()

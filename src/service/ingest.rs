@@ -240,7 +240,7 @@ impl Ingest<'_> {
             .fetch_add(applied.decisions.len() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         for d in &applied.decisions {
-            tracing::debug!(customer_id = %d.customer, sequence = %d.sequence, step = ?d.step.as_deref(), action = %d.action, reason = %d.reason, "decision");
+            tracing::debug!(customer_id = %crate::redact::text(&d.customer), sequence = %d.sequence, step = ?d.step.as_deref(), action = %d.action, reason = %d.reason, "decision");
         }
     }
 }

@@ -613,7 +613,7 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool
             Err(e) if e.class() == crate::store::ErrorClass::Permanent => {
                 match applier.park_first_due(store, Utc::now()) {
                     Ok(Some(id)) => {
-                        tracing::error!(customer_id = %id, error = %e, "the store refuses this customer's state; its wake-ups are suspended")
+                        tracing::error!(customer_id = %crate::redact::text(&id), error = %e, "the store refuses this customer's state; its wake-ups are suspended")
                     }
                     Ok(None) => return emails,
                     Err(e) => {
