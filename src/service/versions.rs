@@ -42,8 +42,8 @@ impl Kept {
                 return Ok(Some(seq.clone()));
             }
         }
-        let record = match self.legacy.remove(&key) {
-            Some(r) => r,
+        let record = match self.legacy.get(&key) {
+            Some(r) => r.clone(),
             None => match fetch()? {
                 Some(r) => r,
                 None => return Ok(None),
@@ -51,7 +51,8 @@ impl Kept {
         };
         let templates = self.templates_of(catalog, &record);
         let Ok(seq) = compile_kept(&record, templates) else {
-            return Ok(None);
+            // The last good compile (if any) goes on serving, as for every caller.
+            return Ok(self.sequences.get(&key).cloned());
         };
         let seq = Arc::new(seq);
         self.sequences.insert(key.clone(), seq.clone());

@@ -34,18 +34,23 @@ fn has_subject(value: &[u8], id: &str) -> bool {
 /// Whether `address` appears in `bytes` as a whole address, in any case: `a@b.co` is not
 /// in `xa@b.com`.
 fn has_address(bytes: &[u8], address: &str) -> bool {
-    let needle = address.trim().to_ascii_lowercase().into_bytes();
+    let needle = address.trim().to_lowercase().into_bytes();
     if needle.is_empty() {
         return false;
     }
-    let hay = bytes.to_ascii_lowercase();
-    let part = |b: u8| b.is_ascii_alphanumeric() || b".-_+%@".contains(&b);
+    let hay = String::from_utf8_lossy(bytes).to_lowercase().into_bytes();
+    let part = |b: u8| b.is_ascii_alphanumeric() || b".-_+%@".contains(&b) || b >= 0x80;
     let mut from = 0;
     while let Some(at) = find(&hay[from..], &needle) {
         let start = from + at;
         let end = start + needle.len();
         let before = start.checked_sub(1).map(|i| hay[i]);
-        if !before.is_some_and(part) && !hay.get(end).copied().is_some_and(part) {
+        // A full stop that ends a sentence is not part of the address.
+        let after = match hay.get(end) {
+            Some(b'.') => hay.get(end + 1).copied().filter(|b| part(*b)),
+            other => other.copied(),
+        };
+        if !before.is_some_and(part) && !after.is_some_and(part) {
             return true;
         }
         from = start + 1;
@@ -228,6 +233,9 @@ mod tests {
         assert!(!letter(None, b"to: joann@example.com", &[]).mentions("zed", &ann));
         assert!(!letter(None, b"ann@example.community", &[]).mentions("zed", &ann));
         assert!(letter(None, b"x", &[("reply-to", b"ann@example.com")]).mentions("zed", &ann));
+        assert!(letter(None, b"write to ann@example.com.", &[]).mentions("zed", &ann));
+        let asa = ["åsa@example.se".to_string()];
+        assert!(letter(None, "to ÅSA@example.se".as_bytes(), &[]).mentions("zed", &asa));
     }
 
     #[test]
