@@ -36,6 +36,10 @@ impl<T> From<Vec<T>> for Compact<T> {
 }
 
 impl<T> Compact<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        self.0.into_vec()
+    }
+
     /// Applies `f` to the items as a `Vec`, then shrinks back to exact size.
     fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
         let mut v = std::mem::take(&mut self.0).into_vec();

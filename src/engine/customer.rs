@@ -3,6 +3,7 @@
 //! A customer is the unit of state: every input touches exactly one customer, so the store
 //! loads one, the engine mutates it, and the store saves it with the decisions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -10,16 +11,17 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::compact::Compact;
-use super::journey::{Journey, PendingGoal};
+use super::journey::PendingGoal;
+use super::journeys::Journeys;
 use crate::event::{CustomerPatch, Event, EventData, Item, Money};
 
 #[derive(Debug, Clone)]
 pub struct Customer {
     /// Shared with expression contexts; copied on write only while a context holds it.
     pub profile: Arc<Profile>,
-    pub orders: Compact<Arc<Order>>,
+    pub orders: Orders,
     /// Journeys in flight, oldest first (the order ties are decided in).
-    pub journeys: Compact<Journey>,
+    pub journeys: Journeys,
     pub goals: Compact<PendingGoal>,
     /// per_customer sequences this customer has finished (for `reenter: false`).
     pub finished: Compact<Arc<str>>,
@@ -150,29 +152,20 @@ impl Customer {
                 id,
                 ..Profile::default()
             }),
-            orders: Compact::default(),
-            journeys: Compact::default(),
+            orders: Orders::default(),
+            journeys: Journeys::default(),
             goals: Compact::default(),
             finished: Compact::default(),
         }
     }
 
-    /// Searched from the newest: events are nearly always about a recent order, and loyal
-    /// customers have hundreds.
     pub fn order(&self, id: &str) -> Option<&Arc<Order>> {
-        self.orders.iter().rev().find(|o| &*o.id == id)
+        self.orders.get(id)
     }
 
     /// The order, created empty if an event about it arrives before `order.placed`.
     pub fn order_mut(&mut self, id: &str) -> &mut Order {
-        let i = match self.orders.iter().rposition(|o| &*o.id == id) {
-            Some(i) => i,
-            None => {
-                self.orders.push(Arc::new(Order::new(id)));
-                self.orders.len() - 1
-            }
-        };
-        Arc::make_mut(&mut self.orders[i])
+        self.orders.get_or_add(id)
     }
 
     /// Applies what the event says about the customer and their orders.
@@ -263,6 +256,98 @@ impl Customer {
             | EventData::CustomerErased
             | EventData::Other(_) => {}
         }
+    }
+}
+
+/// A customer's orders, in the order they were first heard of, found by id: a list sized
+/// exactly and scanned (from the newest: events are nearly always about a recent order) while
+/// short; indexed by id once long, so that an event's cost does not grow with them.
+#[derive(Debug, Clone, Default)]
+pub struct Orders(OrdersRepr);
+
+#[derive(Debug, Clone)]
+enum OrdersRepr {
+    Few(Compact<Arc<Order>>),
+    Many(Box<ManyOrders>),
+}
+
+impl Default for OrdersRepr {
+    fn default() -> OrdersRepr {
+        OrdersRepr::Few(Compact::default())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct ManyOrders {
+    list: Vec<Arc<Order>>,
+    at: HashMap<Arc<str>, usize>,
+}
+
+impl Orders {
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            OrdersRepr::Few(v) => v.len(),
+            OrdersRepr::Many(m) => m.list.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Arc<Order>> {
+        match &self.0 {
+            OrdersRepr::Few(v) => v.iter(),
+            OrdersRepr::Many(m) => m.list.iter(),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Order>> {
+        match &self.0 {
+            OrdersRepr::Few(v) => v.iter().rev().find(|o| &*o.id == id),
+            OrdersRepr::Many(m) => m.at.get(id).map(|i| &m.list[*i]),
+        }
+    }
+
+    /// Adds an order after the others (its id must be new).
+    pub fn push(&mut self, order: Arc<Order>) {
+        match &mut self.0 {
+            OrdersRepr::Few(v) if v.len() + 1 < super::journeys::thresholds().0 => v.push(order),
+            OrdersRepr::Few(v) => {
+                let mut list = std::mem::take(v).into_vec();
+                list.push(order);
+                let at = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| (o.id.clone(), i))
+                    .collect();
+                self.0 = OrdersRepr::Many(Box::new(ManyOrders { list, at }));
+            }
+            OrdersRepr::Many(m) => {
+                m.at.insert(order.id.clone(), m.list.len());
+                m.list.push(order);
+            }
+        }
+    }
+
+    /// The order, added empty if not known yet.
+    fn get_or_add(&mut self, id: &str) -> &mut Order {
+        let found = match &self.0 {
+            OrdersRepr::Few(v) => v.iter().rposition(|o| &*o.id == id),
+            OrdersRepr::Many(m) => m.at.get(id).copied(),
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                self.push(Arc::new(Order::new(id)));
+                self.len() - 1
+            }
+        };
+        let order = match &mut self.0 {
+            OrdersRepr::Few(v) => &mut v[i],
+            OrdersRepr::Many(m) => &mut m.list[i],
+        };
+        Arc::make_mut(order)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod context;
 pub mod customer;
 pub mod decision;
 pub mod journey;
+pub mod journeys;
 mod rules;
 
 use std::collections::HashMap;
@@ -22,9 +23,10 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use minijinja::Value;
 
-pub use customer::{Customer, Order, OrderStatus, Profile};
+pub use customer::{Customer, Order, OrderStatus, Orders, Profile};
 pub use decision::{Action, Decision, EmailIntent};
 pub use journey::{Cause, Journey, JourneyId, PendingGoal, State};
+pub use journeys::{Ji, Journeys};
 
 /// What an operator can do to a journey.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,7 @@ use crate::event::Event;
 use crate::sequence::{self, Catalog, Expr, JourneyKind, OnTimeout, Sequence, Timing};
 use crate::time::{CronWindow, Period, QuietHours, rfc3339};
 use context::Ctx;
+use journeys::sees;
 use rules::Verdict;
 
 /// The sending policy (`policy.*` in the config).
@@ -88,9 +91,6 @@ pub struct Engine {
     pub policy: Policy,
 }
 
-/// The journey being worked on, addressed by position in `Customer::journeys`.
-type Ji = usize;
-
 /// A journey about to start.
 struct Entry<'a> {
     sequence: Arc<Sequence>,
@@ -110,7 +110,7 @@ impl Engine {
 
     /// The instant `wake` next has work for this customer.
     pub fn next_due(c: &Customer) -> Option<DateTime<Utc>> {
-        c.journeys.iter().filter_map(Journey::due).min()
+        c.journeys.next_due()
     }
 
     /// A permanent delivery failure: nothing more is sent to this address until it changes.
@@ -136,14 +136,13 @@ impl Engine {
     ) -> Result<(), ControlError> {
         let ji = c
             .journeys
-            .iter()
-            .position(|j| j.id == journey)
+            .find(journey)
             .ok_or(ControlError::NoSuchJourney)?;
         match op {
             Control::Pause if c.journeys[ji].held => Err(ControlError::AlreadyPaused),
             Control::Resume if !c.journeys[ji].held => Err(ControlError::NotPaused),
             Control::Pause => {
-                c.journeys[ji].held = true;
+                c.journeys.update(ji, |j| j.held = true);
                 self.push(
                     c,
                     ji,
@@ -155,7 +154,7 @@ impl Engine {
                 Ok(())
             }
             Control::Resume => {
-                c.journeys[ji].held = false;
+                c.journeys.update(ji, |j| j.held = false);
                 self.push(
                     c,
                     ji,
@@ -216,14 +215,7 @@ impl Engine {
         let mut runs: HashMap<JourneyId, usize> = HashMap::new();
         let cap = STEP_BUDGET.max(64 * (c.journeys.len() + 1));
         for _ in 0..cap {
-            let next = c
-                .journeys
-                .iter()
-                .enumerate()
-                .filter_map(|(i, j)| j.due().map(|d| (d, i)))
-                .filter(|(d, _)| *d <= now && before.is_none_or(|b| *d < b))
-                .min();
-            let Some((_, ji)) = next else {
+            let Some(ji) = c.journeys.first_due(now, before) else {
                 return;
             };
             let j = &c.journeys[ji];
@@ -244,11 +236,7 @@ impl Engine {
         // Validation refuses loops without a wait, so only a stored state from an older,
         // looser version could get here; end what is still due rather than spin forever.
         tracing::error!(customer_id = %crate::redact::text(&c.profile.id), "step budget exhausted: a sequence loops without waiting");
-        while let Some(ji) = c
-            .journeys
-            .iter()
-            .position(|j| j.due().is_some_and(|d| d <= now))
-        {
+        while let Some(ji) = c.journeys.first_due(now, None) {
             self.end(
                 c,
                 ji,
@@ -270,15 +258,15 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        let mut i = 0;
-        while i < c.journeys.len() {
-            let j = &c.journeys[i];
+        for id in c.journeys.concerned(ev) {
+            let Some(ji) = c.journeys.find(id) else {
+                continue;
+            };
+            let j = &c.journeys[ji];
             if sees(j, ev) && j.sequence.exit_on.iter().any(|e| **e == *ev.kind) {
                 let reason = format!("exit_on {}", ev.kind);
                 // Ended by an event, not finished: the customer may enter again.
-                self.end(c, i, now, Action::Exit, reason, false, out);
-            } else {
-                i += 1;
+                self.end(c, ji, now, Action::Exit, reason, false, out);
             }
         }
     }
@@ -331,22 +319,16 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        // The journeys waiting for this event, found in one pass: those are the only ones
-        // looked up again (a step may add or end journeys, moving the others).
+        // The journeys waiting for this event, found by index: those are the only ones looked
+        // up again (a step may add or end journeys, moving the others).
         let waiting = |j: &Journey| {
             !j.held
                 && matches!(j.state, State::WaitingFor { .. })
                 && sees(j, ev)
                 && matches!(&j.sequence.steps[j.step].timing, Timing::WaitFor(w) if *w.event == *ev.kind)
         };
-        let ids: Vec<JourneyId> = c
-            .journeys
-            .iter()
-            .filter(|j| waiting(j))
-            .map(|j| j.id)
-            .collect();
-        for id in ids {
-            let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
+        for id in c.journeys.concerned(ev) {
+            let Some(ji) = c.journeys.find(id) else {
                 continue;
             };
             let j = &c.journeys[ji];
@@ -370,14 +352,8 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        let ids: Vec<JourneyId> = c
-            .journeys
-            .iter()
-            .filter(|j| j.state == State::Paused && !j.held)
-            .map(|j| j.id)
-            .collect();
-        for id in ids {
-            let Some(ji) = c.journeys.iter().position(|j| j.id == id) else {
+        for id in c.journeys.paused() {
+            let Some(ji) = c.journeys.find(id) else {
                 continue;
             };
             let seq = c.journeys[ji].sequence.clone();
@@ -448,11 +424,7 @@ impl Engine {
         seq: &Sequence,
         order_id: Option<&str>,
     ) -> Result<(), String> {
-        let active = c
-            .journeys
-            .iter()
-            .any(|j| j.sequence.name == seq.name && j.order_id.as_deref() == order_id);
-        if active {
+        if c.journeys.any_of(&seq.name, order_id) {
             return Err(format!("already in {}", seq.name));
         }
         match (seq.journey, order_id) {
@@ -476,7 +448,7 @@ impl Engine {
         if let Some(o) = e.order_id {
             c.order_mut(o).enrolled.push(e.sequence.name.clone());
         }
-        c.journeys.push(Journey {
+        let ji = c.journeys.push(Journey {
             id: e.id,
             sequence: e.sequence,
             order_id: e.order_id.map(Arc::from),
@@ -486,7 +458,6 @@ impl Engine {
             backfill: e.backfill,
             held: false,
         });
-        let ji = c.journeys.len() - 1;
         self.push(c, ji, now, Action::Enter, e.reason, out);
         // The order's refund or cancellation arrived before the trigger (events racing each
         // other): the journey ends at once, as it would have had they come in order.
@@ -504,20 +475,21 @@ impl Engine {
 
     /// Starts waiting for the current step, counting from `base`.
     fn begin_step(&self, c: &mut Customer, ji: Ji, base: DateTime<Utc>) {
-        let j = &mut c.journeys[ji];
-        j.state = match &j.sequence.steps[j.step].timing {
-            Timing::Now => State::Due {
-                at: base,
-                cause: Cause::Immediate,
-            },
-            Timing::Wait(p) => State::Due {
-                at: base + p.0,
-                cause: Cause::Waited,
-            },
-            Timing::WaitFor(w) => State::WaitingFor {
-                deadline: base + w.timeout.0,
-            },
-        };
+        c.journeys.update(ji, |j| {
+            j.state = match &j.sequence.steps[j.step].timing {
+                Timing::Now => State::Due {
+                    at: base,
+                    cause: Cause::Immediate,
+                },
+                Timing::Wait(p) => State::Due {
+                    at: base + p.0,
+                    cause: Cause::Waited,
+                },
+                Timing::WaitFor(w) => State::WaitingFor {
+                    deadline: base + w.timeout.0,
+                },
+            };
+        });
     }
 
     /// The current step is due: skip_when, pause_when, send window, then the action.
@@ -550,7 +522,7 @@ impl Engine {
                 format!("pause_when: {pause}"),
                 out,
             );
-            c.journeys[ji].state = State::Paused;
+            c.journeys.update(ji, |j| j.state = State::Paused);
             return;
         }
         if let Some(window) = &step.send_window {
@@ -568,10 +540,12 @@ impl Engine {
                         rfc3339(slot)
                     );
                     self.push(c, ji, now, Action::Defer, reason, out);
-                    c.journeys[ji].state = State::Due {
-                        at: slot,
-                        cause: Cause::Window,
-                    };
+                    c.journeys.update(ji, |j| {
+                        j.state = State::Due {
+                            at: slot,
+                            cause: Cause::Window,
+                        }
+                    });
                     return;
                 }
                 Some(_) => {}
@@ -602,10 +576,12 @@ impl Engine {
                     }
                     Verdict::Defer(until, reason) => {
                         self.push(c, ji, now, Action::Defer, reason, out);
-                        c.journeys[ji].state = State::Due {
-                            at: until,
-                            cause: Cause::QuietHoursOver,
-                        };
+                        c.journeys.update(ji, |j| {
+                            j.state = State::Due {
+                                at: until,
+                                cause: Cause::QuietHoursOver,
+                            }
+                        });
                         return;
                     }
                 }
@@ -750,7 +726,7 @@ impl Engine {
             OnTimeout::Goto(target) => {
                 let reason = format!("{what}: go to {}", seq.steps[target].id);
                 self.push(c, ji, now, Action::Skip, reason, out);
-                c.journeys[ji].step = target;
+                c.journeys.update(ji, |j| j.step = target);
                 self.begin_step(c, ji, now);
             }
         }
@@ -758,10 +734,14 @@ impl Engine {
 
     /// The step finished at `now`: on to the next, or `complete`.
     fn next_step(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>, out: &mut Vec<Decision>) {
-        let j = &mut c.journeys[ji];
-        j.step += 1;
-        if j.step < j.sequence.steps.len() {
-            return self.begin_step(c, ji, now);
+        let more = c.journeys.update(ji, |j| {
+            j.step += 1;
+            j.step < j.sequence.steps.len()
+        });
+        match more {
+            Some(true) => return self.begin_step(c, ji, now),
+            Some(false) => {}
+            None => return,
         }
         self.end(
             c,
@@ -792,7 +772,9 @@ impl Engine {
             d.step = None;
         }
         out.push(d);
-        let j = c.journeys.remove(ji);
+        let Some(j) = c.journeys.remove(ji) else {
+            return;
+        };
         if finished
             && j.sequence.journey == JourneyKind::PerCustomer
             && !c.finished.contains(&j.sequence.name)
@@ -923,12 +905,4 @@ fn eval(expr: &Expr, ctx: Value, c: &Customer) -> bool {
         tracing::warn!(customer_id = %crate::redact::text(&c.profile.id), expression = %expr, error = %e, "expression failed; taken as false");
         false
     })
-}
-
-/// A per_order journey sees its order's events and events about no order.
-fn sees(j: &Journey, ev: &Event) -> bool {
-    match (&j.order_id, ev.order_id()) {
-        (Some(mine), Some(theirs)) => **mine == *theirs,
-        _ => true,
-    }
 }

@@ -388,18 +388,18 @@ impl Applier {
     /// Moves journeys to the current version of their sequence when that version declares
     /// `migrate: {from: <their version>}`; steps map by the `steps` table, else by id.
     fn migrate(&self, c: &mut Customer) {
-        for j in c.journeys.iter_mut() {
+        c.journeys.update_all(|j| {
             let Some(current) = self.engine.catalog.get(&j.sequence.name) else {
-                continue;
+                return;
             };
             let Some(m) = &current.migrate else {
-                continue;
+                return;
             };
             if Arc::ptr_eq(current, &j.sequence)
                 || *m.from != *j.sequence.version
                 || current.journey != j.sequence.journey
             {
-                continue;
+                return;
             }
             let old_id = &j.sequence.steps[j.step].id;
             let target = m
@@ -415,7 +415,7 @@ impl Applier {
                     j.sequence = current.clone();
                 }
             }
-        }
+        });
     }
 }
 

@@ -187,6 +187,27 @@ impl Simulator {
         Engine::mark_bounced(self.store.customer_mut(&id));
     }
 
+    /// An operator's pause, resume or cancel of one of the customer's journeys, now.
+    pub fn control(
+        &mut self,
+        customer: &str,
+        journey: crate::engine::JourneyId,
+        op: crate::engine::Control,
+        out: &mut Vec<Decision>,
+    ) -> Result<(), crate::engine::ControlError> {
+        let now = self
+            .now
+            .unwrap_or_else(|| self.last_event.unwrap_or_default());
+        let slot = self.store.slot_of(&customer.into());
+        let before = out.len();
+        let r = self
+            .engine
+            .control(self.store.customer_at(slot), journey, op, now, out);
+        self.stats.decisions += (out.len() - before) as u64;
+        self.store.reschedule(slot);
+        r
+    }
+
     /// Runs due wake-ups before the event's time, then applies the event (once per key).
     pub fn push_event(&mut self, ev: Event, out: &mut Vec<Decision>) {
         self.run_until(ev.time, true, out);
