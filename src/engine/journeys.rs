@@ -47,7 +47,7 @@ pub(super) fn thresholds() -> (usize, usize) {
 
 /// A journey's place, valid until the next [`Journeys::push`] or [`Journeys::remove`]: look a
 /// journey up again by its id ([`Journeys::find`]) after either.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ji(u64);
 
 #[derive(Debug, Clone, Default)]
@@ -102,18 +102,6 @@ impl Journeys {
             Repr::Many(m) => (None, Some(m.all.values())),
         };
         few.into_iter().flatten().chain(many.into_iter().flatten())
-    }
-
-    /// The journeys with their places, in start order.
-    fn places(&self) -> Vec<(Ji, &Journey)> {
-        match &self.0 {
-            Repr::Few(v) => v
-                .iter()
-                .enumerate()
-                .map(|(i, j)| (Ji(i as u64), j))
-                .collect(),
-            Repr::Many(m) => m.all.iter().map(|(n, j)| (Ji(*n), j)).collect(),
-        }
     }
 
     pub fn find(&self, id: JourneyId) -> Option<Ji> {
@@ -173,9 +161,14 @@ impl Journeys {
 
     /// Changes every journey, in start order (a migration to a new version on load).
     pub fn update_all(&mut self, mut f: impl FnMut(&mut Journey)) {
-        let places: Vec<Ji> = self.places().into_iter().map(|(ji, _)| ji).collect();
-        for ji in places {
-            self.update(ji, &mut f);
+        match &mut self.0 {
+            Repr::Few(v) => v.iter_mut().for_each(f),
+            Repr::Many(m) => {
+                let numbers: Vec<u64> = m.all.keys().copied().collect();
+                for n in numbers {
+                    self.update(Ji(n), &mut f);
+                }
+            }
         }
     }
 

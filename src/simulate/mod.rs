@@ -195,9 +195,7 @@ impl Simulator {
         op: crate::engine::Control,
         out: &mut Vec<Decision>,
     ) -> Result<(), crate::engine::ControlError> {
-        let now = self
-            .now
-            .unwrap_or_else(|| self.last_event.unwrap_or_default());
+        let now = self.now.unwrap_or_default();
         let slot = self.store.slot_of(&customer.into());
         let before = out.len();
         let r = self
