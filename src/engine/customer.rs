@@ -3,7 +3,7 @@
 //! A customer is the unit of state: every input touches exactly one customer, so the store
 //! loads one, the engine mutates it, and the store saves it with the decisions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compact::Compact;
 use super::journey::PendingGoal;
-use super::journeys::Journeys;
+use super::journeys::{Changed, Journeys};
 use crate::event::{CustomerPatch, Event, EventData, Item, Money};
 
 #[derive(Debug, Clone)]
@@ -281,6 +281,11 @@ impl Default for OrdersRepr {
 struct ManyOrders {
     list: Vec<Arc<Order>>,
     at: HashMap<Arc<str>, usize>,
+    /// Positions added or changed since the store last saved them ([`Orders::changes`]),
+    /// kept once `tracked`: read from stored rows, or saved once (`simulate` never saves);
+    /// until then every order is to be written.
+    dirty: BTreeSet<usize>,
+    tracked: bool,
 }
 
 impl Orders {
@@ -316,18 +321,54 @@ impl Orders {
             OrdersRepr::Few(v) => {
                 let mut list = std::mem::take(v).into_vec();
                 list.push(order);
-                let at = list
-                    .iter()
-                    .enumerate()
-                    .map(|(i, o)| (o.id.clone(), i))
-                    .collect();
-                self.0 = OrdersRepr::Many(Box::new(ManyOrders { list, at }));
+                self.0 = OrdersRepr::Many(Box::new(ManyOrders::of(list)));
             }
             OrdersRepr::Many(m) => {
                 m.at.insert(order.id.clone(), m.list.len());
+                m.changed(m.list.len());
                 m.list.push(order);
             }
         }
+    }
+
+    /// Orders read back from rows numbered by [`Orders::changes`] (their positions), in order.
+    pub fn numbered(rows: Vec<(u64, Arc<Order>)>) -> Orders {
+        // Positions other than 0, 1, 2… (rows written by hand) are renumbered, all rewritten.
+        let renumbered = rows.iter().enumerate().any(|(i, (n, _))| *n != i as u64);
+        let list = rows.into_iter().map(|(_, o)| o).collect();
+        let mut m = ManyOrders::of(list);
+        m.tracked = !renumbered;
+        Orders(OrdersRepr::Many(Box::new(m)))
+    }
+
+    /// Indexed (many): a store keeps them as rows ([`Orders::changes`]).
+    pub fn is_indexed(&self) -> bool {
+        matches!(self.0, OrdersRepr::Many(_))
+    }
+
+    /// For a store keeping one row per order: `None` while the orders are few (they are stored
+    /// in a list with the customer); else what changed since the last call, or every order
+    /// when `everything` (none is stored as a row yet).
+    pub fn changes(&mut self, everything: bool) -> Option<Changed<'_, Order>> {
+        let OrdersRepr::Many(m) = &mut self.0 else {
+            return None;
+        };
+        let all = everything || !m.tracked;
+        m.tracked = true;
+        let dirty = std::mem::take(&mut m.dirty);
+        let items = if all {
+            m.list
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (i as u64, Some(&**o)))
+                .collect()
+        } else {
+            dirty
+                .into_iter()
+                .map(|i| (i as u64, m.list.get(i).map(|o| &**o)))
+                .collect()
+        };
+        Some(Changed { all, items })
     }
 
     /// The order, added empty if not known yet.
@@ -345,9 +386,34 @@ impl Orders {
         };
         let order = match &mut self.0 {
             OrdersRepr::Few(v) => &mut v[i],
-            OrdersRepr::Many(m) => &mut m.list[i],
+            OrdersRepr::Many(m) => {
+                m.changed(i);
+                &mut m.list[i]
+            }
         };
         Arc::make_mut(order)
+    }
+}
+
+impl ManyOrders {
+    fn of(list: Vec<Arc<Order>>) -> ManyOrders {
+        let at = list
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.id.clone(), i))
+            .collect();
+        ManyOrders {
+            list,
+            at,
+            dirty: BTreeSet::new(),
+            tracked: false,
+        }
+    }
+
+    fn changed(&mut self, i: usize) {
+        if self.tracked {
+            self.dirty.insert(i);
+        }
     }
 }
 

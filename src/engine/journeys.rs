@@ -37,7 +37,7 @@ pub(super) fn thresholds() -> (usize, usize) {
 #[cfg(test)]
 thread_local! {
     /// Tests run the engine with every customer indexed, and with none.
-    pub(super) static THRESHOLDS: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((MANY, FEW)) };
+    pub(crate) static THRESHOLDS: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((MANY, FEW)) };
 }
 
 #[cfg(test)]
@@ -81,6 +81,20 @@ struct Many {
     unordered: BTreeSet<u64>,
     /// By the event kinds each listens to: its `exit_on` and its step's `wait_for`.
     by_kind: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// Start numbers put or taken since the store last saved them ([`Journeys::changes`]),
+    /// kept once `tracked`: read from stored rows, or saved once (`simulate` never saves);
+    /// until then every journey is to be written.
+    dirty: BTreeSet<u64>,
+    tracked: bool,
+}
+
+/// What a store keeping one row per item (journeys, orders) has to write: every item (`all`,
+/// the rows kept before go), or the items changed since the last save, by number, `None` for
+/// one that is gone.
+#[derive(Debug)]
+pub struct Changed<'a, T> {
+    pub all: bool,
+    pub items: Vec<(u64, Option<&'a T>)>,
 }
 
 impl Journeys {
@@ -159,17 +173,39 @@ impl Journeys {
         }
     }
 
-    /// Changes every journey, in start order (a migration to a new version on load).
-    pub fn update_all(&mut self, mut f: impl FnMut(&mut Journey)) {
-        match &mut self.0 {
-            Repr::Few(v) => v.iter_mut().for_each(f),
-            Repr::Many(m) => {
-                let numbers: Vec<u64> = m.all.keys().copied().collect();
-                for n in numbers {
-                    self.update(Ji(n), &mut f);
-                }
-            }
+    /// Journeys read back from rows numbered by [`Journeys::changes`], indexed as they were
+    /// (so that later changes name the same rows); sorted by number, which is start order.
+    pub fn numbered(rows: Vec<(u64, Journey)>) -> Journeys {
+        let mut m = Box::new(Many::default());
+        for (n, j) in rows {
+            m.put(n, j);
+            m.next = m.next.max(n + 1);
         }
+        m.tracked = true;
+        Journeys(Repr::Many(m))
+    }
+
+    /// Indexed (many): a store keeps them as rows ([`Journeys::changes`]).
+    pub fn is_indexed(&self) -> bool {
+        matches!(self.0, Repr::Many(_))
+    }
+
+    /// For a store keeping one row per journey: `None` while the journeys are few (they are
+    /// stored in a list with the customer); else what changed since the last call, or every
+    /// journey when `everything` (none is stored as a row yet).
+    pub fn changes(&mut self, everything: bool) -> Option<Changed<'_, Journey>> {
+        let Repr::Many(m) = &mut self.0 else {
+            return None;
+        };
+        let all = everything || !m.tracked;
+        m.tracked = true;
+        let dirty = std::mem::take(&mut m.dirty);
+        let items = if all {
+            m.all.iter().map(|(n, j)| (*n, Some(j))).collect()
+        } else {
+            dirty.into_iter().map(|n| (n, m.all.get(&n))).collect()
+        };
+        Some(Changed { all, items })
     }
 
     /// The instant the clock next has work for one of these journeys.
@@ -287,8 +323,15 @@ impl Many {
         n
     }
 
+    fn changed(&mut self, n: u64) {
+        if self.tracked {
+            self.dirty.insert(n);
+        }
+    }
+
     /// Files the journey under every index.
     fn put(&mut self, n: u64, j: Journey) {
+        self.changed(n);
         self.ids.insert(j.id, n);
         if let Some(at) = j.due() {
             self.due.insert((at, n));
@@ -313,6 +356,7 @@ impl Many {
     /// Takes the journey out of every index.
     fn take(&mut self, n: u64) -> Option<Journey> {
         let j = self.all.remove(&n)?;
+        self.changed(n);
         self.ids.remove(&j.id);
         if let Some(at) = j.due() {
             self.due.remove(&(at, n));
@@ -362,7 +406,7 @@ pub fn sees(j: &Journey, ev: &Event) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
@@ -377,7 +421,7 @@ mod tests {
 
     /// The starter set, with a per_customer sequence that waits for an event about no order
     /// and loops back (the paths per_order journeys do not take).
-    fn catalog() -> Arc<Catalog> {
+    pub(crate) fn catalog() -> Arc<Catalog> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sequences");
         let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
             .unwrap()
@@ -410,7 +454,7 @@ mod tests {
 
     /// A deterministic stream of events for a few customers with many orders each, out of
     /// order now and then: every kind the starter set and `care` react to.
-    fn events(seed: u64, n: usize) -> Vec<Event> {
+    pub(crate) fn events(seed: u64, n: usize) -> Vec<Event> {
         let mut state = seed;
         let mut next = move |m: u64| {
             state = state

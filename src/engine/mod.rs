@@ -26,7 +26,7 @@ use minijinja::Value;
 pub use customer::{Customer, Order, OrderStatus, Orders, Profile};
 pub use decision::{Action, Decision, EmailIntent};
 pub use journey::{Cause, Journey, JourneyId, PendingGoal, State};
-pub use journeys::{Ji, Journeys};
+pub use journeys::{Changed, Ji, Journeys};
 
 /// What an operator can do to a journey.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

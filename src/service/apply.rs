@@ -15,7 +15,7 @@ use crate::mail::token::Signer;
 use crate::sequence::{JourneyKind, Sequence};
 use crate::service::metrics::Metrics;
 use crate::service::versions::Kept;
-use crate::store::record::{from_stored, profile_and_orders, to_stored};
+use crate::store::record::{Loaded, from_stored, has_rows, profile_and_orders, to_stored};
 use crate::store::{Note, Result, Store, StoredCustomer, Tx};
 
 /// What a batch did.
@@ -26,9 +26,19 @@ pub struct Applied {
     pub decisions: Vec<Decision>,
     /// For each event given, in order, what became of it.
     pub outcomes: Vec<Outcome>,
-    /// The customers erased, with the addresses they had: the batch's dead letters that name
-    /// them are not recorded either.
-    pub erased: Vec<(String, Vec<String>)>,
+    /// The customers erased: the batch's dead letters that name them, from before the
+    /// erasure, are not recorded either.
+    pub erased: Vec<Erased>,
+}
+
+/// A customer erased by a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    pub customer: String,
+    /// The addresses they had.
+    pub addresses: Vec<String>,
+    /// The index of the batch's (last) `customer.erased` event for them.
+    pub event: usize,
 }
 
 /// What became of one event of a batch.
@@ -63,6 +73,80 @@ pub struct Applier {
     metrics: Option<Arc<Metrics>>,
     /// Keys the hashes erased addresses are kept as ([`Signer::address_hash`]).
     signer: Signer,
+    /// Customers with many journeys or orders, as last saved: reviving one from its rows
+    /// costs what its history costs, so it is kept while its stored revision is the same.
+    hot: Hot,
+}
+
+/// The customers kept in memory between batches, least recently used dropped first.
+#[derive(Default)]
+struct Hot {
+    customers: HashMap<String, (u64, Loaded)>,
+    /// Journeys and orders of the customers kept: what bounds the memory they take.
+    items: usize,
+    /// Counts uses, for the least recently used.
+    uses: u64,
+    /// The last revision given (see [`Hot::next_rev`]).
+    rev: u64,
+}
+
+/// At most this many journeys and orders are kept in memory (a few hundred bytes each).
+const HOT_ITEMS: usize = 200_000;
+
+impl Hot {
+    fn new() -> Hot {
+        use std::hash::BuildHasher;
+        // Revisions start at random: two instances (or one restarted) never write the same
+        // ones, so a revision equal to one kept means the row was not written since.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        Hot {
+            rev: seed,
+            ..Hot::default()
+        }
+    }
+
+    /// A revision for a save: positive, never 0 (what other writers set).
+    fn next_rev(&mut self) -> i64 {
+        self.rev = self.rev.wrapping_add(1);
+        ((self.rev & i64::MAX as u64) as i64).max(1)
+    }
+
+    /// The customer as kept, if the store's row is still at that revision.
+    fn take(&mut self, id: &str, rev: i64) -> Option<Loaded> {
+        let (_, kept) = self.customers.remove(id)?;
+        self.items -= size(&kept);
+        (rev != 0 && kept.rev == rev).then_some(kept)
+    }
+
+    /// Keeps customers just saved whose lists are rows, dropping the least recently used
+    /// beyond [`HOT_ITEMS`].
+    fn keep(&mut self, saved: impl IntoIterator<Item = Loaded>) {
+        for l in saved.into_iter().filter(Loaded::has_rows) {
+            self.uses += 1;
+            self.items += size(&l);
+            let id = l.customer.profile.id.to_string();
+            if let Some((_, old)) = self.customers.insert(id, (self.uses, l)) {
+                self.items -= size(&old);
+            }
+        }
+        while self.items > HOT_ITEMS {
+            let Some(oldest) = self
+                .customers
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            if let Some((_, l)) = self.customers.remove(&oldest) {
+                self.items -= size(&l);
+            }
+        }
+    }
+}
+
+fn size(l: &Loaded) -> usize {
+    l.customer.journeys.len() + l.customer.orders.len()
 }
 
 impl Applier {
@@ -72,6 +156,7 @@ impl Applier {
             kept: Kept::default(),
             metrics: None,
             signer: Signer::new(super::DEV_SIGNING_KEY),
+            hot: Hot::new(),
         }
     }
 
@@ -91,6 +176,8 @@ impl Applier {
     /// their versions, found in the store when the catalog no longer has them.
     pub fn reload(&mut self, catalog: Arc<crate::sequence::Catalog>) {
         self.engine = Engine::new(catalog, self.engine.policy.clone());
+        // Customers kept in memory were migrated against the old catalog.
+        self.hot = Hot::new();
     }
 
     /// Applies a batch of events (in order) in one transaction.
@@ -101,6 +188,31 @@ impl Applier {
         now: DateTime<Utc>,
     ) -> Result<Applied> {
         self.apply_traced(store, events, &|_| tracing::Span::none(), now)
+    }
+
+    /// As [`Applier::apply`], but the events about customers the store does not hold are
+    /// dropped, in the same transaction (so an erasure cannot slip in between): a link in an
+    /// email sent before an erasure must not bring the customer back.
+    pub fn apply_known(
+        &mut self,
+        store: &mut dyn Store,
+        events: &[Arc<Event>],
+        now: DateTime<Utc>,
+    ) -> Result<Applied> {
+        let mut tx = store.begin()?;
+        let ids: Vec<&str> = events.iter().map(|e| &*e.subject).collect();
+        let known: Vec<Arc<Event>> = events
+            .iter()
+            .zip(tx.load(&ids)?)
+            .filter(|(_, stored)| stored.is_some())
+            .map(|(e, _)| e.clone())
+            .collect();
+        if known.is_empty() {
+            return Ok(Applied::default());
+        }
+        let out = self.apply_in(&mut *tx, &known, &|_| tracing::Span::none(), now)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// As [`Applier::apply`], each event handled inside `span_of(its index)`, with a child
@@ -139,32 +251,25 @@ impl Applier {
             });
         }
         let loaded = tx.load(&ids)?;
-        let mut customers: Vec<Result2<Customer>> = Vec::with_capacity(ids.len());
-        for (id, stored) in ids.iter().zip(loaded) {
-            let erased_here = || {
-                events
+        let mut customers = self.revive_all(tx, &ids, loaded, |id, s, revived| match revived {
+            // An erasure must work on a state that no longer reads: the profile's address, if
+            // it still reads, is all it needs.
+            Err(_)
+                if events
                     .iter()
-                    .any(|e| &*e.subject == *id && matches!(e.data, EventData::CustomerErased))
-            };
-            customers.push(match stored {
-                Some(s) => match self.revive(tx, &s) {
-                    // An erasure must work on a state that no longer reads: the profile's
-                    // address, if it still reads, is all it needs.
-                    Err(_) if erased_here() => {
-                        let mut c = Customer::new((*id).into());
-                        if let Ok((profile, _)) = profile_and_orders(&s) {
-                            c.profile = Arc::new(crate::engine::Profile {
-                                id: (*id).into(),
-                                ..profile
-                            });
-                        }
-                        Ok(c)
-                    }
-                    revived => revived,
-                },
-                None => Ok(Customer::new((*id).into())),
-            });
-        }
+                    .any(|e| &*e.subject == id && matches!(e.data, EventData::CustomerErased)) =>
+            {
+                let mut c = Customer::new(id.into());
+                if let Ok((profile, _)) = profile_and_orders(s) {
+                    c.profile = Arc::new(crate::engine::Profile {
+                        id: id.into(),
+                        ..profile
+                    });
+                }
+                Ok(Loaded::new(c))
+            }
+            revived => revived,
+        })?;
         out.outcomes = events
             .iter()
             .map(|e| match &customers[index[&*e.subject]] {
@@ -194,7 +299,7 @@ impl Applier {
         let mut subscribed: Vec<String> = Vec::new();
         for (i, e) in fresh_events {
             let ci = index[&*e.subject];
-            if let Ok(c) = &mut customers[ci] {
+            if let Ok(Loaded { customer: c, .. }) = &mut customers[ci] {
                 if matches!(e.data, EventData::CustomerErased) {
                     // What the batch decided for them before goes too.
                     out.decisions.retain(|d| *d.customer != *e.subject);
@@ -204,6 +309,7 @@ impl Applier {
                         .addresses
                         .extend(c.profile.email.as_deref().map(str::to_string));
                     erasure.written_after = false;
+                    erasure.event = i;
                     // A subscription earlier in the batch does not outlive the erasure.
                     let hashes = erasure.hashes(&self.signer);
                     subscribed.retain(|h| !hashes.contains(h));
@@ -226,7 +332,9 @@ impl Applier {
         }
         // Steps made due by the batch run once all its events are applied (SPEC: ties).
         for (c, span) in customers.iter_mut().zip(&last_span) {
-            let Ok(c) = c else { continue };
+            let Ok(Loaded { customer: c, .. }) = c else {
+                continue;
+            };
             let before = out.decisions.len();
             self.engine.wake(c, now, &mut out.decisions);
             if let Some(span) = span {
@@ -237,25 +345,81 @@ impl Applier {
             let Some(erasure) = erasure else { continue };
             tx.forget(id, &erasure.addresses, &erasure.hashes(&self.signer), now)?;
             tracing::info!(customer = %crate::service::trace::hashed(id), "customer erased");
-            out.erased.push((id.to_string(), erasure.addresses.clone()));
+            out.erased.push(Erased {
+                customer: id.to_string(),
+                addresses: erasure.addresses.clone(),
+                event: erasure.event,
+            });
         }
         if !subscribed.is_empty() {
             tx.unerase(&subscribed)?;
         }
-        let stored: Vec<StoredCustomer> = customers
-            .iter()
+        let saved: Vec<Loaded> = customers
+            .into_iter()
             .zip(&erasures)
             // An erased customer leaves no row, unless later events of the batch are theirs.
             .filter(|(_, erasure)| erasure.as_ref().is_none_or(|e| e.written_after))
-            .filter_map(|(c, _)| c.as_ref().ok())
-            .map(to_stored)
+            .filter_map(|(c, _)| c.ok())
             .collect();
-        tx.save(&stored)?;
+        self.save(tx, saved)?;
         tx.record(&out.decisions)?;
         if !notes.is_empty() {
             tx.note(&notes)?;
         }
         Ok(out)
+    }
+
+    /// Writes customers back, each as a new revision, and keeps the ones with many journeys
+    /// or orders in memory as saved.
+    fn save(&mut self, tx: &mut dyn Tx, mut saved: Vec<Loaded>) -> Result<()> {
+        let stored: Vec<StoredCustomer> = saved
+            .iter_mut()
+            .map(|l| to_stored(l, self.hot.next_rev()))
+            .collect();
+        tx.save(&stored)?;
+        // Kept only once written: if the transaction then fails to commit, the row keeps its
+        // old revision and the copy kept is not used.
+        self.hot.keep(saved);
+        Ok(())
+    }
+
+    /// The stored customers `ids` (`loaded`, in that order) as engine customers: from memory
+    /// when kept at the stored revision, else revived from the document and its rows;
+    /// `fallback` may mend one that cannot be revived. A customer not stored is new.
+    fn revive_all(
+        &mut self,
+        tx: &mut dyn Tx,
+        ids: &[&str],
+        loaded: Vec<Option<StoredCustomer>>,
+        fallback: impl Fn(&str, &StoredCustomer, Result2<Loaded>) -> Result2<Loaded>,
+    ) -> Result<Vec<Result2<Loaded>>> {
+        let mut out: Vec<Option<Result2<Loaded>>> = Vec::with_capacity(ids.len());
+        let mut unkept: Vec<(usize, StoredCustomer)> = Vec::new();
+        for (i, (id, s)) in ids.iter().zip(loaded).enumerate() {
+            let Some(s) = s else {
+                self.hot.take(id, 0);
+                out.push(Some(Ok(Loaded::new(Customer::new((*id).into())))));
+                continue;
+            };
+            match self.hot.take(id, s.rev) {
+                Some(kept) => out.push(Some(Ok(kept))),
+                None => {
+                    out.push(None);
+                    unkept.push((i, s));
+                }
+            }
+        }
+        // The rows of those not kept in memory, in one read.
+        let (with_rows, listed): (Vec<_>, Vec<_>) =
+            unkept.into_iter().partition(|(_, s)| has_rows(&s.state));
+        let (at, mut with_rows): (Vec<usize>, Vec<StoredCustomer>) = with_rows.into_iter().unzip();
+        tx.rows(&mut with_rows)?;
+        for (i, s) in at.into_iter().zip(with_rows).chain(listed) {
+            let revived = self.revive(tx, &s);
+            out[i] = Some(fallback(ids[i], &s, revived));
+        }
+        // Every place is filled: kept, new, or revived just now.
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// Erases one customer now, as a `customer.erased` event from `source` would
@@ -289,27 +453,32 @@ impl Applier {
             }
         }
         let mut decisions = Vec::new();
-        let mut stored = Vec::with_capacity(due.len());
-        for s in &due {
-            match self.revive(&mut *tx, s) {
-                Ok(mut c) => {
-                    self.engine.wake(&mut c, now, &mut decisions);
-                    stored.push(to_stored(&c));
+        let count = due.len();
+        let ids: Vec<String> = due.iter().map(|s| s.id.clone()).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut parked = Vec::new();
+        let revived = self.revive_all(&mut *tx, &ids, due.into_iter().map(Some).collect(), |_, s, revived| {
+            if let Err(reason) = &revived {
+                // Left as is, it would be claimed again at once; park it and say why.
+                tracing::error!(customer_id = %crate::redact::text(&s.id), %reason, "stored customer unreadable; its wake-ups are suspended");
+            }
+            revived
+        })?;
+        let mut saved = Vec::with_capacity(count);
+        for (id, r) in ids.iter().zip(revived) {
+            match r {
+                Ok(mut l) => {
+                    self.engine.wake(&mut l.customer, now, &mut decisions);
+                    saved.push(l);
                 }
-                Err(reason) => {
-                    // Left as is, it would be claimed again at once; park it and say why.
-                    tracing::error!(customer_id = %crate::redact::text(&s.id), %reason, "stored customer unreadable; its wake-ups are suspended");
-                    stored.push(StoredCustomer {
-                        next_due: None,
-                        ..s.clone()
-                    });
-                }
+                Err(_) => parked.push(*id),
             }
         }
-        tx.save(&stored)?;
+        self.save(&mut *tx, saved)?;
+        tx.park(&parked)?;
         tx.record(&decisions)?;
         tx.commit()?;
-        Ok((due.len(), decisions))
+        Ok((count, decisions))
     }
 
     /// Suspends the wake-ups of the customer due first, leaving its state as stored: the one
@@ -323,10 +492,7 @@ impl Applier {
         let Some(first) = tx.claim_due(now, 1)?.pop() else {
             return Ok(None);
         };
-        tx.save(&[StoredCustomer {
-            next_due: None,
-            ..first.clone()
-        }])?;
+        tx.park(&[&first.id])?;
         tx.commit()?;
         Ok(Some(first.id))
     }
@@ -343,30 +509,35 @@ impl Applier {
         now: DateTime<Utc>,
     ) -> Result<Option<std::result::Result<Vec<Decision>, String>>> {
         let mut tx = store.begin()?;
-        let Some(Some(stored)) = tx.load(&[customer])?.pop() else {
+        let loaded = tx.load(&[customer])?;
+        if loaded.iter().all(Option::is_none) {
             return Ok(None);
-        };
-        let mut c = match self.revive(&mut *tx, &stored) {
-            Ok(c) => c,
-            Err(reason) => return Ok(Some(Err(reason))),
+        }
+        let revived = self
+            .revive_all(&mut *tx, &[customer], loaded, |_, _, r| r)?
+            .pop();
+        let mut l = match revived {
+            Some(Ok(l)) => l,
+            Some(Err(reason)) => return Ok(Some(Err(reason))),
+            None => return Ok(None),
         };
         let mut decisions = Vec::new();
         if let Err(e) = self
             .engine
-            .control(&mut c, journey, op, now, &mut decisions)
+            .control(&mut l.customer, journey, op, now, &mut decisions)
         {
             return Ok(Some(Err(e.to_string())));
         }
         // A resumed step that fell due while paused runs now.
-        self.engine.wake(&mut c, now, &mut decisions);
-        tx.save(&[to_stored(&c)])?;
+        self.engine.wake(&mut l.customer, now, &mut decisions);
+        self.save(&mut *tx, vec![l])?;
         tx.record(&decisions)?;
         tx.commit()?;
         Ok(Some(Ok(decisions)))
     }
 
     /// A stored customer as an engine customer, journeys on their pinned versions.
-    fn revive(&mut self, tx: &mut dyn Tx, s: &StoredCustomer) -> Result2<Customer> {
+    fn revive(&mut self, tx: &mut dyn Tx, s: &StoredCustomer) -> Result2<Loaded> {
         let catalog = self.engine.catalog.clone();
         let kept = &mut self.kept;
         let mut failure = None;
@@ -377,45 +548,50 @@ impl Applier {
                     None
                 })
         };
-        let mut c = from_stored(s, &mut resolve)?;
+        let mut l = from_stored(s, &mut resolve)?;
         if let Some(f) = failure {
             return Err(f);
         }
-        self.migrate(&mut c);
-        Ok(c)
+        self.migrate(&mut l.customer);
+        Ok(l)
     }
 
     /// Moves journeys to the current version of their sequence when that version declares
     /// `migrate: {from: <their version>}`; steps map by the `steps` table, else by id.
     fn migrate(&self, c: &mut Customer) {
-        c.journeys.update_all(|j| {
-            let Some(current) = self.engine.catalog.get(&j.sequence.name) else {
-                return;
-            };
-            let Some(m) = &current.migrate else {
-                return;
-            };
-            if Arc::ptr_eq(current, &j.sequence)
-                || *m.from != *j.sequence.version
-                || current.journey != j.sequence.journey
-            {
-                return;
-            }
-            let old_id = &j.sequence.steps[j.step].id;
-            let target = m
-                .steps
-                .iter()
-                .find(|(from, _)| **from == **old_id)
-                .map(|(_, to)| *to)
-                .or_else(|| current.step_index(old_id));
-            if let Some(step) = target {
-                // A journey per order must keep its order; per customer has none.
-                if current.journey == JourneyKind::PerCustomer || j.order_id.is_some() {
-                    j.step = step;
-                    j.sequence = current.clone();
+        let moves: Vec<(crate::engine::JourneyId, usize, Arc<Sequence>)> = c
+            .journeys
+            .iter()
+            .filter_map(|j| {
+                let current = self.engine.catalog.get(&j.sequence.name)?;
+                let m = current.migrate.as_ref()?;
+                if Arc::ptr_eq(current, &j.sequence)
+                    || *m.from != *j.sequence.version
+                    || current.journey != j.sequence.journey
+                    // A journey per order must keep its order; per customer has none.
+                    || (current.journey == JourneyKind::PerOrder && j.order_id.is_none())
+                {
+                    return None;
                 }
+                let old_id = &j.sequence.steps[j.step].id;
+                let step = m
+                    .steps
+                    .iter()
+                    .find(|(from, _)| **from == **old_id)
+                    .map(|(_, to)| *to)
+                    .or_else(|| current.step_index(old_id))?;
+                Some((j.id, step, current.clone()))
+            })
+            .collect();
+        // Only the journeys that move are changed (and so rewritten).
+        for (id, step, sequence) in moves {
+            if let Some(ji) = c.journeys.find(id) {
+                c.journeys.update(ji, |j| {
+                    j.step = step;
+                    j.sequence = sequence;
+                });
             }
-        });
+        }
     }
 }
 
@@ -427,6 +603,8 @@ type Result2<T> = std::result::Result<T, String>;
 struct Erasure {
     addresses: Vec<String>,
     written_after: bool,
+    /// The index of the last `customer.erased` event.
+    event: usize,
 }
 
 impl Erasure {
@@ -466,4 +644,202 @@ fn note_of(e: &Event, now: DateTime<Utc>) -> Option<Note> {
         action: action.into(),
         reason: format!("{} (from {})", categories.join(", "), e.source),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::Duration;
+
+    use super::Applier;
+    use crate::engine::journeys::THRESHOLDS;
+    use crate::engine::journeys::tests::{catalog, events};
+    use crate::engine::{Control, Engine, Policy};
+    use crate::store::JourneyRow;
+
+    /// Every decision `run`'s path makes on a SQLite store for the stream, and each customer's
+    /// journeys as stored at the end. Along the way the engine's copies kept in memory go cold
+    /// (a restart) and another writer (an operator's pause, as the admin API does it) changes
+    /// customers under them.
+    fn run(
+        db: &Db,
+        thresholds: (usize, usize),
+        events: &[crate::event::Event],
+    ) -> (Vec<String>, Vec<Vec<JourneyRow>>, i64) {
+        let before = THRESHOLDS.with(|t| t.replace(thresholds));
+        let url = db.fresh();
+        let mut store = crate::store::open(&url).unwrap();
+        let engine = || Engine::new(catalog(), Policy::default());
+        store
+            .save_versions(&crate::service::versions_of(&engine().catalog))
+            .unwrap();
+        let mut applier = Applier::new(engine());
+        let mut operator = Applier::new(engine());
+        let mut out = Vec::new();
+        let mut refused = Vec::new();
+        let mut now = events[0].time;
+        for (i, chunk) in events.chunks(5).enumerate() {
+            let chunk: Vec<Arc<crate::event::Event>> =
+                chunk.iter().cloned().map(Arc::new).collect();
+            now = now.max(chunk.iter().map(|e| e.time).max().unwrap());
+            out.extend(applier.apply(&mut *store, &chunk, now).unwrap().decisions);
+            loop {
+                let (n, woken) = applier.wake(&mut *store, now, 50).unwrap();
+                out.extend(woken);
+                if n == 0 {
+                    break;
+                }
+            }
+            if i % 41 == 40 {
+                applier = Applier::new(engine());
+            }
+            if i % 7 == 3 {
+                let who = &chunk[0].subject;
+                let stored = store.load(who).unwrap().unwrap();
+                let journeys = crate::store::record::journeys(&stored).unwrap();
+                if let Some(j) = journeys.get(i % journeys.len().max(1)) {
+                    let op = if j.held {
+                        Control::Resume
+                    } else {
+                        Control::Pause
+                    };
+                    match operator.control(&mut *store, who, j.id, op, now).unwrap() {
+                        Some(Ok(done)) => out.extend(done),
+                        other => refused.push(format!("{i} {who} {op:?}: {other:?}")),
+                    }
+                }
+            }
+        }
+        let end = now + Duration::days(60);
+        loop {
+            let (n, woken) = applier.wake(&mut *store, end, 50).unwrap();
+            out.extend(woken);
+            if n == 0 {
+                break;
+            }
+        }
+        let lines: Vec<String> = out
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} {} {:?} {:?} {}",
+                    crate::time::rfc3339(d.at),
+                    d.customer,
+                    d.sequence,
+                    d.step,
+                    d.action,
+                    d.reason
+                )
+            })
+            .collect();
+        let journeys = ["c0", "c1", "c2"]
+            .iter()
+            .map(|c| crate::store::record::journeys(&store.load(c).unwrap().unwrap()).unwrap())
+            .collect();
+        drop(store);
+        let rows = db.rows();
+        THRESHOLDS.with(|t| t.set(before));
+        let mut lines: Vec<String> = lines;
+        lines.extend(refused);
+        (lines, journeys, rows)
+    }
+
+    /// A store for one run: a SQLite file, or a schema of its own on the PostgreSQL server of
+    /// the store tests (`AFTERCARE_TEST_PG`).
+    enum Db {
+        Sqlite(std::path::PathBuf),
+        Postgres(String),
+    }
+
+    impl Db {
+        /// The store's URL, emptied.
+        fn fresh(&self) -> String {
+            match self {
+                Db::Sqlite(dir) => {
+                    let _ = std::fs::remove_dir_all(dir);
+                    std::fs::create_dir_all(dir).unwrap();
+                    format!("sqlite://{}", dir.join("a.db").display())
+                }
+                Db::Postgres(schema) => {
+                    let mut c = postgres::Client::connect(&pg(), postgres::NoTls).unwrap();
+                    c.batch_execute(&format!(
+                        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                    ))
+                    .unwrap();
+                    format!("{}?options=-csearch_path%3D{schema}", pg())
+                }
+            }
+        }
+
+        /// Journey and order rows stored.
+        fn rows(&self) -> i64 {
+            const ROWS: &str =
+                "SELECT (SELECT COUNT(*) FROM journeys) + (SELECT COUNT(*) FROM orders)";
+            match self {
+                Db::Sqlite(dir) => rusqlite::Connection::open(dir.join("a.db"))
+                    .unwrap()
+                    .query_row(ROWS, [], |r| r.get(0))
+                    .unwrap(),
+                Db::Postgres(schema) => {
+                    let url = format!("{}?options=-csearch_path%3D{schema}", pg());
+                    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                    c.query_one(ROWS, &[]).unwrap().get(0)
+                }
+            }
+        }
+    }
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            match self {
+                Db::Sqlite(dir) => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Db::Postgres(schema) => {
+                    if let Ok(mut c) = postgres::Client::connect(&pg(), postgres::NoTls) {
+                        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn pg() -> String {
+        std::env::var("AFTERCARE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    /// Journeys and orders kept as rows, changed row by row, the customers kept in memory
+    /// between batches: `run` decides and stores exactly what it does with every customer one
+    /// document, on SQLite and on PostgreSQL.
+    #[test]
+    fn customers_kept_as_rows_decide_and_store_exactly_as_documents() {
+        let events = events(7, 1_500);
+        let tag = format!("{}", std::process::id());
+        for db in [
+            Db::Sqlite(std::env::temp_dir().join(format!("aftercare-rows-{tag}"))),
+            Db::Postgres(format!("aftercare_rows_{tag}")),
+        ] {
+            same_decisions_and_journeys(&db, &events);
+        }
+    }
+
+    fn same_decisions_and_journeys(db: &Db, events: &[crate::event::Event]) {
+        let (listed, listed_journeys, none) = run(db, (usize::MAX, 0), events);
+        // As rows from the second journey or order on, back to a list below two journeys.
+        let (rows, rows_journeys, some) = run(db, (2, 2), events);
+        assert_eq!(none, 0);
+        assert!(some > 100, "{some} rows");
+        assert!(listed.len() > 1_500, "{} decisions", listed.len());
+        let first_difference = listed.iter().zip(&rows).position(|(a, b)| a != b);
+        assert_eq!(
+            (first_difference, listed.len()),
+            (None, rows.len()),
+            "{:?} vs {:?}",
+            first_difference.map(|i| &listed[i]),
+            first_difference.map(|i| &rows[i])
+        );
+        assert_eq!(listed_journeys, rows_journeys);
+    }
 }

@@ -239,23 +239,9 @@ fn change(customer: &str, kind: &str, categories: Vec<String>) -> Arc<Event> {
 async fn apply(web: &Arc<Web>, events: Vec<Arc<Event>>) -> Result<(), String> {
     let metrics = web.ops.stats.metrics.clone();
     super::admin::with_store(web, move |w| {
-        let mut known = Vec::with_capacity(events.len());
-        for e in events {
-            if w.store
-                .load(&e.subject)
-                .map_err(|e| e.to_string())?
-                .is_some()
-            {
-                known.push(e);
-            }
-        }
-        if known.is_empty() {
-            return Ok(());
-        }
-        let events = known;
         let applied = w
             .applier
-            .apply(w.store, &events, Utc::now())
+            .apply_known(w.store, &events, Utc::now())
             .map_err(|e| e.to_string())?;
         metrics.decided(&applied.decisions);
         Ok(())

@@ -143,21 +143,24 @@ impl Ingest<'_> {
     fn commit(&mut self, batch: &Batch, range: Range<usize>) -> Result<(), Failure> {
         let now = Utc::now();
         let mut events: Vec<Arc<Event>> = Vec::with_capacity(range.len());
-        let mut origin: Vec<&OwnedMessage> = Vec::with_capacity(range.len());
-        let mut dead = Vec::new();
-        for (m, decoded) in batch.messages[range.clone()]
+        // Each event's message, and its place in the batch.
+        let mut origin: Vec<(&OwnedMessage, usize)> = Vec::with_capacity(range.len());
+        // Dead letters with their messages' places.
+        let mut dead: Vec<(usize, DeadLetter)> = Vec::new();
+        for (at, (m, decoded)) in batch.messages[range.clone()]
             .iter()
             .zip(&batch.decoded[range])
+            .enumerate()
         {
             match decoded {
                 Ok(e) => {
                     events.push(e.clone());
-                    origin.push(m);
+                    origin.push((m, at));
                 }
-                Err(e) => dead.push(letter(m, e.to_string(), e.class())),
+                Err(e) => dead.push((at, letter(m, e.to_string(), e.class()))),
             }
         }
-        let span_of = |i: usize| super::trace::event_span(origin[i], &events[i]);
+        let span_of = |i: usize| super::trace::event_span(origin[i].0, &events[i]);
         let mut tx = self.store.begin()?;
         let applier = &mut *self.applier;
         let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -166,10 +169,21 @@ impl Ingest<'_> {
         .map_err(|p| Failure::Engine(panic_text(&*p)))??;
         for (i, reason) in applied.rejected() {
             let reason = format!("the customer's stored state cannot be read: {reason}");
-            dead.push(letter(origin[i], reason, "customer_unreadable"));
+            let (m, at) = origin[i];
+            dead.push((at, letter(m, reason, "customer_unreadable")));
         }
-        // An erasure in the batch takes the batch's dead letters about the customer too.
-        dead.retain(|d| !applied.erased.iter().any(|(id, a)| d.mentions(id, a)));
+        // An erasure in the batch takes the batch's dead letters about the customer from
+        // before it too; one that came after is new, as it would be in the next batch.
+        let dead: Vec<DeadLetter> = dead
+            .into_iter()
+            .filter(|(at, d)| {
+                !applied
+                    .erased
+                    .iter()
+                    .any(|e| *at < origin[e.event].1 && d.mentions(&e.customer, &e.addresses))
+            })
+            .map(|(_, d)| d)
+            .collect();
         tx.dead_letter(&dead, now)?;
         tx.commit()?;
         self.count(&events, &applied, &dead);
@@ -283,4 +297,79 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 pub fn pause(d: std::time::Duration, stop: &AtomicBool) -> bool {
     super::reload::sleep_until_stopped(d, stop);
     !stop.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::{Ingest, Settled};
+    use crate::engine::{Engine, Policy};
+    use crate::service::Stats;
+    use crate::service::apply::Applier;
+    use crate::service::kafka::{Batch, decode};
+    use crate::store::DeadLetterQuery;
+
+    fn message(offset: i64, key: &str, value: &str) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(value.as_bytes().to_vec()),
+            Some(key.as_bytes().to_vec()),
+            "orders".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    /// An erasure takes the batch's dead letters about the customer from before it (they are
+    /// part of what is erased), and keeps one that came after, as the next batch would.
+    #[test]
+    fn an_erasure_takes_the_dead_letters_before_it_and_keeps_those_after() {
+        let dir = std::env::temp_dir().join(format!("aftercare-ingest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("a.db").display());
+        let mut store = crate::store::open(&url).unwrap();
+        let catalog = crate::engine::journeys::tests::catalog();
+        let mut applier = Applier::new(Engine::new(catalog, Policy::default()));
+        let erased = r#"{"specversion":"1.0","id":"x1","source":"/privacy","type":"customer.erased","time":"2024-01-01T00:00:00Z","subject":"ann"}"#;
+        let mut batch = Batch {
+            messages: vec![
+                message(0, "ann", "before: not JSON"),
+                message(1, "ann", erased),
+                message(2, "ann", "after: not JSON"),
+                message(3, "bob", "bob's: not JSON"),
+            ],
+            decoded: Vec::new(),
+            bytes: 0,
+        };
+        batch.decoded = batch
+            .messages
+            .iter()
+            .map(|m| decode(m, 1 << 20).map(Arc::new))
+            .collect();
+        let stats = Stats::default();
+        let stop = AtomicBool::new(false);
+        let mut ingest = Ingest {
+            store: &mut *store,
+            applier: &mut applier,
+            stats: &stats,
+            stop: &stop,
+        };
+        assert_eq!(ingest.batch(&batch), Settled::Done);
+        let kept: Vec<i64> = store
+            .dead_letters(&DeadLetterQuery::default())
+            .unwrap()
+            .iter()
+            .map(|d| d.letter.offset)
+            .collect();
+        assert_eq!(kept, [3, 2]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -18,7 +18,7 @@ pub mod sqlite;
 use chrono::{DateTime, Utc};
 
 pub use dead::{DeadLetter, DeadLetterQuery, Published, StoredDeadLetter};
-pub use record::{JourneyRow, StoredCustomer};
+pub use record::{JourneyRow, RowSet, Rows, StoredCustomer};
 
 use crate::engine::Decision;
 
@@ -310,10 +310,10 @@ pub trait Store: Send {
     /// The earliest due time of any customer, to know how long the scheduler may sleep.
     fn next_due(&mut self) -> Result<Option<DateTime<Utc>>>;
 
-    /// A customer's stored state and journeys, without locking.
+    /// A customer's stored state, with its journey and order rows, without locking.
     fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>>;
 
-    /// A customer's stored state, journeys and timeline (oldest first).
+    /// A customer's stored state (with its rows) and timeline (oldest first).
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>>;
 
     /// In-flight journeys grouped by sequence, version, step and status.
@@ -395,8 +395,17 @@ pub trait Tx {
     /// Records the event keys as processed; for each, whether it was new.
     fn first_sight(&mut self, keys: &[(&str, &str)], now: DateTime<Utc>) -> Result<Vec<bool>>;
 
-    /// Loads these customers (locking them on PostgreSQL until commit).
+    /// Loads these customers (locking them on PostgreSQL until commit): their documents, not
+    /// their journey and order rows ([`Tx::rows`]).
     fn load(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredCustomer>>>;
+
+    /// Reads the journey and order rows of customers loaded in this transaction, into their
+    /// `rows` (each table's rows, by number).
+    fn rows(&mut self, customers: &mut [StoredCustomer]) -> Result<()>;
+
+    /// Suspends these customers' wake-ups (their states cannot be read), leaving the rest of
+    /// their rows as stored.
+    fn park(&mut self, ids: &[&str]) -> Result<()>;
 
     /// Claims up to `limit` customers due at or before `now`, skipping any another instance
     /// holds, and loads them.
@@ -405,7 +414,8 @@ pub trait Tx {
     /// A stored sequence version.
     fn version(&mut self, name: &str, version: &str) -> Result<Option<VersionRecord>>;
 
-    /// Writes customers back: state, next due time, and their journeys (replacing the old).
+    /// Writes customers back: state, next due time and revision, and the changes to their
+    /// journey and order rows ([`RowSet`]).
     fn save(&mut self, customers: &[StoredCustomer]) -> Result<()>;
 
     /// Appends decisions to the timeline and queues their emails (once per journey and step).

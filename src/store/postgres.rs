@@ -59,14 +59,21 @@ ALTER TABLE timeline ALTER COLUMN recorded_at SET DEFAULT (extract(epoch from no
 CREATE INDEX IF NOT EXISTS timeline_recorded ON timeline (recorded_at);
 CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer);
 CREATE TABLE IF NOT EXISTS erased (address TEXT PRIMARY KEY, at BIGINT NOT NULL);
+ALTER TABLE customers ADD COLUMN IF NOT EXISTS rev BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS journeys (
+    customer TEXT NOT NULL, n BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (customer, n));
+CREATE TABLE IF NOT EXISTS orders (
+    customer TEXT NOT NULL, n BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (customer, n));
 ";
 
 /// The version [`SCHEMA`] brings a database to; raise it with every change to `SCHEMA`.
 /// Version 2: dead letters, and amounts stored as decimal strings. Version 3: each claim of
 /// an email carries a fencing token (`outbox.claim`). Version 4: versions keep their
 /// templates, timeline lines their time of writing (`recorded_at`, for retention), and erased
-/// customers a keyed hash of their address (`erased`).
-const SCHEMA_VERSION: i32 = 4;
+/// customers a keyed hash of their address (`erased`). Version 5: a customer with many
+/// journeys or orders keeps them as rows (`journeys`, `orders`), and customer rows carry a
+/// revision (`rev`).
+const SCHEMA_VERSION: i32 = 5;
 
 /// Serialises concurrent migrations of several instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
@@ -195,11 +202,11 @@ impl Store for PgStore {
     }
 
     fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>> {
-        Ok(load(self.c()?, &[id], "")?.pop().flatten())
+        load_whole(self.c()?, id)
     }
 
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
-        let Some(c) = load(self.c()?, &[id], "")?.pop().flatten() else {
+        let Some(c) = load_whole(self.c()?, id)? else {
             return Ok(None);
         };
         let rows = self.c()?.query(
@@ -225,7 +232,8 @@ impl Store for PgStore {
     fn journey_counts(&mut self) -> Result<Vec<JourneyCount>> {
         let rows = self.c()?.query(
             "SELECT j ->> 'sequence', j ->> 'version', j ->> 'step_id', j ->> 'status', COUNT(*)
-             FROM customers, jsonb_array_elements(CASE WHEN state = '' THEN '[]'::jsonb ELSE state::jsonb -> 'journeys' END) AS j
+             FROM (SELECT j FROM customers, jsonb_array_elements(CASE WHEN state = '' THEN '[]'::jsonb ELSE state::jsonb -> 'journeys' END) AS j
+                   UNION ALL SELECT data::jsonb FROM journeys) AS t(j)
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
             &[],
         )?;
@@ -349,7 +357,7 @@ impl Store for PgStore {
                 && let Some(state) = super::record::mark_bounced(&c, address)?
             {
                 tx.execute(
-                    "UPDATE customers SET state = $2, updated_at = $3 WHERE id = $1",
+                    "UPDATE customers SET state = $2, updated_at = $3, rev = 0 WHERE id = $1",
                     &[&row.customer, &state, &micros(now)],
                 )?;
             }
@@ -360,7 +368,8 @@ impl Store for PgStore {
 
     fn counts(&mut self) -> Result<Vec<(String, i64)>> {
         super::count_queries(
-            "SELECT COALESCE(SUM(jsonb_array_length(state::jsonb -> 'journeys')), 0)::bigint FROM customers WHERE state <> ''",
+            "SELECT ((SELECT COALESCE(SUM(jsonb_array_length(state::jsonb -> 'journeys')), 0) FROM customers WHERE state <> '')
+                 + (SELECT COUNT(*) FROM journeys))::bigint",
         )
         .iter()
             .map(|(name, sql)| Ok((name.to_string(), self.c()?.query_one(*sql, &[])?.get(0))))
@@ -592,7 +601,7 @@ fn load<C: postgres::GenericClient>(
     lock: &str,
 ) -> Result<Vec<Option<StoredCustomer>>> {
     let rows = client.query(
-        &format!("SELECT id, state, next_due FROM customers WHERE id = ANY($1) {lock}"),
+        &format!("SELECT id, state, next_due, rev FROM customers WHERE id = ANY($1) {lock}"),
         &[&ids],
     )?;
     let mut found: HashMap<String, StoredCustomer> = HashMap::with_capacity(rows.len());
@@ -609,10 +618,110 @@ fn load<C: postgres::GenericClient>(
                 id,
                 state,
                 next_due: r.get::<_, Option<i64>>(2).map(from_micros),
+                rev: r.get(3),
+                rows: Default::default(),
             },
         );
     }
     Ok(ids.iter().map(|id| found.remove(*id)).collect())
+}
+
+/// A customer's row with its journey and order rows, when its document keeps some.
+fn load_whole<C: GenericClient>(client: &mut C, id: &str) -> Result<Option<StoredCustomer>> {
+    let Some(mut c) = load(client, &[id], "")?.pop().flatten() else {
+        return Ok(None);
+    };
+    if super::record::has_rows(&c.state) {
+        read_rows(client, std::slice::from_mut(&mut c))?;
+    }
+    Ok(Some(c))
+}
+
+/// Reads the customers' journey and order rows into their `rows`.
+fn read_rows<C: GenericClient>(client: &mut C, customers: &mut [StoredCustomer]) -> Result<()> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = customers.iter().map(|c| c.id.clone()).collect();
+    let at: HashMap<String, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), i))
+        .collect();
+    for table in ["journeys", "orders"] {
+        let rows = client.query(
+            &format!("SELECT customer, n, data FROM {table} WHERE customer = ANY($1) ORDER BY customer, n"),
+            &[&ids],
+        )?;
+        for r in rows {
+            let Some(i) = at.get(r.get::<_, &str>(0)) else {
+                continue;
+            };
+            let set = match table {
+                "journeys" => &mut customers[*i].rows.journeys,
+                _ => &mut customers[*i].rows.orders,
+            };
+            set.put.push((r.get(1), r.get(2)));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the changes to the customers' journey or order rows ([`super::RowSet`]): a few
+/// statements over arrays for the whole batch.
+fn write_rows(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    customers: &[StoredCustomer],
+    set: impl Fn(&StoredCustomer) -> &super::RowSet,
+) -> Result<()> {
+    let cleared: Vec<&str> = customers
+        .iter()
+        .filter(|c| set(c).clear)
+        .map(|c| c.id.as_str())
+        .collect();
+    if !cleared.is_empty() {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE customer = ANY($1)"),
+            &[&cleared],
+        )?;
+    }
+    let (mut who, mut ns): (Vec<&str>, Vec<i64>) = (Vec::new(), Vec::new());
+    for c in customers {
+        for n in &set(c).gone {
+            who.push(&c.id);
+            ns.push(*n);
+        }
+    }
+    if !who.is_empty() {
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} t USING UNNEST($1::text[], $2::bigint[]) AS g(c, n)
+                 WHERE t.customer = g.c AND t.n = g.n"
+            ),
+            &[&who, &ns],
+        )?;
+    }
+    let (mut who, mut ns, mut data): (Vec<&str>, Vec<i64>, Vec<&str>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for c in customers {
+        for (n, d) in &set(c).put {
+            who.push(&c.id);
+            ns.push(*n);
+            data.push(d);
+        }
+    }
+    if !who.is_empty() {
+        tx.execute(
+            &format!(
+                "INSERT INTO {table} (customer, n, data)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[])
+                 ON CONFLICT (customer, n) DO UPDATE SET data = excluded.data"
+            ),
+            &[&who, &ns, &data],
+        )?;
+    }
+    Ok(())
 }
 
 impl Tx for PgTx<'_> {
@@ -645,6 +754,20 @@ impl Tx for PgTx<'_> {
         load(&mut self.tx, ids, "ORDER BY id FOR UPDATE")
     }
 
+    fn rows(&mut self, customers: &mut [StoredCustomer]) -> Result<()> {
+        read_rows(&mut self.tx, customers)
+    }
+
+    fn park(&mut self, ids: &[&str]) -> Result<()> {
+        if !ids.is_empty() {
+            self.tx.execute(
+                "UPDATE customers SET next_due = NULL, rev = 0 WHERE id = ANY($1)",
+                &[&ids],
+            )?;
+        }
+        Ok(())
+    }
+
     fn claim_due(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StoredCustomer>> {
         let rows = self.tx.query(
             "SELECT id FROM customers WHERE next_due <= $1 ORDER BY next_due LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -666,12 +789,16 @@ impl Tx for PgTx<'_> {
         let ids: Vec<&str> = customers.iter().map(|c| c.id.as_str()).collect();
         let states: Vec<&str> = customers.iter().map(|c| c.state.as_str()).collect();
         let dues: Vec<Option<i64>> = customers.iter().map(|c| c.next_due.map(micros)).collect();
+        let revs: Vec<i64> = customers.iter().map(|c| c.rev).collect();
         self.tx.execute(
-            "INSERT INTO customers (id, state, next_due, updated_at)
-             SELECT i, s, d, $4 FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS t(i, s, d)
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due, updated_at = excluded.updated_at",
-            &[&ids, &states, &dues, &micros(Utc::now())],
+            "INSERT INTO customers (id, state, next_due, updated_at, rev)
+             SELECT i, s, d, $4, r FROM UNNEST($1::text[], $2::text[], $3::bigint[], $5::bigint[]) AS t(i, s, d, r)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due,
+                 updated_at = excluded.updated_at, rev = excluded.rev",
+            &[&ids, &states, &dues, &micros(Utc::now()), &revs],
         )?;
+        write_rows(&mut self.tx, "journeys", customers, |c| &c.rows.journeys)?;
+        write_rows(&mut self.tx, "orders", customers, |c| &c.rows.orders)?;
         Ok(())
     }
 
@@ -775,6 +902,8 @@ impl Tx for PgTx<'_> {
         let mut removed = 0;
         for table in [
             "customers WHERE id",
+            "journeys WHERE customer",
+            "orders WHERE customer",
             "timeline WHERE customer",
             "outbox WHERE customer",
         ] {

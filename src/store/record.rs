@@ -5,6 +5,12 @@
 //! One row written per customer per batch is what lets the store keep up with Kafka; `plan`
 //! counts journeys with the databases' JSON functions instead of a table of its own.
 //! Sequences are stored by (name, version) and resolved to compiled versions on load.
+//!
+//! A customer with many journeys or orders (a marketplace seller, a business account) keeps
+//! them as rows of their own instead (`journeys`, `orders`: one JSON document per row, by the
+//! number [`Journeys::changes`] gives), flagged in the document: an event then rewrites the
+//! rows it changed, not the whole history (SPEC §7). Each write gives the customer row a new
+//! revision, so a copy kept in memory is known to be current ([`Loaded`]).
 
 use std::sync::Arc;
 
@@ -12,17 +18,94 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    Cause, Customer, Engine, Journey, JourneyId, Order, PendingGoal, Profile, State,
+    Cause, Changed, Customer, Engine, Journey, JourneyId, Journeys, Order, Orders, PendingGoal,
+    Profile, State,
 };
 use crate::sequence::Sequence;
 
 /// A customer as stored: the state document and the next due time.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredCustomer {
     pub id: String,
     /// JSON: profile, orders, journeys, pending goals, finished sequences.
     pub state: String,
     pub next_due: Option<DateTime<Utc>>,
+    /// Changes with every write of the row: equal revisions, equal states. Written by the
+    /// engine's saves; every other writer sets 0, which no saved copy has.
+    pub rev: i64,
+    /// The journeys and orders kept as rows, when the document says so: as read (every row,
+    /// by number), or to write.
+    pub rows: Rows,
+}
+
+/// A customer's journey and order rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    pub journeys: RowSet,
+    pub orders: RowSet,
+}
+
+/// Rows of one table, by number: as read, `put` holds them all; to write, the customer's rows
+/// go first if `clear`, then those `gone`, then `put` are inserted or replaced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowSet {
+    pub clear: bool,
+    pub put: Vec<(i64, String)>,
+    pub gone: Vec<i64>,
+}
+
+impl RowSet {
+    fn of<T>(
+        changed: Option<Changed<'_, T>>,
+        was_rows: bool,
+        row: impl Fn(&T) -> String,
+    ) -> RowSet {
+        let Some(changed) = changed else {
+            // Few: listed in the document; rows kept before go.
+            return RowSet {
+                clear: was_rows,
+                ..RowSet::default()
+            };
+        };
+        let mut set = RowSet {
+            clear: changed.all,
+            ..RowSet::default()
+        };
+        for (n, item) in changed.items {
+            match item {
+                Some(item) => set.put.push((n as i64, row(item))),
+                None => set.gone.push(n as i64),
+            }
+        }
+        set
+    }
+}
+
+/// A customer revived from the store, with what its next save needs to know: the revision it
+/// was read at (or last written with) and which of its lists were kept as rows.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub customer: Customer,
+    pub rev: i64,
+    journey_rows: bool,
+    order_rows: bool,
+}
+
+impl Loaded {
+    /// A customer the store does not have yet.
+    pub fn new(customer: Customer) -> Loaded {
+        Loaded {
+            customer,
+            rev: 0,
+            journey_rows: false,
+            order_rows: false,
+        }
+    }
+
+    /// Whether its journeys or orders are kept as rows: a customer worth keeping in memory.
+    pub fn has_rows(&self) -> bool {
+        self.journey_rows || self.order_rows
+    }
 }
 
 /// One journey in flight, as stored.
@@ -59,6 +142,10 @@ struct StateOut<'a> {
     journeys: Vec<JourneyRow>,
     goals: Vec<GoalRecord>,
     finished: &'a [Arc<str>],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    journey_rows: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    order_rows: bool,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +159,24 @@ struct StateIn {
     goals: Vec<GoalRecord>,
     #[serde(default)]
     finished: Vec<Arc<str>>,
+    #[serde(default)]
+    journey_rows: bool,
+    #[serde(default)]
+    order_rows: bool,
+}
+
+/// Which of the customer's lists are rows of their own.
+#[derive(Deserialize, Default)]
+struct KeptAsRows {
+    #[serde(default)]
+    journey_rows: bool,
+    #[serde(default)]
+    order_rows: bool,
+}
+
+/// Whether a state document keeps journeys or orders as rows: the store reads them too.
+pub fn has_rows(state: &str) -> bool {
+    serde_json::from_str::<KeptAsRows>(state).is_ok_and(|k| k.journey_rows || k.order_rows)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,12 +243,28 @@ pub fn amounts_as_decimals(state: &str) -> Option<String> {
     changed.then(|| doc.to_string())
 }
 
-/// Serializes a customer for saving.
-pub fn to_stored(c: &Customer) -> StoredCustomer {
+/// Serializes a customer for saving as revision `rev`: its lists kept as rows when long,
+/// then only what changed since it was loaded or last saved.
+pub fn to_stored(l: &mut Loaded, rev: i64) -> StoredCustomer {
+    let c = &mut l.customer;
+    let journeys = RowSet::of(c.journeys.changes(!l.journey_rows), l.journey_rows, |j| {
+        json(&journey_row(j))
+    });
+    let orders = RowSet::of(c.orders.changes(!l.order_rows), l.order_rows, json);
+    l.journey_rows = c.journeys.is_indexed();
+    l.order_rows = c.orders.is_indexed();
+    l.rev = rev;
+    let c = &l.customer;
     let state = StateOut {
         profile: &c.profile,
-        orders: c.orders.iter().map(|o| &**o).collect(),
-        journeys: c.journeys.iter().map(journey_row).collect(),
+        orders: match l.order_rows {
+            true => Vec::new(),
+            false => c.orders.iter().map(|o| &**o).collect(),
+        },
+        journeys: match l.journey_rows {
+            true => Vec::new(),
+            false => c.journeys.iter().map(journey_row).collect(),
+        },
         goals: c
             .goals
             .iter()
@@ -157,13 +278,21 @@ pub fn to_stored(c: &Customer) -> StoredCustomer {
             })
             .collect(),
         finished: &c.finished,
+        journey_rows: l.journey_rows,
+        order_rows: l.order_rows,
     };
     StoredCustomer {
         id: c.profile.id.to_string(),
-        // Serializing plain data into a String cannot fail.
-        state: serde_json::to_string(&state).unwrap_or_default(),
+        state: json(&state),
         next_due: Engine::next_due(c),
+        rev,
+        rows: Rows { journeys, orders },
     }
+}
+
+/// Serializing plain data into a String cannot fail.
+fn json<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn journey_row(j: &Journey) -> JourneyRow {
@@ -223,12 +352,23 @@ pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), S
     }
     let mut p: ProfileAndOrders = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
     p.profile.id = s.id.as_str().into();
+    p.orders.extend(
+        rows_of::<Order>(&s.rows.orders, "order")?
+            .into_iter()
+            .map(|(_, o)| o),
+    );
     Ok((p.profile, p.orders))
 }
 
 /// The journeys in flight of a stored customer, as stored.
 pub fn journeys(s: &StoredCustomer) -> Result<Vec<JourneyRow>, String> {
-    Ok(parse(s)?.journeys)
+    let mut listed = parse(s)?.journeys;
+    listed.extend(
+        rows_of::<JourneyRow>(&s.rows.journeys, "journey")?
+            .into_iter()
+            .map(|(_, j)| j),
+    );
+    Ok(listed)
 }
 
 fn parse(s: &StoredCustomer) -> Result<StateIn, String> {
@@ -237,15 +377,36 @@ fn parse(s: &StoredCustomer) -> Result<StateIn, String> {
     Ok(state)
 }
 
+/// Rows as read, in number order.
+fn rows_of<T: serde::de::DeserializeOwned>(
+    set: &RowSet,
+    what: &str,
+) -> Result<Vec<(u64, T)>, String> {
+    let mut rows = set
+        .put
+        .iter()
+        .map(|(n, text)| {
+            let item = serde_json::from_str(text).map_err(|e| format!("{what} row {n}: {e}"))?;
+            Ok((*n as u64, item))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    rows.sort_by_key(|(n, _)| *n);
+    Ok(rows)
+}
+
 /// Rebuilds a customer. `resolve` finds a compiled sequence by (name, version); a journey on
 /// a version that cannot be found is an error (its customer would otherwise silently lose it).
 pub fn from_stored(
     s: &StoredCustomer,
     resolve: &mut dyn FnMut(&str, &str) -> Option<Arc<Sequence>>,
-) -> Result<Customer, String> {
+) -> Result<Loaded, String> {
     let state = parse(s)?;
     let mut c = Customer::new(s.id.as_str().into());
     c.profile = Arc::new(state.profile);
+    if state.order_rows {
+        let rows = rows_of::<Order>(&s.rows.orders, "order")?;
+        c.orders = Orders::numbered(rows.into_iter().map(|(n, o)| (n, Arc::new(o))).collect());
+    }
     for o in state.orders {
         c.orders.push(Arc::new(o));
     }
@@ -266,7 +427,7 @@ pub fn from_stored(
             until: g.until,
         });
     }
-    for r in state.journeys {
+    let mut revive = |r: JourneyRow| -> Result<Journey, String> {
         let sequence = find(&r.sequence, &r.version)?;
         let state = match (r.status.as_str(), r.due) {
             ("due", Some(at)) => State::Due {
@@ -284,7 +445,7 @@ pub fn from_stored(
                 sequence.steps.len()
             ));
         }
-        c.journeys.push(Journey {
+        Ok(Journey {
             id: r.id,
             sequence,
             order_id: r.order_id.as_deref().map(Arc::from),
@@ -293,9 +454,25 @@ pub fn from_stored(
             state,
             backfill: r.backfill,
             held: r.held,
-        });
+        })
+    };
+    if state.journey_rows {
+        let rows = rows_of::<JourneyRow>(&s.rows.journeys, "journey")?;
+        let mut numbered = Vec::with_capacity(rows.len());
+        for (n, r) in rows {
+            numbered.push((n, revive(r)?));
+        }
+        c.journeys = Journeys::numbered(numbered);
     }
-    Ok(c)
+    for r in state.journeys {
+        c.journeys.push(revive(r)?);
+    }
+    Ok(Loaded {
+        customer: c,
+        rev: s.rev,
+        journey_rows: state.journey_rows,
+        order_rows: state.order_rows,
+    })
 }
 
 /// A version's kept templates as stored: a JSON list of `[file, text]` pairs (JSON escapes

@@ -25,8 +25,15 @@ CREATE TABLE IF NOT EXISTS processed_events (
     PRIMARY KEY (source, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS processed_events_at ON processed_events (at);
 CREATE TABLE IF NOT EXISTS customers (
-    id TEXT PRIMARY KEY, state TEXT NOT NULL, next_due INTEGER, updated_at INTEGER NOT NULL);
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, next_due INTEGER, updated_at INTEGER NOT NULL,
+    rev INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS customers_due ON customers (next_due) WHERE next_due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS journeys (
+    customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (customer, n)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orders (
+    customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (customer, n)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timeline (
     seq INTEGER PRIMARY KEY, customer TEXT NOT NULL, at INTEGER NOT NULL, journey TEXT NOT NULL,
     sequence TEXT NOT NULL, version TEXT NOT NULL, step TEXT, action TEXT NOT NULL,
@@ -60,11 +67,11 @@ CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
 
 /// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express; each
 /// version's step from the one before is in `MIGRATIONS`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// (version reached, statements): run in order from the database's version, each step in a
 /// transaction of its own.
-const MIGRATIONS: [(i64, &str); 5] = [
+const MIGRATIONS: [(i64, &str); 6] = [
     (2, "ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;"),
     // Customers (a state document of a kilobyte or more) and emails become rowid tables: a
     // WITHOUT ROWID b-tree keeps whole rows in its pages, a few per page, so nearly every
@@ -123,6 +130,18 @@ const MIGRATIONS: [(i64, &str); 5] = [
          CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer);
          CREATE TABLE IF NOT EXISTS erased (
              address TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
+    ),
+    // A customer with many journeys or orders keeps them as rows of their own, and every
+    // write gives the customer row a new revision (see `record`).
+    (
+        7,
+        "ALTER TABLE customers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE IF NOT EXISTS journeys (
+             customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
+             PRIMARY KEY (customer, n)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS orders (
+             customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
+             PRIMARY KEY (customer, n)) WITHOUT ROWID;",
     ),
 ];
 
@@ -487,11 +506,11 @@ impl Store for SqliteStore {
     }
 
     fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>> {
-        load_one(&self.conn, id)
+        load_whole(&self.conn, id)
     }
 
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
-        let Some(c) = load_one(&self.conn, id)? else {
+        let Some(c) = load_whole(&self.conn, id)? else {
             return Ok(None);
         };
         let mut st = self.conn.prepare_cached(
@@ -516,8 +535,9 @@ impl Store for SqliteStore {
 
     fn journey_counts(&mut self) -> Result<Vec<JourneyCount>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT j.value ->> 'sequence', j.value ->> 'version', j.value ->> 'step_id', j.value ->> 'status', COUNT(*)
-             FROM customers, json_each(customers.state, '$.journeys') AS j
+            "SELECT j ->> 'sequence', j ->> 'version', j ->> 'step_id', j ->> 'status', COUNT(*)
+             FROM (SELECT j.value AS j FROM customers, json_each(customers.state, '$.journeys') AS j
+                   UNION ALL SELECT data FROM journeys)
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
         )?;
         let rows = st
@@ -649,7 +669,7 @@ impl Store for SqliteStore {
                     && let Some(state) = super::record::mark_bounced(&c, address)?
                 {
                     tx.prepare_cached(
-                        "UPDATE customers SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                        "UPDATE customers SET state = ?2, updated_at = ?3, rev = 0 WHERE id = ?1",
                     )?
                     .execute(params![row.customer, state, micros(now)])?;
                 }
@@ -661,7 +681,8 @@ impl Store for SqliteStore {
 
     fn counts(&mut self) -> Result<Vec<(String, i64)>> {
         super::count_queries(
-            "SELECT COUNT(*) FROM customers, json_each(customers.state, '$.journeys')",
+            "SELECT (SELECT COUNT(*) FROM customers, json_each(customers.state, '$.journeys'))
+                 + (SELECT COUNT(*) FROM journeys)",
         )
         .iter()
         .map(|(name, sql)| {
@@ -876,18 +897,77 @@ fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDeadLetter> 
     })
 }
 
+/// A customer's row: its document, not its journey and order rows ([`read_rows`]).
 fn load_one(conn: &Connection, id: &str) -> Result<Option<StoredCustomer>> {
     let row = conn
-        .prepare_cached("SELECT state, next_due FROM customers WHERE id = ?1")?
+        .prepare_cached("SELECT state, next_due, rev FROM customers WHERE id = ?1")?
         .query_row([id], |r| {
             Ok(StoredCustomer {
                 id: id.to_string(),
                 state: r.get(0)?,
                 next_due: r.get::<_, Option<i64>>(1)?.map(from_micros),
+                rev: r.get(2)?,
+                rows: Default::default(),
             })
         })
         .optional()?;
     Ok(row)
+}
+
+/// A customer's row with its journey and order rows, when its document keeps some.
+fn load_whole(conn: &Connection, id: &str) -> Result<Option<StoredCustomer>> {
+    let mut c = load_one(conn, id)?;
+    if let Some(c) = c.as_mut().filter(|c| super::record::has_rows(&c.state)) {
+        read_rows(conn, c)?;
+    }
+    Ok(c)
+}
+
+/// Reads a customer's journey and order rows into `c.rows`.
+fn read_rows(conn: &Connection, c: &mut StoredCustomer) -> Result<()> {
+    for (table, set) in [
+        ("journeys", &mut c.rows.journeys),
+        ("orders", &mut c.rows.orders),
+    ] {
+        set.put = conn
+            .prepare_cached(&format!(
+                "SELECT n, data FROM {table} WHERE customer = ?1 ORDER BY n"
+            ))?
+            .query_map([&c.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(())
+}
+
+/// Writes the changes to a customer's journey or order rows.
+fn write_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    customer: &str,
+    set: &super::RowSet,
+) -> Result<()> {
+    if set.clear {
+        tx.prepare_cached(&format!("DELETE FROM {table} WHERE customer = ?1"))?
+            .execute([customer])?;
+    }
+    if !set.gone.is_empty() {
+        let mut gone = tx.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE customer = ?1 AND n = ?2"
+        ))?;
+        for n in &set.gone {
+            gone.execute(params![customer, n])?;
+        }
+    }
+    if !set.put.is_empty() {
+        let mut put = tx.prepare_cached(&format!(
+            "INSERT INTO {table} (customer, n, data) VALUES (?1, ?2, ?3)
+             ON CONFLICT (customer, n) DO UPDATE SET data = excluded.data"
+        ))?;
+        for (n, data) in &set.put {
+            put.execute(params![customer, n, data])?;
+        }
+    }
+    Ok(())
 }
 
 impl Tx for SqliteTx<'_> {
@@ -903,6 +983,22 @@ impl Tx for SqliteTx<'_> {
 
     fn load(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredCustomer>>> {
         ids.iter().map(|id| load_one(&self.tx, id)).collect()
+    }
+
+    fn rows(&mut self, customers: &mut [StoredCustomer]) -> Result<()> {
+        customers
+            .iter_mut()
+            .try_for_each(|c| read_rows(&self.tx, c))
+    }
+
+    fn park(&mut self, ids: &[&str]) -> Result<()> {
+        let mut park = self
+            .tx
+            .prepare_cached("UPDATE customers SET next_due = NULL, rev = 0 WHERE id = ?1")?;
+        for id in ids {
+            park.execute([id])?;
+        }
+        Ok(())
     }
 
     fn claim_due(&mut self, now: DateTime<Utc>, limit: usize) -> Result<Vec<StoredCustomer>> {
@@ -929,11 +1025,14 @@ impl Tx for SqliteTx<'_> {
     fn save(&mut self, customers: &[StoredCustomer]) -> Result<()> {
         let now = micros(Utc::now());
         let mut upsert = self.tx.prepare_cached(
-            "INSERT INTO customers (id, state, next_due, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due, updated_at = excluded.updated_at",
+            "INSERT INTO customers (id, state, next_due, updated_at, rev) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due,
+                 updated_at = excluded.updated_at, rev = excluded.rev",
         )?;
         for c in customers {
-            upsert.execute(params![c.id, c.state, c.next_due.map(micros), now])?;
+            upsert.execute(params![c.id, c.state, c.next_due.map(micros), now, c.rev])?;
+            write_rows(&self.tx, "journeys", &c.id, &c.rows.journeys)?;
+            write_rows(&self.tx, "orders", &c.id, &c.rows.orders)?;
         }
         Ok(())
     }
@@ -990,6 +1089,8 @@ impl Tx for SqliteTx<'_> {
         let mut removed = 0;
         for table in [
             "customers WHERE id",
+            "journeys WHERE customer",
+            "orders WHERE customer",
             "timeline WHERE customer",
             "outbox WHERE customer",
         ] {
