@@ -5,7 +5,9 @@
 //! - [`sequence`]: marketers' YAML → compiled, validated sequences; the catalog of versions.
 //! - [`template`]: email templates (MiniJinja), locale fallback, text derived from HTML.
 //! - [`engine`]: the pure journey state machine: (customer, input, now) → decisions.
-//! - [`store`]: where customers, journeys and processed-event keys live.
+//! - [`store`]: where customers, journeys and processed-event keys live, and the timeline
+//!   (every decision with its reason) and the outbox (emails queued, sent, failed) beside
+//!   them, written in the same transactions.
 //! - [`simulate`]: the engine on a virtual clock and the memory store.
 //! - [`service`]: `aftercare run`: Kafka in, engine, durable store, scheduler, outbox.
 //! - [`mail`]: emails out: message building and transports.

@@ -192,8 +192,8 @@ async fn customer(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Respon
         let Some((stored, timeline)) = w.store.customer(&id).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let (profile, orders) = profile_and_orders(&stored)?;
-        let journeys = journeys(&stored)?;
+        let (profile, orders) = profile_and_orders(&stored).map_err(|e| e.to_string())?;
+        let journeys = journeys(&stored).map_err(|e| e.to_string())?;
         let timeline: Vec<Value> = timeline
             .iter()
             .map(|t| {

@@ -15,7 +15,9 @@ use crate::mail::token::Signer;
 use crate::sequence::{JourneyKind, Sequence};
 use crate::service::metrics::Metrics;
 use crate::service::versions::Kept;
-use crate::store::record::{Loaded, from_stored, has_rows, profile_and_orders, to_stored};
+use crate::store::record::{
+    Loaded, Unreadable, from_stored, has_rows, profile_and_orders, to_stored,
+};
 use crate::store::{Note, Result, Store, StoredCustomer, Tx};
 
 /// What a batch did.
@@ -274,7 +276,7 @@ impl Applier {
             .iter()
             .map(|e| match &customers[index[&*e.subject]] {
                 Ok(_) => Outcome::Applied,
-                Err(reason) => Outcome::Rejected(reason.clone()),
+                Err(reason) => Outcome::Rejected(reason.to_string()),
             })
             .collect();
         let readable: Vec<usize> = (0..events.len())
@@ -391,9 +393,9 @@ impl Applier {
         tx: &mut dyn Tx,
         ids: &[&str],
         loaded: Vec<Option<StoredCustomer>>,
-        fallback: impl Fn(&str, &StoredCustomer, Result2<Loaded>) -> Result2<Loaded>,
-    ) -> Result<Vec<Result2<Loaded>>> {
-        let mut out: Vec<Option<Result2<Loaded>>> = Vec::with_capacity(ids.len());
+        fallback: impl Fn(&str, &StoredCustomer, Revived) -> Revived,
+    ) -> Result<Vec<Revived>> {
+        let mut out: Vec<Option<Revived>> = Vec::with_capacity(ids.len());
         let mut unkept: Vec<(usize, StoredCustomer)> = Vec::new();
         for (i, (id, s)) in ids.iter().zip(loaded).enumerate() {
             let Some(s) = s else {
@@ -415,7 +417,7 @@ impl Applier {
         let (at, mut with_rows): (Vec<usize>, Vec<StoredCustomer>) = with_rows.into_iter().unzip();
         tx.rows(&mut with_rows)?;
         for (i, s) in at.into_iter().zip(with_rows).chain(listed) {
-            let revived = self.revive(tx, &s);
+            let revived = self.revive(tx, &s)?;
             out[i] = Some(fallback(ids[i], &s, revived));
         }
         // Every place is filled: kept, new, or revived just now.
@@ -518,7 +520,7 @@ impl Applier {
             .pop();
         let mut l = match revived {
             Some(Ok(l)) => l,
-            Some(Err(reason)) => return Ok(Some(Err(reason))),
+            Some(Err(reason)) => return Ok(Some(Err(reason.to_string()))),
             None => return Ok(None),
         };
         let mut decisions = Vec::new();
@@ -537,23 +539,27 @@ impl Applier {
     }
 
     /// A stored customer as an engine customer, journeys on their pinned versions.
-    fn revive(&mut self, tx: &mut dyn Tx, s: &StoredCustomer) -> Result2<Loaded> {
+    /// A store error (the database away while a version is looked up) is the store's, and
+    /// retried as such; only what the stored state itself says makes the customer unreadable.
+    fn revive(&mut self, tx: &mut dyn Tx, s: &StoredCustomer) -> Result<Revived> {
         let catalog = self.engine.catalog.clone();
         let kept = &mut self.kept;
         let mut failure = None;
         let mut resolve = |name: &str, version: &str| -> Option<Arc<Sequence>> {
             kept.resolve(&catalog, name, version, || tx.version(name, version))
                 .unwrap_or_else(|e| {
-                    failure = Some(e.to_string());
+                    failure = Some(e);
                     None
                 })
         };
-        let mut l = from_stored(s, &mut resolve)?;
-        if let Some(f) = failure {
-            return Err(f);
+        let revived = from_stored(s, &mut resolve);
+        if let Some(e) = failure {
+            return Err(e);
         }
-        self.migrate(&mut l.customer);
-        Ok(l)
+        Ok(revived.map(|mut l| {
+            self.migrate(&mut l.customer);
+            l
+        }))
     }
 
     /// Moves journeys to the current version of their sequence when that version declares
@@ -595,7 +601,8 @@ impl Applier {
     }
 }
 
-type Result2<T> = std::result::Result<T, String>;
+/// A stored customer revived, or why it cannot be.
+type Revived = std::result::Result<Loaded, Unreadable>;
 
 /// A `customer.erased` event met in a batch: the addresses the customer had, and whether
 /// events after it wrote a new state (a customer who came back at once).

@@ -258,7 +258,7 @@ async fn current(web: &Arc<Web>, claim: &Claim) -> Result<Vec<String>, String> {
         let Some(stored) = guard.0.load(&customer).map_err(|e| e.to_string())? else {
             return Ok(Vec::new());
         };
-        let (profile, _) = profile_and_orders(&stored)?;
+        let (profile, _) = profile_and_orders(&stored).map_err(|e| e.to_string())?;
         Ok(profile.unsubscribed.iter().map(|c| c.to_string()).collect())
     })
     .await

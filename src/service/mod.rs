@@ -1,9 +1,12 @@
 //! `aftercare run`: Kafka in, the engine, the durable store, the scheduler, the outbox.
 //!
-//! Four threads, each with one job:
+//! A thread per job (and **sync**, where commits leave syncing to `run`, as on SQLite):
 //! - **poll**: fetches from Kafka, batches, stores offsets of committed work ([`kafka`]);
 //! - **engine**: applies batches and wakes due customers, one store transaction each
-//!   ([`ingest`], [`apply`]); bad messages become dead letters in the same transaction;
+//!   ([`ingest`], [`apply`]); bad messages become dead letters in the same transaction. It
+//!   writes most customer state; the outbox (bounces), the HTTP pages (preferences) and the
+//!   admin API (pauses, erasures) write some too, each through the store's transactions and
+//!   a revision every write changes (see [`crate::store::record`]);
 //! - **dead-letters**: publishes recorded dead letters to `kafka.dlq_topic` ([`deadletters`]);
 //! - **outbox**: renders and sends queued emails ([`outbox`]);
 //! - **http**: unsubscribe and preferences pages ([`http`]); probes, `/metrics`, the admin API

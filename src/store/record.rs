@@ -23,6 +23,36 @@ use crate::engine::{
 };
 use crate::sequence::Sequence;
 
+/// Why a stored customer cannot be read back: its events are dead-lettered with this reason
+/// until it is mended (nothing about it is guessed).
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{what} row {n}: {source}")]
+    Row {
+        what: &'static str,
+        n: i64,
+        source: serde_json::Error,
+    },
+    #[error("sequence {name} version {version} is not known")]
+    UnknownVersion { name: String, version: String },
+    #[error("journey {journey} is at step {step} of a {steps}-step sequence")]
+    NoSuchStep {
+        journey: JourneyId,
+        step: u32,
+        steps: usize,
+    },
+    #[error("journey {journey} has status `{status}` {}", if *.due { "with a due time" } else { "without a due time" })]
+    NoSuchStatus {
+        journey: JourneyId,
+        status: String,
+        due: bool,
+    },
+    #[error("journey {journey} was made due by `{cause}`, which this version does not know")]
+    NoSuchCause { journey: JourneyId, cause: String },
+}
+
 /// A customer as stored: the state document and the next due time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredCustomer {
@@ -329,20 +359,45 @@ fn cause_name(c: Cause) -> &'static str {
     }
 }
 
-fn cause_of(name: &str) -> Cause {
-    match name {
+/// The cause as [`cause_name`] wrote it; `None` for a name it never writes.
+fn cause_of(name: &str) -> Option<Cause> {
+    Some(match name {
+        // Journeys stored before causes were kept have none.
+        "immediate" | "" => Cause::Immediate,
         "waited" => Cause::Waited,
         "event" => Cause::Event,
         "timeout-continue" => Cause::TimeoutContinue,
         "window" => Cause::Window,
         "quiet-hours-over" => Cause::QuietHoursOver,
         "resumed" => Cause::Resumed,
-        _ => Cause::Immediate,
-    }
+        _ => return None,
+    })
+}
+
+/// A journey's state as [`journey_row`] wrote it.
+fn state_of(r: &JourneyRow) -> Result<State, Unreadable> {
+    Ok(match (r.status.as_str(), r.due) {
+        ("due", Some(at)) => State::Due {
+            at,
+            cause: cause_of(&r.cause).ok_or_else(|| Unreadable::NoSuchCause {
+                journey: r.id,
+                cause: r.cause.clone(),
+            })?,
+        },
+        ("waiting", Some(deadline)) => State::WaitingFor { deadline },
+        ("paused", _) => State::Paused,
+        (status, due) => {
+            return Err(Unreadable::NoSuchStatus {
+                journey: r.id,
+                status: status.to_string(),
+                due: due.is_some(),
+            });
+        }
+    })
 }
 
 /// The profile and orders of a stored customer: what rendering an email needs.
-pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), String> {
+pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), Unreadable> {
     // Read for every email sent: journeys, goals and the rest are skipped, not built.
     #[derive(Deserialize)]
     struct ProfileAndOrders {
@@ -350,7 +405,7 @@ pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), S
         #[serde(default)]
         orders: Vec<Order>,
     }
-    let mut p: ProfileAndOrders = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
+    let mut p: ProfileAndOrders = serde_json::from_str(&s.state)?;
     p.profile.id = s.id.as_str().into();
     p.orders.extend(
         rows_of::<Order>(&s.rows.orders, "order")?
@@ -361,7 +416,7 @@ pub fn profile_and_orders(s: &StoredCustomer) -> Result<(Profile, Vec<Order>), S
 }
 
 /// The journeys in flight of a stored customer, as stored.
-pub fn journeys(s: &StoredCustomer) -> Result<Vec<JourneyRow>, String> {
+pub fn journeys(s: &StoredCustomer) -> Result<Vec<JourneyRow>, Unreadable> {
     let mut listed = parse(s)?.journeys;
     listed.extend(
         rows_of::<JourneyRow>(&s.rows.journeys, "journey")?
@@ -371,8 +426,8 @@ pub fn journeys(s: &StoredCustomer) -> Result<Vec<JourneyRow>, String> {
     Ok(listed)
 }
 
-fn parse(s: &StoredCustomer) -> Result<StateIn, String> {
-    let mut state: StateIn = serde_json::from_str(&s.state).map_err(|e| e.to_string())?;
+fn parse(s: &StoredCustomer) -> Result<StateIn, Unreadable> {
+    let mut state: StateIn = serde_json::from_str(&s.state)?;
     state.profile.id = s.id.as_str().into();
     Ok(state)
 }
@@ -380,16 +435,20 @@ fn parse(s: &StoredCustomer) -> Result<StateIn, String> {
 /// Rows as read, in number order.
 fn rows_of<T: serde::de::DeserializeOwned>(
     set: &RowSet,
-    what: &str,
-) -> Result<Vec<(u64, T)>, String> {
+    what: &'static str,
+) -> Result<Vec<(u64, T)>, Unreadable> {
     let mut rows = set
         .put
         .iter()
         .map(|(n, text)| {
-            let item = serde_json::from_str(text).map_err(|e| format!("{what} row {n}: {e}"))?;
+            let item = serde_json::from_str(text).map_err(|source| Unreadable::Row {
+                what,
+                n: *n,
+                source,
+            })?;
             Ok((*n as u64, item))
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, Unreadable>>()?;
     rows.sort_by_key(|(n, _)| *n);
     Ok(rows)
 }
@@ -399,7 +458,7 @@ fn rows_of<T: serde::de::DeserializeOwned>(
 pub fn from_stored(
     s: &StoredCustomer,
     resolve: &mut dyn FnMut(&str, &str) -> Option<Arc<Sequence>>,
-) -> Result<Loaded, String> {
+) -> Result<Loaded, Unreadable> {
     let state = parse(s)?;
     let mut c = Customer::new(s.id.as_str().into());
     c.profile = Arc::new(state.profile);
@@ -414,8 +473,10 @@ pub fn from_stored(
         c.finished.push(f);
     }
     let mut find = |name: &str, version: &str| {
-        resolve(name, version)
-            .ok_or_else(|| format!("sequence {name} version {version} is not known"))
+        resolve(name, version).ok_or_else(|| Unreadable::UnknownVersion {
+            name: name.to_string(),
+            version: version.to_string(),
+        })
     };
     for g in state.goals {
         let sequence = find(&g.sequence, &g.version)?;
@@ -427,23 +488,15 @@ pub fn from_stored(
             until: g.until,
         });
     }
-    let mut revive = |r: JourneyRow| -> Result<Journey, String> {
+    let mut revive = |r: JourneyRow| -> Result<Journey, Unreadable> {
         let sequence = find(&r.sequence, &r.version)?;
-        let state = match (r.status.as_str(), r.due) {
-            ("due", Some(at)) => State::Due {
-                at,
-                cause: cause_of(&r.cause),
-            },
-            ("waiting", Some(deadline)) => State::WaitingFor { deadline },
-            _ => State::Paused,
-        };
+        let state = state_of(&r)?;
         if r.step as usize >= sequence.steps.len() {
-            return Err(format!(
-                "journey {} is at step {} of a {}-step sequence",
-                r.id,
-                r.step,
-                sequence.steps.len()
-            ));
+            return Err(Unreadable::NoSuchStep {
+                journey: r.id,
+                step: r.step,
+                steps: sequence.steps.len(),
+            });
         }
         Ok(Journey {
             id: r.id,
@@ -492,4 +545,61 @@ pub fn templates_of(text: &str) -> super::Result<Vec<(String, String)>> {
     serde_json::from_str(text).map_err(|e| {
         super::StoreError::Unreadable(format!("the templates kept with a version: {e}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StoredCustomer, from_stored};
+
+    /// A customer whose one journey is stored with `status` and `cause`, revived against the
+    /// starter set (any name resolves to its first sequence).
+    fn revive(status: &str, due: Option<&str>, cause: &str) -> Result<String, String> {
+        let catalog = crate::engine::journeys::tests::catalog();
+        let sequence = catalog.sequences()[0].clone();
+        let due = due.map_or(String::new(), |d| format!(r#","due":"{d}""#));
+        let state = format!(
+            r#"{{"profile":{{}},"journeys":[{{"id":"0000000000000007","sequence":"s","version":"v","started_at":"2026-01-01T00:00:00Z","step":0,"step_id":"x","status":"{status}"{due},"cause":"{cause}"}}]}}"#
+        );
+        let stored = StoredCustomer {
+            id: "c".into(),
+            state,
+            ..StoredCustomer::default()
+        };
+        from_stored(&stored, &mut |_, _| Some(sequence.clone()))
+            .map(|l| format!("{:?}", l.customer.journeys.iter().next().map(|j| j.state)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every state a journey is stored in reads back as written; anything else makes the
+    /// customer unreadable, with what is wrong, rather than being guessed at.
+    #[test]
+    fn a_journey_state_reads_back_exactly_or_not_at_all() {
+        let at = "2026-01-02T00:00:00Z";
+        assert_eq!(
+            revive("due", Some(at), "window"),
+            Ok("Some(Due { at: 2026-01-02T00:00:00Z, cause: Window })".into())
+        );
+        // Stored before causes were kept.
+        assert_eq!(
+            revive("due", Some(at), ""),
+            Ok("Some(Due { at: 2026-01-02T00:00:00Z, cause: Immediate })".into())
+        );
+        assert_eq!(
+            revive("waiting", Some(at), ""),
+            Ok("Some(WaitingFor { deadline: 2026-01-02T00:00:00Z })".into())
+        );
+        assert_eq!(revive("paused", None, ""), Ok("Some(Paused)".into()));
+        assert_eq!(
+            revive("due", Some(at), "teleport"),
+            Err("journey 0000000000000007 was made due by `teleport`, which this version does not know".into())
+        );
+        assert_eq!(
+            revive("due", None, "waited"),
+            Err("journey 0000000000000007 has status `due` without a due time".into())
+        );
+        assert_eq!(
+            revive("sleeping", Some(at), ""),
+            Err("journey 0000000000000007 has status `sleeping` with a due time".into())
+        );
+    }
 }
