@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aftercare::config::Config;
@@ -319,7 +319,7 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
     cfg.sequences.dir = sequences();
     cfg.mail.file.dir = std::env::temp_dir().join(format!("ingest-mail-{group}"));
     cfg.http.listen = "127.0.0.1:0".into();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = aftercare::service::Shutdown::new();
     let stats = Arc::new(Stats::default());
     let (s, st) = (stop.clone(), stats.clone());
     let handle = std::thread::spawn(move || service::run(cfg, Options { dry_run: true }, s, st));
@@ -341,7 +341,7 @@ fn ingest(brokers: &str, url: &str, group: &str, n: usize) -> f64 {
         .zip(before)
         .map(|(name, then)| format!("{name} {:.0}%", (thread_ticks(name) - then) as f64 / secs))
         .collect();
-    stop.store(true, Ordering::Relaxed);
+    stop.trigger();
     handle.join().unwrap().unwrap();
     // How much group commit there was: events per store transaction.
     let batches = stats.batches.load(Ordering::Relaxed).max(1);
@@ -372,7 +372,7 @@ fn scale_out(brokers: &str, n: usize) -> (f64, f64, bool) {
         cfg.sequences.dir = sequences();
         cfg.mail.file.dir = std::env::temp_dir().join(format!("scale-mail-{i}"));
         cfg.http.listen = "127.0.0.1:0".into();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = aftercare::service::Shutdown::new();
         let stats = Arc::new(Stats::default());
         let (s, st) = (stop.clone(), stats.clone());
         let handle =
@@ -400,7 +400,7 @@ fn scale_out(brokers: &str, n: usize) -> (f64, f64, bool) {
         .collect();
     println!("  (scale-2: events applied per instance {shares:?}; machine CPU {busy:.0}% busy)");
     for (stop, _, handle) in instances {
-        stop.store(true, Ordering::Relaxed);
+        stop.trigger();
         handle.join().unwrap().unwrap();
     }
     let decisions = |url: &str| -> Vec<String> {
@@ -598,7 +598,7 @@ fn lateness(brokers: &str, n: usize, spread: Duration) -> (f64, f64, f64) {
     cfg.sequences.dir = dir.join("seq");
     cfg.mail.file.dir = dir.join("mail");
     cfg.http.listen = "127.0.0.1:0".into();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = aftercare::service::Shutdown::new();
     let stats = Arc::new(Stats::default());
     let (s, st) = (stop.clone(), stats.clone());
     let handle = std::thread::spawn(move || service::run(cfg, Options { dry_run: true }, s, st));
@@ -613,7 +613,7 @@ fn lateness(brokers: &str, n: usize, spread: Duration) -> (f64, f64, f64) {
             .collect()
     };
     wait(120, || fired().len() >= n);
-    stop.store(true, Ordering::Relaxed);
+    stop.trigger();
     handle.join().unwrap().unwrap();
     let mut late: Vec<f64> = fired()
         .into_iter()

@@ -16,7 +16,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aftercare::config::{Config, Tls, Transport};
@@ -126,7 +125,7 @@ fn outbox(port: u16, n: usize, run: usize) -> f64 {
         wake: Default::default(),
         observe: Default::default(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = aftercare::service::Shutdown::new();
     let s = stop.clone();
     let started = Instant::now();
     let worker = std::thread::spawn(move || sender.run(&s));
@@ -134,7 +133,7 @@ fn outbox(port: u16, n: usize, run: usize) -> f64 {
         std::thread::sleep(Duration::from_millis(20));
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    stop.trigger();
     worker.join().unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     rate

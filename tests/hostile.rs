@@ -7,7 +7,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use aftercare::engine::{Engine, Policy};
 use aftercare::event::Event;
@@ -174,7 +173,7 @@ fn an_event_postgresql_refuses_is_dead_lettered_alone_with_its_sqlstate_and_the_
     let mut applier = Applier::new(Engine::new(Arc::new(catalog), Policy::default()));
     let mut db = store.open();
     let stats = Stats::default();
-    let stop = AtomicBool::new(false);
+    let stop = aftercare::service::Shutdown::new();
     let mut messages = Vec::new();
     let mut decoded = Vec::new();
     for i in 0..9 {

@@ -7,7 +7,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aftercare::config::{Config, Tls, Transport};
@@ -157,11 +156,11 @@ impl Rig {
     /// Runs the outbox worker until `done` holds for the store's counts (or 60 s pass).
     fn send_until(&self, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
         let sender = self.sender();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = aftercare::service::Shutdown::new();
         let s = stop.clone();
         let worker = std::thread::spawn(move || sender.run(&s));
         let counts = self.wait(what, done);
-        stop.store(true, Ordering::Relaxed);
+        stop.trigger();
         worker.join().unwrap().unwrap();
         counts
     }
@@ -367,7 +366,7 @@ fn emails_queued_while_the_server_is_down_are_delivered_once_it_is_back() {
     let out = scratch("down");
     // Down: the worker retries with backoff; the server starts after two refused attempts.
     let sender = rig.sender();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = aftercare::service::Shutdown::new();
     let s = stop.clone();
     let worker = std::thread::spawn(move || sender.run(&s));
     rig.wait("two refused attempts", |_| {
@@ -387,7 +386,7 @@ fn emails_queued_while_the_server_is_down_are_delivered_once_it_is_back() {
     }
     let server = SmtpServer::start(port, &out, &[]);
     rig.wait("the email sent", |c| c["emails sent"] == 1);
-    stop.store(true, Ordering::Relaxed);
+    stop.trigger();
     worker.join().unwrap().unwrap();
     assert_eq!(server.messages().len(), 1);
     assert!(
@@ -1009,7 +1008,7 @@ fn paced_sends_to_a_slow_relay_go_out_once_on_one_and_on_two_instances() {
             })
             .collect();
         rig.apply(&events);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = aftercare::service::Shutdown::new();
         let workers: Vec<_> = (0..instances)
             .map(|_| {
                 let sender = rig.sender();
@@ -1023,7 +1022,7 @@ fn paced_sends_to_a_slow_relay_go_out_once_on_one_and_on_two_instances() {
             assert!(Instant::now() < deadline, "{:?}", counts(&mut *store));
             std::thread::sleep(Duration::from_millis(100));
         }
-        stop.store(true, Ordering::Relaxed);
+        stop.trigger();
         for w in workers {
             w.join().unwrap().unwrap();
         }

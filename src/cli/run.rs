@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::service::{self, Options};
+use crate::service::{self, Options, Shutdown};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,15 +19,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::load_config(args.config.as_deref())?;
     // Flushes buffered spans when `run` returns.
     let _trace = service::trace::init(&config.log, &config.trace)?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
+    // Set when the service returns on its own (a failed start, a failed sync).
+    let ended = Shutdown::new();
     let service = {
-        let stop = stop.clone();
+        let (stop, ended) = (stop.clone(), ended.clone());
         let options = Options {
             dry_run: args.dry_run,
         };
         std::thread::Builder::new()
             .name("service".into())
-            .spawn(move || service::run(config, options, stop, Arc::default()))?
+            .spawn(move || {
+                let result = service::run(config, options, stop, Arc::default());
+                ended.trigger();
+                result
+            })?
     };
     // Signals are the one async thing here: a small runtime waits for them.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -36,20 +41,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                    if service.is_finished() {
-                        break;
-                    }
-                }
-            }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = ended.triggered() => {}
         }
         Ok::<(), std::io::Error>(())
     })?;
-    stop.store(true, Ordering::Relaxed);
+    stop.trigger();
     match service.join() {
         Ok(Ok(_)) => Ok(ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e),

@@ -10,7 +10,6 @@
 //! unknown topic — and shows in `/readyz` until it passes; a record refused even when cut
 //! stays in the store only, counted as `refused`.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,9 +21,9 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
-use super::Stats;
 use super::health::{Backoff, component};
 use super::metrics::OutcomeLabels;
+use super::{Shutdown, Stats};
 use crate::config::Kafka as KafkaConfig;
 use crate::store::{Published, Store, StoredDeadLetter};
 
@@ -99,9 +98,9 @@ impl Publisher {
     }
 
     /// Publishes until `stop`, woken by `bell` when the engine recorded dead letters.
-    pub fn run(mut self, bell: Receiver<()>, stop: &AtomicBool) {
+    pub fn run(mut self, bell: Receiver<()>, stop: &Shutdown) {
         let mut backoff = Backoff::default();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stop.is_triggered() {
             let wait = match self.round() {
                 Round::Idle => {
                     backoff = Backoff::default();
@@ -124,7 +123,7 @@ impl Publisher {
                     wait
                 }
             };
-            super::reload::sleep_until_stopped(wait, stop);
+            stop.wait_timeout(wait);
         }
         self.producer.flush(Duration::from_secs(1)).ok();
     }

@@ -14,17 +14,17 @@
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use rdkafka::Message as _;
 use rdkafka::message::{Headers as _, OwnedMessage};
 
-use super::Stats;
 use super::apply::{Applied, Applier};
 use super::health::{Backoff, component};
 use super::kafka::Batch;
 use super::metrics::ClassLabels;
+use super::{Shutdown, Stats};
 use crate::event::Event;
 use crate::store::{DeadLetter, ErrorClass, Store, StoreError};
 
@@ -83,7 +83,7 @@ pub struct Ingest<'a> {
     pub store: &'a mut dyn Store,
     pub applier: &'a mut Applier,
     pub stats: &'a Stats,
-    pub stop: &'a AtomicBool,
+    pub stop: &'a Shutdown,
 }
 
 impl Ingest<'_> {
@@ -294,15 +294,13 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Waits `d` unless told to stop; false if told to stop.
-pub fn pause(d: std::time::Duration, stop: &AtomicBool) -> bool {
-    super::reload::sleep_until_stopped(d, stop);
-    !stop.load(Ordering::Relaxed)
+pub fn pause(d: std::time::Duration, stop: &Shutdown) -> bool {
+    !stop.wait_timeout(d)
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
 
     use rdkafka::Timestamp;
     use rdkafka::message::OwnedMessage;
@@ -354,7 +352,7 @@ mod tests {
             .map(|m| decode(m, 1 << 20).map(Arc::new))
             .collect();
         let stats = Stats::default();
-        let stop = AtomicBool::new(false);
+        let stop = crate::service::Shutdown::new();
         let mut ingest = Ingest {
             store: &mut *store,
             applier: &mut applier,

@@ -274,7 +274,7 @@ pub fn poll_loop(
     batches: SyncSender<Batch>,
     acks: Receiver<Ack>,
     idle: &AtomicBool,
-    stop: &AtomicBool,
+    stop: &super::Shutdown,
     grace: Duration,
     max_bytes: usize,
     limit: BufferLimit,
@@ -284,7 +284,7 @@ pub fn poll_loop(
     let mut paused = false;
     let mut full_since: Option<Instant> = None;
     let mut outstanding = 0usize;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_triggered() {
         while let Ok(ack) = acks.try_recv() {
             outstanding = outstanding.saturating_sub(1);
             store(consumer, &ack);

@@ -29,6 +29,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;
+pub mod shutdown;
 pub mod trace;
 pub mod versions;
 
@@ -51,6 +52,7 @@ use crate::sequence::{Catalog, Sequence};
 use crate::store::{Store, VersionRecord};
 use apply::Applier;
 use kafka::{Ack, Batch};
+pub use shutdown::{Shutdown, Worker};
 
 /// Counters the service keeps: logged on exit; the metrics are served at `/metrics`.
 pub struct Stats {
@@ -103,11 +105,11 @@ const WATCH_STACK: usize = 16 << 20;
 /// Wake-ups per transaction.
 pub const WAKE_BATCH: usize = 256;
 
-/// Runs until `stop` is set, counting into `stats`.
+/// Runs until `stop` is triggered, counting into `stats`.
 pub fn run(
     config: Config,
     options: Options,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
     let policy = config
@@ -156,10 +158,8 @@ pub fn run(
         Some(sync) => {
             let (tx, rx) = mpsc::channel::<Ack>();
             let stop = stop.clone();
-            let handle = std::thread::Builder::new()
-                .name("sync".into())
-                .spawn(move || forward_durable(rx, ack_tx, sync, &stop))?;
-            (tx, Some(handle))
+            let worker = Worker::spawn("sync", move || forward_durable(rx, ack_tx, sync, &stop))?;
+            (tx, Some(worker))
         }
         None => (ack_tx, None),
     };
@@ -218,34 +218,35 @@ pub fn run(
             broker: Some(broker),
         },
     });
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || {
-            let serve = || -> std::io::Result<()> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                // The last handle on the store is dropped here, outside the runtime: the
-                // PostgreSQL client blocks on a runtime of its own when it closes.
-                let handlers = web.clone();
-                let served = rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    http::serve(listener, handlers, async move {
-                        let _ = http_stopped.await;
-                    })
-                    .await
-                });
-                drop(rt);
-                drop(web);
-                served
-            };
-            if let Err(e) = serve() {
-                tracing::error!(error = %e, "http server stopped");
-            }
-        })?;
+    let http_stop = Shutdown::new();
+    let http_stopped = http_stop.clone();
+    let http = Worker::spawn("http", move || {
+        let serve = || -> std::io::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            // The last handle on the store is dropped here, outside the runtime: the
+            // PostgreSQL client blocks on a runtime of its own when it closes.
+            let handlers = web.clone();
+            let served = rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                http::serve(
+                    listener,
+                    handlers,
+                    async move { http_stopped.triggered().await },
+                )
+                .await
+            });
+            drop(rt);
+            drop(web);
+            served
+        };
+        if let Err(e) = serve() {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    })?;
 
-    let engine_stop = Arc::new(AtomicBool::new(false));
+    let engine_stop = Shutdown::new();
     let engine = {
         let stats = stats.clone();
         let stop = engine_stop.clone();
@@ -255,30 +256,26 @@ pub fn run(
         let idle = idle.clone();
         let mail_wake = mail_wake.clone();
         let live = live.clone();
-        std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || {
-                engine_loop(
-                    store,
-                    applier,
-                    bell,
-                    batch_rx,
-                    engine_acks,
-                    &idle,
-                    &stop,
-                    &stats,
-                    retention,
-                    &mail_wake,
-                    &live,
-                );
-            })?
+        Worker::spawn("engine", move || {
+            engine_loop(
+                store,
+                applier,
+                bell,
+                batch_rx,
+                engine_acks,
+                &idle,
+                &stop,
+                &stats,
+                retention,
+                &mail_wake,
+                &live,
+            );
+        })?
     };
-    let side_stop = Arc::new(AtomicBool::new(false));
+    let side_stop = Shutdown::new();
     let dead_letters = {
         let stop = side_stop.clone();
-        std::thread::Builder::new()
-            .name("dead-letters".into())
-            .spawn(move || publisher.run(rung, &stop))?
+        Worker::spawn("dead-letters", move || publisher.run(rung, &stop))?
     };
     let figures_thread = {
         let mut store = crate::store::open_small(&config.store.url)?;
@@ -289,39 +286,40 @@ pub fn run(
             report.clone(),
         );
         let window = config.http.nps_window.clone();
-        std::thread::Builder::new()
-            .name("figures".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    refresh_figures(&mut *store, &stats, &live, &report, nps_window, &window);
-                    reload::sleep_until_stopped(figures_every, &stop);
+        Worker::spawn("figures", move || {
+            loop {
+                refresh_figures(&mut *store, &stats, &live, &report, nps_window, &window);
+                if stop.wait_timeout(figures_every) {
+                    break;
                 }
-                drop(store);
-            })?
+            }
+            drop(store);
+        })?
     };
     let watch_thread = if config.sequences.watch {
         let mut store = crate::store::open_small(&config.store.url)?;
         let (stop, metrics, live) = (side_stop.clone(), metrics.clone(), live.clone());
         let dir = config.sequences.dir.clone();
-        Some(
+        Some(Worker::spawn_with(
             std::thread::Builder::new()
                 .name("watch".into())
                 // The same stack as the main thread that loaded the folder at start-up
                 // (and as `validate`): a file that loads there loads here.
-                .stack_size(WATCH_STACK)
-                .spawn(move || {
-                    reload::watch(
-                        &dir,
-                        watch_every,
-                        &limits,
-                        &live,
-                        &mut *store,
-                        &metrics,
-                        &stop,
-                    );
-                    drop(store);
-                })?,
-        )
+                .stack_size(WATCH_STACK),
+            "watch",
+            move || {
+                reload::watch(
+                    &dir,
+                    watch_every,
+                    &limits,
+                    &live,
+                    &mut *store,
+                    &metrics,
+                    &stop,
+                );
+                drop(store);
+            },
+        )?)
     } else {
         None
     };
@@ -330,24 +328,20 @@ pub fn run(
         let max_bytes = config.kafka.max_event_bytes;
         let stop = stop.clone();
         let buffer = kafka::BufferLimit::for_config(&config.kafka);
-        std::thread::Builder::new()
-            .name("kafka-poll".into())
-            .spawn(move || {
-                kafka::poll_loop(
-                    &consumer, batch_tx, ack_rx, &idle, &stop, GRACE, max_bytes, buffer,
-                )
-            })?
+        Worker::spawn("kafka-poll", move || {
+            kafka::poll_loop(
+                &consumer, batch_tx, ack_rx, &idle, &stop, GRACE, max_bytes, buffer,
+            )
+        })?
     };
-    let mail_stop = Arc::new(AtomicBool::new(false));
+    let mail_stop = Shutdown::new();
     let mail = {
         let stop = mail_stop.clone();
-        std::thread::Builder::new()
-            .name("outbox".into())
-            .spawn(move || {
-                if let Err(e) = sender.run(&stop) {
-                    tracing::error!(error = %e, "outbox worker stopped");
-                }
-            })?
+        Worker::spawn("outbox", move || {
+            if let Err(e) = sender.run(&stop) {
+                tracing::error!(error = %e, "outbox worker stopped");
+            }
+        })?
     };
     tracing::info!(
         sequences = catalog.sequences().len(),
@@ -355,34 +349,29 @@ pub fn run(
         "aftercare running"
     );
 
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop.wait();
     tracing::info!("shutting down");
     let deadline = Instant::now() + GRACE;
     // The poll thread returns once the engine has acked what it was handed (or the grace ran
     // out); then the engine, which sees its channel close, and the outbox.
-    join_until(poll, deadline, "kafka-poll");
-    engine_stop.store(true, Ordering::Relaxed);
-    join_until(engine, deadline, "engine");
+    poll.stop_by(deadline);
+    engine_stop.trigger();
+    engine.stop_by(deadline);
     if let Some(sync) = sync_thread {
-        join_until(sync, deadline, "sync");
+        sync.stop_by(deadline);
     }
-    mail_stop.store(true, Ordering::Relaxed);
-    join_until(mail, deadline, "outbox");
-    let _ = http_stop.send(());
-    join_until(http, deadline, "http");
-    side_stop.store(true, Ordering::Relaxed);
-    if !joined(
-        figures_thread,
-        (Instant::now() + FIGURES_WAIT).min(deadline),
-    ) {
+    mail_stop.trigger();
+    mail.stop_by(deadline);
+    http_stop.trigger();
+    http.stop_by(deadline);
+    side_stop.trigger();
+    if !figures_thread.join_until((Instant::now() + FIGURES_WAIT).min(deadline)) {
         tracing::debug!("figures scan still running; it ends with the process");
     }
     if let Some(w) = watch_thread {
-        join_until(w, deadline, "watch");
+        w.stop_by(deadline);
     }
-    join_until(dead_letters, deadline, "dead-letters");
+    dead_letters.stop_by(deadline);
     // Dropping the consumer closes it; with the broker down that can take long, so it happens
     // on a thread nobody waits for.
     std::thread::spawn(move || drop(consumer));
@@ -394,24 +383,6 @@ pub fn run(
         "stopped"
     );
     Ok(())
-}
-
-fn join_until(handle: std::thread::JoinHandle<()>, deadline: Instant, name: &str) {
-    if !joined(handle, deadline) {
-        tracing::warn!(thread = name, "did not stop within the grace period");
-    }
-}
-
-/// Whether the thread ended by `deadline` (and was joined).
-fn joined(handle: std::thread::JoinHandle<()>, deadline: Instant) -> bool {
-    while !handle.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let finished = handle.is_finished();
-    if finished {
-        let _ = handle.join();
-    }
-    finished
 }
 
 /// How long shutdown waits for the figures thread: it only reads, and a scan of a large store
@@ -465,7 +436,7 @@ fn engine_loop(
     batches: Receiver<Batch>,
     acks: Sender<Ack>,
     idle: &AtomicBool,
-    stop: &AtomicBool,
+    stop: &Shutdown,
     stats: &Stats,
     retention: crate::config::Retention,
     mail_wake: &Notify,
@@ -538,7 +509,7 @@ fn engine_loop(
             }
             pruned_at = Some(Instant::now());
         }
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_triggered() {
             return;
         }
     }
@@ -570,13 +541,13 @@ fn forward_durable(
     acks: Receiver<Ack>,
     to: Sender<Ack>,
     mut sync: crate::store::Syncer,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) {
     while let Ok(first) = acks.recv() {
         let waiting: Vec<Ack> = std::iter::once(first).chain(acks.try_iter()).collect();
         if let Err(e) = sync() {
             tracing::error!(error = %e, "syncing the store to disk failed; stopping: events not yet acknowledged are read again after a restart");
-            stop.store(true, Ordering::Relaxed);
+            stop.trigger();
             return;
         }
         for ack in waiting {
@@ -781,9 +752,8 @@ mod tests {
         });
         ack_tx.send(ack(0, 5)).unwrap();
         ack_tx.send(ack(1, 7)).unwrap();
-        let forwarder = std::thread::spawn(move || {
-            forward_durable(ack_rx, to_tx, sync, &AtomicBool::new(false))
-        });
+        let forwarder =
+            std::thread::spawn(move || forward_durable(ack_rx, to_tx, sync, &Shutdown::new()));
         entered_rx.recv().unwrap();
         assert!(to_rx.try_recv().is_err(), "an ack went on before the sync");
         release_tx.send(()).unwrap();
@@ -799,11 +769,11 @@ mod tests {
         let (ack_tx, ack_rx) = mpsc::channel();
         let (to_tx, to_rx) = mpsc::channel::<Ack>();
         let sync: crate::store::Syncer = Box::new(|| Err(std::io::Error::other("EIO")));
-        let stop = AtomicBool::new(false);
+        let stop = Shutdown::new();
         ack_tx.send(ack(0, 5)).unwrap();
         ack_tx.send(ack(0, 9)).unwrap();
         forward_durable(ack_rx, to_tx, sync, &stop);
-        assert!(stop.load(Ordering::Relaxed));
+        assert!(stop.is_triggered());
         assert_eq!(to_rx.try_iter().count(), 0);
     }
 }

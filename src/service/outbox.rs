@@ -15,10 +15,10 @@
 //! A row is marked sent only after the transport accepted it, so a crash between the two
 //! re-sends at most the emails in flight (same Message-ID) and never loses one.
 
+use super::Shutdown;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -106,7 +106,7 @@ enum Prepared {
 
 impl Sender {
     /// Sends until `stop`, then waits for the sends in flight and records them.
-    pub fn run(self, stop: &AtomicBool) -> anyhow::Result<()> {
+    pub fn run(self, stop: &Shutdown) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("outbox-send")
@@ -162,7 +162,7 @@ impl Worker {
     /// The loop runs on the outbox thread, outside the runtime: the store's clients block
     /// (PostgreSQL's runs a runtime of its own). Sends run on the runtime's threads; the loop
     /// enters the runtime only to pace them and to wait.
-    fn serve(&mut self, rt: &tokio::runtime::Runtime, stop: &AtomicBool) {
+    fn serve(&mut self, rt: &tokio::runtime::Runtime, stop: &Shutdown) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(OutboxRow, Delivery)>();
         match self.store.release_stale_claims() {
             Ok(0) => {}
@@ -186,7 +186,7 @@ impl Worker {
             {
                 self.engine = Arc::new(Engine::new(catalog, self.engine.policy.clone()));
             }
-            let stopping = stop.load(Ordering::Relaxed);
+            let stopping = stop.is_triggered();
             while let Ok(done) = done_rx.try_recv() {
                 in_flight -= 1;
                 finished.push(done);
@@ -319,6 +319,7 @@ impl Worker {
                         finished.push(done);
                     }
                     _ = wake.notified() => {}
+                    _ = stop.triggered(), if !stopping => {}
                     _ = tokio::time::sleep(POLL) => {}
                     _ = pacer.opens(self.pace_horizon()), if paced => {}
                 }

@@ -11,10 +11,11 @@
 //! including a Kubernetes ConfigMap's symlink swap, and costs a directory listing.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use super::Shutdown;
 use super::metrics::{Metrics, OutcomeLabels};
 use crate::sequence::{Catalog, Limits};
 use crate::store::Store;
@@ -109,13 +110,12 @@ pub fn watch(
     live: &Live,
     store: &mut dyn Store,
     metrics: &Metrics,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) {
     let mut seen = fingerprint(dir);
     // The content of the folder last refused, so a bad file is reported once, not every tick.
     let mut refused: Option<Vec<(PathBuf, u64, Option<SystemTime>)>> = None;
-    while !stop.load(Ordering::Relaxed) {
-        sleep_until_stopped(every, stop);
+    while !stop.wait_timeout(every) {
         let now = fingerprint(dir);
         if now == seen || refused.as_ref() == Some(&now) {
             continue;
@@ -206,14 +206,4 @@ fn reload(
         .collect();
     live.replace(Arc::new(catalog));
     Ok(changed)
-}
-
-pub fn sleep_until_stopped(d: Duration, stop: &AtomicBool) {
-    let step = Duration::from_millis(100);
-    let mut left = d;
-    while !left.is_zero() && !stop.load(Ordering::Relaxed) {
-        let s = left.min(step);
-        std::thread::sleep(s);
-        left -= s;
-    }
 }

@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aftercare::config::Config;
-use aftercare::service::{self, Options, Stats};
+use aftercare::service::{self, Options, Shutdown, Stats};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -53,7 +52,7 @@ pub fn config(
 
 /// A running service; stopped (and joined) on `stop`.
 pub struct Running {
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
     /// Live counters of this instance.
     pub stats: Arc<Stats>,
     handle: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -64,7 +63,7 @@ pub fn start(config: Config) -> Running {
 }
 
 pub fn start_with(config: Config, options: Options) -> Running {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Shutdown::new();
     let stats = Arc::new(Stats::default());
     let (s, st) = (stop.clone(), stats.clone());
     let handle = std::thread::spawn(move || service::run(config, options, s, st));
@@ -78,7 +77,7 @@ pub fn start_with(config: Config, options: Options) -> Running {
 impl Running {
     /// Stops as SIGTERM would and returns the counters; fails if it took more than 10 s.
     pub fn stop(mut self) -> Arc<Stats> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.trigger();
         let started = Instant::now();
         self.handle.take().unwrap().join().unwrap().unwrap();
         assert!(
@@ -92,7 +91,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.trigger();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
