@@ -124,6 +124,7 @@ fn outbox(port: u16, n: usize, run: usize) -> f64 {
         dry_run: false,
         wake: Default::default(),
         observe: Default::default(),
+        clock: aftercare::clock::system(),
     };
     let stop = aftercare::service::Shutdown::new();
     let s = stop.clone();

@@ -14,11 +14,13 @@
 //! - [`config`]: defaults → TOML → `AFTERCARE_*` environment, validated.
 //! - [`redact`]: outside text (database errors, relay replies) made safe to log.
 //! - [`time`]: durations, cron send windows, quiet hours — pure, no clock.
+//! - [`clock`]: the one reader of the system clock; a manual clock for tests.
 //! - [`cdnow`]: the CDNOW data set as a deterministic CloudEvents stream.
 //! - [`cli`]: the `aftercare` commands.
 //! - `fuzzing`: the fuzz targets' bodies, shared with the corpus replay test.
 pub mod cdnow;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod event;

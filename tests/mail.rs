@@ -150,6 +150,7 @@ impl Rig {
             dry_run: false,
             wake: Default::default(),
             observe: Default::default(),
+            clock: aftercare::clock::system(),
         }
     }
 

@@ -510,6 +510,12 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
              CREATE TABLE sequence_versions (
                  name TEXT NOT NULL, version TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
                  first_seen INTEGER NOT NULL, PRIMARY KEY (name, version));
+             CREATE TABLE journeys (
+                 customer TEXT NOT NULL, id TEXT NOT NULL, sequence TEXT NOT NULL, version TEXT NOT NULL,
+                 order_id TEXT, started_at INTEGER NOT NULL, step INTEGER NOT NULL, step_id TEXT NOT NULL,
+                 status TEXT NOT NULL, due INTEGER, cause TEXT NOT NULL, pos INTEGER NOT NULL, backfill INTEGER NOT NULL,
+                 PRIMARY KEY (customer, id)) WITHOUT ROWID;
+             INSERT INTO journeys VALUES ('c1', 'j0', 'thanks', 'v0', NULL, 1, 0, 'receipt', 'due', 2, '', 0, 0);
              INSERT INTO customers VALUES ('c1', '{\"profile\":{\"email\":\"c1@example.com\"}}', 7, 1);
              INSERT INTO outbox (key, customer, journey, sequence, version, step, template, category,
                  transactional, status, created_at, next_attempt_at)
@@ -542,7 +548,7 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
             "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
              WHERE sql LIKE '%WITHOUT ROWID%' ORDER BY name)"
         ),
-        "erased journeys orders processed_events"
+        "erased journey_rows order_rows processed_events"
     );
     assert_eq!(
         test.text(
@@ -730,8 +736,8 @@ fn an_erased_customer_leaves_no_row_behind_in_any_table() {
         let theirs = ts.rows_containing(&["victim"]);
         for table in [
             "customers",
-            "journeys",
-            "orders",
+            "journey_rows",
+            "order_rows",
             "timeline",
             "outbox",
             "dead_letters",
@@ -870,5 +876,104 @@ fn timeline_retention_counts_from_when_a_line_was_written() {
             ts.url
         );
         assert_eq!(ts.count("SELECT COUNT(*) FROM timeline"), 0);
+    }
+}
+
+/// The preference pages' path: events about customers the store holds are applied, two for
+/// one customer included (a preferences form sends a subscribe and an unsubscribe); those
+/// about a customer it does not hold (erased since the email) are dropped.
+#[test]
+fn preference_events_apply_to_held_customers_only_and_all_of_theirs() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        a.apply(&mut *store, &[placed("c1", "o1", t0())], t0())
+            .unwrap();
+        let change = |id: &str, kind: &str, customer: &str, category: &str| {
+            event(
+                json!({"specversion": "1.0", "id": id, "source": "/prefs", "type": kind,
+                "time": aftercare::time::rfc3339(t0()), "subject": customer,
+                "data": {"categories": [category]}}),
+            )
+        };
+        let applied = a
+            .apply_known(
+                &mut *store,
+                &[
+                    change("s1", "customer.subscribed", "c1", "all"),
+                    change("u1", "customer.unsubscribed", "c1", "marketing"),
+                    change("u2", "customer.unsubscribed", "gone", "marketing"),
+                ],
+                t0(),
+            )
+            .unwrap();
+        assert_eq!(applied.events, 2, "{}", ts.url);
+        let (stored, _) = store.customer("c1").unwrap().unwrap();
+        let (profile, _) = record::profile_and_orders(&stored).unwrap();
+        let unsubscribed: Vec<&str> = profile.unsubscribed.iter().map(|c| &**c).collect();
+        assert_eq!(unsubscribed, ["marketing"], "{}", ts.url);
+        assert!(store.load("gone").unwrap().is_none(), "{}", ts.url);
+    }
+}
+
+/// A PostgreSQL store from before journeys moved into the customer's document still held its
+/// `journeys` table (stale copies an erasure would not reach): the migration drops it, and
+/// only it — a `journeys` table of someone else's in a shared database stays.
+#[test]
+fn the_first_journeys_table_is_dropped_and_only_it() {
+    for ours in [true, false] {
+        let ts = TestStore::postgres();
+        let mut c = postgres::Client::connect(&ts.url, postgres::NoTls).unwrap();
+        let columns = if ours {
+            "customer TEXT NOT NULL, id TEXT NOT NULL, sequence TEXT NOT NULL, version TEXT NOT NULL,
+             order_id TEXT, started_at BIGINT NOT NULL, step INTEGER NOT NULL, step_id TEXT NOT NULL,
+             status TEXT NOT NULL, due BIGINT, cause TEXT NOT NULL, pos INTEGER NOT NULL,
+             backfill BOOLEAN NOT NULL, PRIMARY KEY (customer, id)"
+        } else {
+            "id TEXT PRIMARY KEY, step_id TEXT, pos INTEGER"
+        };
+        c.batch_execute(&format!(
+            "CREATE TABLE aftercare_schema (version INTEGER NOT NULL);
+             INSERT INTO aftercare_schema VALUES (4);
+             CREATE TABLE journeys ({columns});"
+        ))
+        .unwrap();
+        drop(ts.open());
+        let left = ts.count(
+            "SELECT COUNT(*) FROM information_schema.tables
+             WHERE table_schema = current_schema() AND table_name = 'journeys'",
+        );
+        assert_eq!(left, if ours { 0 } else { 1 });
+        assert_eq!(ts.count("SELECT COUNT(*) FROM journey_rows"), 0);
+    }
+}
+
+/// A store a newer build migrated is refused, saying why: this build would read customers
+/// without what the newer one added and write them back the poorer.
+#[test]
+fn a_store_of_a_newer_schema_is_refused() {
+    let sqlite = TestStore::sqlite();
+    drop(sqlite.open());
+    let path = sqlite.url.trim_start_matches("sqlite://").to_string();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let pg = TestStore::postgres();
+    drop(pg.open());
+    postgres::Client::connect(&pg.url, postgres::NoTls)
+        .unwrap()
+        .batch_execute("UPDATE aftercare_schema SET version = 99")
+        .unwrap();
+    for (ts, known) in [(&sqlite, 7), (&pg, 5)] {
+        let refused = aftercare::store::open(&ts.url).err().map(|e| e.to_string());
+        assert_eq!(
+            refused,
+            Some(format!(
+                "the store's schema is version 99, written by a newer aftercare; this build knows versions up to {known}: run the newer build (or restore a backup from before it)"
+            )),
+            "{}",
+            ts.url
+        );
     }
 }

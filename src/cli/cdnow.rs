@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let end = match args.end.as_deref() {
         None => None,
-        Some("now") => Some(chrono::Utc::now()),
+        Some("now") => Some(crate::clock::Clock::now(&crate::clock::SystemClock)),
         Some(t) => Some(
             chrono::DateTime::parse_from_rfc3339(t)
                 .map_err(|_| anyhow::anyhow!("--end: `{t}` is not RFC 3339 or `now`"))?

@@ -16,6 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use crate::clock::{Clock as _, SystemClock};
 use crate::service::deadletters::Reports;
 use crate::store::{DeadLetterQuery, Store, StoredDeadLetter};
 use crate::time::{Period, rfc3339};
@@ -79,7 +80,7 @@ fn since(text: &str) -> anyhow::Result<DateTime<Utc>> {
         return Ok(t.with_timezone(&Utc));
     }
     match text.parse::<Period>() {
-        Ok(p) => Ok(Utc::now() - p.0),
+        Ok(p) => Ok(SystemClock.now() - p.0),
         Err(_) => bail!("--since `{text}`: give an RFC 3339 time or a duration such as 2h or 7d"),
     }
 }
@@ -265,7 +266,7 @@ fn replay(
             }
         }
     }
-    store.mark_replayed(&replayed, Utc::now())?;
+    store.mark_replayed(&replayed, SystemClock.now())?;
     eprintln!("replayed {} dead letter(s) to their topics", replayed.len());
     Ok(if failed == 0 {
         ExitCode::SUCCESS

@@ -34,10 +34,15 @@ pub struct Event {
 
 impl Event {
     /// An event aftercare makes itself (a preferences page, an operator's erasure), from
-    /// `source`, happening now; its id is unique.
-    pub fn internal(kind: &str, source: &str, subject: &str, data: EventData) -> Arc<Event> {
+    /// `source`, happening `now`; its id is unique.
+    pub fn internal(
+        kind: &str,
+        source: &str,
+        subject: &str,
+        data: EventData,
+        now: DateTime<Utc>,
+    ) -> Arc<Event> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let now = Utc::now();
         Arc::new(Event {
             id: format!(
                 "{kind}-{}-{}-{}",

@@ -31,7 +31,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::Stats;
@@ -279,8 +278,9 @@ async fn control_journey(
         );
     };
     let done = with_store(&web, move |w| {
+        let now = w.applier.now();
         w.applier
-            .control(w.store, &id, journey, op, Utc::now())
+            .control(w.store, &id, journey, op, now)
             .map_err(|e| e.to_string())
     })
     .await;

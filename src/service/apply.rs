@@ -6,9 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::clock::Clock;
 use crate::engine::{Customer, Decision, Engine};
 use crate::event::{Event, EventData};
 use crate::mail::token::Signer;
@@ -75,6 +77,7 @@ pub struct Applier {
     metrics: Option<Arc<Metrics>>,
     /// Keys the hashes erased addresses are kept as ([`Signer::address_hash`]).
     signer: Signer,
+    clock: Arc<dyn Clock>,
     /// Customers with many journeys or orders, as last saved: reviving one from its rows
     /// costs what its history costs, so it is kept while its stored revision is the same.
     hot: Hot,
@@ -83,17 +86,24 @@ pub struct Applier {
 /// The customers kept in memory between batches, least recently used dropped first.
 #[derive(Default)]
 struct Hot {
-    customers: HashMap<String, (u64, Loaded)>,
+    /// Each with when it was last saved.
+    customers: HashMap<String, (Instant, Loaded)>,
     /// Journeys and orders of the customers kept: what bounds the memory they take.
     items: usize,
-    /// Counts uses, for the least recently used.
-    uses: u64,
+    /// When customers idle for [`HOT_IDLE`] were last dropped.
+    swept: Option<Instant>,
     /// The last revision given (see [`Hot::next_rev`]).
     rev: u64,
 }
 
-/// At most this many journeys and orders are kept in memory (a few hundred bytes each).
+/// At most this many journeys and orders are kept in memory by one engine (a few hundred bytes
+/// each; an order's line items count with it).
 const HOT_ITEMS: usize = 200_000;
+
+/// A customer not written for this long is no longer kept: memory goes back, and a customer
+/// erased through another engine (the admin API, another instance) leaves none of its data
+/// here for longer.
+const HOT_IDLE: Duration = Duration::from_secs(600);
 
 impl Hot {
     fn new() -> Hot {
@@ -120,16 +130,31 @@ impl Hot {
         (rev != 0 && kept.rev == rev).then_some(kept)
     }
 
-    /// Keeps customers just saved whose lists are rows, dropping the least recently used
-    /// beyond [`HOT_ITEMS`].
+    /// Keeps customers just saved whose lists are rows, dropping those idle for
+    /// [`HOT_IDLE`] and the least recently saved beyond [`HOT_ITEMS`].
     fn keep(&mut self, saved: impl IntoIterator<Item = Loaded>) {
+        let now = Instant::now();
         for l in saved.into_iter().filter(Loaded::has_rows) {
-            self.uses += 1;
+            // One customer larger than the bound would push every other out, then itself.
+            if size(&l) > HOT_ITEMS / 2 {
+                continue;
+            }
             self.items += size(&l);
             let id = l.customer.profile.id.to_string();
-            if let Some((_, old)) = self.customers.insert(id, (self.uses, l)) {
+            if let Some((_, old)) = self.customers.insert(id, (now, l)) {
                 self.items -= size(&old);
             }
+        }
+        if self.swept.is_none_or(|t| now - t >= HOT_IDLE / 10) {
+            self.swept = Some(now);
+            let items = &mut self.items;
+            self.customers.retain(|_, (used, l)| {
+                let keep = now - *used < HOT_IDLE;
+                if !keep {
+                    *items -= size(l);
+                }
+                keep
+            });
         }
         while self.items > HOT_ITEMS {
             let Some(oldest) = self
@@ -158,8 +183,20 @@ impl Applier {
             kept: Kept::default(),
             metrics: None,
             signer: Signer::new(super::DEV_SIGNING_KEY),
+            clock: crate::clock::system(),
             hot: Hot::new(),
         }
+    }
+
+    /// Reads the time from `clock` (the service's; tests set theirs).
+    pub fn clocked(mut self, clock: Arc<dyn Clock>) -> Applier {
+        self.clock = clock;
+        self
+    }
+
+    /// What time it is, by this applier's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// Keeps erased addresses as hashes keyed by `signer` (the service's signing key).
@@ -202,12 +239,19 @@ impl Applier {
         now: DateTime<Utc>,
     ) -> Result<Applied> {
         let mut tx = store.begin()?;
-        let ids: Vec<&str> = events.iter().map(|e| &*e.subject).collect();
-        let known: Vec<Arc<Event>> = events
+        // Each customer once: a store answers one row per id asked.
+        let mut ids: Vec<&str> = events.iter().map(|e| &*e.subject).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let held: std::collections::HashSet<&str> = ids
             .iter()
             .zip(tx.load(&ids)?)
-            .filter(|(_, stored)| stored.is_some())
-            .map(|(e, _)| e.clone())
+            .filter_map(|(id, stored)| stored.map(|_| *id))
+            .collect();
+        let known: Vec<Arc<Event>> = events
+            .iter()
+            .filter(|e| held.contains(&*e.subject))
+            .cloned()
             .collect();
         if known.is_empty() {
             return Ok(Applied::default());
@@ -268,7 +312,7 @@ impl Applier {
                         ..profile
                     });
                 }
-                Ok(Loaded::new(c))
+                Ok(Loaded::replacing(c, s))
             }
             revived => revived,
         })?;
@@ -427,13 +471,15 @@ impl Applier {
     /// Erases one customer now, as a `customer.erased` event from `source` would
     /// (`aftercare forget`, `DELETE /api/customers/{id}`): the same path, one transaction.
     pub fn forget(&mut self, store: &mut dyn Store, customer: &str, source: &str) -> Result<()> {
+        let now = self.now();
         let event = Event::internal(
             "customer.erased",
             source,
             customer,
             EventData::CustomerErased,
+            now,
         );
-        self.apply(store, &[event], Utc::now())?;
+        self.apply(store, &[event], now)?;
         Ok(())
     }
 
@@ -782,7 +828,7 @@ mod tests {
         /// Journey and order rows stored.
         fn rows(&self) -> i64 {
             const ROWS: &str =
-                "SELECT (SELECT COUNT(*) FROM journeys) + (SELECT COUNT(*) FROM orders)";
+                "SELECT (SELECT COUNT(*) FROM journey_rows) + (SELECT COUNT(*) FROM order_rows)";
             match self {
                 Db::Sqlite(dir) => rusqlite::Connection::open(dir.join("a.db"))
                     .unwrap()

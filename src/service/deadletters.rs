@@ -14,7 +14,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -24,6 +23,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use super::health::{Backoff, component};
 use super::metrics::OutcomeLabels;
 use super::{Shutdown, Stats};
+use crate::clock::Clock;
 use crate::config::Kafka as KafkaConfig;
 use crate::store::{Published, Store, StoredDeadLetter};
 
@@ -69,6 +69,7 @@ pub struct Publisher {
     max_bytes: usize,
     store: Box<dyn Store>,
     stats: Arc<Stats>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Publisher {
@@ -94,7 +95,14 @@ impl Publisher {
             max_bytes: cfg.dlq_max_bytes,
             store,
             stats,
+            clock: crate::clock::system(),
         })
+    }
+
+    /// Reads the time from `clock`.
+    pub fn clocked(mut self, clock: Arc<dyn Clock>) -> Publisher {
+        self.clock = clock;
+        self
     }
 
     /// Publishes until `stop`, woken by `bell` when the engine recorded dead letters.
@@ -130,7 +138,7 @@ impl Publisher {
 
     /// Claims, sends and records one set.
     fn round(&mut self) -> Round {
-        let now = Utc::now();
+        let now = self.clock.now();
         let lease = chrono::Duration::seconds(LEASE_SECS);
         let claimed = match self.store.claim_dead_letters(now, CLAIM, lease) {
             Ok(c) if c.is_empty() => return Round::Idle,
@@ -162,7 +170,7 @@ impl Publisher {
         if taken > 0 {
             tracing::info!(published = taken, topic = %self.topic, "dead letters published");
         }
-        if let Err(e) = self.store.finish_dead_letters(Utc::now(), &outcomes) {
+        if let Err(e) = self.store.finish_dead_letters(self.clock.now(), &outcomes) {
             // Unrecorded, they are claimed and published again when the lease ends: at least
             // once, never lost.
             return Round::Failed(format!("recording published dead letters: {e}"));

@@ -19,7 +19,7 @@ use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::event::{Event, EventData};
 use crate::mail::token::{Claim, Signer};
@@ -118,11 +118,11 @@ async fn one_click(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Re
     let Some(claim) = web.signer.verify(&token) else {
         return invalid();
     };
-    let event = change(
-        &claim.customer,
-        "customer.unsubscribed",
-        vec![claim.category.clone()],
-    );
+    let event = Change {
+        customer: claim.customer.clone(),
+        subscribe: false,
+        categories: vec![claim.category.clone()],
+    };
     match apply(&web, vec![event]).await {
         Ok(()) => page(
             StatusCode::OK,
@@ -190,10 +190,18 @@ async fn save_preferences(
         // Choosing a category also lifts an unsubscribe from everything.
         let mut lift = wanted.clone();
         lift.push("all".into());
-        events.push(change(&claim.customer, "customer.subscribed", lift));
+        events.push(Change {
+            customer: claim.customer.clone(),
+            subscribe: true,
+            categories: lift,
+        });
     }
     if !unwanted.is_empty() {
-        events.push(change(&claim.customer, "customer.unsubscribed", unwanted));
+        events.push(Change {
+            customer: claim.customer.clone(),
+            subscribe: false,
+            categories: unwanted,
+        });
     }
     match apply(&web, events).await {
         Ok(()) => page(
@@ -223,25 +231,47 @@ fn unavailable(e: &str) -> Response {
     )
 }
 
-/// A preferences event from this server; its id is unique, and its effect idempotent (a set
-/// of categories added or removed).
-fn change(customer: &str, kind: &str, categories: Vec<String>) -> Arc<Event> {
-    let data = match kind {
-        "customer.subscribed" => EventData::CustomerSubscribed { categories },
-        _ => EventData::CustomerUnsubscribed { categories },
-    };
-    Event::internal(kind, "aftercare/http", customer, data)
+/// A change of preferences asked for on this server: categories subscribed to or
+/// unsubscribed from.
+struct Change {
+    customer: String,
+    subscribe: bool,
+    categories: Vec<String>,
 }
 
-/// Applies the events in one transaction, off the async threads (the stores block). An
-/// event about a customer the store does not hold (erased since the email was sent) is
-/// dropped: a link must not bring them back.
-async fn apply(web: &Arc<Web>, events: Vec<Arc<Event>>) -> Result<(), String> {
+impl Change {
+    /// As an event happening `now`; its id is unique, and its effect idempotent (a set of
+    /// categories added or removed).
+    fn event(self, now: DateTime<Utc>) -> Arc<Event> {
+        let (kind, data) = match self.subscribe {
+            true => (
+                "customer.subscribed",
+                EventData::CustomerSubscribed {
+                    categories: self.categories,
+                },
+            ),
+            false => (
+                "customer.unsubscribed",
+                EventData::CustomerUnsubscribed {
+                    categories: self.categories,
+                },
+            ),
+        };
+        Event::internal(kind, "aftercare/http", &self.customer, data, now)
+    }
+}
+
+/// Applies the changes in one transaction, off the async threads (the stores block). One
+/// about a customer the store does not hold (erased since the email was sent) is dropped: a
+/// link must not bring them back.
+async fn apply(web: &Arc<Web>, changes: Vec<Change>) -> Result<(), String> {
     let metrics = web.ops.stats.metrics.clone();
     super::admin::with_store(web, move |w| {
+        let now = w.applier.now();
+        let events: Vec<Arc<Event>> = changes.into_iter().map(|c| c.event(now)).collect();
         let applied = w
             .applier
-            .apply_known(w.store, &events, Utc::now())
+            .apply_known(w.store, &events, now)
             .map_err(|e| e.to_string())?;
         metrics.decided(&applied.decisions);
         Ok(())

@@ -16,7 +16,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use chrono::Utc;
 use rdkafka::Message as _;
 use rdkafka::message::{Headers as _, OwnedMessage};
 
@@ -141,7 +140,7 @@ impl Ingest<'_> {
     /// One transaction: the events of `range`, and the dead letters of its messages that
     /// are malformed or whose customer cannot be read.
     fn commit(&mut self, batch: &Batch, range: Range<usize>) -> Result<(), Failure> {
-        let now = Utc::now();
+        let now = self.applier.now();
         let mut events: Vec<Arc<Event>> = Vec::with_capacity(range.len());
         // Each event's message, and its place in the batch.
         let mut origin: Vec<(&OwnedMessage, usize)> = Vec::with_capacity(range.len());
@@ -196,8 +195,9 @@ impl Ingest<'_> {
     fn dead_letter_alone(&mut self, letter: DeadLetter) -> Settled {
         let mut backoff = Backoff::default();
         loop {
+            let now = self.applier.now();
             let attempt = self.store.begin().and_then(|mut tx| {
-                tx.dead_letter(std::slice::from_ref(&letter), Utc::now())?;
+                tx.dead_letter(std::slice::from_ref(&letter), now)?;
                 tx.commit()
             });
             match attempt {

@@ -125,6 +125,8 @@ pub fn run(
         .limits()
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &limits)?);
+    // The one clock every worker reads.
+    let clock = crate::clock::system();
     let live = Arc::new(reload::Live::new(catalog.clone()));
     let metrics = stats.metrics.clone();
     metrics
@@ -145,7 +147,8 @@ pub fn run(
         crate::store::open_small(&config.store.url)?,
         stats.clone(),
     )
-    .context("creating the dead-letter producer")?;
+    .context("creating the dead-letter producer")?
+    .clocked(clock.clone());
     let (bell, rung) = mpsc::channel::<()>();
     // A batch is handed over when the engine is `idle`; until then the poll thread keeps
     // adding to it. Under load batches grow (fewer, larger commits: group commit).
@@ -181,6 +184,7 @@ pub fn run(
             live: Some(live.clone()),
             health: Some(stats.health.clone()),
         },
+        clock: clock.clone(),
     };
 
     // Unsubscribe and preferences pages: bound now, so a taken port fails the start.
@@ -207,7 +211,9 @@ pub fn run(
         categories: marketing_categories(&catalog),
         apply: std::sync::Mutex::new((
             crate::store::open_small(&config.store.url)?,
-            Applier::new(Engine::new(catalog.clone(), policy.clone())).signing(signer.clone()),
+            Applier::new(Engine::new(catalog.clone(), policy.clone()))
+                .signing(signer.clone())
+                .clocked(clock.clone()),
         )),
         ops: admin::Ops {
             token: config.secrets.admin_token.clone(),
@@ -251,6 +257,7 @@ pub fn run(
         let stats = stats.clone();
         let stop = engine_stop.clone();
         let applier = Applier::new(Engine::new(catalog.clone(), policy))
+            .clocked(clock.clone())
             .metered(stats.metrics.clone())
             .signing(signer);
         let idle = idle.clone();
@@ -279,6 +286,7 @@ pub fn run(
     };
     let figures_thread = {
         let mut store = crate::store::open_small(&config.store.url)?;
+        let clock = clock.clone();
         let (stop, stats, live, report) = (
             side_stop.clone(),
             stats.clone(),
@@ -288,7 +296,16 @@ pub fn run(
         let window = config.http.nps_window.clone();
         Worker::spawn("figures", move || {
             loop {
-                refresh_figures(&mut *store, &stats, &live, &report, nps_window, &window);
+                let now = clock.now();
+                refresh_figures(
+                    &mut *store,
+                    &stats,
+                    &live,
+                    &report,
+                    nps_window,
+                    &window,
+                    now,
+                );
                 if stop.wait_timeout(figures_every) {
                     break;
                 }
@@ -450,7 +467,7 @@ fn engine_loop(
         // Sleep until the next due customer, but look again at least twice a second: other
         // instances may have changed what is due.
         let wait = next_due
-            .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .map(|d| (d - applier.now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::from_millis(500))
             .min(Duration::from_millis(500));
         idle.store(true, Ordering::Release);
@@ -480,7 +497,7 @@ fn engine_loop(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        if next_due.is_none_or(|d| d <= Utc::now())
+        if next_due.is_none_or(|d| d <= applier.now())
             || due_checked.elapsed() >= Duration::from_millis(500)
         {
             if wake_all(&mut *store, &mut applier, stats) {
@@ -492,13 +509,13 @@ fn engine_loop(
         if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             // Keys older than the window are forgotten: a redelivery older than that would
             // apply again, so the window must outlast any replay (topic retention).
-            match store.prune_processed(Utc::now() - retention.dedupe_keys()) {
+            match store.prune_processed(applier.now() - retention.dedupe_keys()) {
                 Ok(n) => tracing::debug!(forgotten = n, "dedupe window pruned"),
                 Err(e) => {
                     tracing::warn!(error = %e, "pruning the dedupe window failed; retrying later")
                 }
             }
-            match store.prune_timeline(Utc::now() - retention.timeline) {
+            match store.prune_timeline(applier.now() - retention.timeline) {
                 Ok(n) => tracing::debug!(
                     deleted = n,
                     "timeline lines past store.timeline_retention deleted"
@@ -566,7 +583,8 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool
     let mut emails = false;
     let mut limit = WAKE_BATCH;
     loop {
-        match applier.wake(store, Utc::now(), limit) {
+        let now = applier.now();
+        match applier.wake(store, now, limit) {
             Ok((n, decisions)) => {
                 stats.health.recovered(health::component::WAKEUPS);
                 stats.wakeups.fetch_add(n as u64, Ordering::Relaxed);
@@ -585,7 +603,7 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool
                 limit = 1;
             }
             Err(e) if e.class() == crate::store::ErrorClass::Permanent => {
-                match applier.park_first_due(store, Utc::now()) {
+                match applier.park_first_due(store, now) {
                     Ok(Some(id)) => {
                         tracing::error!(customer_id = %crate::redact::text(&id), error = %e, "the store refuses this customer's state; its wake-ups are suspended")
                     }
@@ -619,8 +637,8 @@ fn refresh_figures(
     report: &figures::Shared,
     nps_window: chrono::Duration,
     window_text: &str,
+    now: chrono::DateTime<Utc>,
 ) {
-    let now = Utc::now();
     let started = Instant::now();
     match store.figures(now, now - nps_window) {
         Ok(f) => {

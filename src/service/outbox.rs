@@ -16,6 +16,7 @@
 //! re-sends at most the emails in flight (same Message-ID) and never loses one.
 
 use super::Shutdown;
+use crate::clock::Clock;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct Sender {
     /// Signalled when new emails are queued, so they go out without waiting for the poll.
     pub wake: Arc<Notify>,
     pub observe: Observe,
+    /// What time it is (leases, retries, send windows).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What the worker reports to and follows while `run` runs.
@@ -121,6 +124,7 @@ impl Sender {
             dry_run,
             wake,
             observe,
+            clock,
         } = self;
         // The SMTP pool is created and dropped in the runtime's context.
         let _inside = rt.enter();
@@ -135,6 +139,7 @@ impl Sender {
             seen: observe.live.as_ref().map_or(0, |l| l.generation()),
             observe,
             kept: Kept::default(),
+            clock,
         };
         worker.serve(&rt, stop);
         Ok(())
@@ -156,6 +161,7 @@ struct Worker {
     /// Versions no longer loaded, revived from the store: their emails render with the
     /// templates kept with them.
     kept: Kept,
+    clock: Arc<dyn Clock>,
 }
 
 impl Worker {
@@ -192,7 +198,7 @@ impl Worker {
                 finished.push(done);
             }
             if !finished.is_empty() {
-                match self.store.finish_emails(Utc::now(), &finished) {
+                match self.store.finish_emails(self.clock.now(), &finished) {
                     Ok(fenced) => {
                         self.observe.store_ok();
                         if !fenced.is_empty() {
@@ -206,7 +212,7 @@ impl Worker {
                             }
                         }
                         log_outcomes(&finished);
-                        self.observe.metrics.delivered(&finished, Utc::now());
+                        self.observe.metrics.delivered(&finished, self.clock.now());
                         finished.clear();
                     }
                     Err(e) => {
@@ -230,7 +236,10 @@ impl Worker {
             let paced = room > 0 && free == 0;
             let mut claimed = 0;
             if !stopping && free > 0 {
-                match self.store.claim_emails(Utc::now(), free, self.lease()) {
+                match self
+                    .store
+                    .claim_emails(self.clock.now(), free, self.lease())
+                {
                     Ok(rows) => {
                         self.observe.store_ok();
                         claimed = rows.len();
@@ -257,6 +266,7 @@ impl Worker {
                                     let outcome = Outcome {
                                         settings: self.settings.clone(),
                                         engine: self.engine.clone(),
+                                        clock: self.clock.clone(),
                                         sequence,
                                     };
                                     let metrics = self.observe.metrics.clone();
@@ -346,19 +356,21 @@ impl Worker {
     fn may_start(&self, row: &OutboxRow) -> bool {
         let needed = chrono::Duration::from_std(self.settings.send_timeout + RECORD_ROOM)
             .unwrap_or(chrono::Duration::MAX);
-        Utc::now()
+        self.clock
+            .now()
             .checked_add_signed(needed)
             .is_some_and(|end| end <= row.claimed_until)
     }
 
     /// Renders and composes the email, or says why it will not be sent.
     fn prepare(&mut self, row: &OutboxRow) -> Prepared {
+        let now = self.clock.now();
         let failed = |error: String| Prepared::Done(Delivery::Failed { error });
         // The database, not the email: try again shortly rather than give the email up.
         let unavailable = |e: crate::store::StoreError| {
             Prepared::Done(Delivery::Retry {
                 error: format!("store: {e}"),
-                at: Utc::now() + chrono::Duration::seconds(30),
+                at: now + chrono::Duration::seconds(30),
             })
         };
         let stored = match self.store.load(&row.customer) {
@@ -462,6 +474,7 @@ impl Worker {
 struct Outcome {
     settings: config::Delivery,
     engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
     /// The email's sequence at its journey's version, when known.
     sequence: Option<Arc<Sequence>>,
 }
@@ -497,7 +510,7 @@ impl Outcome {
             }
             Failure::Transient | Failure::Ambiguous => {}
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let attempts = row.attempts + 1;
         let give_up = chrono::Duration::from_std(self.settings.give_up_after)
             .unwrap_or(chrono::Duration::days(5));
@@ -709,9 +722,11 @@ mod tests {
         std::fs::create_dir_all(&empty).unwrap();
         let (catalog, _) = crate::sequence::Catalog::load(&empty).unwrap();
         let catalog = Arc::new(catalog);
+        let now: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().unwrap();
         let outcome = Outcome {
             settings: settings(),
             engine: Arc::new(Engine::new(catalog, Policy::default())),
+            clock: Arc::new(crate::clock::ManualClock::new(now)),
             sequence: None,
         };
         let mail = mail();
@@ -723,7 +738,6 @@ mod tests {
                 message: message.into(),
             })
         };
-        let now = Utc::now();
         match outcome.of(
             &row(now, 0),
             &mail,
@@ -795,9 +809,12 @@ mod tests {
         assert!(diags.is_empty(), "{diags:?}");
         let sequence = catalog.get("w").unwrap().clone();
         let version = sequence.version.to_string();
+        // 19:00 in Seoul.
+        let now: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().unwrap();
         let outcome = Outcome {
             settings: crate::config::Config::default().delivery().unwrap(),
             engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
+            clock: Arc::new(crate::clock::ManualClock::new(now)),
             sequence: Some(sequence),
         };
         let row = OutboxRow {
@@ -805,7 +822,7 @@ mod tests {
             version,
             template: "t/a".into(),
             category: "news".into(),
-            ..row(Utc::now(), 0)
+            ..row(now, 0)
         };
         let mail = mail();
         let profile = Profile {
@@ -817,17 +834,13 @@ mod tests {
             code: Some(451),
             message: "451 later".into(),
         });
-        let before = Utc::now();
         let Delivery::Retry { at, .. } =
             outcome.of(&row, &mail, "a@example.com", &Arc::new(profile), failed)
         else {
             panic!("not a retry");
         };
-        // 09:00 in Seoul, the first one after the backoff (about 5 minutes from now).
-        let local = at.with_timezone(&chrono_tz::Asia::Seoul);
-        assert_eq!(local.format("%H:%M:%S").to_string(), "09:00:00");
-        assert!(at > before + chrono::Duration::minutes(4));
-        assert!(at <= before + chrono::Duration::days(1) + chrono::Duration::minutes(7));
+        // 09:00 in Seoul, the first one after the backoff (about 5 minutes from 19:00).
+        assert_eq!(at, "2026-03-02T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
     }
 }
 

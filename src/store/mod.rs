@@ -448,6 +448,15 @@ pub trait Tx {
     fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// Refusing a store a newer build migrated: this build would read its state without what the
+/// newer one added (journeys kept as rows, say) and write it back the poorer.
+fn newer_schema(found: i64, known: i64) -> String {
+    format!(
+        "the store's schema is version {found}, written by a newer aftercare; this build knows \
+         versions up to {known}: run the newer build (or restore a backup from before it)"
+    )
+}
+
 /// Opens the store named by `store.url` and runs its migrations.
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite://") {

@@ -60,9 +60,9 @@ CREATE INDEX IF NOT EXISTS timeline_recorded ON timeline (recorded_at);
 CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer);
 CREATE TABLE IF NOT EXISTS erased (address TEXT PRIMARY KEY, at BIGINT NOT NULL);
 ALTER TABLE customers ADD COLUMN IF NOT EXISTS rev BIGINT NOT NULL DEFAULT 0;
-CREATE TABLE IF NOT EXISTS journeys (
+CREATE TABLE IF NOT EXISTS journey_rows (
     customer TEXT NOT NULL, n BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (customer, n));
-CREATE TABLE IF NOT EXISTS orders (
+CREATE TABLE IF NOT EXISTS order_rows (
     customer TEXT NOT NULL, n BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (customer, n));
 ";
 
@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS orders (
 /// journeys or orders keeps them as rows (`journeys`, `orders`), and customer rows carry a
 /// revision (`rev`).
 const SCHEMA_VERSION: i32 = 5;
+
+/// The database's clock in microseconds since the epoch, for the columns that say when a row
+/// was written (the service's own time comes from its [`crate::clock::Clock`]).
+const NOW_US: &str = "(extract(epoch from now()) * 1000000)::bigint";
 
 /// Serialises concurrent migrations of several instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
@@ -92,20 +96,30 @@ impl PgStore {
     /// stall or deadlock their writes.
     pub fn connect(url: &str) -> Result<PgStore> {
         let mut client = Client::connect(url, NoTls)?;
-        if schema_version(&mut client)? < SCHEMA_VERSION {
+        let found = schema_version(&mut client)?;
+        if found > SCHEMA_VERSION {
+            return Err(super::StoreError::Config(super::newer_schema(
+                found.into(),
+                SCHEMA_VERSION.into(),
+            )));
+        }
+        if found < SCHEMA_VERSION {
             let mut tx = client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
             // Another instance may have migrated while this one waited for the lock.
             let from = schema_version(&mut tx)?;
             if from < SCHEMA_VERSION {
+                if from < 5 {
+                    drop_first_journeys(&mut tx)?;
+                }
                 tx.batch_execute(SCHEMA)?;
                 if from < 2 {
                     rewrite_amounts(&mut tx)?;
                 }
                 if from < 4 {
                     tx.execute(
-                        "UPDATE timeline SET recorded_at = LEAST(at, $1) WHERE recorded_at IS NULL",
-                        &[&micros(Utc::now())],
+                        &format!("UPDATE timeline SET recorded_at = LEAST(at, {NOW_US}) WHERE recorded_at IS NULL"),
+                        &[],
                     )?;
                 }
                 tx.execute("DELETE FROM aftercare_schema", &[])?;
@@ -130,6 +144,23 @@ impl PgStore {
         }
         Ok(&mut self.client)
     }
+}
+
+/// The `journeys` table of stores made before journeys moved into the customer's document
+/// (schema 1) was never dropped: stale copies nothing reads, and an erasure would not reach
+/// them. Dropped only if it is that table (its `pos` and `step_id` columns): a table of that
+/// name in a shared database may be someone else's.
+fn drop_first_journeys(tx: &mut Transaction<'_>) -> Result<()> {
+    tx.batch_execute(
+        "DO $$ BEGIN
+            IF (SELECT COUNT(*) FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = 'journeys'
+                  AND column_name IN ('pos', 'step_id', 'cause', 'backfill')) = 4 THEN
+                DROP TABLE journeys;
+            END IF;
+         END $$;",
+    )?;
+    Ok(())
 }
 
 /// Every customer document whose amounts are still floats, rewritten with decimal strings.
@@ -181,10 +212,10 @@ impl Store for PgStore {
             .map(|v| super::record::templates_text(&v.templates))
             .collect();
         self.c()?.execute(
-            "INSERT INTO sequence_versions (name, version, path, source, first_seen, templates)
-             SELECT n, v, p, s, $5, t FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $6::text[]) AS t(n, v, p, s, t)
-             ON CONFLICT DO NOTHING",
-            &[&names, &vers, &paths, &sources, &micros(Utc::now()), &templates],
+            &format!("INSERT INTO sequence_versions (name, version, path, source, first_seen, templates)
+             SELECT n, v, p, s, {NOW_US}, t FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS t(n, v, p, s, t)
+             ON CONFLICT DO NOTHING"),
+            &[&names, &vers, &paths, &sources, &templates],
         )?;
         Ok(())
     }
@@ -233,7 +264,7 @@ impl Store for PgStore {
         let rows = self.c()?.query(
             "SELECT j ->> 'sequence', j ->> 'version', j ->> 'step_id', j ->> 'status', COUNT(*)
              FROM (SELECT j FROM customers, jsonb_array_elements(CASE WHEN state = '' THEN '[]'::jsonb ELSE state::jsonb -> 'journeys' END) AS j
-                   UNION ALL SELECT data::jsonb FROM journeys) AS t(j)
+                   UNION ALL SELECT data::jsonb FROM journey_rows) AS t(j)
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
             &[],
         )?;
@@ -369,7 +400,7 @@ impl Store for PgStore {
     fn counts(&mut self) -> Result<Vec<(String, i64)>> {
         super::count_queries(
             "SELECT ((SELECT COALESCE(SUM(jsonb_array_length(state::jsonb -> 'journeys')), 0) FROM customers WHERE state <> '')
-                 + (SELECT COUNT(*) FROM journeys))::bigint",
+                 + (SELECT COUNT(*) FROM journey_rows))::bigint",
         )
         .iter()
             .map(|(name, sql)| Ok((name.to_string(), self.c()?.query_one(*sql, &[])?.get(0))))
@@ -626,14 +657,25 @@ fn load<C: postgres::GenericClient>(
     Ok(ids.iter().map(|id| found.remove(*id)).collect())
 }
 
-/// A customer's row with its journey and order rows, when its document keeps some.
-fn load_whole<C: GenericClient>(client: &mut C, id: &str) -> Result<Option<StoredCustomer>> {
-    let Some(mut c) = load(client, &[id], "")?.pop().flatten() else {
+/// A customer's row with its journey and order rows, when its document keeps some: then
+/// read again with them in one snapshot, so both are of the same moment.
+fn load_whole(client: &mut Client, id: &str) -> Result<Option<StoredCustomer>> {
+    match load(client, &[id], "")?.pop().flatten() {
+        Some(c) if super::record::has_rows(&c.state) => {}
+        listed => return Ok(listed),
+    }
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let Some(mut c) = load(&mut tx, &[id], "")?.pop().flatten() else {
         return Ok(None);
     };
     if super::record::has_rows(&c.state) {
-        read_rows(client, std::slice::from_mut(&mut c))?;
+        read_rows(&mut tx, std::slice::from_mut(&mut c))?;
     }
+    tx.commit()?;
     Ok(Some(c))
 }
 
@@ -648,7 +690,7 @@ fn read_rows<C: GenericClient>(client: &mut C, customers: &mut [StoredCustomer])
         .enumerate()
         .map(|(i, id)| (id.clone(), i))
         .collect();
-    for table in ["journeys", "orders"] {
+    for table in ["journey_rows", "order_rows"] {
         let rows = client.query(
             &format!("SELECT customer, n, data FROM {table} WHERE customer = ANY($1) ORDER BY customer, n"),
             &[&ids],
@@ -658,7 +700,7 @@ fn read_rows<C: GenericClient>(client: &mut C, customers: &mut [StoredCustomer])
                 continue;
             };
             let set = match table {
-                "journeys" => &mut customers[*i].rows.journeys,
+                "journey_rows" => &mut customers[*i].rows.journeys,
                 _ => &mut customers[*i].rows.orders,
             };
             set.put.push((r.get(1), r.get(2)));
@@ -791,14 +833,16 @@ impl Tx for PgTx<'_> {
         let dues: Vec<Option<i64>> = customers.iter().map(|c| c.next_due.map(micros)).collect();
         let revs: Vec<i64> = customers.iter().map(|c| c.rev).collect();
         self.tx.execute(
-            "INSERT INTO customers (id, state, next_due, updated_at, rev)
-             SELECT i, s, d, $4, r FROM UNNEST($1::text[], $2::text[], $3::bigint[], $5::bigint[]) AS t(i, s, d, r)
+            &format!("INSERT INTO customers (id, state, next_due, updated_at, rev)
+             SELECT i, s, d, {NOW_US}, r FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS t(i, s, d, r)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due,
-                 updated_at = excluded.updated_at, rev = excluded.rev",
-            &[&ids, &states, &dues, &micros(Utc::now()), &revs],
+                 updated_at = excluded.updated_at, rev = excluded.rev"),
+            &[&ids, &states, &dues, &revs],
         )?;
-        write_rows(&mut self.tx, "journeys", customers, |c| &c.rows.journeys)?;
-        write_rows(&mut self.tx, "orders", customers, |c| &c.rows.orders)?;
+        write_rows(&mut self.tx, "journey_rows", customers, |c| {
+            &c.rows.journeys
+        })?;
+        write_rows(&mut self.tx, "order_rows", customers, |c| &c.rows.orders)?;
         Ok(())
     }
 
@@ -902,8 +946,8 @@ impl Tx for PgTx<'_> {
         let mut removed = 0;
         for table in [
             "customers WHERE id",
-            "journeys WHERE customer",
-            "orders WHERE customer",
+            "journey_rows WHERE customer",
+            "order_rows WHERE customer",
             "timeline WHERE customer",
             "outbox WHERE customer",
         ] {

@@ -7,7 +7,7 @@
 //! Sequences are stored by (name, version) and resolved to compiled versions on load.
 //!
 //! A customer with many journeys or orders (a marketplace seller, a business account) keeps
-//! them as rows of their own instead (`journeys`, `orders`: one JSON document per row, by the
+//! them as rows of their own instead (`journey_rows`, `order_rows`: one JSON document per row, by the
 //! number [`Journeys::changes`] gives), flagged in the document: an event then rewrites the
 //! rows it changed, not the whole history (SPEC §7). Each write gives the customer row a new
 //! revision, so a copy kept in memory is known to be current ([`Loaded`]).
@@ -132,6 +132,21 @@ impl Loaded {
         }
     }
 
+    /// A customer to write over a stored one that cannot be read (an erasure needs only its
+    /// address): the rows the stored one kept go with it.
+    pub fn replacing(customer: Customer, stored: &StoredCustomer) -> Loaded {
+        let kept = serde_json::from_str::<KeptAsRows>(&stored.state).unwrap_or(KeptAsRows {
+            journey_rows: true,
+            order_rows: true,
+        });
+        Loaded {
+            customer,
+            rev: stored.rev,
+            journey_rows: kept.journey_rows,
+            order_rows: kept.order_rows,
+        }
+    }
+
     /// Whether its journeys or orders are kept as rows: a customer worth keeping in memory.
     pub fn has_rows(&self) -> bool {
         self.journey_rows || self.order_rows
@@ -196,7 +211,7 @@ struct StateIn {
 }
 
 /// Which of the customer's lists are rows of their own.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct KeptAsRows {
     #[serde(default)]
     journey_rows: bool,
@@ -206,7 +221,9 @@ struct KeptAsRows {
 
 /// Whether a state document keeps journeys or orders as rows: the store reads them too.
 pub fn has_rows(state: &str) -> bool {
-    serde_json::from_str::<KeptAsRows>(state).is_ok_and(|k| k.journey_rows || k.order_rows)
+    // Nearly every document has neither flag, nor the text of one: no second parse for it.
+    (state.contains("journey_rows") || state.contains("order_rows"))
+        && serde_json::from_str::<KeptAsRows>(state).is_ok_and(|k| k.journey_rows || k.order_rows)
 }
 
 #[derive(Serialize, Deserialize)]

@@ -28,10 +28,10 @@ CREATE TABLE IF NOT EXISTS customers (
     id TEXT PRIMARY KEY, state TEXT NOT NULL, next_due INTEGER, updated_at INTEGER NOT NULL,
     rev INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS customers_due ON customers (next_due) WHERE next_due IS NOT NULL;
-CREATE TABLE IF NOT EXISTS journeys (
+CREATE TABLE IF NOT EXISTS journey_rows (
     customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (customer, n)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS orders (
+CREATE TABLE IF NOT EXISTS order_rows (
     customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (customer, n)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timeline (
@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_pending ON dead_letters (id)
     WHERE published_at IS NULL AND refused = 0;
 ";
+
+/// The database's clock in microseconds since the epoch, for the columns that say when a row
+/// was written (the service's own time comes from its [`crate::clock::Clock`]).
+const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)";
 
 /// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express; each
 /// version's step from the one before is in `MIGRATIONS`.
@@ -132,14 +136,17 @@ const MIGRATIONS: [(i64, &str); 6] = [
              address TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
     ),
     // A customer with many journeys or orders keeps them as rows of their own, and every
-    // write gives the customer row a new revision (see `record`).
+    // write gives the customer row a new revision (see `record`). The `journeys` table of
+    // stores made before journeys moved into the customer's document (schema 1) was never
+    // dropped: stale copies nothing reads, and an erasure would not reach them.
     (
         7,
-        "ALTER TABLE customers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
-         CREATE TABLE IF NOT EXISTS journeys (
+        "DROP TABLE IF EXISTS journeys;
+         ALTER TABLE customers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE IF NOT EXISTS journey_rows (
              customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
              PRIMARY KEY (customer, n)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS orders (
+         CREATE TABLE IF NOT EXISTS order_rows (
              customer TEXT NOT NULL, n INTEGER NOT NULL, data TEXT NOT NULL,
              PRIMARY KEY (customer, n)) WITHOUT ROWID;",
     ),
@@ -298,6 +305,12 @@ impl SqliteStore {
         // A current schema is only read: opening a store beside a running engine (the outbox
         // worker's, a command's) must not queue for the write lock.
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(super::StoreError::Config(super::newer_schema(
+                version,
+                SCHEMA_VERSION,
+            )));
+        }
         if version == 0 {
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -479,13 +492,12 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO sequence_versions (name, version, path, source, first_seen, templates)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &format!("INSERT OR IGNORE INTO sequence_versions (name, version, path, source, first_seen, templates)
+                 VALUES (?1, ?2, ?3, ?4, {NOW_US}, ?5)"),
             )?;
-            let now = micros(Utc::now());
             for v in versions {
                 let templates = super::record::templates_text(&v.templates);
-                st.execute(params![v.name, v.version, v.path, v.source, now, templates])?;
+                st.execute(params![v.name, v.version, v.path, v.source, templates])?;
             }
         }
         tx.commit()?;
@@ -537,7 +549,7 @@ impl Store for SqliteStore {
         let mut st = self.conn.prepare_cached(
             "SELECT j ->> 'sequence', j ->> 'version', j ->> 'step_id', j ->> 'status', COUNT(*)
              FROM (SELECT j.value AS j FROM customers, json_each(customers.state, '$.journeys') AS j
-                   UNION ALL SELECT data FROM journeys)
+                   UNION ALL SELECT data FROM journey_rows)
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
         )?;
         let rows = st
@@ -682,7 +694,7 @@ impl Store for SqliteStore {
     fn counts(&mut self) -> Result<Vec<(String, i64)>> {
         super::count_queries(
             "SELECT (SELECT COUNT(*) FROM customers, json_each(customers.state, '$.journeys'))
-                 + (SELECT COUNT(*) FROM journeys)",
+                 + (SELECT COUNT(*) FROM journey_rows)",
         )
         .iter()
         .map(|(name, sql)| {
@@ -914,20 +926,28 @@ fn load_one(conn: &Connection, id: &str) -> Result<Option<StoredCustomer>> {
     Ok(row)
 }
 
-/// A customer's row with its journey and order rows, when its document keeps some.
+/// A customer's row with its journey and order rows, when its document keeps some: then
+/// read again with them in one transaction, so both are of the same moment.
 fn load_whole(conn: &Connection, id: &str) -> Result<Option<StoredCustomer>> {
-    let mut c = load_one(conn, id)?;
-    if let Some(c) = c.as_mut().filter(|c| super::record::has_rows(&c.state)) {
-        read_rows(conn, c)?;
+    match load_one(conn, id)? {
+        Some(c) if super::record::has_rows(&c.state) => {
+            let tx = conn.unchecked_transaction()?;
+            let mut c = load_one(&tx, id)?;
+            if let Some(c) = c.as_mut() {
+                read_rows(&tx, c)?;
+            }
+            tx.commit()?;
+            Ok(c)
+        }
+        listed => Ok(listed),
     }
-    Ok(c)
 }
 
 /// Reads a customer's journey and order rows into `c.rows`.
 fn read_rows(conn: &Connection, c: &mut StoredCustomer) -> Result<()> {
     for (table, set) in [
-        ("journeys", &mut c.rows.journeys),
-        ("orders", &mut c.rows.orders),
+        ("journey_rows", &mut c.rows.journeys),
+        ("order_rows", &mut c.rows.orders),
     ] {
         set.put = conn
             .prepare_cached(&format!(
@@ -1023,25 +1043,24 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn save(&mut self, customers: &[StoredCustomer]) -> Result<()> {
-        let now = micros(Utc::now());
-        let mut upsert = self.tx.prepare_cached(
-            "INSERT INTO customers (id, state, next_due, updated_at, rev) VALUES (?1, ?2, ?3, ?4, ?5)
+        let mut upsert = self.tx.prepare_cached(&format!(
+            "INSERT INTO customers (id, state, next_due, updated_at, rev) VALUES (?1, ?2, ?3, {NOW_US}, ?4)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, next_due = excluded.next_due,
-                 updated_at = excluded.updated_at, rev = excluded.rev",
-        )?;
+                 updated_at = excluded.updated_at, rev = excluded.rev"
+        ))?;
         for c in customers {
-            upsert.execute(params![c.id, c.state, c.next_due.map(micros), now, c.rev])?;
-            write_rows(&self.tx, "journeys", &c.id, &c.rows.journeys)?;
-            write_rows(&self.tx, "orders", &c.id, &c.rows.orders)?;
+            upsert.execute(params![c.id, c.state, c.next_due.map(micros), c.rev])?;
+            write_rows(&self.tx, "journey_rows", &c.id, &c.rows.journeys)?;
+            write_rows(&self.tx, "order_rows", &c.id, &c.rows.orders)?;
         }
         Ok(())
     }
 
     fn record(&mut self, decisions: &[Decision]) -> Result<()> {
-        let mut timeline = self.tx.prepare_cached(
+        let mut timeline = self.tx.prepare_cached(&format!(
             "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))",
-        )?;
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NOW_US})"
+        ))?;
         let mut outbox = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO outbox (key, customer, journey, sequence, version, step, order_id, template, category,
                  transactional, status, created_at, next_attempt_at)
@@ -1089,8 +1108,8 @@ impl Tx for SqliteTx<'_> {
         let mut removed = 0;
         for table in [
             "customers WHERE id",
-            "journeys WHERE customer",
-            "orders WHERE customer",
+            "journey_rows WHERE customer",
+            "order_rows WHERE customer",
             "timeline WHERE customer",
             "outbox WHERE customer",
         ] {
