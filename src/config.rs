@@ -41,6 +41,61 @@ pub struct Config {
     pub trace: Trace,
     #[serde(skip)]
     pub secrets: Secrets,
+    /// What [`Config::settings`] made of it at load.
+    #[serde(skip)]
+    checked: Option<Settings>,
+}
+
+/// The configuration's second stage: every value checked for what it means, in its checked
+/// form, for the service to run on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Policy,
+    pub delivery: Delivery,
+    pub retention: Retention,
+    pub intervals: Intervals,
+    pub limits: Limits,
+}
+
+/// The service's periods.
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    /// How often the store-backed figures are recomputed.
+    pub figures_refresh: std::time::Duration,
+    /// The NPS window.
+    pub nps_window: chrono::Duration,
+    /// How often the sequences folder is looked at.
+    pub watch: std::time::Duration,
+}
+
+/// What a check found wrong: each key with why, all of them.
+pub type Problems = Vec<(String, String)>;
+
+/// The problems found so far.
+#[derive(Default)]
+struct Gather(Problems);
+
+impl Gather {
+    /// The value, or `None` with its problem noted.
+    fn ok<T>(&mut self, r: Result<T, (String, String)>) -> Option<T> {
+        r.map_err(|p| self.0.push(p)).ok()
+    }
+
+    fn fail<T>(&mut self, key: &str, message: impl Into<String>) -> Option<T> {
+        self.0.push((key.to_string(), message.into()));
+        None
+    }
+
+    /// One section checked alone: its value, or its first problem.
+    fn first<T>(check: impl FnOnce(&mut Gather) -> Option<T>) -> Result<T, (String, String)> {
+        let mut g = Gather::default();
+        let v = check(&mut g);
+        match (v, g.0.into_iter().next()) {
+            (Some(v), None) => Ok(v),
+            (_, Some(p)) => Err(p),
+            (None, None) => Err(("config".into(), "invalid".into())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -502,110 +557,154 @@ impl Config {
             ConfigError { origin, message }
         })?;
         config.secrets = secrets;
-        config.check().map_err(|(key, message)| {
-            let origin = from_env
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map_or(shown.clone(), |(_, var)| var.clone());
+        let settings = config.check().map_err(|problems| {
+            let origin_of = |key: &str| {
+                from_env
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(shown.clone(), |(_, var)| var.clone())
+            };
+            let mut lines = problems.iter();
+            let Some((key, message)) = lines.next() else {
+                return ConfigError {
+                    origin: shown.clone(),
+                    message: "invalid".into(),
+                };
+            };
+            // Every problem at once: the first as the error, the others on lines of their own.
+            let mut text = format!("{key}: {message}");
+            for (key, message) in lines {
+                text.push_str(&format!("\n  {}: {key}: {message}", origin_of(key)));
+            }
             ConfigError {
-                origin,
-                message: format!("{key}: {message}"),
+                origin: origin_of(key),
+                message: text,
             }
         })?;
+        config.checked = Some(settings);
         Ok(config)
     }
 
-    /// Second stage: values that parse as TOML but mean nothing (a bad duration, zone, URL).
-    fn check(&self) -> Result<(), (String, String)> {
-        self.policy().map(|_| ())?;
-        self.retention().map(|_| ())?;
-        self.delivery().map(|_| ())?;
-        self.intervals().map(|_| ())?;
-        self.limits().map(|_| ())?;
+    /// Second stage: values that parse as TOML but mean nothing (a bad duration, zone, URL),
+    /// every one found, and the checked values (as checked at load, when loaded).
+    pub fn settings(&self) -> Result<Settings, Problems> {
+        match &self.checked {
+            Some(s) => Ok(s.clone()),
+            None => self.check(),
+        }
+    }
+
+    fn check(&self) -> Result<Settings, Problems> {
+        let mut g = Gather::default();
+        let policy = self.policy_in(&mut g);
+        let delivery = self.delivery_in(&mut g);
+        let retention = self.retention_in(&mut g);
+        let intervals = self.intervals_in(&mut g);
+        let limits = self.limits_in(&mut g);
+        self.check_rest(&mut g);
+        match (policy, delivery, retention, intervals, limits) {
+            (Some(policy), Some(delivery), Some(retention), Some(intervals), Some(limits))
+                if g.0.is_empty() =>
+            {
+                Ok(Settings {
+                    policy,
+                    delivery,
+                    retention,
+                    intervals,
+                    limits,
+                })
+            }
+            _ => Err(g.0),
+        }
+    }
+
+    /// The checks whose values are used as written.
+    fn check_rest(&self, g: &mut Gather) {
         if self.kafka.buffer_bytes < 1 << 20 {
-            return Err((
-                "kafka.buffer_bytes".into(),
-                "must be at least 1048576 (1 MiB)".into(),
-            ));
+            g.fail::<()>("kafka.buffer_bytes", "must be at least 1048576 (1 MiB)");
         }
         if self.kafka.dlq_max_bytes < 1024 {
-            return Err(("kafka.dlq_max_bytes".into(), "must be at least 1024".into()));
+            g.fail::<()>("kafka.dlq_max_bytes", "must be at least 1024");
         }
         if !matches!(self.trace.protocol.as_str(), "http/protobuf" | "http/json") {
-            return Err((
-                "trace.protocol".into(),
+            g.fail::<()>(
+                "trace.protocol",
                 format!(
                     "`{}` must be http/protobuf or http/json",
                     self.trace.protocol
                 ),
-            ));
+            );
         }
         let endpoint = &self.trace.otlp_endpoint;
         if !(endpoint.is_empty()
             || endpoint.starts_with("http://")
             || endpoint.starts_with("https://"))
         {
-            return Err((
-                "trace.otlp_endpoint".into(),
-                format!(
-                    "`{}` must be an http:// or https:// URL",
-                    self.trace.otlp_endpoint
-                ),
-            ));
+            g.fail::<()>(
+                "trace.otlp_endpoint",
+                format!("`{endpoint}` must be an http:// or https:// URL"),
+            );
         }
         let url = &self.store.url;
         if !(url.starts_with("sqlite://")
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            return Err((
-                "store.url".into(),
+            g.fail::<()>(
+                "store.url",
                 format!("`{url}` must start with sqlite:// or postgres://"),
-            ));
+            );
         }
         if self.kafka.topics.is_empty() {
-            return Err(("kafka.topics".into(), "at least one topic is needed".into()));
+            g.fail::<()>("kafka.topics", "at least one topic is needed");
         }
-        if !(self.http.public_url.starts_with("http://")
-            || self.http.public_url.starts_with("https://"))
-        {
-            return Err((
-                "http.public_url".into(),
-                format!(
-                    "`{}` must be an http:// or https:// URL",
-                    self.http.public_url
-                ),
-            ));
+        let public = &self.http.public_url;
+        if !(public.starts_with("http://") || public.starts_with("https://")) {
+            g.fail::<()>(
+                "http.public_url",
+                format!("`{public}` must be an http:// or https:// URL"),
+            );
         }
-        Ok(())
     }
 
     /// The sending policy, checked.
     pub fn policy(&self) -> Result<Policy, (String, String)> {
+        Gather::first(|g| self.policy_in(g))
+    }
+
+    fn policy_in(&self, g: &mut Gather) -> Option<Policy> {
         let p = &self.policy;
         let period = |key: &str, v: &str| {
             v.parse::<Period>()
                 .map_err(|m| (format!("policy.{key}"), m))
         };
-        Ok(Policy {
-            min_gap: period("min_gap", &p.min_gap)?,
-            max_event_age: period("max_event_age", &p.max_event_age)?,
-            quiet_hours: p
-                .quiet_hours
-                .as_deref()
-                .filter(|q| !q.is_empty() && *q != "off")
-                .map(|q| {
-                    q.parse::<QuietHours>()
-                        .map_err(|m| ("policy.quiet_hours".to_string(), m))
-                })
-                .transpose()?,
-            timezone: parse_tz(&p.timezone).map_err(|m| ("policy.timezone".to_string(), m))?,
+        let min_gap = g.ok(period("min_gap", &p.min_gap));
+        let max_event_age = g.ok(period("max_event_age", &p.max_event_age));
+        let quiet_hours = g.ok(p
+            .quiet_hours
+            .as_deref()
+            .filter(|q| !q.is_empty() && *q != "off")
+            .map(|q| {
+                q.parse::<QuietHours>()
+                    .map_err(|m| ("policy.quiet_hours".to_string(), m))
+            })
+            .transpose());
+        let timezone = g.ok(parse_tz(&p.timezone).map_err(|m| ("policy.timezone".to_string(), m)));
+        Some(Policy {
+            min_gap: min_gap?,
+            max_event_age: max_event_age?,
+            quiet_hours: quiet_hours?,
+            timezone: timezone?,
             bounce_stops_transactional: p.bounce_stops_transactional,
         })
     }
 
     /// The delivery settings, checked.
     pub fn delivery(&self) -> Result<Delivery, (String, String)> {
+        Gather::first(|g| self.delivery_in(g))
+    }
+
+    fn delivery_in(&self, g: &mut Gather) -> Option<Delivery> {
         let m = &self.mail;
         let period = |key: &str, v: &str| match v.parse::<Period>() {
             Ok(p) if !p.is_zero() => {
@@ -615,44 +714,46 @@ impl Config {
             Ok(_) => Err((format!("mail.{key}"), "must be longer than 0s".into())),
             Err(e) => Err((format!("mail.{key}"), e)),
         };
-        let from: lettre::message::Mailbox = m
+        let from = g.ok(m
             .from
-            .parse()
-            .map_err(|e| ("mail.from".to_string(), format!("`{}`: {e}", m.from)))?;
-        let unsubscribe_mailto = m
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| ("mail.from".to_string(), format!("`{}`: {e}", m.from))));
+        let unsubscribe_mailto = g.ok(m
             .unsubscribe_mailto
             .as_deref()
             .map(|a| {
                 a.parse::<lettre::Address>()
                     .map_err(|e| ("mail.unsubscribe_mailto".to_string(), format!("`{a}`: {e}")))
             })
-            .transpose()?;
-        if m.concurrency == 0 {
-            return Err(("mail.concurrency".into(), "must be at least 1".into()));
-        }
-        if !(m.rate_limit >= 0.0 && m.rate_limit.is_finite()) {
-            return Err((
-                "mail.rate_limit".into(),
-                "must be 0 (no limit) or a positive number of emails per second".into(),
-            ));
-        }
-        Ok(Delivery {
-            from,
-            unsubscribe_mailto,
-            concurrency: m.concurrency,
-            rate_limit: m.rate_limit,
-            send_timeout: period("send_timeout", &m.send_timeout)?,
-            retry_first: period("retry.first", &m.retry.first)?,
-            retry_max: period("retry.max", &m.retry.max)?,
-            give_up_after: period("retry.give_up_after", &m.retry.give_up_after)?,
+            .transpose());
+        let concurrency = match m.concurrency {
+            0 => g.fail("mail.concurrency", "must be at least 1"),
+            n => Some(n),
+        };
+        let rate_limit = match m.rate_limit {
+            r if r >= 0.0 && r.is_finite() => Some(r),
+            _ => g.fail(
+                "mail.rate_limit",
+                "must be 0 (no limit) or a positive number of emails per second",
+            ),
+        };
+        let send_timeout = g.ok(period("send_timeout", &m.send_timeout));
+        let retry_first = g.ok(period("retry.first", &m.retry.first));
+        let retry_max = g.ok(period("retry.max", &m.retry.max));
+        let give_up_after = g.ok(period("retry.give_up_after", &m.retry.give_up_after));
+        Some(Delivery {
+            from: from?,
+            unsubscribe_mailto: unsubscribe_mailto?,
+            concurrency: concurrency?,
+            rate_limit: rate_limit?,
+            send_timeout: send_timeout?,
+            retry_first: retry_first?,
+            retry_max: retry_max?,
+            give_up_after: give_up_after?,
         })
     }
 
-    /// The service's periods, checked: (figures refresh, NPS window, sequences watch interval).
-    pub fn intervals(
-        &self,
-    ) -> Result<(std::time::Duration, chrono::Duration, std::time::Duration), (String, String)>
-    {
+    fn intervals_in(&self, g: &mut Gather) -> Option<Intervals> {
         let positive = |key: &str, v: &str| match v.parse::<Period>() {
             Ok(p) if !p.is_zero() => Ok(p.0),
             Ok(_) => Err((key.to_string(), "must be longer than 0s".to_string())),
@@ -661,67 +762,80 @@ impl Config {
         let std = |key: &str, d: chrono::Duration| {
             d.to_std().map_err(|e| (key.to_string(), e.to_string()))
         };
-        let refresh = positive("http.figures_refresh", &self.http.figures_refresh)?;
-        let window = positive("http.nps_window", &self.http.nps_window)?;
-        let watch = positive("sequences.watch_interval", &self.sequences.watch_interval)?;
-        Ok((
-            std("http.figures_refresh", refresh)?,
-            window,
-            std("sequences.watch_interval", watch)?,
-        ))
+        let refresh = g.ok(positive("http.figures_refresh", &self.http.figures_refresh)
+            .and_then(|d| std("http.figures_refresh", d)));
+        let window = g.ok(positive("http.nps_window", &self.http.nps_window));
+        let watch = g.ok(
+            positive("sequences.watch_interval", &self.sequences.watch_interval)
+                .and_then(|d| std("sequences.watch_interval", d)),
+        );
+        Some(Intervals {
+            figures_refresh: refresh?,
+            nps_window: window?,
+            watch: watch?,
+        })
     }
 
     /// How long processed-event keys (the dedupe window) and timeline lines are kept, checked.
     pub fn retention(&self) -> Result<Retention, (String, String)> {
+        Gather::first(|g| self.retention_in(g))
+    }
+
+    fn retention_in(&self, g: &mut Gather) -> Option<Retention> {
         let period = |key: &str, text: &str, zero: &str| match text.parse::<Period>() {
             Ok(p) if !p.is_zero() => Ok(p.0),
             Ok(_) => Err((key.to_string(), zero.to_string())),
             Err(m) => Err((key.to_string(), m)),
         };
-        Ok(Retention {
-            dedupe: period(
-                "store.dedupe_retention",
-                &self.store.dedupe_retention,
-                "must be longer than 0s: a redelivered event would be applied twice",
-            )?,
-            timeline: period(
-                "store.timeline_retention",
-                &self.store.timeline_retention,
-                "must be longer than 0s: every decision would be deleted as it is written",
-            )?,
+        let dedupe = g.ok(period(
+            "store.dedupe_retention",
+            &self.store.dedupe_retention,
+            "must be longer than 0s: a redelivered event would be applied twice",
+        ));
+        let timeline = g.ok(period(
+            "store.timeline_retention",
+            &self.store.timeline_retention,
+            "must be longer than 0s: every decision would be deleted as it is written",
+        ));
+        Some(Retention {
+            dedupe: dedupe?,
+            timeline: timeline?,
         })
     }
 
     /// The limits on what sequence and template files may cost, checked.
     pub fn limits(&self) -> Result<Limits, (String, String)> {
+        Gather::first(|g| self.limits_in(g))
+    }
+
+    fn limits_in(&self, g: &mut Gather) -> Option<Limits> {
         let s = &self.sequences;
-        let at_least = |key: &str, v: u64, min: u64| {
+        let before = g.0.len();
+        let mut at_least = |key: &str, v: u64, min: u64| {
             if v < min {
-                Err((
-                    format!("sequences.{key}"),
+                g.fail::<()>(
+                    &format!("sequences.{key}"),
                     format!("must be at least {min}"),
-                ))
-            } else {
-                Ok(())
+                );
             }
         };
-        at_least("max_file_bytes", s.max_file_bytes as u64, 1024)?;
-        at_least("max_depth", s.max_depth as u64, 8)?;
-        at_least("template_fuel", s.template_fuel, 1000)?;
-        at_least("template_recursion", s.template_recursion as u64, 10)?;
+        at_least("max_file_bytes", s.max_file_bytes as u64, 1024);
+        at_least("max_depth", s.max_depth as u64, 8);
+        at_least("template_fuel", s.template_fuel, 1000);
+        at_least("template_recursion", s.template_recursion as u64, 10);
         if s.template_recursion > 500 {
-            return Err((
-                "sequences.template_recursion".into(),
-                "must be at most 500 (MiniJinja's own limit)".into(),
-            ));
+            g.fail::<()>(
+                "sequences.template_recursion",
+                "must be at most 500 (MiniJinja's own limit)",
+            );
         }
         if s.max_depth > 1000 {
-            return Err((
-                "sequences.max_depth".into(),
-                "must be at most 1000: deeper trees can exhaust a thread's stack".into(),
-            ));
+            g.fail::<()>(
+                "sequences.max_depth",
+                "must be at most 1000: deeper trees can exhaust a thread's stack",
+            );
         }
-        Ok(Limits {
+        (g.0.len() == before).then_some(Limits {
             max_file_bytes: s.max_file_bytes,
             max_depth: s.max_depth,
             max_alias_nodes: s.max_alias_nodes,
@@ -828,6 +942,48 @@ mod tests {
         assert_eq!(c.secrets.smtp_password.as_deref(), Some("hunter2"));
         assert_eq!(c.policy().unwrap().min_gap.to_string(), "1d");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Every problem of the second stage at once, each with its key and where it came from,
+    /// rather than one per start.
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key_and_origin() {
+        let d = tmpdir("all");
+        let p = write(
+            &d,
+            "[policy]\nmin_gap = \"0x\"\n[mail]\nconcurrency = 0\nrate_limit = -1.0\n",
+        );
+        let e = Config::load_with(Some(&p), &env(&[("AFTERCARE_STORE__URL", "mysql://db")]))
+            .unwrap_err();
+        let file = p.display().to_string();
+        assert_eq!(e.origin, file);
+        let lines: Vec<&str> = e.message.lines().collect();
+        assert_eq!(lines.len(), 4, "{}", e.message);
+        assert!(lines[0].starts_with("policy.min_gap: `0x`"), "{}", lines[0]);
+        assert_eq!(
+            &lines[1..],
+            [
+                format!("  {file}: mail.concurrency: must be at least 1"),
+                format!("  {file}: mail.rate_limit: must be 0 (no limit) or a positive number of emails per second"),
+                "  AFTERCARE_STORE__URL: store.url: `mysql://db` must start with sqlite:// or postgres://".to_string(),
+            ]
+        );
+        // The one at a time checks still give their first problem.
+        let c = Config {
+            mail: Mail {
+                concurrency: 0,
+                ..Config::default().mail
+            },
+            ..Config::default()
+        };
+        assert_eq!(
+            c.delivery().unwrap_err(),
+            (
+                "mail.concurrency".to_string(),
+                "must be at least 1".to_string()
+            )
+        );
+        assert!(c.settings().is_err());
     }
 
     #[test]

@@ -112,18 +112,22 @@ pub fn run(
     stop: Shutdown,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
-    let policy = config
-        .policy()
-        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
-    let retention = config
-        .retention()
-        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
-    let (figures_every, nps_window, watch_every) = config
-        .intervals()
-        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
-    let limits = config
-        .limits()
-        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
+    let settings = config.settings().map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+        anyhow::anyhow!("config error: {}", lines.join("; "))
+    })?;
+    let crate::config::Settings {
+        policy,
+        delivery,
+        retention,
+        intervals,
+        limits,
+    } = settings;
+    let (figures_every, nps_window, watch_every) = (
+        intervals.figures_refresh,
+        intervals.nps_window,
+        intervals.watch,
+    );
     let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &limits)?);
     // The one clock every worker reads.
     let clock = crate::clock::system();
@@ -167,9 +171,6 @@ pub fn run(
         None => (ack_tx, None),
     };
 
-    let delivery = config
-        .delivery()
-        .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let mail_wake = Arc::new(Notify::new());
     let sender = outbox::Sender {
         store: crate::store::open_small(&config.store.url)?,
