@@ -34,15 +34,17 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::Stats;
+use super::apply::Refused;
 use super::figures::{Report, Shared};
 use super::http::Web;
 use super::reload::Live;
+use crate::engine::ControlError;
 use crate::engine::{Control, JourneyId};
 use crate::store::record::{journeys, profile_and_orders};
 use crate::time::rfc3339;
 
 /// A check that the broker answers, run off the async threads.
-pub type BrokerCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type BrokerCheck = Arc<dyn Fn() -> Result<(), rdkafka::error::KafkaError> + Send + Sync>;
 
 /// What the operators' routes need besides the unsubscribe pages' state.
 #[derive(Default)]
@@ -112,14 +114,27 @@ async fn authorize(State(web): State<Arc<Web>>, request: Request, next: Next) ->
     response
 }
 
+/// Why a request's work on the store was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum SideError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Unreadable(#[from] crate::store::record::Unreadable),
+    #[error("the store connection was left broken by a failed request")]
+    Poisoned,
+    #[error("the request's worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
 /// Runs `f` on the HTTP side's store connection, off the async threads.
 pub(super) async fn with_store<T: Send + 'static>(
     web: &Arc<Web>,
-    f: impl FnOnce(&mut Side<'_>) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce(&mut Side<'_>) -> Result<T, SideError> + Send + 'static,
+) -> Result<T, SideError> {
     let web = web.clone();
     tokio::task::spawn_blocking(move || {
-        let mut guard = web.apply.lock().map_err(|_| "poisoned".to_string())?;
+        let mut guard = web.apply.lock().map_err(|_| SideError::Poisoned)?;
         let (store, applier) = &mut *guard;
         if let Some(live) = &web.ops.live {
             let mut seen = web.ops.seen.load(Ordering::Acquire);
@@ -133,8 +148,7 @@ pub(super) async fn with_store<T: Send + 'static>(
             applier,
         })
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// The store and engine of the HTTP side, borrowed for one request.
@@ -144,15 +158,12 @@ pub struct Side<'a> {
 }
 
 async fn ready(State(web): State<Arc<Web>>) -> Response {
-    let store = with_store(&web, |w| {
-        w.store.next_due().map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await;
+    let store = with_store(&web, |w| Ok(w.store.next_due().map(|_| ())?)).await;
     let broker = match web.ops.broker.clone() {
-        Some(check) => tokio::task::spawn_blocking(move || check())
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r),
+        Some(check) => match tokio::task::spawn_blocking(move || check()).await {
+            Ok(checked) => checked.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
         None => Ok(()),
     };
     let mut problems = Vec::new();
@@ -188,11 +199,11 @@ async fn dashboard() -> Html<&'static str> {
 
 async fn customer(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Response {
     let found = with_store(&web, move |w| {
-        let Some((stored, timeline)) = w.store.customer(&id).map_err(|e| e.to_string())? else {
+        let Some((stored, timeline)) = w.store.customer(&id)? else {
             return Ok(None);
         };
-        let (profile, orders) = profile_and_orders(&stored).map_err(|e| e.to_string())?;
-        let journeys = journeys(&stored).map_err(|e| e.to_string())?;
+        let (profile, orders) = profile_and_orders(&stored)?;
+        let journeys = journeys(&stored)?;
         let timeline: Vec<Value> = timeline
             .iter()
             .map(|t| {
@@ -230,7 +241,7 @@ async fn customer(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Respon
     match found {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such customer"),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 
@@ -239,9 +250,7 @@ async fn forget(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Response
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let done = with_store(&web, move |w| {
-        w.applier
-            .forget(w.store, &id, "aftercare/admin")
-            .map_err(|e| e.to_string())
+        Ok(w.applier.forget(w.store, &id, "aftercare/admin")?)
     })
     .await;
     match done {
@@ -279,9 +288,7 @@ async fn control_journey(
     };
     let done = with_store(&web, move |w| {
         let now = w.applier.now();
-        w.applier
-            .control(w.store, &id, journey, op, now)
-            .map_err(|e| e.to_string())
+        Ok(w.applier.control(w.store, &id, journey, op, now)?)
     })
     .await;
     match done {
@@ -298,22 +305,21 @@ async fn control_journey(
                 .collect();
             Json(json!({ "decisions": lines })).into_response()
         }
-        Ok(Some(Err(e))) if e.contains("no journey") => error(StatusCode::NOT_FOUND, &e),
-        Ok(Some(Err(e))) => error(StatusCode::CONFLICT, &e),
+        Ok(Some(Err(e @ Refused::Control(ControlError::NoSuchJourney)))) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Ok(Some(Err(e))) => error(StatusCode::CONFLICT, &e.to_string()),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such customer"),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 
 async fn sequences(State(web): State<Arc<Web>>) -> Response {
     let catalog = web.ops.live.as_ref().map(|l| l.current());
-    let counts = with_store(&web, |w| {
-        w.store.journey_counts().map_err(|e| e.to_string())
-    })
-    .await;
+    let counts = with_store(&web, |w| Ok(w.store.journey_counts()?)).await;
     let counts = match counts {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let mut loaded = Vec::new();
     if let Some(catalog) = &catalog {

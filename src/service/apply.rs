@@ -555,7 +555,7 @@ impl Applier {
         journey: crate::engine::JourneyId,
         op: crate::engine::Control,
         now: DateTime<Utc>,
-    ) -> Result<Option<std::result::Result<Vec<Decision>, String>>> {
+    ) -> Result<Option<std::result::Result<Vec<Decision>, Refused>>> {
         let mut tx = store.begin()?;
         let loaded = tx.load(&[customer])?;
         if loaded.iter().all(Option::is_none) {
@@ -566,7 +566,7 @@ impl Applier {
             .pop();
         let mut l = match revived {
             Some(Ok(l)) => l,
-            Some(Err(reason)) => return Ok(Some(Err(reason.to_string()))),
+            Some(Err(reason)) => return Ok(Some(Err(Refused::Unreadable(reason)))),
             None => return Ok(None),
         };
         let mut decisions = Vec::new();
@@ -574,7 +574,7 @@ impl Applier {
             .engine
             .control(&mut l.customer, journey, op, now, &mut decisions)
         {
-            return Ok(Some(Err(e.to_string())));
+            return Ok(Some(Err(Refused::Control(e))));
         }
         // A resumed step that fell due while paused runs now.
         self.engine.wake(&mut l.customer, now, &mut decisions);
@@ -645,6 +645,15 @@ impl Applier {
             }
         }
     }
+}
+
+/// Why an operator's control of a journey was refused (nothing written).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Control(#[from] crate::engine::ControlError),
+    #[error("the customer's stored state cannot be read: {0}")]
+    Unreadable(Unreadable),
 }
 
 /// A stored customer revived, or why it cannot be.

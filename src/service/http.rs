@@ -21,6 +21,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 
+use super::admin::SideError;
 use crate::event::{Event, EventData};
 use crate::mail::token::{Claim, Signer};
 use crate::service::apply::Applier;
@@ -222,7 +223,7 @@ fn categories(web: &Web) -> Vec<String> {
     }
 }
 
-fn unavailable(e: &str) -> Response {
+fn unavailable(e: &SideError) -> Response {
     tracing::error!(error = %e, "preferences change not saved");
     page(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -264,15 +265,12 @@ impl Change {
 /// Applies the changes in one transaction, off the async threads (the stores block). One
 /// about a customer the store does not hold (erased since the email was sent) is dropped: a
 /// link must not bring them back.
-async fn apply(web: &Arc<Web>, changes: Vec<Change>) -> Result<(), String> {
+async fn apply(web: &Arc<Web>, changes: Vec<Change>) -> Result<(), SideError> {
     let metrics = web.ops.stats.metrics.clone();
     super::admin::with_store(web, move |w| {
         let now = w.applier.now();
         let events: Vec<Arc<Event>> = changes.into_iter().map(|c| c.event(now)).collect();
-        let applied = w
-            .applier
-            .apply_known(w.store, &events, now)
-            .map_err(|e| e.to_string())?;
+        let applied = w.applier.apply_known(w.store, &events, now)?;
         metrics.decided(&applied.decisions);
         Ok(())
     })
@@ -280,17 +278,14 @@ async fn apply(web: &Arc<Web>, changes: Vec<Change>) -> Result<(), String> {
 }
 
 /// The categories the customer is unsubscribed from now.
-async fn current(web: &Arc<Web>, claim: &Claim) -> Result<Vec<String>, String> {
-    let web = web.clone();
+async fn current(web: &Arc<Web>, claim: &Claim) -> Result<Vec<String>, SideError> {
     let customer = claim.customer.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut guard = web.apply.lock().map_err(|_| "poisoned".to_string())?;
-        let Some(stored) = guard.0.load(&customer).map_err(|e| e.to_string())? else {
+    super::admin::with_store(web, move |w| {
+        let Some(stored) = w.store.load(&customer)? else {
             return Ok(Vec::new());
         };
-        let (profile, _) = profile_and_orders(&stored).map_err(|e| e.to_string())?;
+        let (profile, _) = profile_and_orders(&stored)?;
         Ok(profile.unsubscribed.iter().map(|c| c.to_string()).collect())
     })
     .await
-    .map_err(|e| e.to_string())?
 }

@@ -203,7 +203,6 @@ pub fn run(
             consumer
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map(|_| ())
-                .map_err(|e| e.to_string())
         })
     };
     let signer = sender.composer.signer.clone();
