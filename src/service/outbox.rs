@@ -392,19 +392,12 @@ impl Worker {
             Ok(p) => p,
             Err(e) => return failed(format!("stored customer unreadable: {e}")),
         };
-        // Rules that may have changed since the email was queued.
-        if profile.bounced && (self.engine.policy.bounce_stops_transactional || !row.transactional)
+        // Rules that may have changed since the email was queued: the engine's.
+        if let Err(reason) = self
+            .engine
+            .still_sendable(&profile, &row.category, row.transactional)
         {
-            return Prepared::Done(Delivery::Suppressed {
-                reason: "address bounced".into(),
-            });
-        }
-        if !row.transactional
-            && let Some(which) = profile.unsubscribed_from(&row.category)
-        {
-            return Prepared::Done(Delivery::Suppressed {
-                reason: format!("unsubscribed from {which}"),
-            });
+            return Prepared::Done(Delivery::Suppressed { reason });
         }
         let Some(to) = profile.email.as_deref().map(str::to_string) else {
             return failed("no email address".into());

@@ -236,8 +236,9 @@ struct GoalRecord {
     until: DateTime<Utc>,
 }
 
-/// The customer's state document with the profile's address marked bounced, if `address` is
-/// still the profile's address (a new address has not bounced); `None` when nothing changes.
+/// The customer's state document with the profile's address marked bounced by the engine's
+/// rule ([`Engine::bounce`]: if `address` is still the profile's address, a new address has not
+/// bounced); `None` when nothing changes.
 pub fn mark_bounced(c: &StoredCustomer, address: &str) -> crate::store::Result<Option<String>> {
     let corrupt = |reason: String| crate::store::StoreError::Corrupt {
         customer: c.id.clone(),
@@ -245,17 +246,16 @@ pub fn mark_bounced(c: &StoredCustomer, address: &str) -> crate::store::Result<O
     };
     let mut doc: serde_json::Value =
         serde_json::from_str(&c.state).map_err(|e| corrupt(e.to_string()))?;
-    let Some(profile) = doc.get_mut("profile").and_then(|p| p.as_object_mut()) else {
+    let Some(stored) = doc.get_mut("profile") else {
         return Err(corrupt("no profile".into()));
     };
-    let same = profile
-        .get("email")
-        .and_then(|e| e.as_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case(address));
-    if !same || profile.get("bounced") == Some(&serde_json::Value::Bool(true)) {
+    let mut profile: Profile =
+        serde_json::from_value(stored.clone()).map_err(|e| corrupt(e.to_string()))?;
+    // The engine's rule, on the profile as stored: the rest of the document is left as is.
+    if !Engine::bounce(&mut profile, address) {
         return Ok(None);
     }
-    profile.insert("bounced".into(), serde_json::Value::Bool(true));
+    *stored = serde_json::to_value(&profile).map_err(|e| corrupt(e.to_string()))?;
     Ok(Some(doc.to_string()))
 }
 
