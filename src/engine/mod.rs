@@ -526,7 +526,7 @@ impl Engine {
             return;
         }
         if let Some(window) = &step.send_window {
-            let tz = self.timezone(c, &seq);
+            let tz = self.timezone(&c.profile, &seq);
             // Marketing email must also miss quiet hours: look for an instant both allow, or
             // the two would defer each other forever.
             let marketing = matches!(step.action, Some(sequence::Action::Email { .. }))
@@ -850,17 +850,18 @@ impl Engine {
         when.is_none() || self.check(when, c, ev, ji)
     }
 
-    /// The first instant at or after `at` when step `step` of `seq` may send to this customer:
+    /// The first instant at or after `at` when step `step` of `seq` may send to the customer of
+    /// profile `p`:
     /// inside its `send_window` and, for marketing, outside quiet hours (what a retry of its
     /// email waits for). `at` itself when neither applies; `None` if no such instant comes.
     pub fn send_slot(
         &self,
-        c: &Customer,
+        p: &Profile,
         seq: &Sequence,
         step: usize,
         at: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let tz = self.timezone(c, seq);
+        let tz = self.timezone(p, seq);
         let quiet = self
             .policy
             .quiet_hours
@@ -872,11 +873,8 @@ impl Engine {
     }
 
     /// Customer's timezone, else the sequence's, else the configured default.
-    fn timezone(&self, c: &Customer, seq: &Sequence) -> Tz {
-        c.profile
-            .timezone
-            .or(seq.timezone)
-            .unwrap_or(self.policy.timezone)
+    fn timezone(&self, p: &Profile, seq: &Sequence) -> Tz {
+        p.timezone.or(seq.timezone).unwrap_or(self.policy.timezone)
     }
 }
 

@@ -47,7 +47,7 @@ impl Engine {
         // Quiet hours before the cap: an email held overnight is judged by the cap when it
         // would actually go out, not when it was first due.
         if let Some(q) = &self.policy.quiet_hours {
-            let tz = self.timezone(c, seq);
+            let tz = self.timezone(p, seq);
             if let Some(end) = q.end_if_inside(now, tz) {
                 return Verdict::Defer(
                     end,

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::config;
 use crate::engine::context::Ctx;
-use crate::engine::{Customer, Engine, Profile};
+use crate::engine::{Engine, Profile};
 use crate::mail::transport::{Failure, Plan, SendError, Transport};
 use crate::mail::{Composer, Outgoing};
 use crate::sequence::Sequence;
@@ -541,9 +541,7 @@ impl Outcome {
     ) -> Option<DateTime<Utc>> {
         let seq = self.sequence.as_ref()?;
         let step = seq.step_index(&row.step)?;
-        let mut c = Customer::new(row.customer.as_str().into());
-        c.profile = profile.clone();
-        self.engine.send_slot(&c, seq, step, at)
+        self.engine.send_slot(profile, seq, step, at)
     }
 }
 
