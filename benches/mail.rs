@@ -115,17 +115,9 @@ fn outbox(port: u16, n: usize, run: usize) -> f64 {
     queue(&cfg, n);
     let delivery = cfg.delivery().unwrap();
     let catalog = aftercare::service::load_catalog(&cfg.sequences.dir).unwrap();
-    let sender = Sender {
-        store: aftercare::store::open(&cfg.store.url).unwrap(),
-        engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
-        composer: aftercare::service::composer(&cfg, &delivery).unwrap(),
-        transport: aftercare::service::transport(&cfg, &delivery).unwrap(),
-        settings: delivery,
-        dry_run: false,
-        wake: Default::default(),
-        observe: Default::default(),
-        clock: aftercare::clock::system(),
-    };
+    let engine = Arc::new(Engine::new(Arc::new(catalog), Policy::default()));
+    let store = aftercare::store::open(&cfg.store.url).unwrap();
+    let sender = Sender::new(&cfg, delivery, store, engine).unwrap();
     let stop = aftercare::service::Shutdown::new();
     let s = stop.clone();
     let started = Instant::now();

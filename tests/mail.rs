@@ -141,17 +141,8 @@ impl Rig {
     fn sender(&self) -> Sender {
         let delivery = self.config.delivery().unwrap();
         let catalog = aftercare::service::load_catalog(&self.config.sequences.dir).unwrap();
-        Sender {
-            store: self.store.open(),
-            engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
-            composer: aftercare::service::composer(&self.config, &delivery).unwrap(),
-            transport: aftercare::service::transport(&self.config, &delivery).unwrap(),
-            settings: delivery,
-            dry_run: false,
-            wake: Default::default(),
-            observe: Default::default(),
-            clock: aftercare::clock::system(),
-        }
+        let engine = Arc::new(Engine::new(Arc::new(catalog), Policy::default()));
+        Sender::new(&self.config, delivery, self.store.open(), engine).unwrap()
     }
 
     /// Runs the outbox worker until `done` holds for the store's counts (or 60 s pass).

@@ -173,11 +173,6 @@ pub fn run(
 
     let mail_wake = Arc::new(Notify::new());
     let sender = outbox::Sender {
-        store: crate::store::open_small(&config.store.url)?,
-        engine: Arc::new(Engine::new(catalog.clone(), policy.clone())),
-        composer: composer(&config, &delivery)?,
-        transport: transport(&config, &delivery)?,
-        settings: delivery,
         dry_run: options.dry_run,
         wake: mail_wake.clone(),
         observe: outbox::Observe {
@@ -186,6 +181,12 @@ pub fn run(
             health: Some(stats.health.clone()),
         },
         clock: clock.clone(),
+        ..outbox::Sender::new(
+            &config,
+            delivery,
+            crate::store::open_small(&config.store.url)?,
+            Arc::new(Engine::new(catalog.clone(), policy.clone())),
+        )?
     };
 
     // Unsubscribe and preferences pages: bound now, so a taken port fails the start.

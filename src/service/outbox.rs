@@ -108,6 +108,28 @@ enum Prepared {
 }
 
 impl Sender {
+    /// The outbox worker for `config` as `run` builds it — its composer (signing key, DKIM)
+    /// and transport — sending for real, not woken, observed by nothing, on the system clock:
+    /// the caller changes what it needs.
+    pub fn new(
+        config: &crate::config::Config,
+        delivery: config::Delivery,
+        store: Box<dyn Store>,
+        engine: Arc<Engine>,
+    ) -> anyhow::Result<Sender> {
+        Ok(Sender {
+            store,
+            engine,
+            composer: super::composer(config, &delivery)?,
+            transport: super::transport(config, &delivery)?,
+            settings: delivery,
+            dry_run: false,
+            wake: Arc::default(),
+            observe: Observe::default(),
+            clock: crate::clock::system(),
+        })
+    }
+
     /// Sends until `stop`, then waits for the sends in flight and records them.
     pub fn run(self, stop: &Shutdown) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
