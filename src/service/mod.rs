@@ -44,7 +44,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 
 use crate::config::{Config, Transport as TransportKind};
-use crate::engine::Engine;
+use crate::engine::{Engine, Policy};
 use crate::mail::Composer;
 use crate::mail::token::Signer;
 use crate::mail::transport::{FileTransport, Plan};
@@ -105,294 +105,101 @@ const WATCH_STACK: usize = 16 << 20;
 /// Wake-ups per transaction.
 pub const WAKE_BATCH: usize = 256;
 
-/// Runs until `stop` is triggered, counting into `stats`.
+/// Runs until `stop` is triggered, counting into `stats`: the workers, each spawned from the
+/// same [`Parts`], then stopped in stages.
 pub fn run(
     config: Config,
     options: Options,
     stop: Shutdown,
     stats: Arc<Stats>,
 ) -> anyhow::Result<()> {
-    let settings = config.settings().map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
-        anyhow::anyhow!("config error: {}", lines.join("; "))
-    })?;
-    let crate::config::Settings {
-        policy,
-        delivery,
-        retention,
-        intervals,
-        limits,
-    } = settings;
-    let (figures_every, nps_window, watch_every) = (
-        intervals.figures_refresh,
-        intervals.nps_window,
-        intervals.watch,
-    );
-    let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &limits)?);
-    // The one clock every worker reads.
-    let clock = crate::clock::system();
-    let live = Arc::new(reload::Live::new(catalog.clone()));
-    let metrics = stats.metrics.clone();
-    metrics
-        .sequences_loaded
-        .set(catalog.sequences().len() as i64);
+    let parts = Parts::new(config, stats)?;
+    let url = parts.config.store.url.clone();
     // Held until `run` returns: one `run` per SQLite file.
-    let _writer = crate::store::lock_writer(&config.store.url)?;
-    let mut store = crate::store::open(&config.store.url).context("opening the store")?;
+    let _writer = crate::store::lock_writer(&url)?;
+    let mut store = crate::store::open(&url).context("opening the store")?;
     store
-        .save_versions(&versions_of(&catalog))
+        .save_versions(&versions_of(&parts.catalog))
         .context("recording sequence versions")?;
-
     let consumer = Arc::new(
-        kafka::consumer(&config.kafka, metrics.clone()).context("creating the Kafka consumer")?,
+        kafka::consumer(&parts.config.kafka, parts.stats.metrics.clone())
+            .context("creating the Kafka consumer")?,
     );
-    let publisher = deadletters::Publisher::new(
-        &config.kafka,
-        crate::store::open_small(&config.store.url)?,
-        stats.clone(),
-    )
-    .context("creating the dead-letter producer")?
-    .clocked(clock.clone());
+    let publisher = parts.publisher()?;
     let (bell, rung) = mpsc::channel::<()>();
     // A batch is handed over when the engine is `idle`; until then the poll thread keeps
     // adding to it. Under load batches grow (fewer, larger commits: group commit).
     let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(1);
     let idle = Arc::new(AtomicBool::new(true));
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>();
-    // Offsets are stored only once a batch is durable. Where commits do not sync (SQLite),
-    // a thread of its own syncs and then passes the acks on, while the engine goes on.
-    let (engine_acks, sync_thread) = match store.defer_sync().context("opening the store")? {
-        Some(sync) => {
-            let (tx, rx) = mpsc::channel::<Ack>();
-            let stop = stop.clone();
-            let worker = Worker::spawn("sync", move || forward_durable(rx, ack_tx, sync, &stop))?;
-            (tx, Some(worker))
-        }
-        None => (ack_tx, None),
-    };
-
+    let (engine_acks, sync) = spawn_sync(&mut *store, ack_tx, &stop)?;
     let mail_wake = Arc::new(Notify::new());
-    let sender = outbox::Sender {
-        dry_run: options.dry_run,
-        wake: mail_wake.clone(),
-        observe: outbox::Observe {
-            metrics: metrics.clone(),
-            live: Some(live.clone()),
-            health: Some(stats.health.clone()),
-        },
-        clock: clock.clone(),
-        ..outbox::Sender::new(
-            &config,
-            delivery,
-            crate::store::open_small(&config.store.url)?,
-            Arc::new(Engine::new(catalog.clone(), policy.clone())),
-        )?
-    };
-
-    // Unsubscribe and preferences pages: bound now, so a taken port fails the start.
-    let listener = std::net::TcpListener::bind(&config.http.listen)
-        .with_context(|| format!("config error: http.listen {}", config.http.listen))?;
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr()?;
-    let _ = stats.http_addr.set(bound);
-    tracing::info!(listen = %bound, "http listening");
-    let report: figures::Shared = Arc::default();
-    let broker: admin::BrokerCheck = {
-        let consumer = consumer.clone();
-        Arc::new(move || {
-            use rdkafka::consumer::Consumer as _;
-            consumer
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-        })
-    };
+    let sender = parts.sender(options, &mail_wake)?;
     let signer = sender.composer.signer.clone();
-    let web = Arc::new(http::Web {
-        signer: signer.clone(),
-        categories: marketing_categories(&catalog),
-        apply: std::sync::Mutex::new((
-            crate::store::open_small(&config.store.url)?,
-            Applier::new(Engine::new(catalog.clone(), policy.clone()))
-                .signing(signer.clone())
-                .clocked(clock.clone()),
-        )),
-        ops: admin::Ops {
-            token: config.secrets.admin_token.clone(),
-            stats: stats.clone(),
-            live: Some(live.clone()),
-            seen: AtomicU64::new(live.generation()),
-            report: report.clone(),
-            broker: Some(broker),
-        },
-    });
-    let http_stop = Shutdown::new();
-    let http_stopped = http_stop.clone();
-    let http = Worker::spawn("http", move || {
-        let serve = || -> std::io::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            // The last handle on the store is dropped here, outside the runtime: the
-            // PostgreSQL client blocks on a runtime of its own when it closes.
-            let handlers = web.clone();
-            let served = rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                http::serve(
-                    listener,
-                    handlers,
-                    async move { http_stopped.triggered().await },
-                )
-                .await
-            });
-            drop(rt);
-            drop(web);
-            served
-        };
-        if let Err(e) = serve() {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    })?;
-
-    let engine_stop = Shutdown::new();
-    let engine = {
-        let stats = stats.clone();
-        let stop = engine_stop.clone();
-        let applier = Applier::new(Engine::new(catalog.clone(), policy))
-            .clocked(clock.clone())
-            .metered(stats.metrics.clone())
-            .signing(signer);
-        let idle = idle.clone();
-        let mail_wake = mail_wake.clone();
-        let live = live.clone();
-        Worker::spawn("engine", move || {
-            engine_loop(
-                store,
-                applier,
-                bell,
-                batch_rx,
-                engine_acks,
-                &idle,
-                &stop,
-                &stats,
-                retention,
-                &mail_wake,
-                &live,
-            );
-        })?
+    let http = parts.spawn_http(&consumer, &signer)?;
+    let applier = parts
+        .applier()
+        .metered(parts.stats.metrics.clone())
+        .signing(signer);
+    let engine = EngineLoop {
+        store,
+        applier,
+        dead_letters: bell,
+        batches: batch_rx,
+        acks: engine_acks,
+        idle: idle.clone(),
+        stats: parts.stats.clone(),
+        retention: parts.retention,
+        mail_wake: mail_wake.clone(),
+        live: parts.live.clone(),
     };
-    let side_stop = Shutdown::new();
+    let engine = Stage::spawn("engine", move |stop| engine.run(stop))?;
+    let side = Shutdown::new();
     let dead_letters = {
-        let stop = side_stop.clone();
-        Worker::spawn("dead-letters", move || publisher.run(rung, &stop))?
+        let side = side.clone();
+        Worker::spawn("dead-letters", move || publisher.run(rung, &side))?
     };
-    let figures_thread = {
-        let mut store = crate::store::open_small(&config.store.url)?;
-        let clock = clock.clone();
-        let (stop, stats, live, report) = (
-            side_stop.clone(),
-            stats.clone(),
-            live.clone(),
-            report.clone(),
-        );
-        let window = config.http.nps_window.clone();
-        Worker::spawn("figures", move || {
-            loop {
-                let now = clock.now();
-                refresh_figures(
-                    &mut *store,
-                    &stats,
-                    &live,
-                    &report,
-                    nps_window,
-                    &window,
-                    now,
-                );
-                if stop.wait_timeout(figures_every) {
-                    break;
-                }
-            }
-            drop(store);
-        })?
-    };
-    let watch_thread = if config.sequences.watch {
-        let mut store = crate::store::open_small(&config.store.url)?;
-        let (stop, metrics, live) = (side_stop.clone(), metrics.clone(), live.clone());
-        let dir = config.sequences.dir.clone();
-        Some(Worker::spawn_with(
-            std::thread::Builder::new()
-                .name("watch".into())
-                // The same stack as the main thread that loaded the folder at start-up
-                // (and as `validate`): a file that loads there loads here.
-                .stack_size(WATCH_STACK),
-            "watch",
-            move || {
-                reload::watch(
-                    &dir,
-                    watch_every,
-                    &limits,
-                    &live,
-                    &mut *store,
-                    &metrics,
-                    &stop,
-                );
-                drop(store);
-            },
-        )?)
-    } else {
-        None
-    };
+    let figures = parts.spawn_figures(&side)?;
+    let watch = parts.spawn_watch(&side)?;
     let poll = {
-        let consumer = consumer.clone();
-        let max_bytes = config.kafka.max_event_bytes;
-        let stop = stop.clone();
-        let buffer = kafka::BufferLimit::for_config(&config.kafka);
+        let (consumer, stop) = (consumer.clone(), stop.clone());
+        let max_bytes = parts.config.kafka.max_event_bytes;
+        let buffer = kafka::BufferLimit::for_config(&parts.config.kafka);
         Worker::spawn("kafka-poll", move || {
             kafka::poll_loop(
                 &consumer, batch_tx, ack_rx, &idle, &stop, GRACE, max_bytes, buffer,
             )
         })?
     };
-    let mail_stop = Shutdown::new();
-    let mail = {
-        let stop = mail_stop.clone();
-        Worker::spawn("outbox", move || {
-            if let Err(e) = sender.run(&stop) {
-                tracing::error!(error = %e, "outbox worker stopped");
-            }
-        })?
-    };
+    let outbox = Stage::spawn("outbox", move |stop| {
+        if let Err(e) = sender.run(stop) {
+            tracing::error!(error = %e, "outbox worker stopped");
+        }
+    })?;
     tracing::info!(
-        sequences = catalog.sequences().len(),
+        sequences = parts.catalog.sequences().len(),
         dry_run = options.dry_run,
         "aftercare running"
     );
 
     stop.wait();
     tracing::info!("shutting down");
-    let deadline = Instant::now() + GRACE;
-    // The poll thread returns once the engine has acked what it was handed (or the grace ran
-    // out); then the engine, which sees its channel close, and the outbox.
-    poll.stop_by(deadline);
-    engine_stop.trigger();
-    engine.stop_by(deadline);
-    if let Some(sync) = sync_thread {
-        sync.stop_by(deadline);
+    Running {
+        poll,
+        engine,
+        sync,
+        outbox,
+        http,
+        side,
+        figures,
+        watch,
+        dead_letters,
     }
-    mail_stop.trigger();
-    mail.stop_by(deadline);
-    http_stop.trigger();
-    http.stop_by(deadline);
-    side_stop.trigger();
-    if !figures_thread.join_until((Instant::now() + FIGURES_WAIT).min(deadline)) {
-        tracing::debug!("figures scan still running; it ends with the process");
-    }
-    if let Some(w) = watch_thread {
-        w.stop_by(deadline);
-    }
-    dead_letters.stop_by(deadline);
+    .stop();
     // Dropping the consumer closes it; with the broker down that can take long, so it happens
     // on a thread nobody waits for.
     std::thread::spawn(move || drop(consumer));
+    let stats = parts.stats;
     tracing::info!(
         events = stats.events.load(Ordering::Relaxed),
         duplicates = stats.duplicates.load(Ordering::Relaxed),
@@ -401,6 +208,294 @@ pub fn run(
         "stopped"
     );
     Ok(())
+}
+
+/// `run`'s workers, to stop in stages within [`GRACE`].
+struct Running {
+    poll: Worker,
+    engine: Stage,
+    sync: Option<Worker>,
+    outbox: Stage,
+    http: Stage,
+    /// The signal of the workers stopped last, together.
+    side: Shutdown,
+    figures: Worker,
+    watch: Option<Worker>,
+    dead_letters: Worker,
+}
+
+impl Running {
+    /// The poll thread returns once the engine has acked what it was handed (or the grace ran
+    /// out); then the engine, which sees its channel close, the sync, the outbox, the HTTP
+    /// server, and the rest.
+    fn stop(self) {
+        let deadline = Instant::now() + GRACE;
+        self.poll.stop_by(deadline);
+        self.engine.stop_by(deadline);
+        if let Some(sync) = self.sync {
+            sync.stop_by(deadline);
+        }
+        self.outbox.stop_by(deadline);
+        self.http.stop_by(deadline);
+        self.side.trigger();
+        if !self
+            .figures
+            .join_until((Instant::now() + FIGURES_WAIT).min(deadline))
+        {
+            tracing::debug!("figures scan still running; it ends with the process");
+        }
+        if let Some(w) = self.watch {
+            w.stop_by(deadline);
+        }
+        self.dead_letters.stop_by(deadline);
+    }
+}
+
+/// What `run`'s workers are built from: the config and its checked settings, the catalog
+/// (and its hot reloads), the clock and the counters.
+struct Parts {
+    config: Config,
+    policy: Policy,
+    delivery: crate::config::Delivery,
+    retention: crate::config::Retention,
+    intervals: crate::config::Intervals,
+    limits: crate::sequence::Limits,
+    catalog: Arc<Catalog>,
+    live: Arc<reload::Live>,
+    /// The one clock every worker reads.
+    clock: Arc<dyn crate::clock::Clock>,
+    stats: Arc<Stats>,
+    /// The retention report the figures thread writes and the HTTP side serves.
+    report: figures::Shared,
+}
+
+impl Parts {
+    fn new(config: Config, stats: Arc<Stats>) -> anyhow::Result<Parts> {
+        let settings = config.settings().map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+            anyhow::anyhow!("config error: {}", lines.join("; "))
+        })?;
+        let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &settings.limits)?);
+        stats
+            .metrics
+            .sequences_loaded
+            .set(catalog.sequences().len() as i64);
+        Ok(Parts {
+            policy: settings.policy,
+            delivery: settings.delivery,
+            retention: settings.retention,
+            intervals: settings.intervals,
+            limits: settings.limits,
+            live: Arc::new(reload::Live::new(catalog.clone())),
+            catalog,
+            clock: crate::clock::system(),
+            stats,
+            report: Arc::default(),
+            config,
+        })
+    }
+
+    /// The dead-letter producer, on a store connection of its own.
+    fn publisher(&self) -> anyhow::Result<deadletters::Publisher> {
+        Ok(deadletters::Publisher::new(
+            &self.config.kafka,
+            crate::store::open_small(&self.config.store.url)?,
+            self.stats.clone(),
+        )
+        .context("creating the dead-letter producer")?
+        .clocked(self.clock.clone()))
+    }
+
+    /// An engine on the catalog loaded at start, on the service's clock.
+    fn applier(&self) -> Applier {
+        Applier::new(Engine::new(self.catalog.clone(), self.policy.clone()))
+            .clocked(self.clock.clone())
+    }
+
+    /// The outbox worker, woken by `wake` when the engine queues emails.
+    fn sender(&self, options: Options, wake: &Arc<Notify>) -> anyhow::Result<outbox::Sender> {
+        Ok(outbox::Sender {
+            dry_run: options.dry_run,
+            wake: wake.clone(),
+            observe: outbox::Observe {
+                metrics: self.stats.metrics.clone(),
+                live: Some(self.live.clone()),
+                health: Some(self.stats.health.clone()),
+            },
+            clock: self.clock.clone(),
+            ..outbox::Sender::new(
+                &self.config,
+                self.delivery.clone(),
+                crate::store::open_small(&self.config.store.url)?,
+                Arc::new(Engine::new(self.catalog.clone(), self.policy.clone())),
+            )?
+        })
+    }
+
+    /// The unsubscribe and preferences pages, probes, metrics and the admin API, on a
+    /// listener bound now (a taken port fails the start).
+    fn spawn_http(
+        &self,
+        consumer: &Arc<kafka::KafkaConsumer>,
+        signer: &Signer,
+    ) -> anyhow::Result<Stage> {
+        let http = &self.config.http;
+        let listener = std::net::TcpListener::bind(&http.listen)
+            .with_context(|| format!("config error: http.listen {}", http.listen))?;
+        listener.set_nonblocking(true)?;
+        let bound = listener.local_addr()?;
+        let _ = self.stats.http_addr.set(bound);
+        tracing::info!(listen = %bound, "http listening");
+        let broker: admin::BrokerCheck = {
+            let consumer = consumer.clone();
+            Arc::new(move || {
+                use rdkafka::consumer::Consumer as _;
+                consumer
+                    .fetch_metadata(None, Duration::from_secs(2))
+                    .map(|_| ())
+            })
+        };
+        let web = Arc::new(http::Web {
+            signer: signer.clone(),
+            categories: marketing_categories(&self.catalog),
+            apply: std::sync::Mutex::new((
+                crate::store::open_small(&self.config.store.url)?,
+                self.applier().signing(signer.clone()),
+            )),
+            ops: admin::Ops {
+                token: self.config.secrets.admin_token.clone(),
+                stats: self.stats.clone(),
+                live: Some(self.live.clone()),
+                seen: AtomicU64::new(self.live.generation()),
+                report: self.report.clone(),
+                broker: Some(broker),
+            },
+        });
+        Ok(Stage::spawn("http", move |stop| {
+            if let Err(e) = serve_http(listener, web, stop.clone()) {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        })?)
+    }
+
+    /// Recomputes the store-backed figures every `http.figures_refresh` until `stop`.
+    fn spawn_figures(&self, stop: &Shutdown) -> anyhow::Result<Worker> {
+        let mut store = crate::store::open_small(&self.config.store.url)?;
+        let (clock, stats, live, report) = (
+            self.clock.clone(),
+            self.stats.clone(),
+            self.live.clone(),
+            self.report.clone(),
+        );
+        let (every, window) = (self.intervals.figures_refresh, self.intervals.nps_window);
+        let window_text = self.config.http.nps_window.clone();
+        let stop = stop.clone();
+        Ok(Worker::spawn("figures", move || {
+            loop {
+                let now = clock.now();
+                refresh_figures(
+                    &mut *store,
+                    &stats,
+                    &live,
+                    &report,
+                    window,
+                    &window_text,
+                    now,
+                );
+                if stop.wait_timeout(every) {
+                    break;
+                }
+            }
+            drop(store);
+        })?)
+    }
+
+    /// The hot reload of the sequences folder until `stop`, when `sequences.watch` is on.
+    fn spawn_watch(&self, stop: &Shutdown) -> anyhow::Result<Option<Worker>> {
+        if !self.config.sequences.watch {
+            return Ok(None);
+        }
+        let mut store = crate::store::open_small(&self.config.store.url)?;
+        let (stop, metrics, live) = (stop.clone(), self.stats.metrics.clone(), self.live.clone());
+        let (dir, every, limits) = (
+            self.config.sequences.dir.clone(),
+            self.intervals.watch,
+            self.limits,
+        );
+        // The same stack as the main thread that loaded the folder at start-up (and as
+        // `validate`): a file that loads there loads here.
+        let builder = std::thread::Builder::new()
+            .name("watch".into())
+            .stack_size(WATCH_STACK);
+        Ok(Some(Worker::spawn_with(builder, "watch", move || {
+            reload::watch(&dir, every, &limits, &live, &mut *store, &metrics, &stop);
+            drop(store);
+        })?))
+    }
+}
+
+/// A worker with a stop signal of its own: stopped, and joined, as one stage of the
+/// shutdown.
+struct Stage {
+    stop: Shutdown,
+    worker: Worker,
+}
+
+impl Stage {
+    fn spawn(
+        name: &'static str,
+        f: impl FnOnce(&Shutdown) + Send + 'static,
+    ) -> std::io::Result<Stage> {
+        let stop = Shutdown::new();
+        let signal = stop.clone();
+        let worker = Worker::spawn(name, move || f(&signal))?;
+        Ok(Stage { stop, worker })
+    }
+
+    fn stop_by(self, deadline: Instant) {
+        self.stop.trigger();
+        self.worker.stop_by(deadline);
+    }
+}
+
+/// Offsets are stored only once a batch is durable. Where commits do not sync (SQLite), a
+/// thread of its own syncs and then passes the acks on, while the engine goes on: the sender
+/// the engine acks into, and that thread.
+fn spawn_sync(
+    store: &mut dyn Store,
+    acks: Sender<Ack>,
+    stop: &Shutdown,
+) -> anyhow::Result<(Sender<Ack>, Option<Worker>)> {
+    Ok(match store.defer_sync().context("opening the store")? {
+        Some(sync) => {
+            let (tx, rx) = mpsc::channel::<Ack>();
+            let stop = stop.clone();
+            let worker = Worker::spawn("sync", move || forward_durable(rx, acks, sync, &stop))?;
+            (tx, Some(worker))
+        }
+        None => (acks, None),
+    })
+}
+
+/// Serves `web` on `listener` until `stop`, on a runtime of its own.
+fn serve_http(
+    listener: std::net::TcpListener,
+    web: Arc<http::Web>,
+    stop: Shutdown,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handlers = web.clone();
+    let served = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        http::serve(listener, handlers, async move { stop.triggered().await }).await
+    });
+    // The last handle on the store is dropped here, outside the runtime: the PostgreSQL
+    // client blocks on a runtime of its own when it closes.
+    drop(rt);
+    drop(web);
+    served
 }
 
 /// How long shutdown waits for the figures thread: it only reads, and a scan of a large store
@@ -446,89 +541,107 @@ pub fn versions_of(catalog: &Catalog) -> Vec<VersionRecord> {
 }
 
 /// The engine thread: batches as they come, wake-ups when due, both retried until they commit.
-#[allow(clippy::too_many_arguments)]
-fn engine_loop(
-    mut store: Box<dyn Store>,
-    mut applier: Applier,
+struct EngineLoop {
+    store: Box<dyn Store>,
+    applier: Applier,
+    /// Rung when the engine recorded dead letters, for their publisher.
     dead_letters: Sender<()>,
     batches: Receiver<Batch>,
     acks: Sender<Ack>,
-    idle: &AtomicBool,
-    stop: &Shutdown,
-    stats: &Stats,
+    /// Set while the engine waits for a batch (see [`kafka::poll_loop`]).
+    idle: Arc<AtomicBool>,
+    stats: Arc<Stats>,
     retention: crate::config::Retention,
-    mail_wake: &Notify,
-    live: &reload::Live,
-) {
-    let mut seen = live.generation();
-    let mut next_due: Option<chrono::DateTime<Utc>> = None;
-    let mut pruned_at: Option<Instant> = None;
-    let mut due_checked = Instant::now() - Duration::from_secs(1);
-    loop {
-        // Sleep until the next due customer, but look again at least twice a second: other
-        // instances may have changed what is due.
-        let wait = next_due
-            .map(|d| (d - applier.now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::from_millis(500))
-            .min(Duration::from_millis(500));
-        idle.store(true, Ordering::Release);
-        let received = batches.recv_timeout(wait);
-        if let Some(catalog) = live.changed(&mut seen) {
-            applier.reload(catalog);
-        }
-        match received {
-            Ok(batch) => {
-                let dead_before = stats.dead_letters.load(Ordering::Relaxed);
-                let mut ingest = ingest::Ingest {
-                    store: &mut *store,
-                    applier: &mut applier,
-                    stats,
-                    stop,
-                };
-                if ingest.batch(&batch) == ingest::Settled::Stopped {
-                    return;
-                }
-                mail_wake.notify_one();
-                if stats.dead_letters.load(Ordering::Relaxed) != dead_before {
-                    let _ = dead_letters.send(());
-                }
-                fault_point_after_commit();
-                let _ = acks.send(kafka::ack_of(&batch.messages));
+    /// Notified when emails were queued, for the outbox.
+    mail_wake: Arc<Notify>,
+    live: Arc<reload::Live>,
+}
+
+impl EngineLoop {
+    fn run(self, stop: &Shutdown) {
+        let EngineLoop {
+            mut store,
+            mut applier,
+            dead_letters,
+            batches,
+            acks,
+            idle,
+            stats,
+            retention,
+            mail_wake,
+            live,
+        } = self;
+        let stats = &*stats;
+        let mut seen = live.generation();
+        let mut next_due: Option<chrono::DateTime<Utc>> = None;
+        let mut pruned_at: Option<Instant> = None;
+        let mut due_checked = Instant::now() - Duration::from_secs(1);
+        loop {
+            // Sleep until the next due customer, but look again at least twice a second: other
+            // instances may have changed what is due.
+            let wait = next_due
+                .map(|d| (d - applier.now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_millis(500))
+                .min(Duration::from_millis(500));
+            idle.store(true, Ordering::Release);
+            let received = batches.recv_timeout(wait);
+            if let Some(catalog) = live.changed(&mut seen) {
+                applier.reload(catalog);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        if next_due.is_none_or(|d| d <= applier.now())
-            || due_checked.elapsed() >= Duration::from_millis(500)
-        {
-            if wake_all(&mut *store, &mut applier, stats) {
-                mail_wake.notify_one();
-            }
-            next_due = store.next_due().unwrap_or(None);
-            due_checked = Instant::now();
-        }
-        if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-            // Keys older than the window are forgotten: a redelivery older than that would
-            // apply again, so the window must outlast any replay (topic retention).
-            match store.prune_processed(applier.now() - retention.dedupe_keys()) {
-                Ok(n) => tracing::debug!(forgotten = n, "dedupe window pruned"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "pruning the dedupe window failed; retrying later")
+            match received {
+                Ok(batch) => {
+                    let dead_before = stats.dead_letters.load(Ordering::Relaxed);
+                    let mut ingest = ingest::Ingest {
+                        store: &mut *store,
+                        applier: &mut applier,
+                        stats,
+                        stop,
+                    };
+                    if ingest.batch(&batch) == ingest::Settled::Stopped {
+                        return;
+                    }
+                    mail_wake.notify_one();
+                    if stats.dead_letters.load(Ordering::Relaxed) != dead_before {
+                        let _ = dead_letters.send(());
+                    }
+                    fault_point_after_commit();
+                    let _ = acks.send(kafka::ack_of(&batch.messages));
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            match store.prune_timeline(applier.now() - retention.timeline) {
-                Ok(n) => tracing::debug!(
-                    deleted = n,
-                    "timeline lines past store.timeline_retention deleted"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "pruning the timeline failed; retrying later")
+            if next_due.is_none_or(|d| d <= applier.now())
+                || due_checked.elapsed() >= Duration::from_millis(500)
+            {
+                if wake_all(&mut *store, &mut applier, stats) {
+                    mail_wake.notify_one();
                 }
+                next_due = store.next_due().unwrap_or(None);
+                due_checked = Instant::now();
             }
-            pruned_at = Some(Instant::now());
-        }
-        if stop.is_triggered() {
-            return;
+            if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                // Keys older than the window are forgotten: a redelivery older than that would
+                // apply again, so the window must outlast any replay (topic retention).
+                match store.prune_processed(applier.now() - retention.dedupe_keys()) {
+                    Ok(n) => tracing::debug!(forgotten = n, "dedupe window pruned"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the dedupe window failed; retrying later")
+                    }
+                }
+                match store.prune_timeline(applier.now() - retention.timeline) {
+                    Ok(n) => tracing::debug!(
+                        deleted = n,
+                        "timeline lines past store.timeline_retention deleted"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the timeline failed; retrying later")
+                    }
+                }
+                pruned_at = Some(Instant::now());
+            }
+            if stop.is_triggered() {
+                return;
+            }
         }
     }
 }
