@@ -518,6 +518,19 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// A decision as the differential tests compare them.
+    pub(crate) fn line(d: &Decision) -> String {
+        format!(
+            "{} {} {} {:?} {:?} {}",
+            crate::time::rfc3339(d.at),
+            d.customer,
+            d.sequence,
+            d.step,
+            d.action,
+            d.reason
+        )
+    }
+
     /// Every decision of the stream, with operator holds and cancels along the way.
     fn decide(thresholds: (usize, usize), events: &[Event]) -> (Vec<Decision>, usize) {
         THRESHOLDS.with(|t| t.set(thresholds));
@@ -559,17 +572,7 @@ pub(crate) mod tests {
                 "seed {seed}: {} decisions",
                 listed.len()
             );
-            let show = |d: &Decision| {
-                format!(
-                    "{} {} {} {:?} {:?} {}",
-                    crate::time::rfc3339(d.at),
-                    d.customer,
-                    d.sequence,
-                    d.step,
-                    d.action,
-                    d.reason
-                )
-            };
+            let show = line;
             let first_difference = listed
                 .iter()
                 .zip(&indexed)

@@ -716,7 +716,7 @@ mod tests {
 
     use super::Applier;
     use crate::engine::journeys::THRESHOLDS;
-    use crate::engine::journeys::tests::{catalog, events};
+    use crate::engine::journeys::tests::{catalog, events, line};
     use crate::engine::{Control, Engine, Policy};
     use crate::store::JourneyRow;
 
@@ -781,20 +781,7 @@ mod tests {
                 break;
             }
         }
-        let lines: Vec<String> = out
-            .iter()
-            .map(|d| {
-                format!(
-                    "{} {} {} {:?} {:?} {}",
-                    crate::time::rfc3339(d.at),
-                    d.customer,
-                    d.sequence,
-                    d.step,
-                    d.action,
-                    d.reason
-                )
-            })
-            .collect();
+        let lines: Vec<String> = out.iter().map(line).collect();
         let journeys = ["c0", "c1", "c2"]
             .iter()
             .map(|c| crate::store::record::journeys(&store.load(c).unwrap().unwrap()).unwrap())

@@ -457,6 +457,16 @@ fn newer_schema(found: i64, known: i64) -> String {
     )
 }
 
+/// Where a customer's own rows are, as `table WHERE column` naming the customer: what an
+/// erasure deletes besides the dead letters that mention them.
+pub const CUSTOMER_ROWS: [&str; 5] = [
+    "customers WHERE id",
+    "journey_rows WHERE customer",
+    "order_rows WHERE customer",
+    "timeline WHERE customer",
+    "outbox WHERE customer",
+];
+
 /// Opens the store named by `store.url` and runs its migrations.
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite://") {

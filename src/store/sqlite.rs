@@ -1106,13 +1106,7 @@ impl Tx for SqliteTx<'_> {
         now: DateTime<Utc>,
     ) -> Result<u64> {
         let mut removed = 0;
-        for table in [
-            "customers WHERE id",
-            "journey_rows WHERE customer",
-            "order_rows WHERE customer",
-            "timeline WHERE customer",
-            "outbox WHERE customer",
-        ] {
+        for table in super::CUSTOMER_ROWS {
             removed += self
                 .tx
                 .execute(&format!("DELETE FROM {table} = ?1"), [customer])?;
