@@ -15,27 +15,31 @@
 //! A row is marked sent only after the transport accepted it, so a crash between the two
 //! re-sends at most the emails in flight (same Message-ID) and never loses one.
 
-use super::Shutdown;
-use crate::clock::Clock;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+//!
+//! Split by responsibility: this module is the worker (claims, pacing, the sending loop,
+//! recording); [`prepare`] makes a claimed email ready to send; [`retry`] turns how a send
+//! ended into the outcome to record.
+
+mod prepare;
+mod retry;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use minijinja::{Value, context};
 use tokio::sync::{Notify, mpsc};
 
+use self::prepare::Prepared;
+use self::retry::Outcome;
+pub use self::retry::backoff;
+use super::Shutdown;
+use crate::clock::Clock;
 use crate::config;
-use crate::engine::context::Ctx;
-use crate::engine::{Engine, Profile};
-use crate::mail::transport::{Failure, Plan, SendError, Transport};
-use crate::mail::{Composer, Outgoing};
-use crate::sequence::Sequence;
+use crate::engine::Engine;
+use crate::mail::Composer;
+use crate::mail::transport::{Plan, Transport};
 use crate::service::metrics::Metrics;
 use crate::service::reload::Live;
 use crate::service::versions::Kept;
-use crate::store::record::profile_and_orders;
 use crate::store::{Delivery, OutboxRow, Store};
 
 /// How often the outbox is looked at when nobody signals new work.
@@ -95,17 +99,6 @@ const PACE_HORIZON: Duration = Duration::from_secs(1);
 
 /// The wait before the store is tried again.
 const STORE_RETRY: Duration = Duration::from_millis(500);
-
-/// What preparing a row gave: a message to send, or an outcome already.
-enum Prepared {
-    Send {
-        mail: Outgoing,
-        address: String,
-        profile: Arc<Profile>,
-        sequence: Option<Arc<Sequence>>,
-    },
-    Done(Delivery),
-}
 
 impl Sender {
     /// The outbox worker for `config` as `run` builds it — its composer (signing key, DKIM)
@@ -383,206 +376,6 @@ impl Worker {
             .checked_add_signed(needed)
             .is_some_and(|end| end <= row.claimed_until)
     }
-
-    /// Renders and composes the email, or says why it will not be sent.
-    fn prepare(&mut self, row: &OutboxRow) -> Prepared {
-        let now = self.clock.now();
-        let failed = |error: String| Prepared::Done(Delivery::Failed { error });
-        // The database, not the email: try again shortly rather than give the email up.
-        let unavailable = |e: crate::store::StoreError| {
-            Prepared::Done(Delivery::Retry {
-                error: format!("store: {e}"),
-                at: now + chrono::Duration::seconds(30),
-            })
-        };
-        let stored = match self.store.load(&row.customer) {
-            Ok(Some(s)) => s,
-            Ok(None) => return failed("customer not found".into()),
-            Err(e) => return unavailable(e),
-        };
-        let store = &mut self.store;
-        let sequence =
-            match self
-                .kept
-                .resolve(&self.engine.catalog, &row.sequence, &row.version, || {
-                    store.version(&row.sequence, &row.version)
-                }) {
-                Ok(s) => s,
-                Err(e) => return unavailable(e),
-            };
-        let (profile, orders) = match profile_and_orders(&stored) {
-            Ok(p) => p,
-            Err(e) => return failed(format!("stored customer unreadable: {e}")),
-        };
-        // Rules that may have changed since the email was queued: the engine's.
-        if let Err(reason) = self
-            .engine
-            .still_sendable(&profile, &row.category, row.transactional)
-        {
-            return Prepared::Done(Delivery::Suppressed { reason });
-        }
-        let Some(to) = profile.email.as_deref().map(str::to_string) else {
-            return failed("no email address".into());
-        };
-        if !row.transactional {
-            match self
-                .store
-                .is_erased(&self.composer.signer.address_hash(&to))
-            {
-                Ok(false) => {}
-                Ok(true) => {
-                    return Prepared::Done(Delivery::Suppressed {
-                        reason: "address erased: marketing resumes only when the customer subscribes again".into(),
-                    });
-                }
-                Err(e) => return unavailable(e),
-            }
-        }
-        let order = row
-            .order_id
-            .as_deref()
-            .and_then(|id| orders.into_iter().find(|o| &*o.id == id))
-            .map(Arc::new);
-        let locale = profile.locale.as_deref().map(str::to_string);
-        let name = profile.name.as_deref().map(str::to_string);
-        let profile = Arc::new(profile);
-        let links = self.composer.links(&row.customer, &row.category);
-        let mut ctx = Ctx::new(&profile, None, order.as_ref(), None);
-        ctx.journey = context! { id => &row.journey, sequence => &row.sequence, step => &row.step };
-        ctx.unsubscribe_url = Value::from(links.unsubscribe_url.clone());
-        ctx.preferences_url = Value::from(links.preferences_url.clone());
-        let templates = sequence
-            .as_ref()
-            .map_or(&self.engine.catalog.templates, |s| &s.templates);
-        let rendered = match templates.render(&row.template, locale.as_deref(), &ctx.into_value()) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(sequence = %row.sequence, step = %row.step, template = %row.template, error = %e, "template error at send time");
-                if e.over_budget {
-                    self.observe.metrics.templates_failed.inc();
-                }
-                return failed(format!("template error: {e}"));
-            }
-        };
-        let mail = match self
-            .composer
-            .compose(row, name.as_deref(), &to, &rendered, &links)
-        {
-            Ok(m) => m,
-            Err(e) => return failed(e.to_string()),
-        };
-        if self.dry_run {
-            return Prepared::Done(Delivery::DryRun {
-                message_id: mail.message_id,
-            });
-        }
-        Prepared::Send {
-            mail,
-            address: to,
-            profile,
-            sequence,
-        }
-    }
-}
-
-/// Turns a send's result into the outcome to record (in the sending task).
-struct Outcome {
-    settings: config::Delivery,
-    engine: Arc<Engine>,
-    clock: Arc<dyn Clock>,
-    /// The email's sequence at its journey's version, when known.
-    sequence: Option<Arc<Sequence>>,
-}
-
-impl Outcome {
-    fn of(
-        &self,
-        row: &OutboxRow,
-        mail: &Outgoing,
-        address: &str,
-        profile: &Arc<Profile>,
-        result: Result<(), SendError>,
-    ) -> Delivery {
-        let e = match result {
-            Ok(()) => {
-                return Delivery::Sent {
-                    message_id: mail.message_id.clone(),
-                };
-            }
-            Err(e) => e,
-        };
-        match e.failure {
-            Failure::Permanent => {
-                return Delivery::Bounced {
-                    error: e.message,
-                    address: address.to_string(),
-                };
-            }
-            Failure::Refused => {
-                return Delivery::Failed {
-                    error: format!("refused: {}", e.message),
-                };
-            }
-            Failure::Transient | Failure::Ambiguous => {}
-        }
-        let now = self.clock.now();
-        let attempts = row.attempts + 1;
-        let give_up = chrono::Duration::from_std(self.settings.give_up_after)
-            .unwrap_or(chrono::Duration::days(5));
-        let wait = backoff(
-            &self.settings,
-            attempts,
-            jitter_seed(&row.key, attempts, now),
-        );
-        let mut at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
-        if let Some(slot) = self.window_slot(row, profile, at) {
-            at = slot;
-        }
-        if at > row.created_at + give_up {
-            return Delivery::Failed {
-                error: format!(
-                    "gave up after {attempts} attempts over {}: {}",
-                    crate::time::Period(give_up),
-                    e.message
-                ),
-            };
-        }
-        let error = match e.failure {
-            Failure::Ambiguous => format!("ambiguous: {}", e.message),
-            _ => e.message,
-        };
-        Delivery::Retry { error, at }
-    }
-
-    /// The retry moved into the step's send window (and out of quiet hours for marketing).
-    fn window_slot(
-        &self,
-        row: &OutboxRow,
-        profile: &Arc<Profile>,
-        at: DateTime<Utc>,
-    ) -> Option<DateTime<Utc>> {
-        let seq = self.sequence.as_ref()?;
-        let step = seq.step_index(&row.step)?;
-        self.engine.send_slot(profile, seq, step, at)
-    }
-}
-
-/// The wait before attempt `attempts + 1`: `first`, doubled each time, at most `max`, with
-/// ±20% jitter so a relay that comes back is not hit by every email at once.
-pub fn backoff(s: &config::Delivery, attempts: u32, seed: u64) -> Duration {
-    let doublings = attempts.saturating_sub(1).min(30);
-    let base = s
-        .retry_first
-        .saturating_mul(1u32 << doublings.min(20))
-        .min(s.retry_max);
-    let jitter = 0.8 + 0.4 * ((seed % 10_000) as f64 / 10_000.0);
-    base.mul_f64(jitter).min(s.retry_max)
-}
-
-fn jitter_seed(key: &str, attempts: u32, now: DateTime<Utc>) -> u64 {
-    let mut h = DefaultHasher::new();
-    (key, attempts, now.timestamp_subsec_nanos()).hash(&mut h);
-    h.finish()
 }
 
 fn log_outcomes(done: &[(OutboxRow, Delivery)]) {
@@ -660,60 +453,8 @@ impl Pacer {
 }
 
 #[cfg(test)]
-mod tests {
+mod pacer_tests {
     use super::*;
-    use crate::engine::Policy;
-
-    fn settings() -> config::Delivery {
-        crate::config::Config::default().delivery().unwrap()
-    }
-
-    #[test]
-    fn backoff_doubles_from_first_up_to_max_with_jitter_within_a_fifth() {
-        let s = settings(); // 5m first, 1h max
-        let mins = |attempts, seed| backoff(&s, attempts, seed).as_secs_f64() / 60.0;
-        for seed in [0, 4_999, 9_999, 123_456_789] {
-            let first = mins(1, seed);
-            assert!((4.0..=6.0).contains(&first), "{first}");
-            let second = mins(2, seed);
-            assert!((8.0..=12.0).contains(&second), "{second}");
-            // 5m * 2^4 = 80m, capped at 60m, then jitter; never above max.
-            let fifth = mins(5, seed);
-            assert!((48.0..=60.0).contains(&fifth), "{fifth}");
-            assert!(mins(40, seed) <= 60.0);
-        }
-        // The jitter spreads retries: different seeds, different waits.
-        assert_ne!(backoff(&s, 1, 1), backoff(&s, 1, 7_777));
-    }
-
-    fn mail() -> Outgoing {
-        Outgoing {
-            key: "j:s".into(),
-            message_id: "<j.s@example.com>".into(),
-            envelope: lettre::address::Envelope::new(None, vec!["a@example.com".parse().unwrap()])
-                .unwrap(),
-            bytes: Vec::new(),
-        }
-    }
-
-    fn row(created_at: DateTime<Utc>, attempts: u32) -> OutboxRow {
-        OutboxRow {
-            key: "j:s".into(),
-            customer: "c1".into(),
-            journey: "j".into(),
-            sequence: "unknown".into(),
-            version: "v".into(),
-            step: "s".into(),
-            order_id: None,
-            template: "t".into(),
-            category: "review".into(),
-            transactional: false,
-            created_at,
-            attempts,
-            claim: 1,
-            claimed_until: created_at,
-        }
-    }
 
     #[test]
     fn the_pacer_counts_the_sends_that_can_start_within_a_horizon() {
@@ -728,138 +469,6 @@ mod tests {
         assert_eq!(p.slots(secs(1)), 0);
         assert_eq!(p.slots(secs(11)), 2);
     }
-
-    #[test]
-    fn failures_become_retries_bounces_or_give_ups() {
-        let empty = std::env::temp_dir().join(format!("aftercare-outbox-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
-        let (catalog, _) = crate::sequence::Catalog::load(&empty).unwrap();
-        let catalog = Arc::new(catalog);
-        let now: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().unwrap();
-        let outcome = Outcome {
-            settings: settings(),
-            engine: Arc::new(Engine::new(catalog, Policy::default())),
-            clock: Arc::new(crate::clock::ManualClock::new(now)),
-            sequence: None,
-        };
-        let mail = mail();
-        let profile = Arc::new(Profile::default());
-        let err = |failure, message: &str| {
-            Err(SendError {
-                failure,
-                code: None,
-                message: message.into(),
-            })
-        };
-        match outcome.of(
-            &row(now, 0),
-            &mail,
-            "a@example.com",
-            &profile,
-            err(Failure::Transient, "451 later"),
-        ) {
-            Delivery::Retry { error, at } => {
-                assert_eq!(error, "451 later");
-                assert!(
-                    at >= now + chrono::Duration::minutes(4)
-                        && at <= now + chrono::Duration::minutes(7)
-                );
-            }
-            d => panic!("{d:?}"),
-        }
-        // An expired deadline may have been accepted: retried, and said so.
-        match outcome.of(
-            &row(now, 0),
-            &mail,
-            "a@example.com",
-            &profile,
-            err(Failure::Ambiguous, "no answer"),
-        ) {
-            Delivery::Retry { error, .. } => assert_eq!(error, "ambiguous: no answer"),
-            d => panic!("{d:?}"),
-        }
-        assert_eq!(
-            outcome.of(
-                &row(now, 0),
-                &mail,
-                "a@example.com",
-                &profile,
-                err(Failure::Permanent, "550 no such user")
-            ),
-            Delivery::Bounced {
-                error: "550 no such user".into(),
-                address: "a@example.com".into()
-            }
-        );
-        // Still failing five days after it was queued: given up.
-        let old = now - chrono::Duration::days(5);
-        assert_eq!(
-            outcome.of(
-                &row(old, 40),
-                &mail,
-                "a@example.com",
-                &profile,
-                err(Failure::Transient, "421 busy")
-            ),
-            Delivery::Failed {
-                error: "gave up after 41 attempts over 5d: 421 busy".into()
-            }
-        );
-    }
-
-    #[test]
-    fn a_retry_waits_for_the_steps_send_window_in_the_customers_timezone() {
-        let dir = std::env::temp_dir().join(format!("aftercare-window-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("templates/t")).unwrap();
-        std::fs::write(
-            dir.join("w.yaml"),
-            "name: w\ncategory: news\ntrigger: { event: order.placed }\nsteps:\n  - id: s\n    send_window: \"0 9 * * *\"\n    email: { template: t/a }\n",
-        )
-        .unwrap();
-        std::fs::write(dir.join("templates/t/a.subject.j2"), "A").unwrap();
-        std::fs::write(dir.join("templates/t/a.html.j2"), "<p>a</p>").unwrap();
-        let (catalog, diags) = crate::sequence::Catalog::load(&dir).unwrap();
-        assert!(diags.is_empty(), "{diags:?}");
-        let sequence = catalog.get("w").unwrap().clone();
-        let version = sequence.version.to_string();
-        // 19:00 in Seoul.
-        let now: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().unwrap();
-        let outcome = Outcome {
-            settings: crate::config::Config::default().delivery().unwrap(),
-            engine: Arc::new(Engine::new(Arc::new(catalog), Policy::default())),
-            clock: Arc::new(crate::clock::ManualClock::new(now)),
-            sequence: Some(sequence),
-        };
-        let row = OutboxRow {
-            sequence: "w".into(),
-            version,
-            template: "t/a".into(),
-            category: "news".into(),
-            ..row(now, 0)
-        };
-        let mail = mail();
-        let profile = Profile {
-            timezone: Some(chrono_tz::Asia::Seoul),
-            ..Default::default()
-        };
-        let failed = Err(SendError {
-            failure: Failure::Transient,
-            code: Some(451),
-            message: "451 later".into(),
-        });
-        let Delivery::Retry { at, .. } =
-            outcome.of(&row, &mail, "a@example.com", &Arc::new(profile), failed)
-        else {
-            panic!("not a retry");
-        };
-        // 09:00 in Seoul, the first one after the backoff (about 5 minutes from 19:00).
-        assert_eq!(at, "2026-03-02T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
-    }
-}
-
-#[cfg(test)]
-mod pacer_tests {
-    use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn the_pacer_lets_through_at_most_rate_per_second() {
