@@ -106,7 +106,7 @@ const WATCH_STACK: usize = 16 << 20;
 pub const WAKE_BATCH: usize = 256;
 
 /// Runs until `stop` is triggered, counting into `stats`: the workers, each spawned from the
-/// same [`Parts`], then stopped in stages.
+/// same `Parts`, then stopped in stages.
 pub fn run(
     config: Config,
     options: Options,

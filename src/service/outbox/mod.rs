@@ -17,7 +17,7 @@
 
 //!
 //! Split by responsibility: this module is the worker (claims, pacing, the sending loop,
-//! recording); [`prepare`] makes a claimed email ready to send; [`retry`] turns how a send
+//! recording); `prepare` makes a claimed email ready to send; `retry` turns how a send
 //! ended into the outcome to record.
 
 mod prepare;

@@ -6,8 +6,8 @@
 //! log on a thread of its own before it stores the offsets.
 //!
 //! Split by responsibility: this module opens the file and answers the store's queries;
-//! [`schema`] holds the tables and their migrations, [`wal`] keeps the write-ahead log in
-//! hand, [`tx`] is the engine's transaction.
+//! `schema` holds the tables and their migrations, `wal` keeps the write-ahead log in
+//! hand, `tx` is the engine's transaction.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
