@@ -1,0 +1,364 @@
+//! Running a journey's steps: a step falling due, its email, its wait, its goal, and the end
+//! of the journey, each recorded as a decision.
+
+use super::windows::next_allowed;
+use super::*;
+
+impl Engine {
+    /// Starts waiting for the current step, counting from `base`.
+    pub(super) fn begin_step(&self, c: &mut Customer, ji: Ji, base: DateTime<Utc>) {
+        c.journeys.update(ji, |j| {
+            j.state = match &j.sequence.steps[j.step].timing {
+                Timing::Now => State::Due {
+                    at: base,
+                    cause: Cause::Immediate,
+                },
+                Timing::Wait(p) => State::Due {
+                    at: base + p.0,
+                    cause: Cause::Waited,
+                },
+                Timing::WaitFor(w) => State::WaitingFor {
+                    deadline: base + w.timeout.0,
+                },
+            };
+        });
+    }
+
+    /// The current step is due: skip_when, pause_when, send window, then the action.
+    pub(super) fn due_step(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        cause: Cause,
+        ev: Option<&Arc<Event>>,
+        out: &mut Vec<Decision>,
+    ) {
+        let seq = c.journeys[ji].sequence.clone();
+        let si = c.journeys[ji].step;
+        let step = &seq.steps[si];
+        if let Some(skip) = &step.skip_when
+            && self.check(Some(skip), c, ev, Some(ji))
+        {
+            self.push(c, ji, now, Action::Skip, format!("skip_when: {skip}"), out);
+            return self.next_step(c, ji, now, out);
+        }
+        if let Some(pause) = &seq.pause_when
+            && self.check(Some(pause), c, ev, Some(ji))
+        {
+            self.push(
+                c,
+                ji,
+                now,
+                Action::Pause,
+                format!("pause_when: {pause}"),
+                out,
+            );
+            c.journeys.update(ji, |j| j.state = State::Paused);
+            return;
+        }
+        if let Some(window) = &step.send_window {
+            let tz = self.timezone(&c.profile, &seq);
+            // Marketing email must also miss quiet hours: look for an instant both allow, or
+            // the two would defer each other forever.
+            let marketing = matches!(step.action, Some(sequence::Action::Email { .. }))
+                && !seq.step_category(si).is_transactional();
+            let quiet = self.policy.quiet_hours.filter(|_| marketing);
+            match next_allowed(window, quiet.as_ref(), tz, now) {
+                Some(slot) if slot > now => {
+                    let reason = format!(
+                        "send_window \"{}\" ({tz}): until {}",
+                        window.source,
+                        rfc3339(slot)
+                    );
+                    self.push(c, ji, now, Action::Defer, reason, out);
+                    c.journeys.update(ji, |j| {
+                        j.state = State::Due {
+                            at: slot,
+                            cause: Cause::Window,
+                        }
+                    });
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    let reason = match quiet {
+                        Some(q) => format!(
+                            "send_window \"{}\" never opens outside quiet hours {q}",
+                            window.source
+                        ),
+                        None => format!("send_window \"{}\" has no future slot", window.source),
+                    };
+                    self.push(c, ji, now, Action::Skip, reason, out);
+                    return self.next_step(c, ji, now, out);
+                }
+            }
+        }
+        match &step.action {
+            None => {}
+            Some(sequence::Action::Exit) => {
+                return self.end(c, ji, now, Action::Exit, "exit step".into(), true, out);
+            }
+            Some(sequence::Action::Start { sequence }) => self.start(c, ji, sequence, now, out),
+            Some(sequence::Action::Email { template }) => {
+                match self.verdict(c, &seq, si, c.journeys[ji].backfill, now) {
+                    Verdict::Send => self.email(c, ji, template, cause, now, out),
+                    Verdict::Suppress(reason) => {
+                        self.push(c, ji, now, Action::Suppress, reason, out)
+                    }
+                    Verdict::Defer(until, reason) => {
+                        self.push(c, ji, now, Action::Defer, reason, out);
+                        c.journeys.update(ji, |j| {
+                            j.state = State::Due {
+                                at: until,
+                                cause: Cause::QuietHoursOver,
+                            }
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+        self.next_step(c, ji, now, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn email(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        template: &Arc<str>,
+        cause: Cause,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let j = &c.journeys[ji];
+        let seq = j.sequence.clone();
+        let si = j.step;
+        let order = j.order_id.as_deref().and_then(|o| c.order(o));
+        // Templates see no `event`: the email is rendered again when it is sent, where the event
+        // is long gone, and the subject printed here must be the one sent.
+        let ctx = Ctx::new(&c.profile, None, order, Some(j)).into_value();
+        let locale = c.profile.locale.as_deref();
+        // The templates of the journey's version: an edit or a rename since it started is a
+        // new version, for new journeys.
+        let rendered = seq.templates.render_subject(template, locale, &ctx);
+        // Release the context's share of the profile so the update below does not copy it.
+        drop(ctx);
+        let subject = match rendered {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(customer_id = %crate::redact::text(&c.profile.id), sequence = %seq.name, error = %e, "template error");
+                return self.push(
+                    c,
+                    ji,
+                    now,
+                    Action::Suppress,
+                    format!("template error: {e}"),
+                    out,
+                );
+            }
+        };
+        let category = seq.step_category(si).clone();
+        if !category.is_transactional() {
+            Arc::make_mut(&mut c.profile).last_marketing_at = Some(now);
+        }
+        let reason = cause.describe(&seq.steps[si]);
+        let mut d = self.decision(c, ji, now, Action::Email, reason);
+        d.subject = Some(subject);
+        d.email = Some(EmailIntent {
+            template: template.clone(),
+            transactional: category.is_transactional(),
+            category: category.0,
+            order_id: c.journeys[ji].order_id.clone(),
+        });
+        out.push(d);
+        self.arm_goal(c, ji, now);
+    }
+
+    pub(super) fn start(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        target: &str,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let parent = &c.journeys[ji];
+        let (pid, pseq, order_id, backfill) = (
+            parent.id,
+            parent.sequence.clone(),
+            parent.order_id.clone(),
+            parent.backfill,
+        );
+        let step_id = pseq.steps[parent.step].id.clone();
+        let Some(seq) = self.catalog.get(target).cloned() else {
+            let reason = format!("{target} is not loaded");
+            return self.push(c, ji, now, Action::Start, reason, out);
+        };
+        let order_id = match seq.journey {
+            JourneyKind::PerOrder => order_id.as_deref(),
+            JourneyKind::PerCustomer => None,
+        };
+        let refusal = if backfill && !seq.category.is_transactional() {
+            // Backfill reaches marketing neither by trigger nor through a transactional hand-over.
+            Err(BACKFILL.to_string())
+        } else {
+            self.may_enter(c, &seq, order_id)
+        };
+        if let Err(why) = refusal {
+            return self.push(
+                c,
+                ji,
+                now,
+                Action::Start,
+                format!("not started: {why}"),
+                out,
+            );
+        }
+        self.push(c, ji, now, Action::Start, format!("start {target}"), out);
+        self.arm_goal(c, ji, now);
+        let entry = Entry {
+            id: JourneyId::derive(&[&seq.name, &pid.to_string(), &step_id]),
+            reason: format!("started by {}/{}", pseq.name, step_id),
+            sequence: seq,
+            order_id,
+            base: now,
+            backfill,
+        };
+        self.enter(c, entry, now, out);
+    }
+
+    pub(super) fn arm_goal(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>) {
+        let j = &c.journeys[ji];
+        if let Some(goal) = &j.sequence.steps[j.step].goal {
+            c.goals.push(PendingGoal {
+                journey: j.id,
+                sequence: j.sequence.clone(),
+                step: j.step,
+                from: now,
+                until: now + goal.within.0,
+            });
+        }
+    }
+
+    pub(super) fn timed_out(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let seq = c.journeys[ji].sequence.clone();
+        let Timing::WaitFor(w) = &seq.steps[c.journeys[ji].step].timing else {
+            return;
+        };
+        let what = format!("wait_for {} timed out after {}", w.event, w.timeout);
+        match w.on_timeout {
+            OnTimeout::Skip => {
+                self.push(c, ji, now, Action::Skip, what, out);
+                self.next_step(c, ji, now, out);
+            }
+            OnTimeout::Continue => self.due_step(c, ji, now, Cause::TimeoutContinue, None, out),
+            OnTimeout::Exit => self.end(c, ji, now, Action::Exit, what, true, out),
+            OnTimeout::Goto(target) => {
+                let reason = format!("{what}: go to {}", seq.steps[target].id);
+                self.push(c, ji, now, Action::Skip, reason, out);
+                c.journeys.update(ji, |j| j.step = target);
+                self.begin_step(c, ji, now);
+            }
+        }
+    }
+
+    /// The step finished at `now`: on to the next, or `complete`.
+    pub(super) fn next_step(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let more = c.journeys.update(ji, |j| {
+            j.step += 1;
+            j.step < j.sequence.steps.len()
+        });
+        match more {
+            Some(true) => return self.begin_step(c, ji, now),
+            Some(false) => {}
+            None => return,
+        }
+        self.end(
+            c,
+            ji,
+            now,
+            Action::Complete,
+            "all steps done".into(),
+            true,
+            out,
+        );
+    }
+
+    /// Ends a journey with an `exit` or `complete` line. `finished` journeys count for
+    /// `reenter: false`; one ended by an `exit_on` event does not.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn end(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        action: Action,
+        reason: String,
+        finished: bool,
+        out: &mut Vec<Decision>,
+    ) {
+        let mut d = self.decision(c, ji, now, action, reason);
+        if action == Action::Complete {
+            d.step = None;
+        }
+        out.push(d);
+        let Some(j) = c.journeys.remove(ji) else {
+            return;
+        };
+        if finished
+            && j.sequence.journey == JourneyKind::PerCustomer
+            && !c.finished.contains(&j.sequence.name)
+        {
+            c.finished.push(j.sequence.name.clone());
+        }
+    }
+
+    pub(super) fn decision(
+        &self,
+        c: &Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        action: Action,
+        reason: String,
+    ) -> Decision {
+        let j = &c.journeys[ji];
+        Decision {
+            at: now,
+            customer: c.profile.id.clone(),
+            journey: j.id,
+            sequence: j.sequence.name.clone(),
+            version: j.sequence.version.clone(),
+            step: j.step_id().cloned(),
+            action,
+            reason,
+            subject: None,
+            email: None,
+        }
+    }
+
+    pub(super) fn push(
+        &self,
+        c: &Customer,
+        ji: Ji,
+        now: DateTime<Utc>,
+        action: Action,
+        reason: String,
+        out: &mut Vec<Decision>,
+    ) {
+        out.push(self.decision(c, ji, now, action, reason));
+    }
+}
