@@ -977,3 +977,28 @@ fn a_store_of_a_newer_schema_is_refused() {
         );
     }
 }
+
+/// A customer with many orders keeps them as rows: `load` (what sending an email reads)
+/// gives the profile and every order without the journey rows; `customer` gives everything.
+#[test]
+fn a_customer_kept_as_rows_reads_back_whole() {
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(SEQ_V1);
+        let orders: Vec<Arc<Event>> = (0..70)
+            .map(|i| placed("big", &format!("o{i}"), t0()))
+            .collect();
+        a.apply(&mut *store, &orders, t0()).unwrap();
+        assert_eq!(ts.count("SELECT COUNT(*) FROM order_rows"), 70, "{}", ts.url);
+        assert_eq!(ts.count("SELECT COUNT(*) FROM journey_rows"), 70, "{}", ts.url);
+        let loaded = store.load("big").unwrap().unwrap();
+        let (profile, orders) = record::profile_and_orders(&loaded).unwrap();
+        assert_eq!(profile.email.as_deref(), Some("big@example.com"));
+        let ids: Vec<String> = orders.iter().map(|o| o.id.to_string()).collect();
+        let expected: Vec<String> = (0..70).map(|i| format!("o{i}")).collect();
+        assert_eq!(ids, expected, "{}", ts.url);
+        assert!(loaded.rows.journeys.put.is_empty(), "{}", ts.url);
+        let (whole, _) = store.customer("big").unwrap().unwrap();
+        assert_eq!(record::journeys(&whole).unwrap().len(), 70, "{}", ts.url);
+    }
+}

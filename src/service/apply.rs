@@ -758,7 +758,7 @@ mod tests {
             }
             if i % 7 == 3 {
                 let who = &chunk[0].subject;
-                let stored = store.load(who).unwrap().unwrap();
+                let (stored, _) = store.customer(who).unwrap().unwrap();
                 let journeys = crate::store::record::journeys(&stored).unwrap();
                 if let Some(j) = journeys.get(i % journeys.len().max(1)) {
                     let op = if j.held {
@@ -784,7 +784,10 @@ mod tests {
         let lines: Vec<String> = out.iter().map(line).collect();
         let journeys = ["c0", "c1", "c2"]
             .iter()
-            .map(|c| crate::store::record::journeys(&store.load(c).unwrap().unwrap()).unwrap())
+            .map(|c| {
+                let (stored, _) = store.customer(c).unwrap().unwrap();
+                crate::store::record::journeys(&stored).unwrap()
+            })
             .collect();
         drop(store);
         let rows = db.rows();

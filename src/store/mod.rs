@@ -310,10 +310,11 @@ pub trait Store: Send {
     /// The earliest due time of any customer, to know how long the scheduler may sleep.
     fn next_due(&mut self) -> Result<Option<DateTime<Utc>>>;
 
-    /// A customer's stored state, with its journey and order rows, without locking.
+    /// A customer's stored state with its order rows, without locking: what sending an email
+    /// needs (profile and orders). Journey rows are left unread: [`Store::customer`] has them.
     fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>>;
 
-    /// A customer's stored state (with its rows) and timeline (oldest first).
+    /// A customer's stored state (with all its rows) and timeline (oldest first).
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>>;
 
     /// In-flight journeys grouped by sequence, version, step and status.

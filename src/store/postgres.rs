@@ -233,11 +233,11 @@ impl Store for PgStore {
     }
 
     fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>> {
-        load_whole(self.c()?, id)
+        load_whole(self.c()?, id, false)
     }
 
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
-        let Some(c) = load_whole(self.c()?, id)? else {
+        let Some(c) = load_whole(self.c()?, id, true)? else {
             return Ok(None);
         };
         let rows = self.c()?.query(
@@ -659,7 +659,11 @@ fn load<C: postgres::GenericClient>(
 
 /// A customer's row with its journey and order rows, when its document keeps some: then
 /// read again with them in one snapshot, so both are of the same moment.
-fn load_whole(client: &mut Client, id: &str) -> Result<Option<StoredCustomer>> {
+fn load_whole(
+    client: &mut Client,
+    id: &str,
+    with_journeys: bool,
+) -> Result<Option<StoredCustomer>> {
     match load(client, &[id], "")?.pop().flatten() {
         Some(c) if super::record::has_rows(&c.state) => {}
         listed => return Ok(listed),
@@ -673,14 +677,18 @@ fn load_whole(client: &mut Client, id: &str) -> Result<Option<StoredCustomer>> {
         return Ok(None);
     };
     if super::record::has_rows(&c.state) {
-        read_rows(&mut tx, std::slice::from_mut(&mut c))?;
+        read_rows(&mut tx, std::slice::from_mut(&mut c), with_journeys)?;
     }
     tx.commit()?;
     Ok(Some(c))
 }
 
-/// Reads the customers' journey and order rows into their `rows`.
-fn read_rows<C: GenericClient>(client: &mut C, customers: &mut [StoredCustomer]) -> Result<()> {
+/// Reads the customers' order rows, and their journey rows `with_journeys`, into their `rows`.
+fn read_rows<C: GenericClient>(
+    client: &mut C,
+    customers: &mut [StoredCustomer],
+    with_journeys: bool,
+) -> Result<()> {
     if customers.is_empty() {
         return Ok(());
     }
@@ -690,7 +698,11 @@ fn read_rows<C: GenericClient>(client: &mut C, customers: &mut [StoredCustomer])
         .enumerate()
         .map(|(i, id)| (id.clone(), i))
         .collect();
-    for table in ["journey_rows", "order_rows"] {
+    let tables: &[&str] = match with_journeys {
+        true => &["journey_rows", "order_rows"],
+        false => &["order_rows"],
+    };
+    for &table in tables {
         let rows = client.query(
             &format!("SELECT customer, n, data FROM {table} WHERE customer = ANY($1) ORDER BY customer, n"),
             &[&ids],
@@ -797,7 +809,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn rows(&mut self, customers: &mut [StoredCustomer]) -> Result<()> {
-        read_rows(&mut self.tx, customers)
+        read_rows(&mut self.tx, customers, true)
     }
 
     fn park(&mut self, ids: &[&str]) -> Result<()> {

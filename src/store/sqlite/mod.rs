@@ -234,11 +234,11 @@ impl Store for SqliteStore {
     }
 
     fn load(&mut self, id: &str) -> Result<Option<StoredCustomer>> {
-        load_whole(&self.conn, id)
+        load_whole(&self.conn, id, false)
     }
 
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
-        let Some(c) = load_whole(&self.conn, id)? else {
+        let Some(c) = load_whole(&self.conn, id, true)? else {
             return Ok(None);
         };
         let mut st = self.conn.prepare_cached(

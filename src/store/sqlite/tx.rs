@@ -35,13 +35,17 @@ pub(super) fn load_one(conn: &Connection, id: &str) -> Result<Option<StoredCusto
 
 /// A customer's row with its journey and order rows, when its document keeps some: then
 /// read again with them in one transaction, so both are of the same moment.
-pub(super) fn load_whole(conn: &Connection, id: &str) -> Result<Option<StoredCustomer>> {
+pub(super) fn load_whole(
+    conn: &Connection,
+    id: &str,
+    with_journeys: bool,
+) -> Result<Option<StoredCustomer>> {
     match load_one(conn, id)? {
         Some(c) if crate::store::record::has_rows(&c.state) => {
             let tx = conn.unchecked_transaction()?;
             let mut c = load_one(&tx, id)?;
             if let Some(c) = c.as_mut() {
-                read_rows(&tx, c)?;
+                read_rows(&tx, c, with_journeys)?;
             }
             tx.commit()?;
             Ok(c)
@@ -50,12 +54,17 @@ pub(super) fn load_whole(conn: &Connection, id: &str) -> Result<Option<StoredCus
     }
 }
 
-/// Reads a customer's journey and order rows into `c.rows`.
-pub(super) fn read_rows(conn: &Connection, c: &mut StoredCustomer) -> Result<()> {
-    for (table, set) in [
-        ("journey_rows", &mut c.rows.journeys),
-        ("order_rows", &mut c.rows.orders),
-    ] {
+/// Reads a customer's order rows, and its journey rows `with_journeys`, into `c.rows`.
+pub(super) fn read_rows(
+    conn: &Connection,
+    c: &mut StoredCustomer,
+    with_journeys: bool,
+) -> Result<()> {
+    let journeys = with_journeys.then_some(("journey_rows", &mut c.rows.journeys));
+    for (table, set) in journeys
+        .into_iter()
+        .chain([("order_rows", &mut c.rows.orders)])
+    {
         set.put = conn
             .prepare_cached(&format!(
                 "SELECT n, data FROM {table} WHERE customer = ?1 ORDER BY n"
@@ -115,7 +124,7 @@ impl Tx for SqliteTx<'_> {
     fn rows(&mut self, customers: &mut [StoredCustomer]) -> Result<()> {
         customers
             .iter_mut()
-            .try_for_each(|c| read_rows(&self.tx, c))
+            .try_for_each(|c| read_rows(&self.tx, c, true))
     }
 
     fn park(&mut self, ids: &[&str]) -> Result<()> {
