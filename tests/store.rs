@@ -989,8 +989,18 @@ fn a_customer_kept_as_rows_reads_back_whole() {
             .map(|i| placed("big", &format!("o{i}"), t0()))
             .collect();
         a.apply(&mut *store, &orders, t0()).unwrap();
-        assert_eq!(ts.count("SELECT COUNT(*) FROM order_rows"), 70, "{}", ts.url);
-        assert_eq!(ts.count("SELECT COUNT(*) FROM journey_rows"), 70, "{}", ts.url);
+        assert_eq!(
+            ts.count("SELECT COUNT(*) FROM order_rows"),
+            70,
+            "{}",
+            ts.url
+        );
+        assert_eq!(
+            ts.count("SELECT COUNT(*) FROM journey_rows"),
+            70,
+            "{}",
+            ts.url
+        );
         let loaded = store.load("big").unwrap().unwrap();
         let (profile, orders) = record::profile_and_orders(&loaded).unwrap();
         assert_eq!(profile.email.as_deref(), Some("big@example.com"));

@@ -3,7 +3,7 @@
 //! A customer is the unit of state: every input touches exactly one customer, so the store
 //! loads one, the engine mutates it, and the store saves it with the decisions.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compact::Compact;
 use super::journey::PendingGoal;
-use super::journeys::{Changed, Journeys};
+use super::journeys::{Changed, Journeys, Tracker};
 use crate::event::{CustomerPatch, Event, EventData, Item, Money};
 
 #[derive(Debug, Clone)]
@@ -281,11 +281,8 @@ impl Default for OrdersRepr {
 struct ManyOrders {
     list: Vec<Arc<Order>>,
     at: HashMap<Arc<str>, usize>,
-    /// Positions added or changed since the store last saved them ([`Orders::changes`]),
-    /// kept once `tracked`: read from stored rows, or saved once (`simulate` never saves);
-    /// until then every order is to be written.
-    dirty: BTreeSet<usize>,
-    tracked: bool,
+    /// Positions added or changed since the store last saved them ([`Orders::changes`]).
+    changes: Tracker,
 }
 
 impl Orders {
@@ -325,7 +322,7 @@ impl Orders {
             }
             OrdersRepr::Many(m) => {
                 m.at.insert(order.id.clone(), m.list.len());
-                m.changed(m.list.len());
+                m.changes.mark(m.list.len() as u64);
                 m.list.push(order);
             }
         }
@@ -337,7 +334,9 @@ impl Orders {
         let renumbered = rows.iter().enumerate().any(|(i, (n, _))| *n != i as u64);
         let list = rows.into_iter().map(|(_, o)| o).collect();
         let mut m = ManyOrders::of(list);
-        m.tracked = !renumbered;
+        if !renumbered {
+            m.changes = Tracker::tracked();
+        }
         Orders(OrdersRepr::Many(Box::new(m)))
     }
 
@@ -353,22 +352,24 @@ impl Orders {
         let OrdersRepr::Many(m) = &mut self.0 else {
             return None;
         };
-        let all = everything || !m.tracked;
-        m.tracked = true;
-        let dirty = std::mem::take(&mut m.dirty);
-        let items = if all {
-            m.list
-                .iter()
-                .enumerate()
-                .map(|(i, o)| (i as u64, Some(&**o)))
-                .collect()
-        } else {
-            dirty
-                .into_iter()
-                .map(|i| (i as u64, m.list.get(i).map(|o| &**o)))
-                .collect()
-        };
-        Some(Changed { all, items })
+        Some(match m.changes.take(everything) {
+            None => Changed {
+                all: true,
+                items: m
+                    .list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| (i as u64, Some(&**o)))
+                    .collect(),
+            },
+            Some(dirty) => Changed {
+                all: false,
+                items: dirty
+                    .into_iter()
+                    .map(|n| (n, m.list.get(n as usize).map(|o| &**o)))
+                    .collect(),
+            },
+        })
     }
 
     /// The order, added empty if not known yet.
@@ -387,7 +388,7 @@ impl Orders {
         let order = match &mut self.0 {
             OrdersRepr::Few(v) => &mut v[i],
             OrdersRepr::Many(m) => {
-                m.changed(i);
+                m.changes.mark(i as u64);
                 &mut m.list[i]
             }
         };
@@ -405,14 +406,7 @@ impl ManyOrders {
         ManyOrders {
             list,
             at,
-            dirty: BTreeSet::new(),
-            tracked: false,
-        }
-    }
-
-    fn changed(&mut self, i: usize) {
-        if self.tracked {
-            self.dirty.insert(i);
+            changes: Tracker::default(),
         }
     }
 }

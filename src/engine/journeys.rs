@@ -81,11 +81,41 @@ struct Many {
     unordered: BTreeSet<u64>,
     /// By the event kinds each listens to: its `exit_on` and its step's `wait_for`.
     by_kind: HashMap<Arc<str>, BTreeSet<u64>>,
-    /// Start numbers put or taken since the store last saved them ([`Journeys::changes`]),
-    /// kept once `tracked`: read from stored rows, or saved once (`simulate` never saves);
-    /// until then every journey is to be written.
+    /// Start numbers put or taken since the store last saved them ([`Journeys::changes`]).
+    changes: Tracker,
+}
+
+/// What changed among items kept as rows, by number: tracked once the items were read from
+/// stored rows or saved once (`simulate` never saves); until then every item is to be written.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Tracker {
     dirty: BTreeSet<u64>,
     tracked: bool,
+}
+
+impl Tracker {
+    /// Tracking from rows just read: nothing changed yet.
+    pub(super) fn tracked() -> Tracker {
+        Tracker {
+            tracked: true,
+            ..Tracker::default()
+        }
+    }
+
+    pub(super) fn mark(&mut self, n: u64) {
+        if self.tracked {
+            self.dirty.insert(n);
+        }
+    }
+
+    /// The numbers changed since the last call; `None` for every item (`everything`, or
+    /// nothing tracked yet).
+    pub(super) fn take(&mut self, everything: bool) -> Option<BTreeSet<u64>> {
+        let all = everything || !self.tracked;
+        self.tracked = true;
+        let dirty = std::mem::take(&mut self.dirty);
+        (!all).then_some(dirty)
+    }
 }
 
 /// What a store keeping one row per item (journeys, orders) has to write: every item (`all`,
@@ -181,7 +211,7 @@ impl Journeys {
             m.put(n, j);
             m.next = m.next.max(n + 1);
         }
-        m.tracked = true;
+        m.changes = Tracker::tracked();
         Journeys(Repr::Many(m))
     }
 
@@ -197,15 +227,16 @@ impl Journeys {
         let Repr::Many(m) = &mut self.0 else {
             return None;
         };
-        let all = everything || !m.tracked;
-        m.tracked = true;
-        let dirty = std::mem::take(&mut m.dirty);
-        let items = if all {
-            m.all.iter().map(|(n, j)| (*n, Some(j))).collect()
-        } else {
-            dirty.into_iter().map(|n| (n, m.all.get(&n))).collect()
-        };
-        Some(Changed { all, items })
+        Some(match m.changes.take(everything) {
+            None => Changed {
+                all: true,
+                items: m.all.iter().map(|(n, j)| (*n, Some(j))).collect(),
+            },
+            Some(dirty) => Changed {
+                all: false,
+                items: dirty.into_iter().map(|n| (n, m.all.get(&n))).collect(),
+            },
+        })
     }
 
     /// The instant the clock next has work for one of these journeys.
@@ -323,15 +354,9 @@ impl Many {
         n
     }
 
-    fn changed(&mut self, n: u64) {
-        if self.tracked {
-            self.dirty.insert(n);
-        }
-    }
-
     /// Files the journey under every index.
     fn put(&mut self, n: u64, j: Journey) {
-        self.changed(n);
+        self.changes.mark(n);
         self.ids.insert(j.id, n);
         if let Some(at) = j.due() {
             self.due.insert((at, n));
@@ -356,7 +381,7 @@ impl Many {
     /// Takes the journey out of every index.
     fn take(&mut self, n: u64) -> Option<Journey> {
         let j = self.all.remove(&n)?;
-        self.changed(n);
+        self.changes.mark(n);
         self.ids.remove(&j.id);
         if let Some(at) = j.due() {
             self.due.remove(&(at, n));
