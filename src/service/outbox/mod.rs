@@ -232,6 +232,7 @@ impl Worker {
                     }
                     Err(e) => {
                         // Kept and recorded on the next pass; the claims outlive the wait.
+                        // Not cut short by a stop: what finished must still be recorded.
                         self.observe
                             .store_failing(&format!("recording deliveries: {e}"));
                         std::thread::sleep(STORE_RETRY);
@@ -328,7 +329,8 @@ impl Worker {
                     }
                     Err(e) => {
                         self.observe.store_failing(&format!("claiming emails: {e}"));
-                        std::thread::sleep(STORE_RETRY);
+                        // Cut short by a stop: nothing is claimed once stopping.
+                        stop.wait_timeout(STORE_RETRY);
                         continue;
                     }
                 }
