@@ -127,7 +127,7 @@ fn outbox(port: u16, n: usize, run: usize) -> f64 {
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     stop.trigger();
-    worker.join().unwrap().unwrap();
+    worker.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     rate
 }
@@ -155,6 +155,7 @@ fn prerendered(cfg: &Config) -> aftercare::mail::Outgoing {
         attempts: 0,
         claim: 1,
         claimed_until: chrono::Utc::now(),
+        trace: None,
     };
     let links = composer.links("c1", "transactional");
     composer

@@ -153,7 +153,7 @@ impl Rig {
         let worker = std::thread::spawn(move || sender.run(&s));
         let counts = self.wait(what, done);
         stop.trigger();
-        worker.join().unwrap().unwrap();
+        worker.join().unwrap();
         counts
     }
 
@@ -379,7 +379,7 @@ fn emails_queued_while_the_server_is_down_are_delivered_once_it_is_back() {
     let server = SmtpServer::start(port, &out, &[]);
     rig.wait("the email sent", |c| c["emails sent"] == 1);
     stop.trigger();
-    worker.join().unwrap().unwrap();
+    worker.join().unwrap();
     assert_eq!(server.messages().len(), 1);
     assert!(
         rig.timeline("c1")
@@ -1016,7 +1016,7 @@ fn paced_sends_to_a_slow_relay_go_out_once_on_one_and_on_two_instances() {
         }
         stop.trigger();
         for w in workers {
-            w.join().unwrap().unwrap();
+            w.join().unwrap();
         }
         let mut accepted: std::collections::HashMap<String, usize> = Default::default();
         for entry in server.log().iter().filter(|e| e["reply"] == 250) {

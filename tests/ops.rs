@@ -774,6 +774,31 @@ fn the_binary_traces_from_the_producer_and_reloads_only_good_sequences() {
             .iter()
             .all(|a| a["smtp.code"] == "250" || a["smtp.code"] == 250)
     );
+    // One trace from the order event to the relay's acceptance: each receipt's send, from the
+    // outbox thread, is a child of the span of the event that queued it (of one of its spans,
+    // if a batch was tried again after a failed commit).
+    for (customer, event_id) in [("ann", "p-o1"), ("bob", "p-o2"), ("cat", "p-o3")] {
+        let events: Vec<(&str, &str)> = spans
+            .iter()
+            .filter(|s| s.0 == "event" && s.4["event.id"] == event_id)
+            .map(|s| (&*s.1, &*s.2))
+            .collect();
+        let send = spans
+            .iter()
+            .find(|s| {
+                s.0 == "send"
+                    && s.4["customer"] == aftercare::service::trace::hashed(customer)
+                    && s.4["step"] == "receipt"
+            })
+            .unwrap_or_else(|| panic!("no send span for {customer}'s receipt in {spans:?}"));
+        assert!(
+            events.contains(&(&*send.1, &*send.3)),
+            "{customer}'s send (trace {}, parent {}) is not a child of an event span of \
+             {event_id}: {events:?}",
+            send.1,
+            send.3
+        );
+    }
     // Nothing in the logs gives an address away.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("@example.com"), "{text}");

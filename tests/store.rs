@@ -349,6 +349,55 @@ fn outbox_claims_are_leased_and_outcomes_are_recorded_with_the_timeline() {
 /// (or `aftercare customer`) starting while one writes neither waits for its transactions nor
 /// makes its writes wait. Here a writer holds an open transaction on every table, and the
 /// second open runs with `lock_timeout = 2s`: any lock it asked for would fail it.
+/// An email keeps the trace context of what queued it, the first one given: a send span
+/// later continues that trace.
+#[test]
+fn an_email_keeps_the_trace_context_it_was_queued_under() {
+    let first = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let later = "00-11111111111111111111111111111111-2222222222222222-01";
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        applier(SEQ_V1)
+            .apply(
+                &mut *store,
+                &[placed("c1", "o1", t0()), placed("c2", "o2", t0())],
+                t0(),
+            )
+            .unwrap();
+        let keys = store.claim_emails(t0(), 10, LEASE).unwrap();
+        assert!(keys.iter().all(|r| r.trace.is_none()), "{}", ts.url);
+        let c1 = keys
+            .iter()
+            .find(|r| r.customer == "c1")
+            .unwrap()
+            .key
+            .clone();
+        for trace in [first, later] {
+            let mut tx = store.begin().unwrap();
+            tx.trace_emails(&[(c1.clone(), trace.into()), ("no:such".into(), trace.into())])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        // Claimed again once the first lease ran out.
+        let mut traces: Vec<(String, Option<String>)> = store
+            .claim_emails(t0() + LEASE, 10, LEASE)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.customer, r.trace))
+            .collect();
+        traces.sort();
+        assert_eq!(
+            traces,
+            [
+                ("c1".to_string(), Some(first.to_string())),
+                ("c2".to_string(), None)
+            ],
+            "{}",
+            ts.url
+        );
+    }
+}
+
 #[test]
 fn opening_a_current_postgres_schema_waits_for_no_writer() {
     let store = TestStore::postgres();
@@ -541,8 +590,10 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
     drop(store);
     assert_eq!(
         test.text("SELECT CAST(user_version AS TEXT) FROM pragma_user_version"),
-        "7"
+        "8"
     );
+    // An email queued before traces were kept has none.
+    assert_eq!(claimed[0].trace, None);
     assert_eq!(
         test.text(
             "SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
@@ -965,7 +1016,7 @@ fn a_store_of_a_newer_schema_is_refused() {
         .unwrap()
         .batch_execute("UPDATE aftercare_schema SET version = 99")
         .unwrap();
-    for (ts, known) in [(&sqlite, 7), (&pg, 5)] {
+    for (ts, known) in [(&sqlite, 8), (&pg, 6)] {
         let refused = aftercare::store::open(&ts.url).err().map(|e| e.to_string());
         assert_eq!(
             refused,

@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     stop.trigger();
     match service.join() {
         Ok(Ok(_)) => Ok(ExitCode::SUCCESS),
-        Ok(Err(e)) => Err(e),
+        Ok(Err(e)) => Err(e.into()),
         Err(_) => anyhow::bail!("the service thread panicked"),
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use chrono_tz::Tz;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, LoadError};
 pub use diag::{Diagnostic, Pos};
 pub use expr::Expr;
 

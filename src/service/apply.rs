@@ -286,8 +286,49 @@ impl Applier {
         now: DateTime<Utc>,
     ) -> Result<Applied> {
         let mut out = Applied::default();
-        // Customers first: the events of one whose stored state cannot be read are rejected
-        // before their keys are marked processed.
+        let mut batch = self.load_batch(tx, events)?;
+        for (i, e) in batch.fresh(tx, events, now, &mut out)? {
+            self.handle(&mut batch, i, e, span_of(i), now, &mut out);
+        }
+        // Steps made due by the batch run once all its events are applied (SPEC: ties).
+        for (c, span) in batch.customers.iter_mut().zip(&batch.last_span) {
+            let Ok(Loaded { customer: c, .. }) = c else {
+                continue;
+            };
+            let before = out.decisions.len();
+            self.engine.wake(c, now, &mut out.decisions);
+            if let Some(span) = span {
+                traced(&mut batch.traced, span, &out.decisions[before..]);
+            }
+        }
+        self.erase(tx, &batch, now, &mut out)?;
+        let Batch {
+            customers,
+            erasures,
+            notes,
+            traced,
+            ..
+        } = batch;
+        let saved: Vec<Loaded> = customers
+            .into_iter()
+            .zip(&erasures)
+            // An erased customer leaves no row, unless later events of the batch are theirs.
+            .filter(|(_, erasure)| erasure.as_ref().is_none_or(|e| e.written_after))
+            .filter_map(|(c, _)| c.ok())
+            .collect();
+        self.save(tx, saved)?;
+        tx.record(&out.decisions)?;
+        if !traced.is_empty() {
+            tx.trace_emails(&traced)?;
+        }
+        if !notes.is_empty() {
+            tx.note(&notes)?;
+        }
+        Ok(out)
+    }
+
+    /// The batch's customers, each once, revived from the store.
+    fn load_batch<'e>(&mut self, tx: &mut dyn Tx, events: &'e [Arc<Event>]) -> Result<Batch<'e>> {
         let mut ids: Vec<&str> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for e in events {
@@ -297,7 +338,7 @@ impl Applier {
             });
         }
         let loaded = tx.load(&ids)?;
-        let mut customers = self.revive_all(tx, &ids, loaded, |id, s, revived| match revived {
+        let customers = self.revive_all(tx, &ids, loaded, |id, s, revived| match revived {
             // An erasure must work on a state that no longer reads: the profile's address, if
             // it still reads, is all it needs.
             Err(_)
@@ -316,78 +357,70 @@ impl Applier {
             }
             revived => revived,
         })?;
-        out.outcomes = events
-            .iter()
-            .map(|e| match &customers[index[&*e.subject]] {
-                Ok(_) => Outcome::Applied,
-                Err(reason) => Outcome::Rejected(reason.to_string()),
-            })
-            .collect();
-        let readable: Vec<usize> = (0..events.len())
-            .filter(|i| out.outcomes[*i] == Outcome::Applied)
-            .collect();
-        let keys: Vec<(&str, &str)> = readable.iter().map(|i| events[*i].key()).collect();
-        let fresh = tx.first_sight(&keys, now)?;
-        let mut fresh_events = Vec::with_capacity(readable.len());
-        for (i, new) in readable.into_iter().zip(fresh) {
-            if new {
-                fresh_events.push((i, &events[i]));
-            } else {
-                out.outcomes[i] = Outcome::Duplicate;
-                out.duplicates += 1;
-            }
+        Ok(Batch {
+            last_span: vec![None; ids.len()],
+            erasures: vec![None; ids.len()],
+            ids,
+            index,
+            customers,
+            subscribed: Vec::new(),
+            notes: Vec::new(),
+            traced: Vec::new(),
+        })
+    }
+
+    /// Applies one fresh event (`events[i]`) to its customer, inside `span`.
+    fn handle(
+        &mut self,
+        batch: &mut Batch<'_>,
+        i: usize,
+        e: &Arc<Event>,
+        span: tracing::Span,
+        now: DateTime<Utc>,
+        out: &mut Applied,
+    ) {
+        let ci = batch.index[&*e.subject];
+        let Ok(Loaded { customer: c, .. }) = &mut batch.customers[ci] else {
+            return;
+        };
+        if matches!(e.data, EventData::CustomerErased) {
+            // What the batch decided for them before goes too.
+            out.decisions.retain(|d| *d.customer != *e.subject);
+            batch.notes.retain(|n: &Note| *n.customer != *e.subject);
+            let erasure = batch.erasures[ci].get_or_insert_with(Erasure::default);
+            erasure
+                .addresses
+                .extend(c.profile.email.as_deref().map(str::to_string));
+            erasure.written_after = false;
+            erasure.event = i;
+            // A subscription earlier in the batch does not outlive the erasure.
+            let hashes = erasure.hashes(&self.signer);
+            batch.subscribed.retain(|h| !hashes.contains(h));
+        } else if let Some(erasure) = &mut batch.erasures[ci] {
+            erasure.written_after = true;
         }
-        let mut notes = Vec::new();
-        // Each customer's last event span: the steps its events made due run after the batch
-        // and are traced under it.
-        let mut last_span: Vec<Option<tracing::Span>> = vec![None; customers.len()];
-        let mut erasures: Vec<Option<Erasure>> = vec![None; customers.len()];
-        let mut subscribed: Vec<String> = Vec::new();
-        for (i, e) in fresh_events {
-            let ci = index[&*e.subject];
-            if let Ok(Loaded { customer: c, .. }) = &mut customers[ci] {
-                if matches!(e.data, EventData::CustomerErased) {
-                    // What the batch decided for them before goes too.
-                    out.decisions.retain(|d| *d.customer != *e.subject);
-                    notes.retain(|n: &Note| *n.customer != *e.subject);
-                    let erasure = erasures[ci].get_or_insert_with(Erasure::default);
-                    erasure
-                        .addresses
-                        .extend(c.profile.email.as_deref().map(str::to_string));
-                    erasure.written_after = false;
-                    erasure.event = i;
-                    // A subscription earlier in the batch does not outlive the erasure.
-                    let hashes = erasure.hashes(&self.signer);
-                    subscribed.retain(|h| !hashes.contains(h));
-                } else if let Some(erasure) = &mut erasures[ci] {
-                    erasure.written_after = true;
-                }
-                let span = span_of(i);
-                let before = out.decisions.len();
-                span.in_scope(|| self.engine.handle_event(c, e, now, &mut out.decisions));
-                crate::service::trace::decision_spans(&span, &out.decisions[before..]);
-                last_span[ci] = Some(span);
-                out.events += 1;
-                notes.extend(note_of(e, now));
-                if matches!(e.data, EventData::CustomerSubscribed { .. })
-                    && let Some(address) = &c.profile.email
-                {
-                    subscribed.push(self.signer.address_hash(address));
-                }
-            }
+        let before = out.decisions.len();
+        span.in_scope(|| self.engine.handle_event(c, e, now, &mut out.decisions));
+        out.events += 1;
+        batch.notes.extend(note_of(e, now));
+        if matches!(e.data, EventData::CustomerSubscribed { .. })
+            && let Some(address) = &c.profile.email
+        {
+            batch.subscribed.push(self.signer.address_hash(address));
         }
-        // Steps made due by the batch run once all its events are applied (SPEC: ties).
-        for (c, span) in customers.iter_mut().zip(&last_span) {
-            let Ok(Loaded { customer: c, .. }) = c else {
-                continue;
-            };
-            let before = out.decisions.len();
-            self.engine.wake(c, now, &mut out.decisions);
-            if let Some(span) = span {
-                crate::service::trace::decision_spans(span, &out.decisions[before..]);
-            }
-        }
-        for (id, erasure) in ids.iter().zip(&erasures) {
+        traced(&mut batch.traced, &span, &out.decisions[before..]);
+        batch.last_span[ci] = Some(span);
+    }
+
+    /// Forgets the customers the batch erased, and un-erases the addresses it subscribed.
+    fn erase(
+        &mut self,
+        tx: &mut dyn Tx,
+        batch: &Batch<'_>,
+        now: DateTime<Utc>,
+        out: &mut Applied,
+    ) -> Result<()> {
+        for (id, erasure) in batch.ids.iter().zip(&batch.erasures) {
             let Some(erasure) = erasure else { continue };
             tx.forget(id, &erasure.addresses, &erasure.hashes(&self.signer), now)?;
             tracing::info!(customer = %crate::service::trace::hashed(id), "customer erased");
@@ -397,22 +430,10 @@ impl Applier {
                 event: erasure.event,
             });
         }
-        if !subscribed.is_empty() {
-            tx.unerase(&subscribed)?;
+        if !batch.subscribed.is_empty() {
+            tx.unerase(&batch.subscribed)?;
         }
-        let saved: Vec<Loaded> = customers
-            .into_iter()
-            .zip(&erasures)
-            // An erased customer leaves no row, unless later events of the batch are theirs.
-            .filter(|(_, erasure)| erasure.as_ref().is_none_or(|e| e.written_after))
-            .filter_map(|(c, _)| c.ok())
-            .collect();
-        self.save(tx, saved)?;
-        tx.record(&out.decisions)?;
-        if !notes.is_empty() {
-            tx.note(&notes)?;
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Writes customers back, each as a new revision, and keeps the ones with many journeys
@@ -661,6 +682,76 @@ type Revived = std::result::Result<Loaded, Unreadable>;
 
 /// A `customer.erased` event met in a batch: the addresses the customer had, and whether
 /// events after it wrote a new state (a customer who came back at once).
+/// One batch of events while it is applied: its customers (each once, in order of first
+/// appearance) and what it gathers for the transaction.
+struct Batch<'e> {
+    ids: Vec<&'e str>,
+    /// Customer id → place in `ids`.
+    index: HashMap<&'e str, usize>,
+    customers: Vec<Revived>,
+    /// Each customer's last event span: the steps its events made due run after the batch
+    /// and are traced under it.
+    last_span: Vec<Option<tracing::Span>>,
+    erasures: Vec<Option<Erasure>>,
+    /// Hashes of the addresses subscribed by the batch.
+    subscribed: Vec<String>,
+    notes: Vec<Note>,
+    /// (outbox key, `traceparent`) of the emails queued under an exported span.
+    traced: Vec<(String, String)>,
+}
+
+impl<'e> Batch<'e> {
+    /// Which events to apply: their customers' state reads (else they are rejected, before
+    /// their keys are marked processed) and they were not seen before.
+    fn fresh(
+        &self,
+        tx: &mut dyn Tx,
+        events: &'e [Arc<Event>],
+        now: DateTime<Utc>,
+        out: &mut Applied,
+    ) -> Result<Vec<(usize, &'e Arc<Event>)>> {
+        out.outcomes = events
+            .iter()
+            .map(|e| match &self.customers[self.index[&*e.subject]] {
+                Ok(_) => Outcome::Applied,
+                Err(reason) => Outcome::Rejected(reason.to_string()),
+            })
+            .collect();
+        let readable: Vec<usize> = (0..events.len())
+            .filter(|i| out.outcomes[*i] == Outcome::Applied)
+            .collect();
+        let keys: Vec<(&str, &str)> = readable.iter().map(|i| events[*i].key()).collect();
+        let seen = tx.first_sight(&keys, now)?;
+        let mut fresh = Vec::with_capacity(readable.len());
+        for (i, new) in readable.into_iter().zip(seen) {
+            if new {
+                fresh.push((i, &events[i]));
+            } else {
+                out.outcomes[i] = Outcome::Duplicate;
+                out.duplicates += 1;
+            }
+        }
+        Ok(fresh)
+    }
+}
+
+/// A child span of `span` per decision, and the trace context kept (in `traced`) with each
+/// email queued, so its send continues the trace.
+fn traced(traced: &mut Vec<(String, String)>, span: &tracing::Span, decisions: &[Decision]) {
+    crate::service::trace::decision_spans(span, decisions);
+    if !decisions.iter().any(|d| d.email.is_some()) {
+        return;
+    }
+    let Some(parent) = crate::service::trace::traceparent(span) else {
+        return;
+    };
+    for d in decisions {
+        if let (Some(_), Some(step)) = (&d.email, &d.step) {
+            traced.push((format!("{}:{step}", d.journey), parent.clone()));
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Erasure {
     addresses: Vec<String>,

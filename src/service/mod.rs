@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod apply;
 pub mod deadletters;
+pub mod error;
 pub mod figures;
 pub mod health;
 pub mod http;
@@ -39,7 +40,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use chrono::Utc;
 use tokio::sync::Notify;
 
@@ -51,6 +51,7 @@ use crate::mail::transport::{FileTransport, Plan};
 use crate::sequence::{Catalog, Sequence};
 use crate::store::{Store, VersionRecord};
 use apply::Applier;
+pub use error::{StartError, StartResult};
 use kafka::{Ack, Batch};
 pub use shutdown::{Shutdown, Worker};
 
@@ -67,6 +68,18 @@ pub struct Stats {
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// What keeps the service from its work right now (`/readyz`).
     pub health: Arc<health::Health>,
+}
+
+impl Stats {
+    fn log_stopped(&self) {
+        tracing::info!(
+            events = self.events.load(Ordering::Relaxed),
+            duplicates = self.duplicates.load(Ordering::Relaxed),
+            dead_letters = self.dead_letters.load(Ordering::Relaxed),
+            decisions = self.decisions.load(Ordering::Relaxed),
+            "stopped"
+        );
+    }
 }
 
 impl Default for Stats {
@@ -107,23 +120,19 @@ pub const WAKE_BATCH: usize = 256;
 
 /// Runs until `stop` is triggered, counting into `stats`: the workers, each spawned from the
 /// same `Parts`, then stopped in stages.
-pub fn run(
-    config: Config,
-    options: Options,
-    stop: Shutdown,
-    stats: Arc<Stats>,
-) -> anyhow::Result<()> {
+pub fn run(config: Config, options: Options, stop: Shutdown, stats: Arc<Stats>) -> StartResult<()> {
     let parts = Parts::new(config, stats)?;
     let url = parts.config.store.url.clone();
     // Held until `run` returns: one `run` per SQLite file.
-    let _writer = crate::store::lock_writer(&url)?;
-    let mut store = crate::store::open(&url).context("opening the store")?;
+    let _writer =
+        crate::store::lock_writer(&url).map_err(StartError::store("locking the store"))?;
+    let mut store = crate::store::open(&url).map_err(StartError::store("opening the store"))?;
     store
         .save_versions(&versions_of(&parts.catalog))
-        .context("recording sequence versions")?;
+        .map_err(StartError::store("recording sequence versions"))?;
     let consumer = Arc::new(
         kafka::consumer(&parts.config.kafka, parts.stats.metrics.clone())
-            .context("creating the Kafka consumer")?,
+            .map_err(StartError::kafka("creating the Kafka consumer"))?,
     );
     let publisher = parts.publisher()?;
     let (bell, rung) = mpsc::channel::<()>();
@@ -171,11 +180,7 @@ pub fn run(
             )
         })?
     };
-    let outbox = Stage::spawn("outbox", move |stop| {
-        if let Err(e) = sender.run(stop) {
-            tracing::error!(error = %e, "outbox worker stopped");
-        }
-    })?;
+    let outbox = Stage::spawn("outbox", move |stop| sender.run(stop))?;
     tracing::info!(
         sequences = parts.catalog.sequences().len(),
         dry_run = options.dry_run,
@@ -199,14 +204,7 @@ pub fn run(
     // Dropping the consumer closes it; with the broker down that can take long, so it happens
     // on a thread nobody waits for.
     std::thread::spawn(move || drop(consumer));
-    let stats = parts.stats;
-    tracing::info!(
-        events = stats.events.load(Ordering::Relaxed),
-        duplicates = stats.duplicates.load(Ordering::Relaxed),
-        dead_letters = stats.dead_letters.load(Ordering::Relaxed),
-        decisions = stats.decisions.load(Ordering::Relaxed),
-        "stopped"
-    );
+    parts.stats.log_stopped();
     Ok(())
 }
 
@@ -270,10 +268,10 @@ struct Parts {
 }
 
 impl Parts {
-    fn new(config: Config, stats: Arc<Stats>) -> anyhow::Result<Parts> {
+    fn new(config: Config, stats: Arc<Stats>) -> StartResult<Parts> {
         let settings = config.settings().map_err(|problems| {
             let lines: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
-            anyhow::anyhow!("config error: {}", lines.join("; "))
+            StartError::Config(lines.join("; "))
         })?;
         let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &settings.limits)?);
         stats
@@ -296,14 +294,19 @@ impl Parts {
     }
 
     /// The dead-letter producer, on a store connection of its own.
-    fn publisher(&self) -> anyhow::Result<deadletters::Publisher> {
+    fn publisher(&self) -> StartResult<deadletters::Publisher> {
         Ok(deadletters::Publisher::new(
             &self.config.kafka,
-            crate::store::open_small(&self.config.store.url)?,
+            self.store("opening the store for dead letters")?,
             self.stats.clone(),
         )
-        .context("creating the dead-letter producer")?
+        .map_err(StartError::kafka("creating the dead-letter producer"))?
         .clocked(self.clock.clone()))
+    }
+
+    /// A store connection of its own for a worker.
+    fn store(&self, what: &'static str) -> StartResult<Box<dyn Store>> {
+        crate::store::open_small(&self.config.store.url).map_err(StartError::store(what))
     }
 
     /// An engine on the catalog loaded at start, on the service's clock.
@@ -313,23 +316,22 @@ impl Parts {
     }
 
     /// The outbox worker, woken by `wake` when the engine queues emails.
-    fn sender(&self, options: Options, wake: &Arc<Notify>) -> anyhow::Result<outbox::Sender> {
-        Ok(outbox::Sender {
-            dry_run: options.dry_run,
-            wake: wake.clone(),
-            observe: outbox::Observe {
-                metrics: self.stats.metrics.clone(),
-                live: Some(self.live.clone()),
-                health: Some(self.stats.health.clone()),
-            },
-            clock: self.clock.clone(),
-            ..outbox::Sender::new(
-                &self.config,
-                self.delivery.clone(),
-                crate::store::open_small(&self.config.store.url)?,
-                Arc::new(Engine::new(self.catalog.clone(), self.policy.clone())),
-            )?
-        })
+    fn sender(&self, options: Options, wake: &Arc<Notify>) -> StartResult<outbox::Sender> {
+        let mut sender = outbox::Sender::new(
+            &self.config,
+            self.delivery.clone(),
+            self.store("opening the store for the outbox")?,
+            Arc::new(Engine::new(self.catalog.clone(), self.policy.clone())),
+        )?;
+        sender.dry_run = options.dry_run;
+        sender.wake = wake.clone();
+        sender.observe = outbox::Observe {
+            metrics: self.stats.metrics.clone(),
+            live: Some(self.live.clone()),
+            health: Some(self.stats.health.clone()),
+        };
+        sender.clock = self.clock.clone();
+        Ok(sender)
     }
 
     /// The unsubscribe and preferences pages, probes, metrics and the admin API, on a
@@ -338,12 +340,12 @@ impl Parts {
         &self,
         consumer: &Arc<kafka::KafkaConsumer>,
         signer: &Signer,
-    ) -> anyhow::Result<Stage> {
+    ) -> StartResult<Stage> {
         let http = &self.config.http;
-        let listener = std::net::TcpListener::bind(&http.listen)
-            .with_context(|| format!("config error: http.listen {}", http.listen))?;
-        listener.set_nonblocking(true)?;
-        let bound = listener.local_addr()?;
+        let refused = || StartError::io(format!("config error: http.listen {}", http.listen));
+        let listener = std::net::TcpListener::bind(&http.listen).map_err(refused())?;
+        listener.set_nonblocking(true).map_err(refused())?;
+        let bound = listener.local_addr().map_err(refused())?;
         let _ = self.stats.http_addr.set(bound);
         tracing::info!(listen = %bound, "http listening");
         let broker: admin::BrokerCheck = {
@@ -359,7 +361,7 @@ impl Parts {
             signer: signer.clone(),
             categories: marketing_categories(&self.catalog),
             apply: std::sync::Mutex::new((
-                crate::store::open_small(&self.config.store.url)?,
+                self.store("opening the store for the http pages")?,
                 self.applier().signing(signer.clone()),
             )),
             ops: admin::Ops {
@@ -371,16 +373,16 @@ impl Parts {
                 broker: Some(broker),
             },
         });
-        Ok(Stage::spawn("http", move |stop| {
+        Stage::spawn("http", move |stop| {
             if let Err(e) = serve_http(listener, web, stop.clone()) {
                 tracing::error!(error = %e, "http server stopped");
             }
-        })?)
+        })
     }
 
     /// Recomputes the store-backed figures every `http.figures_refresh` until `stop`.
-    fn spawn_figures(&self, stop: &Shutdown) -> anyhow::Result<Worker> {
-        let mut store = crate::store::open_small(&self.config.store.url)?;
+    fn spawn_figures(&self, stop: &Shutdown) -> StartResult<Worker> {
+        let mut store = self.store("opening the store for the figures")?;
         let (clock, stats, live, report) = (
             self.clock.clone(),
             self.stats.clone(),
@@ -390,7 +392,7 @@ impl Parts {
         let (every, window) = (self.intervals.figures_refresh, self.intervals.nps_window);
         let window_text = self.config.http.nps_window.clone();
         let stop = stop.clone();
-        Ok(Worker::spawn("figures", move || {
+        Worker::spawn("figures", move || {
             loop {
                 let now = clock.now();
                 refresh_figures(
@@ -407,15 +409,15 @@ impl Parts {
                 }
             }
             drop(store);
-        })?)
+        })
     }
 
     /// The hot reload of the sequences folder until `stop`, when `sequences.watch` is on.
-    fn spawn_watch(&self, stop: &Shutdown) -> anyhow::Result<Option<Worker>> {
+    fn spawn_watch(&self, stop: &Shutdown) -> StartResult<Option<Worker>> {
         if !self.config.sequences.watch {
             return Ok(None);
         }
-        let mut store = crate::store::open_small(&self.config.store.url)?;
+        let mut store = self.store("opening the store for the reloads")?;
         let (stop, metrics, live) = (stop.clone(), self.stats.metrics.clone(), self.live.clone());
         let (dir, every, limits) = (
             self.config.sequences.dir.clone(),
@@ -442,10 +444,7 @@ struct Stage {
 }
 
 impl Stage {
-    fn spawn(
-        name: &'static str,
-        f: impl FnOnce(&Shutdown) + Send + 'static,
-    ) -> std::io::Result<Stage> {
+    fn spawn(name: &'static str, f: impl FnOnce(&Shutdown) + Send + 'static) -> StartResult<Stage> {
         let stop = Shutdown::new();
         let signal = stop.clone();
         let worker = Worker::spawn(name, move || f(&signal))?;
@@ -465,16 +464,21 @@ fn spawn_sync(
     store: &mut dyn Store,
     acks: Sender<Ack>,
     stop: &Shutdown,
-) -> anyhow::Result<(Sender<Ack>, Option<Worker>)> {
-    Ok(match store.defer_sync().context("opening the store")? {
-        Some(sync) => {
-            let (tx, rx) = mpsc::channel::<Ack>();
-            let stop = stop.clone();
-            let worker = Worker::spawn("sync", move || forward_durable(rx, acks, sync, &stop))?;
-            (tx, Some(worker))
-        }
-        None => (acks, None),
-    })
+) -> StartResult<(Sender<Ack>, Option<Worker>)> {
+    Ok(
+        match store
+            .defer_sync()
+            .map_err(StartError::store("opening the store"))?
+        {
+            Some(sync) => {
+                let (tx, rx) = mpsc::channel::<Ack>();
+                let stop = stop.clone();
+                let worker = Worker::spawn("sync", move || forward_durable(rx, acks, sync, &stop))?;
+                (tx, Some(worker))
+            }
+            None => (acks, None),
+        },
+    )
 }
 
 /// Serves `web` on `listener` until `stop`, on a runtime of its own.
@@ -505,22 +509,21 @@ const FIGURES_WAIT: Duration = Duration::from_millis(300);
 
 /// Loads the sequences with the default limits; refuses to start on any error (a running
 /// engine keeps the last good version, but there is none at start-up).
-pub fn load_catalog(dir: &Path) -> anyhow::Result<Catalog> {
+pub fn load_catalog(dir: &Path) -> StartResult<Catalog> {
     load_catalog_with(dir, &crate::sequence::Limits::default())
 }
 
 /// As [`load_catalog`], with the config's limits.
-pub fn load_catalog_with(dir: &Path, limits: &crate::sequence::Limits) -> anyhow::Result<Catalog> {
+pub fn load_catalog_with(dir: &Path, limits: &crate::sequence::Limits) -> StartResult<Catalog> {
     let (catalog, diags) = Catalog::load_with(dir, limits)?;
     if !diags.is_empty() {
         for d in &diags {
             tracing::error!("{d}");
         }
-        anyhow::bail!(
-            "{} has {} error(s); run `aftercare validate`",
-            dir.display(),
-            diags.len()
-        );
+        return Err(StartError::Sequences {
+            dir: dir.display().to_string(),
+            count: diags.len(),
+        });
     }
     Ok(catalog)
 }
@@ -792,15 +795,17 @@ pub(crate) const DEV_SIGNING_KEY: &[u8] = b"aftercare-development-key-not-for-re
 
 /// The key that signs unsubscribe links and keys erased addresses' hashes: required for real
 /// mail, the development key otherwise.
-pub fn signing_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+pub fn signing_key(config: &Config) -> StartResult<Vec<u8>> {
     Ok(match (&config.secrets.signing_key, config.mail.transport) {
-        (Some(k), _) if k.len() < crate::mail::token::Signer::MIN_KEY_BYTES => anyhow::bail!(
-            "config error: AFTERCARE_SIGNING_KEY is {} bytes; it must be at least {} (a shorter \
-             key can be guessed, and with it any unsubscribe link forged): make one with \
-             `openssl rand -base64 32`",
-            k.len(),
-            crate::mail::token::Signer::MIN_KEY_BYTES
-        ),
+        (Some(k), _) if k.len() < crate::mail::token::Signer::MIN_KEY_BYTES => {
+            return Err(StartError::Config(format!(
+                "AFTERCARE_SIGNING_KEY is {} bytes; it must be at least {} (a shorter key can be \
+                 guessed, and with it any unsubscribe link forged): make one with \
+                 `openssl rand -base64 32`",
+                k.len(),
+                crate::mail::token::Signer::MIN_KEY_BYTES
+            )));
+        }
         (Some(k), _) => k.as_bytes().to_vec(),
         (None, TransportKind::File) => {
             tracing::warn!(
@@ -808,30 +813,31 @@ pub fn signing_key(config: &Config) -> anyhow::Result<Vec<u8>> {
             );
             DEV_SIGNING_KEY.to_vec()
         }
-        (None, TransportKind::Smtp) => anyhow::bail!(
-            "config error: AFTERCARE_SIGNING_KEY must be set to send real mail: it signs the unsubscribe links"
-        ),
+        (None, TransportKind::Smtp) => {
+            return Err(StartError::Config(
+                "AFTERCARE_SIGNING_KEY must be set to send real mail: it signs the unsubscribe links"
+                    .into(),
+            ));
+        }
     })
 }
 
 /// The message composer for `mail.*` and `http.public_url`.
-pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> anyhow::Result<Composer> {
+pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> StartResult<Composer> {
     let key = signing_key(config)?;
     let dkim = match &config.mail.dkim {
         Some(d) => {
-            let text = std::fs::read_to_string(&d.key_file).with_context(|| {
-                format!("config error: mail.dkim.key_file {}", d.key_file.display())
-            })?;
+            let text = std::fs::read_to_string(&d.key_file).map_err(StartError::io(format!(
+                "config error: mail.dkim.key_file {}",
+                d.key_file.display()
+            )))?;
             let domain = d
                 .domain
                 .clone()
                 .unwrap_or_else(|| delivery.from.email.domain().to_string());
             Some(
                 crate::mail::dkim_config(&d.selector, &domain, &text).map_err(|e| {
-                    anyhow::anyhow!(
-                        "config error: mail.dkim.key_file {}: {e}",
-                        d.key_file.display()
-                    )
+                    StartError::Config(format!("mail.dkim.key_file {}: {e}", d.key_file.display()))
                 })?,
             )
         }
@@ -847,18 +853,21 @@ pub fn composer(config: &Config, delivery: &crate::config::Delivery) -> anyhow::
 }
 
 /// The transport for `mail.transport`, checked.
-pub fn transport(config: &Config, delivery: &crate::config::Delivery) -> anyhow::Result<Plan> {
+pub fn transport(config: &Config, delivery: &crate::config::Delivery) -> StartResult<Plan> {
     Ok(match config.mail.transport {
-        TransportKind::File => {
-            Plan::File(FileTransport::new(config.mail.file.dir.clone()).context("mail.file.dir")?)
-        }
+        TransportKind::File => Plan::File(
+            FileTransport::new(config.mail.file.dir.clone()).map_err(StartError::io(format!(
+                "mail.file.dir {}",
+                config.mail.file.dir.display()
+            )))?,
+        ),
         TransportKind::Smtp => Plan::Smtp(
             crate::mail::transport::smtp(
                 &config.mail.smtp,
                 config.secrets.smtp_password.as_deref(),
                 delivery.send_timeout,
             )
-            .map_err(|e| anyhow::anyhow!("config error: {e}"))?,
+            .map_err(StartError::Config)?,
         ),
     })
 }

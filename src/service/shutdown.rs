@@ -11,6 +11,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::{StartError, StartResult};
+
 /// A signal that is set once and stays set. Clones share it.
 #[derive(Clone, Default)]
 pub struct Shutdown(Arc<Inner>);
@@ -93,7 +95,7 @@ pub struct Worker {
 
 impl Worker {
     /// Starts `f` on a thread called `name`.
-    pub fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> std::io::Result<Worker> {
+    pub fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> StartResult<Worker> {
         Worker::spawn_with(std::thread::Builder::new().name(name.into()), name, f)
     }
 
@@ -102,13 +104,15 @@ impl Worker {
         builder: std::thread::Builder,
         name: &'static str,
         f: impl FnOnce() + Send + 'static,
-    ) -> std::io::Result<Worker> {
+    ) -> StartResult<Worker> {
         let finished = Shutdown::new();
         let done = Finished(finished.clone());
-        let handle = builder.spawn(move || {
-            let _done = done;
-            f();
-        })?;
+        let handle = builder
+            .spawn(move || {
+                let _done = done;
+                f();
+            })
+            .map_err(StartError::io(format!("starting the {name} thread")))?;
         Ok(Worker {
             name,
             handle,

@@ -7,7 +7,10 @@
 //!   attempt, SMTP reply code). They are DEBUG-level so they cost nothing unless exported:
 //!   with `trace.otlp_endpoint` set they go to an OpenTelemetry collector over OTLP/HTTP. An
 //!   event whose Kafka message carries a W3C `traceparent` header (or `ce_traceparent`, the
-//!   CloudEvents binding's name) continues the producer's trace.
+//!   CloudEvents binding's name) continues the producer's trace. An email keeps the trace
+//!   context of the event span that queued it (`outbox.trace`), and its `send` span, later and
+//!   on another thread, is a child of that event span: one trace from the order event to the
+//!   relay's acceptance.
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -44,7 +47,8 @@ impl Drop for Guard {
 }
 
 /// Installs the global subscriber: logs as configured, spans to OTLP when configured.
-pub fn init(log: &Log, trace: &Trace) -> anyhow::Result<Guard> {
+pub fn init(log: &Log, trace: &Trace) -> super::StartResult<Guard> {
+    let failed = |e: &dyn std::fmt::Display| super::StartError::Telemetry(e.to_string());
     let filter = || {
         EnvFilter::try_from_env("AFTERCARE_LOG")
             .or_else(|_| EnvFilter::try_new(&log.level))
@@ -76,7 +80,8 @@ pub fn init(log: &Log, trace: &Trace) -> anyhow::Result<Guard> {
             .with_http()
             .with_endpoint(&trace.otlp_endpoint)
             .with_protocol(protocol)
-            .build()?;
+            .build()
+            .map_err(|e| failed(&e))?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(
@@ -93,7 +98,8 @@ pub fn init(log: &Log, trace: &Trace) -> anyhow::Result<Guard> {
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
-        .try_init()?;
+        .try_init()
+        .map_err(|e| failed(&e))?;
     Ok(Guard { provider })
 }
 
@@ -135,6 +141,30 @@ pub fn event_span(m: &OwnedMessage, e: &crate::event::Event) -> tracing::Span {
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// The W3C `traceparent` of `span`, when it is exported (an OpenTelemetry span with a valid
+/// context); `None` otherwise, so nothing is kept when traces are off.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the span `traceparent` names (kept by [`traceparent`]).
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    if span.is_disabled() {
+        return;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
 }
 
 /// A zero-length child span per decision, under the span of what caused it.

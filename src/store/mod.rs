@@ -154,6 +154,9 @@ pub struct OutboxRow {
     pub claim: i64,
     /// When this claim's lease ends: no send may start that could outlast it.
     pub claimed_until: DateTime<Utc>,
+    /// The W3C `traceparent` of the event span that queued it, when traces are exported: the
+    /// send span continues that trace.
+    pub trace: Option<String>,
 }
 
 /// One line of a customer's timeline.
@@ -421,6 +424,9 @@ pub trait Tx {
 
     /// Appends decisions to the timeline and queues their emails (once per journey and step).
     fn record(&mut self, decisions: &[Decision]) -> Result<()>;
+    /// Keeps with emails just recorded the trace context of what queued them: (outbox key,
+    /// W3C `traceparent`). An email already traced keeps its first.
+    fn trace_emails(&mut self, traced: &[(String, String)]) -> Result<()>;
 
     /// Records messages that could not be applied (see [`dead`]); a message already
     /// recorded (same position, same bytes) is not recorded twice.

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS journey_rows (
     customer TEXT NOT NULL, n BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (customer, n));
 CREATE TABLE IF NOT EXISTS order_rows (
     customer TEXT NOT NULL, n BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (customer, n));
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS trace TEXT;
 ";
 
 /// The version [`SCHEMA`] brings a database to; raise it with every change to `SCHEMA`.
@@ -72,8 +73,9 @@ CREATE TABLE IF NOT EXISTS order_rows (
 /// templates, timeline lines their time of writing (`recorded_at`, for retention), and erased
 /// customers a keyed hash of their address (`erased`). Version 5: a customer with many
 /// journeys or orders keeps them as rows (`journeys`, `orders`), and customer rows carry a
-/// revision (`rev`).
-const SCHEMA_VERSION: i32 = 5;
+/// revision (`rev`). Version 6: an email keeps the trace context of the event that queued it
+/// (`outbox.trace`).
+const SCHEMA_VERSION: i32 = 6;
 
 /// The database's clock in microseconds since the epoch, for the columns that say when a row
 /// was written (the service's own time comes from its [`crate::clock::Clock`]).
@@ -294,7 +296,7 @@ impl Store for PgStore {
                      AND (claimed_until IS NULL OR claimed_until <= $1)
                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
-                 transactional, created_at, attempts, next_attempt_at, claim, claimed_until",
+                 transactional, created_at, attempts, next_attempt_at, claim, claimed_until, trace",
             &[&micros(now), &(limit as i64), &micros(now + lease)],
         )?;
         let mut rows: Vec<(i64, OutboxRow)> = rows
@@ -317,6 +319,7 @@ impl Store for PgStore {
                         attempts: r.get::<_, i32>(11) as u32,
                         claim: r.get(13),
                         claimed_until: from_micros(r.get(14)),
+                        trace: r.get(15),
                     },
                 )
             })
@@ -917,6 +920,16 @@ impl Tx for PgTx<'_> {
                          $8::text[], $9::text[], $10::bool[], $11::bigint[]) AS x(k, c, j, s, v, st, o, t, ca, tr, a)
              ON CONFLICT (key) DO NOTHING",
             &[&key, &e_customer, &e_journey, &e_sequence, &e_version, &e_step, &e_order, &e_template, &e_category, &e_tx, &e_at],
+        )?;
+        Ok(())
+    }
+
+    fn trace_emails(&mut self, traced: &[(String, String)]) -> Result<()> {
+        let (key, trace): (Vec<&str>, Vec<&str>) = traced.iter().map(|(k, t)| (&**k, &**t)).unzip();
+        self.tx.execute(
+            "UPDATE outbox SET trace = x.t FROM UNNEST($1::text[], $2::text[]) AS x(k, t)
+             WHERE outbox.key = x.k AND outbox.trace IS NULL",
+            &[&key, &trace],
         )?;
         Ok(())
     }

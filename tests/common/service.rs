@@ -55,7 +55,7 @@ pub struct Running {
     stop: Shutdown,
     /// Live counters of this instance.
     pub stats: Arc<Stats>,
-    handle: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    handle: Option<std::thread::JoinHandle<aftercare::service::StartResult<()>>>,
 }
 
 pub fn start(config: Config) -> Running {

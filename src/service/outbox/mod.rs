@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc};
 use self::prepare::Prepared;
 use self::retry::Outcome;
 pub use self::retry::backoff;
-use super::Shutdown;
+use super::{Shutdown, StartError, StartResult};
 use crate::clock::Clock;
 use crate::config;
 use crate::engine::Engine;
@@ -59,6 +59,8 @@ pub struct Sender {
     pub observe: Observe,
     /// What time it is (leases, retries, send windows).
     pub clock: Arc<dyn Clock>,
+    /// Where the sends run: built with the worker, so a start that cannot have one fails.
+    rt: tokio::runtime::Runtime,
 }
 
 /// What the worker reports to and follows while `run` runs.
@@ -109,7 +111,13 @@ impl Sender {
         delivery: config::Delivery,
         store: Box<dyn Store>,
         engine: Arc<Engine>,
-    ) -> anyhow::Result<Sender> {
+    ) -> StartResult<Sender> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("outbox-send")
+            .enable_all()
+            .build()
+            .map_err(StartError::io("starting the outbox's runtime"))?;
         Ok(Sender {
             store,
             engine,
@@ -120,16 +128,12 @@ impl Sender {
             wake: Arc::default(),
             observe: Observe::default(),
             clock: crate::clock::system(),
+            rt,
         })
     }
 
     /// Sends until `stop`, then waits for the sends in flight and records them.
-    pub fn run(self, stop: &Shutdown) -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("outbox-send")
-            .enable_all()
-            .build()?;
+    pub fn run(self, stop: &Shutdown) {
         let Sender {
             store,
             engine,
@@ -140,6 +144,7 @@ impl Sender {
             wake,
             observe,
             clock,
+            rt,
         } = self;
         // The SMTP pool is created and dropped in the runtime's context.
         let _inside = rt.enter();
@@ -157,7 +162,6 @@ impl Sender {
             clock,
         };
         worker.serve(&rt, stop);
-        Ok(())
     }
 }
 
@@ -184,70 +188,26 @@ impl Worker {
     /// (PostgreSQL's runs a runtime of its own). Sends run on the runtime's threads; the loop
     /// enters the runtime only to pace them and to wait.
     fn serve(&mut self, rt: &tokio::runtime::Runtime, stop: &Shutdown) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(OutboxRow, Delivery)>();
-        match self.store.release_stale_claims() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                emails = n,
-                "claims left by a crash released: sending them again"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "releasing stale claims failed; they expire with their lease")
-            }
-        }
-        let mut in_flight = 0usize;
-        let mut finished: Vec<(OutboxRow, Delivery)> = Vec::new();
-        let mut pacer = Pacer::new(self.settings.rate_limit);
+        self.release_stale_claims();
+        let mut sends = Sends::new(self.settings.rate_limit);
         loop {
-            if let Some(catalog) = self
-                .observe
-                .live
-                .as_ref()
-                .and_then(|l| l.changed(&mut self.seen))
-            {
-                self.engine = Arc::new(Engine::new(catalog, self.engine.policy.clone()));
-            }
+            self.follow_reloads();
             let stopping = stop.is_triggered();
-            while let Ok(done) = done_rx.try_recv() {
-                in_flight -= 1;
-                finished.push(done);
+            sends.collect();
+            if !sends.finished.is_empty() && !self.record(&mut sends.finished) {
+                // Kept and recorded on the next pass; the claims outlive the wait. Not cut
+                // short by a stop: what finished must still be recorded.
+                std::thread::sleep(STORE_RETRY);
+                continue;
             }
-            if !finished.is_empty() {
-                match self.store.finish_emails(self.clock.now(), &finished) {
-                    Ok(fenced) => {
-                        self.observe.store_ok();
-                        if !fenced.is_empty() {
-                            tracing::warn!(
-                                emails = fenced.len(),
-                                "outcomes not recorded: their claims had expired and been taken by another claim"
-                            );
-                            // Not this worker's to report: the current claim reports its own.
-                            for &i in fenced.iter().rev() {
-                                finished.remove(i);
-                            }
-                        }
-                        log_outcomes(&finished);
-                        self.observe.metrics.delivered(&finished, self.clock.now());
-                        finished.clear();
-                    }
-                    Err(e) => {
-                        // Kept and recorded on the next pass; the claims outlive the wait.
-                        // Not cut short by a stop: what finished must still be recorded.
-                        self.observe
-                            .store_failing(&format!("recording deliveries: {e}"));
-                        std::thread::sleep(STORE_RETRY);
-                        continue;
-                    }
-                }
-            }
-            if stopping && in_flight == 0 {
+            if stopping && sends.in_flight == 0 {
                 return;
             }
             // Only what can start within a second at the current pace is claimed: every
             // send then starts, and ends, well inside its claim's lease, and the loop is
             // never held by the pacer for long before it records what finished.
-            let room = self.settings.concurrency.saturating_sub(in_flight);
-            let free = room.min(pacer.slots(self.pace_horizon()));
+            let room = self.settings.concurrency.saturating_sub(sends.in_flight);
+            let free = room.min(sends.pacer.slots(self.pace_horizon()));
             // Waiting for the pacer, not for a send to end: wake when a slot comes in reach.
             let paced = room > 0 && free == 0;
             let mut claimed = 0;
@@ -260,71 +220,7 @@ impl Worker {
                         self.observe.store_ok();
                         claimed = rows.len();
                         for row in rows {
-                            match self.prepare(&row) {
-                                Prepared::Done(d) => finished.push((row, d)),
-                                Prepared::Send {
-                                    mail,
-                                    address,
-                                    profile,
-                                    sequence,
-                                } => {
-                                    rt.block_on(pacer.wait());
-                                    if !self.may_start(&row) {
-                                        // Left to expire and be claimed again: a send that
-                                        // could outlast its lease might be sent twice.
-                                        tracing::warn!(key = %row.key, "claim too close to its end to start a send; left for the next claim");
-                                        continue;
-                                    }
-                                    in_flight += 1;
-                                    let transport = self.transport.clone();
-                                    let done = done_tx.clone();
-                                    let deadline = self.settings.send_timeout;
-                                    let outcome = Outcome {
-                                        settings: self.settings.clone(),
-                                        engine: self.engine.clone(),
-                                        clock: self.clock.clone(),
-                                        sequence,
-                                    };
-                                    let metrics = self.observe.metrics.clone();
-                                    let span = tracing::debug_span!(
-                                        "send",
-                                        sequence = %row.sequence,
-                                        step = %row.step,
-                                        journey = %row.journey,
-                                        customer = %crate::service::trace::hashed(&row.customer),
-                                        attempt = row.attempts + 1,
-                                        smtp.code = tracing::field::Empty,
-                                        outcome = tracing::field::Empty,
-                                    );
-                                    rt.spawn(async move {
-                                        let started = std::time::Instant::now();
-                                        let result = transport.send(&mail, deadline).await;
-                                        metrics
-                                            .send_seconds
-                                            .observe(started.elapsed().as_secs_f64());
-                                        match &result {
-                                            Ok(()) => {
-                                                span.record("smtp.code", 250);
-                                                span.record("outcome", "accepted");
-                                            }
-                                            Err(e) => {
-                                                if let Some(code) = e.code {
-                                                    span.record("smtp.code", code);
-                                                }
-                                                span.record(
-                                                    "outcome",
-                                                    tracing::field::debug(e.failure),
-                                                );
-                                            }
-                                        }
-                                        drop(span);
-                                        let delivery =
-                                            outcome.of(&row, &mail, &address, &profile, result);
-                                        // The receiver lives as long as anything is in flight.
-                                        let _ = done.send((row, delivery));
-                                    });
-                                }
-                            }
+                            self.start(rt, row, &mut sends);
                         }
                     }
                     Err(e) => {
@@ -335,23 +231,130 @@ impl Worker {
                     }
                 }
             }
-            if claimed > 0 || !finished.is_empty() {
-                continue;
+            if claimed == 0 && sends.finished.is_empty() {
+                self.idle(rt, stop, stopping, paced, &mut sends);
             }
-            let wake = self.wake.clone();
-            rt.block_on(async {
-                tokio::select! {
-                    Some(done) = done_rx.recv() => {
-                        in_flight -= 1;
-                        finished.push(done);
-                    }
-                    _ = wake.notified() => {}
-                    _ = stop.triggered(), if !stopping => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = pacer.opens(self.pace_horizon()), if paced => {}
-                }
-            });
         }
+    }
+
+    /// Claims a crash left are this instance's to send again.
+    fn release_stale_claims(&mut self) {
+        match self.store.release_stale_claims() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                emails = n,
+                "claims left by a crash released: sending them again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing stale claims failed; they expire with their lease")
+            }
+        }
+    }
+
+    /// A hot reload's templates and send windows, once it happened.
+    fn follow_reloads(&mut self) {
+        if let Some(catalog) = self
+            .observe
+            .live
+            .as_ref()
+            .and_then(|l| l.changed(&mut self.seen))
+        {
+            self.engine = Arc::new(Engine::new(catalog, self.engine.policy.clone()));
+        }
+    }
+
+    /// Records how the finished sends ended, in one transaction; false if the store failed
+    /// (they are kept for the next try).
+    fn record(&mut self, finished: &mut Vec<(OutboxRow, Delivery)>) -> bool {
+        match self.store.finish_emails(self.clock.now(), finished) {
+            Ok(fenced) => {
+                self.observe.store_ok();
+                if !fenced.is_empty() {
+                    tracing::warn!(
+                        emails = fenced.len(),
+                        "outcomes not recorded: their claims had expired and been taken by another claim"
+                    );
+                    // Not this worker's to report: the current claim reports its own.
+                    for &i in fenced.iter().rev() {
+                        finished.remove(i);
+                    }
+                }
+                log_outcomes(finished);
+                self.observe.metrics.delivered(finished, self.clock.now());
+                finished.clear();
+                true
+            }
+            Err(e) => {
+                self.observe
+                    .store_failing(&format!("recording deliveries: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Prepares a claimed email and, if it is to be sent, starts its send once the pacer lets
+    /// it.
+    fn start(&mut self, rt: &tokio::runtime::Runtime, row: OutboxRow, sends: &mut Sends) {
+        let (mail, address, profile, sequence) = match self.prepare(&row) {
+            Prepared::Done(d) => return sends.finished.push((row, d)),
+            Prepared::Send {
+                mail,
+                address,
+                profile,
+                sequence,
+            } => (mail, address, profile, sequence),
+        };
+        rt.block_on(sends.pacer.wait());
+        if !self.may_start(&row) {
+            // Left to expire and be claimed again: a send that could outlast its lease might
+            // be sent twice.
+            tracing::warn!(key = %row.key, "claim too close to its end to start a send; left for the next claim");
+            return;
+        }
+        sends.in_flight += 1;
+        let send = Send {
+            span: send_span(&row),
+            row,
+            mail,
+            address,
+            profile,
+            outcome: Outcome {
+                settings: self.settings.clone(),
+                engine: self.engine.clone(),
+                clock: self.clock.clone(),
+                sequence,
+            },
+        };
+        rt.spawn(send.run(
+            self.transport.clone(),
+            self.observe.metrics.clone(),
+            sends.done.clone(),
+        ));
+    }
+
+    /// Nothing to do until a send ends, new emails are queued, the pacer opens, a stop, or
+    /// the poll interval.
+    fn idle(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        stop: &Shutdown,
+        stopping: bool,
+        paced: bool,
+        sends: &mut Sends,
+    ) {
+        let horizon = self.pace_horizon();
+        rt.block_on(async {
+            tokio::select! {
+                Some(done) = sends.results.recv() => {
+                    sends.in_flight -= 1;
+                    sends.finished.push(done);
+                }
+                _ = self.wake.notified() => {}
+                _ = stop.triggered(), if !stopping => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = sends.pacer.opens(horizon), if paced => {}
+            }
+        });
     }
 
     /// How far ahead of the pacer emails are claimed.
@@ -378,6 +381,104 @@ impl Worker {
             .checked_add_signed(needed)
             .is_some_and(|end| end <= row.claimed_until)
     }
+}
+
+/// The sends of one worker: in flight, finished and not yet recorded, and their pace.
+struct Sends {
+    in_flight: usize,
+    finished: Vec<(OutboxRow, Delivery)>,
+    pacer: Pacer,
+    /// Where each send says how it ended; the receiver lives as long as the worker.
+    done: mpsc::UnboundedSender<(OutboxRow, Delivery)>,
+    results: mpsc::UnboundedReceiver<(OutboxRow, Delivery)>,
+}
+
+impl Sends {
+    fn new(rate: f64) -> Sends {
+        let (done, results) = mpsc::unbounded_channel();
+        Sends {
+            in_flight: 0,
+            finished: Vec::new(),
+            pacer: Pacer::new(rate),
+            done,
+            results,
+        }
+    }
+
+    /// The sends that ended since last looked at.
+    fn collect(&mut self) {
+        while let Ok(done) = self.results.try_recv() {
+            self.in_flight -= 1;
+            self.finished.push(done);
+        }
+    }
+}
+
+/// One email on its way to the relay.
+struct Send {
+    row: OutboxRow,
+    mail: crate::mail::Outgoing,
+    address: String,
+    profile: Arc<crate::engine::Profile>,
+    outcome: Outcome,
+    span: tracing::Span,
+}
+
+impl Send {
+    /// Sends under the deadline, then says how it ended on `done`.
+    async fn run(
+        self,
+        transport: Arc<Transport>,
+        metrics: Arc<Metrics>,
+        done: mpsc::UnboundedSender<(OutboxRow, Delivery)>,
+    ) {
+        let Send {
+            row,
+            mail,
+            address,
+            profile,
+            outcome,
+            span,
+        } = self;
+        let started = std::time::Instant::now();
+        let result = transport.send(&mail, outcome.settings.send_timeout).await;
+        metrics
+            .send_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => {
+                span.record("smtp.code", 250);
+                span.record("outcome", "accepted");
+            }
+            Err(e) => {
+                if let Some(code) = e.code {
+                    span.record("smtp.code", code);
+                }
+                span.record("outcome", tracing::field::debug(e.failure));
+            }
+        }
+        drop(span);
+        let delivery = outcome.of(&row, &mail, &address, &profile, result);
+        // The receiver lives as long as the worker, which waits for every send in flight.
+        let _ = done.send((row, delivery));
+    }
+}
+
+/// The span of one send: a child of the span of the event that queued the email, when its
+/// trace context was kept.
+fn send_span(row: &OutboxRow) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "send",
+        sequence = %row.sequence,
+        step = %row.step,
+        journey = %row.journey,
+        customer = %crate::service::trace::hashed(&row.customer),
+        attempt = row.attempts + 1,
+        smtp.code = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    crate::service::trace::continue_trace(&span, row.trace.as_deref());
+    span
 }
 
 fn log_outcomes(done: &[(OutboxRow, Delivery)]) {

@@ -169,6 +169,7 @@ mod tests {
             attempts,
             claim: 1,
             claimed_until: created_at,
+            trace: None,
         }
     }
 

@@ -296,7 +296,7 @@ impl Store for SqliteStore {
                          AND (claimed_until IS NULL OR claimed_until <= ?1)
                      ORDER BY next_attempt_at LIMIT ?2)
                  RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
-                     transactional, created_at, attempts, next_attempt_at, claim, claimed_until",
+                     transactional, created_at, attempts, next_attempt_at, claim, claimed_until, trace",
             )?;
             let mut rows = st
                 .query_map(
@@ -319,6 +319,7 @@ impl Store for SqliteStore {
                                 attempts: r.get::<_, i64>(11)? as u32,
                                 claim: r.get(13)?,
                                 claimed_until: from_micros(r.get(14)?),
+                                trace: r.get(15)?,
                             },
                         ))
                     },

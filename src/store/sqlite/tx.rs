@@ -214,6 +214,16 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn trace_emails(&mut self, traced: &[(String, String)]) -> Result<()> {
+        let mut st = self
+            .tx
+            .prepare_cached("UPDATE outbox SET trace = ?2 WHERE key = ?1 AND trace IS NULL")?;
+        for (key, trace) in traced {
+            st.execute(params![key, trace])?;
+        }
+        Ok(())
+    }
+
     fn forget(
         &mut self,
         customer: &str,
