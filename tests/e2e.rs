@@ -8,21 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
+use common::scratch;
 use common::service::{sequences_dir, wait_until};
 use common::stores::TestStore;
-use common::tansu::{Aftercare, Tansu, aftercare, write_config};
+use common::tansu::{Aftercare, Tansu, aftercare, publish, write_config};
 use serde_json::{Value, json};
 
 /// Waits short enough to watch in real time; the same file drives both engines.
 const FLOW: &str = "name: flow\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: receipt\n    email: { template: t/a }\n  - id: shipped\n    wait_for: { event: order.shipped, timeout: 8s, on_timeout: late }\n    email: { template: t/b }\n  - id: done\n    exit: true\n  - id: late\n    email: { template: t/c }\n";
 const NUDGE: &str = "name: nudge\ncategory: education\njourney: per_order\ntrigger: { event: order.delivered }\nsteps:\n  - id: tip\n    wait: 2s\n    email: { template: t/d }\n";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("aftercare-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Orders placed in a second; every other one ships 4 s later and is delivered 4 s after that.
 /// The gaps are wider than the broker's delivery latency: a step that runs late in `run` (it
@@ -82,22 +76,6 @@ fn replay_in_real_time(brokers: &str, events: &Path) {
         }
         common::service::flush(&p);
     }
-}
-
-fn publish(config: &Path, events: &Path) {
-    let out = aftercare()
-        .arg("publish")
-        .arg("--events")
-        .arg(events)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Per customer, the decisions without their instant: (sequence, step, action, reason, subject).

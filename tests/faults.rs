@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::Rng;
+use common::scratch;
 use common::service::{sequences_dir, wait_until};
 use common::smtp::{SmtpServer, free_port};
 use common::stores::TestStore;
-use common::tansu::{Aftercare, Tansu, aftercare, write_config};
+use common::tansu::{Aftercare, Tansu, aftercare, publish, write_config};
 use serde_json::json;
 
 const RECEIPT: &str = "name: receipt\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: thanks\n    email: { template: t/a }\n";
@@ -42,13 +43,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("aftercare-faults-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Orders `from..to`, one customer each, as a JSON Lines file.
@@ -103,21 +97,6 @@ fn smtp_config(
     )
     .unwrap();
     config
-}
-
-fn publish(config: &Path, events: &Path) {
-    let out = aftercare()
-        .args(["publish", "--events"])
-        .arg(events)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "publish: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// What the SMTP server accepted: Message-ID → times accepted.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use aftercare::engine::{Engine, Policy};
@@ -16,11 +16,12 @@ use aftercare::service::ingest::{Ingest, Settled};
 use aftercare::service::kafka::Batch;
 use aftercare::store::{DeadLetterQuery, StoredDeadLetter};
 use common::http::{get, sample};
+use common::scratch;
 use common::service::{
     config, flush, producer, read_topic, send, sequences_dir, start, wait_until,
 };
 use common::stores::TestStore;
-use common::tansu::{Tansu, aftercare};
+use common::tansu::{Tansu, aftercare, publish};
 use rdkafka::message::OwnedMessage;
 use rdkafka::mocking::MockCluster;
 use serde_json::{Value, json};
@@ -42,13 +43,6 @@ fn mock() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
         c.create_topic(t, 3, 1).unwrap();
     }
     c
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("aftercare-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn dead_letters(store: &TestStore) -> Vec<StoredDeadLetter> {
@@ -931,63 +925,18 @@ fn times_stay_in_the_years_1970_to_9999_and_threads_at_the_cores() {
 
 /// Every class of bad message, one of each (key, value, expected reason).
 fn poison() -> Vec<(&'static str, Vec<u8>, String)> {
-    let good: Value = serde_json::from_str(&placed("x", "ox", json!("1.00"))).unwrap();
+    let good = placed("x", "ox", json!("1.00"));
+    let parsed: Value = serde_json::from_str(&good).unwrap();
     let with = |f: &dyn Fn(&mut Value)| {
-        let mut v = good.clone();
+        let mut v = parsed.clone();
         f(&mut v);
         v.to_string().into_bytes()
     };
     let big = format!("{{\"junk\":\"{}\"}}", "x".repeat(2_000_000 - 11)).into_bytes();
     let ctl = "identifiers may not contain control characters";
-    let huge = String::from_utf8(with(&|_| {}))
-        .unwrap()
-        .replace("\"total\":\"1.00\"", "\"total\":1e30");
-    vec![
-        (
-            "not-utf8",
-            b"\xff\xfe{}".to_vec(),
-            "not valid UTF-8 (invalid byte at offset 0)".into(),
-        ),
-        (
-            "not-json",
-            b"{not json".to_vec(),
-            "not valid JSON: key must be a string at line 1 column 2".into(),
-        ),
-        ("not-object", b"[1,2]".to_vec(), "not a JSON object".into()),
-        (
-            "empty",
-            Vec::new(),
-            "not valid JSON: the message is empty".into(),
-        ),
-        (
-            "no-subject",
-            with(&|v| {
-                v.as_object_mut().unwrap().remove("subject");
-            }),
-            "missing required attribute `subject`".into(),
-        ),
-        (
-            "bad-version",
-            with(&|v| v["specversion"] = json!("0.3")),
-            "unsupported specversion `0.3` (expected \"1.0\")".into(),
-        ),
-        (
-            "wrong-type",
-            with(&|v| v["data"]["total"] = json!("ten")),
-            "`data.total` must be a number or a decimal string like \"10.00\"".into(),
-        ),
-        (
-            "missing-field",
-            with(&|v| {
-                v["data"].as_object_mut().unwrap().remove("order_id");
-            }),
-            "missing required field `data.order_id` for order.placed".into(),
-        ),
-        (
-            "bad-time",
-            with(&|v| v["time"] = json!("tuesday")),
-            "attribute `time` is not an RFC 3339 timestamp: `tuesday`".into(),
-        ),
+    let huge = good.replace("\"total\":\"1.00\"", "\"total\":1e30");
+    let mut poison = common::malformed(&good);
+    poison.extend([
         (
             "two-megabytes",
             big,
@@ -1008,7 +957,8 @@ fn poison() -> Vec<(&'static str, Vec<u8>, String)> {
             huge.into_bytes(),
             "`data.total` is out of range: amounts are below 10^18".into(),
         ),
-    ]
+    ]);
+    poison
 }
 
 /// The fulfilment emails the good events call for: per order, the confirmation, and the
@@ -1177,22 +1127,6 @@ fn cdnow_with_every_poison_mails_each_fulfilment_email_once_and_dead_letters_exa
     }
 }
 
-fn publish(config: &Path, events: &Path) {
-    let out = aftercare()
-        .arg("publish")
-        .arg("--events")
-        .arg(events)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Messages in memory are bounded in bytes, not only in count. While the store is locked (the
 /// engine cannot apply anything), 400 messages of 875 KB (350 MB) arrive: the consumer takes
 /// only what `kafka.buffer_bytes` (16 MiB here) allows and leaves the rest on the broker, and
@@ -1346,10 +1280,14 @@ fn dead_letters_are_listed_shown_and_replayed_through_the_normal_path() {
             .arg(&config)
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // On failure, what it said on stderr.
+        let shown = if out.status.success() {
+            text
+        } else {
+            format!("{text}{}", String::from_utf8_lossy(&out.stderr))
+        };
+        (out.status.success(), shown)
     };
     let (ok, list) = cli(&["list"]);
     assert!(ok, "{list}");

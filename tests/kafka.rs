@@ -20,6 +20,18 @@ fn cluster(brokers: i32) -> MockCluster<'static, rdkafka::producer::DefaultProdu
     c
 }
 
+/// `n` journeys entered, one per customer.
+fn entered_once_each(store: &TestStore, n: i64) {
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"),
+        n
+    );
+    assert_eq!(
+        store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"),
+        n
+    );
+}
+
 fn placed(customer: &str, order: &str) -> String {
     json!({"specversion": "1.0", "id": format!("p-{order}"), "source": "/shop", "type": "order.placed",
         "time": aftercare::time::rfc3339(chrono::Utc::now()), "subject": customer,
@@ -62,64 +74,12 @@ fn events_reach_the_store_and_every_poison_class_the_dead_letter_topic() {
     send(&p, "orders", "bob", binary_data.as_bytes(), &h);
 
     // Every class of malformed input, keyed by its class.
-    let valid = |f: &dyn Fn(&mut serde_json::Value)| {
-        let mut v: serde_json::Value = serde_json::from_str(&placed("x", "ox")).unwrap();
-        f(&mut v);
-        v.to_string().into_bytes()
-    };
-    let big = vec![b' '; 5000];
-    let poison: Vec<(&str, Vec<u8>, String)> = vec![
-        (
-            "not-utf8",
-            b"\xff\xfe{}".to_vec(),
-            "not valid UTF-8 (invalid byte at offset 0)".into(),
-        ),
-        (
-            "not-json",
-            b"{not json".to_vec(),
-            "not valid JSON: key must be a string at line 1 column 2".into(),
-        ),
-        ("not-object", b"[1,2]".to_vec(), "not a JSON object".into()),
-        (
-            "empty",
-            Vec::new(),
-            "not valid JSON: the message is empty".into(),
-        ),
-        (
-            "no-subject",
-            valid(&|v| {
-                v.as_object_mut().unwrap().remove("subject");
-            }),
-            "missing required attribute `subject`".into(),
-        ),
-        (
-            "bad-version",
-            valid(&|v| v["specversion"] = json!("0.3")),
-            "unsupported specversion `0.3` (expected \"1.0\")".into(),
-        ),
-        (
-            "wrong-type",
-            valid(&|v| v["data"]["total"] = json!("ten")),
-            "`data.total` must be a number or a decimal string like \"10.00\"".into(),
-        ),
-        (
-            "missing-field",
-            valid(&|v| {
-                v["data"].as_object_mut().unwrap().remove("order_id");
-            }),
-            "missing required field `data.order_id` for order.placed".into(),
-        ),
-        (
-            "bad-time",
-            valid(&|v| v["time"] = json!("tuesday")),
-            "attribute `time` is not an RFC 3339 timestamp: `tuesday`".into(),
-        ),
-        (
-            "oversized",
-            big,
-            "message is 5000 bytes, over the 4096-byte limit".into(),
-        ),
-    ];
+    let mut poison = common::malformed(&placed("x", "ox"));
+    poison.push((
+        "oversized",
+        vec![b' '; 5000],
+        "message is 5000 bytes, over the 4096-byte limit".into(),
+    ));
     for (key, payload, _) in &poison {
         send(&p, "orders", key, payload, &[]);
     }
@@ -235,14 +195,7 @@ fn a_broker_outage_and_a_restart_lose_nothing_and_apply_each_event_once() {
     });
     second.stop();
 
-    assert_eq!(
-        store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"),
-        250
-    );
-    assert_eq!(
-        store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"),
-        250
-    );
+    entered_once_each(&store, 250);
     assert_eq!(
         store.count("SELECT COUNT(*) FROM outbox WHERE step = 'receipt'"),
         250
@@ -314,14 +267,7 @@ fn two_instances_share_the_partitions_as_one_joins_and_leaves_and_apply_each_eve
         total as u64,
         "each event applied by exactly one instance"
     );
-    assert_eq!(
-        store.count("SELECT COUNT(*) FROM timeline WHERE action = 'enter'"),
-        total as i64
-    );
-    assert_eq!(
-        store.count("SELECT COUNT(DISTINCT customer) FROM timeline WHERE action = 'enter'"),
-        total as i64
-    );
+    entered_once_each(&store, total as i64);
 }
 
 const WAITING: &str = "name: flow\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: later\n    wait: 6s\n    email: { template: t/a }\n";

@@ -17,6 +17,7 @@ use aftercare::service::apply::Applier;
 use aftercare::service::outbox::Sender;
 use aftercare::store::{Store, record};
 use chrono::Utc;
+use common::scratch;
 use common::smtp::{SmtpServer, free_port};
 use common::stores::TestStore;
 use serde_json::{Value, json};
@@ -49,16 +50,6 @@ fn templates() -> Vec<(String, String)> {
             "We got it, {{ customer.name }}.".into(),
         ),
     ]
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "aftercare-mail-{name}-{}-{}",
-        std::process::id(),
-        Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A store with the test sequences, an applier to feed it, and the config of a sender.

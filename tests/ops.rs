@@ -10,6 +10,7 @@ use common::http::{get, post, sample};
 use common::service::{Running, config, flush, producer, send, sequences_dir, start, wait_until};
 use common::stores::TestStore;
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use serde_json::{Value, json};
 
 const THANKS: &str = "name: thanks\ncategory: transactional\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: receipt\n    email: { template: t/a }\n    goal: { event: review.submitted, within: 30d }\n  - id: followup\n    wait: 1h\n    email: { template: t/b }\n";
@@ -28,6 +29,19 @@ fn event(id: &str, kind: &str, customer: &str, data: Value) -> String {
     json!({"specversion": "1.0", "id": id, "source": "/shop", "type": kind,
         "time": aftercare::time::rfc3339(chrono::Utc::now()), "subject": customer, "data": data})
     .to_string()
+}
+
+/// An NPS answer per (customer, score), sent to `support`.
+fn nps(p: &ThreadedProducer<DefaultProducerContext>, answers: &[(&str, u8)]) {
+    for (c, score) in answers {
+        let e = event(
+            &format!("f-{c}"),
+            "feedback.submitted",
+            c,
+            json!({"kind": "nps", "score": score}),
+        );
+        send(p, "support", c, e.as_bytes(), &[]);
+    }
 }
 
 fn placed(customer: &str, order: &str) -> String {
@@ -96,15 +110,7 @@ fn operator_surface(store: &TestStore) {
     // A redelivery, a malformed message, three NPS answers and a review (ann's goal).
     send(&p, "orders", "ann", placed("ann", "o1").as_bytes(), &[]);
     send(&p, "orders", "x", b"{not json", &[]);
-    for (c, score) in [("ann", 10), ("bob", 9), ("cat", 3)] {
-        let e = event(
-            &format!("f-{c}"),
-            "feedback.submitted",
-            c,
-            json!({"kind": "nps", "score": score}),
-        );
-        send(&p, "support", c, e.as_bytes(), &[]);
-    }
+    nps(&p, &[("ann", 10), ("bob", 9), ("cat", 3)]);
     flush(&p);
     wait_until(60, "the receipts sent", || {
         sample(
@@ -866,15 +872,7 @@ fn the_dashboard_renders_the_apis_figures_in_chromium() {
         send(&p, "orders", c, placed(c, o).as_bytes(), &[]);
     }
     send(&p, "orders", "x", b"[1,2]", &[]);
-    for (c, score) in [("ann", 10), ("bob", 7), ("cat", 2)] {
-        let e = event(
-            &format!("f-{c}"),
-            "feedback.submitted",
-            c,
-            json!({"kind": "nps", "score": score}),
-        );
-        send(&p, "support", c, e.as_bytes(), &[]);
-    }
+    nps(&p, &[("ann", 10), ("bob", 7), ("cat", 2)]);
     flush(&p);
     wait_until(60, "figures of the whole stream", || {
         let (_, body) = get(at, "/api/figures", Some(TOKEN));

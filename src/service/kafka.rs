@@ -255,8 +255,8 @@ pub fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> KafkaResult<KafkaCo
     Ok(consumer)
 }
 
-/// The polling loop. Returns when `stop` is set and everything handed out has been acked
-/// (or `grace` ran out), after a last asynchronous commit.
+/// The poll thread: fetches, decodes and buffers messages, hands batches to the engine and
+/// stores the offsets of what it acked.
 ///
 /// Messages are decoded as they arrive and buffered; a batch (at most `MAX_BATCH`) is handed
 /// over when the engine is `idle`, once the oldest buffered message is `LINGER` old or a full
@@ -268,111 +268,183 @@ pub fn consumer(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> KafkaResult<KafkaCo
 /// is safe for a while (`max.poll.interval.ms` is seconds); if the engine is still busy after
 /// `PAUSE_AFTER` (a store that is down, say), the partitions are paused so that polling, and
 /// with it the group membership and rebalances, go on; they resume below `MAX_BATCH`.
-#[allow(clippy::too_many_arguments)]
-pub fn poll_loop(
-    consumer: &KafkaConsumer,
-    batches: SyncSender<Batch>,
-    acks: Receiver<Ack>,
-    idle: &AtomicBool,
-    stop: &super::Shutdown,
-    grace: Duration,
-    max_bytes: usize,
-    limit: BufferLimit,
-) {
-    let mut buffered = Batch::new();
-    let mut first_at = Instant::now();
-    let mut paused = false;
-    let mut full_since: Option<Instant> = None;
-    let mut outstanding = 0usize;
-    while !stop.is_triggered() {
-        while let Ok(ack) = acks.try_recv() {
-            outstanding = outstanding.saturating_sub(1);
-            store(consumer, &ack);
-        }
-        let full = buffered.messages.len() >= HIGH_WATER || buffered.bytes >= limit.buffered;
-        if !full {
-            full_since = None;
-        } else if !paused && !idle.load(Ordering::Acquire) {
-            if full_since.get_or_insert_with(Instant::now).elapsed() < PAUSE_AFTER {
-                // Wait for the engine's commit (its ack), then for it to be idle.
-                if let Ok(ack) = acks.recv_timeout(Duration::from_millis(1)) {
-                    outstanding = outstanding.saturating_sub(1);
-                    store(consumer, &ack);
-                }
+pub struct Poller<'a> {
+    pub consumer: &'a KafkaConsumer,
+    /// Where batches go; at most one waits for the engine.
+    pub batches: SyncSender<Batch>,
+    /// The engine's acks of committed batches: their offsets may be stored.
+    pub acks: Receiver<Ack>,
+    /// Set by the engine while it waits for a batch.
+    pub idle: &'a AtomicBool,
+    /// The largest event accepted (`kafka.max_event_bytes`).
+    pub max_bytes: usize,
+    pub limit: BufferLimit,
+}
+
+/// What the poll thread holds between turns.
+struct Buffered {
+    batch: Batch,
+    /// When the oldest message buffered arrived.
+    first_at: Instant,
+    paused: bool,
+    /// Since when the buffer has been full with the engine busy.
+    full_since: Option<Instant>,
+    /// Batches handed out and not yet acked.
+    outstanding: usize,
+}
+
+impl Poller<'_> {
+    /// Polls until `stop`, then waits for everything handed out to be acked (or `grace` to
+    /// run out) and commits once more, asynchronously.
+    pub fn run(self, stop: &super::Shutdown, grace: Duration) {
+        let mut held = Buffered {
+            batch: Batch::new(),
+            first_at: Instant::now(),
+            paused: false,
+            full_since: None,
+            outstanding: 0,
+        };
+        while !stop.is_triggered() {
+            self.take_acks(&mut held);
+            let full =
+                held.batch.messages.len() >= HIGH_WATER || held.batch.bytes >= self.limit.buffered;
+            if self.wait_while_full(&mut held, full) {
                 continue;
             }
-            set_paused(consumer, true);
-            paused = true;
+            self.poll_one(&mut held, full);
+            if self.ready(&held) && !self.hand_over(&mut held) {
+                break;
+            }
         }
-        let timeout = if buffered.messages.is_empty() { 100 } else { 1 };
-        // Paused, this still serves callbacks (rebalances) and keeps the group membership.
-        let polled = if full && !paused {
-            None
+        // Shutdown: stop fetching; what was fetched but not handed out is simply re-read later.
+        self.finish(held.outstanding, grace);
+    }
+
+    /// Stores the offsets of every batch acked since last looked.
+    fn take_acks(&self, held: &mut Buffered) {
+        while let Ok(ack) = self.acks.try_recv() {
+            held.outstanding = held.outstanding.saturating_sub(1);
+            store(self.consumer, &ack);
+        }
+    }
+
+    /// With the buffer full and the engine busy: waits a moment for its ack (true: poll
+    /// nothing this turn), or, after [`PAUSE_AFTER`], pauses the partitions.
+    fn wait_while_full(&self, held: &mut Buffered, full: bool) -> bool {
+        if !full {
+            held.full_since = None;
+            return false;
+        }
+        if held.paused || self.idle.load(Ordering::Acquire) {
+            return false;
+        }
+        if held.full_since.get_or_insert_with(Instant::now).elapsed() < PAUSE_AFTER {
+            // Wait for the engine's commit (its ack), then for it to be idle.
+            if let Ok(ack) = self.acks.recv_timeout(Duration::from_millis(1)) {
+                held.outstanding = held.outstanding.saturating_sub(1);
+                store(self.consumer, &ack);
+            }
+            return true;
+        }
+        set_paused(self.consumer, true);
+        held.paused = true;
+        false
+    }
+
+    /// Takes one message from librdkafka, decoded, unless the buffer is full. Paused, the
+    /// poll still serves callbacks (rebalances) and keeps the group membership.
+    fn poll_one(&self, held: &mut Buffered, full: bool) {
+        if full && !held.paused {
+            return;
+        }
+        let timeout = if held.batch.messages.is_empty() {
+            100
         } else {
-            consumer.poll(Duration::from_millis(timeout))
+            1
         };
-        match polled {
+        match self.consumer.poll(Duration::from_millis(timeout)) {
             Some(Ok(m)) => {
-                if buffered.messages.is_empty() {
-                    first_at = Instant::now();
+                if held.batch.messages.is_empty() {
+                    held.first_at = Instant::now();
                 }
                 let m = m.detach();
                 // Microseconds a message, sizes bounded by `max_bytes`: the engine thread is
                 // kept for the engine and the store.
-                let decoded = decode(&m, max_bytes).map(Arc::new);
-                buffered.push(m, decoded);
+                let decoded = decode(&m, self.max_bytes).map(Arc::new);
+                held.batch.push(m, decoded);
             }
             Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
             None => {}
         }
-        let n = buffered.messages.len();
+    }
+
+    /// A batch is waiting (full, or its oldest message lingered) and the engine is idle.
+    fn ready(&self, held: &Buffered) -> bool {
+        let n = held.batch.messages.len();
         let ready = n >= MAX_BATCH
-            || buffered.bytes >= limit.batch
-            || (n > 0 && first_at.elapsed() >= LINGER);
-        if !ready || !idle.load(Ordering::Acquire) {
-            continue;
+            || held.batch.bytes >= self.limit.batch
+            || (n > 0 && held.first_at.elapsed() >= LINGER);
+        ready && self.idle.load(Ordering::Acquire)
+    }
+
+    /// Hands the front of the buffer to the engine, and resumes paused partitions once the
+    /// buffer is below a batch. False when the engine is gone.
+    fn hand_over(&self, held: &mut Buffered) -> bool {
+        let batch = held.batch.take_front(self.limit.batch);
+        if !held.batch.messages.is_empty() {
+            held.first_at = Instant::now();
         }
-        let batch = buffered.take_front(limit.batch);
-        if !buffered.messages.is_empty() {
-            first_at = Instant::now();
-        }
-        idle.store(false, Ordering::Release);
-        match batches.try_send(batch) {
-            Ok(()) => outstanding += 1,
+        self.idle.store(false, Ordering::Release);
+        match self.batches.try_send(batch) {
+            Ok(()) => held.outstanding += 1,
             Err(TrySendError::Full(mut b)) => {
                 // The engine was between batches after all: take them back, in order.
-                b.append(std::mem::replace(&mut buffered, Batch::new()));
-                buffered = b;
+                b.append(std::mem::replace(&mut held.batch, Batch::new()));
+                held.batch = b;
             }
-            Err(TrySendError::Disconnected(_)) => break,
+            Err(TrySendError::Disconnected(_)) => return false,
         }
-        if paused && buffered.messages.len() < MAX_BATCH && buffered.bytes < limit.batch {
-            set_paused(consumer, false);
-            paused = false;
+        if held.paused
+            && held.batch.messages.len() < MAX_BATCH
+            && held.batch.bytes < self.limit.batch
+        {
+            set_paused(self.consumer, false);
+            held.paused = false;
         }
+        true
     }
-    // Shutdown: stop fetching; what was fetched but not handed out is simply re-read later.
-    drop(batches);
-    let deadline = Instant::now() + grace;
-    while outstanding > 0 && Instant::now() < deadline {
-        match acks.recv_timeout(Duration::from_millis(50)) {
-            Ok(ack) => {
-                outstanding -= 1;
-                store(consumer, &ack);
+
+    /// Waits for the `outstanding` batches' acks until `grace` runs out, then commits
+    /// asynchronously and lets the commit go out, without waiting on a broker that is down.
+    fn finish(self, mut outstanding: usize, grace: Duration) {
+        let Poller {
+            consumer,
+            batches,
+            acks,
+            ..
+        } = self;
+        drop(batches);
+        let deadline = Instant::now() + grace;
+        while outstanding > 0 && Instant::now() < deadline {
+            match acks.recv_timeout(Duration::from_millis(50)) {
+                Ok(ack) => {
+                    outstanding -= 1;
+                    store(consumer, &ack);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
-    }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-        tracing::debug!(error = %e, "final commit");
-    }
-    // Let the asynchronous commit go out, without waiting on a broker that is down.
-    let end = Instant::now()
-        + Duration::from_millis(500)
-            .min(deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100));
-    while Instant::now() < end {
-        consumer.poll(Duration::from_millis(20));
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::debug!(error = %e, "final commit");
+        }
+        let end = Instant::now()
+            + Duration::from_millis(500).min(
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100),
+            );
+        while Instant::now() < end {
+            consumer.poll(Duration::from_millis(20));
+        }
     }
 }
 

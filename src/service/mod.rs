@@ -122,14 +122,8 @@ pub const WAKE_BATCH: usize = 256;
 /// same `Parts`, then stopped in stages.
 pub fn run(config: Config, options: Options, stop: Shutdown, stats: Arc<Stats>) -> StartResult<()> {
     let parts = Parts::new(config, stats)?;
-    let url = parts.config.store.url.clone();
     // Held until `run` returns: one `run` per SQLite file.
-    let _writer =
-        crate::store::lock_writer(&url).map_err(StartError::store("locking the store"))?;
-    let mut store = crate::store::open(&url).map_err(StartError::store("opening the store"))?;
-    store
-        .save_versions(&versions_of(&parts.catalog))
-        .map_err(StartError::store("recording sequence versions"))?;
+    let (_writer, mut store) = parts.open_store()?;
     let consumer = Arc::new(
         kafka::consumer(&parts.config.kafka, parts.stats.metrics.clone())
             .map_err(StartError::kafka("creating the Kafka consumer"))?,
@@ -146,23 +140,14 @@ pub fn run(config: Config, options: Options, stop: Shutdown, stats: Arc<Stats>) 
     let sender = parts.sender(options, &mail_wake)?;
     let signer = sender.composer.signer.clone();
     let http = parts.spawn_http(&consumer, &signer)?;
-    let applier = parts
-        .applier()
-        .metered(parts.stats.metrics.clone())
-        .signing(signer);
-    let engine = EngineLoop {
-        store,
-        applier,
+    let links = EngineLinks {
         dead_letters: bell,
         batches: batch_rx,
         acks: engine_acks,
         idle: idle.clone(),
-        stats: parts.stats.clone(),
-        retention: parts.retention,
         mail_wake: mail_wake.clone(),
-        live: parts.live.clone(),
     };
-    let engine = Stage::spawn("engine", move |stop| engine.run(stop))?;
+    let engine = parts.spawn_engine(store, signer, links)?;
     let side = Shutdown::new();
     let dead_letters = {
         let side = side.clone();
@@ -170,16 +155,7 @@ pub fn run(config: Config, options: Options, stop: Shutdown, stats: Arc<Stats>) 
     };
     let figures = parts.spawn_figures(&side)?;
     let watch = parts.spawn_watch(&side)?;
-    let poll = {
-        let (consumer, stop) = (consumer.clone(), stop.clone());
-        let max_bytes = parts.config.kafka.max_event_bytes;
-        let buffer = kafka::BufferLimit::for_config(&parts.config.kafka);
-        Worker::spawn("kafka-poll", move || {
-            kafka::poll_loop(
-                &consumer, batch_tx, ack_rx, &idle, &stop, GRACE, max_bytes, buffer,
-            )
-        })?
-    };
+    let poll = parts.spawn_poll(&consumer, batch_tx, ack_rx, idle, &stop)?;
     let outbox = Stage::spawn("outbox", move |stop| sender.run(stop))?;
     tracing::info!(
         sequences = parts.catalog.sequences().len(),
@@ -307,6 +283,69 @@ impl Parts {
     /// A store connection of its own for a worker.
     fn store(&self, what: &'static str) -> StartResult<Box<dyn Store>> {
         crate::store::open_small(&self.config.store.url).map_err(StartError::store(what))
+    }
+
+    /// The store the engine writes, with the lock that keeps a SQLite file to one `run`, and
+    /// the versions of the sequences loaded recorded.
+    fn open_store(
+        &self,
+    ) -> StartResult<(Option<crate::store::sqlite::WriterLock>, Box<dyn Store>)> {
+        let url = &self.config.store.url;
+        let writer =
+            crate::store::lock_writer(url).map_err(StartError::store("locking the store"))?;
+        let mut store = crate::store::open(url).map_err(StartError::store("opening the store"))?;
+        store
+            .save_versions(&versions_of(&self.catalog))
+            .map_err(StartError::store("recording sequence versions"))?;
+        Ok((writer, store))
+    }
+
+    /// The engine thread on `store`, keeping erased addresses as hashes keyed by `signer`.
+    fn spawn_engine(
+        &self,
+        store: Box<dyn Store>,
+        signer: Signer,
+        links: EngineLinks,
+    ) -> StartResult<Stage> {
+        let engine = EngineLoop {
+            store,
+            applier: self
+                .applier()
+                .metered(self.stats.metrics.clone())
+                .signing(signer),
+            links,
+            stats: self.stats.clone(),
+            retention: self.retention,
+            live: self.live.clone(),
+        };
+        Stage::spawn("engine", move |stop| engine.run(stop))
+    }
+
+    /// The poll thread: batches to the engine, offsets stored as it acks them.
+    fn spawn_poll(
+        &self,
+        consumer: &Arc<kafka::KafkaConsumer>,
+        batches: mpsc::SyncSender<Batch>,
+        acks: Receiver<Ack>,
+        idle: Arc<AtomicBool>,
+        stop: &Shutdown,
+    ) -> StartResult<Worker> {
+        let (consumer, stop) = (consumer.clone(), stop.clone());
+        let (max_bytes, limit) = (
+            self.config.kafka.max_event_bytes,
+            kafka::BufferLimit::for_config(&self.config.kafka),
+        );
+        Worker::spawn("kafka-poll", move || {
+            let poller = kafka::Poller {
+                consumer: &consumer,
+                batches,
+                acks,
+                idle: &idle,
+                max_bytes,
+                limit,
+            };
+            poller.run(&stop, GRACE)
+        })
     }
 
     /// An engine on the catalog loaded at start, on the service's clock.
@@ -547,103 +586,132 @@ pub fn versions_of(catalog: &Catalog) -> Vec<VersionRecord> {
 struct EngineLoop {
     store: Box<dyn Store>,
     applier: Applier,
+    links: EngineLinks,
+    stats: Arc<Stats>,
+    retention: crate::config::Retention,
+    live: Arc<reload::Live>,
+}
+
+/// What the engine thread hears from and tells the other workers.
+struct EngineLinks {
     /// Rung when the engine recorded dead letters, for their publisher.
     dead_letters: Sender<()>,
     batches: Receiver<Batch>,
     acks: Sender<Ack>,
-    /// Set while the engine waits for a batch (see [`kafka::poll_loop`]).
+    /// Set while the engine waits for a batch (see [`kafka::Poller`]).
     idle: Arc<AtomicBool>,
-    stats: Arc<Stats>,
-    retention: crate::config::Retention,
     /// Notified when emails were queued, for the outbox.
     mail_wake: Arc<Notify>,
-    live: Arc<reload::Live>,
+}
+
+/// What the engine thread keeps between turns.
+struct Turns {
+    /// The catalog generation the applier runs.
+    seen: u64,
+    /// When the next customer is due, as last read from the store.
+    next_due: Option<chrono::DateTime<Utc>>,
+    due_checked: Instant,
+    pruned_at: Option<Instant>,
 }
 
 impl EngineLoop {
-    fn run(self, stop: &Shutdown) {
-        let EngineLoop {
-            mut store,
-            mut applier,
-            dead_letters,
-            batches,
-            acks,
-            idle,
-            stats,
-            retention,
-            mail_wake,
-            live,
-        } = self;
-        let stats = &*stats;
-        let mut seen = live.generation();
-        let mut next_due: Option<chrono::DateTime<Utc>> = None;
-        let mut pruned_at: Option<Instant> = None;
-        let mut due_checked = Instant::now() - Duration::from_secs(1);
+    fn run(mut self, stop: &Shutdown) {
+        let mut turns = Turns {
+            seen: self.live.generation(),
+            next_due: None,
+            due_checked: Instant::now() - Duration::from_secs(1),
+            pruned_at: None,
+        };
         loop {
             // Sleep until the next due customer, but look again at least twice a second: other
             // instances may have changed what is due.
-            let wait = next_due
-                .map(|d| (d - applier.now()).to_std().unwrap_or(Duration::ZERO))
+            let wait = turns
+                .next_due
+                .map(|d| (d - self.applier.now()).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_millis(500))
                 .min(Duration::from_millis(500));
-            idle.store(true, Ordering::Release);
-            let received = batches.recv_timeout(wait);
-            if let Some(catalog) = live.changed(&mut seen) {
-                applier.reload(catalog);
+            self.links.idle.store(true, Ordering::Release);
+            let received = self.links.batches.recv_timeout(wait);
+            if let Some(catalog) = self.live.changed(&mut turns.seen) {
+                self.applier.reload(catalog);
             }
             match received {
                 Ok(batch) => {
-                    let dead_before = stats.dead_letters.load(Ordering::Relaxed);
-                    let mut ingest = ingest::Ingest {
-                        store: &mut *store,
-                        applier: &mut applier,
-                        stats,
-                        stop,
-                    };
-                    if ingest.batch(&batch) == ingest::Settled::Stopped {
+                    if !self.apply(&batch, stop) {
                         return;
                     }
-                    mail_wake.notify_one();
-                    if stats.dead_letters.load(Ordering::Relaxed) != dead_before {
-                        let _ = dead_letters.send(());
-                    }
-                    fault_point_after_commit();
-                    let _ = acks.send(kafka::ack_of(&batch.messages));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            if next_due.is_none_or(|d| d <= applier.now())
-                || due_checked.elapsed() >= Duration::from_millis(500)
-            {
-                if wake_all(&mut *store, &mut applier, stats) {
-                    mail_wake.notify_one();
-                }
-                next_due = store.next_due().unwrap_or(None);
-                due_checked = Instant::now();
-            }
-            if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                // Keys older than the window are forgotten: a redelivery older than that would
-                // apply again, so the window must outlast any replay (topic retention).
-                match store.prune_processed(applier.now() - retention.dedupe_keys()) {
-                    Ok(n) => tracing::debug!(forgotten = n, "dedupe window pruned"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pruning the dedupe window failed; retrying later")
-                    }
-                }
-                match store.prune_timeline(applier.now() - retention.timeline) {
-                    Ok(n) => tracing::debug!(
-                        deleted = n,
-                        "timeline lines past store.timeline_retention deleted"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pruning the timeline failed; retrying later")
-                    }
-                }
-                pruned_at = Some(Instant::now());
+            self.wake_due(&mut turns);
+            if turns.pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                self.prune();
+                turns.pruned_at = Some(Instant::now());
             }
             if stop.is_triggered() {
                 return;
+            }
+        }
+    }
+
+    /// Applies a batch until it commits, then acks it; false if the service stopped first.
+    fn apply(&mut self, batch: &Batch, stop: &Shutdown) -> bool {
+        let stats = &*self.stats;
+        let dead_before = stats.dead_letters.load(Ordering::Relaxed);
+        let mut ingest = ingest::Ingest {
+            store: &mut *self.store,
+            applier: &mut self.applier,
+            stats,
+            stop,
+        };
+        if ingest.batch(batch) == ingest::Settled::Stopped {
+            return false;
+        }
+        self.links.mail_wake.notify_one();
+        if stats.dead_letters.load(Ordering::Relaxed) != dead_before {
+            let _ = self.links.dead_letters.send(());
+        }
+        fault_point_after_commit();
+        let _ = self.links.acks.send(kafka::ack_of(&batch.messages));
+        true
+    }
+
+    /// Wakes the customers due, when one is due or half a second has passed since the last
+    /// look.
+    fn wake_due(&mut self, turns: &mut Turns) {
+        if turns.next_due.is_none_or(|d| d <= self.applier.now())
+            || turns.due_checked.elapsed() >= Duration::from_millis(500)
+        {
+            if wake_all(&mut *self.store, &mut self.applier, &self.stats) {
+                self.links.mail_wake.notify_one();
+            }
+            turns.next_due = self.store.next_due().unwrap_or(None);
+            turns.due_checked = Instant::now();
+        }
+    }
+
+    /// Forgets dedupe keys and timeline lines past their retention.
+    fn prune(&mut self) {
+        let now = self.applier.now();
+        // Keys older than the window are forgotten: a redelivery older than that would apply
+        // again, so the window must outlast any replay (topic retention).
+        match self
+            .store
+            .prune_processed(now - self.retention.dedupe_keys())
+        {
+            Ok(n) => tracing::debug!(forgotten = n, "dedupe window pruned"),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the dedupe window failed; retrying later")
+            }
+        }
+        match self.store.prune_timeline(now - self.retention.timeline) {
+            Ok(n) => tracing::debug!(
+                deleted = n,
+                "timeline lines past store.timeline_retention deleted"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the timeline failed; retrying later")
             }
         }
     }
@@ -698,6 +766,13 @@ fn forward_durable(
 /// and parked (its wake-ups suspended, with an error) so that the others go on.
 fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool {
     let mut emails = false;
+    // Shown by `/readyz` until a wake-up commits again; tried again on the next tick.
+    let unavailable = |e: &crate::store::StoreError| {
+        let wait = Duration::from_millis(500);
+        stats
+            .health
+            .failing(health::component::WAKEUPS, &e.to_string(), wait);
+    };
     let mut limit = WAKE_BATCH;
     loop {
         let now = applier.now();
@@ -726,20 +801,14 @@ fn wake_all(store: &mut dyn Store, applier: &mut Applier, stats: &Stats) -> bool
                     }
                     Ok(None) => return emails,
                     Err(e) => {
-                        let wait = Duration::from_millis(500);
-                        stats
-                            .health
-                            .failing(health::component::WAKEUPS, &e.to_string(), wait);
+                        unavailable(&e);
                         return emails;
                     }
                 }
                 limit = WAKE_BATCH;
             }
             Err(e) => {
-                let wait = Duration::from_millis(500);
-                stats
-                    .health
-                    .failing(health::component::WAKEUPS, &e.to_string(), wait);
+                unavailable(&e);
                 return emails;
             }
         }

