@@ -126,181 +126,209 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        let mut r = Registry::with_prefix("aftercare");
-        let events = Family::<EventLabels, Counter>::default();
+        let metrics = Metrics::unregistered();
+        // The exposition lists metrics in the order they are registered.
+        let mut registry = Registry::with_prefix("aftercare");
+        metrics.register_flow(&mut registry);
+        metrics.register_sending(&mut registry);
+        metrics.register_backlog(&mut registry);
+        metrics.register_loops(&mut registry);
+        metrics.register_retention(&mut registry);
+        metrics.register_dead_letters(&mut registry);
+        metrics.register_health(&mut registry);
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, in an empty registry: the `register_*` functions register them.
+    fn unregistered() -> Metrics {
+        Metrics {
+            registry: Registry::default(),
+            events: Family::default(),
+            decisions: Family::default(),
+            emails: Family::default(),
+            // 1 ms .. ~33 s
+            send_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 10 ms .. ~5.8 days
+            event_to_send_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 16)),
+            consumer_lag: Family::default(),
+            journeys: Family::default(),
+            outbox_pending: Gauge::default(),
+            due_backlog: Gauge::default(),
+            // 1 ms .. ~65 s
+            wake_lateness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            batches: Counter::default(),
+            reloads: Family::default(),
+            sequences_loaded: Gauge::default(),
+            figures: Family::default(),
+            conversion_rate: Family::default(),
+            repeat_purchase_rate: Family::default(),
+            nps: Ratio::default(),
+            nps_responses: Gauge::default(),
+            dead_letters: Family::default(),
+            dead_letters_stored: Family::default(),
+            dead_letters_published: Family::default(),
+            unavailable: Family::default(),
+            transient_errors: Family::default(),
+            templates_failed: Counter::default(),
+        }
+    }
+
+    /// Registers what the events did: the events consumed, the decisions they led to, and
+    /// the emails by outcome.
+    fn register_flow(&self, r: &mut Registry) {
         r.register(
             "events",
             "Events consumed, by type and outcome (applied, duplicate, dead_lettered)",
-            events.clone(),
+            self.events.clone(),
         );
-        let decisions = Family::<DecisionLabels, Counter>::default();
         r.register(
             "decisions",
             "Engine decisions, by sequence, step, action and reason class",
-            decisions.clone(),
+            self.decisions.clone(),
         );
-        let emails = Family::<StepLabels, Counter>::default();
         r.register(
             "emails",
             "Emails by sequence, step and outcome (queued, sent, dry_run, suppressed, deferred, retried, failed, bounced)",
-            emails.clone(),
+            self.emails.clone(),
         );
-        // 1 ms .. ~33 s
-        let send_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+    }
+
+    /// Registers how long sending takes: the transport's part, and the whole way from the
+    /// decision.
+    fn register_sending(&self, r: &mut Registry) {
         r.register(
             "send_duration_seconds",
             "Time the transport took to accept an email (SMTP conversation or file write)",
-            send_seconds.clone(),
+            self.send_seconds.clone(),
         );
-        // 10 ms .. ~5.8 days
-        let event_to_send_seconds = Histogram::new(exponential_buckets(0.01, 4.0, 16));
         r.register(
             "event_to_send_seconds",
             "From the decision that queued an email to its acceptance by the transport",
-            event_to_send_seconds.clone(),
+            self.event_to_send_seconds.clone(),
         );
-        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
+    }
+
+    /// Registers the work waiting: behind Kafka, in journeys, in the outbox and due now.
+    fn register_backlog(&self, r: &mut Registry) {
         r.register(
             "consumer_lag",
             "Messages behind the end of each assigned partition (librdkafka statistics)",
-            consumer_lag.clone(),
+            self.consumer_lag.clone(),
         );
-        let journeys = Family::<JourneyLabels, Gauge>::default();
         r.register(
             "journeys",
             "Journeys in flight, by sequence, step and status",
-            journeys.clone(),
+            self.journeys.clone(),
         );
-        let outbox_pending = Gauge::default();
         r.register(
             "outbox_pending",
             "Emails waiting to be sent (outbox depth)",
-            outbox_pending.clone(),
+            self.outbox_pending.clone(),
         );
-        let due_backlog = Gauge::default();
         r.register(
             "due_backlog",
             "Customers whose next step is due now and not yet run",
-            due_backlog.clone(),
+            self.due_backlog.clone(),
         );
-        // 1 ms .. ~65 s
-        let wake_lateness_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+    }
+
+    /// Registers how the service's loops go: wake-ups against their due time, the batches
+    /// applied, the reloads of the sequences and what they loaded.
+    fn register_loops(&self, r: &mut Registry) {
         r.register(
             "wake_lateness_seconds",
             "How late a due customer was woken, against its due time",
-            wake_lateness_seconds.clone(),
+            self.wake_lateness_seconds.clone(),
         );
-        let batches = Counter::default();
         r.register(
             "batches",
             "Store transactions applying Kafka batches",
-            batches.clone(),
+            self.batches.clone(),
         );
-        let reloads = Family::<OutcomeLabels, Counter>::default();
         r.register(
             "sequence_reloads",
             "Hot reloads of the sequences folder, by outcome (applied, refused)",
-            reloads.clone(),
+            self.reloads.clone(),
         );
-        let sequences_loaded = Gauge::default();
         r.register(
             "sequences_loaded",
             "Sequences in the catalog new journeys start on",
-            sequences_loaded.clone(),
+            self.sequences_loaded.clone(),
         );
-        let figures = Family::<FigureLabels, Gauge>::default();
+    }
+
+    /// Registers the retention figures the figures thread sets: per step, goal conversions,
+    /// repeat purchases and NPS.
+    fn register_retention(&self, r: &mut Registry) {
         r.register(
             "retention",
             "Retention figures per sequence and step (entered, emailed, sent, suppressed, skipped, goals, ...)",
-            figures.clone(),
+            self.figures.clone(),
         );
-        let conversion_rate = Family::<SequenceLabels, Ratio>::default();
         r.register(
             "goal_conversion_rate",
             "Goal conversions per journey entered, by sequence",
-            conversion_rate.clone(),
+            self.conversion_rate.clone(),
         );
-        let repeat_purchase_rate = Family::<GroupLabels, Ratio>::default();
         r.register(
             "repeat_purchase_rate",
             "Share of customers with two or more orders, among those who went through a sequence (group=entered) and those who did not (group=not_entered)",
-            repeat_purchase_rate.clone(),
+            self.repeat_purchase_rate.clone(),
         );
-        let nps = Ratio::default();
         r.register(
             "nps",
             "Net Promoter Score over http.nps_window: % promoters (9-10) minus % detractors (0-6)",
-            nps.clone(),
+            self.nps.clone(),
         );
-        let nps_responses = Gauge::default();
         r.register(
             "nps_responses",
             "NPS answers in the window",
-            nps_responses.clone(),
+            self.nps_responses.clone(),
         );
-        let dead_letters = Family::<ClassLabels, Counter>::default();
+    }
+
+    /// Registers the dead letters: those of this instance, those stored, their publishing.
+    fn register_dead_letters(&self, r: &mut Registry) {
         r.register(
             "dead_letters",
             "Messages dead-lettered by this instance, by reason class",
-            dead_letters.clone(),
+            self.dead_letters.clone(),
         );
-        let dead_letters_stored = Family::<DeadLetterLabels, Gauge>::default();
         r.register(
             "dead_letters_stored",
             "Dead letters in the store, by reason class and state (pending, published, truncated, refused)",
-            dead_letters_stored.clone(),
+            self.dead_letters_stored.clone(),
         );
-        let dead_letters_published = Family::<OutcomeLabels, Counter>::default();
         r.register(
             "dead_letters_published",
             "Dead-letter publish attempts by outcome (whole, truncated, retry, refused)",
-            dead_letters_published.clone(),
+            self.dead_letters_published.clone(),
         );
-        let unavailable = Family::<ComponentLabels, Gauge>::default();
+    }
+
+    /// Registers what went wrong and was survived: components unavailable, transient errors,
+    /// renders over the template budget.
+    fn register_health(&self, r: &mut Registry) {
         r.register(
             "unavailable",
             "1 while a component cannot do its work and retries (the reason is at /readyz), else 0",
-            unavailable.clone(),
+            self.unavailable.clone(),
         );
-        let transient_errors = Family::<ComponentLabels, Counter>::default();
         r.register(
             "transient_errors",
             "Transient errors met (and retried), by component",
-            transient_errors.clone(),
+            self.transient_errors.clone(),
         );
-        let templates_failed = Counter::default();
         r.register(
             "template_budget_exceeded",
             "Renders stopped by the template budget (fuel or recursion)",
-            templates_failed.clone(),
+            self.templates_failed.clone(),
         );
-        Metrics {
-            registry: r,
-            dead_letters,
-            dead_letters_stored,
-            dead_letters_published,
-            unavailable,
-            transient_errors,
-            templates_failed,
-            events,
-            decisions,
-            emails,
-            send_seconds,
-            event_to_send_seconds,
-            consumer_lag,
-            journeys,
-            outbox_pending,
-            due_backlog,
-            wake_lateness_seconds,
-            batches,
-            reloads,
-            sequences_loaded,
-            figures,
-            conversion_rate,
-            repeat_purchase_rate,
-            nps,
-            nps_responses,
-        }
     }
 }
 
