@@ -183,89 +183,160 @@ fn event(
     });
 }
 
+/// Every event of the row's order, in causal order: placed, then cancelled or shipped and
+/// delivered, then a ticket, a refund, a review as the hash picks.
 fn order_events(i: usize, row: &Row, shift: Duration, out: &mut Vec<Out>) {
-    let customer = format!("cdnow-{}", row.customer);
-    let order_id = format!("cdnow-o{:06}", i + 1);
-    let h = fnv(&order_id);
-    let hc = fnv(&customer);
-    let korean = pick(hc, 0, 10) < 3;
-    let (locale, tz) = if korean {
-        ("ko-KR", "Asia/Seoul")
-    } else {
-        ("en-US", "America/New_York")
-    };
-    let category = category_of(pick(h, 1, 100));
-    let model = pick(h, 2, 5) + 1;
-    let qty = row.quantity.max(1);
-    let unit = row.value.per_unit(qty);
-    let placed = Utc.from_utc_datetime(&row.date.and_hms_opt(9, 0, 0).unwrap_or_default())
-        + Duration::minutes(pick(h, 3, 12 * 60) as i64)
-        + shift;
-    let name = if korean {
-        format!("고객 {}", row.customer)
-    } else {
-        format!("Customer {}", row.customer)
-    };
-    event(
-        out,
-        format!("{order_id}-placed"),
-        "/cdnow/checkout",
-        "order.placed",
-        placed,
-        &customer,
-        json!({
-            "order_id": order_id,
-            "items": [{
-                "sku": format!("{category}-{model}"), "name": format!("{} model {model}", title(category)),
-                "category": category, "quantity": qty, "unit_price": unit.to_string(),
-            }],
-            "total": row.value.to_string(), "currency": "USD",
-            "customer": {"email": format!("{customer}@example.com"), "name": name, "locale": locale, "timezone": tz},
-        }),
-    );
-    if pick(h, 4, 100) < 2 {
-        let at = placed + Duration::hours(6);
-        let data = json!({"order_id": order_id, "reason": "customer request"});
+    let order = Order::new(i, row, shift);
+    order.placed(out);
+    if pick(order.h, 4, 100) < 2 {
+        order.cancelled(out);
+        return;
+    }
+    let shipped = order.shipped(out);
+    let delivered = order.delivered(shipped, out);
+    if pick(order.h, 9, 100) < 8 {
+        order.ticket(delivered, out);
+    }
+    if pick(order.h, 10, 100) < 1 {
+        order.refunded(delivered, out);
+    }
+    if pick(order.h, 11, 100) < 30 {
+        order.review(delivered, out);
+    }
+}
+
+/// What every event of one row's order shares; the other choices are picked from `h` as
+/// each event needs them.
+struct Order<'a> {
+    row: &'a Row,
+    /// The row's number, from 1: in the order, tracking and ticket ids.
+    number: usize,
+    customer: String,
+    order_id: String,
+    /// The hash of `order_id`.
+    h: u64,
+    category: &'static str,
+    model: u64,
+    placed_at: DateTime<Utc>,
+}
+
+impl Order<'_> {
+    /// The order of row `i`, placed on the row's date (moved by `shift`).
+    fn new(i: usize, row: &Row, shift: Duration) -> Order<'_> {
+        let order_id = format!("cdnow-o{:06}", i + 1);
+        let h = fnv(&order_id);
+        let placed_at = Utc.from_utc_datetime(&row.date.and_hms_opt(9, 0, 0).unwrap_or_default())
+            + Duration::minutes(pick(h, 3, 12 * 60) as i64)
+            + shift;
+        Order {
+            row,
+            number: i + 1,
+            customer: format!("cdnow-{}", row.customer),
+            order_id,
+            h,
+            category: category_of(pick(h, 1, 100)),
+            model: pick(h, 2, 5) + 1,
+            placed_at,
+        }
+    }
+
+    /// `order.placed`: one item of the row's quantity and value, and the customer's profile.
+    fn placed(&self, out: &mut Vec<Out>) {
+        let (category, model) = (self.category, self.model);
+        let qty = self.row.quantity.max(1);
+        let unit = self.row.value.per_unit(qty);
         event(
             out,
-            format!("{order_id}-cancelled"),
+            format!("{}-placed", self.order_id),
+            "/cdnow/checkout",
+            "order.placed",
+            self.placed_at,
+            &self.customer,
+            json!({
+                "order_id": self.order_id,
+                "items": [{
+                    "sku": format!("{category}-{model}"), "name": format!("{} model {model}", title(category)),
+                    "category": category, "quantity": qty, "unit_price": unit.to_string(),
+                }],
+                "total": self.row.value.to_string(), "currency": "USD",
+                "customer": self.profile(),
+            }),
+        );
+    }
+
+    /// The customer's `data.customer`: 30% of customers (by the hash of their id) are Korean.
+    fn profile(&self) -> Value {
+        let korean = pick(fnv(&self.customer), 0, 10) < 3;
+        let (locale, tz) = if korean {
+            ("ko-KR", "Asia/Seoul")
+        } else {
+            ("en-US", "America/New_York")
+        };
+        let name = if korean {
+            format!("고객 {}", self.row.customer)
+        } else {
+            format!("Customer {}", self.row.customer)
+        };
+        let email = format!("{}@example.com", self.customer);
+        json!({"email": email, "name": name, "locale": locale, "timezone": tz})
+    }
+
+    /// `order.cancelled`, 6 hours after placing.
+    fn cancelled(&self, out: &mut Vec<Out>) {
+        let at = self.placed_at + Duration::hours(6);
+        let data = json!({"order_id": self.order_id, "reason": "customer request"});
+        event(
+            out,
+            format!("{}-cancelled", self.order_id),
             "/cdnow/orders",
             "order.cancelled",
             at,
-            &customer,
+            &self.customer,
             data,
         );
-        return;
     }
-    let late = pick(h, 5, 100) < 5;
-    let ship_hours = if late { 96 } else { 24 } + pick(h, 6, 24) as i64;
-    let shipped = placed + Duration::hours(ship_hours);
-    let carrier = ["UPS", "FedEx", "USPS", "CJ Logistics"][pick(h, 7, 4) as usize];
-    let tracking = format!("TRK{:06}", i + 1);
-    event(
-        out,
-        format!("{order_id}-shipped"),
-        "/cdnow/warehouse",
-        "order.shipped",
-        shipped,
-        &customer,
-        json!({
-            "order_id": order_id, "carrier": carrier, "tracking_number": tracking,
-            "tracking_url": format!("https://track.example.com/{tracking}"),
-        }),
-    );
-    let delivered = shipped + Duration::hours(48 + pick(h, 8, 24) as i64);
-    event(
-        out,
-        format!("{order_id}-delivered"),
-        "/cdnow/warehouse",
-        "order.delivered",
-        delivered,
-        &customer,
-        json!({"order_id": order_id}),
-    );
-    if pick(h, 9, 100) < 8 {
-        let ticket = format!("T{:06}", i + 1);
+
+    /// `order.shipped`, 1-2 days after placing (5% late: 4-5 days); returns when.
+    fn shipped(&self, out: &mut Vec<Out>) -> DateTime<Utc> {
+        let (h, order_id) = (self.h, &self.order_id);
+        let late = pick(h, 5, 100) < 5;
+        let ship_hours = if late { 96 } else { 24 } + pick(h, 6, 24) as i64;
+        let shipped = self.placed_at + Duration::hours(ship_hours);
+        let carrier = ["UPS", "FedEx", "USPS", "CJ Logistics"][pick(h, 7, 4) as usize];
+        let tracking = format!("TRK{:06}", self.number);
+        event(
+            out,
+            format!("{order_id}-shipped"),
+            "/cdnow/warehouse",
+            "order.shipped",
+            shipped,
+            &self.customer,
+            json!({
+                "order_id": order_id, "carrier": carrier, "tracking_number": tracking,
+                "tracking_url": format!("https://track.example.com/{tracking}"),
+            }),
+        );
+        shipped
+    }
+
+    /// `order.delivered`, 2-3 days after shipping; returns when.
+    fn delivered(&self, shipped: DateTime<Utc>, out: &mut Vec<Out>) -> DateTime<Utc> {
+        let delivered = shipped + Duration::hours(48 + pick(self.h, 8, 24) as i64);
+        event(
+            out,
+            format!("{}-delivered", self.order_id),
+            "/cdnow/warehouse",
+            "order.delivered",
+            delivered,
+            &self.customer,
+            json!({"order_id": self.order_id}),
+        );
+        delivered
+    }
+
+    /// A support ticket opened 2 days after delivery and resolved 2 days later.
+    fn ticket(&self, delivered: DateTime<Utc>, out: &mut Vec<Out>) {
+        let ticket = format!("T{:06}", self.number);
         let opened = delivered + Duration::days(2);
         event(
             out,
@@ -273,8 +344,8 @@ fn order_events(i: usize, row: &Row, shift: Duration, out: &mut Vec<Out>) {
             "/cdnow/support",
             "support.ticket_opened",
             opened,
-            &customer,
-            json!({"ticket_id": ticket, "order_id": order_id, "subject": "Question about my order"}),
+            &self.customer,
+            json!({"ticket_id": ticket, "order_id": self.order_id, "subject": "Question about my order"}),
         );
         event(
             out,
@@ -282,31 +353,36 @@ fn order_events(i: usize, row: &Row, shift: Duration, out: &mut Vec<Out>) {
             "/cdnow/support",
             "support.ticket_resolved",
             opened + Duration::days(2),
-            &customer,
+            &self.customer,
             json!({"ticket_id": ticket}),
         );
     }
-    if pick(h, 10, 100) < 1 {
+
+    /// `order.refunded` of the full amount, 5 days after delivery.
+    fn refunded(&self, delivered: DateTime<Utc>, out: &mut Vec<Out>) {
         event(
             out,
-            format!("{order_id}-refunded"),
+            format!("{}-refunded", self.order_id),
             "/cdnow/orders",
             "order.refunded",
             delivered + Duration::days(5),
-            &customer,
-            json!({"order_id": order_id, "amount": row.value.to_string()}),
+            &self.customer,
+            json!({"order_id": self.order_id, "amount": self.row.value.to_string()}),
         );
     }
-    if pick(h, 11, 100) < 30 {
-        let rating = 3 + pick(h, 12, 3);
+
+    /// `review.submitted` of the item, rated 3-5, 16 days after delivery.
+    fn review(&self, delivered: DateTime<Utc>, out: &mut Vec<Out>) {
+        let rating = 3 + pick(self.h, 12, 3);
+        let sku = format!("{}-{}", self.category, self.model);
         event(
             out,
-            format!("{order_id}-review"),
+            format!("{}-review", self.order_id),
             "/cdnow/reviews",
             "review.submitted",
             delivered + Duration::days(16),
-            &customer,
-            json!({"order_id": order_id, "sku": format!("{category}-{model}"), "rating": rating}),
+            &self.customer,
+            json!({"order_id": self.order_id, "sku": sku, "rating": rating}),
         );
     }
 }
