@@ -18,7 +18,7 @@ use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, Utc};
 
-use super::{LineWriter, Summary};
+use super::{LineWriter, Stats, Summary};
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventError};
 use crate::store::memory::{FxBuild, MemoryStore, digest};
@@ -38,17 +38,54 @@ pub fn replay_parallel(
     until: Period,
     mut on_bad: impl FnMut(u64, &str),
 ) -> std::io::Result<Summary> {
-    let n = engines.len().max(1);
-    let mut reader = Router {
-        max_event_age: engines
-            .first()
-            .map_or(chrono::Duration::zero(), |e| e.policy.max_event_age.0),
-        ..Router::default()
-    };
+    let mut reader = Router::new(&engines);
     let mut summary = Summary::default();
     // Threads and buffers live for the whole replay: per-batch threads lose their allocator
     // caches, and per-batch buffers were reallocated (and their pages zeroed) every time.
-    std::thread::scope(|scope| {
+    std::thread::scope(|scope| -> std::io::Result<()> {
+        let mut pool = Pool::spawn(scope, engines);
+        while pool.read(&mut input)? {
+            summary.lines += pool.lines.len() as u64;
+            pool.parse()?;
+            pool.route(&mut reader, &mut summary, &mut on_bad)?;
+            pool.run()?;
+            merge(&mut pool.outputs, output)?;
+        }
+        if let Some(last) = reader.last_event {
+            pool.finish(reader.ticks, last + until.0)?;
+            merge(&mut pool.outputs, output)?;
+        }
+        pool.hang_up(&mut summary.stats);
+        Ok(())
+    })?;
+    summary.stats.events = reader.events;
+    summary.stats.duplicates = reader.duplicates;
+    summary.stats.backfilled = reader.backfilled;
+    Ok(summary)
+}
+
+/// The reader's side of the workers: a job and a reply channel to each, and the buffers that
+/// go back and forth between them, reused from batch to batch.
+struct Pool {
+    links: Vec<(mpsc::Sender<Job>, mpsc::Receiver<Reply>)>,
+    /// The batch's lines, one after another; `lines` has their numbers and ranges in it.
+    text: Arc<Vec<u8>>,
+    lines: Arc<Vec<(u64, Range<usize>)>>,
+    /// Lines read so far, blank ones included.
+    number: u64,
+    /// Each worker's share of the batch, parsed.
+    parsed: Vec<Vec<(u64, Result<Event, EventError>)>>,
+    ticks: Arc<Vec<Tick>>,
+    /// Each worker's events of the batch.
+    mine: Vec<Vec<(u64, Event, u32)>>,
+    /// Each worker's output of the batch.
+    outputs: Vec<Batch>,
+}
+
+impl Pool {
+    /// Starts a worker on `scope` for each engine.
+    fn spawn<'scope>(scope: &'scope std::thread::Scope<'scope, '_>, engines: Vec<Engine>) -> Pool {
+        let n = engines.len().max(1);
         let mut links = Vec::with_capacity(n);
         for engine in engines {
             let (job_tx, job_rx) = mpsc::channel::<Job>();
@@ -56,92 +93,123 @@ pub fn replay_parallel(
             scope.spawn(move || Worker::new(engine).serve(job_rx, reply_tx));
             links.push((job_tx, reply_rx));
         }
-        let mut text = Arc::new(Vec::<u8>::with_capacity(BATCH * 400));
-        let mut lines = Arc::new(Vec::<(u64, Range<usize>)>::with_capacity(BATCH));
-        let mut mine: Vec<Vec<(u64, Event, u32)>> =
-            (0..n).map(|_| Vec::with_capacity(BATCH)).collect();
-        let mut outputs: Vec<Batch> = (0..n).map(|_| Batch::default()).collect();
-        let mut parsed: Vec<Vec<(u64, Result<Event, EventError>)>> =
-            (0..n).map(|_| Vec::new()).collect();
-        let mut ticks = Arc::new(Vec::<Tick>::with_capacity(BATCH));
-        let mut number = 0u64;
-        loop {
-            let (Some(t), Some(l)) = (Arc::get_mut(&mut text), Arc::get_mut(&mut lines)) else {
-                return Err(std::io::Error::other("batch buffers still shared"));
-            };
-            if !read_batch(&mut input, t, l, &mut number)? {
-                break;
-            }
-            let count = l.len();
-            summary.lines += count as u64;
-            let chunk = count.div_ceil(n);
-            for (w, ((tx, _), into)) in links.iter().zip(parsed.iter_mut()).enumerate() {
-                let part = (w * chunk).min(count)..((w + 1) * chunk).min(count);
-                let into = std::mem::take(into);
-                send(
-                    tx,
-                    Job::Parse {
-                        text: text.clone(),
-                        lines: lines.clone(),
-                        part,
-                        into,
-                    },
-                )?;
-            }
-            for ((_, rx), into) in links.iter().zip(parsed.iter_mut()) {
-                match rx.recv() {
-                    Ok(Reply::Parsed(p)) => *into = p,
-                    _ => return Err(gone()),
-                }
-            }
-            let Some(t) = Arc::get_mut(&mut ticks) else {
-                return Err(std::io::Error::other("tick buffer still shared"));
-            };
-            reader.route(&mut parsed, t, &mut mine, &mut summary, &mut on_bad);
-            for ((tx, _), (events, batch)) in
-                links.iter().zip(mine.iter_mut().zip(outputs.iter_mut()))
-            {
-                let events = std::mem::take(events);
-                send(
-                    tx,
-                    Job::Run {
-                        ticks: ticks.clone(),
-                        events,
-                        batch: std::mem::take(batch),
-                    },
-                )?;
-            }
-            collect(&links, &mut mine, &mut outputs)?;
-            merge(&mut outputs, output)?;
+        Pool {
+            links,
+            text: Arc::new(Vec::with_capacity(BATCH * 400)),
+            lines: Arc::new(Vec::with_capacity(BATCH)),
+            number: 0,
+            parsed: (0..n).map(|_| Vec::new()).collect(),
+            ticks: Arc::new(Vec::with_capacity(BATCH)),
+            mine: (0..n).map(|_| Vec::with_capacity(BATCH)).collect(),
+            outputs: (0..n).map(|_| Batch::default()).collect(),
         }
-        if let Some(last) = reader.last_event {
-            let (tick, end) = (reader.ticks, last + until.0);
-            for ((tx, _), batch) in links.iter().zip(outputs.iter_mut()) {
-                send(
-                    tx,
-                    Job::Finish {
-                        tick,
-                        end,
-                        batch: std::mem::take(batch),
-                    },
-                )?;
-            }
-            collect(&links, &mut mine, &mut outputs)?;
-            merge(&mut outputs, output)?;
+    }
+
+    /// Reads the next batch of lines; false at the end of input.
+    fn read(&mut self, input: &mut impl BufRead) -> std::io::Result<bool> {
+        let (Some(t), Some(l)) = (Arc::get_mut(&mut self.text), Arc::get_mut(&mut self.lines))
+        else {
+            return Err(std::io::Error::other("batch buffers still shared"));
+        };
+        read_batch(input, t, l, &mut self.number)
+    }
+
+    /// Has each worker parse its share of the batch's lines, into `parsed`.
+    fn parse(&mut self) -> std::io::Result<()> {
+        let count = self.lines.len();
+        let chunk = count.div_ceil(self.parsed.len());
+        for (w, ((tx, _), into)) in self.links.iter().zip(self.parsed.iter_mut()).enumerate() {
+            let part = (w * chunk).min(count)..((w + 1) * chunk).min(count);
+            let into = std::mem::take(into);
+            send(
+                tx,
+                Job::Parse {
+                    text: self.text.clone(),
+                    lines: self.lines.clone(),
+                    part,
+                    into,
+                },
+            )?;
         }
-        for (tx, rx) in links {
-            drop(tx);
-            if let Ok(Reply::Stats(wakeups, decisions)) = rx.recv() {
-                summary.stats.wakeups += wakeups;
-                summary.stats.decisions += decisions;
+        for ((_, rx), into) in self.links.iter().zip(self.parsed.iter_mut()) {
+            match rx.recv() {
+                Ok(Reply::Parsed(p)) => *into = p,
+                _ => return Err(gone()),
             }
         }
         Ok(())
-    })?;
-    summary.stats.events = reader.events;
-    summary.stats.duplicates = reader.duplicates;
-    summary.stats.backfilled = reader.backfilled;
-    Ok(summary)
+    }
+
+    /// Has the reader split the parsed batch into ticks and each worker's events.
+    fn route(
+        &mut self,
+        reader: &mut Router,
+        summary: &mut Summary,
+        on_bad: &mut impl FnMut(u64, &str),
+    ) -> std::io::Result<()> {
+        let Some(ticks) = Arc::get_mut(&mut self.ticks) else {
+            return Err(std::io::Error::other("tick buffer still shared"));
+        };
+        reader.route(&mut self.parsed, ticks, &mut self.mine, summary, on_bad);
+        Ok(())
+    }
+
+    /// Has each worker go through the batch's ticks with its events, into `outputs`.
+    fn run(&mut self) -> std::io::Result<()> {
+        let jobs = self.mine.iter_mut().zip(self.outputs.iter_mut());
+        for ((tx, _), (events, batch)) in self.links.iter().zip(jobs) {
+            let events = std::mem::take(events);
+            send(
+                tx,
+                Job::Run {
+                    ticks: self.ticks.clone(),
+                    events,
+                    batch: std::mem::take(batch),
+                },
+            )?;
+        }
+        self.collect()
+    }
+
+    /// Has each worker run its wake-ups after the last tick until `end`, into `outputs`.
+    fn finish(&mut self, tick: u64, end: DateTime<Utc>) -> std::io::Result<()> {
+        for ((tx, _), batch) in self.links.iter().zip(self.outputs.iter_mut()) {
+            send(
+                tx,
+                Job::Finish {
+                    tick,
+                    end,
+                    batch: std::mem::take(batch),
+                },
+            )?;
+        }
+        self.collect()
+    }
+
+    /// Each worker's reply to a run: its output, and its event buffer back for reuse.
+    fn collect(&mut self) -> std::io::Result<()> {
+        for (w, (_, rx)) in self.links.iter().enumerate() {
+            match rx.recv() {
+                Ok(Reply::Ran(batch, events)) => {
+                    self.outputs[w] = batch;
+                    self.mine[w] = events;
+                }
+                _ => return Err(gone()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hangs up on every worker and adds up the counts each reports as it stops.
+    fn hang_up(self, stats: &mut Stats) {
+        for (tx, rx) in self.links {
+            drop(tx);
+            if let Ok(Reply::Stats(wakeups, decisions)) = rx.recv() {
+                stats.wakeups += wakeups;
+                stats.decisions += decisions;
+            }
+        }
+    }
 }
 
 /// Reads up to `BATCH` non-blank lines into `text`; false at the end of input.
@@ -214,23 +282,6 @@ fn send(tx: &mpsc::Sender<Job>, job: Job) -> std::io::Result<()> {
     tx.send(job).map_err(|_| gone())
 }
 
-fn collect(
-    links: &[(mpsc::Sender<Job>, mpsc::Receiver<Reply>)],
-    mine: &mut [Vec<(u64, Event, u32)>],
-    outputs: &mut [Batch],
-) -> std::io::Result<()> {
-    for (w, (_, rx)) in links.iter().enumerate() {
-        match rx.recv() {
-            Ok(Reply::Ran(batch, events)) => {
-                outputs[w] = batch;
-                mine[w] = events;
-            }
-            _ => return Err(gone()),
-        }
-    }
-    Ok(())
-}
-
 /// One event's time as every worker sees it.
 struct Tick {
     index: u64,
@@ -251,6 +302,17 @@ struct Router {
 }
 
 impl Router {
+    /// The reader for `engines`: the first one's `max_event_age` (they share one policy)
+    /// tells which events are backfilled.
+    fn new(engines: &[Engine]) -> Router {
+        Router {
+            max_event_age: engines
+                .first()
+                .map_or(chrono::Duration::zero(), |e| e.policy.max_event_age.0),
+            ..Router::default()
+        }
+    }
+
     /// Splits a parsed batch into ticks (for all) and events (for their owner); `parsed` is
     /// left empty for reuse.
     fn route(
