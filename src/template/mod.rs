@@ -122,106 +122,66 @@ impl Templates {
         files: Vec<(String, String)>,
         limits: &Limits,
     ) -> (Templates, Vec<Diagnostic>) {
-        let mut env = Environment::new();
-        // Fuel bounds both the time and the memory of one render (a loop over range(100000)
-        // inside another, an output of gigabytes); the recursion limit, includes of itself and
-        // macros that never stop.
-        env.set_fuel(Some(limits.template_fuel));
-        env.set_recursion_limit(limits.template_recursion);
-        env.set_undefined_behavior(UndefinedBehavior::Chainable);
-        env.set_auto_escape_callback(|name| {
-            if name.ends_with(".html.j2") || name.ends_with(".mjml.j2") {
-                AutoEscape::Html
-            } else {
-                AutoEscape::None
-            }
-        });
-        env.set_formatter(|out, state, value| {
-            // MiniJinja's HTML escaping also writes `/` as `&#x2f;`, which turns every URL in
-            // an email into `https:&#x2f;&#x2f;…`: valid, but unreadable in the source that
-            // link scanners and spam filters read. Strings are escaped here without it.
-            // A field the customer never gave (`customer.name` of someone who left it out)
-            // is no text: "Hi None" is worse than "Hi".
-            if value.is_none() {
-                return Ok(());
-            }
-            match value.as_str() {
-                Some(s) if matches!(state.auto_escape(), AutoEscape::Html) && !value.is_safe() => {
-                    out.write_str(&escape_html(s))
-                        .map_err(minijinja::Error::from)
-                }
-                _ => minijinja::escape_formatter(out, state, value),
-            }
-        });
-        let mut index: BTreeMap<String, Vec<Variant>> = BTreeMap::new();
-        let mut sources = BTreeMap::new();
-        let mut diags = Vec::new();
-        for (file, source) in files {
-            let shown = format!("{root}/{file}");
-            let Some((name, locale, part)) = split_name(&file) else {
-                diags.push(
-                    Diagnostic::new(&shown, Pos::START, "unrecognised template file name").hint(
-                        "name templates <name>.subject.j2, <name>.html.j2 (or <name>.mjml.j2) or \
-                         <name>.txt.j2, with an optional locale: <name>.ko.html.j2",
-                    ),
-                );
-                continue;
-            };
-            if let Some((at, len)) = long_tag(&source) {
-                diags.push(
-                    Diagnostic::new(
-                        &shown,
-                        Pos::START.advance(&source, at),
-                        format!("a tag of {len} bytes; `{{{{ }}}}` and `{{% %}}` tags are at most {MAX_TAG_BYTES}"),
-                    )
-                    .hint("compute a long expression in steps with {% set %}"),
-                );
-                continue;
-            }
-            if let Err(e) = env.add_template_owned(file.clone(), source.clone()) {
-                diags.push(
-                    Diagnostic::new(&shown, error_pos(&e, &source), describe(&e)).hint(
-                        "check the {{ }} and {% %} tags near this position: each must be closed",
-                    ),
-                );
-                continue;
-            }
-            let variants = index.entry(name).or_default();
-            let i = match variants.iter().position(|v| v.locale == locale) {
-                Some(i) => i,
-                None => {
-                    variants.push(Variant {
-                        locale,
-                        ..Variant::default()
-                    });
-                    variants.len() - 1
-                }
-            };
-            if part == Part::Subject {
-                variants[i].simple_subject = Simple::parse(&source);
-            }
-            if let Some(other) = &variants[i].files[part.index()] {
-                diags.push(
-                    Diagnostic::new(
-                        &shown,
-                        Pos::START,
-                        format!("{root}/{other} is the same part"),
-                    )
-                    .hint("keep one of <name>.html.j2 and <name>.mjml.j2 per locale"),
-                );
-                continue;
-            }
-            variants[i].files[part.index()] = Some(file.clone());
-            sources.insert(file, source);
-        }
-        let templates = Templates {
-            env,
-            index,
+        let mut templates = Templates {
+            env: environment(limits),
+            index: BTreeMap::new(),
             root: root.to_string(),
-            sources,
+            sources: BTreeMap::new(),
             limits: *limits,
         };
+        let mut diags = Vec::new();
+        for (file, source) in files {
+            if let Err(d) = templates.add(file, source) {
+                diags.push(d);
+            }
+        }
         (templates, diags)
+    }
+
+    /// Compiles one file (its path under `root`) into the set, under its name, locale and
+    /// part; or the diagnostic why it is left out.
+    fn add(&mut self, file: String, source: String) -> Result<(), Diagnostic> {
+        let shown = format!("{}/{file}", self.root);
+        let Some((name, locale, part)) = split_name(&file) else {
+            return Err(
+                Diagnostic::new(&shown, Pos::START, "unrecognised template file name").hint(
+                    "name templates <name>.subject.j2, <name>.html.j2 (or <name>.mjml.j2) or \
+                     <name>.txt.j2, with an optional locale: <name>.ko.html.j2",
+                ),
+            );
+        };
+        self.compile(&shown, &file, &source)?;
+        let variant = variant(&mut self.index, name, locale);
+        if part == Part::Subject {
+            variant.simple_subject = Simple::parse(&source);
+        }
+        if let Some(other) = &variant.files[part.index()] {
+            let message = format!("{}/{other} is the same part", self.root);
+            return Err(Diagnostic::new(&shown, Pos::START, message)
+                .hint("keep one of <name>.html.j2 and <name>.mjml.j2 per locale"));
+        }
+        variant.files[part.index()] = Some(file.clone());
+        self.sources.insert(file, source);
+        Ok(())
+    }
+
+    /// Adds `source` to the environment as `file`, unless it has a tag too long to parse or
+    /// a syntax error (`shown` names it in the diagnostic).
+    fn compile(&mut self, shown: &str, file: &str, source: &str) -> Result<(), Diagnostic> {
+        if let Some((at, len)) = long_tag(source) {
+            return Err(Diagnostic::new(
+                shown,
+                Pos::START.advance(source, at),
+                format!("a tag of {len} bytes; `{{{{ }}}}` and `{{% %}}` tags are at most {MAX_TAG_BYTES}"),
+            )
+            .hint("compute a long expression in steps with {% set %}"));
+        }
+        self.env
+            .add_template_owned(file.to_string(), source.to_string())
+            .map_err(|e| {
+                Diagnostic::new(shown, error_pos(&e, source), describe(&e))
+                    .hint("check the {{ }} and {% %} tags near this position: each must be closed")
+            })
     }
 
     /// Loads `dir` recursively (every `*.j2` file). A missing directory is an empty set.
@@ -527,6 +487,72 @@ impl Templates {
             text,
         })
     }
+}
+
+/// The environment every template of a set renders in: held to `limits`, HTML escaped in
+/// HTML and MJML bodies, an undefined field chainable.
+fn environment(limits: &Limits) -> Environment<'static> {
+    let mut env = Environment::new();
+    // Fuel bounds both the time and the memory of one render (a loop over range(100000)
+    // inside another, an output of gigabytes); the recursion limit, includes of itself and
+    // macros that never stop.
+    env.set_fuel(Some(limits.template_fuel));
+    env.set_recursion_limit(limits.template_recursion);
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_auto_escape_callback(auto_escape);
+    env.set_formatter(format_value);
+    env
+}
+
+/// HTML escaping for `.html.j2` and `.mjml.j2` files, none for the others.
+fn auto_escape(name: &str) -> AutoEscape {
+    if name.ends_with(".html.j2") || name.ends_with(".mjml.j2") {
+        AutoEscape::Html
+    } else {
+        AutoEscape::None
+    }
+}
+
+/// Writes a value into a template's output.
+fn format_value(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    // MiniJinja's HTML escaping also writes `/` as `&#x2f;`, which turns every URL in
+    // an email into `https:&#x2f;&#x2f;…`: valid, but unreadable in the source that
+    // link scanners and spam filters read. Strings are escaped here without it.
+    // A field the customer never gave (`customer.name` of someone who left it out)
+    // is no text: "Hi None" is worse than "Hi".
+    if value.is_none() {
+        return Ok(());
+    }
+    match value.as_str() {
+        Some(s) if matches!(state.auto_escape(), AutoEscape::Html) && !value.is_safe() => out
+            .write_str(&escape_html(s))
+            .map_err(minijinja::Error::from),
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// The variant of `name` in `locale`, added when it is the first file of that locale.
+fn variant(
+    index: &mut BTreeMap<String, Vec<Variant>>,
+    name: String,
+    locale: String,
+) -> &mut Variant {
+    let variants = index.entry(name).or_default();
+    let i = match variants.iter().position(|v| v.locale == locale) {
+        Some(i) => i,
+        None => {
+            variants.push(Variant {
+                locale,
+                ..Variant::default()
+            });
+            variants.len() - 1
+        }
+    };
+    &mut variants[i]
 }
 
 /// Responsive HTML from rendered MJML.
