@@ -221,59 +221,18 @@ impl Templates {
     /// the real data, which the sample cannot stand for.
     pub fn check_budget(&self, ctx: &Value) -> Vec<Diagnostic> {
         let mut out = Vec::new();
-        for variants in self.index.values() {
-            for v in variants {
-                for file in v.files.iter().flatten() {
-                    let Err(e) = self.env.get_template(file).and_then(|t| t.render(ctx)) else {
-                        continue;
-                    };
-                    let shown = format!("{}/{file}", self.root);
-                    let cause = root_cause(&e);
-                    let (message, hint) = if matches!(cause.kind(), minijinja::ErrorKind::OutOfFuel)
-                    {
-                        (
-                            "does not finish within the template budget (sequences.template_fuel)",
-                            "look for loops over large ranges, nested loops, or output that grows without end",
-                        )
-                    } else if over_budget(&e) {
-                        (
-                            "recurses deeper than sequences.template_recursion",
-                            "a template that includes itself, or a macro that calls itself without end",
-                        )
-                    } else if cause.kind() == minijinja::ErrorKind::TemplateNotFound {
-                        (
-                            "includes a template that does not exist",
-                            "include templates of this folder by their path under templates/",
-                        )
-                    } else if matches!(
-                        cause.kind(),
-                        minijinja::ErrorKind::UnknownFilter
-                            | minijinja::ErrorKind::UnknownTest
-                            | minijinja::ErrorKind::UnknownFunction
-                            | minijinja::ErrorKind::UnknownMethod
-                    ) {
-                        (
-                            "uses a filter, test or function that does not exist",
-                            "see MiniJinja's built-in filters and tests; it would fail for every customer",
-                        )
-                    } else if cause
-                        .detail()
-                        .is_some_and(|d| d.starts_with("cycle in template inheritance"))
-                    {
-                        (
-                            "extends itself, directly or through another template",
-                            "a layout is extended by its pages, not by itself",
-                        )
-                    } else {
-                        continue;
-                    };
-                    let pos = Pos::new(e.line().unwrap_or(1) as u32, 1);
-                    out.push(
-                        Diagnostic::new(shown, pos, format!("{message}: {}", describe(cause)))
-                            .hint(hint),
-                    );
-                }
-            }
+        let files = self.index.values().flatten();
+        for file in files.flat_map(|v| v.files.iter().flatten()) {
+            let Err(e) = self.env.get_template(file).and_then(|t| t.render(ctx)) else {
+                continue;
+            };
+            let Some((message, hint)) = sample_problem(&e) else {
+                continue;
+            };
+            let shown = format!("{}/{file}", self.root);
+            let pos = Pos::new(e.line().unwrap_or(1) as u32, 1);
+            let message = format!("{message}: {}", describe(root_cause(&e)));
+            out.push(Diagnostic::new(shown, pos, message).hint(hint));
         }
         out
     }
@@ -553,6 +512,61 @@ fn variant(
         }
     };
     &mut variants[i]
+}
+
+/// What `check_budget` reports of a render error met with the sample customer, as (message,
+/// hint); `None` for the errors left to the real data.
+fn sample_problem(e: &minijinja::Error) -> Option<(&'static str, &'static str)> {
+    budget_problem(e).or_else(|| reference_problem(root_cause(e)))
+}
+
+/// A render that goes past the budget: out of fuel, or recursing too deep.
+fn budget_problem(e: &minijinja::Error) -> Option<(&'static str, &'static str)> {
+    if matches!(root_cause(e).kind(), minijinja::ErrorKind::OutOfFuel) {
+        Some((
+            "does not finish within the template budget (sequences.template_fuel)",
+            "look for loops over large ranges, nested loops, or output that grows without end",
+        ))
+    } else if over_budget(e) {
+        Some((
+            "recurses deeper than sequences.template_recursion",
+            "a template that includes itself, or a macro that calls itself without end",
+        ))
+    } else {
+        None
+    }
+}
+
+/// A render that refers to what is not there (a template, a filter, a test, a function), or
+/// to itself through `extends`: it would fail for every customer.
+fn reference_problem(cause: &minijinja::Error) -> Option<(&'static str, &'static str)> {
+    if cause.kind() == minijinja::ErrorKind::TemplateNotFound {
+        Some((
+            "includes a template that does not exist",
+            "include templates of this folder by their path under templates/",
+        ))
+    } else if matches!(
+        cause.kind(),
+        minijinja::ErrorKind::UnknownFilter
+            | minijinja::ErrorKind::UnknownTest
+            | minijinja::ErrorKind::UnknownFunction
+            | minijinja::ErrorKind::UnknownMethod
+    ) {
+        Some((
+            "uses a filter, test or function that does not exist",
+            "see MiniJinja's built-in filters and tests; it would fail for every customer",
+        ))
+    } else if cause
+        .detail()
+        .is_some_and(|d| d.starts_with("cycle in template inheritance"))
+    {
+        Some((
+            "extends itself, directly or through another template",
+            "a layout is extended by its pages, not by itself",
+        ))
+    } else {
+        None
+    }
 }
 
 /// Responsive HTML from rendered MJML.
