@@ -684,10 +684,6 @@ fn error_pos(e: &minijinja::Error, source: &str) -> Pos {
     Pos::new(e.line().unwrap_or(1) as u32, 1)
 }
 
-/// Every `*.j2` file under `dir`: (its path under `root` with `/`, its path). Symbolic links
-/// are followed (a Kubernetes ConfigMap is made of them) but each directory is read once, so a
-/// link to a parent cannot loop; entries that are not regular files (a FIFO would block the
-/// read) and files that resolve outside `bound` (the sequences folder) are reported, not read.
 /// The template names `source` extends, includes or imports (`{% extends "x" %}`,
 /// `{% include ["a", "b"] ignore missing %}`, `{% from "m" import f %}`), or `None` when one
 /// of them is computed rather than written out.
@@ -780,6 +776,10 @@ fn literal_list(text: &str) -> Option<(Vec<&str>, &str)> {
     }
 }
 
+/// Every `*.j2` file under `dir`: (its path under `root` with `/`, its path). Symbolic links
+/// are followed (a Kubernetes ConfigMap is made of them) but each directory is read once, so a
+/// link to a parent cannot loop; entries that are not regular files (a FIFO would block the
+/// read) and files that resolve outside `bound` (the sequences folder) are reported, not read.
 fn collect(
     root: &Path,
     dir: &Path,
@@ -799,43 +799,58 @@ fn collect(
         if !seen.insert(real) {
             continue;
         }
-        let named =
-            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", d.display()));
-        let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&d)
-            .map_err(named)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()
-            .map_err(named)?;
-        entries.sort();
-        for path in entries {
+        for path in entries(&d)? {
             if path.is_dir() {
                 stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "j2") {
-                continue;
-            }
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            let refuse = |message: &str| {
-                Diagnostic::new(format!("{shown}/{rel}"), Pos::START, message)
-                    .hint("templates are regular files inside the sequences folder")
-            };
-            if !path.is_file() {
-                diags.push(refuse("not a regular file"));
-            } else if path.canonicalize().is_ok_and(|c| !c.starts_with(&bound)) {
-                diags.push(refuse("a link to a file outside the sequences folder"));
-            } else {
-                out.push((rel, path));
+            } else if path.extension().is_some_and(|e| e == "j2") {
+                match admit(root, &bound, shown, path) {
+                    Ok(file) => out.push(file),
+                    Err(d) => diags.push(d),
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The paths in directory `d`, sorted; an error names `d`.
+fn entries(d: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", d.display()));
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(d)
+        .map_err(named)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(named)?;
+    entries.sort();
+    Ok(entries)
+}
+
+/// A `*.j2` file found under `root`, as (its path under `root` with `/`, its path); refused
+/// when it is not a regular file or resolves outside `bound`.
+fn admit(
+    root: &Path,
+    bound: &Path,
+    shown: &str,
+    path: std::path::PathBuf,
+) -> Result<(String, std::path::PathBuf), Diagnostic> {
+    let rel = path
+        .strip_prefix(root)
+        .unwrap_or(&path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/");
+    let refuse = |message: &str| {
+        Diagnostic::new(format!("{shown}/{rel}"), Pos::START, message)
+            .hint("templates are regular files inside the sequences folder")
+    };
+    if !path.is_file() {
+        Err(refuse("not a regular file"))
+    } else if path.canonicalize().is_ok_and(|c| !c.starts_with(bound)) {
+        Err(refuse("a link to a file outside the sequences folder"))
+    } else {
+        Ok((rel, path))
+    }
 }
 
 #[cfg(test)]
