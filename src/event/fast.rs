@@ -112,94 +112,11 @@ fn patch(c: Option<Customer>) -> Option<CustomerPatch> {
 /// The event, if it is well-formed and of a type modelled here.
 pub fn parse(text: &str) -> Option<Event> {
     let env: Envelope = serde_json::from_str(text).ok()?;
-    if env.specversion != "1.0"
-        || env.id.is_empty()
-        || env.source.is_empty()
-        || env.kind.is_empty()
-        || env.subject.is_empty()
-    {
+    if !attributes_given(&env) {
         return None;
     }
     let time = super::parse::parse_time(&env.time).ok()?;
-    let data = env.data?.get();
-    let (customer, data) = match env.kind.as_str() {
-        "order.placed" => {
-            let p: Placed = serde_json::from_str(data).ok()?;
-            let items = p
-                .items
-                .into_iter()
-                .map(|i| Item {
-                    sku: i.sku.into(),
-                    name: i.name.into(),
-                    category: i.category.into(),
-                    quantity: i.quantity,
-                    unit_price: i.unit_price.0,
-                })
-                .collect();
-            let placed = OrderPlaced {
-                order_id: p.order_id,
-                items,
-                total: p.total.0,
-                currency: p.currency,
-            };
-            (patch(p.customer), EventData::OrderPlaced(placed))
-        }
-        "order.shipped" => {
-            let s: Shipped = serde_json::from_str(data).ok()?;
-            let shipped = OrderShipped {
-                order_id: s.order_id,
-                carrier: s.carrier,
-                tracking_number: s.tracking_number,
-                tracking_url: s.tracking_url,
-            };
-            (patch(s.customer), EventData::OrderShipped(shipped))
-        }
-        "order.delivered" | "order.cancelled" | "order.refunded" => {
-            let o: OrderRef = serde_json::from_str(data).ok()?;
-            let data = match env.kind.as_str() {
-                "order.delivered" => EventData::OrderDelivered {
-                    order_id: o.order_id,
-                },
-                "order.cancelled" => EventData::OrderCancelled {
-                    order_id: o.order_id,
-                    reason: o.reason,
-                },
-                _ => EventData::OrderRefunded {
-                    order_id: o.order_id,
-                    amount: o.amount?.0,
-                },
-            };
-            (patch(o.customer), data)
-        }
-        "support.ticket_opened" | "support.ticket_resolved" => {
-            let t: Ticket = serde_json::from_str(data).ok()?;
-            let data = if env.kind == "support.ticket_opened" {
-                EventData::TicketOpened {
-                    ticket_id: t.ticket_id,
-                    order_id: t.order_id,
-                    subject: t.subject,
-                }
-            } else {
-                EventData::TicketResolved {
-                    ticket_id: t.ticket_id,
-                }
-            };
-            (patch(t.customer), data)
-        }
-        "review.submitted" => {
-            let r: Review = serde_json::from_str(data).ok()?;
-            if !(1..=5).contains(&r.rating) {
-                return None;
-            }
-            let data = EventData::ReviewSubmitted {
-                order_id: r.order_id,
-                sku: r.sku,
-                rating: r.rating,
-            };
-            (patch(r.customer), data)
-        }
-        _ => return None,
-    };
+    let (customer, data) = typed(&env.kind, env.data?.get())?;
     Some(Event {
         id: env.id,
         source: env.source,
@@ -209,4 +126,121 @@ pub fn parse(text: &str) -> Option<Event> {
         customer,
         data,
     })
+}
+
+/// `data.customer`, and the rest of `data` typed.
+type Typed = (Option<CustomerPatch>, EventData);
+
+/// Whether the envelope is CloudEvents 1.0, its `id`, `source`, `type` and `subject` not
+/// empty.
+#[inline]
+fn attributes_given(env: &Envelope) -> bool {
+    env.specversion == "1.0"
+        && !env.id.is_empty()
+        && !env.source.is_empty()
+        && !env.kind.is_empty()
+        && !env.subject.is_empty()
+}
+
+/// `data` (its JSON text) read as the event type `kind` says.
+#[inline]
+fn typed(kind: &str, data: &str) -> Option<Typed> {
+    match kind {
+        "order.placed" => placed(data),
+        "order.shipped" => shipped(data),
+        "order.delivered" | "order.cancelled" | "order.refunded" => order_ref(kind, data),
+        "support.ticket_opened" | "support.ticket_resolved" => ticket(kind, data),
+        "review.submitted" => review(data),
+        _ => None,
+    }
+}
+
+/// `order.placed`, its items and amounts typed.
+#[inline]
+fn placed(data: &str) -> Option<Typed> {
+    let p: Placed = serde_json::from_str(data).ok()?;
+    let items = p
+        .items
+        .into_iter()
+        .map(|i| Item {
+            sku: i.sku.into(),
+            name: i.name.into(),
+            category: i.category.into(),
+            quantity: i.quantity,
+            unit_price: i.unit_price.0,
+        })
+        .collect();
+    let placed = OrderPlaced {
+        order_id: p.order_id,
+        items,
+        total: p.total.0,
+        currency: p.currency,
+    };
+    Some((patch(p.customer), EventData::OrderPlaced(placed)))
+}
+
+/// `order.shipped`.
+#[inline]
+fn shipped(data: &str) -> Option<Typed> {
+    let s: Shipped = serde_json::from_str(data).ok()?;
+    let shipped = OrderShipped {
+        order_id: s.order_id,
+        carrier: s.carrier,
+        tracking_number: s.tracking_number,
+        tracking_url: s.tracking_url,
+    };
+    Some((patch(s.customer), EventData::OrderShipped(shipped)))
+}
+
+/// `order.delivered`, `order.cancelled` or (any other `kind`) `order.refunded`.
+#[inline]
+fn order_ref(kind: &str, data: &str) -> Option<Typed> {
+    let o: OrderRef = serde_json::from_str(data).ok()?;
+    let data = match kind {
+        "order.delivered" => EventData::OrderDelivered {
+            order_id: o.order_id,
+        },
+        "order.cancelled" => EventData::OrderCancelled {
+            order_id: o.order_id,
+            reason: o.reason,
+        },
+        _ => EventData::OrderRefunded {
+            order_id: o.order_id,
+            amount: o.amount?.0,
+        },
+    };
+    Some((patch(o.customer), data))
+}
+
+/// `support.ticket_opened` or (any other `kind`) `support.ticket_resolved`.
+#[inline]
+fn ticket(kind: &str, data: &str) -> Option<Typed> {
+    let t: Ticket = serde_json::from_str(data).ok()?;
+    let data = if kind == "support.ticket_opened" {
+        EventData::TicketOpened {
+            ticket_id: t.ticket_id,
+            order_id: t.order_id,
+            subject: t.subject,
+        }
+    } else {
+        EventData::TicketResolved {
+            ticket_id: t.ticket_id,
+        }
+    };
+    Some((patch(t.customer), data))
+}
+
+/// `review.submitted`, its rating 1-5.
+#[inline]
+fn review(data: &str) -> Option<Typed> {
+    let r: Review = serde_json::from_str(data).ok()?;
+    if !(1..=5).contains(&r.rating) {
+        return None;
+    }
+    let data = EventData::ReviewSubmitted {
+        order_id: r.order_id,
+        sku: r.sku,
+        rating: r.rating,
+    };
+    Some((patch(r.customer), data))
 }
