@@ -438,18 +438,43 @@ fn typed_data(
     let mut f = Fields::new(members, "data".into(), kind)?;
     let customer = customer_patch(&mut f)?;
     let data = match kind {
-        "order.placed" => EventData::OrderPlaced(OrderPlaced {
-            order_id: f.str("order_id")?,
-            items: items(&mut f)?,
-            total: f.money("total")?,
-            currency: f.str("currency")?,
-        }),
-        "order.shipped" => EventData::OrderShipped(OrderShipped {
-            order_id: f.str("order_id")?,
-            carrier: f.str("carrier")?,
-            tracking_number: f.str("tracking_number")?,
-            tracking_url: f.opt_str("tracking_url")?,
-        }),
+        "order.placed" => placed_data(&mut f)?,
+        "order.shipped" => shipped_data(&mut f)?,
+        "order.delivered" | "order.cancelled" | "order.refunded" => order_data(kind, &mut f)?,
+        "support.ticket_opened" | "support.ticket_resolved" => ticket_data(kind, &mut f)?,
+        "feedback.submitted" => feedback_data(&mut f)?,
+        "review.submitted" => review_data(&mut f)?,
+        "customer.updated" => EventData::CustomerUpdated,
+        "customer.erased" => EventData::CustomerErased,
+        "customer.unsubscribed" | "customer.subscribed" => preference_data(kind, &mut f)?,
+        _ => other_data(f, customer.as_ref()),
+    };
+    Ok((customer, data))
+}
+
+/// `order.placed`: the order, its items and its total.
+fn placed_data(f: &mut Fields) -> Result<EventData, EventError> {
+    Ok(EventData::OrderPlaced(OrderPlaced {
+        order_id: f.str("order_id")?,
+        items: items(f)?,
+        total: f.money("total")?,
+        currency: f.str("currency")?,
+    }))
+}
+
+/// `order.shipped`: the carrier and the tracking.
+fn shipped_data(f: &mut Fields) -> Result<EventData, EventError> {
+    Ok(EventData::OrderShipped(OrderShipped {
+        order_id: f.str("order_id")?,
+        carrier: f.str("carrier")?,
+        tracking_number: f.str("tracking_number")?,
+        tracking_url: f.opt_str("tracking_url")?,
+    }))
+}
+
+/// `order.delivered`, `order.cancelled` or (any other `kind`) `order.refunded`.
+fn order_data(kind: &str, f: &mut Fields) -> Result<EventData, EventError> {
+    Ok(match kind {
         "order.delivered" => EventData::OrderDelivered {
             order_id: f.str("order_id")?,
         },
@@ -457,62 +482,79 @@ fn typed_data(
             order_id: f.str("order_id")?,
             reason: f.opt_str("reason")?,
         },
-        "order.refunded" => EventData::OrderRefunded {
+        _ => EventData::OrderRefunded {
             order_id: f.str("order_id")?,
             amount: f.money("amount")?,
         },
-        "support.ticket_opened" => EventData::TicketOpened {
+    })
+}
+
+/// `support.ticket_opened` or (any other `kind`) `support.ticket_resolved`.
+fn ticket_data(kind: &str, f: &mut Fields) -> Result<EventData, EventError> {
+    Ok(if kind == "support.ticket_opened" {
+        EventData::TicketOpened {
             ticket_id: f.str("ticket_id")?,
             order_id: f.opt_str("order_id")?,
             subject: f.opt_str("subject")?,
-        },
-        "support.ticket_resolved" => EventData::TicketResolved {
+        }
+    } else {
+        EventData::TicketResolved {
             ticket_id: f.str("ticket_id")?,
-        },
-        "feedback.submitted" => {
-            let kind = match f.str("kind")?.as_str() {
-                "nps" => FeedbackKind::Nps,
-                "csat" => FeedbackKind::Csat,
-                _ => return Err(f.wrong("kind", "\"nps\" or \"csat\"")),
-            };
-            EventData::FeedbackSubmitted {
-                score: score(&mut f, kind)?,
-                kind,
-                comment: f.opt_str("comment")?,
-            }
         }
-        "review.submitted" => EventData::ReviewSubmitted {
-            order_id: f.str("order_id")?,
-            sku: f.str("sku")?,
-            rating: match f.uint("rating", 5, "an integer from 1 to 5")? {
-                0 => return Err(f.wrong("rating", "an integer from 1 to 5")),
-                r => r as u8,
-            },
-        },
-        "customer.updated" => EventData::CustomerUpdated,
-        "customer.erased" => EventData::CustomerErased,
-        "customer.unsubscribed" => EventData::CustomerUnsubscribed {
-            categories: categories(&mut f)?,
-        },
-        "customer.subscribed" => EventData::CustomerSubscribed {
-            categories: categories(&mut f)?,
-        },
-        _ => {
-            let mut map = match f.into_value() {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            };
-            if let Some(c) = &customer {
-                // Keep `customer` visible in the raw data of unknown types too.
-                map.insert(
-                    "customer".into(),
-                    serde_json::to_value(c).unwrap_or(Value::Null),
-                );
-            }
-            EventData::Other(Value::Object(map))
-        }
+    })
+}
+
+/// `feedback.submitted`: an NPS or CSAT answer, its score on the scale of its kind.
+fn feedback_data(f: &mut Fields) -> Result<EventData, EventError> {
+    let kind = match f.str("kind")?.as_str() {
+        "nps" => FeedbackKind::Nps,
+        "csat" => FeedbackKind::Csat,
+        _ => return Err(f.wrong("kind", "\"nps\" or \"csat\"")),
     };
-    Ok((customer, data))
+    Ok(EventData::FeedbackSubmitted {
+        score: score(f, kind)?,
+        kind,
+        comment: f.opt_str("comment")?,
+    })
+}
+
+/// `review.submitted`, its rating 1-5.
+fn review_data(f: &mut Fields) -> Result<EventData, EventError> {
+    Ok(EventData::ReviewSubmitted {
+        order_id: f.str("order_id")?,
+        sku: f.str("sku")?,
+        rating: match f.uint("rating", 5, "an integer from 1 to 5")? {
+            0 => return Err(f.wrong("rating", "an integer from 1 to 5")),
+            r => r as u8,
+        },
+    })
+}
+
+/// `customer.unsubscribed` or (any other `kind`) `customer.subscribed`, with the categories.
+fn preference_data(kind: &str, f: &mut Fields) -> Result<EventData, EventError> {
+    let categories = categories(f)?;
+    Ok(if kind == "customer.unsubscribed" {
+        EventData::CustomerUnsubscribed { categories }
+    } else {
+        EventData::CustomerSubscribed { categories }
+    })
+}
+
+/// The data of a type aftercare does not model, as JSON; `customer`, already split off, is
+/// put back so that it stays visible there.
+fn other_data(f: Fields, customer: Option<&CustomerPatch>) -> EventData {
+    let mut map = match f.into_value() {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    if let Some(c) = customer {
+        // Keep `customer` visible in the raw data of unknown types too.
+        map.insert(
+            "customer".into(),
+            serde_json::to_value(c).unwrap_or(Value::Null),
+        );
+    }
+    EventData::Other(Value::Object(map))
 }
 
 /// NPS answers are whole numbers 0-10 (the question's scale); CSAT answers any number 0-10.
