@@ -656,57 +656,53 @@ fn check(e: &Event) -> Result<(), EventError> {
     identifier(attr("source"), &e.source)?;
     identifier(attr("type"), &e.kind)?;
     identifier(attr("subject"), &e.subject)?;
-    let data = |key: &str| format!("`data.{key}`");
     if let Some(c) = &e.customer {
-        for (key, v) in [
-            ("email", &c.email),
-            ("name", &c.name),
-            ("locale", &c.locale),
-            ("timezone", &c.timezone),
-            ("birthday", &c.birthday),
-        ] {
-            text(&format!("data.customer.{key}"), v.as_deref())?;
-        }
+        check_customer(c)?;
     }
+    check_data(e)
+}
+
+/// No NUL in the texts of `data.customer`.
+fn check_customer(c: &CustomerPatch) -> Result<(), EventError> {
+    for (key, v) in [
+        ("email", &c.email),
+        ("name", &c.name),
+        ("locale", &c.locale),
+        ("timezone", &c.timezone),
+        ("birthday", &c.birthday),
+    ] {
+        text(&format!("data.customer.{key}"), v.as_deref())?;
+    }
+    Ok(())
+}
+
+/// How an identifier in `data` is named in a reason: `` `data.order_id` ``.
+fn data_field(key: &str) -> String {
+    format!("`data.{key}`")
+}
+
+/// The identifiers and texts of `data`, by event type.
+fn check_data(e: &Event) -> Result<(), EventError> {
     match &e.data {
-        EventData::OrderPlaced(o) => {
-            identifier(data("order_id"), &o.order_id)?;
-            text("data.currency", Some(&o.currency))?;
-            for (i, item) in o.items.iter().enumerate() {
-                identifier(data(&format!("items[{i}].sku")), &item.sku)?;
-                text(&format!("data.items[{i}].name"), Some(&item.name))?;
-                text(&format!("data.items[{i}].category"), Some(&item.category))?;
-            }
-        }
-        EventData::OrderShipped(s) => {
-            identifier(data("order_id"), &s.order_id)?;
-            text("data.carrier", Some(&s.carrier))?;
-            text("data.tracking_number", Some(&s.tracking_number))?;
-            text("data.tracking_url", s.tracking_url.as_deref())?;
-        }
+        EventData::OrderPlaced(o) => check_placed(o)?,
+        EventData::OrderShipped(s) => check_shipped(s)?,
         EventData::OrderDelivered { order_id } | EventData::OrderRefunded { order_id, .. } => {
-            identifier(data("order_id"), order_id)?;
+            identifier(data_field("order_id"), order_id)?;
         }
         EventData::OrderCancelled { order_id, reason } => {
-            identifier(data("order_id"), order_id)?;
+            identifier(data_field("order_id"), order_id)?;
             text("data.reason", reason.as_deref())?;
         }
         EventData::TicketOpened {
             ticket_id,
             order_id,
             subject,
-        } => {
-            identifier(data("ticket_id"), ticket_id)?;
-            if let Some(o) = order_id {
-                identifier(data("order_id"), o)?;
-            }
-            text("data.subject", subject.as_deref())?;
-        }
-        EventData::TicketResolved { ticket_id } => identifier(data("ticket_id"), ticket_id)?,
+        } => check_ticket(ticket_id, order_id.as_deref(), subject.as_deref())?,
+        EventData::TicketResolved { ticket_id } => identifier(data_field("ticket_id"), ticket_id)?,
         EventData::FeedbackSubmitted { comment, .. } => text("data.comment", comment.as_deref())?,
         EventData::ReviewSubmitted { order_id, sku, .. } => {
-            identifier(data("order_id"), order_id)?;
-            identifier(data("sku"), sku)?;
+            identifier(data_field("order_id"), order_id)?;
+            identifier(data_field("sku"), sku)?;
         }
         EventData::CustomerUpdated | EventData::CustomerErased => {}
         EventData::CustomerUnsubscribed { categories }
@@ -717,12 +713,47 @@ fn check(e: &Event) -> Result<(), EventError> {
         }
         EventData::Other(v) => {
             if let Some(o) = e.order_id() {
-                identifier(data("order_id"), o)?;
+                identifier(data_field("order_id"), o)?;
             }
             no_nul("data", v)?;
         }
     }
     Ok(())
+}
+
+/// `order.placed`: the order and each item's SKU are identifiers; currency, names and
+/// categories texts.
+fn check_placed(o: &OrderPlaced) -> Result<(), EventError> {
+    identifier(data_field("order_id"), &o.order_id)?;
+    text("data.currency", Some(&o.currency))?;
+    for (i, item) in o.items.iter().enumerate() {
+        identifier(data_field(&format!("items[{i}].sku")), &item.sku)?;
+        text(&format!("data.items[{i}].name"), Some(&item.name))?;
+        text(&format!("data.items[{i}].category"), Some(&item.category))?;
+    }
+    Ok(())
+}
+
+/// `order.shipped`: the order is an identifier; carrier and tracking texts.
+fn check_shipped(s: &OrderShipped) -> Result<(), EventError> {
+    identifier(data_field("order_id"), &s.order_id)?;
+    text("data.carrier", Some(&s.carrier))?;
+    text("data.tracking_number", Some(&s.tracking_number))?;
+    text("data.tracking_url", s.tracking_url.as_deref())
+}
+
+/// `support.ticket_opened`: the ticket and the order it is about are identifiers; the
+/// subject a text.
+fn check_ticket(
+    ticket_id: &str,
+    order_id: Option<&str>,
+    subject: Option<&str>,
+) -> Result<(), EventError> {
+    identifier(data_field("ticket_id"), ticket_id)?;
+    if let Some(o) = order_id {
+        identifier(data_field("order_id"), o)?;
+    }
+    text("data.subject", subject)
 }
 
 /// Whether a JSON text escapes a NUL (`\u0000`) inside a string: in a field aftercare does not
