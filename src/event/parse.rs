@@ -146,34 +146,7 @@ impl Event {
         value: &[u8],
     ) -> Result<Event, EventError> {
         check_size(value)?;
-        let mut found: [Option<String>; 6] = Default::default();
-        const NAMES: [&str; 6] = ["specversion", "id", "source", "type", "time", "subject"];
-        for (name, raw) in headers {
-            let Some(attr) = name.strip_prefix("ce_") else {
-                continue;
-            };
-            if let Some(i) = NAMES.iter().position(|n| *n == attr) {
-                let text =
-                    std::str::from_utf8(raw).map_err(|_| EventError::BadAttribute(NAMES[i]))?;
-                found[i] = Some(text.to_string());
-            }
-        }
-        let [specversion, id, source, kind, time, subject] = found;
-        let need = |v: Option<String>, name: &'static str| -> Result<String, EventError> {
-            let v = v.ok_or(EventError::MissingAttribute(name))?;
-            if v.is_empty() {
-                return Err(EventError::BadAttribute(name));
-            }
-            Ok(v)
-        };
-        let attrs = Attrs {
-            specversion: need(specversion, "specversion")?,
-            id: need(id, "id")?,
-            source: need(source, "source")?,
-            kind: need(kind, "type")?,
-            time: need(time, "time")?,
-            subject: need(subject, "subject")?,
-        };
+        let attrs = Attrs::from_headers(headers)?;
         let (event, text) = if value.iter().all(u8::is_ascii_whitespace) {
             (build(attrs, None)?, "")
         } else {
@@ -190,6 +163,9 @@ impl Event {
     }
 }
 
+/// The CloudEvents attributes of the binary binding's headers, by name.
+const CE_NAMES: [&str; 6] = ["specversion", "id", "source", "type", "time", "subject"];
+
 struct Attrs {
     specversion: String,
     id: String,
@@ -197,6 +173,50 @@ struct Attrs {
     kind: String,
     time: String,
     subject: String,
+}
+
+impl Attrs {
+    /// The attributes of the binary binding, each from its `ce_*` header: every one given, a
+    /// non-empty UTF-8 text.
+    fn from_headers<'h>(
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    ) -> Result<Attrs, EventError> {
+        let [specversion, id, source, kind, time, subject] = ce_headers(headers)?;
+        let need = |v: Option<String>, name: &'static str| -> Result<String, EventError> {
+            let v = v.ok_or(EventError::MissingAttribute(name))?;
+            if v.is_empty() {
+                return Err(EventError::BadAttribute(name));
+            }
+            Ok(v)
+        };
+        Ok(Attrs {
+            specversion: need(specversion, "specversion")?,
+            id: need(id, "id")?,
+            source: need(source, "source")?,
+            kind: need(kind, "type")?,
+            time: need(time, "time")?,
+            subject: need(subject, "subject")?,
+        })
+    }
+}
+
+/// The value of each header of [`CE_NAMES`] (the last, if one is given twice); other headers
+/// are left alone.
+fn ce_headers<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+) -> Result<[Option<String>; 6], EventError> {
+    let mut found: [Option<String>; 6] = Default::default();
+    for (name, raw) in headers {
+        let Some(attr) = name.strip_prefix("ce_") else {
+            continue;
+        };
+        if let Some(i) = CE_NAMES.iter().position(|n| *n == attr) {
+            let text =
+                std::str::from_utf8(raw).map_err(|_| EventError::BadAttribute(CE_NAMES[i]))?;
+            found[i] = Some(text.to_string());
+        }
+    }
+    Ok(found)
 }
 
 fn check_size(bytes: &[u8]) -> Result<(), EventError> {
