@@ -469,7 +469,15 @@ impl Parts {
             .name("watch".into())
             .stack_size(WATCH_STACK);
         Ok(Some(Worker::spawn_with(builder, "watch", move || {
-            reload::watch(&dir, every, &limits, &live, &mut *store, &metrics, &stop);
+            let watcher = reload::Watcher {
+                dir: &dir,
+                every,
+                limits: &limits,
+                live: &live,
+                store: &mut *store,
+                metrics: &metrics,
+            };
+            watcher.run(&stop);
             drop(store);
         })?))
     }

@@ -67,7 +67,7 @@ impl Live {
 /// What the folder looks like to [`Catalog::load`]: the path, size and modification time of
 /// each `*.yaml`/`*.yml` file in it and of every file under `templates/`, sorted. Anything
 /// else in the folder (a README, a mail folder) changes nothing.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+fn fingerprint(dir: &Path) -> Fingerprint {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), false)];
     // Each directory once: a link to a parent must not loop (it did, forever).
@@ -99,31 +99,61 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Watches `dir` until `stop`, replacing `live`'s catalog with each good version. Nothing a
-/// file holds can end this thread: every limit of `limits` applies, and a load that panics
-/// anyway is refused like an invalid folder, the last good version running on.
-#[allow(clippy::too_many_arguments)]
-pub fn watch(
-    dir: &Path,
-    every: Duration,
-    limits: &Limits,
-    live: &Live,
-    store: &mut dyn Store,
-    metrics: &Metrics,
-    stop: &Shutdown,
-) {
-    let mut seen = fingerprint(dir);
-    // The content of the folder last refused, so a bad file is reported once, not every tick.
-    let mut refused: Option<Vec<(PathBuf, u64, Option<SystemTime>)>> = None;
-    while !stop.wait_timeout(every) {
-        let now = fingerprint(dir);
-        if now == seen || refused.as_ref() == Some(&now) {
-            continue;
+/// The hot reload of a sequences folder: watches `dir` every `every`, replacing `live`'s
+/// catalog with each good version.
+pub struct Watcher<'a> {
+    pub dir: &'a Path,
+    pub every: Duration,
+    pub limits: &'a Limits,
+    pub live: &'a Live,
+    /// Where each version loaded is recorded.
+    pub store: &'a mut dyn Store,
+    pub metrics: &'a Metrics,
+}
+
+/// What the folder looked like: see [`fingerprint`].
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+impl Watcher<'_> {
+    /// Watches until `stop`. Nothing a file holds can end this thread: every limit applies,
+    /// and a load that panics anyway is refused like an invalid folder, the last good version
+    /// running on.
+    pub fn run(mut self, stop: &Shutdown) {
+        let mut seen = fingerprint(self.dir);
+        // The content of the folder last refused, so a bad file is reported once, not every
+        // tick.
+        let mut refused: Option<Fingerprint> = None;
+        while !stop.wait_timeout(self.every) {
+            let now = fingerprint(self.dir);
+            if now == seen || refused.as_ref() == Some(&now) {
+                continue;
+            }
+            match self.load() {
+                Ok(changed) => {
+                    self.applied(&changed);
+                    seen = now;
+                    refused = None;
+                }
+                Err(Refused::Invalid(diags)) => {
+                    self.refused(&diags);
+                    refused = Some(now);
+                }
+                // The store or the disk, not the files: try again next tick.
+                Err(Refused::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "sequences not reloaded yet; retrying");
+                }
+            }
         }
+    }
+
+    /// Loads the folder, a panic refused as an invalid folder would be.
+    fn load(&mut self) -> Result<Vec<String>, Refused> {
+        let (dir, limits, live) = (self.dir, self.limits, self.live);
+        let store = &mut *self.store;
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            reload(dir, limits, live, &mut *store)
+            reload(dir, limits, live, store)
         }));
-        let outcome = attempt.unwrap_or_else(|p| {
+        attempt.unwrap_or_else(|p| {
             let what = p
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -133,44 +163,37 @@ pub fn watch(
                 "{}: loading the folder failed ({what}); please report this with the files",
                 dir.display()
             )]))
-        });
-        match outcome {
-            Ok(changed) => {
-                metrics
-                    .reloads
-                    .get_or_create(&OutcomeLabels { outcome: "applied" })
-                    .inc();
-                metrics
-                    .sequences_loaded
-                    .set(live.current().sequences().len() as i64);
-                tracing::info!(
-                    dir = %dir.display(),
-                    changed = changed.join(", "),
-                    "sequences reloaded: new journeys start on these versions; journeys in flight keep theirs"
-                );
-                seen = now;
-                refused = None;
-            }
-            Err(Refused::Invalid(diags)) => {
-                metrics
-                    .reloads
-                    .get_or_create(&OutcomeLabels { outcome: "refused" })
-                    .inc();
-                for d in &diags {
-                    tracing::error!("{d}");
-                }
-                tracing::error!(
-                    dir = %dir.display(),
-                    errors = diags.len(),
-                    "sequences not reloaded: the last good version keeps running; fix the files (see `aftercare validate`)"
-                );
-                refused = Some(now);
-            }
-            // The store or the disk, not the files: try again next tick.
-            Err(Refused::Unavailable(e)) => {
-                tracing::warn!(error = %e, "sequences not reloaded yet; retrying");
-            }
+        })
+    }
+
+    fn applied(&self, changed: &[String]) {
+        self.metrics
+            .reloads
+            .get_or_create(&OutcomeLabels { outcome: "applied" })
+            .inc();
+        self.metrics
+            .sequences_loaded
+            .set(self.live.current().sequences().len() as i64);
+        tracing::info!(
+            dir = %self.dir.display(),
+            changed = changed.join(", "),
+            "sequences reloaded: new journeys start on these versions; journeys in flight keep theirs"
+        );
+    }
+
+    fn refused(&self, diags: &[String]) {
+        self.metrics
+            .reloads
+            .get_or_create(&OutcomeLabels { outcome: "refused" })
+            .inc();
+        for d in diags {
+            tracing::error!("{d}");
         }
+        tracing::error!(
+            dir = %self.dir.display(),
+            errors = diags.len(),
+            "sequences not reloaded: the last good version keeps running; fix the files (see `aftercare validate`)"
+        );
     }
 }
 

@@ -48,14 +48,35 @@ impl Drop for Guard {
 
 /// Installs the global subscriber: logs as configured, spans to OTLP when configured.
 pub fn init(log: &Log, trace: &Trace) -> super::StartResult<Guard> {
-    let failed = |e: &dyn std::fmt::Display| super::StartError::Telemetry(e.to_string());
+    let (otel, provider) = match exporter(trace)? {
+        Some(provider) => {
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("aftercare"))
+                .with_filter(EnvFilter::new("aftercare=debug"));
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(log_layer(log))
+        .with(otel)
+        .try_init()
+        .map_err(|e| super::StartError::Telemetry(e.to_string()))?;
+    Ok(Guard { provider })
+}
+
+/// Logs on stderr in `log.format`, filtered by `AFTERCARE_LOG` or else `log.level`.
+fn log_layer<S>(log: &Log) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let filter = || {
         EnvFilter::try_from_env("AFTERCARE_LOG")
             .or_else(|_| EnvFilter::try_new(&log.level))
             .unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = match log.format {
+    match log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
@@ -68,39 +89,34 @@ pub fn init(log: &Log, trace: &Trace) -> super::StartResult<Guard> {
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),
+    }
+}
+
+/// The OTLP/HTTP span exporter, batching, when `trace.otlp_endpoint` is set.
+fn exporter(trace: &Trace) -> super::StartResult<Option<SdkTracerProvider>> {
+    if trace.otlp_endpoint.is_empty() {
+        return Ok(None);
+    }
+    let protocol = match trace.protocol.as_str() {
+        "http/json" => Protocol::HttpJson,
+        _ => Protocol::HttpBinary,
     };
-    let (otel, provider) = if trace.otlp_endpoint.is_empty() {
-        (None, None)
-    } else {
-        let protocol = match trace.protocol.as_str() {
-            "http/json" => Protocol::HttpJson,
-            _ => Protocol::HttpBinary,
-        };
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(&trace.otlp_endpoint)
-            .with_protocol(protocol)
-            .build()
-            .map_err(|e| failed(&e))?;
-        let provider = SdkTracerProvider::builder()
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(&trace.otlp_endpoint)
+        .with_protocol(protocol)
+        .build()
+        .map_err(|e| super::StartError::Telemetry(e.to_string()))?;
+    Ok(Some(
+        SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(
                 opentelemetry_sdk::Resource::builder()
                     .with_service_name(trace.service_name.clone())
                     .build(),
             )
-            .build();
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("aftercare"))
-            .with_filter(EnvFilter::new("aftercare=debug"));
-        (Some(layer), Some(provider))
-    };
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init()
-        .map_err(|e| failed(&e))?;
-    Ok(Guard { provider })
+            .build(),
+    ))
 }
 
 struct KafkaHeaders<'a>(&'a OwnedMessage);

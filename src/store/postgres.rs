@@ -81,6 +81,89 @@ const SCHEMA_VERSION: i32 = 6;
 /// was written (the service's own time comes from its [`crate::clock::Clock`]).
 const NOW_US: &str = "(extract(epoch from now()) * 1000000)::bigint";
 
+/// The statements that record how sends ended ([`Store::finish_emails`]).
+struct Finish {
+    update: postgres::Statement,
+    timeline: postgres::Statement,
+}
+
+impl Finish {
+    fn prepare(tx: &mut postgres::Transaction<'_>) -> Result<Finish> {
+        Ok(Finish {
+            update: tx.prepare(
+                "UPDATE outbox SET status = $2, sent_at = $3, message_id = COALESCE($4, message_id),
+                     last_error = $5, attempts = attempts + 1, claimed_until = NULL,
+                     next_attempt_at = COALESCE($6, next_attempt_at)
+                 WHERE key = $1 AND claim = $7",
+            )?,
+            timeline: tx.prepare(&format!(
+                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, {NOW_US})"
+            ))?,
+        })
+    }
+
+    /// Records one outcome with its timeline line, and the bounce it may be; false if the
+    /// row's claim is no longer the one given (nothing is written then).
+    fn one(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        now: DateTime<Utc>,
+        row: &OutboxRow,
+        d: &Delivery,
+    ) -> Result<bool> {
+        let retry_at = match d {
+            Delivery::Retry { at, .. } => Some(micros(*at)),
+            _ => None,
+        };
+        let sent_at =
+            matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }).then(|| micros(now));
+        let error = d.error().map(text);
+        let updated = tx.execute(
+            &self.update,
+            &[
+                &row.key,
+                &d.status(),
+                &sent_at,
+                &d.message_id(),
+                &error,
+                &retry_at,
+                &row.claim,
+            ],
+        )?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        if let Some((action, reason)) = d.timeline() {
+            tx.execute(
+                &self.timeline,
+                &[
+                    &row.customer,
+                    &micros(now),
+                    &row.journey,
+                    &row.sequence,
+                    &row.version,
+                    &row.step,
+                    &action,
+                    &text(&reason),
+                ],
+            )?;
+        }
+        if let Delivery::Bounced { address, .. } = d
+            && let Some(c) = load(tx, &[row.customer.as_str()], "FOR UPDATE")?
+                .pop()
+                .flatten()
+            && let Some(state) = super::record::mark_bounced(&c, address)?
+        {
+            tx.execute(
+                "UPDATE customers SET state = $2, updated_at = $3, rev = 0 WHERE id = $1",
+                &[&row.customer, &state, &micros(now)],
+            )?;
+        }
+        Ok(true)
+    }
+}
+
 /// Serialises concurrent migrations of several instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6166_7465_7263_6172; // "aftercar"
 
@@ -334,66 +417,12 @@ impl Store for PgStore {
         done: &[(OutboxRow, Delivery)],
     ) -> Result<Vec<usize>> {
         let mut tx = self.c()?.transaction()?;
+        let finish = Finish::prepare(&mut tx)?;
         let mut fenced = Vec::new();
-        let update = tx.prepare(
-            "UPDATE outbox SET status = $2, sent_at = $3, message_id = COALESCE($4, message_id),
-                 last_error = $5, attempts = attempts + 1, claimed_until = NULL,
-                 next_attempt_at = COALESCE($6, next_attempt_at)
-             WHERE key = $1 AND claim = $7",
-        )?;
-        let timeline = tx.prepare(
-            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, (extract(epoch from now()) * 1000000)::bigint)",
-        )?;
         for (i, (row, d)) in done.iter().enumerate() {
-            let retry_at = match d {
-                Delivery::Retry { at, .. } => Some(micros(*at)),
-                _ => None,
-            };
-            let sent_at =
-                matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }).then(|| micros(now));
-            let updated = tx.execute(
-                &update,
-                &[
-                    &row.key,
-                    &d.status(),
-                    &sent_at,
-                    &d.message_id(),
-                    &d.error().map(text),
-                    &retry_at,
-                    &row.claim,
-                ],
-            )?;
-            if updated == 0 {
+            if !finish.one(&mut tx, now, row, d)? {
                 // The claim is no longer ours: another took it after it expired.
                 fenced.push(i);
-                continue;
-            }
-            if let Some((action, reason)) = d.timeline() {
-                tx.execute(
-                    &timeline,
-                    &[
-                        &row.customer,
-                        &micros(now),
-                        &row.journey,
-                        &row.sequence,
-                        &row.version,
-                        &row.step,
-                        &action,
-                        &text(&reason),
-                    ],
-                )?;
-            }
-            if let Delivery::Bounced { address, .. } = d
-                && let Some(c) = load(&mut tx, &[row.customer.as_str()], "FOR UPDATE")?
-                    .pop()
-                    .flatten()
-                && let Some(state) = super::record::mark_bounced(&c, address)?
-            {
-                tx.execute(
-                    "UPDATE customers SET state = $2, updated_at = $3, rev = 0 WHERE id = $1",
-                    &[&row.customer, &state, &micros(now)],
-                )?;
             }
         }
         tx.commit()?;

@@ -349,59 +349,10 @@ impl Store for SqliteStore {
     ) -> Result<Vec<usize>> {
         let (tx, _turn) = self.write()?;
         let mut fenced = Vec::new();
-        {
-            let mut update = tx.prepare_cached(
-                "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = COALESCE(?4, message_id),
-                     last_error = ?5, attempts = attempts + 1, claimed_until = NULL,
-                     next_attempt_at = COALESCE(?6, next_attempt_at)
-                 WHERE key = ?1 AND claim = ?7",
-            )?;
-            let mut timeline = tx.prepare_cached(
-                "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))",
-            )?;
-            for (i, (row, d)) in done.iter().enumerate() {
-                let retry_at = match d {
-                    Delivery::Retry { at, .. } => Some(micros(*at)),
-                    _ => None,
-                };
-                let sent_at = matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. })
-                    .then(|| micros(now));
-                let updated = update.execute(params![
-                    row.key,
-                    d.status(),
-                    sent_at,
-                    d.message_id(),
-                    d.error(),
-                    retry_at,
-                    row.claim
-                ])?;
-                if updated == 0 {
-                    // The claim is no longer ours: another took it after it expired.
-                    fenced.push(i);
-                    continue;
-                }
-                if let Some((action, reason)) = d.timeline() {
-                    timeline.execute(params![
-                        row.customer,
-                        micros(now),
-                        row.journey,
-                        row.sequence,
-                        row.version,
-                        row.step,
-                        action,
-                        reason
-                    ])?;
-                }
-                if let Delivery::Bounced { address, .. } = d
-                    && let Some(c) = load_one(&tx, &row.customer)?
-                    && let Some(state) = super::record::mark_bounced(&c, address)?
-                {
-                    tx.prepare_cached(
-                        "UPDATE customers SET state = ?2, updated_at = ?3, rev = 0 WHERE id = ?1",
-                    )?
-                    .execute(params![row.customer, state, micros(now)])?;
-                }
+        for (i, (row, d)) in done.iter().enumerate() {
+            if !finish_one(&tx, now, row, d)? {
+                // The claim is no longer ours: another took it after it expired.
+                fenced.push(i);
             }
         }
         tx.commit()?;
@@ -624,6 +575,66 @@ fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDeadLetter> 
         last_error: r.get(14)?,
         replayed_at: r.get::<_, Option<i64>>(15)?.map(from_micros),
     })
+}
+
+/// Records one outcome with its timeline line, and the bounce it may be; false if the row's
+/// claim is no longer the one given (nothing is written then).
+fn finish_one(
+    tx: &rusqlite::Transaction<'_>,
+    now: DateTime<Utc>,
+    row: &OutboxRow,
+    d: &Delivery,
+) -> Result<bool> {
+    let retry_at = match d {
+        Delivery::Retry { at, .. } => Some(micros(*at)),
+        _ => None,
+    };
+    let sent_at = matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }).then(|| micros(now));
+    let updated = tx
+        .prepare_cached(
+            "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = COALESCE(?4, message_id),
+                 last_error = ?5, attempts = attempts + 1, claimed_until = NULL,
+                 next_attempt_at = COALESCE(?6, next_attempt_at)
+             WHERE key = ?1 AND claim = ?7",
+        )?
+        .execute(params![
+            row.key,
+            d.status(),
+            sent_at,
+            d.message_id(),
+            d.error(),
+            retry_at,
+            row.claim
+        ])?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    if let Some((action, reason)) = d.timeline() {
+        tx.prepare_cached(&format!(
+            "INSERT INTO timeline (customer, at, journey, sequence, version, step, action, reason, subject, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, {NOW_US})"
+        ))?
+        .execute(params![
+            row.customer,
+            micros(now),
+            row.journey,
+            row.sequence,
+            row.version,
+            row.step,
+            action,
+            reason
+        ])?;
+    }
+    if let Delivery::Bounced { address, .. } = d
+        && let Some(c) = load_one(tx, &row.customer)?
+        && let Some(state) = super::record::mark_bounced(&c, address)?
+    {
+        tx.prepare_cached(
+            "UPDATE customers SET state = ?2, updated_at = ?3, rev = 0 WHERE id = ?1",
+        )?
+        .execute(params![row.customer, state, micros(now)])?;
+    }
+    Ok(true)
 }
 
 /// The one-writer lock of a SQLite file: an exclusive `flock` on `PATH.lock` beside it, held
