@@ -35,95 +35,102 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         let seq = c.journeys[ji].sequence.clone();
-        let si = c.journeys[ji].step;
-        let step = &seq.steps[si];
-        if let Some(skip) = &step.skip_when
-            && self.check(Some(skip), c, ev, Some(ji))
-        {
-            self.push(c, ji, now, Action::Skip, format!("skip_when: {skip}"), out);
-            return self.next_step(c, ji, now, out);
-        }
-        if let Some(pause) = &seq.pause_when
-            && self.check(Some(pause), c, ev, Some(ji))
-        {
-            self.push(
-                c,
-                ji,
-                now,
-                Action::Pause,
-                format!("pause_when: {pause}"),
-                out,
-            );
-            c.journeys.update(ji, |j| j.state = State::Paused);
+        if self.held_back(c, ji, &seq, ev, now, out) || !self.window_open(c, ji, &seq, now, out) {
             return;
         }
-        if let Some(window) = &step.send_window {
-            let tz = self.timezone(&c.profile, &seq);
-            // Marketing email must also miss quiet hours: look for an instant both allow, or
-            // the two would defer each other forever.
-            let marketing = matches!(step.action, Some(sequence::Action::Email { .. }))
-                && !seq.step_category(si).is_transactional();
-            let quiet = self.policy.quiet_hours.filter(|_| marketing);
-            match next_allowed(window, quiet.as_ref(), tz, now) {
-                Some(slot) if slot > now => {
-                    let reason = format!(
-                        "send_window \"{}\" ({tz}): until {}",
-                        window.source,
-                        rfc3339(slot)
-                    );
-                    self.push(c, ji, now, Action::Defer, reason, out);
-                    c.journeys.update(ji, |j| {
-                        j.state = State::Due {
-                            at: slot,
-                            cause: Cause::Window,
-                        }
-                    });
-                    return;
-                }
-                Some(_) => {}
-                None => {
-                    let reason = match quiet {
-                        Some(q) => format!(
-                            "send_window \"{}\" never opens outside quiet hours {q}",
-                            window.source
-                        ),
-                        None => format!("send_window \"{}\" has no future slot", window.source),
-                    };
-                    self.push(c, ji, now, Action::Skip, reason, out);
-                    return self.next_step(c, ji, now, out);
-                }
-            }
-        }
-        match &step.action {
+        match &seq.steps[c.journeys[ji].step].action {
             None => {}
             Some(sequence::Action::Exit) => {
                 return self.end(c, ji, now, Action::Exit, "exit step".into(), true, out);
             }
             Some(sequence::Action::Start { sequence }) => self.start(c, ji, sequence, now, out),
             Some(sequence::Action::Email { template }) => {
-                match self.verdict(c, &seq, si, c.journeys[ji].backfill, now) {
-                    Verdict::Send => self.email(c, ji, template, cause, now, out),
-                    Verdict::Suppress(reason) => {
-                        self.push(c, ji, now, Action::Suppress, reason, out)
-                    }
-                    Verdict::Defer(until, reason) => {
-                        self.push(c, ji, now, Action::Defer, reason, out);
-                        c.journeys.update(ji, |j| {
-                            j.state = State::Due {
-                                at: until,
-                                cause: Cause::QuietHoursOver,
-                            }
-                        });
-                        return;
-                    }
-                }
+                return self.email_step(c, ji, template, cause, now, out);
             }
         }
         self.next_step(c, ji, now, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn email(
+    /// `skip_when` and `pause_when`: true, recorded, when either holds the step back. A
+    /// skipped step moves the journey on; a paused one resumes when `pause_when` turns false.
+    fn held_back(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        seq: &Sequence,
+        ev: Option<&Arc<Event>>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) -> bool {
+        let step = &seq.steps[c.journeys[ji].step];
+        if let Some(skip) = &step.skip_when
+            && self.check(Some(skip), c, ev, Some(ji))
+        {
+            self.push(c, ji, now, Action::Skip, format!("skip_when: {skip}"), out);
+            self.next_step(c, ji, now, out);
+            return true;
+        }
+        if let Some(pause) = &seq.pause_when
+            && self.check(Some(pause), c, ev, Some(ji))
+        {
+            let reason = format!("pause_when: {pause}");
+            self.push(c, ji, now, Action::Pause, reason, out);
+            c.journeys.update(ji, |j| j.state = State::Paused);
+            return true;
+        }
+        false
+    }
+
+    /// The step's send window: true when it allows `now` (or the step has none). Otherwise the
+    /// step is deferred to the next slot, or skipped when the window never opens, and recorded.
+    fn window_open(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        seq: &Sequence,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) -> bool {
+        let si = c.journeys[ji].step;
+        let Some(window) = &seq.steps[si].send_window else {
+            return true;
+        };
+        let tz = self.timezone(&c.profile, seq);
+        let quiet = self.quiet_hours_for(seq, si);
+        match next_allowed(window, quiet.as_ref(), tz, now) {
+            Some(slot) if slot > now => {
+                let reason = format!(
+                    "send_window \"{}\" ({tz}): until {}",
+                    window.source,
+                    rfc3339(slot)
+                );
+                self.push(c, ji, now, Action::Defer, reason, out);
+                due_again(c, ji, slot, Cause::Window);
+                false
+            }
+            Some(_) => true,
+            None => {
+                let reason = never_opens(window, quiet);
+                self.push(c, ji, now, Action::Skip, reason, out);
+                self.next_step(c, ji, now, out);
+                false
+            }
+        }
+    }
+
+    /// The quiet hours a step's send window must also miss: those of the policy, for
+    /// marketing email only.
+    fn quiet_hours_for(&self, seq: &Sequence, si: usize) -> Option<QuietHours> {
+        // Marketing email must also miss quiet hours: look for an instant both allow, or
+        // the two would defer each other forever.
+        let marketing = matches!(seq.steps[si].action, Some(sequence::Action::Email { .. }))
+            && !seq.step_category(si).is_transactional();
+        self.policy.quiet_hours.filter(|_| marketing)
+    }
+
+    /// An email step, by the sending rules: sent or suppressed, and the journey moves on; or
+    /// deferred, and the step falls due again when the rules allow.
+    fn email_step(
         &self,
         c: &mut Customer,
         ji: Ji,
@@ -133,32 +140,35 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         let j = &c.journeys[ji];
+        match self.verdict(c, &j.sequence, j.step, j.backfill, now) {
+            Verdict::Send => self.email(c, ji, template, cause, now, out),
+            Verdict::Suppress(reason) => self.push(c, ji, now, Action::Suppress, reason, out),
+            Verdict::Defer(until, reason) => {
+                self.push(c, ji, now, Action::Defer, reason, out);
+                return due_again(c, ji, until, Cause::QuietHoursOver);
+            }
+        }
+        self.next_step(c, ji, now, out)
+    }
+
+    /// Records the email the step sends, with its subject as rendered now; a template error
+    /// suppresses it instead.
+    pub(super) fn email(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        template: &Arc<str>,
+        cause: Cause,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let subject = match self.subject(c, ji, template) {
+            Ok(s) => s,
+            Err(reason) => return self.push(c, ji, now, Action::Suppress, reason, out),
+        };
+        let j = &c.journeys[ji];
         let seq = j.sequence.clone();
         let si = j.step;
-        let order = j.order_id.as_deref().and_then(|o| c.order(o));
-        // Templates see no `event`: the email is rendered again when it is sent, where the event
-        // is long gone, and the subject printed here must be the one sent.
-        let ctx = Ctx::new(&c.profile, None, order, Some(j)).into_value();
-        let locale = c.profile.locale.as_deref();
-        // The templates of the journey's version: an edit or a rename since it started is a
-        // new version, for new journeys.
-        let rendered = seq.templates.render_subject(template, locale, &ctx);
-        // Release the context's share of the profile so the update below does not copy it.
-        drop(ctx);
-        let subject = match rendered {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(customer_id = %crate::redact::text(&c.profile.id), sequence = %seq.name, error = %e, "template error");
-                return self.push(
-                    c,
-                    ji,
-                    now,
-                    Action::Suppress,
-                    format!("template error: {e}"),
-                    out,
-                );
-            }
-        };
         let category = seq.step_category(si).clone();
         if !category.is_transactional() {
             Arc::make_mut(&mut c.profile).last_marketing_at = Some(now);
@@ -176,6 +186,29 @@ impl Engine {
         self.arm_goal(c, ji, now);
     }
 
+    /// The subject of the journey's email, rendered by the templates of its version, or the
+    /// suppression reason when the template fails (logged).
+    fn subject(&self, c: &Customer, ji: Ji, template: &str) -> Result<String, String> {
+        let j = &c.journeys[ji];
+        let order = j.order_id.as_deref().and_then(|o| c.order(o));
+        // Templates see no `event`: the email is rendered again when it is sent, where the event
+        // is long gone, and the subject printed here must be the one sent.
+        let ctx = Ctx::new(&c.profile, None, order, Some(j)).into_value();
+        let locale = c.profile.locale.as_deref();
+        // The templates of the journey's version: an edit or a rename since it started is a
+        // new version, for new journeys. The context, and its share of the profile, is gone
+        // once this returns, so the caller's update of the profile does not copy it.
+        let seq = &j.sequence;
+        seq.templates
+            .render_subject(template, locale, &ctx)
+            .map_err(|e| {
+                tracing::warn!(customer_id = %crate::redact::text(&c.profile.id), sequence = %seq.name, error = %e, "template error");
+                format!("template error: {e}")
+            })
+    }
+
+    /// A `start` step: the journey hands over to a new one of the target sequence, or records
+    /// why it does not.
     pub(super) fn start(
         &self,
         c: &mut Customer,
@@ -184,49 +217,52 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
+        let order_id = c.journeys[ji].order_id.clone();
+        let entry = match self.hand_over(c, ji, target, order_id.as_deref(), now) {
+            Ok(entry) => entry,
+            Err(reason) => return self.push(c, ji, now, Action::Start, reason, out),
+        };
+        self.push(c, ji, now, Action::Start, format!("start {target}"), out);
+        self.arm_goal(c, ji, now);
+        self.enter(c, entry, now, out);
+    }
+
+    /// The journey a `start` step begins, or why it may not: the target is not loaded,
+    /// backfill reaches marketing neither by trigger nor through a transactional hand-over,
+    /// or the target's entry rules refuse it.
+    fn hand_over<'a>(
+        &self,
+        c: &Customer,
+        ji: Ji,
+        target: &str,
+        order_id: Option<&'a str>,
+        now: DateTime<Utc>,
+    ) -> Result<Entry<'a>, String> {
         let parent = &c.journeys[ji];
-        let (pid, pseq, order_id, backfill) = (
-            parent.id,
-            parent.sequence.clone(),
-            parent.order_id.clone(),
-            parent.backfill,
-        );
-        let step_id = pseq.steps[parent.step].id.clone();
         let Some(seq) = self.catalog.get(target).cloned() else {
-            let reason = format!("{target} is not loaded");
-            return self.push(c, ji, now, Action::Start, reason, out);
+            return Err(format!("{target} is not loaded"));
         };
         let order_id = match seq.journey {
-            JourneyKind::PerOrder => order_id.as_deref(),
+            JourneyKind::PerOrder => order_id,
             JourneyKind::PerCustomer => None,
         };
-        let refusal = if backfill && !seq.category.is_transactional() {
-            // Backfill reaches marketing neither by trigger nor through a transactional hand-over.
+        let refusal = if parent.backfill && !seq.category.is_transactional() {
             Err(BACKFILL.to_string())
         } else {
             self.may_enter(c, &seq, order_id)
         };
         if let Err(why) = refusal {
-            return self.push(
-                c,
-                ji,
-                now,
-                Action::Start,
-                format!("not started: {why}"),
-                out,
-            );
+            return Err(format!("not started: {why}"));
         }
-        self.push(c, ji, now, Action::Start, format!("start {target}"), out);
-        self.arm_goal(c, ji, now);
-        let entry = Entry {
-            id: JourneyId::derive(&[&seq.name, &pid.to_string(), &step_id]),
-            reason: format!("started by {}/{}", pseq.name, step_id),
+        let step_id = &parent.sequence.steps[parent.step].id;
+        Ok(Entry {
+            id: JourneyId::derive(&[&seq.name, &parent.id.to_string(), step_id]),
+            reason: format!("started by {}/{}", parent.sequence.name, step_id),
             sequence: seq,
             order_id,
             base: now,
-            backfill,
-        };
-        self.enter(c, entry, now, out);
+            backfill: parent.backfill,
+        })
     }
 
     pub(super) fn arm_goal(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>) {
@@ -360,5 +396,22 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         out.push(self.decision(c, ji, now, action, reason));
+    }
+}
+
+/// The journey stays on its step, due again at `at`.
+fn due_again(c: &mut Customer, ji: Ji, at: DateTime<Utc>, cause: Cause) {
+    c.journeys
+        .update(ji, |j| j.state = State::Due { at, cause });
+}
+
+/// Why a step is skipped whose send window has no slot (outside the quiet hours, if any).
+fn never_opens(window: &CronWindow, quiet: Option<QuietHours>) -> String {
+    match quiet {
+        Some(q) => format!(
+            "send_window \"{}\" never opens outside quiet hours {q}",
+            window.source
+        ),
+        None => format!("send_window \"{}\" has no future slot", window.source),
     }
 }
