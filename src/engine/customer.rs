@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::compact::Compact;
 use super::journey::PendingGoal;
 use super::journeys::{Changed, Journeys, Tracker};
-use crate::event::{CustomerPatch, Event, EventData, Item, Money};
+use crate::event::{CustomerPatch, Event, EventData, Item, Money, OrderPlaced, OrderShipped};
 
 #[derive(Debug, Clone)]
 pub struct Customer {
@@ -174,32 +174,8 @@ impl Customer {
             Arc::make_mut(&mut self.profile).patch(patch);
         }
         match &ev.data {
-            EventData::OrderPlaced(placed) => {
-                let order = self.order_mut(&placed.order_id);
-                // A second order.placed for the same order (new event id) must not count twice.
-                let first = order.placed_at.is_none();
-                order.items = placed.items.clone().into();
-                order.total = placed.total;
-                order.currency = placed.currency.as_str().into();
-                order.placed_at = Some(ev.time);
-                if first {
-                    Arc::make_mut(&mut self.profile).count_order(
-                        placed.total,
-                        &placed.items,
-                        ev.time,
-                    );
-                }
-            }
-            EventData::OrderShipped(s) => {
-                let order = self.order_mut(&s.order_id);
-                order.advance(OrderStatus::Shipped);
-                order.shipped_at = Some(ev.time);
-                order.shipping = Some(Box::new(Shipping {
-                    carrier: s.carrier.clone(),
-                    tracking_number: s.tracking_number.clone(),
-                    tracking_url: s.tracking_url.clone(),
-                }));
-            }
+            EventData::OrderPlaced(placed) => self.order_placed(placed, ev.time),
+            EventData::OrderShipped(shipped) => self.order_shipped(shipped, ev.time),
             EventData::OrderDelivered { order_id } => {
                 let order = self.order_mut(order_id);
                 order.advance(OrderStatus::Delivered);
@@ -209,52 +185,98 @@ impl Customer {
                 self.order_mut(order_id).status = OrderStatus::Cancelled;
             }
             EventData::OrderRefunded { order_id, amount } => {
-                let order = self.order_mut(order_id);
-                order.status = OrderStatus::Refunded;
-                order.refunded = order.refunded + *amount;
-                let p = Arc::make_mut(&mut self.profile);
-                p.total_spent = p.total_spent - *amount;
+                self.order_refunded(order_id, *amount);
             }
-            EventData::TicketOpened { ticket_id, .. } => {
-                if self.profile.resolved_early.contains_str(ticket_id) {
-                    Arc::make_mut(&mut self.profile)
-                        .resolved_early
-                        .retain(|t| **t != **ticket_id);
-                } else if !self.profile.open_tickets.contains_str(ticket_id) {
-                    Arc::make_mut(&mut self.profile)
-                        .open_tickets
-                        .push(ticket_id.as_str().into());
-                }
-            }
-            EventData::TicketResolved { ticket_id } => {
-                let p = Arc::make_mut(&mut self.profile);
-                if p.open_tickets.contains_str(ticket_id) {
-                    p.open_tickets.retain(|t| **t != **ticket_id);
-                } else if !p.resolved_early.contains_str(ticket_id) {
-                    p.resolved_early.push(ticket_id.as_str().into());
-                }
-            }
-            EventData::CustomerUnsubscribed { categories } => {
-                let p = Arc::make_mut(&mut self.profile);
-                for c in categories {
-                    p.unsubscribed.insert_sorted(c);
-                }
-            }
-            EventData::CustomerSubscribed { categories } => {
-                if categories
-                    .iter()
-                    .any(|c| self.profile.unsubscribed.contains_str(c))
-                {
-                    Arc::make_mut(&mut self.profile)
-                        .unsubscribed
-                        .retain(|u| !categories.iter().any(|c| **c == **u));
-                }
-            }
+            EventData::TicketOpened { ticket_id, .. } => self.ticket_opened(ticket_id),
+            EventData::TicketResolved { ticket_id } => self.ticket_resolved(ticket_id),
+            EventData::CustomerUnsubscribed { categories } => self.unsubscribe(categories),
+            EventData::CustomerSubscribed { categories } => self.subscribe(categories),
             EventData::FeedbackSubmitted { .. }
             | EventData::ReviewSubmitted { .. }
             | EventData::CustomerUpdated
             | EventData::CustomerErased
             | EventData::Other(_) => {}
+        }
+    }
+
+    /// An order placed at `at`: its items and total, counted in the profile the first time.
+    fn order_placed(&mut self, placed: &OrderPlaced, at: DateTime<Utc>) {
+        let order = self.order_mut(&placed.order_id);
+        // A second order.placed for the same order (new event id) must not count twice.
+        let first = order.placed_at.is_none();
+        order.items = placed.items.clone().into();
+        order.total = placed.total;
+        order.currency = placed.currency.as_str().into();
+        order.placed_at = Some(at);
+        if first {
+            Arc::make_mut(&mut self.profile).count_order(placed.total, &placed.items, at);
+        }
+    }
+
+    /// An order shipped at `at`, with its carrier and tracking.
+    fn order_shipped(&mut self, s: &OrderShipped, at: DateTime<Utc>) {
+        let order = self.order_mut(&s.order_id);
+        order.advance(OrderStatus::Shipped);
+        order.shipped_at = Some(at);
+        order.shipping = Some(Box::new(Shipping {
+            carrier: s.carrier.clone(),
+            tracking_number: s.tracking_number.clone(),
+            tracking_url: s.tracking_url.clone(),
+        }));
+    }
+
+    /// A refund: the order ends refunded, and the amount leaves the customer's total spent.
+    fn order_refunded(&mut self, order_id: &str, amount: Money) {
+        let order = self.order_mut(order_id);
+        order.status = OrderStatus::Refunded;
+        order.refunded = order.refunded + amount;
+        let p = Arc::make_mut(&mut self.profile);
+        p.total_spent = p.total_spent - amount;
+    }
+
+    /// A ticket opened: open now, unless its resolution arrived first. The profile is copied
+    /// only when it changes.
+    fn ticket_opened(&mut self, ticket_id: &str) {
+        if self.profile.resolved_early.contains_str(ticket_id) {
+            Arc::make_mut(&mut self.profile)
+                .resolved_early
+                .retain(|t| **t != *ticket_id);
+        } else if !self.profile.open_tickets.contains_str(ticket_id) {
+            Arc::make_mut(&mut self.profile)
+                .open_tickets
+                .push(ticket_id.into());
+        }
+    }
+
+    /// A ticket resolved: no longer open, or, if its opening has not arrived yet, resolved
+    /// early so that the opening leaves it closed.
+    fn ticket_resolved(&mut self, ticket_id: &str) {
+        let p = Arc::make_mut(&mut self.profile);
+        if p.open_tickets.contains_str(ticket_id) {
+            p.open_tickets.retain(|t| **t != *ticket_id);
+        } else if !p.resolved_early.contains_str(ticket_id) {
+            p.resolved_early.push(ticket_id.into());
+        }
+    }
+
+    /// Unsubscribes from the categories (or from `all`).
+    fn unsubscribe(&mut self, categories: &[String]) {
+        let p = Arc::make_mut(&mut self.profile);
+        for c in categories {
+            p.unsubscribed.insert_sorted(c);
+        }
+    }
+
+    /// Lifts the unsubscribes from the categories (`all`: the one from everything); the
+    /// profile is copied only when one of them was unsubscribed.
+    fn subscribe(&mut self, categories: &[String]) {
+        if categories
+            .iter()
+            .any(|c| self.profile.unsubscribed.contains_str(c))
+        {
+            Arc::make_mut(&mut self.profile)
+                .unsubscribed
+                .retain(|u| !categories.iter().any(|c| **c == **u));
         }
     }
 }
