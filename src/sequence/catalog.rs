@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::compile::{Compiled, compile_limited};
 use super::diag::{Diagnostic, Diags, Pos, did_you_mean};
+use super::raw::Sp;
 use super::{JourneyKind, Limits, Sequence};
 use crate::template::Templates;
 
@@ -160,80 +161,9 @@ impl Catalog {
         limits: &Limits,
     ) -> (Catalog, Vec<Diagnostic>) {
         let templates = Arc::new(templates);
-        let mut compiled: Vec<(String, Compiled)> = Vec::new();
-        // Every name a file claims, valid or not, so `start` of a broken file is not "unknown".
-        let mut claimed: Vec<String> = Vec::new();
-        for (path, source) in &files {
-            let mut d = Diags::new(path);
-            if let Some(c) = compile_limited(path, source, &templates, &mut d, limits) {
-                claimed.push(c.sequence.name.to_string());
-                compiled.push((path.clone(), c));
-            } else if let Some(stem) = Path::new(path).file_stem() {
-                claimed.push(stem.to_string_lossy().into_owned());
-            }
-            diags.extend(at_most(d.list, MAX_DIAGNOSTICS_PER_FILE));
-        }
-        let mut by_name: HashMap<Arc<str>, Arc<Sequence>> = HashMap::new();
-        let mut checked = Vec::new();
-        for (path, c) in compiled {
-            if let Some(first) = by_name.get(&c.sequence.name) {
-                diags.push(
-                    Diagnostic::new(
-                        &path,
-                        Pos::START,
-                        format!("duplicate sequence name `{}`", c.sequence.name),
-                    )
-                    .hint(format!(
-                        "{} already uses this name; names must be unique",
-                        first.path
-                    )),
-                );
-                continue;
-            }
-            let seq = Arc::new(c.sequence);
-            by_name.insert(seq.name.clone(), seq.clone());
-            checked.push((path, seq, c.starts));
-        }
-        let mut current = Vec::new();
-        let mut starts_of = HashMap::new();
-        for (path, seq, starts) in checked {
-            let mut d = Diags::new(&path);
-            for target in &starts {
-                match by_name.get(target.value.as_str()) {
-                    Some(t)
-                        if t.journey == JourneyKind::PerOrder
-                            && seq.journey == JourneyKind::PerCustomer =>
-                    {
-                        d.error_hint(
-                            target.pos,
-                            format!("`{}` is per_order and cannot be started from a per_customer journey", target.value),
-                            "a per_order journey needs the order of the journey that starts it",
-                        );
-                    }
-                    Some(_) => {}
-                    None if claimed.contains(&target.value) => {}
-                    None => {
-                        let hint =
-                            match did_you_mean(&target.value, claimed.iter().map(String::as_str)) {
-                                Some(s) => format!("did you mean `{s}`?"),
-                                None => "name a sequence defined in this directory".into(),
-                            };
-                        d.error_hint(
-                            target.pos,
-                            format!("`start` names an unknown sequence `{}`", target.value),
-                            hint,
-                        );
-                    }
-                }
-            }
-            if d.list.is_empty() {
-                starts_of.insert(seq.name.clone(), starts);
-                current.push(seq);
-            } else {
-                by_name.remove(&seq.name);
-                diags.extend(d.list);
-            }
-        }
+        let (compiled, claimed) = compile_each(&files, &templates, &mut diags, limits);
+        let (mut by_name, named) = unique_names(compiled, &mut diags);
+        let (mut current, starts_of) = known_starts(named, &mut by_name, &claimed, &mut diags);
         let looping = super::budget::start_cycles(&current, &starts_of);
         if !looping.is_empty() {
             current.retain(|s| !looping.iter().any(|d| d.path == s.path));
@@ -294,5 +224,146 @@ impl Catalog {
         self.versions
             .entry((seq.name.clone(), seq.version.clone()))
             .or_insert(seq);
+    }
+}
+
+/// Sequences by name.
+type ByName = HashMap<Arc<str>, Arc<Sequence>>;
+
+/// The `start` targets of each sequence, by its name.
+type StartsOf = HashMap<Arc<str>, Vec<Sp<String>>>;
+
+/// A compiled sequence whose name no earlier file took, with its `start` targets still to
+/// check.
+struct Named {
+    path: String,
+    sequence: Arc<Sequence>,
+    starts: Vec<Sp<String>>,
+}
+
+/// Compiles each file, its problems (at most [`MAX_DIAGNOSTICS_PER_FILE`]) going to `diags`.
+/// Also returns every name a file claims, valid or not, so `start` of a broken file is not
+/// "unknown".
+fn compile_each(
+    files: &[(String, String)],
+    templates: &Arc<Templates>,
+    diags: &mut Vec<Diagnostic>,
+    limits: &Limits,
+) -> (Vec<(String, Compiled)>, Vec<String>) {
+    let mut compiled = Vec::new();
+    let mut claimed = Vec::new();
+    for (path, source) in files {
+        let mut d = Diags::new(path);
+        if let Some(c) = compile_limited(path, source, templates, &mut d, limits) {
+            claimed.push(c.sequence.name.to_string());
+            compiled.push((path.clone(), c));
+        } else if let Some(stem) = Path::new(path).file_stem() {
+            claimed.push(stem.to_string_lossy().into_owned());
+        }
+        diags.extend(at_most(d.list, MAX_DIAGNOSTICS_PER_FILE));
+    }
+    (compiled, claimed)
+}
+
+/// Names must be unique: a file using a name an earlier file took is refused.
+fn unique_names(
+    compiled: Vec<(String, Compiled)>,
+    diags: &mut Vec<Diagnostic>,
+) -> (ByName, Vec<Named>) {
+    let mut by_name = ByName::new();
+    let mut named = Vec::new();
+    for (path, c) in compiled {
+        if let Some(first) = by_name.get(&c.sequence.name) {
+            diags.push(
+                Diagnostic::new(
+                    &path,
+                    Pos::START,
+                    format!("duplicate sequence name `{}`", c.sequence.name),
+                )
+                .hint(format!(
+                    "{} already uses this name; names must be unique",
+                    first.path
+                )),
+            );
+            continue;
+        }
+        let sequence = Arc::new(c.sequence);
+        by_name.insert(sequence.name.clone(), sequence.clone());
+        named.push(Named {
+            path,
+            sequence,
+            starts: c.starts,
+        });
+    }
+    (by_name, named)
+}
+
+/// The sequences whose `start` targets all pass [`check_start`], in order, with their
+/// targets by name. The others' problems go to `diags`, and they leave `by_name`: the files
+/// after them see them as broken.
+fn known_starts(
+    named: Vec<Named>,
+    by_name: &mut ByName,
+    claimed: &[String],
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<Arc<Sequence>>, StartsOf) {
+    let mut current = Vec::new();
+    let mut starts_of = StartsOf::new();
+    for Named {
+        path,
+        sequence: seq,
+        starts,
+    } in named
+    {
+        let mut d = Diags::new(&path);
+        for target in &starts {
+            check_start(&mut d, &seq, target, by_name, claimed);
+        }
+        if d.list.is_empty() {
+            starts_of.insert(seq.name.clone(), starts);
+            current.push(seq);
+        } else {
+            by_name.remove(&seq.name);
+            diags.extend(d.list);
+        }
+    }
+    (current, starts_of)
+}
+
+/// One `start` target of `seq`: a sequence of the directory (a broken file's name counts),
+/// and not per_order when `seq` is per_customer.
+fn check_start(
+    d: &mut Diags,
+    seq: &Sequence,
+    target: &Sp<String>,
+    by_name: &ByName,
+    claimed: &[String],
+) {
+    match by_name.get(target.value.as_str()) {
+        Some(t)
+            if t.journey == JourneyKind::PerOrder && seq.journey == JourneyKind::PerCustomer =>
+        {
+            d.error_hint(
+                target.pos,
+                format!(
+                    "`{}` is per_order and cannot be started from a per_customer journey",
+                    target.value
+                ),
+                "a per_order journey needs the order of the journey that starts it",
+            );
+        }
+        Some(_) => {}
+        None if claimed.contains(&target.value) => {}
+        None => {
+            let hint = match did_you_mean(&target.value, claimed.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "name a sequence defined in this directory".into(),
+            };
+            d.error_hint(
+                target.pos,
+                format!("`start` names an unknown sequence `{}`", target.value),
+                hint,
+            );
+        }
     }
 }
