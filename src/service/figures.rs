@@ -100,7 +100,34 @@ fn rate(part: i64, whole: i64) -> Option<f64> {
 /// Builds the report: sequences and steps in the catalog's order (then any only the store
 /// knows, e.g. a sequence since deleted), so a funnel reads top to bottom.
 pub fn report(f: &StoreFigures, catalog: &Catalog, now: DateTime<Utc>, nps_window: &str) -> Report {
-    let mut seqs: Vec<SequenceFigures> = catalog
+    let mut seqs = from_catalog(catalog);
+    count_decisions(&mut seqs, &f.decisions);
+    count_emails(&mut seqs, &f.emails);
+    count_in_flight(&mut seqs, &f.journeys);
+    rates(&mut seqs, &f.entered, f.customers);
+    let (all, all_repeat) = f.customers;
+    Report {
+        computed_at: Some(now),
+        sequences: seqs,
+        nps: nps(&f.feedback, nps_window),
+        customers: all,
+        repeat_purchase_rate: rate(all_repeat, all),
+        dead_letters: f.dead_letters.iter().map(|(_, _, n)| n).sum(),
+        dead_letters_pending: f
+            .dead_letters
+            .iter()
+            .filter(|(_, state, _)| state == "pending")
+            .map(|(_, _, n)| n)
+            .sum(),
+        dead_letter_classes: by_class(&f.dead_letters),
+        outbox_pending: f.outbox_pending,
+        due_backlog: f.due_backlog,
+    }
+}
+
+/// Every sequence of the catalog and its steps, in order, with nothing counted yet.
+fn from_catalog(catalog: &Catalog) -> Vec<SequenceFigures> {
+    catalog
         .sequences()
         .iter()
         .map(|s| SequenceFigures {
@@ -115,35 +142,47 @@ pub fn report(f: &StoreFigures, catalog: &Catalog, now: DateTime<Utc>, nps_windo
                 .collect(),
             ..SequenceFigures::default()
         })
-        .collect();
-    fn seq<'a>(seqs: &'a mut Vec<SequenceFigures>, name: &str) -> &'a mut SequenceFigures {
-        let i = match seqs.iter().position(|s| s.name == name) {
-            Some(i) => i,
-            None => {
-                seqs.push(SequenceFigures {
-                    name: name.into(),
-                    ..SequenceFigures::default()
-                });
-                seqs.len() - 1
-            }
-        };
-        &mut seqs[i]
-    }
-    fn step<'a>(s: &'a mut SequenceFigures, id: &str) -> &'a mut StepFigures {
-        let i = match s.steps.iter().position(|st| st.id == id) {
-            Some(i) => i,
-            None => {
-                s.steps.push(StepFigures {
-                    id: id.into(),
-                    ..StepFigures::default()
-                });
-                s.steps.len() - 1
-            }
-        };
-        &mut s.steps[i]
-    }
-    for (sequence, step_id, action, reason, n) in &f.decisions {
-        let s = seq(&mut seqs, sequence);
+        .collect()
+}
+
+/// The figures of the sequence named, added at the end if the catalog has no such sequence.
+fn seq<'a>(seqs: &'a mut Vec<SequenceFigures>, name: &str) -> &'a mut SequenceFigures {
+    let i = match seqs.iter().position(|s| s.name == name) {
+        Some(i) => i,
+        None => {
+            seqs.push(SequenceFigures {
+                name: name.into(),
+                ..SequenceFigures::default()
+            });
+            seqs.len() - 1
+        }
+    };
+    &mut seqs[i]
+}
+
+/// The figures of the step, added at the end if the sequence has no such step.
+fn step<'a>(s: &'a mut SequenceFigures, id: &str) -> &'a mut StepFigures {
+    let i = match s.steps.iter().position(|st| st.id == id) {
+        Some(i) => i,
+        None => {
+            s.steps.push(StepFigures {
+                id: id.into(),
+                ..StepFigures::default()
+            });
+            s.steps.len() - 1
+        }
+    };
+    &mut s.steps[i]
+}
+
+/// Counts the timeline's journey lines: per sequence (enter, goal, complete, exit) and per
+/// step (email, skip, defer, and decision-time suppressions by reason class).
+fn count_decisions(
+    seqs: &mut Vec<SequenceFigures>,
+    decisions: &[(String, String, String, String, i64)],
+) {
+    for (sequence, step_id, action, reason, n) in decisions {
+        let s = seq(seqs, sequence);
         match action.as_str() {
             "enter" => s.entered += n,
             "goal" => s.goals += n,
@@ -153,7 +192,7 @@ pub fn report(f: &StoreFigures, catalog: &Catalog, now: DateTime<Utc>, nps_windo
             "email" => step(s, step_id).emailed += n,
             "skip" => step(s, step_id).skipped += n,
             "defer" => step(s, step_id).deferred += n,
-            // Decision-time suppressions; send-time ones are counted from the outbox below.
+            // Decision-time suppressions; send-time ones are counted from the outbox.
             "suppress" => {
                 *step(s, step_id)
                     .suppressed
@@ -163,8 +202,13 @@ pub fn report(f: &StoreFigures, catalog: &Catalog, now: DateTime<Utc>, nps_windo
             _ => {}
         }
     }
-    for (sequence, step_id, status, n) in &f.emails {
-        let st = step(seq(&mut seqs, sequence), step_id);
+}
+
+/// Counts the outbox rows of each step by status; send-time suppressions count as
+/// suppressed "at send time".
+fn count_emails(seqs: &mut Vec<SequenceFigures>, emails: &[(String, String, String, i64)]) {
+    for (sequence, step_id, status, n) in emails {
+        let st = step(seq(seqs, sequence), step_id);
         match status.as_str() {
             "sent" => st.sent += n,
             "dry-run" => st.dry_run += n,
@@ -175,47 +219,44 @@ pub fn report(f: &StoreFigures, catalog: &Catalog, now: DateTime<Utc>, nps_windo
             _ => {}
         }
     }
-    for j in &f.journeys {
-        let s = seq(&mut seqs, &j.sequence);
+}
+
+/// Counts the journeys in flight, per sequence and per step.
+fn count_in_flight(seqs: &mut Vec<SequenceFigures>, journeys: &[JourneyCount]) {
+    for j in journeys {
+        let s = seq(seqs, &j.sequence);
         s.in_flight += j.count as i64;
         step(s, &j.step).in_flight += j.count as i64;
     }
-    let (all, all_repeat) = f.customers;
-    for (sequence, customers, repeat) in &f.entered {
-        let s = seq(&mut seqs, sequence);
+}
+
+/// Each sequence's conversion rate, and its repeat-purchase rate against that of the
+/// customers who did not enter it (all customers, for a sequence nobody entered).
+/// `customers` is (all, those with two or more orders); `entered` the same per sequence.
+fn rates(seqs: &mut Vec<SequenceFigures>, entered: &[(String, i64, i64)], customers: (i64, i64)) {
+    let (all, all_repeat) = customers;
+    for (sequence, customers, repeat) in entered {
+        let s = seq(seqs, sequence);
         s.customers = *customers;
         s.repeat_purchase_rate = rate(*repeat, *customers);
         s.repeat_purchase_rate_others = rate(all_repeat - repeat, all - customers);
     }
-    for s in &mut seqs {
+    for s in seqs {
         s.conversion_rate = rate(s.goals, s.entered);
         if s.customers == 0 {
             s.repeat_purchase_rate_others = rate(all_repeat, all);
         }
     }
-    Report {
-        computed_at: Some(now),
-        sequences: seqs,
-        nps: nps(&f.feedback, nps_window),
-        customers: all,
-        repeat_purchase_rate: rate(all_repeat, all),
-        dead_letters: f.dead_letters.iter().map(|(_, _, n)| n).sum(),
-        dead_letters_pending: f
-            .dead_letters
-            .iter()
-            .filter(|(_, state, _)| state == "pending")
-            .map(|(_, _, n)| n)
-            .sum(),
-        dead_letter_classes: f
-            .dead_letters
-            .iter()
-            .fold(BTreeMap::new(), |mut m, (c, _, n)| {
-                *m.entry(c.clone()).or_default() += n;
-                m
-            }),
-        outbox_pending: f.outbox_pending,
-        due_backlog: f.due_backlog,
-    }
+}
+
+/// Dead letters per reason class, whatever their state.
+fn by_class(dead_letters: &[(String, String, i64)]) -> BTreeMap<String, i64> {
+    dead_letters
+        .iter()
+        .fold(BTreeMap::new(), |mut m, (c, _, n)| {
+            *m.entry(c.clone()).or_default() += n;
+            m
+        })
 }
 
 /// NPS from `feedback` lines (`nps 9`); CSAT answers and malformed lines are left out.
@@ -252,6 +293,24 @@ pub fn export(
     journeys: &[JourneyCount],
     dead_letters: &[(String, String, i64)],
 ) {
+    export_journeys(m, journeys);
+    m.outbox_pending.set(r.outbox_pending);
+    export_dead_letters(m, dead_letters);
+    m.due_backlog.set(r.due_backlog);
+    m.figures.clear();
+    m.conversion_rate.clear();
+    m.repeat_purchase_rate.clear();
+    for s in &r.sequences {
+        export_counts(m, s);
+        export_rates(m, s);
+    }
+    m.nps.set(r.nps.score.unwrap_or(0.0));
+    m.nps_responses.set(r.nps.responses);
+}
+
+/// Journeys in flight per sequence, step and status, the versions summed; a step no journey
+/// is on any more has no gauge.
+fn export_journeys(m: &Metrics, journeys: &[JourneyCount]) {
     m.journeys.clear();
     let mut by_step: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
     for j in journeys {
@@ -268,7 +327,10 @@ pub fn export(
             })
             .set(n);
     }
-    m.outbox_pending.set(r.outbox_pending);
+}
+
+/// Dead letters in the store per reason class and state.
+fn export_dead_letters(m: &Metrics, dead_letters: &[(String, String, i64)]) {
     m.dead_letters_stored.clear();
     for (class, state, n) in dead_letters {
         m.dead_letters_stored
@@ -278,57 +340,57 @@ pub fn export(
             })
             .set(*n);
     }
-    m.due_backlog.set(r.due_backlog);
-    m.figures.clear();
-    m.conversion_rate.clear();
-    m.repeat_purchase_rate.clear();
-    for s in &r.sequences {
-        let figure = |step: &str, figure: &str, n: i64| {
-            m.figures
-                .get_or_create(&FigureLabels {
-                    sequence: s.name.clone(),
-                    step: step.into(),
-                    figure: figure.into(),
-                })
-                .set(n);
-        };
-        figure("", "entered", s.entered);
-        figure("", "goals", s.goals);
-        figure("", "completed", s.completed);
-        figure("", "exited", s.exited);
-        for st in &s.steps {
-            figure(&st.id, "emailed", st.emailed);
-            figure(&st.id, "sent", st.sent);
-            figure(&st.id, "skipped", st.skipped);
-            figure(&st.id, "deferred", st.deferred);
-            figure(&st.id, "failed", st.failed);
-            figure(&st.id, "bounced", st.bounced);
-            for (reason, n) in &st.suppressed {
-                figure(&st.id, &format!("suppressed: {reason}"), *n);
-            }
-        }
-        let label = SequenceLabels {
-            sequence: s.name.clone(),
-        };
-        if let Some(c) = s.conversion_rate {
-            m.conversion_rate.get_or_create(&label).set(c);
-        }
-        for (group, rate) in [
-            ("entered", s.repeat_purchase_rate),
-            ("not_entered", s.repeat_purchase_rate_others),
-        ] {
-            if let Some(rate) = rate {
-                m.repeat_purchase_rate
-                    .get_or_create(&GroupLabels {
-                        sequence: s.name.clone(),
-                        group,
-                    })
-                    .set(rate);
-            }
+}
+
+/// A sequence's counts: its own (entered, goals, completed, exited) and each step's.
+fn export_counts(m: &Metrics, s: &SequenceFigures) {
+    let figure = |step: &str, figure: &str, n: i64| {
+        m.figures
+            .get_or_create(&FigureLabels {
+                sequence: s.name.clone(),
+                step: step.into(),
+                figure: figure.into(),
+            })
+            .set(n);
+    };
+    figure("", "entered", s.entered);
+    figure("", "goals", s.goals);
+    figure("", "completed", s.completed);
+    figure("", "exited", s.exited);
+    for st in &s.steps {
+        figure(&st.id, "emailed", st.emailed);
+        figure(&st.id, "sent", st.sent);
+        figure(&st.id, "skipped", st.skipped);
+        figure(&st.id, "deferred", st.deferred);
+        figure(&st.id, "failed", st.failed);
+        figure(&st.id, "bounced", st.bounced);
+        for (reason, n) in &st.suppressed {
+            figure(&st.id, &format!("suppressed: {reason}"), *n);
         }
     }
-    m.nps.set(r.nps.score.unwrap_or(0.0));
-    m.nps_responses.set(r.nps.responses);
+}
+
+/// A sequence's conversion rate and repeat-purchase rates, those it has.
+fn export_rates(m: &Metrics, s: &SequenceFigures) {
+    let label = SequenceLabels {
+        sequence: s.name.clone(),
+    };
+    if let Some(c) = s.conversion_rate {
+        m.conversion_rate.get_or_create(&label).set(c);
+    }
+    for (group, rate) in [
+        ("entered", s.repeat_purchase_rate),
+        ("not_entered", s.repeat_purchase_rate_others),
+    ] {
+        if let Some(rate) = rate {
+            m.repeat_purchase_rate
+                .get_or_create(&GroupLabels {
+                    sequence: s.name.clone(),
+                    group,
+                })
+                .set(rate);
+        }
+    }
 }
 
 #[cfg(test)]
