@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::validate::Stored;
-use crate::sequence::Catalog;
-use crate::store::JourneyCount;
+use crate::sequence::{Catalog, Migrate, Sequence};
+use crate::store::{JourneyCount, VersionRecord};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,37 +38,23 @@ pub fn plan(catalog: &Catalog, counts: &[JourneyCount], stored: &Stored) -> Vec<
         out.push("no journeys in flight".to_string());
     }
     for c in counts {
-        let what = match catalog.get(&c.sequence) {
-            None => "file removed: these journeys finish on their version".to_string(),
-            Some(s) if *s.version == *c.version => "unchanged".to_string(),
-            Some(s) => match &s.migrate {
-                Some(m) if m.from == c.version => {
-                    let to = m
-                        .steps
-                        .iter()
-                        .find(|(from, _)| *from == c.step)
-                        .map(|(_, i)| s.steps[*i].id.to_string())
-                        .or_else(|| s.step_index(&c.step).map(|_| c.step.clone()));
-                    match to {
-                        Some(step) => format!("migrate to {} step {step}", s.version),
-                        None => format!(
-                            "stay on {} (step {} has no match in {})",
-                            c.version, c.step, s.version
-                        ),
-                    }
-                }
-                _ => format!("stay on {} (new journeys take {})", c.version, s.version),
-            },
-        };
+        let what = fate(catalog, c);
         out.push(format!(
             "{}@{} step {} ({}): {} journey(s): {what}",
             c.sequence, c.version, c.step, c.status, c.count
         ));
     }
+    out.extend(changed_versions(catalog, counts, stored));
+    out
+}
+
+/// A line per version in flight that the files would change, saying what changed.
+fn changed_versions(catalog: &Catalog, counts: &[JourneyCount], stored: &Stored) -> Vec<String> {
     let versions: BTreeSet<(&str, &str)> = counts
         .iter()
         .map(|c| (c.sequence.as_str(), c.version.as_str()))
         .collect();
+    let mut out = Vec::new();
     for (name, version) in versions {
         let (Some(now), Some(before)) = (
             catalog.get(name),
@@ -79,39 +65,75 @@ pub fn plan(catalog: &Catalog, counts: &[JourneyCount], stored: &Stored) -> Vec<
         if *now.version == *version {
             continue;
         }
-        let mut changes = Vec::new();
-        if *now.source != *before.source {
-            changes.push(format!("{} edited", now.path));
-        }
-        if before.templates.is_empty() {
-            changes.push("templates not kept with the old version".to_string());
-        } else {
-            let old: BTreeMap<&str, &str> = before
-                .templates
-                .iter()
-                .map(|(f, t)| (f.as_str(), t.as_str()))
-                .collect();
-            let new_files = now.templates.files_used(now.email_templates());
-            let new: BTreeMap<&str, &str> = new_files
-                .iter()
-                .map(|(f, t)| (f.as_str(), t.as_str()))
-                .collect();
-            for (file, text) in &new {
-                match old.get(file) {
-                    None => changes.push(format!("template {file} added")),
-                    Some(t) if t != text => changes.push(format!("template {file} edited")),
-                    Some(_) => {}
-                }
-            }
-            for file in old.keys().filter(|f| !new.contains_key(*f)) {
-                changes.push(format!("template {file} removed"));
-            }
-        }
         out.push(format!(
             "{name}@{version} -> {}: {}",
             now.version,
-            changes.join(", ")
+            changes(now, before).join(", ")
         ));
     }
     out
+}
+
+/// What the files would do to these journeys: nothing, let them finish on their version,
+/// or migrate them to the new one (when its `migrate` is from their version and their step
+/// has a match).
+fn fate(catalog: &Catalog, c: &JourneyCount) -> String {
+    match catalog.get(&c.sequence) {
+        None => "file removed: these journeys finish on their version".to_string(),
+        Some(s) if *s.version == *c.version => "unchanged".to_string(),
+        Some(s) => match &s.migrate {
+            Some(m) if m.from == c.version => match migrated_step(s, m, &c.step) {
+                Some(step) => format!("migrate to {} step {step}", s.version),
+                None => format!(
+                    "stay on {} (step {} has no match in {})",
+                    c.version, c.step, s.version
+                ),
+            },
+            _ => format!("stay on {} (new journeys take {})", c.version, s.version),
+        },
+    }
+}
+
+/// The step of `s` a journey on the old `step` migrates to: the one `migrate` maps it to,
+/// else the step of the same id.
+fn migrated_step(s: &Sequence, m: &Migrate, step: &str) -> Option<String> {
+    m.steps
+        .iter()
+        .find(|(from, _)| *from == step)
+        .map(|(_, i)| s.steps[*i].id.to_string())
+        .or_else(|| s.step_index(step).map(|_| step.to_string()))
+}
+
+/// What changed from the stored version to the one in the files: the sequence file, and
+/// each template file edited, added or removed.
+fn changes(now: &Sequence, before: &VersionRecord) -> Vec<String> {
+    let mut changes = Vec::new();
+    if *now.source != *before.source {
+        changes.push(format!("{} edited", now.path));
+    }
+    if before.templates.is_empty() {
+        changes.push("templates not kept with the old version".to_string());
+        return changes;
+    }
+    let old: BTreeMap<&str, &str> = before
+        .templates
+        .iter()
+        .map(|(f, t)| (f.as_str(), t.as_str()))
+        .collect();
+    let new_files = now.templates.files_used(now.email_templates());
+    let new: BTreeMap<&str, &str> = new_files
+        .iter()
+        .map(|(f, t)| (f.as_str(), t.as_str()))
+        .collect();
+    for (file, text) in &new {
+        match old.get(file) {
+            None => changes.push(format!("template {file} added")),
+            Some(t) if t != text => changes.push(format!("template {file} edited")),
+            Some(_) => {}
+        }
+    }
+    for file in old.keys().filter(|f| !new.contains_key(*f)) {
+        changes.push(format!("template {file} removed"));
+    }
+    changes
 }
