@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
 
 use super::diag::{Diags, Pos, did_you_mean};
@@ -166,6 +167,9 @@ fn compile_with(
         .map(|sequence| Compiled { sequence, starts })
 }
 
+/// Each step's index and the position of its id, by id.
+type Ids<'s> = HashMap<&'s str, (usize, Pos)>;
+
 struct Compiler<'a, 'b, 'd> {
     d: &'d mut Diags<'a>,
     /// `None` when reviving a stored version: templates are not checked then.
@@ -177,37 +181,15 @@ struct Compiler<'a, 'b, 'd> {
 
 impl Compiler<'_, '_, '_> {
     fn sequence(&mut self, path: &str, source: &str, raw: raw::RawSequence) -> Option<Sequence> {
-        let stem = std::path::Path::new(path)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let name = match &raw.name {
-            Some(n) => self.word(n, "sequence name").map(|_| n.value.clone()),
-            None => Some(stem),
-        };
+        let name = self.name(raw.name.as_ref(), path);
         let category = match &raw.category {
             Some(c) => self.category(c),
             None => Some(Category("marketing".into())),
         };
-        let timezone = raw.timezone.as_ref().and_then(|tz| {
-            parse_tz(&tz.value)
-                .map_err(|m| {
-                    self.d
-                        .error_hint(tz.pos, m, "use a name like Asia/Seoul or America/New_York")
-                })
-                .ok()
-        });
+        let timezone = raw.timezone.as_ref().and_then(|tz| self.timezone(tz));
         let trigger = self.trigger(raw.trigger.as_ref());
         let journey = self.journey(raw.journey.as_ref());
-        if let (Some(JourneyKind::PerOrder), Some(r)) = (journey, &raw.reenter)
-            && r.value
-        {
-            self.d.error_hint(
-                r.key,
-                "`reenter` applies to per_customer journeys only",
-                "a per_order journey runs once per order; remove `reenter`",
-            );
-        }
+        let reenter = self.reenter(raw.reenter.as_ref(), journey);
         let exit_on = raw
             .exit_on
             .iter()
@@ -231,12 +213,49 @@ impl Compiler<'_, '_, '_> {
             timezone,
             trigger: trigger?,
             journey: journey?,
-            reenter: raw.reenter.is_some_and(|r| r.value),
+            reenter,
             exit_on,
             pause_when,
             steps: steps?,
             migrate,
         })
+    }
+
+    /// The sequence's name: as written, else the file's name without its extension.
+    fn name(&mut self, name: Option<&Sp<String>>, path: &str) -> Option<String> {
+        let stem = std::path::Path::new(path)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match name {
+            Some(n) => self.word(n, "sequence name").map(|_| n.value.clone()),
+            None => Some(stem),
+        }
+    }
+
+    /// The sequence's `timezone`: an IANA name.
+    fn timezone(&mut self, tz: &Sp<String>) -> Option<Tz> {
+        parse_tz(&tz.value)
+            .map_err(|m| {
+                self.d
+                    .error_hint(tz.pos, m, "use a name like Asia/Seoul or America/New_York")
+            })
+            .ok()
+    }
+
+    /// `reenter`, false when absent; an error on a per_order journey, which runs once per
+    /// order.
+    fn reenter(&mut self, reenter: Option<&Sp<bool>>, journey: Option<JourneyKind>) -> bool {
+        if let (Some(JourneyKind::PerOrder), Some(r)) = (journey, reenter)
+            && r.value
+        {
+            self.d.error_hint(
+                r.key,
+                "`reenter` applies to per_customer journeys only",
+                "a per_order journey runs once per order; remove `reenter`",
+            );
+        }
+        reenter.is_some_and(|r| r.value)
     }
 
     /// Names and categories are plain words: they appear in headers, URLs and output lines.
@@ -358,6 +377,16 @@ impl Compiler<'_, '_, '_> {
     }
 
     fn steps(&mut self, steps: Option<&Sp<Vec<RawStep>>>) -> Option<Vec<Step>> {
+        let steps = self.step_list(steps)?;
+        // Ids first: `on_timeout` may jump forward to a step not compiled yet.
+        let (ids, ok) = self.step_ids(steps);
+        let compiled: Vec<Option<Step>> = steps.iter().map(|s| self.step(s, &ids)).collect();
+        let compiled: Option<Vec<Step>> = compiled.into_iter().collect();
+        if ok { compiled } else { None }
+    }
+
+    /// The `steps` list, if there is one, not empty and not over [`MAX_STEPS`].
+    fn step_list<'s>(&mut self, steps: Option<&'s Sp<Vec<RawStep>>>) -> Option<&'s [RawStep]> {
         let Some(steps) = steps else {
             self.d.error_hint(
                 Pos::START,
@@ -382,10 +411,15 @@ impl Compiler<'_, '_, '_> {
             );
             return None;
         }
-        // Ids first: `on_timeout` may jump forward to a step not compiled yet.
-        let mut ids: HashMap<&str, (usize, Pos)> = HashMap::new();
+        Some(&steps.value)
+    }
+
+    /// Each step's index by its id, and whether every step has an id that is a word and its
+    /// own.
+    fn step_ids<'s>(&mut self, steps: &'s [RawStep]) -> (Ids<'s>, bool) {
+        let mut ids = Ids::new();
         let mut ok = true;
-        for (i, s) in steps.value.iter().enumerate() {
+        for (i, s) in steps.iter().enumerate() {
             let Some(id) = &s.id else {
                 self.d.error_hint(
                     s.pos,
@@ -410,12 +444,10 @@ impl Compiler<'_, '_, '_> {
                 ids.insert(&id.value, (i, id.pos));
             }
         }
-        let compiled: Vec<Option<Step>> = steps.value.iter().map(|s| self.step(s, &ids)).collect();
-        let compiled: Option<Vec<Step>> = compiled.into_iter().collect();
-        if ok { compiled } else { None }
+        (ids, ok)
     }
 
-    fn step(&mut self, s: &RawStep, ids: &HashMap<&str, (usize, Pos)>) -> Option<Step> {
+    fn step(&mut self, s: &RawStep, ids: &Ids) -> Option<Step> {
         let id: Arc<str> =
             s.id.as_ref()
                 .map(|i| i.value.as_str())
@@ -458,11 +490,7 @@ impl Compiler<'_, '_, '_> {
         })
     }
 
-    fn wait_for(
-        &mut self,
-        w: &Sp<raw::RawWaitFor>,
-        ids: &HashMap<&str, (usize, Pos)>,
-    ) -> Option<WaitFor> {
+    fn wait_for(&mut self, w: &Sp<raw::RawWaitFor>, ids: &Ids) -> Option<WaitFor> {
         let event = match &w.value.event {
             Some(e) => self.event_type(e),
             None => {
@@ -475,52 +503,10 @@ impl Compiler<'_, '_, '_> {
             }
         };
         let when = w.value.when.as_ref().map(|e| self.expr(e));
-        let timeout = match &w.value.timeout {
-            Some(t) => self.period(t).filter(|p| {
-                // A zero timeout with `on_timeout` jumping back would loop without waiting.
-                let ok = !p.is_zero();
-                if !ok {
-                    self.d.error_hint(
-                        t.pos,
-                        "`timeout` must be longer than 0s",
-                        "wait at least a second, e.g. `timeout: 1h`",
-                    );
-                }
-                ok
-            }),
-            None => {
-                self.d.error_hint(
-                    w.key,
-                    "`wait_for` needs a `timeout`",
-                    "add `timeout: 3d`: how long to wait before `on_timeout` decides",
-                );
-                None
-            }
-        };
+        let timeout = self.timeout(w);
         let on_timeout = match w.value.on_timeout.as_ref() {
             None => Some(OnTimeout::Skip),
-            Some(o) => match o.value.as_str() {
-                "skip" => Some(OnTimeout::Skip),
-                "continue" => Some(OnTimeout::Continue),
-                "exit" => Some(OnTimeout::Exit),
-                step => match ids.get(step) {
-                    Some((i, _)) => Some(OnTimeout::Goto(*i)),
-                    None => {
-                        let hint = match did_you_mean(step, ids.keys().copied()) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => {
-                                "use skip, continue, exit or the id of a step in this file".into()
-                            }
-                        };
-                        self.d.error_hint(
-                            o.pos,
-                            format!("`on_timeout` names an unknown step `{step}`"),
-                            hint,
-                        );
-                        None
-                    }
-                },
-            },
+            Some(o) => self.on_timeout(o, ids),
         };
         Some(WaitFor {
             event: event?,
@@ -528,6 +514,54 @@ impl Compiler<'_, '_, '_> {
             timeout: timeout?,
             on_timeout: on_timeout?,
         })
+    }
+
+    /// The `timeout` of a `wait_for`: required, and longer than zero.
+    fn timeout(&mut self, w: &Sp<raw::RawWaitFor>) -> Option<Period> {
+        let Some(t) = &w.value.timeout else {
+            self.d.error_hint(
+                w.key,
+                "`wait_for` needs a `timeout`",
+                "add `timeout: 3d`: how long to wait before `on_timeout` decides",
+            );
+            return None;
+        };
+        self.period(t).filter(|p| {
+            // A zero timeout with `on_timeout` jumping back would loop without waiting.
+            let ok = !p.is_zero();
+            if !ok {
+                self.d.error_hint(
+                    t.pos,
+                    "`timeout` must be longer than 0s",
+                    "wait at least a second, e.g. `timeout: 1h`",
+                );
+            }
+            ok
+        })
+    }
+
+    /// `on_timeout`: skip, continue, exit, or the id of a step in the file to go to.
+    fn on_timeout(&mut self, o: &Sp<String>, ids: &Ids) -> Option<OnTimeout> {
+        match o.value.as_str() {
+            "skip" => Some(OnTimeout::Skip),
+            "continue" => Some(OnTimeout::Continue),
+            "exit" => Some(OnTimeout::Exit),
+            step => match ids.get(step) {
+                Some((i, _)) => Some(OnTimeout::Goto(*i)),
+                None => {
+                    let hint = match did_you_mean(step, ids.keys().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "use skip, continue, exit or the id of a step in this file".into(),
+                    };
+                    self.d.error_hint(
+                        o.pos,
+                        format!("`on_timeout` names an unknown step `{step}`"),
+                        hint,
+                    );
+                    None
+                }
+            },
+        }
     }
 
     fn goal(&mut self, g: &Sp<raw::RawGoal>) -> Option<Goal> {
@@ -560,42 +594,9 @@ impl Compiler<'_, '_, '_> {
 
     /// The step's one action; `Some(None)` for a step that only waits.
     fn action(&mut self, s: &RawStep) -> Option<Option<Action>> {
-        let present: Vec<(&str, Pos)> = [
-            s.email.as_ref().map(|e| ("email", e.key)),
-            s.start.as_ref().map(|e| ("start", e.key)),
-            s.exit.as_ref().map(|e| ("exit", e.key)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if present.len() > 1 {
-            let names: Vec<String> = present.iter().map(|(n, _)| format!("`{n}`")).collect();
-            self.d.error_hint(
-                present[1].1,
-                format!(
-                    "a step has one action; this one has {}",
-                    names.join(" and ")
-                ),
-                "split it into one step per action",
-            );
-            return None;
-        }
+        self.one_action(s)?;
         if let Some(email) = &s.email {
-            let Some(t) = &email.value.template else {
-                self.d.error_hint(
-                    email.pos,
-                    "`email` has no `template`",
-                    "add `template: camera/basics` (a file under templates/)",
-                );
-                return None;
-            };
-            if let Some(Err((msg, hint))) = self.templates.map(|ts| ts.check(&t.value)) {
-                self.d.error_hint(t.pos, msg, hint);
-                return None;
-            }
-            return Some(Some(Action::Email {
-                template: t.value.as_str().into(),
-            }));
+            return self.email(email).map(Some);
         }
         if let Some(start) = &s.start {
             self.word(start, "sequence name")?;
@@ -616,6 +617,51 @@ impl Compiler<'_, '_, '_> {
             return Some(Some(Action::Exit));
         }
         Some(None)
+    }
+
+    /// A step has at most one action: `email`, `start` or `exit`.
+    fn one_action(&mut self, s: &RawStep) -> Option<()> {
+        let present: Vec<(&str, Pos)> = [
+            s.email.as_ref().map(|e| ("email", e.key)),
+            s.start.as_ref().map(|e| ("start", e.key)),
+            s.exit.as_ref().map(|e| ("exit", e.key)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if present.len() > 1 {
+            let names: Vec<String> = present.iter().map(|(n, _)| format!("`{n}`")).collect();
+            self.d.error_hint(
+                present[1].1,
+                format!(
+                    "a step has one action; this one has {}",
+                    names.join(" and ")
+                ),
+                "split it into one step per action",
+            );
+            return None;
+        }
+        Some(())
+    }
+
+    /// An `email` action: its `template`, which must exist (checked unless reviving a stored
+    /// version).
+    fn email(&mut self, email: &Sp<raw::RawEmail>) -> Option<Action> {
+        let Some(t) = &email.value.template else {
+            self.d.error_hint(
+                email.pos,
+                "`email` has no `template`",
+                "add `template: camera/basics` (a file under templates/)",
+            );
+            return None;
+        };
+        if let Some(Err((msg, hint))) = self.templates.map(|ts| ts.check(&t.value)) {
+            self.d.error_hint(t.pos, msg, hint);
+            return None;
+        }
+        Some(Action::Email {
+            template: t.value.as_str().into(),
+        })
     }
 
     fn migrate(&mut self, m: &Sp<raw::RawMigrate>, steps: &[Step]) -> Option<Migrate> {
