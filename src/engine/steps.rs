@@ -246,14 +246,11 @@ impl Engine {
             JourneyKind::PerOrder => order_id,
             JourneyKind::PerCustomer => None,
         };
-        let refusal = if parent.backfill && !seq.category.is_transactional() {
-            Err(BACKFILL.to_string())
-        } else {
-            self.may_enter(c, &seq, order_id)
-        };
-        if let Err(why) = refusal {
-            return Err(format!("not started: {why}"));
+        if parent.backfill && !seq.category.is_transactional() {
+            return Err(format!("not started: {BACKFILL}"));
         }
+        self.may_enter(c, &seq, order_id)
+            .map_err(|why| format!("not started: {why}"))?;
         let step_id = &parent.sequence.steps[parent.step].id;
         Ok(Entry {
             id: JourneyId::derive(&[&seq.name, &parent.id.to_string(), step_id]),
