@@ -247,39 +247,9 @@ impl Publisher {
         } else {
             &l.value
         };
-        let (partition, offset, size, id) = (
-            l.partition.to_string(),
-            l.offset.to_string(),
-            l.value.len().to_string(),
-            d.id.to_string(),
-        );
-        let mut headers = OwnedHeaders::new_with_capacity(l.headers.len() + 7);
-        for (k, v) in &l.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let mut ours = vec![
-            ("aftercare.error", l.reason.as_str()),
-            ("aftercare.source.topic", l.topic.as_str()),
-            ("aftercare.source.partition", partition.as_str()),
-            ("aftercare.source.offset", offset.as_str()),
-            ("aftercare.dead_letter.id", id.as_str()),
-        ];
-        if cut {
-            ours.push(("aftercare.truncated", "true"));
-            ours.push(("aftercare.original.size", size.as_str()));
-        }
-        for (k, v) in ours {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
         let mut record: BaseRecord<'_, [u8], [u8], Box<usize>> =
             BaseRecord::with_opaque_to(&self.topic, Box::new(index))
-                .headers(headers)
+                .headers(headers(d, cut))
                 .payload(value);
         if let Some(k) = &l.key {
             record = record.key(k);
@@ -295,6 +265,43 @@ impl Publisher {
             }
         }
     }
+}
+
+/// A dead letter's headers: the original message's, then ours (the reason, where it came
+/// from, its id, and whether its value was `cut` to the topic's limit).
+fn headers(d: &StoredDeadLetter, cut: bool) -> OwnedHeaders {
+    let l = &d.letter;
+    let (partition, offset, size, id) = (
+        l.partition.to_string(),
+        l.offset.to_string(),
+        l.value.len().to_string(),
+        d.id.to_string(),
+    );
+    let mut headers = OwnedHeaders::new_with_capacity(l.headers.len() + 7);
+    for (k, v) in &l.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let mut ours = vec![
+        ("aftercare.error", l.reason.as_str()),
+        ("aftercare.source.topic", l.topic.as_str()),
+        ("aftercare.source.partition", partition.as_str()),
+        ("aftercare.source.offset", offset.as_str()),
+        ("aftercare.dead_letter.id", id.as_str()),
+    ];
+    if cut {
+        ours.push(("aftercare.truncated", "true"));
+        ours.push(("aftercare.original.size", size.as_str()));
+    }
+    for (k, v) in ours {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    headers
 }
 
 enum Round {

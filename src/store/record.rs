@@ -505,27 +505,7 @@ pub fn from_stored(
             until: g.until,
         });
     }
-    let mut revive = |r: JourneyRow| -> Result<Journey, Unreadable> {
-        let sequence = find(&r.sequence, &r.version)?;
-        let state = state_of(&r)?;
-        if r.step as usize >= sequence.steps.len() {
-            return Err(Unreadable::NoSuchStep {
-                journey: r.id,
-                step: r.step,
-                steps: sequence.steps.len(),
-            });
-        }
-        Ok(Journey {
-            id: r.id,
-            sequence,
-            order_id: r.order_id.as_deref().map(Arc::from),
-            started_at: r.started_at,
-            step: r.step as usize,
-            state,
-            backfill: r.backfill,
-            held: r.held,
-        })
-    };
+    let mut revive = |r: JourneyRow| revive_journey(r, &mut find);
     if state.journey_rows {
         let rows = rows_of::<JourneyRow>(&s.rows.journeys, "journey")?;
         let mut numbered = Vec::with_capacity(rows.len());
@@ -542,6 +522,32 @@ pub fn from_stored(
         rev: s.rev,
         journey_rows: state.journey_rows,
         order_rows: state.order_rows,
+    })
+}
+
+/// Finds a sequence version by (name, version), or says it is unknown.
+type FindVersion<'a> = dyn FnMut(&str, &str) -> Result<Arc<Sequence>, Unreadable> + 'a;
+
+/// A stored journey on its sequence version (found by `find`), at a step that version has.
+fn revive_journey(r: JourneyRow, find: &mut FindVersion<'_>) -> Result<Journey, Unreadable> {
+    let sequence = find(&r.sequence, &r.version)?;
+    let state = state_of(&r)?;
+    if r.step as usize >= sequence.steps.len() {
+        return Err(Unreadable::NoSuchStep {
+            journey: r.id,
+            step: r.step,
+            steps: sequence.steps.len(),
+        });
+    }
+    Ok(Journey {
+        id: r.id,
+        sequence,
+        order_id: r.order_id.as_deref().map(Arc::from),
+        started_at: r.started_at,
+        step: r.step as usize,
+        state,
+        backfill: r.backfill,
+        held: r.held,
     })
 }
 

@@ -34,28 +34,26 @@ impl Outcome {
         profile: &Arc<Profile>,
         result: Result<(), SendError>,
     ) -> Delivery {
-        let e = match result {
-            Ok(()) => {
-                return Delivery::Sent {
-                    message_id: mail.message_id.clone(),
-                };
-            }
-            Err(e) => e,
-        };
-        match e.failure {
-            Failure::Permanent => {
-                return Delivery::Bounced {
+        match result {
+            Ok(()) => Delivery::Sent {
+                message_id: mail.message_id.clone(),
+            },
+            Err(e) => match e.failure {
+                Failure::Permanent => Delivery::Bounced {
                     error: e.message,
                     address: address.to_string(),
-                };
-            }
-            Failure::Refused => {
-                return Delivery::Failed {
+                },
+                Failure::Refused => Delivery::Failed {
                     error: format!("refused: {}", e.message),
-                };
-            }
-            Failure::Transient | Failure::Ambiguous => {}
+                },
+                Failure::Transient | Failure::Ambiguous => self.retry(row, profile, e),
+            },
         }
+    }
+
+    /// A failure that may pass: tried again after a backoff with jitter, moved into the
+    /// step's send window, unless that falls past `mail.retry.give_up_after`.
+    fn retry(&self, row: &OutboxRow, profile: &Arc<Profile>, e: SendError) -> Delivery {
         let now = self.clock.now();
         let attempts = row.attempts + 1;
         let give_up = chrono::Duration::from_std(self.settings.give_up_after)

@@ -377,59 +377,46 @@ impl Store for SqliteStore {
     fn figures(&mut self, now: DateTime<Utc>, nps_since: DateTime<Utc>) -> Result<StoreFigures> {
         let journeys = self.journey_counts()?;
         let c = &self.conn;
-        let decisions = c
-            .prepare_cached(super::FIGURE_DECISIONS)?
-            .query_map([], |r| {
+        Ok(StoreFigures {
+            decisions: all(c, super::FIGURE_DECISIONS, [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let emails = c
-            .prepare_cached(super::FIGURE_EMAILS)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let feedback = c
-            .prepare_cached(
+            })?,
+            emails: all(c, super::FIGURE_EMAILS, [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?,
+            feedback: all(
+                c,
                 "SELECT reason, COUNT(*) FROM timeline
                  WHERE journey = '-' AND action = 'feedback' AND at >= ?1 GROUP BY 1",
-            )?
-            .query_map([micros(nps_since)], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let customers = c.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(json_extract(state, '$.profile.orders_count') >= 2), 0)
-             FROM customers WHERE state <> ''",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let entered = c
-            .prepare_cached(
+                [micros(nps_since)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?,
+            customers: c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(json_extract(state, '$.profile.orders_count') >= 2), 0)
+                 FROM customers WHERE state <> ''",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?,
+            entered: all(
+                c,
                 "SELECT t.sequence, COUNT(*),
                         COALESCE(SUM(json_extract(c.state, '$.profile.orders_count') >= 2), 0)
                  FROM (SELECT DISTINCT customer, sequence FROM timeline WHERE action = 'enter') t
                  JOIN customers c ON c.id = t.customer AND c.state <> ''
                  GROUP BY 1",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let outbox_pending = c.query_row(super::FIGURE_PENDING, [], |r| r.get(0))?;
-        let dead_letters = c
-            .prepare_cached(super::FIGURE_DEAD_LETTERS)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let due_backlog = c.query_row(
-            "SELECT COUNT(*) FROM customers WHERE next_due IS NOT NULL AND next_due <= ?1",
-            [micros(now)],
-            |r| r.get(0),
-        )?;
-        Ok(StoreFigures {
-            decisions,
-            emails,
-            feedback,
-            customers,
-            entered,
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?,
             journeys,
-            outbox_pending,
-            dead_letters,
-            due_backlog,
+            outbox_pending: c.query_row(super::FIGURE_PENDING, [], |r| r.get(0))?,
+            dead_letters: all(c, super::FIGURE_DEAD_LETTERS, [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?,
+            due_backlog: c.query_row(
+                "SELECT COUNT(*) FROM customers WHERE next_due IS NOT NULL AND next_due <= ?1",
+                [micros(now)],
+                |r| r.get(0),
+            )?,
         })
     }
 
@@ -575,6 +562,18 @@ fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDeadLetter> 
         last_error: r.get(14)?,
         replayed_at: r.get::<_, Option<i64>>(15)?.map(from_micros),
     })
+}
+
+/// Every row `sql` returns with `params`, each as `f` reads it.
+fn all<T, P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    Ok(c.prepare_cached(sql)?
+        .query_map(params, f)?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// Records one outcome with its timeline line, and the bounce it may be; false if the row's
