@@ -245,6 +245,19 @@ pub enum Delivery {
 }
 
 impl Delivery {
+    /// When a retried email is tried next.
+    pub fn retry_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Delivery::Retry { at, .. } => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Whether the email went out (or, in a dry run, would have).
+    pub fn went_out(&self) -> bool {
+        matches!(self, Delivery::Sent { .. } | Delivery::DryRun { .. })
+    }
+
     /// The outbox status it leaves the row in.
     pub fn status(&self) -> &'static str {
         match self {

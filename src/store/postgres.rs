@@ -112,12 +112,8 @@ impl Finish {
         row: &OutboxRow,
         d: &Delivery,
     ) -> Result<bool> {
-        let retry_at = match d {
-            Delivery::Retry { at, .. } => Some(micros(*at)),
-            _ => None,
-        };
-        let sent_at =
-            matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }).then(|| micros(now));
+        let retry_at = d.retry_at().map(micros);
+        let sent_at = d.went_out().then(|| micros(now));
         let error = d.error().map(text);
         let updated = tx.execute(
             &self.update,

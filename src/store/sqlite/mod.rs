@@ -584,11 +584,8 @@ fn finish_one(
     row: &OutboxRow,
     d: &Delivery,
 ) -> Result<bool> {
-    let retry_at = match d {
-        Delivery::Retry { at, .. } => Some(micros(*at)),
-        _ => None,
-    };
-    let sent_at = matches!(d, Delivery::Sent { .. } | Delivery::DryRun { .. }).then(|| micros(now));
+    let retry_at = d.retry_at().map(micros);
+    let sent_at = d.went_out().then(|| micros(now));
     let updated = tx
         .prepare_cached(
             "UPDATE outbox SET status = ?2, sent_at = ?3, message_id = COALESCE(?4, message_id),
