@@ -969,9 +969,15 @@ mod tests {
     }
 
     fn same_decisions_and_journeys(db: &Db, events: &[crate::event::Event]) {
-        let (listed, listed_journeys, none) = run(db, (usize::MAX, 0), events);
+        let (mut listed, listed_journeys, none) = run(db, (usize::MAX, 0), events);
         // As rows from the second journey or order on, back to a list below two journeys.
-        let (rows, rows_journeys, some) = run(db, (2, 2), events);
+        let (mut rows, rows_journeys, some) = run(db, (2, 2), events);
+        // Customers due at the same instant wake in the order the store's index gives them,
+        // which its rewrites move: each customer's own decisions keep their order.
+        let instant_and_customer =
+            |line: &String| -> String { line.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" ") };
+        listed.sort_by_key(instant_and_customer);
+        rows.sort_by_key(instant_and_customer);
         assert_eq!(none, 0);
         assert!(some > 100, "{some} rows");
         assert!(listed.len() > 1_500, "{} decisions", listed.len());
