@@ -86,6 +86,13 @@ impl Gather {
         None
     }
 
+    /// Notes `key` when its value `v` is under `min`.
+    fn at_least(&mut self, key: &str, v: u64, min: u64) {
+        if v < min {
+            self.fail::<()>(key, format!("must be at least {min}"));
+        }
+    }
+
     /// One section checked alone: its value, or its first problem.
     fn first<T>(check: impl FnOnce(&mut Gather) -> Option<T>) -> Result<T, (String, String)> {
         let mut g = Gather::default();
@@ -514,39 +521,8 @@ impl Config {
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
         let shown = file.display().to_string();
-        let mut table = match std::fs::read_to_string(&file) {
-            Ok(src) => toml::from_str::<toml::Table>(&src).map_err(|e| ConfigError {
-                origin: shown.clone(),
-                message: e.to_string().trim().replace('\n', "\n  "),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => toml::Table::new(),
-            Err(e) => {
-                return Err(ConfigError {
-                    origin: shown,
-                    message: format!("cannot read: {e}"),
-                });
-            }
-        };
-        let mut from_env = Vec::new();
-        let mut secrets = Secrets::default();
-        for (name, value) in env {
-            match name.as_str() {
-                "AFTERCARE_SMTP_PASSWORD" => secrets.smtp_password = Some(value.clone()),
-                "AFTERCARE_SIGNING_KEY" => secrets.signing_key = Some(value.clone()),
-                "AFTERCARE_ADMIN_TOKEN" => secrets.admin_token = Some(value.clone()),
-                n if OTHER_VARS.contains(&n) || n.starts_with("AFTERCARE_TEST_") => {}
-                _ => {
-                    let key = env_key(name)?;
-                    set_path(&mut table, &key, parse_env_value(value)).map_err(|message| {
-                        ConfigError {
-                            origin: name.clone(),
-                            message,
-                        }
-                    })?;
-                    from_env.push((key.join("."), name.clone()));
-                }
-            }
-        }
+        let mut table = read_table(&file, required, &shown)?;
+        let (from_env, secrets) = apply_env(&mut table, env)?;
         let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
             let message = e.to_string().trim().replace('\n', " ");
             // Blame the environment variable when the failing key came from one.
@@ -557,30 +533,9 @@ impl Config {
             ConfigError { origin, message }
         })?;
         config.secrets = secrets;
-        let settings = config.check().map_err(|problems| {
-            let origin_of = |key: &str| {
-                from_env
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map_or(shown.clone(), |(_, var)| var.clone())
-            };
-            let mut lines = problems.iter();
-            let Some((key, message)) = lines.next() else {
-                return ConfigError {
-                    origin: shown.clone(),
-                    message: "invalid".into(),
-                };
-            };
-            // Every problem at once: the first as the error, the others on lines of their own.
-            let mut text = format!("{key}: {message}");
-            for (key, message) in lines {
-                text.push_str(&format!("\n  {}: {key}: {message}", origin_of(key)));
-            }
-            ConfigError {
-                origin: origin_of(key),
-                message: text,
-            }
-        })?;
+        let settings = config
+            .check()
+            .map_err(|problems| problems_error(&problems, &from_env, &shown))?;
         config.checked = Some(settings);
         Ok(config)
     }
@@ -626,25 +581,7 @@ impl Config {
         if self.kafka.dlq_max_bytes < 1024 {
             g.fail::<()>("kafka.dlq_max_bytes", "must be at least 1024");
         }
-        if !matches!(self.trace.protocol.as_str(), "http/protobuf" | "http/json") {
-            g.fail::<()>(
-                "trace.protocol",
-                format!(
-                    "`{}` must be http/protobuf or http/json",
-                    self.trace.protocol
-                ),
-            );
-        }
-        let endpoint = &self.trace.otlp_endpoint;
-        if !(endpoint.is_empty()
-            || endpoint.starts_with("http://")
-            || endpoint.starts_with("https://"))
-        {
-            g.fail::<()>(
-                "trace.otlp_endpoint",
-                format!("`{endpoint}` must be an http:// or https:// URL"),
-            );
-        }
+        self.check_trace(g);
         let url = &self.store.url;
         if !(url.starts_with("sqlite://")
             || url.starts_with("postgres://")
@@ -663,6 +600,29 @@ impl Config {
             g.fail::<()>(
                 "http.public_url",
                 format!("`{public}` must be an http:// or https:// URL"),
+            );
+        }
+    }
+
+    /// The trace exporter's protocol and endpoint (empty for none).
+    fn check_trace(&self, g: &mut Gather) {
+        if !matches!(self.trace.protocol.as_str(), "http/protobuf" | "http/json") {
+            g.fail::<()>(
+                "trace.protocol",
+                format!(
+                    "`{}` must be http/protobuf or http/json",
+                    self.trace.protocol
+                ),
+            );
+        }
+        let endpoint = &self.trace.otlp_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            g.fail::<()>(
+                "trace.otlp_endpoint",
+                format!("`{endpoint}` must be an http:// or https:// URL"),
             );
         }
     }
@@ -706,14 +666,43 @@ impl Config {
 
     fn delivery_in(&self, g: &mut Gather) -> Option<Delivery> {
         let m = &self.mail;
-        let period = |key: &str, v: &str| match v.parse::<Period>() {
-            Ok(p) if !p.is_zero() => {
-                p.0.to_std()
-                    .map_err(|e| (format!("mail.{key}"), e.to_string()))
-            }
-            Ok(_) => Err((format!("mail.{key}"), "must be longer than 0s".into())),
-            Err(e) => Err((format!("mail.{key}"), e)),
+        let (from, unsubscribe_mailto) = self.addresses_in(g);
+        let concurrency = match m.concurrency {
+            0 => g.fail("mail.concurrency", "must be at least 1"),
+            n => Some(n),
         };
+        let rate_limit = match m.rate_limit {
+            r if r >= 0.0 && r.is_finite() => Some(r),
+            _ => g.fail(
+                "mail.rate_limit",
+                "must be 0 (no limit) or a positive number of emails per second",
+            ),
+        };
+        let send_timeout = g.ok(mail_period("send_timeout", &m.send_timeout));
+        let retry_first = g.ok(mail_period("retry.first", &m.retry.first));
+        let retry_max = g.ok(mail_period("retry.max", &m.retry.max));
+        let give_up_after = g.ok(mail_period("retry.give_up_after", &m.retry.give_up_after));
+        Some(Delivery {
+            from: from?,
+            unsubscribe_mailto: unsubscribe_mailto?,
+            concurrency: concurrency?,
+            rate_limit: rate_limit?,
+            send_timeout: send_timeout?,
+            retry_first: retry_first?,
+            retry_max: retry_max?,
+            give_up_after: give_up_after?,
+        })
+    }
+
+    /// The sender's address and the unsubscribe address, each checked.
+    fn addresses_in(
+        &self,
+        g: &mut Gather,
+    ) -> (
+        Option<lettre::message::Mailbox>,
+        Option<Option<lettre::Address>>,
+    ) {
+        let m = &self.mail;
         let from = g.ok(m
             .from
             .parse::<lettre::message::Mailbox>()
@@ -726,31 +715,7 @@ impl Config {
                     .map_err(|e| ("mail.unsubscribe_mailto".to_string(), format!("`{a}`: {e}")))
             })
             .transpose());
-        let concurrency = match m.concurrency {
-            0 => g.fail("mail.concurrency", "must be at least 1"),
-            n => Some(n),
-        };
-        let rate_limit = match m.rate_limit {
-            r if r >= 0.0 && r.is_finite() => Some(r),
-            _ => g.fail(
-                "mail.rate_limit",
-                "must be 0 (no limit) or a positive number of emails per second",
-            ),
-        };
-        let send_timeout = g.ok(period("send_timeout", &m.send_timeout));
-        let retry_first = g.ok(period("retry.first", &m.retry.first));
-        let retry_max = g.ok(period("retry.max", &m.retry.max));
-        let give_up_after = g.ok(period("retry.give_up_after", &m.retry.give_up_after));
-        Some(Delivery {
-            from: from?,
-            unsubscribe_mailto: unsubscribe_mailto?,
-            concurrency: concurrency?,
-            rate_limit: rate_limit?,
-            send_timeout: send_timeout?,
-            retry_first: retry_first?,
-            retry_max: retry_max?,
-            give_up_after: give_up_after?,
-        })
+        (from, unsubscribe_mailto)
     }
 
     fn intervals_in(&self, g: &mut Gather) -> Option<Intervals> {
@@ -811,18 +776,14 @@ impl Config {
     fn limits_in(&self, g: &mut Gather) -> Option<Limits> {
         let s = &self.sequences;
         let before = g.0.len();
-        let mut at_least = |key: &str, v: u64, min: u64| {
-            if v < min {
-                g.fail::<()>(
-                    &format!("sequences.{key}"),
-                    format!("must be at least {min}"),
-                );
-            }
-        };
-        at_least("max_file_bytes", s.max_file_bytes as u64, 1024);
-        at_least("max_depth", s.max_depth as u64, 8);
-        at_least("template_fuel", s.template_fuel, 1000);
-        at_least("template_recursion", s.template_recursion as u64, 10);
+        g.at_least("sequences.max_file_bytes", s.max_file_bytes as u64, 1024);
+        g.at_least("sequences.max_depth", s.max_depth as u64, 8);
+        g.at_least("sequences.template_fuel", s.template_fuel, 1000);
+        g.at_least(
+            "sequences.template_recursion",
+            s.template_recursion as u64,
+            10,
+        );
         if s.template_recursion > 500 {
             g.fail::<()>(
                 "sequences.template_recursion",
@@ -847,6 +808,91 @@ impl Config {
     /// Default timezone, for callers that only need it.
     pub fn timezone(&self) -> Tz {
         parse_tz(&self.policy.timezone).unwrap_or(Tz::UTC)
+    }
+}
+
+/// `mail.{key}`'s period, which must be longer than 0s.
+fn mail_period(key: &str, v: &str) -> Result<std::time::Duration, (String, String)> {
+    match v.parse::<Period>() {
+        Ok(p) if !p.is_zero() => {
+            p.0.to_std()
+                .map_err(|e| (format!("mail.{key}"), e.to_string()))
+        }
+        Ok(_) => Err((format!("mail.{key}"), "must be longer than 0s".into())),
+        Err(e) => Err((format!("mail.{key}"), e)),
+    }
+}
+
+/// The TOML table in `file` (shown as `shown`); an empty one when the file is missing and not
+/// `required`.
+fn read_table(file: &Path, required: bool, shown: &str) -> Result<toml::Table, ConfigError> {
+    match std::fs::read_to_string(file) {
+        Ok(src) => toml::from_str::<toml::Table>(&src).map_err(|e| ConfigError {
+            origin: shown.to_string(),
+            message: e.to_string().trim().replace('\n', "\n  "),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(toml::Table::new()),
+        Err(e) => Err(ConfigError {
+            origin: shown.to_string(),
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+/// Sets the `AFTERCARE_*` variables in `env` over `table`, secrets aside: the keys set, as
+/// (`kafka.brokers`, the variable's name), and the secrets.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<(Vec<(String, String)>, Secrets), ConfigError> {
+    let mut from_env = Vec::new();
+    let mut secrets = Secrets::default();
+    for (name, value) in env {
+        match name.as_str() {
+            "AFTERCARE_SMTP_PASSWORD" => secrets.smtp_password = Some(value.clone()),
+            "AFTERCARE_SIGNING_KEY" => secrets.signing_key = Some(value.clone()),
+            "AFTERCARE_ADMIN_TOKEN" => secrets.admin_token = Some(value.clone()),
+            n if OTHER_VARS.contains(&n) || n.starts_with("AFTERCARE_TEST_") => {}
+            _ => {
+                let key = env_key(name)?;
+                set_path(table, &key, parse_env_value(value)).map_err(|message| ConfigError {
+                    origin: name.clone(),
+                    message,
+                })?;
+                from_env.push((key.join("."), name.clone()));
+            }
+        }
+    }
+    Ok((from_env, secrets))
+}
+
+/// Every problem at once: the first as the error, blamed on the variable that set its key (or
+/// the file), the others on lines of their own, each with its origin.
+fn problems_error(
+    problems: &[(String, String)],
+    from_env: &[(String, String)],
+    shown: &str,
+) -> ConfigError {
+    let origin_of = |key: &str| {
+        from_env
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(shown.to_string(), |(_, var)| var.clone())
+    };
+    let mut lines = problems.iter();
+    let Some((key, message)) = lines.next() else {
+        return ConfigError {
+            origin: shown.to_string(),
+            message: "invalid".into(),
+        };
+    };
+    let mut text = format!("{key}: {message}");
+    for (key, message) in lines {
+        text.push_str(&format!("\n  {}: {key}: {message}", origin_of(key)));
+    }
+    ConfigError {
+        origin: origin_of(key),
+        message: text,
     }
 }
 
