@@ -25,44 +25,21 @@ impl Simple {
             .strip_suffix('\n')
             .map(|s| s.strip_suffix('\r').unwrap_or(s))
             .unwrap_or(src);
-        let mut stack: Vec<(Vec<String>, Vec<Piece>)> = Vec::new();
-        let mut cur: Vec<Piece> = Vec::new();
+        let mut nest = Nest::default();
         let mut rest = src;
         while !rest.is_empty() {
             let next = rest.find(['{']).unwrap_or(rest.len());
             let (text, tail) = rest.split_at(next);
             if !text.is_empty() {
-                cur.push(Piece::Text(text.to_string()));
+                nest.cur.push(Piece::Text(text.to_string()));
             }
             rest = tail;
             if rest.is_empty() {
                 break;
             }
-            if let Some(body) = rest.strip_prefix("{{") {
-                let end = body.find("}}")?;
-                cur.push(Piece::Var(path(&body[..end])?));
-                rest = &body[end + 2..];
-            } else if let Some(body) = rest.strip_prefix("{%") {
-                let end = body.find("%}")?;
-                let tag = body[..end].trim();
-                if let Some(cond) = tag.strip_prefix("if ") {
-                    stack.push((path(cond)?, std::mem::take(&mut cur)));
-                } else if tag == "endif" {
-                    let (cond, outer) = stack.pop()?;
-                    let inner = std::mem::replace(&mut cur, outer);
-                    cur.push(Piece::If(cond, inner));
-                } else {
-                    return None;
-                }
-                rest = &body[end + 2..];
-            } else if rest.starts_with("{#") {
-                return None;
-            } else {
-                cur.push(Piece::Text("{".into()));
-                rest = &rest[1..];
-            }
+            rest = nest.markup(rest)?;
         }
-        stack.is_empty().then_some(Simple(cur))
+        nest.stack.is_empty().then_some(Simple(nest.cur))
     }
 
     /// Renders, or `None` when a value falls outside what the fast path models.
@@ -70,6 +47,52 @@ impl Simple {
         let mut out = String::with_capacity(64);
         render(&self.0, ctx, &mut out)?;
         Some(out)
+    }
+}
+
+/// The pieces parsed so far: each open `{% if %}` with its condition and the pieces before it,
+/// and those of the innermost level.
+#[derive(Default)]
+struct Nest {
+    stack: Vec<(Vec<String>, Vec<Piece>)>,
+    cur: Vec<Piece>,
+}
+
+impl Nest {
+    /// Reads the markup (or lone `{`) that `rest` starts with; what follows it, or `None` when
+    /// it is not modelled.
+    #[inline]
+    fn markup<'a>(&mut self, rest: &'a str) -> Option<&'a str> {
+        if let Some(body) = rest.strip_prefix("{{") {
+            let end = body.find("}}")?;
+            self.cur.push(Piece::Var(path(&body[..end])?));
+            Some(&body[end + 2..])
+        } else if let Some(body) = rest.strip_prefix("{%") {
+            let end = body.find("%}")?;
+            self.block(body[..end].trim())?;
+            Some(&body[end + 2..])
+        } else if rest.starts_with("{#") {
+            None
+        } else {
+            self.cur.push(Piece::Text("{".into()));
+            Some(&rest[1..])
+        }
+    }
+
+    /// `{% if a.b %}` opens a level and `{% endif %}` closes one; other tags are not modelled.
+    #[inline]
+    fn block(&mut self, tag: &str) -> Option<()> {
+        if let Some(cond) = tag.strip_prefix("if ") {
+            self.stack
+                .push((path(cond)?, std::mem::take(&mut self.cur)));
+        } else if tag == "endif" {
+            let (cond, outer) = self.stack.pop()?;
+            let inner = std::mem::replace(&mut self.cur, outer);
+            self.cur.push(Piece::If(cond, inner));
+        } else {
+            return None;
+        }
+        Some(())
     }
 }
 

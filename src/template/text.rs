@@ -5,13 +5,10 @@
 
 /// Converts an email's HTML body to readable plain text.
 pub fn html_to_text(html: &str) -> String {
-    let mut out = Text::default();
+    let mut reader = Reader::default();
     let mut rest = html;
-    // The href of the link being read, printed after its text.
-    let mut link: Option<String> = None;
-    let mut link_text_start = 0;
     while let Some(lt) = rest.find('<') {
-        out.push_text(&decode_entities(&rest[..lt]));
+        reader.out.push_text(&decode_entities(&rest[..lt]));
         rest = &rest[lt..];
         let Some(gt) = rest.find('>') else {
             break;
@@ -25,17 +22,31 @@ pub fn html_to_text(html: &str) -> String {
             }
             continue;
         }
-        let closing = tag.starts_with('/');
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        match (name.as_str(), closing) {
+        rest = reader.tag(tag, rest);
+    }
+    reader.out.push_text(&decode_entities(rest));
+    reader.out.finish()
+}
+
+/// The text so far, and the link being read.
+#[derive(Default)]
+struct Reader {
+    out: Text,
+    /// The href of the link being read, printed after its text.
+    link: Option<String>,
+    link_text_start: usize,
+}
+
+impl Reader {
+    /// Lays out `tag` (the text between `<` and `>`); `rest` follows it, and what is returned
+    /// is read next (past the end of an element whose content is not text).
+    fn tag<'a>(&mut self, tag: &str, rest: &'a str) -> &'a str {
+        let name = tag_name(tag);
+        let out = &mut self.out;
+        match (name.as_str(), tag.starts_with('/')) {
             ("style" | "script" | "head" | "title", false) => {
                 let end = format!("</{name}");
-                rest = find_ci(rest, &end).map_or("", |i| &rest[i..]);
+                return find_ci(rest, &end).map_or("", |i| &rest[i..]);
             }
             ("br", _) => out.newline(),
             (
@@ -43,39 +54,42 @@ pub fn html_to_text(html: &str) -> String {
                 | "ol" | "section" | "header" | "footer" | "blockquote",
                 _,
             ) => out.paragraph(),
-            ("li", false) => {
-                out.newline();
-                out.buf.push_str("- ");
-                out.space = false;
-            }
+            ("li", false) => out.item(),
             ("td" | "th", true) => out.push_text(" "),
-            ("hr", _) => {
-                out.paragraph();
-                out.buf.push_str("---");
-                out.paragraph();
-            }
+            ("hr", _) => out.rule(),
             ("img", false) => {
                 if let Some(alt) = attr(tag, "alt").filter(|a| !a.is_empty()) {
                     out.push_text(&alt);
                 }
             }
             ("a", false) => {
-                link = attr(tag, "href");
-                link_text_start = out.buf.len();
+                self.link = attr(tag, "href");
+                self.link_text_start = out.buf.len();
             }
-            ("a", true) => {
-                if let Some(href) = link.take() {
-                    let text = out.buf[link_text_start..].trim().to_string();
-                    if !href.is_empty() && text != href && !href.starts_with('#') {
-                        out.push_text(&format!(" ({href})"));
-                    }
-                }
-            }
+            ("a", true) => self.close_link(),
             _ => {}
         }
+        rest
     }
-    out.push_text(&decode_entities(rest));
-    out.finish()
+
+    /// At `</a>`: the link's URL after its text, unless the text is the URL or it is an anchor.
+    fn close_link(&mut self) {
+        if let Some(href) = self.link.take() {
+            let text = self.out.buf[self.link_text_start..].trim().to_string();
+            if !href.is_empty() && text != href && !href.starts_with('#') {
+                self.out.push_text(&format!(" ({href})"));
+            }
+        }
+    }
+}
+
+/// A tag's element name, lowercased (`p` for `/P class=x`).
+fn tag_name(tag: &str) -> String {
+    tag.trim_start_matches('/')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 #[derive(Default)]
@@ -120,6 +134,20 @@ impl Text {
             });
         }
         self.space = false;
+    }
+
+    /// A list item: a line of its own, after a dash.
+    fn item(&mut self) {
+        self.newline();
+        self.buf.push_str("- ");
+        self.space = false;
+    }
+
+    /// A horizontal rule: `---` as a paragraph of its own.
+    fn rule(&mut self) {
+        self.paragraph();
+        self.buf.push_str("---");
+        self.paragraph();
     }
 
     fn finish(self) -> String {
@@ -182,34 +210,10 @@ fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        // By bytes: 12 bytes in may fall inside a character; `;` itself is ASCII.
-        let Some(semi) = rest.as_bytes()[..rest.len().min(12)]
-            .iter()
-            .position(|b| *b == b';')
-        else {
-            out.push('&');
-            rest = &rest[1..];
-            continue;
-        };
-        let entity = &rest[1..semi];
-        let ch = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            "nbsp" => Some(' '),
-            _ => entity
-                .strip_prefix("#x")
-                .or_else(|| entity.strip_prefix("#X"))
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
-        };
-        match ch {
-            Some(c) => {
+        match entity_at(rest) {
+            Some((c, len)) => {
                 out.push(c);
-                rest = &rest[semi + 1..];
+                rest = &rest[len..];
             }
             None => {
                 out.push('&');
@@ -219,6 +223,31 @@ fn decode_entities(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The character of the entity `rest` starts with (`&amp;`, `&#8212;`, `&#x2014;`) and its
+/// length, or `None` when the `&` is text.
+fn entity_at(rest: &str) -> Option<(char, usize)> {
+    // By bytes: 12 bytes in may fall inside a character; `;` itself is ASCII.
+    let semi = rest.as_bytes()[..rest.len().min(12)]
+        .iter()
+        .position(|b| *b == b';')?;
+    let entity = &rest[1..semi];
+    let ch = match entity {
+        "amp" => Some('&'),
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "quot" => Some('"'),
+        "apos" => Some('\''),
+        "nbsp" => Some(' '),
+        _ => entity
+            .strip_prefix("#x")
+            .or_else(|| entity.strip_prefix("#X"))
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+            .and_then(char::from_u32),
+    };
+    ch.map(|c| (c, semi + 1))
 }
 
 #[cfg(test)]
