@@ -26,7 +26,42 @@ pub fn start_cycles(
     current: &[Arc<Sequence>],
     starts: &HashMap<Arc<str>, Vec<Sp<String>>>,
 ) -> Vec<Diagnostic> {
-    // Edges: sequence → (target, position of its `start`), for starts reached without a wait.
+    let edges = instant_starts(current, starts);
+    let path_of: HashMap<&str, &str> = current
+        .iter()
+        .map(|s| (&*s.name, s.path.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    let mut names: Vec<&str> = edges.keys().copied().collect();
+    names.sort();
+    let mut reported: Vec<(&str, Pos)> = Vec::new();
+    for start in names {
+        // The shortest way back to `start`, breadth first.
+        let Some(cycle) = shortest_cycle(start, &edges) else {
+            continue;
+        };
+        let text: Vec<&str> = cycle
+            .iter()
+            .map(|(from, _, _)| *from)
+            .chain([start])
+            .collect();
+        for (from, _, pos) in &cycle {
+            if reported.contains(&(from, *pos)) {
+                continue;
+            }
+            reported.push((from, *pos));
+            let path = path_of.get(from).copied().unwrap_or(from);
+            out.push(cycle_diagnostic(path, *pos, &text));
+        }
+    }
+    out
+}
+
+/// Edges: sequence → (target, position of its `start`), for the starts reached without a wait.
+fn instant_starts<'a>(
+    current: &'a [Arc<Sequence>],
+    starts: &HashMap<Arc<str>, Vec<Sp<String>>>,
+) -> HashMap<&'a str, Vec<(&'a str, Pos)>> {
     let mut edges: HashMap<&str, Vec<(&str, Pos)>> = HashMap::new();
     for seq in current {
         let positions = starts.get(&seq.name).map(Vec::as_slice).unwrap_or_default();
@@ -51,43 +86,20 @@ pub fn start_cycles(
             }
         }
     }
-    let path_of: HashMap<&str, &str> = current
-        .iter()
-        .map(|s| (&*s.name, s.path.as_str()))
-        .collect();
-    let mut out = Vec::new();
-    let mut names: Vec<&str> = edges.keys().copied().collect();
-    names.sort();
-    let mut reported: Vec<(&str, Pos)> = Vec::new();
-    for start in names {
-        // The shortest way back to `start`, breadth first.
-        let Some(cycle) = shortest_cycle(start, &edges) else {
-            continue;
-        };
-        let text: Vec<&str> = cycle
-            .iter()
-            .map(|(from, _, _)| *from)
-            .chain([start])
-            .collect();
-        for (from, _, pos) in &cycle {
-            if reported.contains(&(from, *pos)) {
-                continue;
-            }
-            reported.push((from, *pos));
-            out.push(
-                Diagnostic::new(
-                    path_of.get(from).copied().unwrap_or(from),
-                    *pos,
-                    format!(
-                        "`start` closes a cycle of sequences that start each other without waiting: {}",
-                        text.join(" → ")
-                    ),
-                )
-                .hint("add a `wait` before one of these `start` steps: each would enrol the customer again at the same instant"),
-            );
-        }
-    }
-    out
+    edges
+}
+
+/// The diagnostic for a `start` at `pos` in `path` on the cycle `text` (its sequences, in order).
+fn cycle_diagnostic(path: &str, pos: Pos, text: &[&str]) -> Diagnostic {
+    Diagnostic::new(
+        path,
+        pos,
+        format!(
+            "`start` closes a cycle of sequences that start each other without waiting: {}",
+            text.join(" → ")
+        ),
+    )
+    .hint("add a `wait` before one of these `start` steps: each would enrol the customer again at the same instant")
 }
 
 /// The edges of the shortest cycle through `start`: (from, to, position of the `start`).
@@ -125,17 +137,7 @@ pub fn check(current: &[Arc<Sequence>], templates: &Templates) -> Vec<Diagnostic
     let mut out = templates.check_budget(&sample.template_context());
     for seq in current {
         let ctx = sample.expression_context(seq);
-        let mut exprs = Vec::new();
-        exprs.extend(seq.trigger.when.as_ref());
-        exprs.extend(seq.pause_when.as_ref());
-        for step in &seq.steps {
-            exprs.extend(step.skip_when.as_ref());
-            if let Timing::WaitFor(w) = &step.timing {
-                exprs.extend(w.when.as_ref());
-            }
-            exprs.extend(step.goal.as_ref().and_then(|g| g.when.as_ref()));
-        }
-        for e in exprs {
+        for e in expressions(seq) {
             if let Err(err) = e.eval_budgeted(ctx.clone()) {
                 out.push(
                     Diagnostic::new(
@@ -151,6 +153,21 @@ pub fn check(current: &[Arc<Sequence>], templates: &Templates) -> Vec<Diagnostic
         }
     }
     out
+}
+
+/// A sequence's expressions: its trigger's, its pause's, then each step's, in step order.
+fn expressions(seq: &Sequence) -> Vec<&super::Expr> {
+    let mut exprs = Vec::new();
+    exprs.extend(seq.trigger.when.as_ref());
+    exprs.extend(seq.pause_when.as_ref());
+    for step in &seq.steps {
+        exprs.extend(step.skip_when.as_ref());
+        if let Timing::WaitFor(w) = &step.timing {
+            exprs.extend(w.when.as_ref());
+        }
+        exprs.extend(step.goal.as_ref().and_then(|g| g.when.as_ref()));
+    }
+    exprs
 }
 
 /// What templates see for the sample customer (also the fuzzer's context).

@@ -73,34 +73,12 @@ impl Fast {
     /// The truth value, or `None` when the operands fall outside what the fast path models.
     pub fn eval(&self, ctx: &Value) -> Option<bool> {
         match self {
-            Fast::Compare { path, op, literal } => {
-                let v = resolve(ctx, path)?;
-                Some(match op {
-                    Op::Eq => v == *literal,
-                    Op::Ne => v != *literal,
-                    Op::Lt => v < *literal,
-                    Op::Le => v <= *literal,
-                    Op::Gt => v > *literal,
-                    Op::Ge => v >= *literal,
-                })
-            }
+            Fast::Compare { path, op, literal } => Some(op.apply(&resolve(ctx, path)?, literal)),
             Fast::Contains {
                 literal,
                 path,
                 negated,
-            } => {
-                let container = resolve(ctx, path)?;
-                let found = if container.is_undefined() {
-                    false
-                } else if let Some(s) = container.as_str() {
-                    s.contains(literal.as_str()?)
-                } else if container.kind() == minijinja::value::ValueKind::Seq {
-                    container.try_iter().ok()?.any(|item| item == *literal)
-                } else {
-                    return None;
-                };
-                Some(found != *negated)
-            }
+            } => Some(contains(&resolve(ctx, path)?, literal)? != *negated),
             Fast::CountWhere {
                 path,
                 attr,
@@ -108,29 +86,58 @@ impl Fast {
                 op,
                 n,
             } => {
-                let seq = resolve(ctx, path)?;
-                if seq.kind() != minijinja::value::ValueKind::Seq {
-                    return None;
-                }
-                let mut count: i64 = 0;
-                for item in seq.try_iter().ok()? {
-                    if item.kind() != minijinja::value::ValueKind::Map {
-                        return None;
-                    }
-                    count += i64::from(item.get_attr(attr).ok()? == *literal);
-                }
-                let count = Value::from(count);
-                Some(match op {
-                    Op::Eq => count == *n,
-                    Op::Ne => count != *n,
-                    Op::Lt => count < *n,
-                    Op::Le => count <= *n,
-                    Op::Gt => count > *n,
-                    Op::Ge => count >= *n,
-                })
+                let count = count_equal(&resolve(ctx, path)?, attr, literal)?;
+                Some(op.apply(&Value::from(count), n))
             }
         }
     }
+}
+
+impl Op {
+    /// `a op b`, by `Value`'s own comparison (as MiniJinja compares).
+    #[inline]
+    fn apply(self, a: &Value, b: &Value) -> bool {
+        match self {
+            Op::Eq => a == b,
+            Op::Ne => a != b,
+            Op::Lt => a < b,
+            Op::Le => a <= b,
+            Op::Gt => a > b,
+            Op::Ge => a >= b,
+        }
+    }
+}
+
+/// Whether `literal` is in `container` (a substring of a string, an item of a list; never in
+/// undefined), or `None` for other containers.
+#[inline]
+fn contains(container: &Value, literal: &Value) -> Option<bool> {
+    Some(if container.is_undefined() {
+        false
+    } else if let Some(s) = container.as_str() {
+        s.contains(literal.as_str()?)
+    } else if container.kind() == minijinja::value::ValueKind::Seq {
+        container.try_iter().ok()?.any(|item| item == *literal)
+    } else {
+        return None;
+    })
+}
+
+/// How many of the maps in list `seq` have `attr` equal to `literal`; `None` when `seq` is not
+/// a list of maps.
+#[inline]
+fn count_equal(seq: &Value, attr: &str, literal: &Value) -> Option<i64> {
+    if seq.kind() != minijinja::value::ValueKind::Seq {
+        return None;
+    }
+    let mut count: i64 = 0;
+    for item in seq.try_iter().ok()? {
+        if item.kind() != minijinja::value::ValueKind::Map {
+            return None;
+        }
+        count += i64::from(item.get_attr(attr).ok()? == *literal);
+    }
+    Some(count)
 }
 
 /// `a.b | selectattr('x', 'equalto', 'y') | list | length > 0`, spaces as written.
@@ -143,15 +150,27 @@ fn count_where(src: &str) -> Option<Fast> {
         [Tok::Path(p)] => p.clone(),
         _ => return None,
     };
+    let (attr, literal) = selectattr(select)?;
+    let rest = tail.strip_prefix("length")?;
+    let (op, n) = match tokens(rest)?.as_slice() {
+        [Tok::Op(op), Tok::Lit(n)] if n.as_i64().is_some() => (*op, n.clone()),
+        _ => return None,
+    };
+    Some(Fast::CountWhere {
+        path,
+        attr,
+        literal,
+        op,
+        n,
+    })
+}
+
+/// `selectattr('x', 'equalto', 'y')` → (`x`, `'y'`); any other test declines.
+fn selectattr(select: &str) -> Option<(String, Value)> {
     let args = select.strip_prefix("selectattr(")?.strip_suffix(')')?;
     let args: Vec<&str> = args.split(',').map(str::trim).collect();
     let [attr, test, literal] = args[..] else {
         return None;
-    };
-    let unquote = |s: &str| -> Option<String> {
-        let q = s.chars().next().filter(|c| *c == '\'' || *c == '"')?;
-        let inner = s.strip_prefix(q)?.strip_suffix(q)?;
-        (!inner.contains(['\\', '\'', '"'])).then(|| inner.to_string())
     };
     if !matches!(unquote(test)?.as_str(), "equalto" | "eq" | "==") {
         return None;
@@ -160,18 +179,14 @@ fn count_where(src: &str) -> Option<Fast> {
         [Tok::Lit(l)] => l.clone(),
         _ => return None,
     };
-    let rest = tail.strip_prefix("length")?;
-    let (op, n) = match tokens(rest)?.as_slice() {
-        [Tok::Op(op), Tok::Lit(n)] if n.as_i64().is_some() => (*op, n.clone()),
-        _ => return None,
-    };
-    Some(Fast::CountWhere {
-        path,
-        attr: unquote(attr)?,
-        literal,
-        op,
-        n,
-    })
+    Some((unquote(attr)?, literal))
+}
+
+/// The text of a quoted string without escapes or quotes inside (`'x'` → `x`).
+fn unquote(s: &str) -> Option<String> {
+    let q = s.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let inner = s.strip_prefix(q)?.strip_suffix(q)?;
+    (!inner.contains(['\\', '\'', '"'])).then(|| inner.to_string())
 }
 
 /// `customer.open_tickets` on the context; undefined stays undefined, as in MiniJinja.
@@ -205,63 +220,94 @@ fn tokens(src: &str) -> Option<Vec<Tok>> {
         let c = b[i];
         if c.is_ascii_whitespace() {
             i += 1;
-        } else if c == b'\'' || c == b'"' {
-            let end = src[i + 1..].find(c as char)? + i + 1;
-            let text = &src[i + 1..end];
-            if text.contains('\\') {
-                return None; // escapes: leave to MiniJinja
-            }
-            out.push(Tok::Lit(Value::from(text)));
-            i = end + 1;
-        } else if c.is_ascii_digit() {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
-                i += 1;
-            }
-            let text = &src[start..i];
-            let lit = if text.contains('.') {
-                Value::from(text.parse::<f64>().ok()?)
-            } else {
-                Value::from(text.parse::<i64>().ok()?)
-            };
-            out.push(Tok::Lit(lit));
-        } else if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
-                i += 1;
-            }
-            let word = &src[start..i];
-            out.push(match word {
-                "in" => Tok::In,
-                "not" => Tok::Not,
-                "true" | "True" => Tok::Lit(Value::from(true)),
-                "false" | "False" => Tok::Lit(Value::from(false)),
-                "none" | "None" => Tok::Lit(Value::from(())),
-                "and" | "or" | "is" => return None,
-                _ => {
-                    let path: Vec<String> = word.split('.').map(str::to_string).collect();
-                    if path.iter().any(String::is_empty) {
-                        return None;
-                    }
-                    Tok::Path(path)
-                }
-            });
-        } else {
-            let two = src.get(i..i + 2);
-            let (op, len) = match (two, c) {
-                (Some("=="), _) => (Op::Eq, 2),
-                (Some("!="), _) => (Op::Ne, 2),
-                (Some("<="), _) => (Op::Le, 2),
-                (Some(">="), _) => (Op::Ge, 2),
-                (_, b'<') => (Op::Lt, 1),
-                (_, b'>') => (Op::Gt, 1),
-                _ => return None,
-            };
-            out.push(Tok::Op(op));
-            i += len;
+            continue;
         }
+        let (tok, end) = if c == b'\'' || c == b'"' {
+            string(src, i)?
+        } else if c.is_ascii_digit() {
+            number(src, i)?
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            word(src, i)?
+        } else {
+            op(src, i)?
+        };
+        out.push(tok);
+        i = end;
     }
     Some(out)
+}
+
+/// The string literal quoted at `i`, and where it ends; escapes are left to MiniJinja.
+#[inline]
+fn string(src: &str, i: usize) -> Option<(Tok, usize)> {
+    let c = src.as_bytes()[i];
+    let end = src[i + 1..].find(c as char)? + i + 1;
+    let text = &src[i + 1..end];
+    if text.contains('\\') {
+        return None; // escapes: leave to MiniJinja
+    }
+    Some((Tok::Lit(Value::from(text)), end + 1))
+}
+
+/// The integer or float at `i`, and where it ends.
+#[inline]
+fn number(src: &str, start: usize) -> Option<(Tok, usize)> {
+    let b = src.as_bytes();
+    let mut i = start;
+    while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+        i += 1;
+    }
+    let text = &src[start..i];
+    let lit = if text.contains('.') {
+        Value::from(text.parse::<f64>().ok()?)
+    } else {
+        Value::from(text.parse::<i64>().ok()?)
+    };
+    Some((Tok::Lit(lit), i))
+}
+
+/// The keyword, constant or dotted path at `i`, and where it ends; `and`, `or` and `is`
+/// decline.
+#[inline]
+fn word(src: &str, start: usize) -> Option<(Tok, usize)> {
+    let b = src.as_bytes();
+    let mut i = start;
+    while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+        i += 1;
+    }
+    let word = &src[start..i];
+    let tok = match word {
+        "in" => Tok::In,
+        "not" => Tok::Not,
+        "true" | "True" => Tok::Lit(Value::from(true)),
+        "false" | "False" => Tok::Lit(Value::from(false)),
+        "none" | "None" => Tok::Lit(Value::from(())),
+        "and" | "or" | "is" => return None,
+        _ => {
+            let path: Vec<String> = word.split('.').map(str::to_string).collect();
+            if path.iter().any(String::is_empty) {
+                return None;
+            }
+            Tok::Path(path)
+        }
+    };
+    Some((tok, i))
+}
+
+/// The comparison operator at `i`, and where it ends.
+#[inline]
+fn op(src: &str, i: usize) -> Option<(Tok, usize)> {
+    let two = src.get(i..i + 2);
+    let (op, len) = match (two, src.as_bytes()[i]) {
+        (Some("=="), _) => (Op::Eq, 2),
+        (Some("!="), _) => (Op::Ne, 2),
+        (Some("<="), _) => (Op::Le, 2),
+        (Some(">="), _) => (Op::Ge, 2),
+        (_, b'<') => (Op::Lt, 1),
+        (_, b'>') => (Op::Gt, 1),
+        _ => return None,
+    };
+    Some((Tok::Op(op), i + len))
 }
 
 #[cfg(test)]

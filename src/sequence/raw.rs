@@ -280,6 +280,18 @@ impl<'n> Fields<'n> {
             );
             return None;
         };
+        let entries = Fields::entries(pairs, what, d);
+        let taken = vec![false; entries.len()];
+        Some(Fields { entries, taken })
+    }
+
+    /// A mapping's entries as (key, its position, value); keys that are not plain words and
+    /// repeated keys are reported and left out.
+    fn entries(
+        pairs: &'n [(Node, Node)],
+        what: &str,
+        d: &mut Diags,
+    ) -> Vec<(&'n str, Pos, &'n Node)> {
         let mut entries: Vec<(&'n str, Pos, &'n Node)> = Vec::with_capacity(pairs.len());
         // A set, not a scan of the entries: a 1 MiB file of distinct keys took 48 s.
         let mut seen = std::collections::HashSet::with_capacity(pairs.len());
@@ -298,8 +310,7 @@ impl<'n> Fields<'n> {
             }
             entries.push((key, k.pos, v));
         }
-        let taken = vec![false; entries.len()];
-        Some(Fields { entries, taken })
+        entries
     }
 
     /// The value of `key` and the key's position, if present and not null.
@@ -405,11 +416,9 @@ pub fn decode(root: &Node, d: &mut Diags) -> RawSequence {
     raw.pause_when = f
         .get("pause_when")
         .and_then(|e| string(e, "`pause_when`", d));
-    raw.steps = f.get("steps").and_then(|e| {
-        let items = list(e.node, "`steps`", d)?;
-        let steps = items.iter().filter_map(|s| decode_step(s, d)).collect();
-        Some(e.wrap(steps))
-    });
+    raw.steps = f
+        .get("steps")
+        .and_then(|e| decode_steps(e.node, d).map(|s| e.wrap(s)));
     raw.migrate = f
         .get("migrate")
         .and_then(|e| decode_migrate(e.node, d).map(|m| e.wrap(m)));
@@ -425,6 +434,12 @@ fn decode_trigger(node: &Node, d: &mut Diags) -> Option<RawTrigger> {
     };
     f.finish(RawTrigger::KEYS, "`trigger`", d);
     Some(t)
+}
+
+/// The steps that decode; each that does not is reported and left out.
+fn decode_steps(node: &Node, d: &mut Diags) -> Option<Vec<RawStep>> {
+    let items = list(node, "`steps`", d)?;
+    Some(items.iter().filter_map(|s| decode_step(s, d)).collect())
 }
 
 fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {

@@ -114,6 +114,20 @@ pub fn parse_limited(src: &str, limits: YamlLimits) -> Result<Node, SyntaxError>
     }))
 }
 
+/// A scalar's node kind: null when plain and written as null, else its text and whether it
+/// was quoted.
+fn scalar(text: std::borrow::Cow<'_, str>, style: ScalarStyle) -> NodeKind {
+    let quoted = !matches!(style, ScalarStyle::Plain);
+    if !quoted && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
+        NodeKind::Null
+    } else {
+        NodeKind::Scalar {
+            text: text.into_owned(),
+            quoted,
+        }
+    }
+}
+
 /// A mapping or list being read: where it started, its anchor, what it holds so far, and how
 /// many nodes that is (itself included).
 enum Open {
@@ -137,38 +151,15 @@ impl Builder {
     /// Feeds one event; returns the root once a second document would start.
     fn push(&mut self, event: Event<'_>, pos: Pos) -> Result<Option<Node>, SyntaxError> {
         match event {
-            Event::DocumentStart(_) => {
-                self.documents += 1;
-                if self.documents > 1 {
-                    return Err(SyntaxError {
-                        pos,
-                        message: "a sequence file holds one YAML document; remove the second `---`"
-                            .into(),
-                        hint: None,
-                    });
-                }
-            }
+            Event::DocumentStart(_) => self.document(pos)?,
             Event::Scalar(text, style, anchor, _) => {
-                let quoted = !matches!(style, ScalarStyle::Plain);
-                let kind = if !quoted && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
-                    NodeKind::Null
-                } else {
-                    NodeKind::Scalar {
-                        text: text.into_owned(),
-                        quoted,
-                    }
-                };
-                self.finish(Node { pos, kind }, 1, anchor)?;
-            }
-            Event::Alias(id) => {
-                let (node, size) = self.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
+                let node = Node {
                     pos,
-                    message: "alias to an unknown anchor".into(),
-                    hint: None,
-                })?;
-                self.copied(size, pos)?;
-                self.finish(Node { pos, ..node }, size, 0)?;
+                    kind: scalar(text, style),
+                };
+                self.finish(node, 1, anchor)?;
             }
+            Event::Alias(id) => self.alias(id, pos)?,
             Event::SequenceStart(anchor, _) => {
                 self.deeper(pos)?;
                 self.stack.push(Open::Seq(pos, anchor, Vec::new(), 1));
@@ -177,31 +168,58 @@ impl Builder {
                 self.deeper(pos)?;
                 self.stack.push(Open::Map(pos, anchor, Vec::new(), None, 1))
             }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor, size) = match self.stack.pop() {
-                    Some(Open::Seq(pos, anchor, items, size)) => (
-                        Node {
-                            pos,
-                            kind: NodeKind::Seq(items),
-                        },
-                        anchor,
-                        size,
-                    ),
-                    Some(Open::Map(pos, anchor, entries, _, size)) => (
-                        Node {
-                            pos,
-                            kind: NodeKind::Map(entries),
-                        },
-                        anchor,
-                        size,
-                    ),
-                    None => return Ok(None),
-                };
-                self.finish(node, size, anchor)?;
-            }
+            Event::SequenceEnd | Event::MappingEnd => self.close()?,
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
         Ok(None)
+    }
+
+    /// A document starts: refused when it is not the first.
+    fn document(&mut self, pos: Pos) -> Result<(), SyntaxError> {
+        self.documents += 1;
+        if self.documents > 1 {
+            return Err(SyntaxError {
+                pos,
+                message: "a sequence file holds one YAML document; remove the second `---`".into(),
+                hint: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// An alias: a copy of its anchor's node, at the alias, counted against the alias limit.
+    fn alias(&mut self, id: usize, pos: Pos) -> Result<(), SyntaxError> {
+        let (node, size) = self.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
+            pos,
+            message: "alias to an unknown anchor".into(),
+            hint: None,
+        })?;
+        self.copied(size, pos)?;
+        self.finish(Node { pos, ..node }, size, 0)
+    }
+
+    /// The innermost mapping or list ends: it becomes a node of what holds it.
+    fn close(&mut self) -> Result<(), SyntaxError> {
+        let (node, anchor, size) = match self.stack.pop() {
+            Some(Open::Seq(pos, anchor, items, size)) => (
+                Node {
+                    pos,
+                    kind: NodeKind::Seq(items),
+                },
+                anchor,
+                size,
+            ),
+            Some(Open::Map(pos, anchor, entries, _, size)) => (
+                Node {
+                    pos,
+                    kind: NodeKind::Map(entries),
+                },
+                anchor,
+                size,
+            ),
+            None => return Ok(()),
+        };
+        self.finish(node, size, anchor)
     }
 
     /// A mapping or list opens: refused past the nesting limit, before it is read.
