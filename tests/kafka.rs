@@ -20,6 +20,22 @@ fn cluster(brokers: i32) -> MockCluster<'static, rdkafka::producer::DefaultProdu
     c
 }
 
+/// An order per customer `c{i}` (order `o{i}`) for each `i` of `range`, to `orders`.
+fn orders(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        send(
+            p,
+            "orders",
+            &format!("c{i}"),
+            placed(&format!("c{i}"), &format!("o{i}")).as_bytes(),
+            &[],
+        );
+    }
+}
+
 /// `n` journeys entered, one per customer.
 fn entered_once_each(store: &TestStore, n: i64) {
     assert_eq!(
@@ -154,17 +170,7 @@ fn a_broker_outage_and_a_restart_lose_nothing_and_apply_each_event_once() {
         &seqs.join("mail"),
     );
     let p = producer(&brokers);
-    let publish = |range: std::ops::Range<usize>| {
-        for i in range {
-            send(
-                &p,
-                "orders",
-                &format!("c{i}"),
-                placed(&format!("c{i}"), &format!("o{i}")).as_bytes(),
-                &[],
-            );
-        }
-    };
+    let publish = |range: std::ops::Range<usize>| orders(&p, range);
 
     let first = start(cfg.clone());
     publish(0..100);
@@ -217,15 +223,7 @@ fn two_instances_share_the_partitions_as_one_joins_and_leaves_and_apply_each_eve
     );
     let p = producer(&brokers);
     let publish = |range: std::ops::Range<usize>| {
-        for i in range {
-            send(
-                &p,
-                "orders",
-                &format!("c{i}"),
-                placed(&format!("c{i}"), &format!("o{i}")).as_bytes(),
-                &[],
-            );
-        }
+        orders(&p, range);
         flush(&p);
     };
     let applied = || store.count("SELECT COUNT(*) FROM processed_events");
