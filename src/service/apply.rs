@@ -680,8 +680,6 @@ pub enum Refused {
 /// A stored customer revived, or why it cannot be.
 type Revived = std::result::Result<Loaded, Unreadable>;
 
-/// A `customer.erased` event met in a batch: the addresses the customer had, and whether
-/// events after it wrote a new state (a customer who came back at once).
 /// One batch of events while it is applied: its customers (each once, in order of first
 /// appearance) and what it gathers for the transaction.
 struct Batch<'e> {
@@ -752,6 +750,8 @@ fn traced(traced: &mut Vec<(String, String)>, span: &tracing::Span, decisions: &
     }
 }
 
+/// A `customer.erased` event met in a batch: the addresses the customer had, and whether
+/// events after it wrote a new state (a customer who came back at once).
 #[derive(Debug, Clone, Default)]
 struct Erasure {
     addresses: Vec<String>,

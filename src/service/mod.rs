@@ -381,10 +381,12 @@ impl Parts {
         signer: &Signer,
     ) -> StartResult<Stage> {
         let http = &self.config.http;
-        let refused = || StartError::io(format!("config error: http.listen {}", http.listen));
-        let listener = std::net::TcpListener::bind(&http.listen).map_err(refused())?;
-        listener.set_nonblocking(true).map_err(refused())?;
-        let bound = listener.local_addr().map_err(refused())?;
+        let listener = std::net::TcpListener::bind(&http.listen).map_err(StartError::io(
+            format!("config error: http.listen {}", http.listen),
+        ))?;
+        let socket = || StartError::io(format!("setting up the listener on {}", http.listen));
+        listener.set_nonblocking(true).map_err(socket())?;
+        let bound = listener.local_addr().map_err(socket())?;
         let _ = self.stats.http_addr.set(bound);
         tracing::info!(listen = %bound, "http listening");
         let broker: admin::BrokerCheck = {
