@@ -165,6 +165,7 @@ fn prerendered(cfg: &Config) -> aftercare::mail::Outgoing {
             "c1@example.com",
             &rendered,
             &links,
+            None,
         )
         .unwrap()
 }

@@ -41,7 +41,7 @@ fn unknown_key_without_a_close_match_lists_the_known_keys() {
     assert_eq!(
         check(&yaml),
         [
-            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, start, exit",
+            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, start, exit, variants",
         ]
     );
 }
@@ -304,5 +304,97 @@ fn a_zero_timeout_is_refused() {
         [
             "s.yaml:5:48: `timeout` must be longer than 0s\n  hint: wait at least a second, e.g. `timeout: 1h`",
         ]
+    );
+}
+
+/// An experiment (SPEC §8): a holdout from 0% to 50% with at most two decimals, measures with
+/// the keys they need and unique names, a target in percentage points.
+#[test]
+fn experiments_are_checked_key_by_key() {
+    let steps = "steps:\n  - id: a\n    email: { template: t/a }\n";
+    let file = |experiment: &str| {
+        format!("name: s\ntrigger: {{ event: order.placed }}\nexperiment:\n{experiment}{steps}")
+    };
+    assert_eq!(
+        check(&file(
+            "  holdout: 10%\n  salt: 2026q4\n  target: 2.5pp\n  measure:\n    - { name: repeat_purchase, event: order.placed, within: 90d }\n    - { name: review, event: review.submitted, within: 30d, when: \"event.data.rating >= 4\" }\n"
+        )),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check(&file("  holdout: 60%\n")),
+        [
+            "s.yaml:4:12: `experiment.holdout` must be a share from 0% to 50%, found `60%`\n  hint: write it like `10%`; holding out more than half leaves too few customers treated"
+        ]
+    );
+    for bad in ["ten", "10", "10.125%", "-5%", "1e1%"] {
+        assert_eq!(
+            check(&file(&format!("  holdout: \"{bad}\"\n"))).len(),
+            1,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        check(&file("  salt: x\n")),
+        [
+            "s.yaml:4:3: `experiment` has no `holdout`\n  hint: add `holdout: 10%`: the share of the customers who enter held out"
+        ]
+    );
+    assert_eq!(
+        check(&file(
+            "  holdout: 5%\n  target: 2%\n  measure:\n    - { name: m, event: order.placed }\n    - { name: m, event: order.placed, within: 1d }\n    - { name: m, event: order.placed, within: 1d }\n    - { name: n, event: order.placed, within: 1d, per: day }\n"
+        )),
+        [
+            "s.yaml:5:11: `experiment.target` must be an uplift in percentage points, found `2%`\n  hint: write it like `2pp` (from 29% to 31% is 2pp)",
+            "s.yaml:7:7: a measure has no `within`\n  hint: add `within: 90d`",
+            "s.yaml:8:15: two measures are named `m`\n  hint: give each measure its own name: the figures are kept by name",
+            "s.yaml:9:15: two measures are named `m`\n  hint: give each measure its own name: the figures are kept by name",
+            "s.yaml:10:51: unknown key `per` in a measure\n  hint: known keys here: name, event, within, when",
+        ]
+    );
+}
+
+/// Variants of a step: two or more, unique ids, whole weights from 1, and each overrides at
+/// most the step's action, nothing else.
+#[test]
+fn variants_split_a_step_and_override_only_its_action() {
+    let file = |variants: &str| {
+        format!("{HEAD}  - id: a\n    email: {{ template: t/a }}\n    variants:\n{variants}")
+    };
+    assert_eq!(
+        check(&file(
+            "      - { id: a, weight: 1 }\n      - { id: b, weight: 3, email: { template: t/b } }\n"
+        )),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check(&file("      - { id: a, weight: 1 }\n")),
+        [
+            "s.yaml:7:7: a split needs two variants or more, found 1\n  hint: add `- { id: b, weight: 1, email: { template: ... } }`, or remove `variants`"
+        ]
+    );
+    assert_eq!(
+        check(&file(
+            "      - { id: a, weight: 0 }\n      - { id: a, weight: 1.5 }\n      - { id: a, weight: 1 }\n      - { weight: 1, wait: 2d, email: { template: t/b }, exit: true }\n      - { id: c, weight: 1, email: { template: t/nope } }\n"
+        )),
+        [
+            "s.yaml:7:26: a variant's `weight` must be a whole number from 1 to 1000000, found `0`\n  hint: weights are relative: 1 and 1 split evenly, 3 and 1 give the first three in four",
+            "s.yaml:8:15: two variants are named `a`\n  hint: give each variant its own id: decisions and figures name it",
+            "s.yaml:8:26: a variant's `weight` must be a whole number from 1 to 1000000, found `1.5`\n  hint: weights are relative: 1 and 1 split evenly, 3 and 1 give the first three in four",
+            "s.yaml:9:15: two variants are named `a`\n  hint: give each variant its own id: decisions and figures name it",
+            "s.yaml:10:9: a variant has no `id`\n  hint: add `id: b`",
+            "s.yaml:10:22: `wait` cannot differ between variants\n  hint: a variant overrides only the step's action (`email`, `start` or `exit`); the rest is the step's",
+            "s.yaml:10:58: a variant has one action; this one has `email` and `exit`\n  hint: split it into one step per action",
+            "s.yaml:11:48: unknown template `t/nope`\n  hint: create templates/t/nope.subject.j2 and templates/t/nope.html.j2",
+        ]
+    );
+    let missing = check(&file(
+        "      - { id: a, weight: 1 }\n      - { id: c, weight: 1, email: { template: t/nope } }\n",
+    ));
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(
+        missing[0].starts_with("s.yaml:8:48: unknown template `t/nope`"),
+        "{}",
+        missing[0]
     );
 }

@@ -19,6 +19,8 @@ use crate::time::rfc3339;
 pub enum Action {
     Enter,
     Email,
+    /// A marketing email not sent: the customer is in the sequence's holdout group.
+    Holdout,
     Skip,
     Suppress,
     Defer,
@@ -31,9 +33,10 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::Enter,
         Action::Email,
+        Action::Holdout,
         Action::Skip,
         Action::Suppress,
         Action::Defer,
@@ -49,6 +52,7 @@ impl Action {
         match self {
             Action::Enter => "enter",
             Action::Email => "email",
+            Action::Holdout => "holdout",
             Action::Skip => "skip",
             Action::Suppress => "suppress",
             Action::Defer => "defer",

@@ -17,6 +17,7 @@ pub mod context;
 pub mod customer;
 pub mod decision;
 mod events;
+pub mod experiment;
 pub mod journey;
 pub mod journeys;
 mod rules;

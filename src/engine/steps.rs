@@ -1,6 +1,7 @@
 //! Running a journey's steps: a step falling due, its email, its wait, its goal, and the end
 //! of the journey, each recorded as a decision.
 
+use super::experiment;
 use super::windows::next_allowed;
 use super::*;
 
@@ -38,14 +39,24 @@ impl Engine {
         if self.held_back(c, ji, &seq, ev, now, out) || !self.window_open(c, ji, &seq, now, out) {
             return;
         }
-        match &seq.steps[c.journeys[ji].step].action {
+        let step = c.journeys[ji].step;
+        // A split step runs the customer's variant: its action, or the step's as written.
+        let variant = experiment::variant(&seq, step, &c.profile.id);
+        let action = variant
+            .and_then(|v| v.action.as_ref())
+            .or(seq.steps[step].action.as_ref());
+        match action {
             None => {}
             Some(sequence::Action::Exit) => {
                 return self.end(c, ji, now, Action::Exit, "exit step".into(), true, out);
             }
             Some(sequence::Action::Start { sequence }) => self.start(c, ji, sequence, now, out),
             Some(sequence::Action::Email { template }) => {
-                return self.email_step(c, ji, template, cause, now, out);
+                let email = ToSend {
+                    template,
+                    variant: variant.map(|v| &*v.id),
+                };
+                return self.email_step(c, ji, email, cause, now, out);
             }
         }
         self.next_step(c, ji, now, out)
@@ -134,14 +145,18 @@ impl Engine {
         &self,
         c: &mut Customer,
         ji: Ji,
-        template: &Arc<str>,
+        email: ToSend<'_>,
         cause: Cause,
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
         let j = &c.journeys[ji];
         match self.verdict(c, &j.sequence, j.step, j.backfill, now) {
-            Verdict::Send => self.email(c, ji, template, cause, now, out),
+            Verdict::Send => match held_out(c, ji) {
+                // Nothing is sent; the journey goes on as everyone else's (SPEC §8).
+                Some(reason) => self.push(c, ji, now, Action::Holdout, reason, out),
+                None => self.email(c, ji, email, cause, now, out),
+            },
             Verdict::Suppress(reason) => self.push(c, ji, now, Action::Suppress, reason, out),
             Verdict::Defer(until, reason) => {
                 self.push(c, ji, now, Action::Defer, reason, out);
@@ -157,11 +172,12 @@ impl Engine {
         &self,
         c: &mut Customer,
         ji: Ji,
-        template: &Arc<str>,
+        email: ToSend<'_>,
         cause: Cause,
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
+        let template = email.template;
         let subject = match self.subject(c, ji, template) {
             Ok(s) => s,
             Err(reason) => return self.push(c, ji, now, Action::Suppress, reason, out),
@@ -173,7 +189,11 @@ impl Engine {
         if !category.is_transactional() {
             Arc::make_mut(&mut c.profile).last_marketing_at = Some(now);
         }
-        let reason = cause.describe(&seq.steps[si]);
+        let mut reason = cause.describe(&seq.steps[si]);
+        if let Some(v) = email.variant {
+            reason.push_str("; variant ");
+            reason.push_str(v);
+        }
         let mut d = self.decision(c, ji, now, Action::Email, reason);
         d.subject = Some(subject);
         d.email = Some(EmailIntent {
@@ -397,6 +417,23 @@ impl Engine {
 }
 
 /// The journey stays on its step, due again at `at`.
+/// The email a step sends: its template, and the variant of a split step that chose it.
+#[derive(Clone, Copy)]
+pub(super) struct ToSend<'a> {
+    pub(super) template: &'a Arc<str>,
+    pub(super) variant: Option<&'a str>,
+}
+
+/// Why the journey's customer gets none of this step's email, when they are in its
+/// sequence's holdout group: only marketing emails are held out, never transactional ones.
+fn held_out(c: &Customer, ji: Ji) -> Option<String> {
+    let j = &c.journeys[ji];
+    if j.sequence.step_category(j.step).is_transactional() {
+        return None;
+    }
+    experiment::held_out(&j.sequence, &c.profile.id)
+}
+
 fn due_again(c: &mut Customer, ji: Ji, at: DateTime<Utc>, cause: Cause) {
     c.journeys
         .update(ji, |j| j.state = State::Due { at, cause });

@@ -134,7 +134,8 @@ impl Composer {
         }
     }
 
-    /// The message for `row`, to `to` (the customer's address, and name when known).
+    /// The message for `row`, to `to` (the customer's address, and name when known); the
+    /// variant of a split step is named in `X-Aftercare-Variant`.
     pub fn compose(
         &self,
         row: &OutboxRow,
@@ -142,6 +143,7 @@ impl Composer {
         to_email: &str,
         rendered: &Rendered,
         links: &Links,
+        variant: Option<&str>,
     ) -> Result<Outgoing, BuildError> {
         let address: Address = to_email
             .parse()
@@ -174,6 +176,9 @@ impl Composer {
                 "List-Id",
                 format!("{category} <{category}.{}>", self.domain()),
             ));
+        if let Some(v) = variant {
+            builder = builder.raw_header(header("X-Aftercare-Variant", v.to_string()));
+        }
         if !row.transactional {
             let mut value = format!("<{}>", links.unsubscribe_url);
             if let Some(mailto) = &self.unsubscribe_mailto {

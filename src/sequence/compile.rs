@@ -10,8 +10,8 @@ use super::diag::{Diags, Pos, did_you_mean};
 use super::expr::Expr;
 use super::raw::{self, RawStep, Sp};
 use super::{
-    Action, Category, Goal, JourneyKind, Limits, Migrate, OnTimeout, Sequence, Step, Timing,
-    Trigger, WaitFor,
+    Action, Category, Experiment, Goal, JourneyKind, Limits, Measure, Migrate, OnTimeout, Sequence,
+    Step, Timing, Trigger, Variant, WaitFor,
 };
 use crate::template::Templates;
 use crate::time::{CronWindow, Period, parse_tz};
@@ -28,6 +28,15 @@ fn each<T>(x: Option<Option<T>>) -> Option<Option<T>> {
 const DURATION_HINT: &str = "durations look like 30s, 15m, 2h, 3d or 1w";
 const CRON_HINT: &str =
     "cron has 5 fields: minute hour day month weekday, e.g. \"0 9-18 * * MON-FRI\"";
+
+/// The action keys of a step or of a variant.
+struct Acts<'r> {
+    email: Option<&'r Sp<raw::RawEmail>>,
+    start: Option<&'r Sp<String>>,
+    exit: Option<&'r Sp<bool>>,
+    /// What has them, for messages: `a step`, `a variant`.
+    what: &'static str,
+}
 
 /// A compiled file, with the `start` targets still to check against the other files.
 pub struct Compiled {
@@ -57,6 +66,24 @@ pub fn version_of(source: &str, templates: &[(String, String)]) -> String {
 
 /// The longest name, category or step id: they go into headers, URLs and metric labels.
 const MAX_WORD: usize = 100;
+
+/// The largest weight of a variant: weights are relative, and their sum must not overflow.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+/// `10`, `12.5`, `0.25`: hundredths, i.e. basis points of a percentage (at most two decimals).
+fn basis_points(text: &str) -> Option<u32> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !(frac.is_empty() || (frac.len() <= 2 && digits(frac))) {
+        return None;
+    }
+    let frac: u32 = format!("{frac:0<2}").parse().ok()?;
+    whole
+        .parse::<u32>()
+        .ok()?
+        .checked_mul(100)?
+        .checked_add(frac)
+}
 
 /// Most steps in one sequence: a journey may run them all at one instant, and each compiled
 /// expression takes memory (39,000 steps of a 1 MiB file took 700 MB).
@@ -201,6 +228,10 @@ impl Compiler<'_, '_, '_> {
             (Some(m), Some(steps)) => self.migrate(m, steps),
             _ => None,
         };
+        let experiment = match (&raw.experiment, &name) {
+            (Some(x), Some(name)) => Some(self.experiment(x, name)),
+            _ => None,
+        };
         Some(Sequence {
             name: name?.into(),
             // Set once the templates its steps use are known (`compile_with`).
@@ -218,6 +249,7 @@ impl Compiler<'_, '_, '_> {
             pause_when,
             steps: steps?,
             migrate,
+            experiment: each(experiment)?,
         })
     }
 
@@ -475,6 +507,7 @@ impl Compiler<'_, '_, '_> {
         let category = s.category.as_ref().map(|c| self.category(c));
         let goal = s.goal.as_ref().map(|g| self.goal(g));
         let action = self.action(s);
+        let variants = s.variants.as_ref().map(|v| self.variants(v));
         let bad_window = s.send_window.is_some() && send_window.is_none();
         if bad_window {
             return None;
@@ -487,6 +520,7 @@ impl Compiler<'_, '_, '_> {
             category: each(category)?,
             goal: each(goal)?,
             action: action?,
+            variants: each(variants)?.unwrap_or_default(),
         })
     }
 
@@ -594,18 +628,28 @@ impl Compiler<'_, '_, '_> {
 
     /// The step's one action; `Some(None)` for a step that only waits.
     fn action(&mut self, s: &RawStep) -> Option<Option<Action>> {
-        self.one_action(s)?;
-        if let Some(email) = &s.email {
+        self.action_of(Acts {
+            email: s.email.as_ref(),
+            start: s.start.as_ref(),
+            exit: s.exit.as_ref(),
+            what: "a step",
+        })
+    }
+
+    /// The one action among `acts`; `Some(None)` when there is none.
+    fn action_of(&mut self, acts: Acts<'_>) -> Option<Option<Action>> {
+        self.one_action(&acts)?;
+        if let Some(email) = acts.email {
             return self.email(email).map(Some);
         }
-        if let Some(start) = &s.start {
+        if let Some(start) = acts.start {
             self.word(start, "sequence name")?;
             self.starts.push(start.clone());
             return Some(Some(Action::Start {
                 sequence: start.value.as_str().into(),
             }));
         }
-        if let Some(exit) = &s.exit {
+        if let Some(exit) = acts.exit {
             if !exit.value {
                 self.d.error_hint(
                     exit.pos,
@@ -619,12 +663,12 @@ impl Compiler<'_, '_, '_> {
         Some(None)
     }
 
-    /// A step has at most one action: `email`, `start` or `exit`.
-    fn one_action(&mut self, s: &RawStep) -> Option<()> {
+    /// A step (or a variant) has at most one action: `email`, `start` or `exit`.
+    fn one_action(&mut self, acts: &Acts<'_>) -> Option<()> {
         let present: Vec<(&str, Pos)> = [
-            s.email.as_ref().map(|e| ("email", e.key)),
-            s.start.as_ref().map(|e| ("start", e.key)),
-            s.exit.as_ref().map(|e| ("exit", e.key)),
+            acts.email.map(|e| ("email", e.key)),
+            acts.start.map(|e| ("start", e.key)),
+            acts.exit.map(|e| ("exit", e.key)),
         ]
         .into_iter()
         .flatten()
@@ -634,7 +678,8 @@ impl Compiler<'_, '_, '_> {
             self.d.error_hint(
                 present[1].1,
                 format!(
-                    "a step has one action; this one has {}",
+                    "{} has one action; this one has {}",
+                    acts.what,
                     names.join(" and ")
                 ),
                 "split it into one step per action",
@@ -661,6 +706,218 @@ impl Compiler<'_, '_, '_> {
         }
         Some(Action::Email {
             template: t.value.as_str().into(),
+        })
+    }
+
+    /// A sequence's `experiment`: a holdout of 0-50%, a salt (else the sequence's `name`),
+    /// measures with unique names, an optional target.
+    fn experiment(&mut self, x: &Sp<raw::RawExperiment>, name: &str) -> Option<Experiment> {
+        let holdout = match &x.value.holdout {
+            Some(h) => self.holdout(h),
+            None => {
+                self.d.error_hint(
+                    x.pos,
+                    "`experiment` has no `holdout`",
+                    "add `holdout: 10%`: the share of the customers who enter held out",
+                );
+                None
+            }
+        };
+        let salt = match &x.value.salt {
+            Some(salt) => self
+                .word(salt, "`experiment.salt`")
+                .map(|()| salt.value.as_str()),
+            None => Some(name),
+        };
+        let target = x.value.target.as_ref().map(|t| self.target(t));
+        let measures = self.measures(&x.value.measure);
+        Some(Experiment {
+            holdout: holdout?,
+            salt: salt?.into(),
+            measures: measures?,
+            target: each(target)?,
+        })
+    }
+
+    /// `10%`, `12.5%`: basis points from 0 to 5,000.
+    fn holdout(&mut self, h: &Sp<String>) -> Option<u32> {
+        let points = h.value.strip_suffix('%').and_then(basis_points);
+        match points {
+            Some(p) if p <= 5_000 => Some(p),
+            _ => {
+                self.d.error_hint(
+                    h.pos,
+                    format!("`experiment.holdout` must be a share from 0% to 50%, found `{}`", h.value),
+                    "write it like `10%`; holding out more than half leaves too few customers treated",
+                );
+                None
+            }
+        }
+    }
+
+    /// `2pp`: an uplift of two percentage points, as basis points (1 to 10,000).
+    fn target(&mut self, t: &Sp<String>) -> Option<u32> {
+        let points = t.value.strip_suffix("pp").and_then(basis_points);
+        match points {
+            Some(p) if (1..=10_000).contains(&p) => Some(p),
+            _ => {
+                self.d.error_hint(
+                    t.pos,
+                    format!(
+                        "`experiment.target` must be an uplift in percentage points, found `{}`",
+                        t.value
+                    ),
+                    "write it like `2pp` (from 29% to 31% is 2pp)",
+                );
+                None
+            }
+        }
+    }
+
+    /// Every measure, each checked; names must be unique.
+    fn measures(&mut self, raw: &[Sp<raw::RawMeasure>]) -> Option<Vec<Measure>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        let mut ok = true;
+        for m in raw {
+            if let Some(name) = &m.value.name
+                && !seen.insert(name.value.as_str())
+            {
+                self.d.error_hint(
+                    name.pos,
+                    format!("two measures are named `{}`", name.value),
+                    "give each measure its own name: the figures are kept by name",
+                );
+                ok = false;
+            }
+            match self.measure(m) {
+                Some(measure) => out.push(measure),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn measure(&mut self, m: &Sp<raw::RawMeasure>) -> Option<Measure> {
+        let m_pos = m.pos;
+        let m = &m.value;
+        let missing = |d: &mut Diags, key: &str, example: &str| {
+            d.error_hint(
+                m_pos,
+                format!("a measure has no `{key}`"),
+                format!("add `{key}: {example}`"),
+            );
+        };
+        let name = match &m.name {
+            Some(n) => self
+                .word(n, "a measure's name")
+                .map(|()| Arc::from(n.value.as_str())),
+            None => {
+                missing(self.d, "name", "repeat_purchase");
+                None
+            }
+        };
+        let event = match &m.event {
+            Some(e) => self.event_type(e),
+            None => {
+                missing(self.d, "event", "order.placed");
+                None
+            }
+        };
+        let within = match &m.within {
+            Some(w) => self.period(w),
+            None => {
+                missing(self.d, "within", "90d");
+                None
+            }
+        };
+        let when = m.when.as_ref().map(|e| self.expr(e));
+        Some(Measure {
+            name: name?,
+            event: event?,
+            within: within?,
+            when: each(when)?,
+        })
+    }
+
+    /// A step's `variants`: two or more, unique ids, weights from 1, each at most one action
+    /// in place of the step's.
+    fn variants(&mut self, v: &Sp<Vec<raw::RawVariant>>) -> Option<Vec<Variant>> {
+        if v.value.len() < 2 {
+            self.d.error_hint(
+                v.pos,
+                format!(
+                    "a split needs two variants or more, found {}",
+                    v.value.len()
+                ),
+                "add `- { id: b, weight: 1, email: { template: ... } }`, or remove `variants`",
+            );
+            return None;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(v.value.len());
+        let mut ok = true;
+        for raw in &v.value {
+            if let Some(id) = &raw.id
+                && !seen.insert(id.value.as_str())
+            {
+                self.d.error_hint(
+                    id.pos,
+                    format!("two variants are named `{}`", id.value),
+                    "give each variant its own id: decisions and figures name it",
+                );
+                ok = false;
+            }
+            match self.variant(raw) {
+                Some(variant) => out.push(variant),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn variant(&mut self, v: &raw::RawVariant) -> Option<Variant> {
+        let id = match &v.id {
+            Some(i) => self
+                .word(i, "a variant's id")
+                .map(|()| Arc::from(i.value.as_str())),
+            None => {
+                self.d
+                    .error_hint(v.pos, "a variant has no `id`", "add `id: b`");
+                None
+            }
+        };
+        let weight = match &v.weight {
+            Some(w) => match w.value.parse::<u32>() {
+                Ok(n) if (1..=MAX_WEIGHT).contains(&n) => Some(n),
+                _ => {
+                    self.d.error_hint(
+                        w.pos,
+                        format!("a variant's `weight` must be a whole number from 1 to {MAX_WEIGHT}, found `{}`", w.value),
+                        "weights are relative: 1 and 1 split evenly, 3 and 1 give the first three in four",
+                    );
+                    None
+                }
+            },
+            None => {
+                self.d.error_hint(
+                    v.pos,
+                    "a variant has no `weight`",
+                    "add `weight: 1` (weights are relative)",
+                );
+                None
+            }
+        };
+        let action = self.action_of(Acts {
+            email: v.email.as_ref(),
+            start: v.start.as_ref(),
+            exit: v.exit.as_ref(),
+            what: "a variant",
+        });
+        Some(Variant {
+            id: id?,
+            weight: weight?,
+            action: action?,
         })
     }
 

@@ -72,6 +72,37 @@ pub struct Sequence {
     pub pause_when: Option<Expr>,
     pub steps: Vec<Step>,
     pub migrate: Option<Migrate>,
+    pub experiment: Option<Experiment>,
+}
+
+/// A holdout test on a sequence (SPEC §8).
+#[derive(Debug)]
+pub struct Experiment {
+    /// The share held out, in basis points of the customers who enter (0 to 5,000).
+    pub holdout: u32,
+    /// Draws the groups; the sequence's name unless given.
+    pub salt: Arc<str>,
+    pub measures: Vec<Measure>,
+    /// The uplift to detect, in basis points (`2pp` is 200), for `aftercare plan`.
+    pub target: Option<u32>,
+}
+
+/// An outcome an experiment counts from each customer's entry.
+#[derive(Debug)]
+pub struct Measure {
+    pub name: Arc<str>,
+    pub event: Arc<str>,
+    pub within: Period,
+    pub when: Option<Expr>,
+}
+
+/// One side of a split step: the step's action, or another in its place.
+#[derive(Debug)]
+pub struct Variant {
+    pub id: Arc<str>,
+    pub weight: u32,
+    /// `None`: the step as written.
+    pub action: Option<Action>,
 }
 
 impl Sequence {
@@ -83,12 +114,21 @@ impl Sequence {
             .unwrap_or(&self.category)
     }
 
-    /// The templates its steps send, in step order.
+    /// The templates its steps send, in step order (each step's own, then its variants').
     pub fn email_templates(&self) -> impl Iterator<Item = &str> {
-        self.steps.iter().filter_map(|step| match &step.action {
-            Some(Action::Email { template }) => Some(&**template),
-            _ => None,
+        self.steps.iter().flat_map(|step| {
+            std::iter::once(step.action.as_ref())
+                .chain(step.variants.iter().map(|v| v.action.as_ref()))
+                .filter_map(|a| match a {
+                    Some(Action::Email { template }) => Some(&**template),
+                    _ => None,
+                })
         })
+    }
+
+    /// What draws its groups and variants: the experiment's salt, else its name (SPEC §8).
+    pub fn salt(&self) -> &str {
+        self.experiment.as_ref().map_or(&self.name, |x| &x.salt)
     }
 
     pub fn step_index(&self, id: &str) -> Option<usize> {
@@ -137,6 +177,8 @@ pub struct Step {
     pub goal: Option<Goal>,
     /// `None` for a step that only waits.
     pub action: Option<Action>,
+    /// A split of the step: empty, or two or more variants, each customer getting one.
+    pub variants: Vec<Variant>,
 }
 
 /// When a step becomes due, counted from when the previous step finished.

@@ -97,6 +97,64 @@ pub struct RawSequence {
     pub steps: Option<Sp<Vec<RawStep>>>,
     /// Move journeys in flight on an older version of this file to this one.
     pub migrate: Option<Sp<RawMigrate>>,
+    /// Hold some customers out of its marketing emails and measure what the emails earn.
+    pub experiment: Option<Sp<RawExperiment>>,
+}
+
+/// A holdout test: a share of the customers who enter get none of the sequence's marketing
+/// emails, and each measure is compared between the two groups.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawExperiment {
+    /// The share of the customers who enter that is held out, `0%` to `50%`, e.g. `10%`.
+    #[schemars(required, regex(pattern = r"^[0-9]+(\.[0-9]{1,2})?%$"))]
+    pub holdout: Option<Sp<String>>,
+    /// Draws the groups: changing it draws them anew. Defaults to the sequence's name.
+    pub salt: Option<Sp<String>>,
+    /// Outcomes counted from each customer's entry.
+    #[schemars(default)]
+    pub measure: Vec<Sp<RawMeasure>>,
+    /// The uplift the test should be able to detect, in percentage points, e.g. `2pp`
+    /// (`aftercare plan` says how long that takes).
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]{1,2})?pp$"))]
+    pub target: Option<Sp<String>>,
+}
+
+/// An outcome an experiment counts: the customer sends `event` within `within` of entering.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawMeasure {
+    /// Unique in the experiment, e.g. `repeat_purchase`.
+    #[schemars(required)]
+    pub name: Option<Sp<String>>,
+    /// Event type that counts, e.g. `order.placed`.
+    #[schemars(required)]
+    pub event: Option<Sp<String>>,
+    /// How long after entering it still counts.
+    #[schemars(required, regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    pub within: Option<Sp<String>>,
+    /// Expression the event must satisfy.
+    pub when: Option<Sp<String>>,
+}
+
+/// One side of a split of a step: the step as written, or with another action.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawVariant {
+    #[schemars(skip)]
+    pub pos: Pos,
+    /// Unique among the step's variants, e.g. `a`.
+    #[schemars(required)]
+    pub id: Option<Sp<String>>,
+    /// Its share, relative to the other variants' weights: a whole number from 1.
+    #[schemars(required, with = "Option<std::num::NonZeroU32>")]
+    pub weight: Option<Sp<String>>,
+    /// Instead of the step's action: send this email.
+    pub email: Option<Sp<RawEmail>>,
+    /// Instead of the step's action: enrol the customer in this sequence.
+    pub start: Option<Sp<String>>,
+    /// Instead of the step's action: end the journey here (`true`).
+    pub exit: Option<Sp<bool>>,
 }
 
 /// The event that enrols a customer, and an optional condition on it.
@@ -138,6 +196,8 @@ pub struct RawStep {
     pub start: Option<Sp<String>>,
     /// Action: end the journey here (`true`).
     pub exit: Option<Sp<bool>>,
+    /// A split of this step: each customer gets one variant, by weight.
+    pub variants: Option<Sp<Vec<RawVariant>>>,
 }
 
 /// Wait for an event, with a timeout.
@@ -205,7 +265,17 @@ impl RawSequence {
         "pause_when",
         "steps",
         "migrate",
+        "experiment",
     ];
+}
+impl RawExperiment {
+    pub const KEYS: &[&str] = &["holdout", "salt", "measure", "target"];
+}
+impl RawMeasure {
+    pub const KEYS: &[&str] = &["name", "event", "within", "when"];
+}
+impl RawVariant {
+    pub const KEYS: &[&str] = &["id", "weight", "email", "start", "exit"];
 }
 impl RawTrigger {
     pub const KEYS: &[&str] = &["event", "when"];
@@ -222,6 +292,7 @@ impl RawStep {
         "email",
         "start",
         "exit",
+        "variants",
     ];
 }
 impl RawWaitFor {
@@ -422,6 +493,9 @@ pub fn decode(root: &Node, d: &mut Diags) -> RawSequence {
     raw.migrate = f
         .get("migrate")
         .and_then(|e| decode_migrate(e.node, d).map(|m| e.wrap(m)));
+    raw.experiment = f
+        .get("experiment")
+        .and_then(|e| decode_experiment(e.node, d).map(|x| e.wrap(x)));
     f.finish(RawSequence::KEYS, "the sequence", d);
     raw
 }
@@ -464,9 +538,88 @@ fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
             .and_then(|e| decode_email(e.node, d).map(|m| e.wrap(m))),
         start: f.get("start").and_then(|e| string(e, "`start`", d)),
         exit: f.get("exit").and_then(|e| boolean(e, "`exit`", d)),
+        variants: f
+            .get("variants")
+            .and_then(|e| decode_variants(e.node, d).map(|v| e.wrap(v))),
     };
     f.finish(RawStep::KEYS, "a step", d);
     Some(step)
+}
+
+fn decode_experiment(node: &Node, d: &mut Diags) -> Option<RawExperiment> {
+    let mut f = Fields::of(node, "`experiment`", d)?;
+    let x = RawExperiment {
+        holdout: f
+            .get("holdout")
+            .and_then(|e| string(e, "`experiment.holdout`", d)),
+        salt: f
+            .get("salt")
+            .and_then(|e| string(e, "`experiment.salt`", d)),
+        measure: f
+            .get("measure")
+            .and_then(|e| list(e.node, "`experiment.measure`", d))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| decode_measure(m, d).map(|x| Entry::item(m).wrap(x)))
+            .collect(),
+        target: f
+            .get("target")
+            .and_then(|e| string(e, "`experiment.target`", d)),
+    };
+    f.finish(RawExperiment::KEYS, "`experiment`", d);
+    Some(x)
+}
+
+fn decode_measure(node: &Node, d: &mut Diags) -> Option<RawMeasure> {
+    let mut f = Fields::of(node, "a measure", d)?;
+    let m = RawMeasure {
+        name: f.get("name").and_then(|e| string(e, "`measure.name`", d)),
+        event: f.get("event").and_then(|e| string(e, "`measure.event`", d)),
+        within: f
+            .get("within")
+            .and_then(|e| string(e, "`measure.within`", d)),
+        when: f.get("when").and_then(|e| string(e, "`measure.when`", d)),
+    };
+    f.finish(RawMeasure::KEYS, "a measure", d);
+    Some(m)
+}
+
+/// The variants that decode; each that does not is reported and left out.
+fn decode_variants(node: &Node, d: &mut Diags) -> Option<Vec<RawVariant>> {
+    let items = list(node, "`variants`", d)?;
+    Some(items.iter().filter_map(|v| decode_variant(v, d)).collect())
+}
+
+fn decode_variant(node: &Node, d: &mut Diags) -> Option<RawVariant> {
+    let mut f = Fields::of(node, "a variant", d)?;
+    let v = RawVariant {
+        pos: node.pos,
+        id: f.get("id").and_then(|e| string(e, "`variant.id`", d)),
+        weight: f
+            .get("weight")
+            .and_then(|e| string(e, "`variant.weight`", d)),
+        email: f
+            .get("email")
+            .and_then(|e| decode_email(e.node, d).map(|m| e.wrap(m))),
+        start: f.get("start").and_then(|e| string(e, "`variant.start`", d)),
+        exit: f.get("exit").and_then(|e| boolean(e, "`variant.exit`", d)),
+    };
+    // A step key in a variant: it overrides only the action; the rest is the step's.
+    for key in RawStep::KEYS
+        .iter()
+        .filter(|k| !RawVariant::KEYS.contains(k))
+    {
+        if let Some(e) = f.get(key) {
+            d.error_hint(
+                e.key,
+                format!("`{key}` cannot differ between variants"),
+                "a variant overrides only the step's action (`email`, `start` or `exit`); \
+                 the rest is the step's",
+            );
+        }
+    }
+    f.finish(RawVariant::KEYS, "a variant", d);
+    Some(v)
 }
 
 fn decode_wait_for(node: &Node, d: &mut Diags) -> Option<RawWaitFor> {
@@ -559,5 +712,8 @@ mod tests {
         assert_eq!(props::<RawGoal>(), sorted(RawGoal::KEYS));
         assert_eq!(props::<RawEmail>(), sorted(RawEmail::KEYS));
         assert_eq!(props::<RawMigrate>(), sorted(RawMigrate::KEYS));
+        assert_eq!(props::<RawExperiment>(), sorted(RawExperiment::KEYS));
+        assert_eq!(props::<RawMeasure>(), sorted(RawMeasure::KEYS));
+        assert_eq!(props::<RawVariant>(), sorted(RawVariant::KEYS));
     }
 }

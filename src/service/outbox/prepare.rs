@@ -153,8 +153,19 @@ impl Worker {
                 return Err(failed(format!("template error: {e}")));
             }
         };
+        // The variant a split step gave this customer, as the engine chose it (SPEC §8).
+        let variant = sequence
+            .and_then(|s| Some((s, s.step_index(&row.step)?)))
+            .and_then(|(s, step)| crate::engine::experiment::variant(s, step, &row.customer));
         self.composer
-            .compose(row, profile.name.as_deref(), to, &rendered, &links)
+            .compose(
+                row,
+                profile.name.as_deref(),
+                to,
+                &rendered,
+                &links,
+                variant.map(|v| &*v.id),
+            )
             .map_err(|e| failed(e.to_string()))
     }
 }
