@@ -14,7 +14,7 @@ use lettre::message::dkim::{
     DkimSigningKey,
 };
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Mailbox, MessageBuilder, MultiPart};
 use lettre::{Address, Message};
 
 use crate::store::OutboxRow;
@@ -145,54 +145,14 @@ impl Composer {
         links: &Links,
         variant: Option<&str>,
     ) -> Result<Outgoing, BuildError> {
-        let address: Address = to_email
-            .parse()
-            .map_err(|_| BuildError::Address("the customer's address is not valid".into()))?;
-        // A display name is a phrase: control characters (a CR LF that would start a header)
-        // become spaces; lettre encodes the rest.
-        let to_name = to_name
-            .map(|n| {
-                n.split(|c: char| c.is_control())
-                    .flat_map(str::split_whitespace)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .filter(|n| !n.is_empty());
-        let to = Mailbox::new(to_name, address);
-        let header = |name: &'static str, value: String| {
-            HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
-        };
+        let to = recipient(to_name, to_email)?;
         let message_id = message_id(row, self.domain());
-        let category = word(&row.category);
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(rendered.subject.clone())
-            .message_id(Some(message_id.clone()))
-            .raw_header(header("X-Aftercare-Sequence", row.sequence.clone()))
-            .raw_header(header("X-Aftercare-Step", row.step.clone()))
-            .raw_header(header("X-Aftercare-Journey", row.journey.clone()))
-            .raw_header(header(
-                "List-Id",
-                format!("{category} <{category}.{}>", self.domain()),
-            ));
+        let mut builder = self.headers(row, to, &rendered.subject, &message_id);
         if let Some(v) = variant {
             builder = builder.raw_header(header("X-Aftercare-Variant", v.to_string()));
         }
         if !row.transactional {
-            let mut value = format!("<{}>", links.unsubscribe_url);
-            if let Some(mailto) = &self.unsubscribe_mailto {
-                value.push_str(&format!(
-                    ", <mailto:{mailto}?subject=unsubscribe%20{}>",
-                    links.token
-                ));
-            }
-            builder = builder
-                .raw_header(header("List-Unsubscribe", value))
-                .raw_header(header(
-                    "List-Unsubscribe-Post",
-                    "List-Unsubscribe=One-Click".into(),
-                ));
+            builder = self.unsubscribe(builder, links);
         }
         let mut message = builder
             .multipart(MultiPart::alternative_plain_html(
@@ -210,4 +170,67 @@ impl Composer {
             bytes: message.formatted(),
         })
     }
+
+    /// The sender, recipient, subject and message id, the aftercare headers and `List-Id`.
+    fn headers(
+        &self,
+        row: &OutboxRow,
+        to: Mailbox,
+        subject: &str,
+        message_id: &str,
+    ) -> MessageBuilder {
+        let category = word(&row.category);
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject.to_string())
+            .message_id(Some(message_id.to_string()))
+            .raw_header(header("X-Aftercare-Sequence", row.sequence.clone()))
+            .raw_header(header("X-Aftercare-Step", row.step.clone()))
+            .raw_header(header("X-Aftercare-Journey", row.journey.clone()))
+            .raw_header(header(
+                "List-Id",
+                format!("{category} <{category}.{}>", self.domain()),
+            ))
+    }
+
+    /// A marketing email's `List-Unsubscribe` (the link, and the mailto when configured) with
+    /// one-click `List-Unsubscribe-Post` (RFC 8058).
+    fn unsubscribe(&self, builder: MessageBuilder, links: &Links) -> MessageBuilder {
+        let mut value = format!("<{}>", links.unsubscribe_url);
+        if let Some(mailto) = &self.unsubscribe_mailto {
+            value.push_str(&format!(
+                ", <mailto:{mailto}?subject=unsubscribe%20{}>",
+                links.token
+            ));
+        }
+        builder
+            .raw_header(header("List-Unsubscribe", value))
+            .raw_header(header(
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe=One-Click".into(),
+            ))
+    }
+}
+
+/// The customer's mailbox. A display name is a phrase: control characters (a CR LF that would
+/// start a header) become spaces; lettre encodes the rest.
+fn recipient(to_name: Option<&str>, to_email: &str) -> Result<Mailbox, BuildError> {
+    let address: Address = to_email
+        .parse()
+        .map_err(|_| BuildError::Address("the customer's address is not valid".into()))?;
+    let to_name = to_name
+        .map(|n| {
+            n.split(|c: char| c.is_control())
+                .flat_map(str::split_whitespace)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|n| !n.is_empty());
+    Ok(Mailbox::new(to_name, address))
+}
+
+/// A header written as given, through lettre's encoder.
+fn header(name: &'static str, value: String) -> HeaderValue {
+    HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
 }

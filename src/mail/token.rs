@@ -86,33 +86,37 @@ impl Signer {
         let mut mac = self.mac();
         mac.update(&payload);
         mac.verify_slice(&tag).ok()?;
-        let (customer, category) = match payload.split_first() {
-            Some((&VERSION, rest)) => {
-                let (len, rest) = rest.split_first_chunk::<4>()?;
-                let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
-                if len > rest.len() {
-                    return None;
-                }
-                let (customer, category) = rest.split_at(len);
-                (
-                    String::from_utf8(customer.to_vec()).ok()?,
-                    String::from_utf8(category.to_vec()).ok()?,
-                )
-            }
-            _ => {
-                // The first format: unambiguous only with exactly one separator.
-                let payload = String::from_utf8(payload).ok()?;
-                let mut parts = payload.split('\n');
-                let (Some(customer), Some(category), None) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    return None;
-                };
-                (customer.to_string(), category.to_string())
-            }
-        };
-        Some(Claim { customer, category })
+        claim(payload)
     }
+}
+
+/// What a payload this key signed claims, in either format; `None` when it is not well formed.
+fn claim(payload: Vec<u8>) -> Option<Claim> {
+    let (customer, category) = match payload.split_first() {
+        Some((&VERSION, rest)) => {
+            let (len, rest) = rest.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+            if len > rest.len() {
+                return None;
+            }
+            let (customer, category) = rest.split_at(len);
+            (
+                String::from_utf8(customer.to_vec()).ok()?,
+                String::from_utf8(category.to_vec()).ok()?,
+            )
+        }
+        _ => {
+            // The first format: unambiguous only with exactly one separator.
+            let payload = String::from_utf8(payload).ok()?;
+            let mut parts = payload.split('\n');
+            let (Some(customer), Some(category), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            (customer.to_string(), category.to_string())
+        }
+    };
+    Some(Claim { customer, category })
 }
 
 /// The first byte of a token's payload: its format.

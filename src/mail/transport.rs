@@ -171,11 +171,6 @@ impl SmtpPool {
     /// A connection, greeted, encrypted and authenticated. Nothing that fails here is about a
     /// recipient, so even a 5xx (a refused login) is retried, never a bounce.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let refused = |message: String| SendError {
-            failure: Failure::Transient,
-            code: None,
-            message,
-        };
         let mut conn = match &self.tls {
             // Implicit TLS goes through lettre's own connect (no TCP_NODELAY there).
             Some((TlsMode::Tls, params)) => AsyncSmtpConnection::connect_tokio1(
@@ -188,20 +183,7 @@ impl SmtpPool {
             .await
             .map_err(|e| not_recipient(&e))?,
             _ => {
-                let tcp = tokio::time::timeout(
-                    self.timeout,
-                    tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
-                )
-                .await
-                .map_err(|_| {
-                    refused(format!(
-                        "connecting to {}:{}: timed out",
-                        self.host, self.port
-                    ))
-                })?
-                .map_err(|e| refused(format!("connecting to {}:{}: {e}", self.host, self.port)))?;
-                tcp.set_nodelay(true)
-                    .map_err(|e| refused(format!("TCP_NODELAY: {e}")))?;
+                let tcp = self.tcp().await?;
                 let mut conn =
                     AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
                         .await
@@ -220,6 +202,30 @@ impl SmtpPool {
                 .map_err(|e| not_recipient(&e))?;
         }
         Ok(conn)
+    }
+
+    /// A TCP connection to the server, within the timeout, with TCP_NODELAY.
+    async fn tcp(&self) -> Result<tokio::net::TcpStream, SendError> {
+        let refused = |message: String| SendError {
+            failure: Failure::Transient,
+            code: None,
+            message,
+        };
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| {
+            refused(format!(
+                "connecting to {}:{}: timed out",
+                self.host, self.port
+            ))
+        })?
+        .map_err(|e| refused(format!("connecting to {}:{}: {e}", self.host, self.port)))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| refused(format!("TCP_NODELAY: {e}")))?;
+        Ok(tcp)
     }
 }
 
@@ -251,20 +257,9 @@ async fn transaction(conn: &mut AsyncSmtpConnection, mail: &Outgoing) -> Result<
 /// The SMTP transport for `mail.smtp`, checked (certificates read, credentials complete) but
 /// not connected.
 pub fn smtp(cfg: &Smtp, password: Option<&str>, timeout: Duration) -> Result<SmtpPool, String> {
-    let params = || -> Result<TlsParameters, String> {
-        let mut params = TlsParameters::builder(cfg.host.clone());
-        if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("mail.smtp.ca_file {}: {e}", path.display()))?;
-            let cert = Certificate::from_pem(&pem)
-                .map_err(|e| format!("mail.smtp.ca_file {}: {e}", path.display()))?;
-            params = params.add_root_certificate(cert);
-        }
-        params.build_rustls().map_err(|e| format!("mail.smtp: {e}"))
-    };
     let tls = match cfg.tls {
         TlsMode::None => None,
-        mode => Some((mode, params()?)),
+        mode => Some((mode, tls_params(cfg)?)),
     };
     let credentials = match (&cfg.username, password) {
         (Some(user), Some(pass)) => Some(Credentials::new(user.clone(), pass.to_string())),
@@ -283,6 +278,19 @@ pub fn smtp(cfg: &Smtp, password: Option<&str>, timeout: Duration) -> Result<Smt
         max_idle: cfg.pool_size.max(1) as usize,
         idle: std::sync::Mutex::new(Vec::new()),
     })
+}
+
+/// TLS for `mail.smtp.host`, trusting `mail.smtp.ca_file` too when given.
+fn tls_params(cfg: &Smtp) -> Result<TlsParameters, String> {
+    let mut params = TlsParameters::builder(cfg.host.clone());
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("mail.smtp.ca_file {}: {e}", path.display()))?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| format!("mail.smtp.ca_file {}: {e}", path.display()))?;
+        params = params.add_root_certificate(cert);
+    }
+    params.build_rustls().map_err(|e| format!("mail.smtp: {e}"))
 }
 
 /// One `.eml` file per email in a directory. Named by the outbox key, so a resend after a
