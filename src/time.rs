@@ -24,11 +24,7 @@ impl FromStr for Period {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Period, String> {
-        let bad = || {
-            format!(
-                "`{text}` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w"
-            )
-        };
+        let bad = || not_a_duration(text);
         let s = text.trim();
         if s.is_empty() {
             return Err(bad());
@@ -40,14 +36,7 @@ impl FromStr for Period {
                 digits.push(ch);
                 continue;
             }
-            let unit: i64 = match ch {
-                's' => 1,
-                'm' => 60,
-                'h' => 3_600,
-                'd' => 86_400,
-                'w' => 604_800,
-                _ => return Err(bad()),
-            };
+            let unit = unit_seconds(ch).ok_or_else(bad)?;
             let n: i64 = digits.parse().map_err(|_| bad())?;
             digits.clear();
             total = n
@@ -63,6 +52,23 @@ impl FromStr for Period {
         }
         Ok(Period(Duration::seconds(total)))
     }
+}
+
+/// Why `text` is not a duration.
+fn not_a_duration(text: &str) -> String {
+    format!("`{text}` is not a duration: write a number and a unit, like 30s, 15m, 2h, 3d or 1w")
+}
+
+/// The seconds in a duration unit (`s`, `m`, `h`, `d`, `w`).
+fn unit_seconds(unit: char) -> Option<i64> {
+    Some(match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 604_800,
+        _ => return None,
+    })
 }
 
 impl fmt::Display for Period {
@@ -93,29 +99,7 @@ impl CronWindow {
     /// Accepts classic 5-field cron (minute hour day month weekday, weekday 0-7 with 0 and 7 =
     /// Sunday) and the `cron` crate's 6-7 field form (seconds first, optional year).
     pub fn parse(text: &str) -> Result<CronWindow, String> {
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        let exprs = match fields.len() {
-            5 => {
-                let (min, hour, dom, month) = (fields[0], fields[1], fields[2], fields[3]);
-                let dow = five_field_weekday(fields[4])?;
-                let both = !matches!(dom, "*" | "?") && !matches!(dow.as_str(), "*" | "?");
-                if both {
-                    vec![
-                        format!("0 {min} {hour} {dom} {month} *"),
-                        format!("0 {min} {hour} * {month} {dow}"),
-                    ]
-                } else {
-                    vec![format!("0 {min} {hour} {dom} {month} {dow}")]
-                }
-            }
-            6 | 7 => vec![fields.join(" ")],
-            n => {
-                return Err(format!(
-                    "`{text}` has {n} fields; a cron schedule has 5 (minute hour day month weekday)"
-                ));
-            }
-        };
-        let schedules = exprs
+        let schedules = cron_exprs(text)?
             .iter()
             .map(|e| {
                 cron::Schedule::from_str(e)
@@ -187,6 +171,33 @@ impl CronWindow {
     }
 }
 
+/// `text` as the `cron` crate's schedules: a 5-field one with seconds added and its weekday
+/// named, as two when it restricts both day of month and weekday (classic cron's "either").
+fn cron_exprs(text: &str) -> Result<Vec<String>, String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    Ok(match fields.len() {
+        5 => {
+            let (min, hour, dom, month) = (fields[0], fields[1], fields[2], fields[3]);
+            let dow = five_field_weekday(fields[4])?;
+            let both = !matches!(dom, "*" | "?") && !matches!(dow.as_str(), "*" | "?");
+            if both {
+                vec![
+                    format!("0 {min} {hour} {dom} {month} *"),
+                    format!("0 {min} {hour} * {month} {dow}"),
+                ]
+            } else {
+                vec![format!("0 {min} {hour} {dom} {month} {dow}")]
+            }
+        }
+        6 | 7 => vec![fields.join(" ")],
+        n => {
+            return Err(format!(
+                "`{text}` has {n} fields; a cron schedule has 5 (minute hour day month weekday)"
+            ));
+        }
+    })
+}
+
 /// Whether `t` is the second pass of a local time the clocks went back over (the hour that
 /// happens twice when daylight saving time ends). A window opens once per local time: on that
 /// night, "30 1 * * *" is 01:30 the first time round, not again an hour later.
@@ -200,38 +211,40 @@ fn repeated(t: &DateTime<Tz>) -> bool {
 /// Rewrites a classic cron weekday field (0-7, 0 and 7 = Sunday) into names, because the
 /// `cron` crate numbers weekdays 1-7 from Sunday and would silently shift every day by one.
 fn five_field_weekday(field: &str) -> Result<String, String> {
-    const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
     let mut out = String::new();
     let mut num = String::new();
-    let flush = |num: &mut String, out: &mut String, prev: Option<char>| -> Result<(), String> {
-        if num.is_empty() {
-            return Ok(());
-        }
-        // A number after `/` is a step, not a day.
-        if prev == Some('/') {
-            out.push_str(num);
-        } else {
-            let n: usize = num.parse().map_err(|_| format!("bad weekday `{num}`"))?;
-            let name = NAMES
-                .get(n)
-                .ok_or_else(|| format!("weekday {n} is out of range 0-7"))?;
-            out.push_str(name);
-        }
-        num.clear();
-        Ok(())
-    };
     let mut last_sep = None;
     for ch in field.chars() {
         if ch.is_ascii_digit() {
             num.push(ch);
         } else {
-            flush(&mut num, &mut out, last_sep)?;
+            flush_weekday(&mut num, &mut out, last_sep)?;
             out.push(ch);
             last_sep = Some(ch);
         }
     }
-    flush(&mut num, &mut out, last_sep)?;
+    flush_weekday(&mut num, &mut out, last_sep)?;
     Ok(out)
+}
+
+/// Moves the number read so far (`num`) onto `out`: as a day's name, or as written after `/`
+/// (a step, not a day).
+fn flush_weekday(num: &mut String, out: &mut String, prev: Option<char>) -> Result<(), String> {
+    const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
+    if num.is_empty() {
+        return Ok(());
+    }
+    if prev == Some('/') {
+        out.push_str(num);
+    } else {
+        let n: usize = num.parse().map_err(|_| format!("bad weekday `{num}`"))?;
+        let name = NAMES
+            .get(n)
+            .ok_or_else(|| format!("weekday {n} is out of range 0-7"))?;
+        out.push_str(name);
+    }
+    num.clear();
+    Ok(())
 }
 
 /// Local hours in which marketing email is held back, e.g. `21:00-08:00`.

@@ -41,15 +41,7 @@ impl Money {
             Some(rest) => (true, rest),
             None => (false, s),
         };
-        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty()
-            || !all_digits(whole)
-            || !all_digits(frac)
-            || (digits.contains('.') && frac.is_empty())
-        {
-            return Err(MoneyError::NotDecimal);
-        }
+        let (whole, frac) = split_decimal(digits)?;
         Money::from_parts(neg, whole, frac, 0)
     }
 
@@ -64,31 +56,11 @@ impl Money {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
-        let exp: i64 = match exp {
+        let exp = match exp {
             None => 0,
-            Some(e) => {
-                let e = e.strip_prefix('+').unwrap_or(e);
-                let digits = e.strip_prefix('-').unwrap_or(e);
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(MoneyError::NotDecimal);
-                }
-                // Beyond any amount's range either way; saturating keeps the errors right.
-                e.parse::<i64>().unwrap_or(if e.starts_with('-') {
-                    i64::MIN / 2
-                } else {
-                    i64::MAX / 2
-                })
-            }
+            Some(e) => exponent(e)?,
         };
-        let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty()
-            || !all_digits(whole)
-            || !all_digits(frac)
-            || (mantissa.contains('.') && frac.is_empty())
-        {
-            return Err(MoneyError::NotDecimal);
-        }
+        let (whole, frac) = split_decimal(mantissa)?;
         Money::from_parts(neg, whole, frac, exp)
     }
 
@@ -119,8 +91,17 @@ impl Money {
                 power.unsigned_abs().min(u64::from(u32::MAX)) as u32,
             ));
         }
-        // At most 18 digits: fits an i64, and the scale is 0-18.
-        let mut mantissa: i64 = trimmed.parse().map_err(|_| MoneyError::NotDecimal)?;
+        let (mut mantissa, scale) = Money::mantissa_scale(trimmed, power)?;
+        if neg {
+            mantissa = -mantissa;
+        }
+        Ok(Money(Decimal::new(mantissa, scale)))
+    }
+
+    /// `digits × 10^power` as a mantissa and scale. At most 18 digits: fits an i64, and the
+    /// scale is 0-18.
+    fn mantissa_scale(digits: &str, power: i64) -> Result<(i64, u32), MoneyError> {
+        let mut mantissa: i64 = digits.parse().map_err(|_| MoneyError::NotDecimal)?;
         let mut scale = 0u32;
         if power >= 0 {
             for _ in 0..power {
@@ -129,10 +110,7 @@ impl Money {
         } else {
             scale = power.unsigned_abs() as u32;
         }
-        if neg {
-            mantissa = -mantissa;
-        }
-        Ok(Money(Decimal::new(mantissa, scale)))
+        Ok((mantissa, scale))
     }
 
     /// The amount as a float, for expressions and templates only (`customer.total_spent >
@@ -150,6 +128,35 @@ impl Money {
         let d = self.0.checked_div(Decimal::from(n)).unwrap_or(self.0);
         Money(d.trunc_with_scale(4).normalize())
     }
+}
+
+/// A decimal's digits as (whole, fraction): digits, a point only with digits after it.
+fn split_decimal(digits: &str) -> Result<(&str, &str), MoneyError> {
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || !all_digits(whole)
+        || !all_digits(frac)
+        || (digits.contains('.') && frac.is_empty())
+    {
+        return Err(MoneyError::NotDecimal);
+    }
+    Ok((whole, frac))
+}
+
+/// A JSON number's exponent, after the `e` (`2`, `+2`, `-2`).
+fn exponent(e: &str) -> Result<i64, MoneyError> {
+    let e = e.strip_prefix('+').unwrap_or(e);
+    let digits = e.strip_prefix('-').unwrap_or(e);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(MoneyError::NotDecimal);
+    }
+    // Beyond any amount's range either way; saturating keeps the errors right.
+    Ok(e.parse::<i64>().unwrap_or(if e.starts_with('-') {
+        i64::MIN / 2
+    } else {
+        i64::MAX / 2
+    }))
 }
 
 impl std::ops::Add for Money {
