@@ -41,28 +41,20 @@ impl Engine {
                 i += 1;
                 continue;
             };
-            let in_window = g.from <= ev.time && ev.time <= g.until;
-            if *goal.event != *ev.kind
-                || !in_window
-                || !self.passes(goal.when.as_ref(), c, Some(ev), None)
-            {
+            if !self.meets(goal, g, c, ev) {
                 i += 1;
                 continue;
             }
             let g = c.goals.remove(i);
-            out.push(Decision {
-                at: now,
-                customer: c.profile.id.clone(),
-                journey: g.journey,
-                sequence: g.sequence.name.clone(),
-                version: g.sequence.version.clone(),
-                step: Some(step.id.clone()),
-                action: Action::Goal,
-                reason: format!("{} within {}", goal.event, goal.within),
-                subject: None,
-                email: None,
-            });
+            out.push(goal_decision(c, g, step, goal, now));
         }
+    }
+
+    /// Whether `ev` meets `goal`, pending as `g`: its event, within the window, `when` true.
+    #[inline]
+    fn meets(&self, goal: &sequence::Goal, g: &PendingGoal, c: &Customer, ev: &Arc<Event>) -> bool {
+        let in_window = g.from <= ev.time && ev.time <= g.until;
+        *goal.event == *ev.kind && in_window && self.passes(goal.when.as_ref(), c, Some(ev), None)
     }
 
     pub(super) fn wait_fors(
@@ -74,18 +66,12 @@ impl Engine {
     ) {
         // The journeys waiting for this event, found by index: those are the only ones looked
         // up again (a step may add or end journeys, moving the others).
-        let waiting = |j: &Journey| {
-            !j.held
-                && matches!(j.state, State::WaitingFor { .. })
-                && sees(j, ev)
-                && matches!(&j.sequence.steps[j.step].timing, Timing::WaitFor(w) if *w.event == *ev.kind)
-        };
         for id in c.journeys.concerned(ev) {
             let Some(ji) = c.journeys.find(id) else {
                 continue;
             };
             let j = &c.journeys[ji];
-            if !waiting(j) {
+            if !waits_for(j, ev) {
                 continue;
             }
             let Timing::WaitFor(w) = &j.sequence.steps[j.step].timing else {
@@ -146,15 +132,8 @@ impl Engine {
                 },
                 JourneyKind::PerCustomer => None,
             };
-            if self.may_enter(c, seq, order_id).is_err() {
+            if self.may_enter(c, seq, order_id).is_err() || !trigger_holds(seq, c, ev) {
                 continue;
-            }
-            if let Some(when) = &seq.trigger.when {
-                let order = ev.order_id().and_then(|o| c.order(o));
-                let ctx = Ctx::new(&c.profile, Some(ev), order, None).into_value();
-                if !eval(when, ctx, c) {
-                    continue;
-                }
             }
             let entry = Entry {
                 sequence: seq.clone(),
@@ -216,17 +195,63 @@ impl Engine {
             held: false,
         });
         self.push(c, ji, now, Action::Enter, e.reason, out);
-        // The order's refund or cancellation arrived before the trigger (events racing each
-        // other): the journey ends at once, as it would have had they come in order.
-        let seq = &c.journeys[ji].sequence;
-        if let Some(kind) = e
-            .order_id
-            .and_then(|o| c.order(o))
-            .and_then(|o| o.ended_by(&seq.exit_on))
-        {
+        if let Some(kind) = ended_before(c, ji, e.order_id) {
             let reason = format!("exit_on {kind}: received before the trigger");
             return self.end(c, ji, now, Action::Exit, reason, false, out);
         }
         self.begin_step(c, ji, e.base);
     }
+}
+
+/// The decision that goal `g` (of `step`) was met.
+fn goal_decision(
+    c: &Customer,
+    g: PendingGoal,
+    step: &sequence::Step,
+    goal: &sequence::Goal,
+    now: DateTime<Utc>,
+) -> Decision {
+    Decision {
+        at: now,
+        customer: c.profile.id.clone(),
+        journey: g.journey,
+        sequence: g.sequence.name.clone(),
+        version: g.sequence.version.clone(),
+        step: Some(step.id.clone()),
+        action: Action::Goal,
+        reason: format!("{} within {}", goal.event, goal.within),
+        subject: None,
+        email: None,
+    }
+}
+
+/// Whether journey `j` waits, not held, for an event of `ev`'s kind (and order).
+#[inline]
+fn waits_for(j: &Journey, ev: &Event) -> bool {
+    !j.held
+        && matches!(j.state, State::WaitingFor { .. })
+        && sees(j, ev)
+        && matches!(&j.sequence.steps[j.step].timing, Timing::WaitFor(w) if *w.event == *ev.kind)
+}
+
+/// Whether `seq`'s trigger condition holds for `ev` (absent: it does).
+#[inline]
+fn trigger_holds(seq: &Sequence, c: &Customer, ev: &Arc<Event>) -> bool {
+    let Some(when) = &seq.trigger.when else {
+        return true;
+    };
+    let order = ev.order_id().and_then(|o| c.order(o));
+    let ctx = Ctx::new(&c.profile, Some(ev), order, None).into_value();
+    eval(when, ctx, c)
+}
+
+/// The order's refund or cancellation arrived before the trigger (events racing each other):
+/// the kind of that event, which ends new journey `ji` at once, as it would have had they
+/// come in order.
+#[inline]
+fn ended_before<'c>(c: &'c Customer, ji: Ji, order_id: Option<&str>) -> Option<&'c str> {
+    let seq = &c.journeys[ji].sequence;
+    order_id
+        .and_then(|o| c.order(o))
+        .and_then(|o| o.ended_by(&seq.exit_on))
 }

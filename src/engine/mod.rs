@@ -150,27 +150,11 @@ impl Engine {
             Control::Pause if c.journeys[ji].held => Err(ControlError::AlreadyPaused),
             Control::Resume if !c.journeys[ji].held => Err(ControlError::NotPaused),
             Control::Pause => {
-                c.journeys.update(ji, |j| j.held = true);
-                self.push(
-                    c,
-                    ji,
-                    now,
-                    Action::Pause,
-                    "paused by an operator".into(),
-                    out,
-                );
+                self.hold(c, ji, true, now, out);
                 Ok(())
             }
             Control::Resume => {
-                c.journeys.update(ji, |j| j.held = false);
-                self.push(
-                    c,
-                    ji,
-                    now,
-                    Action::Resume,
-                    "resumed by an operator".into(),
-                    out,
-                );
+                self.hold(c, ji, false, now, out);
                 Ok(())
             }
             Control::Cancel => {
@@ -179,6 +163,24 @@ impl Engine {
                 Ok(())
             }
         }
+    }
+
+    /// An operator's hold on journey `ji` put on (`held`: a pause) or lifted (a resume).
+    fn hold(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        held: bool,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let (action, reason) = if held {
+            (Action::Pause, "paused by an operator")
+        } else {
+            (Action::Resume, "resumed by an operator")
+        };
+        c.journeys.update(ji, |j| j.held = held);
+        self.push(c, ji, now, action, reason.into(), out);
     }
 
     /// Applies one event (already deduplicated) to its customer.
@@ -230,9 +232,7 @@ impl Engine {
             let n = runs.entry(j.id).or_default();
             *n += 1;
             if *n > 2 * j.sequence.steps.len() + 16 {
-                tracing::error!(customer_id = %crate::redact::text(&c.profile.id), sequence = %j.sequence.name, "a journey loops without waiting; it ends");
-                let reason = "loops without waiting".to_string();
-                self.end(c, ji, now, Action::Exit, reason, false, out);
+                self.end_looping(c, ji, now, out);
                 continue;
             }
             match c.journeys[ji].state {
@@ -241,8 +241,21 @@ impl Engine {
                 State::Paused => return,
             }
         }
-        // Validation refuses loops without a wait, so only a stored state from an older,
-        // looser version could get here; end what is still due rather than spin forever.
+        self.budget_exhausted(c, now, out);
+    }
+
+    /// Journey `ji` ran past its limit at one instant: it ends.
+    fn end_looping(&self, c: &mut Customer, ji: Ji, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let j = &c.journeys[ji];
+        tracing::error!(customer_id = %crate::redact::text(&c.profile.id), sequence = %j.sequence.name, "a journey loops without waiting; it ends");
+        let reason = "loops without waiting".to_string();
+        self.end(c, ji, now, Action::Exit, reason, false, out);
+    }
+
+    /// The call ran out of steps. Validation refuses loops without a wait, so only a stored
+    /// state from an older, looser version could get here; end what is still due rather than
+    /// spin forever.
+    fn budget_exhausted(&self, c: &mut Customer, now: DateTime<Utc>, out: &mut Vec<Decision>) {
         tracing::error!(customer_id = %crate::redact::text(&c.profile.id), "step budget exhausted: a sequence loops without waiting");
         while let Some(ji) = c.journeys.first_due(now, None) {
             self.end(
