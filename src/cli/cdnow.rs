@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::cdnow::Row;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,7 +41,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rows.truncate(n);
         rows.reverse();
     }
-    let end = match args.end.as_deref() {
+    let end = end_at(args.end.as_deref())?;
+    let n = match &args.output {
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            write(&rows, end, f)?
+        }
+        None => write(&rows, end, std::io::stdout().lock())?,
+    };
+    eprintln!("{} row(s) → {n} event(s)", rows.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--end`: an RFC 3339 time, or `now`.
+fn end_at(end: Option<&str>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    Ok(match end {
         None => None,
         Some("now") => Some(crate::clock::Clock::now(&crate::clock::SystemClock)),
         Some(t) => Some(
@@ -46,23 +64,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(|_| anyhow::anyhow!("--end: `{t}` is not RFC 3339 or `now`"))?
                 .with_timezone(&chrono::Utc),
         ),
-    };
-    let n = match &args.output {
-        Some(path) => {
-            let f = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            let mut w = BufWriter::new(f);
-            let n = crate::cdnow::write_events(&rows, end, &mut w)?;
-            w.flush()?;
-            n
-        }
-        None => {
-            let mut w = BufWriter::new(std::io::stdout().lock());
-            let n = crate::cdnow::write_events(&rows, end, &mut w)?;
-            w.flush()?;
-            n
-        }
-    };
-    eprintln!("{} row(s) → {n} event(s)", rows.len());
-    Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Writes the events of `rows` to `to`, buffered; how many.
+fn write(rows: &[Row], end: Option<DateTime<Utc>>, to: impl Write) -> anyhow::Result<usize> {
+    let mut w = BufWriter::new(to);
+    let n = crate::cdnow::write_events(rows, end, &mut w)?;
+    w.flush()?;
+    Ok(n)
 }

@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::clock::{Clock as _, SystemClock};
 use crate::service::deadletters::Reports;
-use crate::store::{DeadLetterQuery, Store, StoredDeadLetter};
+use crate::store::{DeadLetter, DeadLetterQuery, Store, StoredDeadLetter};
 use crate::time::{Period, rfc3339};
 
 #[derive(clap::Args)]
@@ -148,17 +148,27 @@ fn show(store: &mut dyn Store, id: i64, raw: bool) -> anyhow::Result<ExitCode> {
     );
     println!("reason:    {}", l.reason);
     println!("class:     {}", l.class);
-    let state = match (d.published_at, d.state()) {
+    println!("topic:     {}", topic_state(&d));
+    if let Some(at) = d.replayed_at {
+        println!("replayed:  {}", rfc3339(at))
+    }
+    print_message(l);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the dead letter stands with the dead-letter topic: published when, or the attempts.
+fn topic_state(d: &StoredDeadLetter) -> String {
+    match (d.published_at, d.state()) {
         (Some(at), s) => format!("{s} at {}", rfc3339(at)),
         (None, s) => match &d.last_error {
             Some(e) => format!("{s} ({} attempt(s); last: {e})", d.attempts),
             None => s.to_string(),
         },
-    };
-    println!("topic:     {state}");
-    if let Some(at) = d.replayed_at {
-        println!("replayed:  {}", rfc3339(at))
     }
+}
+
+/// The message as read: its key, headers and value (cut short past 4096 bytes).
+fn print_message(l: &DeadLetter) {
     if let Some(k) = &l.key {
         println!("key:       {}", printable(k, 200));
     }
@@ -167,7 +177,6 @@ fn show(store: &mut dyn Store, id: i64, raw: bool) -> anyhow::Result<ExitCode> {
     }
     println!("value:     {} bytes", l.value.len());
     println!("{}", printable(&l.value, 4096));
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Bytes as text when they are UTF-8 (control characters escaped), else as hex; cut at
@@ -215,46 +224,22 @@ fn replay(
         .create_with_context(Reports::default())
         .context("creating the Kafka producer")?;
     for (i, d) in letters.iter().enumerate() {
-        let l = &d.letter;
         let id = d.id.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(l.headers.len() + 1);
-        for (k, v) in &l.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        headers = headers.insert(Header {
-            key: "aftercare.replay.of",
-            value: Some(&id),
-        });
-        let mut record: BaseRecord<'_, [u8], [u8], Box<usize>> =
-            BaseRecord::with_opaque_to(&l.topic, Box::new(i))
-                .payload(l.value.as_slice())
-                .headers(headers);
-        if let Some(k) = &l.key {
-            record = record.key(k.as_slice());
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-                Err((e, _)) => bail!("replaying dead letter {}: {e}", d.id),
-            }
-        }
+        send(&producer, record(&d.letter, &id, i), d.id)?;
     }
     producer
         .flush(Duration::from_secs(60))
         .context("waiting for the broker")?;
-    let reports = producer.context().take();
+    settle(store, &letters, producer.context().take())
+}
+
+/// Marks the dead letters the broker took as replayed, and reports the others; a failure
+/// when any was not replayed.
+fn settle(
+    store: &mut dyn Store,
+    letters: &[StoredDeadLetter],
+    reports: Vec<(usize, rdkafka::error::KafkaResult<()>)>,
+) -> anyhow::Result<ExitCode> {
     let mut replayed = Vec::new();
     let mut failed = 0;
     for (i, result) in reports {
@@ -273,4 +258,51 @@ fn replay(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Dead letter `l` as it was read, to its topic, with `aftercare.replay.of` its `id`; the
+/// delivery report names it by `i`.
+fn record<'a>(l: &'a DeadLetter, id: &'a str, i: usize) -> BaseRecord<'a, [u8], [u8], Box<usize>> {
+    let mut headers = OwnedHeaders::new_with_capacity(l.headers.len() + 1);
+    for (k, v) in &l.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    headers = headers.insert(Header {
+        key: "aftercare.replay.of",
+        value: Some(id),
+    });
+    let mut record: BaseRecord<'_, [u8], [u8], Box<usize>> =
+        BaseRecord::with_opaque_to(&l.topic, Box::new(i))
+            .payload(l.value.as_slice())
+            .headers(headers);
+    if let Some(k) = &l.key {
+        record = record.key(k.as_slice());
+    }
+    record
+}
+
+/// Queues `record` (dead letter `id`), waiting while the producer's queue is full.
+fn send(
+    producer: &BaseProducer<Reports>,
+    mut record: BaseRecord<'_, [u8], [u8], Box<usize>>,
+    id: i64,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                producer.poll(Duration::from_millis(10));
+                record = r;
+            }
+            Err((e, _)) => bail!("replaying dead letter {id}: {e}"),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `aftercare preview SEQUENCE STEP --event FILE`: render one step's email for a sample event.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use crate::engine::context::Ctx;
 use crate::engine::{Customer, Journey, JourneyId, State};
 use crate::event::Event;
 use crate::sequence::diag::did_you_mean;
-use crate::sequence::{Action, JourneyKind};
+use crate::sequence::{Action, Catalog, JourneyKind, Sequence};
+use crate::template::Rendered;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,6 +43,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or(config.sequences.dir.clone());
     let catalog = super::load_catalog_strict(&dir, &config)?;
+    let (seq, si, template) = email_step(&catalog, &args, &dir)?;
+    let ev = Arc::new(read_event(&args.event)?);
+
+    // The customer and order as they would be right after this event.
+    let mut customer = Customer::new(ev.subject.clone());
+    customer.apply(&ev);
+    let order_id = ev.order_id().map(Arc::from);
+    let journey = journey_at(&seq, si, &ev, order_id.clone());
+    let order = order_id.as_deref().and_then(|o| customer.order(o));
+    // As when sent: templates see the customer and order the event produced, not the event.
+    let mut ctx = Ctx::new(&customer.profile, None, order, Some(&journey));
+    let base = config.http.public_url.trim_end_matches('/');
+    ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
+    ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));
+    let locale = args
+        .locale
+        .as_deref()
+        .or(customer.profile.locale.as_deref());
+    let rendered = catalog
+        .templates
+        .render(&template, locale, &ctx.into_value())
+        .map_err(|e| anyhow!("{e}"))?;
+    print(&rendered, &template, locale, &args.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sequence and step named in `args`, and the template the step sends; an error names
+/// what is there instead.
+fn email_step(
+    catalog: &Catalog,
+    args: &Args,
+    dir: &Path,
+) -> anyhow::Result<(Arc<Sequence>, usize, Arc<str>)> {
     let seq = catalog.get(&args.sequence).cloned().ok_or_else(|| {
         let names = catalog.sequences().iter().map(|s| &*s.name);
         match did_you_mean(&args.sequence, names) {
@@ -61,43 +95,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(Action::Email { template }) = &seq.steps[si].action else {
         bail!("step `{}` of `{}` sends no email", args.step, seq.name);
     };
-    let ev = Arc::new(read_event(&args.event)?);
+    let template = template.clone();
+    Ok((seq, si, template))
+}
 
-    // The customer and order as they would be right after this event.
-    let mut customer = Customer::new(ev.subject.clone());
-    customer.apply(&ev);
-    let order_id = ev.order_id().map(Arc::from);
-    let journey = Journey {
+/// A journey of `seq` at step `si`, started by `ev` (for `order_id` when per order).
+fn journey_at(seq: &Arc<Sequence>, si: usize, ev: &Event, order_id: Option<Arc<str>>) -> Journey {
+    Journey {
         id: JourneyId::derive(&[&seq.name, &ev.source, &ev.id]),
         sequence: seq.clone(),
-        order_id: order_id
-            .clone()
-            .filter(|_| seq.journey == JourneyKind::PerOrder),
+        order_id: order_id.filter(|_| seq.journey == JourneyKind::PerOrder),
         started_at: ev.time,
         step: si,
         state: State::Paused,
         backfill: false,
         held: false,
-    };
-    let order = order_id.as_deref().and_then(|o| customer.order(o));
-    // As when sent: templates see the customer and order the event produced, not the event.
-    let mut ctx = Ctx::new(&customer.profile, None, order, Some(&journey));
-    let base = config.http.public_url.trim_end_matches('/');
-    ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
-    ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));
-    let locale = args
-        .locale
-        .as_deref()
-        .or(customer.profile.locale.as_deref());
-    let rendered = catalog
-        .templates
-        .render(template, locale, &ctx.into_value())
-        .map_err(|e| anyhow!("{e}"))?;
+    }
+}
 
-    if args.format == "json" {
+/// The rendered email as `format` says: `json`, or headers and parts as text.
+fn print(
+    rendered: &Rendered,
+    template: &str,
+    locale: Option<&str>,
+    format: &str,
+) -> anyhow::Result<()> {
+    if format == "json" {
         let json = serde_json::json!({
             "subject": rendered.subject, "html": rendered.html, "text": rendered.text,
-            "template": &**template, "locale": locale,
+            "template": template, "locale": locale,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
@@ -109,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("\n--- text/plain ---\n{}", rendered.text.trim_end());
         println!("\n--- text/html ---\n{}", rendered.html.trim_end());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn read_event(path: &PathBuf) -> anyhow::Result<Event> {

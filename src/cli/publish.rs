@@ -29,23 +29,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::load_config(args.config.as_deref())?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("linger.ms", "20")
-        .create()
-        .context("creating the Kafka producer")?;
-    let orders = config
-        .kafka
-        .topics
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "orders".into());
-    let support = config
-        .kafka
-        .topics
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| orders.clone());
+    let producer = producer(&config.kafka.brokers)?;
+    let topics = Topics::new(&config.kafka.topics, args.topic.clone());
     let file = std::fs::File::open(&args.events)
         .with_context(|| format!("opening {}", args.events.display()))?;
     let mut sent = 0usize;
@@ -59,37 +44,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         let kind = value["type"].as_str().unwrap_or_default();
-        let topic = match &args.topic {
-            Some(t) => t.clone(),
-            None if kind.starts_with("support.") || kind.starts_with("feedback.") => {
-                support.clone()
-            }
-            None => orders.clone(),
-        };
         let key = value["subject"].as_str().unwrap_or_default().to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "content-type",
-            value: Some("application/cloudevents+json"),
-        });
-        let mut record = BaseRecord::to(&topic)
-            .key(&key)
-            .payload(&line)
-            .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    std::thread::sleep(Duration::from_millis(5));
-                    record = r;
-                }
-                Err((e, _)) => anyhow::bail!("publishing: {e}"),
-            }
-        }
+        send(&producer, topics.of(kind), &key, &line)?;
         sent += 1;
     }
     producer
@@ -97,4 +53,72 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("flushing to Kafka")?;
     eprintln!("published {sent} event(s)");
     Ok(ExitCode::SUCCESS)
+}
+
+fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .create()
+        .context("creating the Kafka producer")
+}
+
+/// Where events go: `--topic`, or by type to the first or second of `kafka.topics`.
+struct Topics {
+    fixed: Option<String>,
+    orders: String,
+    support: String,
+}
+
+impl Topics {
+    fn new(topics: &[String], fixed: Option<String>) -> Topics {
+        let orders = topics.first().cloned().unwrap_or_else(|| "orders".into());
+        let support = topics.get(1).cloned().unwrap_or_else(|| orders.clone());
+        Topics {
+            fixed,
+            orders,
+            support,
+        }
+    }
+
+    /// The topic for an event of type `kind`.
+    fn of(&self, kind: &str) -> &str {
+        match &self.fixed {
+            Some(t) => t,
+            None if kind.starts_with("support.") || kind.starts_with("feedback.") => &self.support,
+            None => &self.orders,
+        }
+    }
+}
+
+/// Queues `line` to `topic` under `key`, waiting while the producer's queue is full.
+fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &str,
+    line: &str,
+) -> anyhow::Result<()> {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "content-type",
+        value: Some("application/cloudevents+json"),
+    });
+    let mut record = BaseRecord::to(topic)
+        .key(key)
+        .payload(line)
+        .headers(headers);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                std::thread::sleep(Duration::from_millis(5));
+                record = r;
+            }
+            Err((e, _)) => anyhow::bail!("publishing: {e}"),
+        }
+    }
 }

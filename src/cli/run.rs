@@ -35,7 +35,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 result
             })?
     };
-    // Signals are the one async thing here: a small runtime waits for them.
+    until_signal(&ended)?;
+    stop.trigger();
+    match service.join() {
+        Ok(Ok(_)) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => anyhow::bail!("the service thread panicked"),
+    }
+}
+
+/// Waits for SIGTERM, SIGINT or the service's own end. Signals are the one async thing here:
+/// a small runtime waits for them.
+fn until_signal(ended: &Shutdown) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -47,11 +58,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = ended.triggered() => {}
         }
         Ok::<(), std::io::Error>(())
-    })?;
-    stop.trigger();
-    match service.join() {
-        Ok(Ok(_)) => Ok(ExitCode::SUCCESS),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => anyhow::bail!("the service thread panicked"),
-    }
+    })
 }

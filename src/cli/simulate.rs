@@ -2,14 +2,14 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::engine::Engine;
-use crate::simulate::{Simulator, replay, replay_parallel};
+use crate::simulate::{Simulator, Summary, replay, replay_parallel};
 use crate::time::Period;
 
 #[derive(clap::Args)]
@@ -42,25 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let dir = args.sequences.unwrap_or(config.sequences.dir.clone());
     let catalog = Arc::new(super::load_catalog_strict(&dir, &config)?);
-    // Never more workers than cores: each holds a catalog and its share of the customers,
-    // and more of them only divide the same cores (`--threads 100000` once aborted).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = match args.threads {
-        Some(n) if n > cores => {
-            eprintln!("--threads {n}: using {cores}, the number of cores");
-            cores
-        }
-        Some(n) => n.max(1),
-        None => cores,
-    };
+    let threads = threads(args.threads);
 
     let shown = args.events.display().to_string();
-    let input: Box<dyn std::io::BufRead> = if shown == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let f = File::open(&args.events).with_context(|| format!("opening {shown}"))?;
-        Box::new(BufReader::with_capacity(1 << 16, f))
-    };
+    let input = input(&args.events, &shown)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let on_bad = |line: u64, reason: &str| eprintln!("{shown}:{line}: skipped: {reason}");
@@ -84,7 +69,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     .with_context(|| format!("replaying {shown}"))?;
     out.flush()?;
-    let s = summary.stats;
+    report(&summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The worker threads for `--threads`. Never more workers than cores: each holds a catalog
+/// and its share of the customers, and more of them only divide the same cores
+/// (`--threads 100000` once aborted).
+fn threads(asked: Option<usize>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match asked {
+        Some(n) if n > cores => {
+            eprintln!("--threads {n}: using {cores}, the number of cores");
+            cores
+        }
+        Some(n) => n.max(1),
+        None => cores,
+    }
+}
+
+/// The events file (`shown` as given), or stdin for `-`.
+fn input(path: &Path, shown: &str) -> anyhow::Result<Box<dyn std::io::BufRead>> {
+    Ok(if shown == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = File::open(path).with_context(|| format!("opening {shown}"))?;
+        Box::new(BufReader::with_capacity(1 << 16, f))
+    })
+}
+
+/// What was replayed, on stderr, with a warning when events came in too old to enrol.
+fn report(summary: &Summary) {
+    let s = &summary.stats;
     eprintln!(
         "simulated {} event(s) ({} bad line(s) skipped, {} duplicate(s) ignored): {} decision(s)",
         s.events, summary.bad_lines, s.duplicates, s.decisions
@@ -95,5 +111,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             s.backfilled
         );
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -74,14 +74,8 @@ pub fn missing_templates(
     counts: &[JourneyCount],
     stored: &Stored,
 ) -> Vec<String> {
-    let mut journeys: BTreeMap<&(String, String), u64> = BTreeMap::new();
-    for c in counts {
-        if let Some((key, _)) = stored.get_key_value(&(c.sequence.clone(), c.version.clone())) {
-            *journeys.entry(key).or_default() += c.count;
-        }
-    }
     let mut out = Vec::new();
-    for (key, n) in journeys {
+    for (key, n) in journeys_per_version(counts, stored) {
         let record = &stored[key];
         let Ok(seq) = compile_kept(record, Arc::clone(&catalog.templates)) else {
             continue;
@@ -92,17 +86,34 @@ pub fn missing_templates(
             .collect();
         gone.sort_unstable();
         gone.dedup();
-        for t in gone {
-            let what = if record.templates.is_empty() {
-                "their emails from it will fail (the version was stored before templates were kept); restore the files until they finish"
-            } else {
-                "they render from the copy kept with their version; new journeys cannot use it"
-            };
-            out.push(format!(
-                "{}: warning: template `{t}` is no longer in the folder but {n} journey(s) in flight on {}@{} send it: {what}",
-                record.path, record.name, record.version
-            ));
-        }
+        out.extend(gone.into_iter().map(|t| missing_warning(record, t, n)));
     }
     out
+}
+
+/// The journeys in flight on each stored version, in the order of the versions.
+fn journeys_per_version<'s>(
+    counts: &[JourneyCount],
+    stored: &'s Stored,
+) -> BTreeMap<&'s (String, String), u64> {
+    let mut journeys: BTreeMap<&(String, String), u64> = BTreeMap::new();
+    for c in counts {
+        if let Some((key, _)) = stored.get_key_value(&(c.sequence.clone(), c.version.clone())) {
+            *journeys.entry(key).or_default() += c.count;
+        }
+    }
+    journeys
+}
+
+/// The warning that template `t` of `record`, which `n` journeys in flight still send, is gone.
+fn missing_warning(record: &VersionRecord, t: &str, n: u64) -> String {
+    let what = if record.templates.is_empty() {
+        "their emails from it will fail (the version was stored before templates were kept); restore the files until they finish"
+    } else {
+        "they render from the copy kept with their version; new journeys cannot use it"
+    };
+    format!(
+        "{}: warning: template `{t}` is no longer in the folder but {n} journey(s) in flight on {}@{} send it: {what}",
+        record.path, record.name, record.version
+    )
 }
