@@ -135,14 +135,7 @@ impl Engine {
             if self.may_enter(c, seq, order_id).is_err() || !trigger_holds(seq, c, ev) {
                 continue;
             }
-            let entry = Entry {
-                sequence: seq.clone(),
-                id: JourneyId::derive(&[&seq.name, &ev.source, &ev.id]),
-                order_id,
-                base: ev.time,
-                reason: format!("trigger {}", ev.kind),
-                backfill: too_old,
-            };
+            let entry = Entry::triggered(seq, ev, order_id, too_old);
             self.enter(c, entry, now, out);
         }
     }
@@ -200,6 +193,27 @@ impl Engine {
             return self.end(c, ji, now, Action::Exit, reason, false, out);
         }
         self.begin_step(c, ji, e.base);
+    }
+}
+
+impl<'a> Entry<'a> {
+    /// A journey of `seq` that `ev` starts (for `order_id` when per order); its first step
+    /// counts from the event's time.
+    #[inline]
+    fn triggered(
+        seq: &Arc<Sequence>,
+        ev: &Event,
+        order_id: Option<&'a str>,
+        backfill: bool,
+    ) -> Entry<'a> {
+        Entry {
+            sequence: seq.clone(),
+            id: JourneyId::derive(&[&seq.name, &ev.source, &ev.id]),
+            order_id,
+            base: ev.time,
+            reason: format!("trigger {}", ev.kind),
+            backfill,
+        }
     }
 }
 
