@@ -40,11 +40,7 @@ pub fn start_cycles(
         let Some(cycle) = shortest_cycle(start, &edges) else {
             continue;
         };
-        let text: Vec<&str> = cycle
-            .iter()
-            .map(|(from, _, _)| *from)
-            .chain([start])
-            .collect();
+        let text = names_around(&cycle, start);
         for (from, _, pos) in &cycle {
             if reported.contains(&(from, *pos)) {
                 continue;
@@ -87,6 +83,15 @@ fn instant_starts<'a>(
         }
     }
     edges
+}
+
+/// The sequences on `cycle`, in order, back to `start`.
+fn names_around<'a>(cycle: &[(&'a str, &'a str, Pos)], start: &'a str) -> Vec<&'a str> {
+    cycle
+        .iter()
+        .map(|(from, _, _)| *from)
+        .chain([start])
+        .collect()
 }
 
 /// The diagnostic for a `start` at `pos` in `path` on the cycle `text` (its sequences, in order).
