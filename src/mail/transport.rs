@@ -182,24 +182,26 @@ impl SmtpPool {
             )
             .await
             .map_err(|e| not_recipient(&e))?,
-            _ => {
-                let tcp = self.tcp().await?;
-                let mut conn =
-                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
-                        .await
-                        .map_err(|e| classify(&e))?;
-                if let Some((TlsMode::Starttls, params)) = &self.tls {
-                    conn.starttls(params.clone(), &self.hello)
-                        .await
-                        .map_err(|e| classify(&e))?;
-                }
-                conn
-            }
+            _ => self.greeted().await?,
         };
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
                 .map_err(|e| not_recipient(&e))?;
+        }
+        Ok(conn)
+    }
+
+    /// A connection over plain TCP, greeted, and upgraded with STARTTLS when configured.
+    async fn greeted(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let tcp = self.tcp().await?;
+        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+            .await
+            .map_err(|e| classify(&e))?;
+        if let Some((TlsMode::Starttls, params)) = &self.tls {
+            conn.starttls(params.clone(), &self.hello)
+                .await
+                .map_err(|e| classify(&e))?;
         }
         Ok(conn)
     }
