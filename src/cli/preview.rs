@@ -8,7 +8,7 @@ use anyhow::{Context, anyhow, bail};
 use minijinja::Value;
 
 use crate::engine::context::Ctx;
-use crate::engine::{Customer, Journey, JourneyId, State};
+use crate::engine::{Customer, Journey, JourneyId, Order, State};
 use crate::event::Event;
 use crate::sequence::diag::did_you_mean;
 use crate::sequence::{Action, Catalog, JourneyKind, Sequence};
@@ -52,21 +52,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let order_id = ev.order_id().map(Arc::from);
     let journey = journey_at(&seq, si, &ev, order_id.clone());
     let order = order_id.as_deref().and_then(|o| customer.order(o));
-    // As when sent: templates see the customer and order the event produced, not the event.
-    let mut ctx = Ctx::new(&customer.profile, None, order, Some(&journey));
-    let base = config.http.public_url.trim_end_matches('/');
-    ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
-    ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));
+    let ctx = context(&customer, order, &journey, &config.http.public_url);
     let locale = args
         .locale
         .as_deref()
         .or(customer.profile.locale.as_deref());
     let rendered = catalog
         .templates
-        .render(&template, locale, &ctx.into_value())
+        .render(&template, locale, &ctx)
         .map_err(|e| anyhow!("{e}"))?;
     print(&rendered, &template, locale, &args.format)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the templates see. As when sent: the customer and order the event produced, not the
+/// event; the links carry a preview token.
+fn context(
+    customer: &Customer,
+    order: Option<&Arc<Order>>,
+    journey: &Journey,
+    public_url: &str,
+) -> Value {
+    let mut ctx = Ctx::new(&customer.profile, None, order, Some(journey));
+    let base = public_url.trim_end_matches('/');
+    ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
+    ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));
+    ctx.into_value()
 }
 
 /// The sequence and step named in `args`, and the template the step sends; an error names

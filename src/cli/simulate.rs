@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::simulate::{Simulator, Summary, replay, replay_parallel};
 use crate::time::Period;
@@ -50,27 +51,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let on_bad = |line: u64, reason: &str| eprintln!("{shown}:{line}: skipped: {reason}");
     let summary = if threads == 1 {
-        let mut sim = Simulator::new(Engine::new(catalog, policy));
-        let summary = replay(&mut sim, input, &mut out, until, on_bad);
-        // The process ends here: freeing every customer one by one would only cost time.
-        std::mem::forget(sim);
-        summary
+        replay_alone(Engine::new(catalog, policy), input, &mut out, until, on_bad)
     } else {
-        // Each worker compiles its own catalog: sharing one would make every decision bump
-        // reference counts on cache lines the other cores are using.
-        let mut engines = vec![Engine::new(catalog, policy.clone())];
-        for _ in 1..threads {
-            engines.push(Engine::new(
-                Arc::new(super::load_catalog_strict(&dir, &config)?),
-                policy.clone(),
-            ));
-        }
+        let engines = engines(Engine::new(catalog, policy), threads, &dir, &config)?;
         replay_parallel(engines, input, &mut out, until, on_bad)
     }
     .with_context(|| format!("replaying {shown}"))?;
     out.flush()?;
     report(&summary);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replays on this thread.
+fn replay_alone(
+    engine: Engine,
+    input: impl std::io::BufRead,
+    out: &mut impl Write,
+    until: Period,
+    on_bad: impl FnMut(u64, &str),
+) -> std::io::Result<Summary> {
+    let mut sim = Simulator::new(engine);
+    let summary = replay(&mut sim, input, out, until, on_bad);
+    // The process ends here: freeing every customer one by one would only cost time.
+    std::mem::forget(sim);
+    summary
+}
+
+/// `first` and an engine for each further worker. Each worker compiles its own catalog:
+/// sharing one would make every decision bump reference counts on cache lines the other
+/// cores are using.
+fn engines(
+    first: Engine,
+    threads: usize,
+    dir: &Path,
+    config: &Config,
+) -> anyhow::Result<Vec<Engine>> {
+    let policy = first.policy.clone();
+    let mut engines = vec![first];
+    for _ in 1..threads {
+        engines.push(Engine::new(
+            Arc::new(super::load_catalog_strict(dir, config)?),
+            policy.clone(),
+        ));
+    }
+    Ok(engines)
 }
 
 /// The worker threads for `--threads`. Never more workers than cores: each holds a catalog
