@@ -576,7 +576,8 @@ mod tests {
 
     /// A customer whose one journey is stored with `status` and `cause`, revived against the
     /// starter set (any name resolves to its first sequence).
-    fn revive(status: &str, due: Option<&str>, cause: &str) -> Result<String, String> {
+    /// What it reads back as: `read: STATE`, or `unreadable: WHY`.
+    fn revive(status: &str, due: Option<&str>, cause: &str) -> String {
         let catalog = crate::engine::journeys::tests::catalog();
         let sequence = catalog.sequences()[0].clone();
         let due = due.map_or(String::new(), |d| format!(r#","due":"{d}""#));
@@ -588,9 +589,15 @@ mod tests {
             state,
             ..StoredCustomer::default()
         };
-        from_stored(&stored, &mut |_, _| Some(sequence.clone()))
-            .map(|l| format!("{:?}", l.customer.journeys.iter().next().map(|j| j.state)))
-            .map_err(|e| e.to_string())
+        from_stored(&stored, &mut |_, _| Some(sequence.clone())).map_or_else(
+            |e| format!("unreadable: {e}"),
+            |l| {
+                format!(
+                    "read: {:?}",
+                    l.customer.journeys.iter().next().map(|j| j.state)
+                )
+            },
+        )
     }
 
     /// Every state a journey is stored in reads back as written; anything else makes the
@@ -600,29 +607,29 @@ mod tests {
         let at = "2026-01-02T00:00:00Z";
         assert_eq!(
             revive("due", Some(at), "window"),
-            Ok("Some(Due { at: 2026-01-02T00:00:00Z, cause: Window })".into())
+            "read: Some(Due { at: 2026-01-02T00:00:00Z, cause: Window })"
         );
         // Stored before causes were kept.
         assert_eq!(
             revive("due", Some(at), ""),
-            Ok("Some(Due { at: 2026-01-02T00:00:00Z, cause: Immediate })".into())
+            "read: Some(Due { at: 2026-01-02T00:00:00Z, cause: Immediate })"
         );
         assert_eq!(
             revive("waiting", Some(at), ""),
-            Ok("Some(WaitingFor { deadline: 2026-01-02T00:00:00Z })".into())
+            "read: Some(WaitingFor { deadline: 2026-01-02T00:00:00Z })"
         );
-        assert_eq!(revive("paused", None, ""), Ok("Some(Paused)".into()));
+        assert_eq!(revive("paused", None, ""), "read: Some(Paused)");
         assert_eq!(
             revive("due", Some(at), "teleport"),
-            Err("journey 0000000000000007 was made due by `teleport`, which this version does not know".into())
+            "unreadable: journey 0000000000000007 was made due by `teleport`, which this version does not know"
         );
         assert_eq!(
             revive("due", None, "waited"),
-            Err("journey 0000000000000007 has status `due` without a due time".into())
+            "unreadable: journey 0000000000000007 has status `due` without a due time"
         );
         assert_eq!(
             revive("sleeping", Some(at), ""),
-            Err("journey 0000000000000007 has status `sleeping` with a due time".into())
+            "unreadable: journey 0000000000000007 has status `sleeping` with a due time"
         );
     }
 }
