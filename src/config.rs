@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer};
 
 use crate::engine::Policy;
+use crate::engine::experiment::GlobalHoldout;
 use crate::sequence::Limits;
 use crate::time::{Period, QuietHours, parse_tz};
 
@@ -35,6 +36,7 @@ pub struct Config {
     pub store: Store,
     pub mail: Mail,
     pub policy: PolicyConfig,
+    pub experiments: Experiments,
     pub http: Http,
     pub sequences: Sequences,
     pub log: Log,
@@ -249,6 +251,25 @@ pub struct PolicyConfig {
     pub timezone: String,
     /// A bounced address gets no transactional email either (order updates included).
     pub bounce_stops_transactional: bool,
+}
+
+/// Experiments across sequences (SPEC §8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Experiments {
+    /// The share of all customers held out of every marketing sequence, `0%` (off) to `50%`.
+    pub global_holdout: String,
+    /// Draws the global holdout group: changing it draws the group anew.
+    pub global_salt: String,
+}
+
+impl Default for Experiments {
+    fn default() -> Experiments {
+        Experiments {
+            global_holdout: "0%".into(),
+            global_salt: "aftercare".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -650,13 +671,44 @@ impl Config {
             })
             .transpose());
         let timezone = g.ok(parse_tz(&p.timezone).map_err(|m| ("policy.timezone".to_string(), m)));
+        let global_holdout = g.ok(self.global_holdout());
         Some(Policy {
             min_gap: min_gap?,
             max_event_age: max_event_age?,
             quiet_hours: quiet_hours?,
             timezone: timezone?,
             bounce_stops_transactional: p.bounce_stops_transactional,
+            global_holdout: global_holdout?,
         })
+    }
+
+    /// `experiments.global_holdout` (0% is off, at most 50%) with its salt.
+    fn global_holdout(&self) -> Result<Option<GlobalHoldout>, (String, String)> {
+        let x = &self.experiments;
+        let share = crate::engine::experiment::parse_share(&x.global_holdout)
+            .filter(|p| *p <= 5_000)
+            .ok_or_else(|| {
+                (
+                    "experiments.global_holdout".to_string(),
+                    format!(
+                        "`{}` is not a share from 0% to 50%: write it like \"2%\" (\"0%\" is off)",
+                        x.global_holdout
+                    ),
+                )
+            })?;
+        let salt_ok = !x.global_salt.is_empty()
+            && x.global_salt.len() <= 100
+            && !x.global_salt.chars().any(char::is_control);
+        if !salt_ok {
+            return Err((
+                "experiments.global_salt".to_string(),
+                "must be 1 to 100 characters with no control characters".to_string(),
+            ));
+        }
+        Ok((share > 0).then(|| GlobalHoldout {
+            share,
+            salt: x.global_salt.as_str().into(),
+        }))
     }
 
     /// The delivery settings, checked.
@@ -1043,6 +1095,29 @@ mod tests {
                 .starts_with("policy.min_gap: `3 days` is not a duration"),
             "{}",
             e.message
+        );
+
+        let p = write(&d, "[experiments]\nglobal_holdout = \"60%\"\n");
+        let e = Config::load_with(Some(&p), &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "experiments.global_holdout: `60%` is not a share from 0% to 50%: write it like \"2%\" (\"0%\" is off)"
+        );
+        let p = write(
+            &d,
+            "[experiments]\nglobal_holdout = \"2.5%\"\nglobal_salt = \"q4\"\n",
+        );
+        let c = Config::load_with(Some(&p), &[]).unwrap();
+        assert_eq!(
+            c.settings().unwrap().policy.global_holdout,
+            Some(GlobalHoldout {
+                share: 250,
+                salt: "q4".into()
+            })
+        );
+        assert_eq!(
+            Config::default().settings().unwrap().policy.global_holdout,
+            None
         );
 
         let p = write(&d, "[store]\ndedupe_retention = \"0s\"\n");

@@ -978,3 +978,64 @@ fn a_split_step_sends_each_customer_the_variant_the_hash_gives() {
     }
     assert_eq!(seen.len(), 2, "both variants drawn");
 }
+
+/// `experiments.global_holdout` holds a customer out of every marketing sequence (SHA-256 of
+/// `"{global_salt}:{customer id}"`), ahead of a sequence's own holdout; transactional email
+/// still goes out.
+#[test]
+fn the_global_holdout_keeps_marketing_from_its_customers_in_every_sequence() {
+    let policy = Policy {
+        global_holdout: Some(aftercare::engine::experiment::GlobalHoldout {
+            share: 3_000,
+            salt: "g".into(),
+        }),
+        ..Policy::default()
+    };
+    let mut env = TestEnv::with(&[HELD, SPLIT], policy);
+    let customers: Vec<String> = (1..=12).map(|i| format!("c{i}")).collect();
+    for c in &customers {
+        env.placed(c, &format!("o-{c}"), "+0s", "bag");
+    }
+    env.advance("+3d");
+    let lines = env.take();
+    let mut globally = 0;
+    for c in &customers {
+        let global = spec_hash(&format!("g:{c}")) % 10_000;
+        let local = spec_hash(&format!("t1:held:{c}")) % 10_000;
+        let of = |seq_step: &str| {
+            lines
+                .iter()
+                .find(|l| {
+                    l.split(' ').nth(1) == Some(c.as_str())
+                        && l.contains(seq_step)
+                        && !l.contains(" enter ")
+                })
+                .map(|l| l.splitn(3, ' ').nth(2).unwrap().to_string())
+                .unwrap()
+        };
+        let receipt = of("held/receipt email");
+        assert_eq!(receipt, format!("held/receipt email (no wait) [A for {c}]"));
+        let (tip, tripod) = (of("held/tip "), of("split/tripod "));
+        if global < 3_000 {
+            globally += 1;
+            let why = format!("holdout (held out of all marketing: bucket {global:04} < 3000)");
+            assert_eq!(tip, format!("held/tip {why}"), "{c}");
+            assert_eq!(tripod, format!("split/tripod {why}"), "{c}");
+        } else {
+            assert!(
+                tripod.starts_with("split/tripod email (no wait; variant "),
+                "{c}: {tripod}"
+            );
+            let expected = if local < 5_000 {
+                format!("held/tip holdout (held out: bucket {local:04} < 5000)")
+            } else {
+                format!("held/tip email (wait 1d elapsed) [B for {c}]")
+            };
+            assert_eq!(tip, expected, "{c}");
+        }
+    }
+    assert!(
+        (1..12).contains(&globally),
+        "{globally} of 12 held out of everything"
+    );
+}

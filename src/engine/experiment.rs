@@ -30,6 +30,46 @@ pub fn bucket(salt: &str, sequence: &str, customer: &str) -> u64 {
     hash(&[salt, sequence, customer]) % BUCKETS
 }
 
+/// A share as basis points: `10%` → 1000, `12.5%` → 1250, `0%` → 0 (two decimals at most);
+/// `None` for anything else or above 100%.
+pub fn parse_share(text: &str) -> Option<u32> {
+    let number = text.strip_suffix('%')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit());
+    let (whole, frac) = match number.split_once('.') {
+        Some((whole, frac)) if frac.len() <= 2 && digits(frac) => (whole, frac),
+        Some(_) => return None,
+        None => (number, ""),
+    };
+    if !digits(whole) {
+        return None;
+    }
+    let frac: u32 = format!("{frac:0<2}").parse().ok()?;
+    let points = whole.parse::<u32>().ok()? * 100 + frac;
+    (points <= 10_000).then_some(points)
+}
+
+/// `experiments.global_holdout`: customers held out of every marketing sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalHoldout {
+    /// In basis points (1 to 5,000).
+    pub share: u32,
+    pub salt: std::sync::Arc<str>,
+}
+
+impl GlobalHoldout {
+    /// Why the customer is in the global holdout group (SHA-256 of
+    /// `"{global_salt}:{customer id}"`, modulo [`BUCKETS`]), or `None`.
+    pub fn holds(&self, customer: &str) -> Option<String> {
+        let b = hash(&[&self.salt, customer]) % BUCKETS;
+        (b < u64::from(self.share)).then(|| {
+            format!(
+                "held out of all marketing: bucket {b:04} < {:04}",
+                self.share
+            )
+        })
+    }
+}
+
 /// Why the customer is held out of `seq`'s marketing emails (`held out: bucket 0371 < 1000`),
 /// or `None` when they are treated.
 pub fn held_out(seq: &Sequence, customer: &str) -> Option<String> {
@@ -69,6 +109,32 @@ mod tests {
             bucket("2026q4", "camera-education", "c1"),
             bucket("2027q1", "camera-education", "c1")
         );
+    }
+
+    #[test]
+    fn shares_are_percentages_with_two_decimals_at_most() {
+        for (text, points) in [
+            ("10%", Some(1000)),
+            ("12.5%", Some(1250)),
+            ("0.01%", Some(1)),
+            ("0%", Some(0)),
+            ("100%", Some(10_000)),
+        ] {
+            assert_eq!(parse_share(text), points, "{text}");
+        }
+        for bad in [
+            "10",
+            "101%",
+            "1.234%",
+            "-1%",
+            "1e1%",
+            "%",
+            ".5%",
+            "5.%",
+            "1000000000000%",
+        ] {
+            assert_eq!(parse_share(bad), None, "{bad}");
+        }
     }
 
     const PYTHON_C1: u64 = 2837;

@@ -73,6 +73,8 @@ pub struct Policy {
     pub timezone: Tz,
     /// A bounced address gets no transactional email either.
     pub bounce_stops_transactional: bool,
+    /// Customers held out of every marketing sequence (`experiments.global_holdout`).
+    pub global_holdout: Option<experiment::GlobalHoldout>,
 }
 
 impl Default for Policy {
@@ -83,6 +85,7 @@ impl Default for Policy {
             max_event_age: Period(chrono::Duration::days(7)),
             timezone: Tz::UTC,
             bounce_stops_transactional: true,
+            global_holdout: None,
         }
     }
 }

@@ -152,7 +152,7 @@ impl Engine {
     ) {
         let j = &c.journeys[ji];
         match self.verdict(c, &j.sequence, j.step, j.backfill, now) {
-            Verdict::Send => match held_out(c, ji) {
+            Verdict::Send => match self.held_out(c, ji) {
                 // Nothing is sent; the journey goes on as everyone else's (SPEC §8).
                 Some(reason) => self.push(c, ji, now, Action::Holdout, reason, out),
                 None => self.email(c, ji, email, cause, now, out),
@@ -164,6 +164,20 @@ impl Engine {
             }
         }
         self.next_step(c, ji, now, out)
+    }
+
+    /// Why the journey's customer gets none of this step's email, when they are in the global
+    /// holdout group or in its sequence's: only marketing emails are held out, never
+    /// transactional ones.
+    fn held_out(&self, c: &Customer, ji: Ji) -> Option<String> {
+        let j = &c.journeys[ji];
+        if j.sequence.step_category(j.step).is_transactional() {
+            return None;
+        }
+        let global = self.policy.global_holdout.as_ref();
+        global
+            .and_then(|g| g.holds(&c.profile.id))
+            .or_else(|| experiment::held_out(&j.sequence, &c.profile.id))
     }
 
     /// Records the email the step sends, with its subject as rendered now; a template error
@@ -422,16 +436,6 @@ impl Engine {
 pub(super) struct ToSend<'a> {
     pub(super) template: &'a Arc<str>,
     pub(super) variant: Option<&'a str>,
-}
-
-/// Why the journey's customer gets none of this step's email, when they are in its
-/// sequence's holdout group: only marketing emails are held out, never transactional ones.
-fn held_out(c: &Customer, ji: Ji) -> Option<String> {
-    let j = &c.journeys[ji];
-    if j.sequence.step_category(j.step).is_transactional() {
-        return None;
-    }
-    experiment::held_out(&j.sequence, &c.profile.id)
 }
 
 fn due_again(c: &mut Customer, ji: Ji, at: DateTime<Utc>, cause: Cause) {

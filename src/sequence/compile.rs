@@ -70,21 +70,6 @@ const MAX_WORD: usize = 100;
 /// The largest weight of a variant: weights are relative, and their sum must not overflow.
 const MAX_WEIGHT: u32 = 1_000_000;
 
-/// `10`, `12.5`, `0.25`: hundredths, i.e. basis points of a percentage (at most two decimals).
-fn basis_points(text: &str) -> Option<u32> {
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    let digits = |s: &str| !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !(frac.is_empty() || (frac.len() <= 2 && digits(frac))) {
-        return None;
-    }
-    let frac: u32 = format!("{frac:0<2}").parse().ok()?;
-    whole
-        .parse::<u32>()
-        .ok()?
-        .checked_mul(100)?
-        .checked_add(frac)
-}
-
 /// Most steps in one sequence: a journey may run them all at one instant, and each compiled
 /// expression takes memory (39,000 steps of a 1 MiB file took 700 MB).
 pub const MAX_STEPS: usize = 1000;
@@ -741,7 +726,7 @@ impl Compiler<'_, '_, '_> {
 
     /// `10%`, `12.5%`: basis points from 0 to 5,000.
     fn holdout(&mut self, h: &Sp<String>) -> Option<u32> {
-        let points = h.value.strip_suffix('%').and_then(basis_points);
+        let points = crate::engine::experiment::parse_share(&h.value);
         match points {
             Some(p) if p <= 5_000 => Some(p),
             _ => {
@@ -757,7 +742,10 @@ impl Compiler<'_, '_, '_> {
 
     /// `2pp`: an uplift of two percentage points, as basis points (1 to 10,000).
     fn target(&mut self, t: &Sp<String>) -> Option<u32> {
-        let points = t.value.strip_suffix("pp").and_then(basis_points);
+        let points = t
+            .value
+            .strip_suffix("pp")
+            .and_then(|n| crate::engine::experiment::parse_share(&format!("{n}%")));
         match points {
             Some(p) if (1..=10_000).contains(&p) => Some(p),
             _ => {
