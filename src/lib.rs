@@ -14,6 +14,7 @@
 //! - [`config`]: defaults → TOML → `AFTERCARE_*` environment, validated.
 //! - [`redact`]: outside text (database errors, relay replies) made safe to log.
 //! - [`time`]: durations, cron send windows, quiet hours — pure, no clock.
+//! - [`stats`]: the statistics of experiments' figures (intervals, p-values).
 //! - [`clock`]: the one reader of the system clock; a manual clock for tests.
 //! - [`cdnow`]: the CDNOW data set as a deterministic CloudEvents stream.
 //! - [`cli`]: the `aftercare` commands.
@@ -31,6 +32,7 @@ pub mod redact;
 pub mod sequence;
 pub mod service;
 pub mod simulate;
+pub mod stats;
 pub mod store;
 pub mod template;
 pub mod time;
