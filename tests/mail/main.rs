@@ -1,7 +1,7 @@
 //! Delivery against a real SMTP server this project did not write: aiosmtpd (PyPI), started
 //! by the harness (`tests/smtp/server.py`), with the outbox worker, the composer and the SMTP
 //! transport `run` uses, on a real SQLite store. This file is the rig; the tests are grouped
-//! by subject: `delivery`, `tls`, `integrity`, `unsubscribe`.
+//! by subject: `delivery`, `experiments`, `tls`, `integrity`, `unsubscribe`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -25,6 +25,7 @@ use common::stores::TestStore;
 use serde_json::{Value, json};
 
 mod delivery;
+mod experiments;
 mod integrity;
 mod tls;
 mod unsubscribe;
