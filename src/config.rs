@@ -1085,18 +1085,8 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_key_and_the_file() {
-        let d = tmpdir("err");
-        let p = write(&d, "[policy]\nmin_gap = \"3 days\"\n");
-        let e = Config::load_with(Some(&p), &[]).unwrap_err();
-        assert_eq!(e.origin, p.display().to_string());
-        assert!(
-            e.message
-                .starts_with("policy.min_gap: `3 days` is not a duration"),
-            "{}",
-            e.message
-        );
-
+    fn the_global_holdout_is_a_share_up_to_half_with_its_salt() {
+        let d = tmpdir("holdout");
         let p = write(&d, "[experiments]\nglobal_holdout = \"60%\"\n");
         let e = Config::load_with(Some(&p), &[]).unwrap_err();
         assert_eq!(
@@ -1118,6 +1108,20 @@ mod tests {
         assert_eq!(
             Config::default().settings().unwrap().policy.global_holdout,
             None
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let d = tmpdir("err");
+        let p = write(&d, "[policy]\nmin_gap = \"3 days\"\n");
+        let e = Config::load_with(Some(&p), &[]).unwrap_err();
+        assert_eq!(e.origin, p.display().to_string());
+        assert!(
+            e.message
+                .starts_with("policy.min_gap: `3 days` is not a duration"),
+            "{}",
+            e.message
         );
 
         let p = write(&d, "[store]\ndedupe_retention = \"0s\"\n");
