@@ -489,7 +489,7 @@ pub fn decode(root: &Node, d: &mut Diags) -> RawSequence {
         .and_then(|e| string(e, "`pause_when`", d));
     raw.steps = f
         .get("steps")
-        .and_then(|e| decode_steps(e.node, d).map(|s| e.wrap(s)));
+        .and_then(|e| decode_list(e.node, "`steps`", d, decode_step).map(|s| e.wrap(s)));
     raw.migrate = f
         .get("migrate")
         .and_then(|e| decode_migrate(e.node, d).map(|m| e.wrap(m)));
@@ -510,10 +510,15 @@ fn decode_trigger(node: &Node, d: &mut Diags) -> Option<RawTrigger> {
     Some(t)
 }
 
-/// The steps that decode; each that does not is reported and left out.
-fn decode_steps(node: &Node, d: &mut Diags) -> Option<Vec<RawStep>> {
-    let items = list(node, "`steps`", d)?;
-    Some(items.iter().filter_map(|s| decode_step(s, d)).collect())
+/// The items of the list `what` that decode; each that does not is reported and left out.
+fn decode_list<T>(
+    node: &Node,
+    what: &str,
+    d: &mut Diags,
+    one: fn(&Node, &mut Diags) -> Option<T>,
+) -> Option<Vec<T>> {
+    let items = list(node, what, d)?;
+    Some(items.iter().filter_map(|item| one(item, d)).collect())
 }
 
 fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
@@ -540,7 +545,7 @@ fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
         exit: f.get("exit").and_then(|e| boolean(e, "`exit`", d)),
         variants: f
             .get("variants")
-            .and_then(|e| decode_variants(e.node, d).map(|v| e.wrap(v))),
+            .and_then(|e| decode_list(e.node, "`variants`", d, decode_variant).map(|v| e.wrap(v))),
     };
     f.finish(RawStep::KEYS, "a step", d);
     Some(step)
@@ -582,12 +587,6 @@ fn decode_measure(node: &Node, d: &mut Diags) -> Option<RawMeasure> {
     };
     f.finish(RawMeasure::KEYS, "a measure", d);
     Some(m)
-}
-
-/// The variants that decode; each that does not is reported and left out.
-fn decode_variants(node: &Node, d: &mut Diags) -> Option<Vec<RawVariant>> {
-    let items = list(node, "`variants`", d)?;
-    Some(items.iter().filter_map(|v| decode_variant(v, d)).collect())
 }
 
 fn decode_variant(node: &Node, d: &mut Diags) -> Option<RawVariant> {
