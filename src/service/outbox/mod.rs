@@ -312,7 +312,7 @@ impl Worker {
             return;
         }
         sends.in_flight += 1;
-        let send = Send {
+        let attempt = Attempt {
             span: send_span(&row),
             row,
             mail,
@@ -325,7 +325,7 @@ impl Worker {
                 sequence,
             },
         };
-        rt.spawn(send.run(
+        rt.spawn(attempt.run(
             self.transport.clone(),
             self.observe.metrics.clone(),
             sends.done.clone(),
@@ -415,7 +415,7 @@ impl Sends {
 }
 
 /// One email on its way to the relay.
-struct Send {
+struct Attempt {
     row: OutboxRow,
     mail: crate::mail::Outgoing,
     address: String,
@@ -424,7 +424,7 @@ struct Send {
     span: tracing::Span,
 }
 
-impl Send {
+impl Attempt {
     /// Sends under the deadline, then says how it ended on `done`.
     async fn run(
         self,
@@ -432,7 +432,7 @@ impl Send {
         metrics: Arc<Metrics>,
         done: mpsc::UnboundedSender<(OutboxRow, Delivery)>,
     ) {
-        let Send {
+        let Attempt {
             row,
             mail,
             address,
