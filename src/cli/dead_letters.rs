@@ -287,22 +287,9 @@ fn record<'a>(l: &'a DeadLetter, id: &'a str, i: usize) -> BaseRecord<'a, [u8], 
 /// Queues `record` (dead letter `id`), waiting while the producer's queue is full.
 fn send(
     producer: &BaseProducer<Reports>,
-    mut record: BaseRecord<'_, [u8], [u8], Box<usize>>,
+    record: BaseRecord<'_, [u8], [u8], Box<usize>>,
     id: i64,
 ) -> anyhow::Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                producer.poll(Duration::from_millis(10));
-                record = r;
-            }
-            Err((e, _)) => bail!("replaying dead letter {id}: {e}"),
-        }
-    }
+    crate::service::deadletters::send_waiting(producer, record)
+        .map_err(|e| anyhow::anyhow!("replaying dead letter {id}: {e}"))
 }

@@ -254,15 +254,24 @@ impl Publisher {
         if let Some(k) = &l.key {
             record = record.key(k);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    self.producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-                Err((e, _)) => return Err(e),
+        send_waiting(&self.producer, record)
+    }
+}
+
+/// Queues `record`, serving the producer's callbacks while its queue is full: the one way
+/// dead letters are produced, by the publisher and by `aftercare dead-letters replay`.
+pub fn send_waiting<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+) -> KafkaResult<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                producer.poll(Duration::from_millis(10));
+                record = r;
             }
+            Err((e, _)) => return Err(e),
         }
     }
 }
