@@ -398,3 +398,23 @@ fn variants_split_a_step_and_override_only_its_action() {
         missing[0]
     );
 }
+
+/// A value quoted back in a diagnostic is cut short: a 5,000-digit holdout or a 3,000-digit
+/// wait gives a message of at most 500 bytes and a `…`, not the value whole.
+#[test]
+fn values_quoted_in_messages_are_cut_short() {
+    let digits = "9".repeat(5_000);
+    for yaml in [
+        format!(
+            "name: s\ntrigger: {{ event: order.placed }}\nexperiment: {{ holdout: \"{digits}%\" }}\nsteps:\n  - id: a\n    email: {{ template: t/a }}\n"
+        ),
+        format!("{HEAD}  - id: a\n    wait: \"{digits}\"\n    email: {{ template: t/a }}\n"),
+    ] {
+        let got = check(&yaml);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let message = got[0].lines().next().unwrap();
+        let text = message.splitn(4, ':').nth(3).unwrap().trim_start();
+        assert!(text.len() <= 500 + '…'.len_utf8(), "{} bytes", text.len());
+        assert!(text.ends_with("99…"), "{text}");
+    }
+}

@@ -41,18 +41,35 @@ pub struct Diagnostic {
     pub hint: Option<String>,
 }
 
+/// The longest message or hint a diagnostic keeps, in bytes: many quote what the file says,
+/// and a file may say a megabyte where a word was expected.
+pub const MAX_TEXT: usize = 500;
+
+/// `text` cut to [`MAX_TEXT`] bytes at a character boundary, marked with `…` when cut.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 impl Diagnostic {
     pub fn new(path: impl Into<String>, pos: Pos, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             path: path.into(),
             pos,
-            message: message.into(),
+            message: bounded(message.into()),
             hint: None,
         }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Diagnostic {
-        self.hint = Some(hint.into());
+        self.hint = Some(bounded(hint.into()));
         self
     }
 
