@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod experiments;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mail;

@@ -295,3 +295,182 @@ fn dry_run_records_every_email_and_sends_none() {
         !dir.join("mail").exists() || std::fs::read_dir(dir.join("mail")).unwrap().count() == 0
     );
 }
+
+/// A holdout experiment with a split step; its measure is a second order within a day.
+const TRIAL: &str = "name: trial\ncategory: education\njourney: per_customer\ntrigger: { event: order.placed }\nexperiment:\n  holdout: 30%\n  salt: e2e\n  measure:\n    - { name: again, event: order.placed, within: 1d }\nsteps:\n  - id: tip\n    wait: 1h\n    email: { template: t/d }\n    variants:\n      - { id: a, weight: 1 }\n      - { id: b, weight: 1, email: { template: t/b } }\n";
+
+/// SPEC §8: the same events through `run` (tansu, SQLite) and `simulate` put every customer
+/// in the same group and give the same figures once the windows have closed. The events are
+/// a year old, so every window closed long ago on `run`'s clock as on simulate's (which
+/// ends 90 days after the last event); `policy.max_event_age` lets such old events enrol.
+#[test]
+fn run_assigns_the_groups_simulate_assigns_and_counts_the_same_figures() {
+    let dir = scratch("groups");
+    let seqs = sequences_dir("groups", &[("trial.yaml", TRIAL)]);
+    let kafka = Tansu::start(&["orders", "support", "aftercare.dlq"]);
+    let store = TestStore::sqlite();
+    let config = write_config(&dir, &kafka.brokers, "groups", &store.url, &seqs);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[policy]\nmax_event_age = \"3650d\"\n");
+    std::fs::write(&config, text).unwrap();
+
+    let t0 = Utc::now() - chrono::Duration::days(365);
+    let at = |minutes: i64| aftercare::time::rfc3339(t0 + chrono::Duration::minutes(minutes));
+    let placed = |id: String, c: &str, o: String, minutes: i64| {
+        json!({"specversion": "1.0", "id": id, "source": "/shop", "type": "order.placed", "time": at(minutes), "subject": c,
+            "data": {"order_id": o, "total": 9, "currency": "EUR", "items": [], "customer": {"email": format!("{c}@example.com")}}})
+    };
+    let n = 60;
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let c = format!("c{i}");
+        lines.push(placed(format!("p{i}"), &c, format!("o{i}"), i));
+    }
+    // A third reorder within the day (12 h on), a few more after it closed (2 days on).
+    for i in (0..n).step_by(3) {
+        let c = format!("c{i}");
+        lines.push(placed(format!("r{i}"), &c, format!("r{i}"), i + 12 * 60));
+    }
+    for i in (1..n).step_by(7) {
+        let c = format!("c{i}");
+        lines.push(placed(format!("l{i}"), &c, format!("l{i}"), i + 48 * 60));
+    }
+    let events = dir.join("events.jsonl");
+    std::fs::write(
+        &events,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+
+    let report_file = dir.join("report.json");
+    let sim = aftercare()
+        .args(["simulate", "-c"])
+        .arg(&config)
+        .arg("--events")
+        .arg(&events)
+        .arg("--report")
+        .arg(&report_file)
+        .output()
+        .unwrap();
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    let entered = |lines: Vec<(String, String, String)>| -> BTreeMap<String, String> {
+        lines
+            .into_iter()
+            .filter(|(_, action, _)| action == "enter")
+            .map(|(c, _, reason)| (c, reason))
+            .collect()
+    };
+    let simulated = entered(
+        String::from_utf8(sim.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().unwrap().to_string();
+                (s("customer"), s("action"), s("reason"))
+            })
+            .collect(),
+    );
+    assert_eq!(simulated.len(), n as usize);
+    let held = simulated
+        .values()
+        .filter(|r| r.contains("; held out: bucket "))
+        .count();
+    assert!((5..=30).contains(&held), "{held} of {n} held out");
+
+    let mut run = Aftercare::run(&config, &[], &[]);
+    publish(&config, &events);
+    wait_until(90, "run to apply every event", || {
+        store.count("SELECT COUNT(*) FROM processed_events") == lines.len() as i64
+    });
+    wait_until(60, "every email step to run", || {
+        store.count("SELECT COUNT(*) FROM timeline WHERE action IN ('email', 'holdout')") == n
+    });
+    run.terminate();
+
+    let mut db = aftercare::store::open(&store.url).unwrap();
+    let mut ran = Vec::new();
+    for c in simulated.keys() {
+        let (_, timeline) = db.customer(c).unwrap().unwrap();
+        ran.extend(
+            timeline
+                .into_iter()
+                .map(|t| (c.clone(), t.action, t.reason)),
+        );
+    }
+    assert_eq!(entered(ran), simulated, "the same group for every customer");
+
+    // The figures: run's (the figures thread's function over the store) and simulate's.
+    let (catalog, _) = aftercare::sequence::Catalog::load(&seqs).unwrap();
+    let now = Utc::now();
+    let stored = db.figures(now, now).unwrap();
+    let from_run = serde_json::to_value(aftercare::service::figures::experiments(
+        &stored.experiments,
+        &catalog,
+        now,
+    ))
+    .unwrap();
+    let from_sim: Value = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
+    let figures = |v: &Value| {
+        let x = &v["experiments"][0];
+        let mut m = x["measures"][0].clone();
+        m.as_object_mut().unwrap().remove("plan");
+        (m, x["variants"].clone())
+    };
+    assert_eq!(figures(&from_run), figures(&from_sim));
+    let (m, variants) = figures(&from_sim);
+    assert_eq!(m["open"], 0);
+    assert_eq!(
+        m["treated"]["customers"].as_u64().unwrap() + m["held_out"]["customers"].as_u64().unwrap(),
+        n as u64
+    );
+    assert_eq!(
+        m["treated"]["converted"].as_u64().unwrap() + m["held_out"]["converted"].as_u64().unwrap(),
+        20,
+        "the 20 reorders within the day, not the later ones"
+    );
+    // `plan` reads the same figures from the store: the groups and what they can detect.
+    let plan = aftercare()
+        .args(["plan", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    let group = |g: &str| format!("{} of {}", m[g]["converted"], m[g]["customers"]);
+    let line = format!(
+        "again (order.placed within 1d): treated {} (",
+        group("treated")
+    );
+    assert!(
+        plan.contains("experiment trial (holdout 30.0%, salt e2e)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&line) && plan.contains(&format!("held out {} (", group("held_out"))),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("these groups detect an uplift of +"),
+        "{plan}"
+    );
+    let sends: u64 = variants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["sends"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sends,
+        n as u64 - held as u64,
+        "held-out customers are sent no variant"
+    );
+}

@@ -906,9 +906,10 @@ fn held_out_customers_get_no_marketing_email_and_every_transactional_one() {
             .filter(|l| l.split(' ').nth(1) == Some(c.as_str()))
             .map(|l| l.as_str())
             .collect();
-        let (tip, later) = if bucket < 5_000 {
+        let (group, tip, later) = if bucket < 5_000 {
             held += 1;
             (
+                format!("held out: bucket {bucket:04} < 5000"),
                 format!(
                     "2024-01-02T00:00:00Z {c} held/tip holdout (held out: bucket {bucket:04} < 5000)"
                 ),
@@ -918,6 +919,7 @@ fn held_out_customers_get_no_marketing_email_and_every_transactional_one() {
             )
         } else {
             (
+                format!("treated: bucket {bucket:04} ≥ 5000"),
                 format!("2024-01-02T00:00:00Z {c} held/tip email (wait 1d elapsed) [B for {c}]"),
                 format!("2024-01-03T00:00:00Z {c} held/later email (wait 1d elapsed) [C for {c}]"),
             )
@@ -925,7 +927,9 @@ fn held_out_customers_get_no_marketing_email_and_every_transactional_one() {
         assert_eq!(
             mine,
             [
-                format!("2024-01-01T00:00:00Z {c} held/receipt enter (trigger order.placed)"),
+                format!(
+                    "2024-01-01T00:00:00Z {c} held/receipt enter (trigger order.placed; {group})"
+                ),
                 format!("2024-01-01T00:00:00Z {c} held/receipt email (no wait) [A for {c}]"),
                 tip,
                 later,
@@ -1038,4 +1042,60 @@ fn the_global_holdout_keeps_marketing_from_its_customers_in_every_sequence() {
         (1..12).contains(&globally),
         "{globally} of 12 held out of everything"
     );
+}
+
+const EDUCATION: &str = r#"
+name: learn
+category: education
+trigger: { event: order.placed, when: "order.items[0].category == 'camera'" }
+steps:
+  - id: tip
+    wait: 1d
+    email: { template: t/a }
+"#;
+
+/// SPEC §8's return on relationship: of the customers helped in the last 12 months (a ticket
+/// resolved, an education sequence completed), those who ordered again after it, or whom
+/// another customer's order names in `data.referred_by` after it.
+#[test]
+fn return_on_relationship_counts_orders_and_referrals_after_the_help() {
+    let mut env = TestEnv::new(&[EDUCATION]);
+    let resolved = |env: &mut TestEnv, c: &str, at: &str| {
+        env.event(
+            "support.ticket_resolved",
+            c,
+            at,
+            json!({"ticket_id": format!("t-{c}")}),
+        );
+    };
+    let referred = |env: &mut TestEnv, c: &str, by: &str, at: &str| {
+        env.event("order.placed", c, at, json!({
+            "order_id": format!("o-{c}"), "total": "5.00", "currency": "USD", "items": [], "referred_by": by,
+        }));
+    };
+    // Helped long ago, and ordered then: outside the 12 months, not counted.
+    resolved(&mut env, "old", "+0s");
+    env.placed("old", "o-old", "+1d", "bag");
+    // Helped by the education sequence (its step done: complete), then ordered: returned.
+    env.placed("ann", "o-ann1", "+400d", "camera");
+    env.placed("ann", "o-ann2", "+402d", "bag");
+    // Helped, then referred someone: returned.
+    resolved(&mut env, "bob", "+400d");
+    referred(&mut env, "cat", "bob", "+401d");
+    // Referred someone only before the help, and ordered nothing after it: not returned.
+    referred(&mut env, "eve", "dan", "+399d");
+    resolved(&mut env, "dan", "+400d");
+    // Naming themselves counts for nothing.
+    resolved(&mut env, "fay", "+400d");
+    referred(&mut env, "fay", "fay", "+400d");
+    env.advance("+403d");
+    let lines = env.take();
+    assert!(
+        lines.iter().any(|l| l.contains("ann learn/- complete")),
+        "{lines:?}"
+    );
+    let r = env.sim.report().return_on_relationship;
+    // ann (her second order came after the course ended a day after the first), bob.
+    assert_eq!((r.helped, r.returned), (4, 2), "{lines:?}");
+    assert_eq!(r.rate, Some(0.5));
 }

@@ -348,7 +348,7 @@ fn a_refund_that_overtakes_the_delivery_starts_no_education() {
         env.take(),
         [
             "2024-05-04T12:00:00Z kim fulfilment/delivered exit (exit_on order.refunded)",
-            "2024-05-04T12:00:00Z kim camera-education/basics enter (trigger order.delivered)",
+            "2024-05-04T12:00:00Z kim camera-education/basics enter (trigger order.delivered; treated: bucket 4642 ≥ 1000)",
             "2024-05-04T12:00:00Z kim camera-education/basics exit (exit_on order.refunded: received before the trigger)",
         ]
     );

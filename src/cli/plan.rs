@@ -1,5 +1,6 @@
 //! `aftercare plan [DIR]`: what deploying the sequence files in DIR would do to the journeys
-//! in flight, read from the store.
+//! in flight, read from the store; and, per experiment, what it can detect from the store's
+//! last 90 days (SPEC §8).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,7 +27,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for line in plan(&catalog, &counts, &stored) {
         println!("{line}");
     }
+    if let Some(report) = experiments(&config.store.url, &catalog)? {
+        let mut text = String::new();
+        report.write_text(&mut text);
+        print!("{text}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The experiments' figures from the store, as of now, against the files' sequences: their
+/// entry rate over the last 90 days, baseline and what they can detect. `None` without a
+/// store or without an experiment in the files.
+fn experiments(url: &str, catalog: &Catalog) -> anyhow::Result<Option<crate::experiments::Report>> {
+    use anyhow::Context;
+    if !catalog
+        .sequences()
+        .iter()
+        .any(|s| crate::engine::experiment::is_experiment(s))
+    {
+        return Ok(None);
+    }
+    let Some(mut store) = crate::store::open_existing(url).context("opening the store")? else {
+        return Ok(None);
+    };
+    let now = crate::clock::system().now();
+    let figures = store
+        .figures(now, now)
+        .context("reading the store's figures")?;
+    Ok(Some(crate::service::figures::experiments(
+        &figures.experiments,
+        catalog,
+        now,
+    )))
 }
 
 /// One line per (sequence, version, step, status) in flight, saying what the files would do,

@@ -30,6 +30,10 @@ pub struct Args {
     /// number.
     #[arg(long)]
     threads: Option<usize>,
+    /// Writes the experiments' figures (holdouts, variants, return on relationship) to FILE
+    /// as JSON, and a summary of them to stderr.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -44,6 +48,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = args.sequences.unwrap_or(config.sequences.dir.clone());
     let catalog = Arc::new(super::load_catalog_strict(&dir, &config)?);
     let threads = threads(args.threads);
+    // Created before the replay, so a path that cannot be written fails at once.
+    let report_file = match &args.report {
+        Some(path) => {
+            Some(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+        }
+        None => None,
+    };
 
     let shown = args.events.display().to_string();
     let input = input(&args.events, &shown)?;
@@ -51,14 +62,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let on_bad = |line: u64, reason: &str| eprintln!("{shown}:{line}: skipped: {reason}");
     let summary = if threads == 1 {
-        replay_alone(Engine::new(catalog, policy), input, &mut out, until, on_bad)
+        replay_alone(
+            Engine::new(catalog.clone(), policy),
+            input,
+            &mut out,
+            until,
+            on_bad,
+        )
     } else {
-        let engines = engines(Engine::new(catalog, policy), threads, &dir, &config)?;
+        let engines = engines(Engine::new(catalog.clone(), policy), threads, &dir, &config)?;
         replay_parallel(engines, input, &mut out, until, on_bad)
     }
     .with_context(|| format!("replaying {shown}"))?;
     out.flush()?;
     report(&summary);
+    if let (Some(file), Some(path)) = (report_file, &args.report) {
+        let figures = summary.report(&catalog);
+        let mut w = BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut w, &figures)
+            .map_err(std::io::Error::from)
+            .and_then(|()| w.write_all(b"\n"))
+            .and_then(|()| w.flush())
+            .with_context(|| format!("writing {}", path.display()))?;
+        let mut text = String::new();
+        figures.write_text(&mut text);
+        eprint!("{text}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,6 +11,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::compact::Compact;
+use super::experiment::Assignment;
 use super::journey::PendingGoal;
 use super::journeys::{Changed, Journeys, Tracker};
 use crate::event::{CustomerPatch, Event, EventData, Item, Money, OrderPlaced, OrderShipped};
@@ -25,7 +26,30 @@ pub struct Customer {
     pub goals: Compact<PendingGoal>,
     /// per_customer sequences this customer has finished (for `reenter: false`).
     pub finished: Compact<Arc<str>>,
+    /// The customer's groups in the experiments of the sequences they entered.
+    pub experiments: Compact<Assignment>,
 }
+
+/// What the return on relationship counts (SPEC §8): when the customer was helped — a support
+/// ticket resolved, an education sequence completed; the first time in 12 months — whether
+/// they ordered again after it, and who referred them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Relationship {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helped_at: Option<DateTime<Utc>>,
+    /// The first order placed after `helped_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returned_at: Option<DateTime<Utc>>,
+    /// `data.referred_by` of their first order that named one, and that order's time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referred_by: Option<Box<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referred_at: Option<DateTime<Utc>>,
+}
+
+/// How long help counts for the return on relationship.
+pub const HELP_COUNTS_FOR: chrono::Duration = chrono::Duration::days(365);
 
 /// The profile expressions and templates see as `customer`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -59,6 +83,10 @@ pub struct Profile {
     pub bounced: bool,
     /// When the last marketing email went out (for `policy.min_gap`).
     pub last_marketing_at: Option<DateTime<Utc>>,
+    /// Help given and what followed it, for the return on relationship (boxed: most
+    /// customers have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relationship: Option<Box<Relationship>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +184,7 @@ impl Customer {
             journeys: Journeys::default(),
             goals: Compact::default(),
             finished: Compact::default(),
+            experiments: Compact::default(),
         }
     }
 
@@ -188,7 +217,10 @@ impl Customer {
                 self.order_refunded(order_id, *amount);
             }
             EventData::TicketOpened { ticket_id, .. } => self.ticket_opened(ticket_id),
-            EventData::TicketResolved { ticket_id } => self.ticket_resolved(ticket_id),
+            EventData::TicketResolved { ticket_id } => {
+                self.ticket_resolved(ticket_id);
+                self.helped(ev.time);
+            }
             EventData::CustomerUnsubscribed { categories } => self.unsubscribe(categories),
             EventData::CustomerSubscribed { categories } => self.subscribe(categories),
             EventData::FeedbackSubmitted { .. }
@@ -209,8 +241,32 @@ impl Customer {
         order.currency = placed.currency.as_str().into();
         order.placed_at = Some(at);
         if first {
-            Arc::make_mut(&mut self.profile).count_order(placed.total, &placed.items, at);
+            let p = Arc::make_mut(&mut self.profile);
+            p.count_order(placed.total, &placed.items, at);
+            p.returned(placed.referred_by.as_deref(), at);
         }
+    }
+
+    /// The customer was helped at `at`: the start of a new 12 months unless they were helped
+    /// in the last 12 (an earlier help of those 12 months, come late, moves the start back).
+    /// Whether they came back is read from their orders, so events racing each other end as in
+    /// order.
+    pub fn helped(&mut self, at: DateTime<Utc>) {
+        let helped_at = match self.profile.relationship.as_ref().and_then(|r| r.helped_at) {
+            Some(h) if h + HELP_COUNTS_FOR >= at && h <= at => return,
+            Some(h) if h + HELP_COUNTS_FOR >= at => at.min(h),
+            _ => at,
+        };
+        let returned_at = self
+            .orders
+            .iter()
+            .filter_map(|o| o.placed_at)
+            .filter(|t| *t > helped_at)
+            .min();
+        let p = Arc::make_mut(&mut self.profile);
+        let r = p.relationship.get_or_insert_default();
+        r.helped_at = Some(helped_at);
+        r.returned_at = returned_at;
     }
 
     /// An order shipped at `at`, with its carrier and tracking.
@@ -429,6 +485,27 @@ impl ManyOrders {
             list,
             at,
             changes: Tracker::default(),
+        }
+    }
+}
+
+impl Profile {
+    /// An order placed at `at`: a return after help, and who referred them (`referred_by`).
+    fn returned(&mut self, referred_by: Option<&str>, at: DateTime<Utc>) {
+        let referred_by = referred_by.filter(|r| *r != &*self.id);
+        if self.relationship.is_none() && referred_by.is_none() {
+            return;
+        }
+        let r = self.relationship.get_or_insert_default();
+        if r.helped_at.is_some_and(|h| h < at) && r.returned_at.is_none_or(|t| at < t) {
+            r.returned_at = Some(at);
+        }
+        // The earliest order that names a referrer.
+        if let Some(by) = referred_by
+            && r.referred_at.is_none_or(|t| at < t)
+        {
+            r.referred_by = Some(by.into());
+            r.referred_at = Some(at);
         }
     }
 }

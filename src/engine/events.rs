@@ -1,6 +1,7 @@
 //! What an event does to a customer's journeys: exits, goals met, waits ended, pauses
 //! lifted, and new journeys entered.
 
+use super::experiment;
 use super::*;
 
 impl Engine {
@@ -46,6 +47,9 @@ impl Engine {
                 continue;
             }
             let g = c.goals.remove(i);
+            if !step.variants.is_empty() {
+                self.variant_goal(c, &seq, &step.id);
+            }
             out.push(goal_decision(c, g, step, goal, now));
         }
     }
@@ -177,6 +181,11 @@ impl Engine {
         if let Some(o) = e.order_id {
             c.order_mut(o).enrolled.push(e.sequence.name.clone());
         }
+        self.assign(c, &e.sequence, e.base);
+        let reason = match self.group(c, &e.sequence) {
+            Some(group) => format!("{}; {group}", e.reason),
+            None => e.reason,
+        };
         let ji = c.journeys.push(Journey {
             id: e.id,
             sequence: e.sequence,
@@ -187,12 +196,26 @@ impl Engine {
             backfill: e.backfill,
             held: false,
         });
-        self.push(c, ji, now, Action::Enter, e.reason, out);
+        self.push(c, ji, now, Action::Enter, reason, out);
         if let Some(kind) = ended_before(c, ji, e.order_id) {
             let reason = format!("exit_on {kind}: received before the trigger");
             return self.end(c, ji, now, Action::Exit, reason, false, out);
         }
         self.begin_step(c, ji, e.base);
+    }
+}
+
+impl Engine {
+    /// The customer's group, for the `enter` line of a sequence with a holdout, or of any
+    /// marketing sequence when they are in the global holdout.
+    fn group(&self, c: &Customer, seq: &Sequence) -> Option<String> {
+        let global = match seq.category.is_transactional() {
+            true => None,
+            false => self.policy.global_holdout.as_ref(),
+        };
+        global
+            .and_then(|g| g.holds(&c.profile.id))
+            .or_else(|| experiment::group_of(seq, &c.profile.id))
     }
 }
 

@@ -2,9 +2,15 @@
 //! `simulate` and `run`, and independent of the sequence's version, so an edit never
 //! reshuffles the groups.
 
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::sequence::{Sequence, Variant};
+use super::{Customer, Engine};
+use crate::event::Event;
+use crate::sequence::{Measure, Sequence, Variant};
 
 /// Buckets a holdout share is counted in: `holdout` basis points hold out buckets below it.
 pub const BUCKETS: u64 = 10_000;
@@ -93,6 +99,168 @@ pub fn variant<'s>(seq: &'s Sequence, step: usize, customer: &str) -> Option<&'s
         at = at.saturating_sub(u64::from(v.weight));
         inside
     })
+}
+
+/// A customer's place in one sequence's experiment, fixed at their first entry (intention to
+/// treat: a later entry, or a later change of the holdout share, does not move them). Measures
+/// count from `at`, the entry's trigger time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub sequence: Arc<str>,
+    /// The salt the groups were drawn with: a new salt is a new experiment.
+    pub salt: Arc<str>,
+    pub held_out: bool,
+    pub at: DateTime<Utc>,
+    /// Measures met, each at most once: the earliest event that met it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub converted: Vec<Converted>,
+    /// The variant of each split step the customer was sent, and whether that step's goal
+    /// followed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantSent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Converted {
+    pub measure: Arc<str>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantSent {
+    pub step: Arc<str>,
+    pub variant: Arc<str>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub goal: bool,
+}
+
+impl Assignment {
+    /// Whether the window of `m` is closed at `now`: only closed windows are counted.
+    pub fn closed(&self, m: &Measure, now: DateTime<Utc>) -> bool {
+        self.at + m.within.0 <= now
+    }
+
+    pub fn met(&self, measure: &str) -> bool {
+        self.met_at(measure).is_some()
+    }
+
+    pub fn met_at(&self, measure: &str) -> Option<DateTime<Utc>> {
+        self.converted
+            .iter()
+            .find(|c| *c.measure == *measure)
+            .map(|c| c.at)
+    }
+}
+
+/// Whether a sequence keeps assignments: it has an experiment or a split step.
+pub fn is_experiment(seq: &Sequence) -> bool {
+    seq.experiment.is_some() || seq.steps.iter().any(|s| !s.variants.is_empty())
+}
+
+/// The group a customer entering `seq` is in, for the `enter` line: `held out: bucket 0371 <
+/// 1000` or `treated: bucket 5234 ≥ 1000`; `None` without a holdout.
+pub fn group_of(seq: &Sequence, customer: &str) -> Option<String> {
+    let x = seq.experiment.as_ref().filter(|x| x.holdout > 0)?;
+    let b = bucket(&x.salt, &seq.name, customer);
+    Some(match b < u64::from(x.holdout) {
+        true => format!("held out: bucket {b:04} < {:04}", x.holdout),
+        false => format!("treated: bucket {b:04} ≥ {:04}", x.holdout),
+    })
+}
+
+impl Engine {
+    /// Records the customer's group in `seq`'s experiment at their first entry (trigger time
+    /// `at`). A customer in the global holdout is not counted in a sequence's experiment: they
+    /// are held out of every marketing sequence alike.
+    pub(super) fn assign(&self, c: &mut Customer, seq: &Sequence, at: DateTime<Utc>) {
+        if !is_experiment(seq) {
+            return;
+        }
+        let salt = seq.salt();
+        if c.experiments
+            .iter()
+            .any(|a| *a.sequence == *seq.name && *a.salt == *salt)
+        {
+            return;
+        }
+        let global = self.policy.global_holdout.as_ref();
+        if !seq.category.is_transactional()
+            && global.is_some_and(|g| g.holds(&c.profile.id).is_some())
+        {
+            return;
+        }
+        c.experiments.push(Assignment {
+            sequence: seq.name.clone(),
+            salt: salt.into(),
+            held_out: held_out(seq, &c.profile.id).is_some(),
+            at,
+            converted: Vec::new(),
+            variants: Vec::new(),
+        });
+    }
+
+    /// Counts `ev` for the measures it meets: its event type, after the entry and within the
+    /// window, `when` true. The sequence's current version names the measures.
+    pub(super) fn measure(&self, c: &mut Customer, ev: &Arc<Event>) {
+        for i in 0..c.experiments.len() {
+            let a = &c.experiments[i];
+            let Some(seq) = self.catalog.get(&a.sequence) else {
+                continue;
+            };
+            let Some(x) = seq.experiment.as_ref().filter(|x| *x.salt == *a.salt) else {
+                continue;
+            };
+            for m in &x.measures {
+                let a = &c.experiments[i];
+                let meets = *m.event == *ev.kind
+                    && a.at < ev.time
+                    && ev.time <= a.at + m.within.0
+                    && a.met_at(&m.name).is_none_or(|t| ev.time < t);
+                if !meets || !self.passes(m.when.as_ref(), c, Some(ev), None) {
+                    continue;
+                }
+                let converted = &mut c.experiments[i].converted;
+                converted.retain(|c| c.measure != m.name);
+                converted.push(Converted {
+                    measure: m.name.clone(),
+                    at: ev.time,
+                });
+            }
+        }
+    }
+
+    /// Notes the variant of a split step sent to the customer (the first send of that step).
+    pub(super) fn variant_sent(&self, c: &mut Customer, seq: &Sequence, step: &Arc<str>, id: &str) {
+        let salt = seq.salt();
+        let Some(a) = c
+            .experiments
+            .iter_mut()
+            .find(|a| *a.sequence == *seq.name && *a.salt == *salt)
+        else {
+            return;
+        };
+        if !a.variants.iter().any(|v| v.step == *step) {
+            a.variants.push(VariantSent {
+                step: step.clone(),
+                variant: id.into(),
+                goal: false,
+            });
+        }
+    }
+
+    /// Notes that a split step's goal was met.
+    pub(super) fn variant_goal(&self, c: &mut Customer, seq: &Sequence, step: &str) {
+        let salt = seq.salt();
+        let sent = c
+            .experiments
+            .iter_mut()
+            .filter(|a| *a.sequence == *seq.name && *a.salt == *salt)
+            .flat_map(|a| a.variants.iter_mut())
+            .find(|v| *v.step == *step);
+        if let Some(v) = sent {
+            v.goal = true;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -208,6 +208,7 @@ impl Engine {
         // processed late; at the same instant the event goes first (SPEC: ties).
         self.run_due(c, now, Some(ev.time), out);
         c.apply(ev);
+        self.measure(c, ev);
         self.exit_on(c, ev, now, out);
         self.goals(c, ev, now, out);
         self.wait_fors(c, ev, now, out);

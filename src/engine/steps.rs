@@ -207,6 +207,7 @@ impl Engine {
         if let Some(v) = email.variant {
             reason.push_str("; variant ");
             reason.push_str(v);
+            self.variant_sent(c, &seq, &seq.steps[si].id, v);
         }
         let mut d = self.decision(c, ji, now, Action::Email, reason);
         d.subject = Some(subject);
@@ -386,6 +387,9 @@ impl Engine {
         let Some(j) = c.journeys.remove(ji) else {
             return;
         };
+        if action == Action::Complete && *j.sequence.category.0 == *"education" {
+            c.helped(now);
+        }
         if finished
             && j.sequence.journey == JourneyKind::PerCustomer
             && !c.finished.contains(&j.sequence.name)

@@ -41,6 +41,7 @@ struct Placed {
     items: Vec<FastItem>,
     total: Amount,
     currency: String,
+    referred_by: Option<String>,
     customer: Option<Customer>,
 }
 
@@ -175,6 +176,7 @@ fn placed(data: &str) -> Option<Typed> {
         items,
         total: p.total.0,
         currency: p.currency,
+        referred_by: p.referred_by,
     };
     Some((patch(p.customer), EventData::OrderPlaced(placed)))
 }

@@ -161,6 +161,9 @@ pub struct OrderPlaced {
     pub items: Vec<Item>,
     pub total: Money,
     pub currency: String,
+    /// The customer who referred this one (SPEC §8: return on relationship).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referred_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -479,6 +479,7 @@ fn placed_data(f: &mut Fields) -> Result<EventData, EventError> {
         items: items(f)?,
         total: f.money("total")?,
         currency: f.str("currency")?,
+        referred_by: f.opt_str("referred_by")?,
     }))
 }
 
@@ -746,6 +747,9 @@ fn check_data(e: &Event) -> Result<(), EventError> {
 fn check_placed(o: &OrderPlaced) -> Result<(), EventError> {
     identifier(data_field("order_id"), &o.order_id)?;
     text("data.currency", Some(&o.currency))?;
+    if let Some(r) = &o.referred_by {
+        identifier(data_field("referred_by"), r)?;
+    }
     for (i, item) in o.items.iter().enumerate() {
         identifier(data_field(&format!("items[{i}].sku")), &item.sku)?;
         text(&format!("data.items[{i}].name"), Some(&item.name))?;
@@ -1026,6 +1030,33 @@ mod tests {
             )),
             "`data.order_id` is 257 bytes; identifiers are at most 256 bytes"
         );
+        // The referrer is a customer id: held to the same rules, on the fast path too.
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["referred_by"] = json!("ann\u{0}")
+            )),
+            "`data.referred_by` contains the control character U+0000 at byte 3; identifiers may not contain control characters"
+        );
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["referred_by"] = json!("r".repeat(300))
+            )),
+            "`data.referred_by` is 300 bytes; identifiers are at most 256 bytes"
+        );
+        assert_eq!(
+            reason(&placed_with(|v| v["data"]["referred_by"] = json!(7))),
+            "`data.referred_by` must be a string"
+        );
+        let referred =
+            Event::from_structured(&placed_with(|v| v["data"]["referred_by"] = json!("bob")));
+        let Ok(Event {
+            data: EventData::OrderPlaced(o),
+            ..
+        }) = referred
+        else {
+            panic!("{referred:?}");
+        };
+        assert_eq!(o.referred_by.as_deref(), Some("bob"));
         // 256 bytes of multi-byte characters pass; text outside identifiers may hold newlines.
         let ok = placed_with(|v| {
             v["subject"] = json!("é".repeat(128));

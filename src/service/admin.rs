@@ -16,6 +16,8 @@
 //!   and step;
 //! - `GET /api/figures`: retention figures (funnels, suppressions, goals, NPS, repeat
 //!   purchases) as last computed ([`super::figures`]);
+//! - `GET /api/experiments`: holdouts, variants and the return on relationship (SPEC §8), the
+//!   same figures as `aftercare simulate --report`, as last computed;
 //! - `POST /api/customers/{id}/journeys/{journey}/{pause|resume|cancel}` (also without
 //!   `/api`): an operator's control of one journey, recorded on the timeline;
 //! - `DELETE /api/customers/{id}` (also without `/api`): erases the customer, as a
@@ -67,7 +69,8 @@ pub fn routes(web: Arc<Web>) -> Router<Arc<Web>> {
             post(control_journey),
         )
         .route("/sequences", get(sequences))
-        .route("/figures", get(figures));
+        .route("/figures", get(figures))
+        .route("/experiments", get(experiments));
     let guarded = Router::new()
         .merge(api.clone())
         .nest("/api", api)
@@ -346,11 +349,20 @@ async fn sequences(State(web): State<Arc<Web>>) -> Response {
     Json(json!({ "loaded": loaded, "in_flight": in_flight })).into_response()
 }
 
-async fn figures(State(web): State<Arc<Web>>) -> Response {
-    let report: Arc<Report> = match web.ops.report.read() {
+/// The last report the figures thread computed.
+fn last_report(web: &Web) -> Arc<Report> {
+    match web.ops.report.read() {
         Ok(r) => r.clone(),
         Err(p) => p.into_inner().clone(),
-    };
+    }
+}
+
+async fn experiments(State(web): State<Arc<Web>>) -> Response {
+    Json(last_report(&web).experiments.clone()).into_response()
+}
+
+async fn figures(State(web): State<Arc<Web>>) -> Response {
+    let report = last_report(&web);
     let mut value = serde_json::to_value(&*report).unwrap_or(Value::Null);
     // Live, not as of the last refresh.
     value["dead_letters"] = json!(

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::metrics::{
-    DeadLetterLabels, FigureLabels, GroupLabels, JourneyLabels, Metrics, SequenceLabels,
-    reason_class,
+    DeadLetterLabels, ExperimentLabels, FigureLabels, GroupLabels, JourneyLabels, Metrics,
+    SequenceLabels, reason_class,
 };
 use crate::sequence::Catalog;
 use crate::store::{JourneyCount, StoreFigures};
@@ -37,6 +37,8 @@ pub struct Report {
     pub dead_letter_classes: BTreeMap<String, i64>,
     pub outbox_pending: i64,
     pub due_backlog: i64,
+    /// Holdouts, variants and the return on relationship (SPEC §8).
+    pub experiments: crate::experiments::Report,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -122,7 +124,23 @@ pub fn report(f: &StoreFigures, catalog: &Catalog, now: DateTime<Utc>, nps_windo
         dead_letter_classes: by_class(&f.dead_letters),
         outbox_pending: f.outbox_pending,
         due_backlog: f.due_backlog,
+        experiments: experiments(&f.experiments, catalog, now),
     }
+}
+
+/// The experiments' figures of the stored customers: the same tally as `simulate --report`.
+pub fn experiments(
+    stored: &[crate::store::ExperimentState],
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> crate::experiments::Report {
+    let mut tally = crate::experiments::Tally::default();
+    for (id, experiments, relationship) in stored {
+        let (experiments, relationship) =
+            crate::store::record::experiment_parts(experiments.as_deref(), relationship.as_deref());
+        tally.add_customer(&experiments, relationship.as_ref(), id, catalog, now);
+    }
+    tally.report(catalog, now, None)
 }
 
 /// Every sequence of the catalog and its steps, in order, with nothing counted yet.
@@ -306,6 +324,39 @@ pub fn export(
     }
     m.nps.set(r.nps.score.unwrap_or(0.0));
     m.nps_responses.set(r.nps.responses);
+    export_experiments(m, &r.experiments);
+}
+
+/// The experiments' figures, those they have.
+fn export_experiments(m: &Metrics, r: &crate::experiments::Report) {
+    m.experiments.clear();
+    for x in &r.experiments {
+        for f in &x.measures {
+            let set = |group: &'static str, figure: &'static str, value: Option<f64>| {
+                let Some(value) = value else { return };
+                m.experiments
+                    .get_or_create(&ExperimentLabels {
+                        sequence: x.sequence.clone(),
+                        measure: f.name.clone(),
+                        group,
+                        figure,
+                    })
+                    .set(value);
+            };
+            for (group, g) in [("treated", &f.treated), ("held_out", &f.held_out)] {
+                set(group, "customers", Some(g.customers as f64));
+                set(group, "converted", Some(g.converted as f64));
+                set(group, "rate", g.rate);
+            }
+            set("", "uplift", f.uplift);
+            set("", "uplift_low", f.interval.map(|i| i[0]));
+            set("", "uplift_high", f.interval.map(|i| i[1]));
+            set("", "p_value", f.p_value);
+            set("", "open", Some(f.open as f64));
+        }
+    }
+    let ror = r.return_on_relationship.rate;
+    m.return_on_relationship.set(ror.unwrap_or(0.0));
 }
 
 /// Journeys in flight per sequence, step and status, the versions summed; a step no journey

@@ -66,6 +66,17 @@ pub struct FigureLabels {
     pub figure: String,
 }
 
+/// An experiment's figure: `figure` is `customers`, `converted`, `rate` (per `group`:
+/// `treated`, `held_out`), or `uplift`, `uplift_low`, `uplift_high`, `p_value`, `open`
+/// (group ``).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExperimentLabels {
+    pub sequence: String,
+    pub measure: String,
+    pub group: &'static str,
+    pub figure: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
     pub sequence: String,
@@ -113,6 +124,8 @@ pub struct Metrics {
     pub sequences_loaded: Gauge,
     pub figures: Family<FigureLabels, Gauge>,
     pub conversion_rate: Family<SequenceLabels, Ratio>,
+    pub experiments: Family<ExperimentLabels, Ratio>,
+    pub return_on_relationship: Ratio,
     pub repeat_purchase_rate: Family<GroupLabels, Ratio>,
     pub nps: Ratio,
     pub nps_responses: Gauge,
@@ -166,6 +179,8 @@ impl Metrics {
             sequences_loaded: Gauge::default(),
             figures: Family::default(),
             conversion_rate: Family::default(),
+            experiments: Family::default(),
+            return_on_relationship: Ratio::default(),
             repeat_purchase_rate: Family::default(),
             nps: Ratio::default(),
             nps_responses: Gauge::default(),
@@ -289,6 +304,16 @@ impl Metrics {
             "nps_responses",
             "NPS answers in the window",
             self.nps_responses.clone(),
+        );
+        r.register(
+            "experiment",
+            "Holdout experiments per sequence and measure, intention to treat, closed windows only: customers, converted and rate per group (treated, held_out); uplift, its 95% interval (uplift_low, uplift_high), p_value and windows still open",
+            self.experiments.clone(),
+        );
+        r.register(
+            "return_on_relationship",
+            "Of the customers helped in the last 12 months, the share who ordered again or referred someone",
+            self.return_on_relationship.clone(),
         );
     }
 

@@ -13,15 +13,47 @@ use chrono::{DateTime, Utc};
 
 use crate::engine::{Customer, Decision, Engine};
 use crate::event::Event;
+use crate::experiments::Tally;
 use crate::store::memory::MemoryStore;
 use crate::time::Period;
 
-/// What a replay did, for the summary line.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What a replay did, for the summary line and `--report`.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
     pub lines: u64,
     pub bad_lines: u64,
     pub stats: Stats,
+    /// The experiments' counts over every customer at the end of the replay.
+    pub tally: Tally,
+    /// The first and last event's times, and the clock at the end.
+    pub span: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl Summary {
+    /// The experiments' figures at the end of the replay; the history's span gives the entry
+    /// rate.
+    pub fn report(&self, catalog: &crate::sequence::Catalog) -> crate::experiments::Report {
+        let days = self.span.map_or(0.0, |(first, last)| {
+            (last - first).num_seconds() as f64 / 86_400.0
+        });
+        let now = self.end.unwrap_or_default();
+        self.tally.report(catalog, now, Some(days))
+    }
+}
+
+/// Counts every customer of `store` for the experiments' figures at `now`.
+pub(crate) fn tally(
+    store: &MemoryStore,
+    catalog: &crate::sequence::Catalog,
+    now: DateTime<Utc>,
+) -> Tally {
+    let mut tally = Tally::default();
+    for c in store.customers() {
+        let relationship = c.profile.relationship.as_deref();
+        tally.add_customer(&c.experiments, relationship, &c.profile.id, catalog, now);
+    }
+    tally
 }
 
 pub use parallel::replay_parallel;
@@ -66,6 +98,9 @@ pub fn replay(
         lines.write_all(output, &mut out)?;
     }
     summary.stats = sim.stats;
+    summary.span = sim.first_event.zip(sim.last_event);
+    summary.end = sim.now;
+    summary.tally = tally(&sim.store, &sim.engine.catalog, sim.now.unwrap_or_default());
     Ok(summary)
 }
 
@@ -127,6 +162,7 @@ pub struct Simulator {
     now: Option<DateTime<Utc>>,
     /// Latest event time seen: `--until` counts from here.
     last_event: Option<DateTime<Utc>>,
+    first_event: Option<DateTime<Utc>>,
     pub stats: Stats,
 }
 
@@ -148,6 +184,7 @@ impl Simulator {
             store: MemoryStore::default(),
             now: None,
             last_event: None,
+            first_event: None,
             stats: Stats::default(),
         }
     }
@@ -172,12 +209,25 @@ impl Simulator {
         &self.store
     }
 
+    /// The experiments' figures now: every customer counted at the clock's instant, the
+    /// entry rate over the events' span.
+    pub fn report(&self) -> crate::experiments::Report {
+        let now = self.now.unwrap_or_default();
+        let catalog = &self.engine.catalog;
+        let days = self
+            .first_event
+            .zip(self.last_event)
+            .map(|(first, last)| (last - first).num_seconds() as f64 / 86_400.0);
+        tally(&self.store, catalog, now).report(catalog, now, days)
+    }
+
     /// Takes over the state and clock of `old` (a deploy: new sequence files, same customers;
     /// journeys in flight stay on their pinned versions).
     pub fn adopt(&mut self, old: Simulator) {
         self.store = old.store;
         self.now = old.now;
         self.last_event = old.last_event;
+        self.first_event = old.first_event;
         self.stats = old.stats;
     }
 
@@ -212,6 +262,7 @@ impl Simulator {
         let now = self.now.map_or(ev.time, |n| n.max(ev.time));
         self.now = Some(now);
         self.last_event = Some(self.last_event.map_or(ev.time, |t| t.max(ev.time)));
+        self.first_event = Some(self.first_event.map_or(ev.time, |t| t.min(ev.time)));
         if !self.store.first_sight(&ev.source, &ev.id) {
             self.stats.duplicates += 1;
             return;

@@ -18,7 +18,7 @@ use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, Utc};
 
-use super::{LineWriter, Stats, Summary};
+use super::{LineWriter, Summary};
 use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventError};
 use crate::store::memory::{FxBuild, MemoryStore, digest};
@@ -54,8 +54,10 @@ pub fn replay_parallel(
         if let Some(last) = reader.last_event {
             pool.finish(reader.ticks, last + until.0)?;
             merge(&mut pool.outputs, output)?;
+            summary.end = Some(last + until.0);
         }
-        pool.hang_up(&mut summary.stats);
+        summary.span = reader.first_event.zip(reader.last_event);
+        pool.hang_up(&mut summary);
         Ok(())
     })?;
     summary.stats.events = reader.events;
@@ -201,12 +203,13 @@ impl Pool {
     }
 
     /// Hangs up on every worker and adds up the counts each reports as it stops.
-    fn hang_up(self, stats: &mut Stats) {
+    fn hang_up(self, summary: &mut Summary) {
         for (tx, rx) in self.links {
             drop(tx);
-            if let Ok(Reply::Stats(wakeups, decisions)) = rx.recv() {
-                stats.wakeups += wakeups;
-                stats.decisions += decisions;
+            if let Ok(Reply::Stats(wakeups, decisions, tally)) = rx.recv() {
+                summary.stats.wakeups += wakeups;
+                summary.stats.decisions += decisions;
+                summary.tally.merge(*tally);
             }
         }
     }
@@ -264,7 +267,8 @@ enum Reply {
     /// The batch output, and the (emptied) event buffer back for reuse.
     Ran(Batch, Vec<(u64, Event, u32)>),
     /// Wake-ups and decisions, when the reader hangs up.
-    Stats(u64, u64),
+    /// Wake-ups, decisions and the experiments' counts of the worker's customers.
+    Stats(u64, u64, Box<crate::experiments::Tally>),
 }
 
 /// Formatted lines, and which tag each range of bytes carries.
@@ -299,6 +303,7 @@ struct Router {
     backfilled: u64,
     max_event_age: chrono::Duration,
     last_event: Option<DateTime<Utc>>,
+    first_event: Option<DateTime<Utc>>,
 }
 
 impl Router {
@@ -341,6 +346,7 @@ impl Router {
                 time: ev.time,
             });
             self.last_event = Some(self.last_event.map_or(ev.time, |t| t.max(ev.time)));
+            self.first_event = Some(self.first_event.map_or(ev.time, |t| t.min(ev.time)));
             if !self.seen.insert(digest(&ev.source, &ev.id)) {
                 self.duplicates += 1;
                 continue;
@@ -411,6 +417,7 @@ impl Worker {
                 Job::Finish { tick, end, batch } => {
                     self.start(batch);
                     self.wakes(tick, end, false);
+                    self.now = Some(self.now.map_or(end, |n| n.max(end)));
                     Reply::Ran(std::mem::take(&mut self.batch), Vec::new())
                 }
             };
@@ -418,7 +425,9 @@ impl Worker {
                 return;
             }
         }
-        let _ = replies.send(Reply::Stats(self.wakeups, self.decisions));
+        let now = self.now.unwrap_or_default();
+        let tally = super::tally(&self.store, &self.engine.catalog, now);
+        let _ = replies.send(Reply::Stats(self.wakeups, self.decisions, Box::new(tally)));
     }
 
     fn start(&mut self, mut batch: Batch) {

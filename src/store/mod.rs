@@ -212,7 +212,21 @@ pub struct StoreFigures {
     pub dead_letters: Vec<(String, String, i64)>,
     /// Customers due at or before `now`.
     pub due_backlog: i64,
+    /// Customers with experiment assignments or a relationship: (id, the state's
+    /// `experiments`, its `profile.relationship`), as JSON text.
+    pub experiments: Vec<ExperimentState>,
 }
+
+/// A customer's parts of the state the experiments' figures count.
+pub type ExperimentState = (String, Option<String>, Option<String>);
+
+/// The customers the experiments' figures count, with those parts of their state.
+pub const FIGURE_EXPERIMENTS_SQLITE: &str = "SELECT id, json_extract(state, '$.experiments'),
+    json_extract(state, '$.profile.relationship') FROM customers
+    WHERE state LIKE '%\"experiments\"%' OR state LIKE '%\"relationship\"%'";
+pub const FIGURE_EXPERIMENTS_POSTGRES: &str = "SELECT id, (state::jsonb -> 'experiments')::text,
+    (state::jsonb -> 'profile' -> 'relationship')::text FROM customers
+    WHERE state LIKE '%\"experiments\"%' OR state LIKE '%\"relationship\"%'";
 
 /// The figure queries both databases share (`?1`/`$1` bound to the window's start or `now`).
 pub const FIGURE_DECISIONS: &str = "SELECT sequence, COALESCE(step, ''), action,

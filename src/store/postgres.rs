@@ -487,6 +487,11 @@ impl Store for PgStore {
                 &[&micros(now)],
             )?
             .get(0);
+        let experiments = c
+            .query(super::FIGURE_EXPERIMENTS_POSTGRES, &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
         Ok(StoreFigures {
             decisions,
             emails,
@@ -497,6 +502,7 @@ impl Store for PgStore {
             outbox_pending,
             dead_letters,
             due_backlog,
+            experiments,
         })
     }
 

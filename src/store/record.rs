@@ -17,6 +17,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::customer::Relationship;
+use crate::engine::experiment::Assignment;
 use crate::engine::{
     Cause, Changed, Customer, Engine, Journey, JourneyId, Journeys, Order, Orders, PendingGoal,
     Profile, State,
@@ -187,6 +189,8 @@ struct StateOut<'a> {
     journeys: Vec<JourneyRow>,
     goals: Vec<GoalRecord>,
     finished: &'a [Arc<str>],
+    #[serde(skip_serializing_if = "<[Assignment]>::is_empty")]
+    experiments: &'a [Assignment],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     journey_rows: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -204,6 +208,8 @@ struct StateIn {
     goals: Vec<GoalRecord>,
     #[serde(default)]
     finished: Vec<Arc<str>>,
+    #[serde(default)]
+    experiments: Vec<Assignment>,
     #[serde(default)]
     journey_rows: bool,
     #[serde(default)]
@@ -234,6 +240,19 @@ struct GoalRecord {
     step: u32,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
+}
+
+/// The parts of a state document the experiments' figures count (see
+/// [`crate::store::StoreFigures::experiments`]); an unreadable part counts as absent.
+pub fn experiment_parts(
+    experiments: Option<&str>,
+    relationship: Option<&str>,
+) -> (Vec<Assignment>, Option<Relationship>) {
+    let experiments = experiments
+        .and_then(|e| serde_json::from_str(e).ok())
+        .unwrap_or_default();
+    let relationship = relationship.and_then(|r| serde_json::from_str(r).ok());
+    (experiments, relationship)
 }
 
 /// The customer's state document with the profile's address marked bounced by the engine's
@@ -325,6 +344,7 @@ pub fn to_stored(l: &mut Loaded, rev: i64) -> StoredCustomer {
             })
             .collect(),
         finished: &c.finished,
+        experiments: &c.experiments,
         journey_rows: l.journey_rows,
         order_rows: l.order_rows,
     };
@@ -489,6 +509,7 @@ pub fn from_stored(
     for f in state.finished {
         c.finished.push(f);
     }
+    c.experiments = state.experiments.into();
     let mut find = |name: &str, version: &str| {
         resolve(name, version).ok_or_else(|| Unreadable::UnknownVersion {
             name: name.to_string(),

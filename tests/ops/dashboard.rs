@@ -48,12 +48,76 @@ fn page_figures(dom: &str) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// A holdout of half the customers, a split step and a measure whose window closes at once.
+const TRIAL: &str = "name: trial\ncategory: education\njourney: per_customer\ntrigger: { event: order.placed }\nexperiment:\n  holdout: 50%\n  salt: dash\n  measure:\n    - { name: again, event: order.placed, within: 1s }\nsteps:\n  - id: tip\n    email: { template: t/a }\n    variants:\n      - { id: a, weight: 1 }\n      - { id: b, weight: 1, email: { template: t/b } }\n";
+
+/// What the experiments panel shows for the API's figures: `data-figure` key and text.
+fn experiment_figures(r: &Value, put: &mut impl FnMut(String, String)) {
+    let pct = |v: &Value| match v.as_f64() {
+        Some(r) => format!("{:.1}%", 100.0 * r),
+        None => "–".to_string(),
+    };
+    let points = |v: &Value| match v.as_f64() {
+        Some(d) => format!("{}{:.1}pp", if d >= 0.0 { "+" } else { "" }, 100.0 * d),
+        None => "–".to_string(),
+    };
+    put(
+        "return_on_relationship".into(),
+        pct(&r["return_on_relationship"]["rate"]),
+    );
+    for x in r["experiments"].as_array().unwrap() {
+        let seq = x["sequence"].as_str().unwrap();
+        for m in x["measures"].as_array().unwrap() {
+            let key = |f: &str| format!("{seq}/{}/{f}", m["name"].as_str().unwrap());
+            for g in ["treated", "held_out"] {
+                let text = format!(
+                    "{} of {} ({})",
+                    m[g]["converted"],
+                    m[g]["customers"],
+                    pct(&m[g]["rate"])
+                );
+                put(key(g), text);
+            }
+            put(key("uplift"), points(&m["uplift"]));
+            let interval = match m["interval"].as_array() {
+                Some(i) => format!("{} to {}", points(&i[0]), points(&i[1])),
+                None => "–".into(),
+            };
+            put(key("interval"), interval);
+            let p = m["p_value"]
+                .as_f64()
+                .map_or("–".into(), |p| format!("{p:.4}"));
+            put(key("p_value"), p);
+            let open = match m["open"].as_u64().unwrap() {
+                0 => "all windows closed".to_string(),
+                n => format!("collecting: {n} windows open"),
+            };
+            put(key("open"), open);
+        }
+        for v in x["variants"].as_array().unwrap() {
+            let key = format!(
+                "{seq}/{}/{}",
+                v["step"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            );
+            put(format!("{key}/sends"), format!("{} sent", v["sends"]));
+            put(
+                format!("{key}/goals"),
+                format!("{} goal conversions ({})", v["goals"], pct(&v["rate"])),
+            );
+        }
+    }
+}
+
 #[test]
 fn the_dashboard_renders_the_apis_figures_in_chromium() {
     let kafka = cluster();
     let brokers = kafka.bootstrap_servers();
     let store = TestStore::sqlite();
-    let seqs = sequences_dir("ops-dash", &[("thanks.yaml", THANKS)]);
+    let seqs = sequences_dir(
+        "ops-dash",
+        &[("thanks.yaml", THANKS), ("trial.yaml", TRIAL)],
+    );
     let mut cfg = config(&brokers, "ops-dash", &store.url, &seqs, &seqs.join("mail"));
     cfg.secrets.admin_token = Some(TOKEN.into());
     cfg.http.figures_refresh = "1s".into();
@@ -66,11 +130,21 @@ fn the_dashboard_renders_the_apis_figures_in_chromium() {
     send(&p, "orders", "x", b"[1,2]", &[]);
     nps(&p, &[("ann", 10), ("bob", 7), ("cat", 2)]);
     flush(&p);
-    wait_until(60, "figures of the whole stream", || {
-        let (_, body) = get(at, "/api/figures", Some(TOKEN));
-        let f = json_of(&body);
-        f["nps"]["responses"] == 3 && f["sequences"][0]["steps"][0]["sent"] == 4
-    });
+    wait_until(
+        60,
+        "figures of the whole stream, the experiment's windows closed",
+        || {
+            let (_, body) = get(at, "/api/figures", Some(TOKEN));
+            let f = json_of(&body);
+            let trial = &f["experiments"]["experiments"][0]["measures"][0];
+            f["nps"]["responses"] == 3
+                && f["sequences"][0]["steps"][0]["sent"] == 4
+                && trial["open"] == 0
+                && trial["treated"]["customers"].as_u64().unwrap()
+                    + trial["held_out"]["customers"].as_u64().unwrap()
+                    == 3
+        },
+    );
     let (_, body) = get(at, "/api/figures", Some(TOKEN));
     let f = json_of(&body);
     let pct = |v: &Value| match v.as_f64() {
@@ -116,12 +190,26 @@ fn the_dashboard_renders_the_apis_figures_in_chromium() {
             );
         }
     }
+    experiment_figures(&f["experiments"], &mut put);
+    // `/metrics` carries the same figures, from the same report.
+    let (_, metrics) = get(at, "/metrics", None);
+    let treated = &f["experiments"]["experiments"][0]["measures"][0]["treated"]["customers"];
+    let gauge = format!(
+        "aftercare_experiment{{sequence=\"trial\",measure=\"again\",group=\"treated\",figure=\"customers\"}} {}",
+        treated.as_f64().unwrap()
+    );
+    assert!(metrics.contains(&gauge), "{gauge} not in\n{metrics}");
     // The figures the page must show, as the API gives them (and as this stream makes them).
     assert_eq!(expected["nps.score"], "0.0");
     assert_eq!(expected["customers"], "3");
     assert_eq!(expected["repeat_purchase_rate"], "33.3%");
     assert_eq!(expected["thanks/entered"], "4");
     assert_eq!(expected["thanks/followup/in_flight"], "4");
+    assert_eq!(expected["trial/again/open"], "all windows closed");
+    let variant_keys = expected
+        .keys()
+        .filter(|k| k.starts_with("trial/tip/a/") || k.starts_with("trial/tip/b/"));
+    assert_eq!(variant_keys.count(), 4);
 
     let profile = seqs.join("chromium-profile");
     let url = format!("http://{at}/dashboard#token={TOKEN}&customer=ann");

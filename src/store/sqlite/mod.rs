@@ -417,6 +417,9 @@ impl Store for SqliteStore {
                 [micros(now)],
                 |r| r.get(0),
             )?,
+            experiments: all(c, super::FIGURE_EXPERIMENTS_SQLITE, [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?,
         })
     }
 
