@@ -447,3 +447,32 @@ fn an_address_used_as_a_customer_id_never_reaches_the_log() {
     );
     assert!(!log.contains("ann@example.com"), "{log}");
 }
+
+/// Review gating (asking only satisfied customers for a review) is against Google's and the
+/// FTC's rules: `validate` accepts the file but warns, at the arm that reads the score.
+#[test]
+fn validate_warns_when_a_branch_gates_the_review_request_by_score() {
+    let gate = "name: gate\ncategory: feedback\ntrigger: { event: feedback.submitted }\nsteps:\n  - id: decide\n    branch:\n      - { when: \"event.data.score >= 9\", goto: ask }\n      - { goto: done }\n  - id: ask\n    category: review\n    email: { template: t/a }\n  - id: done\n    exit: true\n";
+    // Everyone is asked; low scores also go to support first: no gating.
+    let fair = gate
+        .replace("name: gate", "name: fair")
+        .replace("goto: done }", "goto: support }")
+        .replace("  - id: done\n    exit: true\n", "  - id: support\n    email: { template: t/a }\n  - id: ask-too\n    category: review\n    email: { template: t/a }\n");
+    let dir = scratch(
+        "gating",
+        &[
+            ("seq/gate.yaml", gate),
+            ("seq/fair.yaml", &fair),
+            ("seq/templates/t/a.subject.j2", "Hi"),
+            ("seq/templates/t/a.html.j2", "<p>Hi</p>"),
+        ],
+    );
+    let out = stdout(&aftercare(&["validate", "seq"], &dir));
+    assert_eq!(
+        out,
+        format!(
+            "seq: 2 sequence(s) valid\n{}:7:9: warning: this branch sends customers to a review request or away from it by their score (review gating); Google's review policy and the FTC's rule on consumer reviews forbid asking only the satisfied: ask everyone, and send low scores to support as well\n",
+            Path::new("seq/gate.yaml").display()
+        )
+    );
+}

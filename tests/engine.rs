@@ -1099,3 +1099,99 @@ fn return_on_relationship_counts_orders_and_referrals_after_the_help() {
     assert_eq!((r.helped, r.returned), (4, 2), "{lines:?}");
     assert_eq!(r.rate, Some(0.5));
 }
+
+const FEEDBACK: &str = r#"
+name: feedback
+category: feedback
+trigger: { event: order.delivered }
+steps:
+  - id: decide
+    wait_for: { event: feedback.submitted, timeout: 7d }
+    branch:
+      - { when: "event.data.score <= 6", goto: sorry }
+      - { when: "event.data.score >= 9", goto: refer }
+      - { goto: thanks }
+  - id: thanks
+    email: { template: t/c }
+  - id: stop
+    exit: true
+  - id: sorry
+    email: { template: t/a }
+  - id: stop-sorry
+    exit: true
+  - id: refer
+    email: { template: t/b }
+"#;
+
+/// SPEC §9 branch: the first arm that holds wins (`when …`), the last without `when` is
+/// `otherwise`; without a fallback, no match goes on to the next step.
+#[test]
+fn branch_takes_the_first_arm_that_holds_else_otherwise_else_the_next_step() {
+    let no_fallback = FEEDBACK
+        .replace("name: feedback", "name: strict")
+        .replace("      - { goto: thanks }\n", "");
+    let mut env = TestEnv::new(&[FEEDBACK, &no_fallback]);
+    for (c, score) in [("low", 3), ("high", 10), ("mid", 8)] {
+        env.event(
+            "order.delivered",
+            c,
+            "+0s",
+            json!({"order_id": format!("o-{c}")}),
+        );
+        env.event(
+            "feedback.submitted",
+            c,
+            "+1h",
+            json!({"kind": "nps", "score": score}),
+        );
+    }
+    env.advance("+8d");
+    let lines: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| !l.contains(" enter ") && !l.contains("complete"))
+        .collect();
+    let mine = |c: &str, seq: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!(" {c} {seq}/")))
+            .map(|l| l.split_once(' ').unwrap().1.to_string())
+            .collect()
+    };
+    assert_eq!(
+        mine("low", "feedback"),
+        [
+            "low feedback/decide branch (when event.data.score <= 6)",
+            "low feedback/sorry email (no wait) [A for low]",
+            "low feedback/stop-sorry exit (exit step)",
+        ]
+    );
+    assert_eq!(
+        mine("high", "feedback"),
+        [
+            "high feedback/decide branch (when event.data.score >= 9)",
+            "high feedback/refer email (no wait) [B for high]",
+        ]
+    );
+    assert_eq!(
+        mine("mid", "feedback"),
+        [
+            "mid feedback/decide branch (otherwise)",
+            "mid feedback/thanks email (no wait) [C for mid]",
+            "mid feedback/stop exit (exit step)",
+        ]
+    );
+    // No fallback: a score of 8 matches nothing and goes on to the next step.
+    assert_eq!(
+        mine("mid", "strict"),
+        [
+            "mid strict/decide skip (branch: no arm matched)",
+            "mid strict/thanks email (no wait) [C for mid]",
+            "mid strict/stop exit (exit step)",
+        ]
+    );
+    assert_eq!(
+        mine("low", "strict")[0],
+        "low strict/decide branch (when event.data.score <= 6)"
+    );
+}

@@ -41,7 +41,7 @@ fn unknown_key_without_a_close_match_lists_the_known_keys() {
     assert_eq!(
         check(&yaml),
         [
-            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, start, exit, variants",
+            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, start, exit, variants, branch",
         ]
     );
 }
@@ -417,4 +417,29 @@ fn values_quoted_in_messages_are_cut_short() {
         assert!(text.len() <= 500 + '…'.len_utf8(), "{} bytes", text.len());
         assert!(text.ends_with("99…"), "{text}");
     }
+}
+
+#[test]
+fn branches_go_to_known_steps_with_the_fallback_last_and_never_loop_without_a_wait() {
+    let yaml = format!(
+        "{HEAD}  - id: ask\n    branch:\n      - {{ goto: ask }}\n      - {{ when: \"customer.orders_count > 1\", goto: thnaks }}\n      - {{ when: \"x\" }}\n  - id: thanks\n    email: {{ template: t/a }}\n    branch: [{{ goto: thanks }}]\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:6:9: only the last arm of a `branch` may go without `when`\n  hint: an arm without `when` always matches: the arms after it would never run; move it last",
+            "s.yaml:7:52: `goto` names an unknown step `thnaks`\n  hint: did you mean `thanks`?",
+            "s.yaml:8:9: a branch arm has no `goto`\n  hint: add `goto: STEP`, the id of a step in this file",
+            "s.yaml:11:5: a step has one action; this one has `email` and `branch`\n  hint: split it into one step per action",
+        ]
+    );
+    let looping = format!(
+        "{HEAD}  - id: a\n    email: {{ template: t/a }}\n  - id: again\n    branch: [{{ when: \"customer.orders_count > 1\", goto: a }}]\n  - id: waited\n    wait: 1d\n    branch: [{{ goto: a }}]\n"
+    );
+    assert_eq!(
+        check(&looping),
+        [
+            "s.yaml:7:14: this arm goes back to `a` with no wait on the way: it would loop at one instant\n  hint: add a `wait` (or `wait_for`) to a step between the target and the branch",
+        ]
+    );
 }

@@ -25,6 +25,9 @@ pub fn run(dir: Option<&Path>, config: Option<&Path>) -> anyhow::Result<ExitCode
     if diags.is_empty() {
         let n = catalog.sequences().len();
         println!("{}: {n} sequence(s) valid", dir.display());
+        for w in crate::sequence::lint::warnings(&catalog) {
+            println!("{w}");
+        }
         match in_flight(&config.store.url) {
             Ok(Some((counts, versions))) => {
                 for w in missing_templates(&catalog, &counts, &versions) {

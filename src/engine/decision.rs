@@ -30,10 +30,12 @@ pub enum Action {
     Goal,
     Exit,
     Complete,
+    /// A `branch` step chose where the journey goes.
+    Branch,
 }
 
 impl Action {
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 13] = [
         Action::Enter,
         Action::Email,
         Action::Holdout,
@@ -46,6 +48,7 @@ impl Action {
         Action::Goal,
         Action::Exit,
         Action::Complete,
+        Action::Branch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Action {
             Action::Goal => "goal",
             Action::Exit => "exit",
             Action::Complete => "complete",
+            Action::Branch => "branch",
         }
     }
 }

@@ -58,8 +58,43 @@ impl Engine {
                 };
                 return self.email_step(c, ji, email, cause, now, out);
             }
+            Some(sequence::Action::Branch(arms)) => return self.branch(c, ji, arms, ev, now, out),
         }
         self.next_step(c, ji, now, out)
+    }
+
+    /// A `branch` step: the first arm that holds, `branch` with its reason (`when …` or
+    /// `otherwise`), and the journey goes to its step; with none, on to the next step.
+    fn branch(
+        &self,
+        c: &mut Customer,
+        ji: Ji,
+        arms: &[sequence::Branch],
+        ev: Option<&Arc<Event>>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let taken = arms
+            .iter()
+            .find(|arm| arm.when.is_none() || self.check(arm.when.as_ref(), c, ev, Some(ji)));
+        let Some(arm) = taken else {
+            self.push(
+                c,
+                ji,
+                now,
+                Action::Skip,
+                "branch: no arm matched".into(),
+                out,
+            );
+            return self.next_step(c, ji, now, out);
+        };
+        let reason = match &arm.when {
+            Some(when) => format!("when {when}"),
+            None => "otherwise".into(),
+        };
+        self.push(c, ji, now, Action::Branch, reason, out);
+        c.journeys.update(ji, |j| j.step = arm.goto);
+        self.begin_step(c, ji, now);
     }
 
     /// `skip_when` and `pause_when`: true, recorded, when either holds the step back. A

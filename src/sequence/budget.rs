@@ -78,7 +78,9 @@ fn instant_starts<'a>(
                     k += 1;
                 }
                 Some(Action::Exit) => break,
-                Some(Action::Email { .. }) | None => {}
+                // A branch's jumps: forward ones are walked on; a backward one without a
+                // wait is refused by the compiler.
+                Some(Action::Email { .. } | Action::Branch(_)) | None => {}
             }
         }
     }

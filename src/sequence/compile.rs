@@ -10,8 +10,8 @@ use super::diag::{Diags, Pos, did_you_mean};
 use super::expr::Expr;
 use super::raw::{self, RawStep, Sp};
 use super::{
-    Action, Category, Experiment, Goal, JourneyKind, Limits, Measure, Migrate, OnTimeout, Sequence,
-    Step, Timing, Trigger, Variant, WaitFor,
+    Action, Branch, Category, Experiment, Goal, JourneyKind, Limits, Measure, Migrate, OnTimeout,
+    Sequence, Step, Timing, Trigger, Variant, WaitFor,
 };
 use crate::template::Templates;
 use crate::time::{CronWindow, Period, parse_tz};
@@ -34,6 +34,7 @@ struct Acts<'r> {
     email: Option<&'r Sp<raw::RawEmail>>,
     start: Option<&'r Sp<String>>,
     exit: Option<&'r Sp<bool>>,
+    branch: Option<&'r Sp<Vec<raw::RawBranch>>>,
     /// What has them, for messages: `a step`, `a variant`.
     what: &'static str,
 }
@@ -399,6 +400,7 @@ impl Compiler<'_, '_, '_> {
         let (ids, ok) = self.step_ids(steps);
         let compiled: Vec<Option<Step>> = steps.iter().map(|s| self.step(s, &ids)).collect();
         let compiled: Option<Vec<Step>> = compiled.into_iter().collect();
+        let compiled = compiled.filter(|steps| self.no_branch_loops(steps));
         if ok { compiled } else { None }
     }
 
@@ -491,7 +493,7 @@ impl Compiler<'_, '_, '_> {
         let skip_when = s.skip_when.as_ref().map(|e| self.expr(e));
         let category = s.category.as_ref().map(|c| self.category(c));
         let goal = s.goal.as_ref().map(|g| self.goal(g));
-        let action = self.action(s);
+        let action = self.action(s, ids);
         let variants = s.variants.as_ref().map(|v| self.variants(v));
         let bad_window = s.send_window.is_some() && send_window.is_none();
         if bad_window {
@@ -612,13 +614,113 @@ impl Compiler<'_, '_, '_> {
     }
 
     /// The step's one action; `Some(None)` for a step that only waits.
-    fn action(&mut self, s: &RawStep) -> Option<Option<Action>> {
-        self.action_of(Acts {
+    fn action(&mut self, s: &RawStep, ids: &Ids) -> Option<Option<Action>> {
+        let acts = Acts {
             email: s.email.as_ref(),
             start: s.start.as_ref(),
             exit: s.exit.as_ref(),
+            branch: s.branch.as_ref(),
             what: "a step",
+        };
+        match s.branch.as_ref() {
+            Some(b) => {
+                self.one_action(&acts)?;
+                self.branch(b, ids).map(|arms| Some(Action::Branch(arms)))
+            }
+            None => self.action_of(acts),
+        }
+    }
+
+    /// A `branch`: arms in order, each going to a step of this file; only the last may go
+    /// without `when` (the fallback: arms after it would never run).
+    fn branch(&mut self, b: &Sp<Vec<raw::RawBranch>>, ids: &Ids) -> Option<Vec<Branch>> {
+        if b.value.is_empty() {
+            self.d.error_hint(
+                b.pos,
+                "`branch` has no arms",
+                "add `- { when: \"...\", goto: STEP }`, and `- { goto: STEP }` for otherwise",
+            );
+            return None;
+        }
+        let last = b.value.len() - 1;
+        let arms: Vec<Option<Branch>> = b
+            .value
+            .iter()
+            .enumerate()
+            .map(|(i, arm)| self.arm(arm, i == last, ids))
+            .collect();
+        arms.into_iter().collect()
+    }
+
+    fn arm(&mut self, arm: &raw::RawBranch, last: bool, ids: &Ids) -> Option<Branch> {
+        let when = match &arm.when {
+            Some(w) => Some(self.expr(w)),
+            None if last => None,
+            None => {
+                self.d.error_hint(
+                    arm.pos,
+                    "only the last arm of a `branch` may go without `when`",
+                    "an arm without `when` always matches: the arms after it would never run; move it last",
+                );
+                return None;
+            }
+        };
+        let Some(goto) = &arm.goto else {
+            self.d.error_hint(
+                arm.pos,
+                "a branch arm has no `goto`",
+                "add `goto: STEP`, the id of a step in this file",
+            );
+            return None;
+        };
+        let target = match ids.get(goto.value.as_str()) {
+            Some((i, _)) => Some(*i),
+            None => {
+                let hint = match did_you_mean(&goto.value, ids.keys().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "use the id of a step in this file".into(),
+                };
+                self.d.error_hint(
+                    goto.pos,
+                    format!("`goto` names an unknown step `{}`", goto.value),
+                    hint,
+                );
+                None
+            }
+        };
+        Some(Branch {
+            when: each(when)?,
+            goto: target?,
+            pos: arm.pos,
         })
+    }
+
+    /// A branch that goes back to itself or an earlier step with no wait on the way would run
+    /// those steps again and again at one instant.
+    fn no_branch_loops(&mut self, steps: &[Step]) -> bool {
+        let mut ok = true;
+        for (i, step) in steps.iter().enumerate() {
+            let Some(Action::Branch(arms)) = &step.action else {
+                continue;
+            };
+            for arm in arms.iter().filter(|a| a.goto <= i) {
+                let waits = steps[arm.goto..=i]
+                    .iter()
+                    .any(|s| !matches!(s.timing, Timing::Now));
+                if !waits {
+                    self.d.error_hint(
+                        arm.pos,
+                        format!(
+                            "this arm goes back to `{}` with no wait on the way: it would loop at one instant",
+                            steps[arm.goto].id
+                        ),
+                        "add a `wait` (or `wait_for`) to a step between the target and the branch",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 
     /// The one action among `acts`; `Some(None)` when there is none.
@@ -654,6 +756,7 @@ impl Compiler<'_, '_, '_> {
             acts.email.map(|e| ("email", e.key)),
             acts.start.map(|e| ("start", e.key)),
             acts.exit.map(|e| ("exit", e.key)),
+            acts.branch.map(|e| ("branch", e.key)),
         ]
         .into_iter()
         .flatten()
@@ -900,6 +1003,7 @@ impl Compiler<'_, '_, '_> {
             email: v.email.as_ref(),
             start: v.start.as_ref(),
             exit: v.exit.as_ref(),
+            branch: None,
             what: "a variant",
         });
         Some(Variant {

@@ -97,6 +97,15 @@ impl fmt::Debug for Expr {
     }
 }
 
+/// Two expressions are the same when written the same: one source compiles to one program.
+impl PartialEq for Expr {
+    fn eq(&self, other: &Expr) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Expr {}
+
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)

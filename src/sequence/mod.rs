@@ -10,6 +10,7 @@ pub mod compile;
 pub mod diag;
 pub mod expr;
 mod fast;
+pub mod lint;
 pub mod raw;
 pub mod yaml;
 
@@ -217,9 +218,26 @@ pub struct Goal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Email { template: Arc<str> },
-    Start { sequence: Arc<str> },
+    Email {
+        template: Arc<str>,
+    },
+    Start {
+        sequence: Arc<str>,
+    },
     Exit,
+    /// Go to the step of the first arm that holds; none: on to the next step.
+    Branch(Vec<Branch>),
+}
+
+/// An arm of a `branch` step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    /// `None`: otherwise.
+    pub when: Option<Expr>,
+    /// The index of the step it goes to.
+    pub goto: usize,
+    /// Where it is written, for `validate`'s warnings.
+    pub pos: Pos,
 }
 
 /// Moves journeys on version `from` to this version, renaming steps.

@@ -198,6 +198,22 @@ pub struct RawStep {
     pub exit: Option<Sp<bool>>,
     /// A split of this step: each customer gets one variant, by weight.
     pub variants: Option<Sp<Vec<RawVariant>>>,
+    /// Action: go to the step of the first arm whose `when` is true; an arm without `when`
+    /// (last) is the fallback; with no match and no fallback, on to the next step.
+    pub branch: Option<Sp<Vec<RawBranch>>>,
+}
+
+/// One arm of a `branch`: a condition and the step it goes to.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawBranch {
+    #[schemars(skip)]
+    pub pos: Pos,
+    /// Expression; absent on the last arm: otherwise.
+    pub when: Option<Sp<String>>,
+    /// The id of the step to go to.
+    #[schemars(required)]
+    pub goto: Option<Sp<String>>,
 }
 
 /// Wait for an event, with a timeout.
@@ -293,7 +309,11 @@ impl RawStep {
         "start",
         "exit",
         "variants",
+        "branch",
     ];
+}
+impl RawBranch {
+    pub const KEYS: &[&str] = &["when", "goto"];
 }
 impl RawWaitFor {
     pub const KEYS: &[&str] = &["event", "when", "timeout", "on_timeout"];
@@ -546,6 +566,9 @@ fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
         variants: f
             .get("variants")
             .and_then(|e| decode_list(e.node, "`variants`", d, decode_variant).map(|v| e.wrap(v))),
+        branch: f
+            .get("branch")
+            .and_then(|e| decode_list(e.node, "`branch`", d, decode_branch).map(|b| e.wrap(b))),
     };
     f.finish(RawStep::KEYS, "a step", d);
     Some(step)
@@ -587,6 +610,17 @@ fn decode_measure(node: &Node, d: &mut Diags) -> Option<RawMeasure> {
     };
     f.finish(RawMeasure::KEYS, "a measure", d);
     Some(m)
+}
+
+fn decode_branch(node: &Node, d: &mut Diags) -> Option<RawBranch> {
+    let mut f = Fields::of(node, "a branch arm", d)?;
+    let b = RawBranch {
+        pos: node.pos,
+        when: f.get("when").and_then(|e| string(e, "`branch.when`", d)),
+        goto: f.get("goto").and_then(|e| string(e, "`branch.goto`", d)),
+    };
+    f.finish(RawBranch::KEYS, "a branch arm", d);
+    Some(b)
 }
 
 fn decode_variant(node: &Node, d: &mut Diags) -> Option<RawVariant> {
@@ -714,5 +748,6 @@ mod tests {
         assert_eq!(props::<RawExperiment>(), sorted(RawExperiment::KEYS));
         assert_eq!(props::<RawMeasure>(), sorted(RawMeasure::KEYS));
         assert_eq!(props::<RawVariant>(), sorted(RawVariant::KEYS));
+        assert_eq!(props::<RawBranch>(), sorted(RawBranch::KEYS));
     }
 }
