@@ -1195,3 +1195,184 @@ fn branch_takes_the_first_arm_that_holds_else_otherwise_else_the_next_step() {
         "low strict/decide branch (when event.data.score <= 6)"
     );
 }
+
+const BIRTHDAY: &str = r#"
+name: birthday
+category: birthday
+trigger: { date: customer.birthday, at: "09:00" }
+steps:
+  - id: wish
+    email: { template: t/a }
+"#;
+
+const DATES: &str = r#"
+name: renewal
+category: account
+trigger: { date: customer.attributes.renewal, offset: -3d, at: "10:30", repeat: monthly }
+steps:
+  - id: remind
+    email: { template: t/b }
+"#;
+
+const ONCE: &str = r#"
+name: anniversary
+category: account
+trigger: { date: customer.attributes.joined, repeat: once, at: "08:00" }
+steps:
+  - id: thanks
+    email: { template: t/c }
+"#;
+
+/// SPEC §9 date triggers on the virtual clock: 29 February falls on 28 February in 2027; a
+/// birthday learnt a day after it waits for the next year; 09:00 in Auckland is the evening
+/// before in UTC; a monthly date with an offset, and a date that fires once.
+#[test]
+fn date_triggers_start_journeys_on_the_customers_dates_in_their_timezone() {
+    let mut env = TestEnv::new(&[BIRTHDAY, DATES, ONCE]);
+    let learn = |env: &mut TestEnv, c: &str, at: &str, customer: serde_json::Value| {
+        let mut customer = customer;
+        customer["email"] = json!(format!("{c}@example.com"));
+        env.event("customer.updated", c, at, json!({ "customer": customer }));
+    };
+    learn(
+        &mut env,
+        "leap",
+        "2027-01-10T00:00:00Z",
+        json!({"birthday": "2000-02-29", "timezone": "UTC"}),
+    );
+    learn(
+        &mut env,
+        "kiwi",
+        "2027-01-10T00:00:00Z",
+        json!({"birthday": "1985-06-15", "timezone": "Pacific/Auckland"}),
+    );
+    learn(
+        &mut env,
+        "sub",
+        "2027-01-20T00:00:00Z",
+        json!({"timezone": "UTC", "attributes": {"renewal": "2026-11-30", "joined": "2027-02-01T12:00:00+09:00"}}),
+    );
+    learn(
+        &mut env,
+        "late",
+        "2027-03-02T00:00:00Z",
+        json!({"birthday": "1990-03-01", "timezone": "UTC"}),
+    );
+    env.advance("2028-03-02T00:00:00Z");
+    let lines: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| l.contains(" enter "))
+        .collect();
+    let of = |c: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter(|l| l.split(' ').nth(1) == Some(c))
+            .map(String::as_str)
+            .collect()
+    };
+    assert_eq!(
+        of("leap"),
+        [
+            "2027-02-28T09:00:00Z leap birthday/wish enter (date customer.birthday 2000-02-29: 2027-02-28 09:00 UTC)",
+            "2028-02-29T09:00:00Z leap birthday/wish enter (date customer.birthday 2000-02-29: 2028-02-29 09:00 UTC)",
+        ]
+    );
+    // Learnt on 2 March 2027: that year's birthday had passed; the next one is sent.
+    assert_eq!(
+        of("late"),
+        [
+            "2028-03-01T09:00:00Z late birthday/wish enter (date customer.birthday 1990-03-01: 2028-03-01 09:00 UTC)"
+        ]
+    );
+    // 09:00 on 15 June in Auckland (NZST, UTC+12) is 21:00 UTC on 14 June.
+    assert_eq!(
+        of("kiwi"),
+        [
+            "2027-06-14T21:00:00Z kiwi birthday/wish enter (date customer.birthday 1985-06-15: 2027-06-15 09:00 Pacific/Auckland)"
+        ]
+    );
+    let sub = of("sub");
+    // Monthly on the 30th (the last day in February), three days before, at 10:30; once on
+    // the date an RFC 3339 value has where it was written (1 February), at 08:00.
+    assert_eq!(
+        &sub[..4],
+        [
+            "2027-01-27T10:30:00Z sub renewal/remind enter (date customer.attributes.renewal 2026-11-30: 2027-01-27 10:30 UTC)",
+            "2027-02-01T08:00:00Z sub anniversary/thanks enter (date customer.attributes.joined 2027-02-01T12:00:00+09:00: 2027-02-01 08:00 UTC)",
+            "2027-02-25T10:30:00Z sub renewal/remind enter (date customer.attributes.renewal 2026-11-30: 2027-02-25 10:30 UTC)",
+            "2027-03-27T10:30:00Z sub renewal/remind enter (date customer.attributes.renewal 2026-11-30: 2027-03-27 10:30 UTC)",
+        ]
+    );
+    assert_eq!(
+        sub.iter().filter(|l| l.contains("anniversary")).count(),
+        1,
+        "once is once"
+    );
+    assert_eq!(
+        sub.iter().filter(|l| l.contains("renewal")).count(),
+        14,
+        "{sub:#?}"
+    );
+}
+
+const FILM: &str = r#"
+name: film-reorder
+category: cross_sell
+journey: per_order
+trigger: { reorder: { category: film, after: 30d, per_quantity: true } }
+steps:
+  - id: remind
+    email: { template: t/a }
+  - id: again
+    wait: 7d
+    email: { template: t/b }
+"#;
+
+/// SPEC §9 reorder triggers: a per_order journey starts `after` the order (times the quantity
+/// of the category), the interval in the reason; a new order of the category ends the journey
+/// and the reminder of the earlier order (`exit`, `reordered`).
+#[test]
+fn reorder_reminders_start_after_the_order_and_a_reorder_ends_them() {
+    let mut env = TestEnv::new(&[FILM]);
+    env.event("order.placed", "two", "+0s", json!({
+        "order_id": "o1", "total": "20.00", "currency": "USD",
+        "items": [{"sku": "film-1", "name": "Film", "category": "film", "quantity": 2, "unit_price": "10.00"}],
+    }));
+    env.placed("buyer", "b1", "+0s", "film");
+    env.placed("buyer", "b2", "+10d", "film");
+    env.placed("buyer", "b3", "+45d", "film");
+    env.placed("other", "x1", "+0s", "camera");
+    env.advance("+100d");
+    let lines = env.take();
+    let of = |c: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.split(' ').nth(1) == Some(c))
+            .map(|l| l.to_string())
+            .collect()
+    };
+    assert_eq!(
+        of("two"),
+        [
+            "2024-03-01T00:00:00Z two film-reorder/remind enter (reorder film: 60d after order o1 (30d × 2))",
+            "2024-03-01T00:00:00Z two film-reorder/remind email (no wait) [A for two]",
+            "2024-03-08T00:00:00Z two film-reorder/again email (wait 7d elapsed) [B for two]",
+            "2024-03-08T00:00:00Z two film-reorder/- complete (all steps done)",
+        ]
+    );
+    // b1's reminder is dropped by b2; b2's journey, started 30 days on, ends at b3; b3's runs.
+    assert_eq!(
+        of("buyer"),
+        [
+            "2024-02-10T00:00:00Z buyer film-reorder/remind enter (reorder film: 30d after order b2)",
+            "2024-02-10T00:00:00Z buyer film-reorder/remind email (no wait) [A for buyer]",
+            "2024-02-15T00:00:00Z buyer film-reorder/again exit (reordered)",
+            "2024-03-16T00:00:00Z buyer film-reorder/remind enter (reorder film: 30d after order b3)",
+            "2024-03-16T00:00:00Z buyer film-reorder/remind email (no wait) [A for buyer]",
+            "2024-03-23T00:00:00Z buyer film-reorder/again email (wait 7d elapsed) [B for buyer]",
+            "2024-03-23T00:00:00Z buyer film-reorder/- complete (all steps done)",
+        ]
+    );
+    assert!(of("other").is_empty());
+}

@@ -443,3 +443,65 @@ fn branches_go_to_known_steps_with_the_fallback_last_and_never_loop_without_a_wa
         ]
     );
 }
+
+#[test]
+fn date_triggers_are_checked_key_by_key() {
+    let steps = "steps:\n  - id: a\n    email: { template: t/a }\n";
+    let bad = format!(
+        "name: s\ntrigger: {{ date: customer.brithday, offset: 3 days, at: \"9am\", repeat: yarly }}\n{steps}"
+    );
+    let both =
+        format!("name: s\ntrigger: {{ event: order.placed, date: customer.birthday }}\n{steps}");
+    let stray = format!("name: s\ntrigger: {{ event: order.placed, offset: -3d }}\n{steps}");
+    let attribute =
+        format!("name: s\ntrigger: {{ date: \"customer.attributes.re newal\" }}\n{steps}");
+    let good = format!(
+        "name: s\ntrigger: {{ date: customer.attributes.renewal, offset: -30d, at: \"23:59\", repeat: monthly }}\n{steps}"
+    );
+    let all: Vec<String> = [bad, both, stray, attribute, good]
+        .iter()
+        .flat_map(|y| check(y))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "s.yaml:2:18: `date` must be customer.birthday or customer.attributes.NAME, found `customer.brithday`\n  hint: the customer's profile field that holds a YYYY-MM-DD or RFC 3339 date",
+            "s.yaml:2:45: `offset` must be whole days, e.g. `-3d` or `2d`, found `3 days`\n  hint: days before (-) or after the date; the time of day is `at`",
+            "s.yaml:2:57: `at` must be a time of day HH:MM, found `9am`\n  hint: e.g. `at: \"09:00\"`, in the customer's timezone",
+            "s.yaml:2:72: unknown `repeat` `yarly`\n  hint: did you mean `yearly`?",
+            "s.yaml:2:33: a trigger has either `event` or `date`, not both\n  hint: one sequence per trigger: split it in two",
+            "s.yaml:2:33: `offset` goes with a `date` trigger\n  hint: remove it, or trigger on `date: customer.birthday` instead of an event",
+            "s.yaml:2:18: `date` must be customer.birthday or customer.attributes.NAME, found `customer.attributes.re newal`\n  hint: the customer's profile field that holds a YYYY-MM-DD or RFC 3339 date",
+        ]
+    );
+}
+
+#[test]
+fn reorder_triggers_need_a_category_an_interval_and_a_journey_per_order() {
+    let steps = "steps:\n  - id: a\n    email: { template: t/a }\n";
+    let bad = format!(
+        "name: s\njourney: per_order\ntrigger: {{ reorder: {{ after: 0s, per_quantity: yes }} }}\n{steps}"
+    );
+    let per_customer =
+        format!("name: s\ntrigger: {{ reorder: {{ category: film, after: 30d }} }}\n{steps}");
+    let with_event = format!(
+        "name: s\njourney: per_order\ntrigger: {{ event: order.placed, reorder: {{ category: film, after: 30d }} }}\n{steps}"
+    );
+    let good = format!(
+        "name: s\njourney: per_order\ntrigger: {{ reorder: {{ category: film, after: 30d, per_quantity: true }} }}\n{steps}"
+    );
+    let all: Vec<String> = [bad, per_customer, with_event, good]
+        .iter()
+        .flat_map(|y| check(y))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "s.yaml:3:21: `reorder` has no `category`\n  hint: add `category: film`",
+            "s.yaml:3:30: `reorder.after` must be longer than 0s\n  hint: e.g. `after: 30d`",
+            "s.yaml:3:48: `reorder.per_quantity` must be true or false\n  hint: write `true` or `false` without quotes",
+            "s.yaml:2:1: a `reorder` trigger starts a journey per order\n  hint: add `journey: per_order`",
+            "s.yaml:3:12: a `reorder` trigger has no `event` or `date`: it starts after an order\n  hint: remove it; the orders that count are those with an item of `reorder.category`",
+        ]
+    );
+}

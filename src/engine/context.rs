@@ -96,6 +96,7 @@ const PROFILE_KEYS: &[&str] = &[
     "open_tickets",
     "last_order_at",
     "unsubscribed",
+    "attributes",
 ];
 
 impl Object for Profile {
@@ -118,6 +119,10 @@ impl Object for Profile {
                 .last_order_at
                 .map_or(Value::from(()), |t| Value::from(rfc3339(t))),
             "unsubscribed" => strings(&self.unsubscribed),
+            "attributes" => self.attributes.as_deref().map_or_else(
+                || Value::from(()),
+                |a| Value::from(minijinja::value::Serde(a)),
+            ),
             _ => return None,
         })
     }

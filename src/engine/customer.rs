@@ -11,6 +11,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::compact::Compact;
+use super::dates::DateDue;
 use super::experiment::Assignment;
 use super::journey::PendingGoal;
 use super::journeys::{Changed, Journeys, Tracker};
@@ -28,6 +29,8 @@ pub struct Customer {
     pub finished: Compact<Arc<str>>,
     /// The customer's groups in the experiments of the sequences they entered.
     pub experiments: Compact<Assignment>,
+    /// The next start of each date-triggered sequence.
+    pub dates: Compact<DateDue>,
 }
 
 /// What the return on relationship counts (SPEC §8): when the customer was helped — a support
@@ -47,6 +50,10 @@ pub struct Relationship {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referred_at: Option<DateTime<Utc>>,
 }
+
+/// Attributes a profile keeps: further new names are dropped (an event cannot grow a profile
+/// without bound).
+pub const MAX_ATTRIBUTES: usize = 64;
 
 /// How long help counts for the return on relationship.
 pub const HELP_COUNTS_FOR: chrono::Duration = chrono::Duration::days(365);
@@ -87,6 +94,10 @@ pub struct Profile {
     /// customers have none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relationship: Option<Box<Relationship>>,
+    /// Profile fields beyond these (`data.customer.attributes`), at most
+    /// [`MAX_ATTRIBUTES`]; boxed, as most customers have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +196,7 @@ impl Customer {
             goals: Compact::default(),
             finished: Compact::default(),
             experiments: Compact::default(),
+            dates: Compact::default(),
         }
     }
 
@@ -535,6 +547,41 @@ impl Profile {
         }
         if let Some(b) = &p.birthday {
             self.birthday = Some(b.as_str().into());
+        }
+        if let Some(attributes) = &p.attributes {
+            self.merge_attributes(attributes);
+        }
+    }
+
+    /// Merges `data.customer.attributes`: a `null` removes one; new names past
+    /// [`MAX_ATTRIBUTES`] are dropped, with a warning.
+    fn merge_attributes(&mut self, patch: &serde_json::Map<String, serde_json::Value>) {
+        let mine = self.attributes.get_or_insert_default();
+        let mut dropped = 0;
+        for (key, v) in patch {
+            if v.is_null() {
+                mine.remove(key);
+            } else if mine.contains_key(key) || mine.len() < MAX_ATTRIBUTES {
+                mine.insert(key.clone(), v.clone());
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(customer_id = %crate::redact::text(&self.id), dropped, "attributes past the limit of {MAX_ATTRIBUTES} dropped");
+        }
+        if mine.is_empty() {
+            self.attributes = None;
+        }
+    }
+
+    /// The date a date trigger reads, as written (`YYYY-MM-DD` or RFC 3339).
+    pub fn date_of(&self, field: &crate::sequence::DateField) -> Option<&str> {
+        match field {
+            crate::sequence::DateField::Birthday => self.birthday.as_deref(),
+            crate::sequence::DateField::Attribute(name) => {
+                self.attributes.as_ref()?.get(&**name)?.as_str()
+            }
         }
     }
 

@@ -129,6 +129,12 @@ impl Engine {
             if too_old && !seq.category.is_transactional() {
                 continue;
             }
+            if let Some(r) = &seq.trigger.reorder {
+                if trigger_holds(seq, c, ev) {
+                    self.reorder(c, seq, r, ev, now, out);
+                }
+                continue;
+            }
             let order_id = match seq.journey {
                 JourneyKind::PerOrder => match ev.order_id() {
                     Some(o) => Some(o),

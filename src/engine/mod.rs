@@ -15,6 +15,7 @@
 pub mod compact;
 pub mod context;
 pub mod customer;
+pub mod dates;
 pub mod decision;
 mod events;
 pub mod experiment;
@@ -121,7 +122,11 @@ impl Engine {
 
     /// The instant `wake` next has work for this customer.
     pub fn next_due(c: &Customer) -> Option<DateTime<Utc>> {
-        c.journeys.next_due()
+        let date = c.dates.iter().map(|d| d.at).min();
+        match (c.journeys.next_due(), date) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A permanent delivery failure: nothing more is sent to this address until it changes.
@@ -208,6 +213,7 @@ impl Engine {
         // processed late; at the same instant the event goes first (SPEC: ties).
         self.run_due(c, now, Some(ev.time), out);
         c.apply(ev);
+        self.schedule_dates(c, ev, now);
         self.measure(c, ev);
         self.exit_on(c, ev, now, out);
         self.goals(c, ev, now, out);
@@ -226,6 +232,9 @@ impl Engine {
         // Each journey may run at most a few times its steps at one instant (validation refuses
         // loops without a wait, so only a stored state of an older, looser version could run
         // more); past that only that journey ends. The whole call is bounded besides.
+        if !c.dates.is_empty() {
+            self.fire_dates(c, now, before, out);
+        }
         let mut runs: HashMap<JourneyId, usize> = HashMap::new();
         let cap = STEP_BUDGET.max(64 * (c.journeys.len() + 1));
         for _ in 0..cap {

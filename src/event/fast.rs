@@ -33,6 +33,7 @@ struct Customer {
     locale: Option<String>,
     timezone: Option<String>,
     birthday: Option<String>,
+    attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +108,7 @@ fn patch(c: Option<Customer>) -> Option<CustomerPatch> {
         locale: c.locale,
         timezone: c.timezone,
         birthday: c.birthday,
+        attributes: c.attributes,
     })
 }
 

@@ -98,6 +98,10 @@ pub struct CustomerPatch {
     pub timezone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub birthday: Option<String>,
+    /// Any other profile fields (`customer.attributes`): merged into the profile, a `null`
+    /// removing one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Typed `data` for every known event type; anything else is kept as raw JSON.

@@ -632,6 +632,12 @@ fn customer_patch(f: &mut Fields) -> Result<Option<CustomerPatch>, EventError> {
         locale: c.opt_str("locale")?,
         timezone: c.opt_str("timezone")?,
         birthday: c.opt_str("birthday")?,
+        attributes: match c.take("attributes")? {
+            None => None,
+            Some(raw) => Some(
+                serde_json::from_str(raw.get()).map_err(|_| c.wrong("attributes", "an object"))?,
+            ),
+        },
     }))
 }
 
@@ -693,6 +699,14 @@ fn check_customer(c: &CustomerPatch) -> Result<(), EventError> {
         ("birthday", &c.birthday),
     ] {
         text(&format!("data.customer.{key}"), v.as_deref())?;
+    }
+    if let Some(attributes) = &c.attributes {
+        // A store could not keep a NUL, and PostgreSQL's `jsonb` refuses `\u0000`.
+        for (key, v) in attributes {
+            let field = format!("data.customer.attributes.{key}");
+            text(&field, Some(key))?;
+            no_nul(&field, v)?;
+        }
     }
     Ok(())
 }
@@ -1046,6 +1060,19 @@ mod tests {
         assert_eq!(
             reason(&placed_with(|v| v["data"]["referred_by"] = json!(7))),
             "`data.referred_by` must be a string"
+        );
+        // Attributes: an object, with no NUL anywhere in it (keys included).
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["customer"]["attributes"] = json!({"tier": {"a\u{0}": 1}})
+            )),
+            "`data.customer.attributes.tier.a\\u{0}` contains a NUL character (U+0000)"
+        );
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["customer"]["attributes"] = json!(["renewal"])
+            )),
+            "`data.customer.attributes` must be an object"
         );
         let referred =
             Event::from_structured(&placed_with(|v| v["data"]["referred_by"] = json!("bob")));

@@ -19,6 +19,8 @@ pub struct Catalog {
     /// Every version ever loaded, by (name, version).
     versions: HashMap<(Arc<str>, Arc<str>), Arc<Sequence>>,
     by_trigger: HashMap<Arc<str>, Vec<Arc<Sequence>>>,
+    /// Sequences started by a date of the customer's, in name order.
+    dated: Vec<Arc<Sequence>>,
     pub templates: Arc<Templates>,
 }
 
@@ -179,7 +181,12 @@ impl Catalog {
     fn build(mut current: Vec<Arc<Sequence>>, templates: Arc<Templates>) -> Catalog {
         current.sort_by(|a, b| a.name.cmp(&b.name));
         let mut by_trigger: HashMap<Arc<str>, Vec<Arc<Sequence>>> = HashMap::new();
+        let mut dated = Vec::new();
         for s in &current {
+            if s.trigger.date.is_some() {
+                dated.push(s.clone());
+                continue;
+            }
             by_trigger
                 .entry(s.trigger.event.clone())
                 .or_default()
@@ -196,6 +203,7 @@ impl Catalog {
                 .collect(),
             current,
             by_trigger,
+            dated,
             templates,
         }
     }
@@ -217,6 +225,11 @@ impl Catalog {
     /// Sequences whose trigger is `event_type`, in name order.
     pub fn triggered_by(&self, event_type: &str) -> &[Arc<Sequence>] {
         self.by_trigger.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// Sequences started by a date trigger, in name order.
+    pub fn dated(&self) -> &[Arc<Sequence>] {
+        &self.dated
     }
 
     /// Keeps an older version (read back from the store) so its journeys can finish on it.

@@ -10,8 +10,9 @@ use super::diag::{Diags, Pos, did_you_mean};
 use super::expr::Expr;
 use super::raw::{self, RawStep, Sp};
 use super::{
-    Action, Branch, Category, Experiment, Goal, JourneyKind, Limits, Measure, Migrate, OnTimeout,
-    Sequence, Step, Timing, Trigger, Variant, WaitFor,
+    Action, Branch, Category, DateField, DateTrigger, Experiment, Goal, JourneyKind, Limits,
+    Measure, Migrate, OnTimeout, ReorderTrigger, Repeat, Sequence, Step, Timing, Trigger, Variant,
+    WaitFor,
 };
 use crate::template::Templates;
 use crate::time::{CronWindow, Period, parse_tz};
@@ -202,6 +203,16 @@ impl Compiler<'_, '_, '_> {
         let timezone = raw.timezone.as_ref().and_then(|tz| self.timezone(tz));
         let trigger = self.trigger(raw.trigger.as_ref());
         let journey = self.journey(raw.journey.as_ref());
+        let reorder_per_customer = trigger.as_ref().is_some_and(|t| t.reorder.is_some())
+            && journey == Some(JourneyKind::PerCustomer);
+        if reorder_per_customer {
+            let pos = raw.trigger.as_ref().map_or(Pos::START, |t| t.key);
+            self.d.error_hint(
+                pos,
+                "a `reorder` trigger starts a journey per order",
+                "add `journey: per_order`",
+            );
+        }
         let reenter = self.reenter(raw.reenter.as_ref(), journey);
         let exit_on = raw
             .exit_on
@@ -237,6 +248,7 @@ impl Compiler<'_, '_, '_> {
             migrate,
             experiment: each(experiment)?,
         })
+        .filter(|_| !reorder_per_customer)
     }
 
     /// The sequence's name: as written, else the file's name without its extension.
@@ -362,18 +374,187 @@ impl Compiler<'_, '_, '_> {
             );
             return None;
         };
-        let Some(event) = &t.value.event else {
+        let when = t.value.when.as_ref().map(|w| self.expr(w));
+        if let Some(r) = &t.value.reorder {
+            return self.reorder_trigger(&t.value, r, when);
+        }
+        let (event, date) = match (&t.value.event, &t.value.date) {
+            (Some(event), None) => {
+                self.date_keys_need_a_date(&t.value);
+                (self.event_type(event), Some(None))
+            }
+            (None, Some(date)) => (Some("".into()), self.date_trigger(&t.value, date).map(Some)),
+            (Some(_), Some(date)) => {
+                self.d.error_hint(
+                    date.key,
+                    "a trigger has either `event` or `date`, not both",
+                    "one sequence per trigger: split it in two",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.d.error_hint(
+                    t.pos,
+                    "`trigger` has no `event`",
+                    "add `event: order.placed` (or another event type), or `date: customer.birthday`",
+                );
+                return None;
+            }
+        };
+        Some(Trigger {
+            event: event?,
+            when: each(when)?,
+            date: date?,
+            reorder: None,
+        })
+    }
+
+    /// `reorder: { category, after, per_quantity }`, alone: it is an `order.placed` trigger.
+    fn reorder_trigger(
+        &mut self,
+        t: &raw::RawTrigger,
+        r: &Sp<raw::RawReorder>,
+        when: Option<Option<Expr>>,
+    ) -> Option<Trigger> {
+        if let Some(other) = t.event.as_ref().or(t.date.as_ref()) {
             self.d.error_hint(
-                t.pos,
-                "`trigger` has no `event`",
-                "add `event: order.placed` (or another event type)",
+                other.key,
+                "a `reorder` trigger has no `event` or `date`: it starts after an order",
+                "remove it; the orders that count are those with an item of `reorder.category`",
             );
             return None;
+        }
+        self.date_keys_need_a_date(t);
+        let category = match &r.value.category {
+            Some(c) => self
+                .word(c, "a category")
+                .map(|()| Arc::from(c.value.as_str())),
+            None => {
+                self.d
+                    .error_hint(r.pos, "`reorder` has no `category`", "add `category: film`");
+                None
+            }
         };
-        let when = t.value.when.as_ref().map(|w| self.expr(w));
+        let after = match &r.value.after {
+            Some(a) => self.period(a).filter(|p| {
+                if p.is_zero() {
+                    self.d.error_hint(
+                        a.pos,
+                        "`reorder.after` must be longer than 0s",
+                        "e.g. `after: 30d`",
+                    );
+                }
+                !p.is_zero()
+            }),
+            None => {
+                self.d.error_hint(
+                    r.pos,
+                    "`reorder` needs `after`",
+                    "add `after: 30d`: how long after the order to remind",
+                );
+                None
+            }
+        };
         Some(Trigger {
-            event: self.event_type(event)?,
+            event: "order.placed".into(),
             when: each(when)?,
+            date: None,
+            reorder: Some(ReorderTrigger {
+                category: category?,
+                after: after?,
+                per_quantity: r.value.per_quantity.as_ref().is_some_and(|p| p.value),
+            }),
+        })
+    }
+
+    /// `offset`, `at` and `repeat` belong to a date trigger.
+    fn date_keys_need_a_date(&mut self, t: &raw::RawTrigger) {
+        for (key, v) in [("offset", &t.offset), ("at", &t.at), ("repeat", &t.repeat)] {
+            if let Some(v) = v {
+                self.d.error_hint(
+                    v.key,
+                    format!("`{key}` goes with a `date` trigger"),
+                    "remove it, or trigger on `date: customer.birthday` instead of an event",
+                );
+            }
+        }
+    }
+
+    /// `date` (`customer.birthday` or `customer.attributes.NAME`), `offset` (whole days),
+    /// `at` (`HH:MM`, default 09:00) and `repeat` (default yearly).
+    fn date_trigger(&mut self, t: &raw::RawTrigger, date: &Sp<String>) -> Option<DateTrigger> {
+        let field = match date.value.as_str() {
+            "customer.birthday" => Some(DateField::Birthday),
+            other => match other.strip_prefix("customer.attributes.") {
+                Some(name)
+                    if !name.is_empty()
+                        && name.len() <= 64
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                {
+                    Some(DateField::Attribute(name.into()))
+                }
+                _ => {
+                    self.d.error_hint(
+                        date.pos,
+                        format!("`date` must be customer.birthday or customer.attributes.NAME, found `{other}`"),
+                        "the customer's profile field that holds a YYYY-MM-DD or RFC 3339 date",
+                    );
+                    None
+                }
+            },
+        };
+        let offset_days = match &t.offset {
+            None => Some(0),
+            Some(o) => match parse_offset(&o.value) {
+                Some(days) => Some(days),
+                None => {
+                    self.d.error_hint(
+                        o.pos,
+                        format!(
+                            "`offset` must be whole days, e.g. `-3d` or `2d`, found `{}`",
+                            o.value
+                        ),
+                        "days before (-) or after the date; the time of day is `at`",
+                    );
+                    None
+                }
+            },
+        };
+        let at = match &t.at {
+            None => chrono::NaiveTime::from_hms_opt(9, 0, 0),
+            Some(a) => {
+                let parsed = chrono::NaiveTime::parse_from_str(&a.value, "%H:%M").ok();
+                if parsed.is_none() {
+                    self.d.error_hint(
+                        a.pos,
+                        format!("`at` must be a time of day HH:MM, found `{}`", a.value),
+                        "e.g. `at: \"09:00\"`, in the customer's timezone",
+                    );
+                }
+                parsed
+            }
+        };
+        let repeat = match t.repeat.as_ref().map(|r| r.value.as_str()) {
+            None | Some("yearly") => Some(Repeat::Yearly),
+            Some("monthly") => Some(Repeat::Monthly),
+            Some("once") => Some(Repeat::Once),
+            Some(other) => {
+                let hint = match did_you_mean(other, ["yearly", "monthly", "once"]) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "use yearly, monthly or once".into(),
+                };
+                if let Some(r) = &t.repeat {
+                    self.d
+                        .error_hint(r.pos, format!("unknown `repeat` `{other}`"), hint);
+                }
+                None
+            }
+        };
+        Some(DateTrigger {
+            field: field?,
+            offset_days: offset_days?,
+            at: at?,
+            repeat: repeat?,
         })
     }
 
@@ -1053,4 +1234,19 @@ impl Compiler<'_, '_, '_> {
             steps: mapped,
         })
     }
+}
+
+/// `-3d`, `2d`, `+2d` as days; `None` for anything else or beyond ten years.
+fn parse_offset(text: &str) -> Option<i32> {
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'-' => (-1, &text[1..]),
+        b'+' => (1, &text[1..]),
+        _ => (1, text),
+    };
+    let digits = rest.strip_suffix('d')?;
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let days: i32 = digits.parse().ok()?;
+    (days <= 3650).then_some(sign * days)
 }

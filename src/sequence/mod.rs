@@ -156,8 +156,54 @@ impl Category {
 
 #[derive(Debug)]
 pub struct Trigger {
+    /// The event type that enrols; empty for a date trigger.
     pub event: Arc<str>,
     pub when: Option<Expr>,
+    /// A date trigger: the journey starts on a date of the customer's.
+    pub date: Option<DateTrigger>,
+    /// A reorder trigger (`event` is `order.placed`): the journey starts `after` the order.
+    pub reorder: Option<ReorderTrigger>,
+}
+
+/// `trigger: { reorder: { category, after, per_quantity } }` (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReorderTrigger {
+    pub category: Arc<str>,
+    pub after: Period,
+    pub per_quantity: bool,
+}
+
+/// `trigger: { date, offset, at, repeat }` (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateTrigger {
+    pub field: DateField,
+    /// Days from the date (negative: before).
+    pub offset_days: i32,
+    /// Local time of day, in the customer's timezone.
+    pub at: chrono::NaiveTime,
+    pub repeat: Repeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DateField {
+    Birthday,
+    Attribute(Arc<str>),
+}
+
+impl std::fmt::Display for DateField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DateField::Birthday => f.write_str("customer.birthday"),
+            DateField::Attribute(a) => write!(f, "customer.attributes.{a}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    Yearly,
+    Monthly,
+    Once,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -161,11 +161,48 @@ pub struct RawVariant {
 #[derive(Debug, Default, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawTrigger {
-    /// Event type, e.g. `order.delivered`.
-    #[schemars(required)]
+    /// Event type, e.g. `order.delivered` (or `date` instead).
     pub event: Option<Sp<String>>,
     /// Expression that must be true for the customer to enter.
     pub when: Option<Sp<String>>,
+    /// Instead of an event, a date of the customer's: `customer.birthday` or
+    /// `customer.attributes.NAME` (a `YYYY-MM-DD` or RFC 3339 value).
+    pub date: Option<Sp<String>>,
+    /// Days before (`-3d`) or after (`2d`) the date.
+    #[schemars(regex(pattern = r"^[+-]?[0-9]+d$"))]
+    pub offset: Option<Sp<String>>,
+    /// The local time the journey starts, `HH:MM` in the customer's timezone (default 09:00).
+    #[schemars(regex(pattern = r"^[0-2][0-9]:[0-5][0-9]$"))]
+    pub at: Option<Sp<String>>,
+    /// `yearly` (default), `monthly` or `once`.
+    #[schemars(with = "Option<RepeatSchema>")]
+    pub repeat: Option<Sp<String>>,
+    /// Instead of an event: a reminder to order again, after an order of a category.
+    pub reorder: Option<Sp<RawReorder>>,
+}
+
+/// `trigger.reorder`: a per_order journey starts this long after an order of `category`.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawReorder {
+    /// The item category, e.g. `film`.
+    #[schemars(required)]
+    pub category: Option<Sp<String>>,
+    /// How long after the order, e.g. `30d`.
+    #[schemars(required, regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    pub after: Option<Sp<String>>,
+    /// `after` times the quantity of that category in the order.
+    pub per_quantity: Option<Sp<bool>>,
+}
+
+/// How often a date trigger fires.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum RepeatSchema {
+    Yearly,
+    Monthly,
+    Once,
 }
 
 /// One step of a sequence.
@@ -294,7 +331,10 @@ impl RawVariant {
     pub const KEYS: &[&str] = &["id", "weight", "email", "start", "exit"];
 }
 impl RawTrigger {
-    pub const KEYS: &[&str] = &["event", "when"];
+    pub const KEYS: &[&str] = &["event", "when", "date", "offset", "at", "repeat", "reorder"];
+}
+impl RawReorder {
+    pub const KEYS: &[&str] = &["category", "after", "per_quantity"];
 }
 impl RawStep {
     pub const KEYS: &[&str] = &[
@@ -525,6 +565,17 @@ fn decode_trigger(node: &Node, d: &mut Diags) -> Option<RawTrigger> {
     let t = RawTrigger {
         event: f.get("event").and_then(|e| string(e, "`trigger.event`", d)),
         when: f.get("when").and_then(|e| string(e, "`trigger.when`", d)),
+        date: f.get("date").and_then(|e| string(e, "`trigger.date`", d)),
+        offset: f
+            .get("offset")
+            .and_then(|e| string(e, "`trigger.offset`", d)),
+        at: f.get("at").and_then(|e| string(e, "`trigger.at`", d)),
+        repeat: f
+            .get("repeat")
+            .and_then(|e| string(e, "`trigger.repeat`", d)),
+        reorder: f
+            .get("reorder")
+            .and_then(|e| decode_reorder(e.node, d).map(|r| e.wrap(r))),
     };
     f.finish(RawTrigger::KEYS, "`trigger`", d);
     Some(t)
@@ -610,6 +661,21 @@ fn decode_measure(node: &Node, d: &mut Diags) -> Option<RawMeasure> {
     };
     f.finish(RawMeasure::KEYS, "a measure", d);
     Some(m)
+}
+
+fn decode_reorder(node: &Node, d: &mut Diags) -> Option<RawReorder> {
+    let mut f = Fields::of(node, "`trigger.reorder`", d)?;
+    let r = RawReorder {
+        category: f
+            .get("category")
+            .and_then(|e| string(e, "`reorder.category`", d)),
+        after: f.get("after").and_then(|e| string(e, "`reorder.after`", d)),
+        per_quantity: f
+            .get("per_quantity")
+            .and_then(|e| boolean(e, "`reorder.per_quantity`", d)),
+    };
+    f.finish(RawReorder::KEYS, "`trigger.reorder`", d);
+    Some(r)
 }
 
 fn decode_branch(node: &Node, d: &mut Diags) -> Option<RawBranch> {
@@ -749,5 +815,6 @@ mod tests {
         assert_eq!(props::<RawMeasure>(), sorted(RawMeasure::KEYS));
         assert_eq!(props::<RawVariant>(), sorted(RawVariant::KEYS));
         assert_eq!(props::<RawBranch>(), sorted(RawBranch::KEYS));
+        assert_eq!(props::<RawReorder>(), sorted(RawReorder::KEYS));
     }
 }

@@ -331,7 +331,7 @@ async fn sequences(State(web): State<Arc<Web>>) -> Response {
                 "name": &*s.name,
                 "version": &*s.version,
                 "path": s.path,
-                "trigger": s.trigger.event.to_string(),
+                "trigger": match &s.trigger.date { Some(d) => d.field.to_string(), None => s.trigger.event.to_string() },
                 "steps": s.steps.iter().map(|st| st.id.to_string()).collect::<Vec<_>>(),
             }));
         }

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::customer::Relationship;
+use crate::engine::dates::DateDue;
 use crate::engine::experiment::Assignment;
 use crate::engine::{
     Cause, Changed, Customer, Engine, Journey, JourneyId, Journeys, Order, Orders, PendingGoal,
@@ -191,6 +192,8 @@ struct StateOut<'a> {
     finished: &'a [Arc<str>],
     #[serde(skip_serializing_if = "<[Assignment]>::is_empty")]
     experiments: &'a [Assignment],
+    #[serde(skip_serializing_if = "<[DateDue]>::is_empty")]
+    dates: &'a [DateDue],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     journey_rows: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -210,6 +213,8 @@ struct StateIn {
     finished: Vec<Arc<str>>,
     #[serde(default)]
     experiments: Vec<Assignment>,
+    #[serde(default)]
+    dates: Vec<DateDue>,
     #[serde(default)]
     journey_rows: bool,
     #[serde(default)]
@@ -345,6 +350,7 @@ pub fn to_stored(l: &mut Loaded, rev: i64) -> StoredCustomer {
             .collect(),
         finished: &c.finished,
         experiments: &c.experiments,
+        dates: &c.dates,
         journey_rows: l.journey_rows,
         order_rows: l.order_rows,
     };
@@ -510,6 +516,7 @@ pub fn from_stored(
         c.finished.push(f);
     }
     c.experiments = state.experiments.into();
+    c.dates = state.dates.into();
     let mut find = |name: &str, version: &str| {
         resolve(name, version).ok_or_else(|| Unreadable::UnknownVersion {
             name: name.to_string(),

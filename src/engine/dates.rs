@@ -1,0 +1,330 @@
+//! Date triggers (SPEC §9): a journey that starts on a date of the customer's — a birthday,
+//! an anniversary in `customer.attributes` — at a local time, every year, every month or once.
+//!
+//! Each customer keeps the next occurrence of each date-triggered sequence ([`DateDue`]); the
+//! earliest is part of [`Engine::next_due`], so the store's due index wakes the customer then,
+//! as for a step. Nothing scans all customers: an occurrence is computed when the date is
+//! learnt or changed, and the next one when it fires. One already past when the date becomes
+//! known is not sent; the next one is.
+
+use chrono::{Datelike, Days, LocalResult, Months, NaiveDate, NaiveDateTime, TimeZone};
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::sequence::{DateTrigger, ReorderTrigger, Repeat};
+
+/// The next start of a date-triggered sequence for one customer, or of a reorder reminder
+/// for one of their orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DateDue {
+    pub sequence: Arc<str>,
+    pub at: DateTime<Utc>,
+    /// The order a reorder reminder follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Arc<str>>,
+}
+
+impl Engine {
+    /// Schedules the customer's date-triggered sequences afresh when the event may have
+    /// changed a date they read (or one has none scheduled yet): the first occurrence after
+    /// `now`.
+    pub(super) fn schedule_dates(&self, c: &mut Customer, ev: &Event, now: DateTime<Utc>) {
+        let dated = self.catalog.dated();
+        if dated.is_empty() {
+            return;
+        }
+        let touched = ev
+            .customer
+            .as_ref()
+            .is_some_and(|p| p.birthday.is_some() || p.attributes.is_some());
+        for seq in dated {
+            let Some(trigger) = &seq.trigger.date else {
+                continue;
+            };
+            let scheduled = c.dates.iter().position(|d| d.sequence == seq.name);
+            if !touched && scheduled.is_some() {
+                continue;
+            }
+            let next = c
+                .profile
+                .date_of(&trigger.field)
+                .and_then(|value| next_after(trigger, value, self.timezone_of(c, seq), now));
+            set_due(c, seq, scheduled, next);
+        }
+    }
+
+    /// Starts the journeys whose date has come (before `before`, when given), each with
+    /// the occurrence in its reason, and schedules the next occurrence.
+    pub(super) fn fire_dates(
+        &self,
+        c: &mut Customer,
+        now: DateTime<Utc>,
+        before: Option<DateTime<Utc>>,
+        out: &mut Vec<Decision>,
+    ) {
+        let limit = before.map_or(now, |b| b.min(now));
+        while let Some(i) = c
+            .dates
+            .iter()
+            .position(|d| d.at < limit || (before.is_none() && d.at == limit))
+        {
+            let due = c.dates.remove(i);
+            let Some(seq) = self.catalog.get(&due.sequence).cloned() else {
+                continue;
+            };
+            if let (Some(order), Some(r)) = (&due.order, &seq.trigger.reorder) {
+                self.start_reorder(c, &seq, r, order, due.at, now, out);
+                continue;
+            }
+            let Some(trigger) = seq.trigger.date.clone() else {
+                continue;
+            };
+            let tz = self.timezone_of(c, &seq);
+            let value = c.profile.date_of(&trigger.field).map(str::to_string);
+            if let Some(value) = &value {
+                self.start_dated(c, &seq, &trigger, value, due.at, tz, now, out);
+                let next = next_after(&trigger, value, tz, now.max(due.at));
+                set_due(c, &seq, None, next);
+            }
+        }
+    }
+
+    /// The journey of `seq` for the occurrence at `at`, unless the customer is in it already
+    /// or its `when` is false. Each occurrence is a journey of its own: `reenter` does not
+    /// apply.
+    #[allow(clippy::too_many_arguments)]
+    fn start_dated(
+        &self,
+        c: &mut Customer,
+        seq: &Arc<Sequence>,
+        trigger: &DateTrigger,
+        value: &str,
+        at: DateTime<Utc>,
+        tz: Tz,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        if c.journeys.any_of(&seq.name, None) {
+            return;
+        }
+        if let Some(when) = &seq.trigger.when {
+            let ctx = Ctx::new(&c.profile, None, None, None).into_value();
+            if !eval(when, ctx, c) {
+                return;
+            }
+        }
+        let local = at.with_timezone(&tz).format("%Y-%m-%d %H:%M");
+        let entry = Entry {
+            sequence: seq.clone(),
+            id: JourneyId::derive(&[&seq.name, "date", &rfc3339(at)]),
+            order_id: None,
+            base: at,
+            reason: format!("date {} {value}: {local} {}", trigger.field, tz.name()),
+            backfill: false,
+        };
+        self.enter(c, entry, now, out);
+    }
+
+    /// An order with an item of `r.category`: the customer reordered, so the sequence's
+    /// journeys and reminders for their earlier orders end (`exit`, `reordered`); this order's
+    /// reminder is due `r.after` (times the quantity, `per_quantity`) after it.
+    pub(super) fn reorder(
+        &self,
+        c: &mut Customer,
+        seq: &Arc<Sequence>,
+        r: &ReorderTrigger,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let crate::event::EventData::OrderPlaced(placed) = &ev.data else {
+            return;
+        };
+        let quantity: u64 = placed
+            .items
+            .iter()
+            .filter(|i| *i.category == *r.category)
+            .map(|i| u64::from(i.quantity))
+            .sum();
+        if quantity == 0 {
+            return;
+        }
+        let order = placed.order_id.as_str();
+        let earlier: Vec<JourneyId> = c
+            .journeys
+            .iter()
+            .filter(|j| j.sequence.name == seq.name && j.order_id.as_deref() != Some(order))
+            .map(|j| j.id)
+            .collect();
+        for id in earlier {
+            if let Some(ji) = c.journeys.find(id) {
+                self.end(c, ji, now, Action::Exit, "reordered".into(), false, out);
+            }
+        }
+        c.dates
+            .retain(|d| d.sequence != seq.name || d.order.as_deref() == Some(order));
+        if self.may_enter(c, seq, Some(order)).is_err()
+            || c.dates.iter().any(|d| d.sequence == seq.name)
+        {
+            return;
+        }
+        let Some(at) = reminder_at(r, ev.time, quantity) else {
+            return;
+        };
+        c.dates.push(DateDue {
+            sequence: seq.name.clone(),
+            at,
+            order: Some(order.into()),
+        });
+    }
+
+    /// The reorder reminder of `order`, due now: its journey, with the interval in the reason.
+    #[allow(clippy::too_many_arguments)]
+    fn start_reorder(
+        &self,
+        c: &mut Customer,
+        seq: &Arc<Sequence>,
+        r: &ReorderTrigger,
+        order: &str,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        if self.may_enter(c, seq, Some(order)).is_err() {
+            return;
+        }
+        let quantity: u64 = c.order(order).map_or(1, |o| {
+            o.items
+                .iter()
+                .filter(|i| *i.category == *r.category)
+                .map(|i| u64::from(i.quantity))
+                .sum()
+        });
+        let times = match r.per_quantity && quantity > 1 {
+            true => format!(" ({} × {quantity})", r.after),
+            false => String::new(),
+        };
+        let waited = Period(at - c.order(order).and_then(|o| o.placed_at).unwrap_or(at));
+        let entry = Entry {
+            sequence: seq.clone(),
+            id: JourneyId::derive(&[&seq.name, "reorder", order]),
+            order_id: Some(order),
+            base: at,
+            reason: format!(
+                "reorder {}: {waited} after order {order}{times}",
+                r.category
+            ),
+            backfill: false,
+        };
+        self.enter(c, entry, now, out);
+    }
+
+    /// The timezone a date is read in: the customer's, the sequence's, the policy's.
+    fn timezone_of(&self, c: &Customer, seq: &Sequence) -> Tz {
+        c.profile
+            .timezone
+            .or(seq.timezone)
+            .unwrap_or(self.policy.timezone)
+    }
+}
+
+/// Replaces (at `scheduled`) or adds the customer's next occurrence of `seq`; `None` removes it.
+fn set_due(
+    c: &mut Customer,
+    seq: &Sequence,
+    scheduled: Option<usize>,
+    next: Option<DateTime<Utc>>,
+) {
+    let scheduled = scheduled.or_else(|| c.dates.iter().position(|d| d.sequence == seq.name));
+    match (scheduled, next) {
+        (Some(i), Some(at)) => c.dates[i].at = at,
+        (Some(i), None) => {
+            c.dates.remove(i);
+        }
+        (None, Some(at)) => c.dates.push(DateDue {
+            sequence: seq.name.clone(),
+            at,
+            order: None,
+        }),
+        (None, None) => {}
+    }
+}
+
+/// When the reminder for an order placed at `placed` is due: `after`, times the quantity when
+/// `per_quantity` (at most 100 times).
+fn reminder_at(r: &ReorderTrigger, placed: DateTime<Utc>, quantity: u64) -> Option<DateTime<Utc>> {
+    let times = match r.per_quantity {
+        true => quantity.clamp(1, 100) as i32,
+        false => 1,
+    };
+    placed.checked_add_signed(r.after.0.checked_mul(times)?)
+}
+
+/// The date in `value`: `YYYY-MM-DD`, or the date an RFC 3339 time has where it was written.
+pub fn parse_date(value: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .ok()
+        .or_else(|| {
+            DateTime::parse_from_rfc3339(value)
+                .ok()
+                .map(|t| t.date_naive())
+        })
+}
+
+/// The first occurrence of `trigger` for the date `value` strictly after `after`, in `tz`.
+pub fn next_after(
+    trigger: &DateTrigger,
+    value: &str,
+    tz: Tz,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let date = parse_date(value)?;
+    let local = after.with_timezone(&tz).date_naive();
+    let candidates: Box<dyn Iterator<Item = NaiveDate>> = match trigger.repeat {
+        Repeat::Once => Box::new(std::iter::once(date)),
+        // From the year before (an offset may move an occurrence across New Year).
+        Repeat::Yearly => {
+            Box::new((local.year() - 1..=local.year() + 2).filter_map(move |y| on_year(date, y)))
+        }
+        Repeat::Monthly => {
+            let start = local.with_day(1)?.checked_sub_months(Months::new(2))?;
+            Box::new((0..16).filter_map(move |m| {
+                let month = start.checked_add_months(Months::new(m))?;
+                on_month(date, month)
+            }))
+        }
+    };
+    candidates
+        .filter_map(|d| shift(d, trigger.offset_days))
+        .filter_map(|d| instant(tz, d.and_time(trigger.at)))
+        .find(|t| *t > after)
+}
+
+/// The anniversary of `date` in year `y`; 29 February falls on 28 February in other years.
+fn on_year(date: NaiveDate, y: i32) -> Option<NaiveDate> {
+    NaiveDate::from_ymd_opt(y, date.month(), date.day())
+        .or_else(|| NaiveDate::from_ymd_opt(y, date.month(), date.day() - 1))
+}
+
+/// `date`'s day of the month in the month of `first` (its first day), or that month's last.
+fn on_month(date: NaiveDate, first: NaiveDate) -> Option<NaiveDate> {
+    (0..4).find_map(|back| NaiveDate::from_ymd_opt(first.year(), first.month(), date.day() - back))
+}
+
+fn shift(d: NaiveDate, days: i32) -> Option<NaiveDate> {
+    match days >= 0 {
+        true => d.checked_add_days(Days::new(days as u64)),
+        false => d.checked_sub_days(Days::new(days.unsigned_abs() as u64)),
+    }
+}
+
+/// The instant of a local time; in a gap (clocks forward) the first valid minute after it.
+fn instant(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    (0..=180).find_map(|minutes| {
+        match tz.from_local_datetime(&(local + chrono::Duration::minutes(minutes))) {
+            LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+            LocalResult::Ambiguous(first, _) => Some(first.with_timezone(&Utc)),
+            LocalResult::None => None,
+        }
+    })
+}
