@@ -24,15 +24,21 @@ use crate::stats::{self, Count};
 pub struct Tally {
     measures: BTreeMap<(String, String), Groups>,
     variants: BTreeMap<(String, String, String), Count>,
-    /// Per sequence: assignments whose entry was in the last 90 days, and all of them.
-    recent: BTreeMap<String, (u64, u64)>,
+    /// Per sequence: assignments whose entry was in the last 90 days, all of them, and the
+    /// earliest entry.
+    recent: BTreeMap<String, Entries>,
     relationship: Relationship,
     /// Customers helped who have not ordered since (a referral may yet count for them), and
     /// the latest referral each referrer made: joined in [`Tally::report`], since a referral
     /// is another customer's order.
     waiting: Vec<(Box<str>, DateTime<Utc>)>,
     referrals: HashMap<Box<str>, DateTime<Utc>>,
-    /// The earliest entry counted.
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Entries {
+    recent: u64,
+    all: u64,
     first: Option<DateTime<Utc>>,
 }
 
@@ -70,7 +76,11 @@ impl Tally {
         let Some(r) = relationship else {
             return;
         };
-        if let Some(h) = r.helped_at.filter(|h| *h + HELP_COUNTS_FOR >= now) {
+        let last = r.last_helped_at.or(r.helped_at);
+        if let Some(h) = r
+            .helped_at
+            .filter(|_| last.is_some_and(|l| l + HELP_COUNTS_FOR >= now))
+        {
             self.relationship.helped += 1;
             match r.returned_at {
                 Some(_) => self.relationship.returned += 1,
@@ -92,11 +102,11 @@ impl Tally {
         if *seq.salt() != *a.salt {
             return;
         }
-        self.first = Some(self.first.map_or(a.at, |f| f.min(a.at)));
-        let recent = self.recent.entry(seq.name.to_string()).or_default();
-        recent.1 += 1;
+        let entries = self.recent.entry(seq.name.to_string()).or_default();
+        entries.all += 1;
+        entries.first = Some(entries.first.map_or(a.at, |f| f.min(a.at)));
         if a.at > now - Duration::days(PLAN_DAYS) {
-            recent.0 += 1;
+            entries.recent += 1;
         }
         for m in seq.experiment.iter().flat_map(|x| &x.measures) {
             let g = self
@@ -112,7 +122,9 @@ impl Tally {
                 false => &mut g.treated,
             };
             group.n += 1;
-            group.k += u64::from(a.met(&m.name));
+            // Met within the window as the file has it now (an edited `within` counts anew).
+            let met = a.met_at(&m.name).is_some_and(|t| t <= a.at + m.within.0);
+            group.k += u64::from(met);
         }
         for v in &a.variants {
             let c = self
@@ -139,18 +151,18 @@ impl Tally {
             let mine = self.variants.entry(key).or_insert(Count { k: 0, n: 0 });
             *mine = add(*mine, c);
         }
-        for (key, (recent, all)) in other.recent {
+        for (key, e) in other.recent {
             let mine = self.recent.entry(key).or_default();
-            mine.0 += recent;
-            mine.1 += all;
+            mine.recent += e.recent;
+            mine.all += e.all;
+            mine.first = match (mine.first, e.first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         self.relationship.helped += other.relationship.helped;
         self.relationship.returned += other.relationship.returned;
         self.waiting.extend(other.waiting);
-        self.first = match (self.first, other.first) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         for (by, at) in other.referrals {
             let latest = self.referrals.entry(by).or_insert(at);
             *latest = (*latest).max(at);
@@ -204,10 +216,10 @@ impl Tally {
         days: Option<f64>,
     ) -> ExperimentFigures {
         let name = seq.name.to_string();
-        let (recent, all) = self.recent.get(&name).copied().unwrap_or_default();
-        let since_first = self
-            .first
-            .map_or(0.0, |f| (now - f).num_seconds() as f64 / 86_400.0);
+        let Entries { recent, all, first } = self.recent.get(&name).copied().unwrap_or_default();
+        // Since this sequence's first entry: one deployed lately is not diluted by the store's
+        // older history.
+        let since_first = first.map_or(0.0, |f| (now - f).num_seconds() as f64 / 86_400.0);
         // A replayed history: its entries over its span. The store: the last 90 days, or
         // the whole history when it is shorter.
         let per_day = match days {

@@ -379,26 +379,29 @@ mod independent {
             }
         }
         for d in decisions {
-            if d["sequence"] == "camera-education" && d["action"] == "complete" {
-                moments.push((time(&d["at"]), d["customer"].as_str().unwrap(), true));
+            let c = d["customer"].as_str().unwrap();
+            // A held-out customer was sent no education: their completion is no help.
+            if d["sequence"] == "camera-education" && d["action"] == "complete" && !held_out(c) {
+                moments.push((time(&d["at"]), c, true));
             }
         }
         moments.sort_by_key(|m| m.0);
-        let mut spell: HashMap<&str, (Time, bool)> = HashMap::new();
+        // (first help of the spell, latest help, ordered since the first).
+        let mut spell: HashMap<&str, (Time, Time, bool)> = HashMap::new();
         for (t, c, help) in moments {
             match (help, spell.get_mut(c)) {
-                (true, Some(s)) if s.0 + Duration::days(365) >= t => {}
+                (true, Some(s)) if s.0 + Duration::days(365) >= t => s.1 = t,
                 (true, _) => {
-                    spell.insert(c, (t, false));
+                    spell.insert(c, (t, t, false));
                 }
-                (false, Some(s)) if s.0 < t => s.1 = true,
+                (false, Some(s)) if s.0 < t => s.2 = true,
                 (false, _) => {}
             }
         }
         let counted = spell
             .values()
-            .filter(|(h, _)| *h + Duration::days(365) >= end);
-        counted.fold((0, 0), |(n, k), (_, returned)| {
+            .filter(|(_, last, _)| *last + Duration::days(365) >= end);
+        counted.fold((0, 0), |(n, k), (_, _, returned)| {
             (n + 1, k + u64::from(*returned))
         })
     }

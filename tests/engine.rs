@@ -1376,3 +1376,41 @@ fn reorder_reminders_start_after_the_order_and_a_reorder_ends_them() {
     );
     assert!(of("other").is_empty());
 }
+
+const MEASURED: &str = r#"
+name: measured
+category: education
+trigger: { event: order.delivered }
+journey: per_order
+experiment:
+  holdout: 50%
+  salt: race
+  measure:
+    - { name: again, event: order.placed, within: 30d }
+steps:
+  - id: tip
+    email: { template: t/a }
+"#;
+
+/// Events that overtake each other count as in order: an order placed after the delivery
+/// that enters the customer, but applied before it, is a conversion; a later delivery
+/// applied first does not move the window when the earlier one arrives.
+#[test]
+fn measures_count_as_in_order_when_the_entry_arrives_late() {
+    let mut env = TestEnv::new(&[MEASURED]);
+    // Each at most days late: within policy.max_event_age, so they still enrol.
+    env.placed("c1", "o2", "+5d", "bag");
+    env.event("order.delivered", "c1", "+1d", json!({"order_id": "o1"}));
+    env.event("order.delivered", "c2", "+6d", json!({"order_id": "o4"}));
+    env.event("order.delivered", "c2", "+1d", json!({"order_id": "o3"}));
+    env.placed("c2", "o5", "+3d", "bag");
+    env.advance("+200d");
+    let m = &env.sim.report().experiments[0].measures[0];
+    let (customers, converted) = (
+        m.treated.customers + m.held_out.customers,
+        m.treated.converted + m.held_out.converted,
+    );
+    // c1: o2 (day 5) came after the delivery on day 1; c2: o5 (day 3) came after the first
+    // delivery (day 1), where the window starts, though before the one applied first (day 6).
+    assert_eq!((customers, converted), (2, 2));
+}

@@ -505,3 +505,28 @@ fn reorder_triggers_need_a_category_an_interval_and_a_journey_per_order() {
         ]
     );
 }
+
+#[test]
+fn a_holdout_needs_a_marketing_sequence_and_something_to_measure() {
+    let steps =
+        "trigger: { event: order.placed }\nsteps:\n  - id: a\n    email: { template: t/a }\n";
+    let transactional = format!(
+        "name: s\ncategory: transactional\nexperiment:\n  holdout: 10%\n  measure: [{{ name: m, event: order.placed, within: 30d }}]\n{steps}"
+    );
+    let unmeasured = format!("name: s\nexperiment:\n  holdout: 10%\n{steps}");
+    let instant = format!(
+        "name: s\nexperiment:\n  holdout: 10%\n  measure: [{{ name: m, event: order.placed, within: 0s }}]\n{steps}"
+    );
+    let all: Vec<String> = [transactional, unmeasured, instant]
+        .iter()
+        .flat_map(|y| check(y))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "s.yaml:3:1: a transactional sequence cannot hold customers out: its emails are always sent\n  hint: remove `experiment`, or give the sequence a marketing category",
+            "s.yaml:2:1: a holdout without a `measure` withholds emails and measures nothing\n  hint: add `measure: [{ name: repeat_purchase, event: order.placed, within: 90d }]`",
+            "s.yaml:4:53: `measure.within` must be longer than 0s: nothing could be counted\n  hint: how long after entering a conversion counts, e.g. `within: 90d`",
+        ]
+    );
+}

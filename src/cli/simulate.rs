@@ -48,11 +48,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = args.sequences.unwrap_or(config.sequences.dir.clone());
     let catalog = Arc::new(super::load_catalog_strict(&dir, &config)?);
     let threads = threads(args.threads);
-    // Created before the replay, so a path that cannot be written fails at once.
+    // A partial file beside it, created before the replay (a path that cannot be written
+    // fails at once) and renamed over it at the end: a failed replay leaves the old report.
     let report_file = match &args.report {
-        Some(path) => {
-            Some(File::create(path).with_context(|| format!("creating {}", path.display()))?)
-        }
+        Some(path) => Some(ReportFile::create(path, &args.events, &dir)?),
         None => None,
     };
 
@@ -76,19 +75,74 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("replaying {shown}"))?;
     out.flush()?;
     report(&summary);
-    if let (Some(file), Some(path)) = (report_file, &args.report) {
+    if let Some(file) = report_file {
         let figures = summary.report(&catalog);
-        let mut w = BufWriter::new(file);
-        serde_json::to_writer_pretty(&mut w, &figures)
-            .map_err(std::io::Error::from)
-            .and_then(|()| w.write_all(b"\n"))
-            .and_then(|()| w.flush())
-            .with_context(|| format!("writing {}", path.display()))?;
+        file.write(&figures)?;
         let mut text = String::new();
         figures.write_text(&mut text);
         eprint!("{text}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--report FILE`, written through `FILE.partial` (removed if the run ends before).
+struct ReportFile {
+    path: PathBuf,
+    partial: PathBuf,
+    file: File,
+}
+
+impl Drop for ReportFile {
+    fn drop(&mut self) {
+        // Renamed already when all went well; otherwise what is left of a failed run.
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}
+
+impl ReportFile {
+    /// Refuses a path that is the events file or inside the sequences folder (the replay
+    /// reads both), then creates the partial file.
+    fn create(path: &Path, events: &Path, sequences: &Path) -> anyhow::Result<ReportFile> {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let target = absolute(path);
+        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => absolute(a) == absolute(b),
+        };
+        if same(path, events) {
+            anyhow::bail!("--report {}: that is the events file", path.display());
+        }
+        let folder = std::fs::canonicalize(sequences).unwrap_or_else(|_| absolute(sequences));
+        let parent = target
+            .parent()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+        if parent.is_some_and(|p| p.starts_with(&folder)) {
+            anyhow::bail!("--report {}: inside the sequences folder", path.display());
+        }
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let file =
+            File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        Ok(ReportFile {
+            path: path.to_path_buf(),
+            partial,
+            file,
+        })
+    }
+
+    fn write(self, figures: &crate::experiments::Report) -> anyhow::Result<()> {
+        let mut w = BufWriter::new(&self.file);
+        let written = serde_json::to_writer_pretty(&mut w, figures)
+            .map_err(std::io::Error::from)
+            .and_then(|()| w.write_all(b"\n"))
+            .and_then(|()| w.flush());
+        drop(w);
+        let written = written
+            .and_then(|()| self.file.sync_all())
+            .and_then(|()| std::fs::rename(&self.partial, &self.path));
+        written.with_context(|| format!("writing {}", self.path.display()))
+    }
 }
 
 /// Replays on this thread.

@@ -41,6 +41,9 @@ pub struct Customer {
 pub struct Relationship {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub helped_at: Option<DateTime<Utc>>,
+    /// The latest help: the customer counts as helped for 12 months from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_helped_at: Option<DateTime<Utc>>,
     /// The first order placed after `helped_at`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub returned_at: Option<DateTime<Utc>>,
@@ -264,8 +267,18 @@ impl Customer {
     /// Whether they came back is read from their orders, so events racing each other end as in
     /// order.
     pub fn helped(&mut self, at: DateTime<Utc>) {
-        let helped_at = match self.profile.relationship.as_ref().and_then(|r| r.helped_at) {
-            Some(h) if h + HELP_COUNTS_FOR >= at && h <= at => return,
+        let r = self.profile.relationship.as_deref();
+        let last = r
+            .and_then(|r| r.last_helped_at.or(r.helped_at))
+            .max(Some(at));
+        let helped_at = match r.and_then(|r| r.helped_at) {
+            Some(h) if h + HELP_COUNTS_FOR >= at && h <= at => {
+                Arc::make_mut(&mut self.profile)
+                    .relationship
+                    .get_or_insert_default()
+                    .last_helped_at = last;
+                return;
+            }
             Some(h) if h + HELP_COUNTS_FOR >= at => at.min(h),
             _ => at,
         };
@@ -278,6 +291,7 @@ impl Customer {
         let p = Arc::make_mut(&mut self.profile);
         let r = p.relationship.get_or_insert_default();
         r.helped_at = Some(helped_at);
+        r.last_helped_at = last;
         r.returned_at = returned_at;
     }
 

@@ -177,10 +177,13 @@ impl Engine {
             return;
         }
         let salt = seq.salt();
-        if c.experiments
-            .iter()
-            .any(|a| *a.sequence == *seq.name && *a.salt == *salt)
-        {
+        let mine = |a: &Assignment| *a.sequence == *seq.name && *a.salt == *salt;
+        if let Some(i) = c.experiments.iter().position(mine) {
+            // An earlier entry that arrived late is the first: the window counts from it.
+            if at < c.experiments[i].at {
+                c.experiments[i].at = at;
+                self.orders_since(c, i, seq);
+            }
             return;
         }
         let global = self.policy.global_holdout.as_ref();
@@ -197,6 +200,39 @@ impl Engine {
             converted: Vec::new(),
             variants: Vec::new(),
         });
+        let i = c.experiments.len() - 1;
+        self.orders_since(c, i, seq);
+    }
+
+    /// Counts, for assignment `i`, the orders the customer already placed within a measure's
+    /// window (`order.placed` measures without `when`, whose events the orders keep): an
+    /// order that overtook the entry counts as it would have in order.
+    fn orders_since(&self, c: &mut Customer, i: usize, seq: &Sequence) {
+        let Some(x) = &seq.experiment else {
+            return;
+        };
+        for m in x
+            .measures
+            .iter()
+            .filter(|m| &*m.event == "order.placed" && m.when.is_none())
+        {
+            let a = &c.experiments[i];
+            let first = c
+                .orders
+                .iter()
+                .filter_map(|o| o.placed_at)
+                .filter(|t| a.at < *t && *t <= a.at + m.within.0)
+                .min();
+            let Some(first) = first.filter(|t| a.met_at(&m.name).is_none_or(|m| *t < m)) else {
+                continue;
+            };
+            let converted = &mut c.experiments[i].converted;
+            converted.retain(|c| c.measure != m.name);
+            converted.push(Converted {
+                measure: m.name.clone(),
+                at: first,
+            });
+        }
     }
 
     /// Counts `ev` for the measures it meets: its event type, after the entry and within the

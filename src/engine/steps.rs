@@ -419,10 +419,14 @@ impl Engine {
             d.step = None;
         }
         out.push(d);
+        // Help is what the customer was sent: a held-out customer's completion is not.
+        let helped = action == Action::Complete
+            && *c.journeys[ji].sequence.category.0 == *"education"
+            && self.held_out(c, ji).is_none();
         let Some(j) = c.journeys.remove(ji) else {
             return;
         };
-        if action == Action::Complete && *j.sequence.category.0 == *"education" {
+        if helped {
             c.helped(now);
         }
         if finished

@@ -229,6 +229,10 @@ impl Compiler<'_, '_, '_> {
             (Some(x), Some(name)) => Some(self.experiment(x, name)),
             _ => None,
         };
+        let experiment = match (experiment, &category, &raw.experiment) {
+            (Some(Some(x)), Some(c), Some(raw)) => Some(self.holdout_fits(x, c, raw)),
+            (other, _, _) => other,
+        };
         Some(Sequence {
             name: name?.into(),
             // Set once the templates its steps use are known (`compile_with`).
@@ -1008,6 +1012,36 @@ impl Compiler<'_, '_, '_> {
         })
     }
 
+    /// A holdout withholds marketing email to measure it: not on a transactional sequence
+    /// (transactional email is never held out), and not without a measure.
+    fn holdout_fits(
+        &mut self,
+        x: Experiment,
+        category: &Category,
+        raw: &Sp<raw::RawExperiment>,
+    ) -> Option<Experiment> {
+        if x.holdout == 0 {
+            return Some(x);
+        }
+        if category.is_transactional() {
+            self.d.error_hint(
+                raw.key,
+                "a transactional sequence cannot hold customers out: its emails are always sent",
+                "remove `experiment`, or give the sequence a marketing category",
+            );
+            return None;
+        }
+        if x.measures.is_empty() {
+            self.d.error_hint(
+                raw.key,
+                "a holdout without a `measure` withholds emails and measures nothing",
+                "add `measure: [{ name: repeat_purchase, event: order.placed, within: 90d }]`",
+            );
+            return None;
+        }
+        Some(x)
+    }
+
     /// `10%`, `12.5%`: basis points from 0 to 5,000.
     fn holdout(&mut self, h: &Sp<String>) -> Option<u32> {
         let points = crate::engine::experiment::parse_share(&h.value);
@@ -1097,7 +1131,16 @@ impl Compiler<'_, '_, '_> {
             }
         };
         let within = match &m.within {
-            Some(w) => self.period(w),
+            Some(w) => self.period(w).filter(|p| {
+                if p.is_zero() {
+                    self.d.error_hint(
+                        w.pos,
+                        "`measure.within` must be longer than 0s: nothing could be counted",
+                        "how long after entering a conversion counts, e.g. `within: 90d`",
+                    );
+                }
+                !p.is_zero()
+            }),
             None => {
                 missing(self.d, "within", "90d");
                 None
