@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::compact::Compact;
+use super::compact::{Compact, Sparse};
 use super::dates::DateDue;
 use super::experiment::Assignment;
 use super::journey::PendingGoal;
@@ -28,9 +28,9 @@ pub struct Customer {
     /// per_customer sequences this customer has finished (for `reenter: false`).
     pub finished: Compact<Arc<str>>,
     /// The customer's groups in the experiments of the sequences they entered.
-    pub experiments: Compact<Assignment>,
+    pub experiments: Sparse<Assignment>,
     /// The next start of each date-triggered sequence.
-    pub dates: Compact<DateDue>,
+    pub dates: Sparse<DateDue>,
 }
 
 /// What the return on relationship counts (SPEC §8): when the customer was helped — a support
@@ -198,8 +198,8 @@ impl Customer {
             journeys: Journeys::default(),
             goals: Compact::default(),
             finished: Compact::default(),
-            experiments: Compact::default(),
-            dates: Compact::default(),
+            experiments: Sparse::default(),
+            dates: Sparse::default(),
         }
     }
 

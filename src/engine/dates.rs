@@ -68,7 +68,9 @@ impl Engine {
             .iter()
             .position(|d| d.at < limit || (before.is_none() && d.at == limit))
         {
-            let due = c.dates.remove(i);
+            let Some(due) = c.dates.remove(i) else {
+                break;
+            };
             let Some(seq) = self.catalog.get(&due.sequence).cloned() else {
                 continue;
             };
