@@ -1414,3 +1414,163 @@ fn measures_count_as_in_order_when_the_entry_arrives_late() {
     // delivery (day 1), where the window starts, though before the one applied first (day 6).
     assert_eq!((customers, converted), (2, 2));
 }
+
+const LATER_BIRTHDAY: &str = r#"
+name: later
+category: birthday
+trigger: { date: customer.birthday, offset: 400d }
+steps:
+  - id: wish
+    email: { template: t/b }
+"#;
+
+/// One journey per occurrence, whatever the events repeat: a shop sends the customer block
+/// with every event, and a timezone learnt after the occurrence fired does not fire it again
+/// (nor a `once` date); a timezone learnt before it moves it; an occurrence at the instant of
+/// the event that teaches the date runs after it (SPEC: ties); an offset of more than a year
+/// still fires every year.
+#[test]
+fn date_occurrences_fire_once_whatever_the_events_repeat() {
+    let mut env = TestEnv::new(&[BIRTHDAY, ONCE, LATER_BIRTHDAY]);
+    let learn = |env: &mut TestEnv, c: &str, at: &str, mut customer: serde_json::Value| {
+        customer["email"] = json!(format!("{c}@example.com"));
+        env.event("customer.updated", c, at, json!({ "customer": customer }));
+    };
+    learn(
+        &mut env,
+        "again",
+        "2025-01-01T00:00:00Z",
+        json!({"birthday": "1990-03-10"}),
+    );
+    learn(
+        &mut env,
+        "once",
+        "2025-01-01T00:00:00Z",
+        json!({"attributes": {"joined": "2025-03-10"}}),
+    );
+    learn(
+        &mut env,
+        "seoul",
+        "2025-01-01T00:00:00Z",
+        json!({"birthday": "1990-03-10"}),
+    );
+    learn(
+        &mut env,
+        "seoul",
+        "2025-01-02T00:00:00Z",
+        json!({"timezone": "Asia/Seoul"}),
+    );
+    learn(
+        &mut env,
+        "again",
+        "2025-03-10T12:00:00Z",
+        json!({"birthday": "1990-03-10", "timezone": "America/Los_Angeles"}),
+    );
+    learn(
+        &mut env,
+        "once",
+        "2025-03-10T12:00:00Z",
+        json!({"timezone": "America/Los_Angeles"}),
+    );
+    learn(
+        &mut env,
+        "tie",
+        "2025-03-11T09:00:00Z",
+        json!({"birthday": "1990-03-11"}),
+    );
+    env.advance("2026-08-01T00:00:00Z");
+    let enters: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| l.contains(" enter "))
+        .map(|l| {
+            let (at, rest) = l.split_once(' ').unwrap();
+            let (who, rest) = rest.split_once(' ').unwrap();
+            format!("{at} {who} {}", rest.split_once(' ').unwrap().0)
+        })
+        .collect();
+    assert_eq!(
+        enters,
+        [
+            "2025-03-10T00:00:00Z seoul birthday/wish",
+            "2025-03-10T08:00:00Z once anniversary/thanks",
+            "2025-03-10T09:00:00Z again birthday/wish",
+            "2025-03-11T09:00:00Z tie birthday/wish",
+            // 400 days after the 2024 birthdays, then after the 2025 ones.
+            "2025-04-14T00:00:00Z seoul later/wish",
+            "2025-04-14T16:00:00Z again later/wish",
+            "2025-04-15T09:00:00Z tie later/wish",
+            "2026-03-10T00:00:00Z seoul birthday/wish",
+            "2026-03-10T16:00:00Z again birthday/wish",
+            "2026-03-11T09:00:00Z tie birthday/wish",
+            "2026-04-14T00:00:00Z seoul later/wish",
+            "2026-04-14T16:00:00Z again later/wish",
+            "2026-04-15T09:00:00Z tie later/wish",
+        ]
+    );
+}
+
+/// A reorder that arrives late (older than `policy.max_event_age`) enrols nobody, but it is
+/// still a reorder: the earlier order's pending reminder is dropped.
+#[test]
+fn a_late_reorder_drops_the_pending_reminder() {
+    let mut env = TestEnv::new(&[FILM]);
+    env.placed("late", "o1", "+0s", "film");
+    env.placed("clock", "x", "+19d", "bag");
+    env.placed("late", "o2", "+9d", "film");
+    env.advance("+100d");
+    let lines: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| l.contains(" late "))
+        .collect();
+    assert!(lines.is_empty(), "{lines:?}");
+}
+
+/// Attributes are merged (null removes one) and bounded: a name over 64 bytes, a value over
+/// 4 KiB of JSON and names past the 64th are dropped.
+#[test]
+fn attributes_merge_and_stay_bounded() {
+    let mut env = TestEnv::new(&[BIRTHDAY]);
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("tier".into(), json!("gold"));
+    attributes.insert("gone".into(), json!(1));
+    attributes.insert("n".repeat(65), json!(1));
+    attributes.insert("blob".into(), json!("x".repeat(5000)));
+    let customer = |a: serde_json::Map<String, serde_json::Value>| json!({"email": "k@example.com", "attributes": a});
+    env.event(
+        "customer.updated",
+        "k",
+        "+0s",
+        json!({ "customer": customer(attributes) }),
+    );
+    let more: serde_json::Map<String, serde_json::Value> =
+        (0..70).map(|i| (format!("a{i:02}"), json!(i))).collect();
+    env.event(
+        "customer.updated",
+        "k",
+        "+0s",
+        json!({ "customer": customer(more) }),
+    );
+    let mut removal = serde_json::Map::new();
+    removal.insert("gone".into(), serde_json::Value::Null);
+    removal.insert("tier".into(), json!("platinum"));
+    env.event(
+        "customer.updated",
+        "k",
+        "+1s",
+        json!({ "customer": customer(removal) }),
+    );
+    let kept = env
+        .sim
+        .customer("k")
+        .unwrap()
+        .profile
+        .attributes
+        .clone()
+        .unwrap();
+    assert_eq!(kept.get("tier"), Some(&json!("platinum")));
+    assert!(!kept.contains_key("gone") && !kept.contains_key("blob"));
+    assert!(!kept.keys().any(|k| k.len() > 64));
+    assert_eq!(kept.len(), 63, "64 at most, one since removed");
+}

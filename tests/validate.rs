@@ -440,8 +440,19 @@ fn branches_go_to_known_steps_with_the_fallback_last_and_never_loop_without_a_wa
         check(&looping),
         [
             "s.yaml:7:14: this arm goes back to `a` with no wait on the way: it would loop at one instant\n  hint: add a `wait` (or `wait_for`) to a step between the target and the branch",
+            // With a wait, the loop is bounded; but a journey sends each step's email once.
+            "s.yaml:10:14: this arm goes back over `a`, whose email a journey sends once\n  hint: go back only to steps that wait or branch, or `start` a new journey of a sequence for the repeat",
         ]
     );
+    // A zero wait is no wait; going back over steps that only wait is fine.
+    let zero = format!(
+        "{HEAD}  - id: a\n    wait: 0s\n  - id: again\n    branch: [{{ when: \"customer.orders_count > 1\", goto: a }}]\n"
+    );
+    assert_eq!(check(&zero).len(), 1, "{:?}", check(&zero));
+    let poll = format!(
+        "{HEAD}  - id: a\n    wait: 1d\n  - id: again\n    branch: [{{ when: \"customer.orders_count < 2\", goto: a }}]\n  - id: thanks\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(check(&poll), Vec::<String>::new());
 }
 
 #[test]

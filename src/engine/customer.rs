@@ -55,8 +55,15 @@ pub struct Relationship {
 }
 
 /// Attributes a profile keeps: further new names are dropped (an event cannot grow a profile
-/// without bound).
+/// without bound), as are names over 64 bytes and values over 4 KiB of JSON.
 pub const MAX_ATTRIBUTES: usize = 64;
+pub const MAX_ATTRIBUTE_NAME: usize = 64;
+pub const MAX_ATTRIBUTE_BYTES: usize = 4096;
+
+/// The size of `v` as JSON.
+fn json_len(v: &serde_json::Value) -> usize {
+    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
+}
 
 /// How long help counts for the return on relationship.
 pub const HELP_COUNTS_FOR: chrono::Duration = chrono::Duration::days(365);
@@ -575,6 +582,8 @@ impl Profile {
         for (key, v) in patch {
             if v.is_null() {
                 mine.remove(key);
+            } else if key.len() > MAX_ATTRIBUTE_NAME || json_len(v) > MAX_ATTRIBUTE_BYTES {
+                dropped += 1;
             } else if mine.contains_key(key) || mine.len() < MAX_ATTRIBUTES {
                 mine.insert(key.clone(), v.clone());
             } else {
@@ -582,7 +591,7 @@ impl Profile {
             }
         }
         if dropped > 0 {
-            tracing::warn!(customer_id = %crate::redact::text(&self.id), dropped, "attributes past the limit of {MAX_ATTRIBUTES} dropped");
+            tracing::warn!(customer_id = %crate::redact::text(&self.id), dropped, "attributes dropped: past {MAX_ATTRIBUTES}, a name over {MAX_ATTRIBUTE_NAME} bytes or a value over {MAX_ATTRIBUTE_BYTES} bytes of JSON");
         }
         if mine.is_empty() {
             self.attributes = None;

@@ -18,10 +18,15 @@ use crate::sequence::{DateTrigger, ReorderTrigger, Repeat};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DateDue {
     pub sequence: Arc<str>,
-    pub at: DateTime<Utc>,
+    /// `None` once nothing more is due (a `once` date that fired).
+    pub at: Option<DateTime<Utc>>,
     /// The order a reorder reminder follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Arc<str>>,
+    /// The local date of the occurrence that fired last: a date or timezone sent again
+    /// after it (shops repeat the customer on every event) does not fire it twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired: Option<NaiveDate>,
 }
 
 impl Engine {
@@ -33,10 +38,9 @@ impl Engine {
         if dated.is_empty() {
             return;
         }
-        let touched = ev
-            .customer
-            .as_ref()
-            .is_some_and(|p| p.birthday.is_some() || p.attributes.is_some());
+        let touched = ev.customer.as_ref().is_some_and(|p| {
+            p.birthday.is_some() || p.attributes.is_some() || p.timezone.is_some()
+        });
         for seq in dated {
             let Some(trigger) = &seq.trigger.date else {
                 continue;
@@ -45,11 +49,15 @@ impl Engine {
             if !touched && scheduled.is_some() {
                 continue;
             }
+            let fired = scheduled.and_then(|i| c.dates[i].fired);
+            let tz = self.timezone_of(c, seq);
+            // At `now` too: an occurrence at the event's instant runs after it (SPEC: ties).
+            let after = now - chrono::Duration::nanoseconds(1);
             let next = c
                 .profile
                 .date_of(&trigger.field)
-                .and_then(|value| next_after(trigger, value, self.timezone_of(c, seq), now));
-            set_due(c, seq, scheduled, next);
+                .and_then(|value| next_occurrence(trigger, value, tz, after, fired));
+            set_due(c, seq, scheduled, next, fired);
         }
     }
 
@@ -63,19 +71,20 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         let limit = before.map_or(now, |b| b.min(now));
-        while let Some(i) = c
-            .dates
-            .iter()
-            .position(|d| d.at < limit || (before.is_none() && d.at == limit))
-        {
+        while let Some(i) = c.dates.iter().position(|d| {
+            d.at.is_some_and(|at| at < limit || (before.is_none() && at == limit))
+        }) {
             let Some(due) = c.dates.remove(i) else {
                 break;
+            };
+            let Some(at) = due.at else {
+                continue;
             };
             let Some(seq) = self.catalog.get(&due.sequence).cloned() else {
                 continue;
             };
             if let (Some(order), Some(r)) = (&due.order, &seq.trigger.reorder) {
-                self.start_reorder(c, &seq, r, order, due.at, now, out);
+                self.start_reorder(c, &seq, r, order, at, now, out);
                 continue;
             }
             let Some(trigger) = seq.trigger.date.clone() else {
@@ -84,9 +93,10 @@ impl Engine {
             let tz = self.timezone_of(c, &seq);
             let value = c.profile.date_of(&trigger.field).map(str::to_string);
             if let Some(value) = &value {
-                self.start_dated(c, &seq, &trigger, value, due.at, tz, now, out);
-                let next = next_after(&trigger, value, tz, now.max(due.at));
-                set_due(c, &seq, None, next);
+                self.start_dated(c, &seq, &trigger, value, at, tz, now, out);
+                let fired = Some(at.with_timezone(&tz).date_naive());
+                let next = next_occurrence(&trigger, value, tz, now.max(at), fired);
+                set_due(c, &seq, None, next, fired);
             }
         }
     }
@@ -129,17 +139,20 @@ impl Engine {
 
     /// An order with an item of `r.category`: the customer reordered, so the sequence's
     /// journeys and reminders for their earlier orders end (`exit`, `reordered`); this order's
-    /// reminder is due `r.after` (times the quantity, `per_quantity`) after it.
+    /// reminder is due `r.after` (times the quantity, `per_quantity`) after it — unless the
+    /// order is `backfill` (older than `policy.max_event_age`), which enrols nobody.
     pub(super) fn reorder(
         &self,
         c: &mut Customer,
         seq: &Arc<Sequence>,
-        r: &ReorderTrigger,
         ev: &Arc<Event>,
+        backfill: bool,
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        let crate::event::EventData::OrderPlaced(placed) = &ev.data else {
+        let (crate::event::EventData::OrderPlaced(placed), Some(r)) =
+            (&ev.data, &seq.trigger.reorder)
+        else {
             return;
         };
         let quantity: u64 = placed
@@ -170,13 +183,17 @@ impl Engine {
         {
             return;
         }
+        if backfill {
+            return;
+        }
         let Some(at) = reminder_at(r, ev.time, quantity) else {
             return;
         };
         c.dates.push(DateDue {
             sequence: seq.name.clone(),
-            at,
+            at: Some(at),
             order: Some(order.into()),
+            fired: None,
         });
     }
 
@@ -202,11 +219,12 @@ impl Engine {
                 .map(|i| u64::from(i.quantity))
                 .sum()
         });
-        let times = match r.per_quantity && quantity > 1 {
-            true => format!(" ({} × {quantity})", r.after),
+        let times = times(r, quantity);
+        let waited = Period(r.after.0 * times);
+        let times = match times > 1 {
+            true => format!(" ({} × {times})", r.after),
             false => String::new(),
         };
-        let waited = Period(at - c.order(order).and_then(|o| o.placed_at).unwrap_or(at));
         let entry = Entry {
             sequence: seq.clone(),
             id: JourneyId::derive(&[&seq.name, "reorder", order]),
@@ -230,36 +248,66 @@ impl Engine {
     }
 }
 
-/// Replaces (at `scheduled`) or adds the customer's next occurrence of `seq`; `None` removes it.
+/// Replaces (at `scheduled`) or adds the customer's next occurrence of `seq`, remembering
+/// the one that fired last; with neither, the entry goes.
 fn set_due(
     c: &mut Customer,
     seq: &Sequence,
     scheduled: Option<usize>,
     next: Option<DateTime<Utc>>,
+    fired: Option<NaiveDate>,
 ) {
     let scheduled = scheduled.or_else(|| c.dates.iter().position(|d| d.sequence == seq.name));
-    match (scheduled, next) {
-        (Some(i), Some(at)) => c.dates[i].at = at,
-        (Some(i), None) => {
+    let keep = next.is_some() || fired.is_some();
+    match (scheduled, keep) {
+        (Some(i), true) => {
+            c.dates[i].at = next;
+            c.dates[i].fired = fired;
+        }
+        (Some(i), false) => {
             c.dates.remove(i);
         }
-        (None, Some(at)) => c.dates.push(DateDue {
+        (None, true) => c.dates.push(DateDue {
             sequence: seq.name.clone(),
-            at,
+            at: next,
             order: None,
+            fired,
         }),
-        (None, None) => {}
+        (None, false) => {}
+    }
+}
+
+/// The next occurrence after `after` that is not the one that already `fired` (by its
+/// local date); for `once`, none after it fired.
+fn next_occurrence(
+    trigger: &DateTrigger,
+    value: &str,
+    tz: Tz,
+    after: DateTime<Utc>,
+    fired: Option<NaiveDate>,
+) -> Option<DateTime<Utc>> {
+    if trigger.repeat == Repeat::Once && fired.is_some() {
+        return None;
+    }
+    let next = next_after(trigger, value, tz, after)?;
+    match fired == Some(next.with_timezone(&tz).date_naive()) {
+        true => next_after(trigger, value, tz, next),
+        false => Some(next),
+    }
+}
+
+/// How many times `after` a reminder waits: the quantity with `per_quantity`, 1 to 100.
+fn times(r: &ReorderTrigger, quantity: u64) -> i32 {
+    match r.per_quantity {
+        true => quantity.clamp(1, 100) as i32,
+        false => 1,
     }
 }
 
 /// When the reminder for an order placed at `placed` is due: `after`, times the quantity when
 /// `per_quantity` (at most 100 times).
 fn reminder_at(r: &ReorderTrigger, placed: DateTime<Utc>, quantity: u64) -> Option<DateTime<Utc>> {
-    let times = match r.per_quantity {
-        true => quantity.clamp(1, 100) as i32,
-        false => 1,
-    };
-    placed.checked_add_signed(r.after.0.checked_mul(times)?)
+    placed.checked_add_signed(r.after.0.checked_mul(times(r, quantity))?)
 }
 
 /// The date in `value`: `YYYY-MM-DD`, or the date an RFC 3339 time has where it was written.
@@ -281,7 +329,8 @@ pub fn next_after(
     after: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     let date = parse_date(value)?;
-    let local = after.with_timezone(&tz).date_naive();
+    // Around the anniversary that lands after `after`: the date the offset counts from.
+    let local = shift(after.with_timezone(&tz).date_naive(), -trigger.offset_days)?;
     let candidates: Box<dyn Iterator<Item = NaiveDate>> = match trigger.repeat {
         Repeat::Once => Box::new(std::iter::once(date)),
         // From the year before (an offset may move an occurrence across New Year).

@@ -126,13 +126,15 @@ impl Engine {
         let too_old = now - ev.time > self.policy.max_event_age.0;
         for seq in catalog.triggered_by(&ev.kind) {
             // Backfill: replaying history must never mail customers about old orders.
-            if too_old && !seq.category.is_transactional() {
+            let backfill = too_old && !seq.category.is_transactional();
+            if seq.trigger.reorder.is_some() {
+                // A late reorder still ends the earlier journeys; it starts none of its own.
+                if trigger_holds(seq, c, ev) {
+                    self.reorder(c, seq, ev, backfill, now, out);
+                }
                 continue;
             }
-            if let Some(r) = &seq.trigger.reorder {
-                if trigger_holds(seq, c, ev) {
-                    self.reorder(c, seq, r, ev, now, out);
-                }
+            if backfill {
                 continue;
             }
             let order_id = match seq.journey {

@@ -122,7 +122,7 @@ impl Engine {
 
     /// The instant `wake` next has work for this customer.
     pub fn next_due(c: &Customer) -> Option<DateTime<Utc>> {
-        let date = c.dates.iter().map(|d| d.at).min();
+        let date = c.dates.iter().filter_map(|d| d.at).min();
         match (c.journeys.next_due(), date) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -889,9 +889,31 @@ impl Compiler<'_, '_, '_> {
                 continue;
             };
             for arm in arms.iter().filter(|a| a.goto <= i) {
-                let waits = steps[arm.goto..=i]
-                    .iter()
-                    .any(|s| !matches!(s.timing, Timing::Now));
+                let looped = &steps[arm.goto..=i];
+                let waits = looped.iter().any(|s| match &s.timing {
+                    Timing::Now => false,
+                    Timing::Wait(p) => !p.is_zero(),
+                    Timing::WaitFor(w) => !w.timeout.is_zero(),
+                });
+                // The outbox keeps one email per (journey, step): one sent again would be
+                // decided but never sent.
+                let emails = looped.iter().find(|s| {
+                    matches!(s.action, Some(Action::Email { .. }))
+                        || s.variants
+                            .iter()
+                            .any(|v| matches!(v.action, Some(Action::Email { .. })))
+                });
+                if let Some(email) = emails.filter(|_| waits) {
+                    self.d.error_hint(
+                        arm.pos,
+                        format!(
+                            "this arm goes back over `{}`, whose email a journey sends once",
+                            email.id
+                        ),
+                        "go back only to steps that wait or branch, or `start` a new journey of a sequence for the repeat",
+                    );
+                    ok = false;
+                }
                 if !waits {
                     self.d.error_hint(
                         arm.pos,

@@ -4,7 +4,7 @@
 
 use super::*;
 
-const TIPS: &str = "name: tips\ncategory: education\ntrigger: { event: customer.updated }\nexperiment: { holdout: 50%, salt: m1 }\nsteps:\n  - id: notice\n    category: transactional\n    email: { template: tips/notice }\n  - id: tip\n    email: { template: tips/a }\n    variants:\n      - { id: a, weight: 1 }\n      - { id: b, weight: 1, email: { template: tips/b } }\n";
+const TIPS: &str = "name: tips\ncategory: education\ntrigger: { event: customer.updated }\nexperiment: { holdout: 50%, salt: m1, measure: [{ name: again, event: order.placed, within: 30d }] }\nsteps:\n  - id: notice\n    category: transactional\n    email: { template: tips/notice }\n  - id: tip\n    email: { template: tips/a }\n    variants:\n      - { id: a, weight: 1 }\n      - { id: b, weight: 1, email: { template: tips/b } }\n";
 
 /// SPEC §8's hash, written again here: the first 8 bytes, big-endian, of SHA-256 of `text`.
 fn spec_hash(text: &str) -> u64 {
