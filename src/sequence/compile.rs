@@ -487,72 +487,18 @@ impl Compiler<'_, '_, '_> {
     /// `date` (`customer.birthday` or `customer.attributes.NAME`), `offset` (whole days),
     /// `at` (`HH:MM`, default 09:00) and `repeat` (default yearly).
     fn date_trigger(&mut self, t: &raw::RawTrigger, date: &Sp<String>) -> Option<DateTrigger> {
-        let field = match date.value.as_str() {
-            "customer.birthday" => Some(DateField::Birthday),
-            other => match other.strip_prefix("customer.attributes.") {
-                Some(name)
-                    if !name.is_empty()
-                        && name.len() <= 64
-                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-                {
-                    Some(DateField::Attribute(name.into()))
-                }
-                _ => {
-                    self.d.error_hint(
-                        date.pos,
-                        format!("`date` must be customer.birthday or customer.attributes.NAME, found `{other}`"),
-                        "the customer's profile field that holds a YYYY-MM-DD or RFC 3339 date",
-                    );
-                    None
-                }
-            },
-        };
+        let field = self.date_field(date);
         let offset_days = match &t.offset {
             None => Some(0),
-            Some(o) => match parse_offset(&o.value) {
-                Some(days) => Some(days),
-                None => {
-                    self.d.error_hint(
-                        o.pos,
-                        format!(
-                            "`offset` must be whole days, e.g. `-3d` or `2d`, found `{}`",
-                            o.value
-                        ),
-                        "days before (-) or after the date; the time of day is `at`",
-                    );
-                    None
-                }
-            },
+            Some(o) => self.offset(o),
         };
         let at = match &t.at {
             None => chrono::NaiveTime::from_hms_opt(9, 0, 0),
-            Some(a) => {
-                let parsed = chrono::NaiveTime::parse_from_str(&a.value, "%H:%M").ok();
-                if parsed.is_none() {
-                    self.d.error_hint(
-                        a.pos,
-                        format!("`at` must be a time of day HH:MM, found `{}`", a.value),
-                        "e.g. `at: \"09:00\"`, in the customer's timezone",
-                    );
-                }
-                parsed
-            }
+            Some(a) => self.time_of_day(a),
         };
-        let repeat = match t.repeat.as_ref().map(|r| r.value.as_str()) {
-            None | Some("yearly") => Some(Repeat::Yearly),
-            Some("monthly") => Some(Repeat::Monthly),
-            Some("once") => Some(Repeat::Once),
-            Some(other) => {
-                let hint = match did_you_mean(other, ["yearly", "monthly", "once"]) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => "use yearly, monthly or once".into(),
-                };
-                if let Some(r) = &t.repeat {
-                    self.d
-                        .error_hint(r.pos, format!("unknown `repeat` `{other}`"), hint);
-                }
-                None
-            }
+        let repeat = match &t.repeat {
+            None => Some(Repeat::Yearly),
+            Some(r) => self.repeat(r),
         };
         Some(DateTrigger {
             field: field?,
@@ -560,6 +506,76 @@ impl Compiler<'_, '_, '_> {
             at: at?,
             repeat: repeat?,
         })
+    }
+
+    /// `customer.birthday`, or `customer.attributes.NAME` (letters, digits, `_`; 64 at most).
+    fn date_field(&mut self, date: &Sp<String>) -> Option<DateField> {
+        let text = date.value.as_str();
+        if text == "customer.birthday" {
+            return Some(DateField::Birthday);
+        }
+        let name = text.strip_prefix("customer.attributes.").filter(|name| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+        if name.is_none() {
+            self.d.error_hint(
+                date.pos,
+                format!(
+                    "`date` must be customer.birthday or customer.attributes.NAME, found `{text}`"
+                ),
+                "the customer's profile field that holds a YYYY-MM-DD or RFC 3339 date",
+            );
+        }
+        name.map(|n| DateField::Attribute(n.into()))
+    }
+
+    /// `offset`: whole days, `-3d` or `2d`.
+    fn offset(&mut self, o: &Sp<String>) -> Option<i32> {
+        let days = parse_offset(&o.value);
+        if days.is_none() {
+            self.d.error_hint(
+                o.pos,
+                format!(
+                    "`offset` must be whole days, e.g. `-3d` or `2d`, found `{}`",
+                    o.value
+                ),
+                "days before (-) or after the date; the time of day is `at`",
+            );
+        }
+        days
+    }
+
+    /// `at`: a time of day, `HH:MM`.
+    fn time_of_day(&mut self, a: &Sp<String>) -> Option<chrono::NaiveTime> {
+        let parsed = chrono::NaiveTime::parse_from_str(&a.value, "%H:%M").ok();
+        if parsed.is_none() {
+            self.d.error_hint(
+                a.pos,
+                format!("`at` must be a time of day HH:MM, found `{}`", a.value),
+                "e.g. `at: \"09:00\"`, in the customer's timezone",
+            );
+        }
+        parsed
+    }
+
+    /// `repeat`: yearly, monthly or once.
+    fn repeat(&mut self, r: &Sp<String>) -> Option<Repeat> {
+        match r.value.as_str() {
+            "yearly" => Some(Repeat::Yearly),
+            "monthly" => Some(Repeat::Monthly),
+            "once" => Some(Repeat::Once),
+            other => {
+                let hint = match did_you_mean(other, ["yearly", "monthly", "once"]) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "use yearly, monthly or once".into(),
+                };
+                self.d
+                    .error_hint(r.pos, format!("unknown `repeat` `{other}`"), hint);
+                None
+            }
+        }
     }
 
     fn journey(&mut self, j: Option<&Sp<String>>) -> Option<JourneyKind> {
