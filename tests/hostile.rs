@@ -957,6 +957,17 @@ fn poison() -> Vec<(&'static str, Vec<u8>, String)> {
             huge.into_bytes(),
             "`data.total` is out of range: amounts are below 10^18".into(),
         ),
+        // PostgreSQL's jsonb refuses \u0000 anywhere: in an attribute, key or value.
+        (
+            "nul-attribute",
+            with(&|v| v["data"]["customer"]["attributes"] = json!({"tier": ["gold", "a\u{0}"]})),
+            "`data.customer.attributes.tier[1]` contains a NUL character (U+0000)".into(),
+        ),
+        (
+            "nul-referrer",
+            with(&|v| v["data"]["referred_by"] = json!("ann\u{0}")),
+            format!("`data.referred_by` contains the control character U+0000 at byte 3; {ctl}"),
+        ),
     ]);
     poison
 }

@@ -507,6 +507,9 @@ impl Store for Recording {
     ) -> store::Result<StoreFigures> {
         self.inner.figures(now, nps_since)
     }
+    fn experiment_states(&mut self) -> store::Result<Vec<store::ExperimentState>> {
+        self.inner.experiment_states()
+    }
     fn prune_processed(&mut self, before: DateTime<Utc>) -> store::Result<u64> {
         self.inner.prune_processed(before)
     }

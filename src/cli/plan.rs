@@ -51,13 +51,11 @@ fn experiments(url: &str, catalog: &Catalog) -> anyhow::Result<Option<crate::exp
         return Ok(None);
     };
     let now = crate::clock::system().now();
-    let figures = store
-        .figures(now, now)
-        .context("reading the store's figures")?;
+    let stored = store
+        .experiment_states()
+        .context("reading the customers' experiments")?;
     Ok(Some(crate::service::figures::experiments(
-        &figures.experiments,
-        catalog,
-        now,
+        &stored, catalog, now,
     )))
 }
 

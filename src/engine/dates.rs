@@ -87,15 +87,15 @@ impl Engine {
                 self.start_reorder(c, &seq, r, order, at, now, out);
                 continue;
             }
-            let Some(trigger) = seq.trigger.date.clone() else {
+            let Some(trigger) = &seq.trigger.date else {
                 continue;
             };
             let tz = self.timezone_of(c, &seq);
             let value = c.profile.date_of(&trigger.field).map(str::to_string);
             if let Some(value) = &value {
-                self.start_dated(c, &seq, &trigger, value, at, tz, now, out);
+                self.start_dated(c, &seq, trigger, value, at, tz, now, out);
                 let fired = Some(at.with_timezone(&tz).date_naive());
-                let next = next_occurrence(&trigger, value, tz, now.max(at), fired);
+                let next = next_occurrence(trigger, value, tz, now.max(at), fired);
                 set_due(c, &seq, None, next, fired);
             }
         }
@@ -116,14 +116,10 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        if c.journeys.any_of(&seq.name, None) {
+        if c.journeys.any_of(&seq.name, None)
+            || !self.passes(seq.trigger.when.as_ref(), c, None, None)
+        {
             return;
-        }
-        if let Some(when) = &seq.trigger.when {
-            let ctx = Ctx::new(&c.profile, None, None, None).into_value();
-            if !eval(when, ctx, c) {
-                return;
-            }
         }
         let local = at.with_timezone(&tz).format("%Y-%m-%d %H:%M");
         let entry = Entry {
@@ -155,12 +151,7 @@ impl Engine {
         else {
             return;
         };
-        let quantity: u64 = placed
-            .items
-            .iter()
-            .filter(|i| *i.category == *r.category)
-            .map(|i| u64::from(i.quantity))
-            .sum();
+        let quantity = quantity_of(&placed.items, r);
         if quantity == 0 {
             return;
         }
@@ -212,13 +203,7 @@ impl Engine {
         if self.may_enter(c, seq, Some(order)).is_err() {
             return;
         }
-        let quantity: u64 = c.order(order).map_or(1, |o| {
-            o.items
-                .iter()
-                .filter(|i| *i.category == *r.category)
-                .map(|i| u64::from(i.quantity))
-                .sum()
-        });
+        let quantity = c.order(order).map_or(1, |o| quantity_of(&o.items, r));
         let times = times(r, quantity);
         let waited = Period(r.after.0 * times);
         let times = match times > 1 {
@@ -294,6 +279,15 @@ fn next_occurrence(
         true => next_after(trigger, value, tz, next),
         false => Some(next),
     }
+}
+
+/// How many of the items are of the reorder's category.
+fn quantity_of(items: &[crate::event::Item], r: &ReorderTrigger) -> u64 {
+    items
+        .iter()
+        .filter(|i| *i.category == *r.category)
+        .map(|i| u64::from(i.quantity))
+        .sum()
 }
 
 /// How many times `after` a reminder waits: the quantity with `per_quantity`, 1 to 100.

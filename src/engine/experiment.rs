@@ -150,6 +150,23 @@ impl Assignment {
             .find(|c| *c.measure == *measure)
             .map(|c| c.at)
     }
+
+    /// Whether this is the customer's place in `seq`'s experiment as drawn now (its salt).
+    fn is_of(&self, seq: &Sequence) -> bool {
+        *self.sequence == *seq.name && *self.salt == *seq.salt()
+    }
+
+    /// Records `measure` met at `at`, unless it was met earlier.
+    fn convert(&mut self, measure: &Arc<str>, at: DateTime<Utc>) {
+        if self.met_at(measure).is_some_and(|t| t <= at) {
+            return;
+        }
+        self.converted.retain(|c| c.measure != *measure);
+        self.converted.push(Converted {
+            measure: measure.clone(),
+            at,
+        });
+    }
 }
 
 /// Whether a sequence keeps assignments: it has an experiment or a split step.
@@ -176,9 +193,7 @@ impl Engine {
         if !is_experiment(seq) {
             return;
         }
-        let salt = seq.salt();
-        let mine = |a: &Assignment| *a.sequence == *seq.name && *a.salt == *salt;
-        if let Some(i) = c.experiments.iter().position(mine) {
+        if let Some(i) = c.experiments.iter().position(|a| a.is_of(seq)) {
             // An earlier entry that arrived late is the first: the window counts from it.
             if at < c.experiments[i].at {
                 c.experiments[i].at = at;
@@ -194,7 +209,7 @@ impl Engine {
         }
         c.experiments.push(Assignment {
             sequence: seq.name.clone(),
-            salt: salt.into(),
+            salt: seq.salt().into(),
             held_out: held_out(seq, &c.profile.id).is_some(),
             at,
             converted: Vec::new(),
@@ -216,22 +231,16 @@ impl Engine {
             .iter()
             .filter(|m| &*m.event == "order.placed" && m.when.is_none())
         {
-            let a = &c.experiments[i];
+            let at = c.experiments[i].at;
             let first = c
                 .orders
                 .iter()
                 .filter_map(|o| o.placed_at)
-                .filter(|t| a.at < *t && *t <= a.at + m.within.0)
+                .filter(|t| at < *t && *t <= at + m.within.0)
                 .min();
-            let Some(first) = first.filter(|t| a.met_at(&m.name).is_none_or(|m| *t < m)) else {
-                continue;
-            };
-            let converted = &mut c.experiments[i].converted;
-            converted.retain(|c| c.measure != m.name);
-            converted.push(Converted {
-                measure: m.name.clone(),
-                at: first,
-            });
+            if let Some(first) = first {
+                c.experiments[i].convert(&m.name, first);
+            }
         }
     }
 
@@ -252,27 +261,16 @@ impl Engine {
                     && a.at < ev.time
                     && ev.time <= a.at + m.within.0
                     && a.met_at(&m.name).is_none_or(|t| ev.time < t);
-                if !meets || !self.passes(m.when.as_ref(), c, Some(ev), None) {
-                    continue;
+                if meets && self.passes(m.when.as_ref(), c, Some(ev), None) {
+                    c.experiments[i].convert(&m.name, ev.time);
                 }
-                let converted = &mut c.experiments[i].converted;
-                converted.retain(|c| c.measure != m.name);
-                converted.push(Converted {
-                    measure: m.name.clone(),
-                    at: ev.time,
-                });
             }
         }
     }
 
     /// Notes the variant of a split step sent to the customer (the first send of that step).
     pub(super) fn variant_sent(&self, c: &mut Customer, seq: &Sequence, step: &Arc<str>, id: &str) {
-        let salt = seq.salt();
-        let Some(a) = c
-            .experiments
-            .iter_mut()
-            .find(|a| *a.sequence == *seq.name && *a.salt == *salt)
-        else {
+        let Some(a) = c.experiments.iter_mut().find(|a| a.is_of(seq)) else {
             return;
         };
         if !a.variants.iter().any(|v| v.step == *step) {
@@ -286,11 +284,10 @@ impl Engine {
 
     /// Notes that a split step's goal was met.
     pub(super) fn variant_goal(&self, c: &mut Customer, seq: &Sequence, step: &str) {
-        let salt = seq.salt();
         let sent = c
             .experiments
             .iter_mut()
-            .filter(|a| *a.sequence == *seq.name && *a.salt == *salt)
+            .filter(|a| a.is_of(seq))
             .flat_map(|a| a.variants.iter_mut())
             .find(|v| *v.step == *step);
         if let Some(v) = sent {

@@ -34,12 +34,15 @@ impl Summary {
     /// The experiments' figures at the end of the replay; the history's span gives the entry
     /// rate.
     pub fn report(&self, catalog: &crate::sequence::Catalog) -> crate::experiments::Report {
-        let days = self.span.map_or(0.0, |(first, last)| {
-            (last - first).num_seconds() as f64 / 86_400.0
-        });
         let now = self.end.unwrap_or_default();
+        let days = span_days(self.span).unwrap_or(0.0);
         self.tally.report(catalog, now, Some(days))
     }
+}
+
+/// How many days the events span, first to last.
+fn span_days(span: Option<(DateTime<Utc>, DateTime<Utc>)>) -> Option<f64> {
+    span.map(|(first, last)| (last - first).num_seconds() as f64 / 86_400.0)
 }
 
 /// Counts every customer of `store` for the experiments' figures at `now`.
@@ -214,10 +217,7 @@ impl Simulator {
     pub fn report(&self) -> crate::experiments::Report {
         let now = self.now.unwrap_or_default();
         let catalog = &self.engine.catalog;
-        let days = self
-            .first_event
-            .zip(self.last_event)
-            .map(|(first, last)| (last - first).num_seconds() as f64 / 86_400.0);
+        let days = span_days(self.first_event.zip(self.last_event));
         tally(&self.store, catalog, now).report(catalog, now, days)
     }
 

@@ -386,6 +386,9 @@ pub trait Store: Send {
     /// seconds at most.
     fn figures(&mut self, now: DateTime<Utc>, nps_since: DateTime<Utc>) -> Result<StoreFigures>;
 
+    /// The customers the experiments' figures count (also part of [`Store::figures`]).
+    fn experiment_states(&mut self) -> Result<Vec<ExperimentState>>;
+
     /// Forgets processed-event keys older than `before` (the dedupe window).
     fn prune_processed(&mut self, before: DateTime<Utc>) -> Result<u64>;
 

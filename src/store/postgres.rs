@@ -487,11 +487,6 @@ impl Store for PgStore {
                 &[&micros(now)],
             )?
             .get(0);
-        let experiments = c
-            .query(super::FIGURE_EXPERIMENTS_POSTGRES, &[])?
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
         Ok(StoreFigures {
             decisions,
             emails,
@@ -502,8 +497,17 @@ impl Store for PgStore {
             outbox_pending,
             dead_letters,
             due_backlog,
-            experiments,
+            experiments: self.experiment_states()?,
         })
+    }
+
+    fn experiment_states(&mut self) -> Result<Vec<super::ExperimentState>> {
+        Ok(self
+            .c()?
+            .query(super::FIGURE_EXPERIMENTS_POSTGRES, &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     fn claim_dead_letters(

@@ -417,9 +417,13 @@ impl Store for SqliteStore {
                 [micros(now)],
                 |r| r.get(0),
             )?,
-            experiments: all(c, super::FIGURE_EXPERIMENTS_SQLITE, [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?,
+            experiments: self.experiment_states()?,
+        })
+    }
+
+    fn experiment_states(&mut self) -> Result<Vec<super::ExperimentState>> {
+        all(&self.conn, super::FIGURE_EXPERIMENTS_SQLITE, [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
     }
 
