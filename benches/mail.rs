@@ -149,6 +149,7 @@ fn prerendered(cfg: &Config) -> aftercare::mail::Outgoing {
         step: "confirmation".into(),
         order_id: Some("o1".into()),
         template: "fulfilment/confirmation".into(),
+        endpoint: None,
         category: "transactional".into(),
         transactional: true,
         created_at: chrono::Utc::now(),

@@ -41,6 +41,8 @@ pub struct Config {
     pub sequences: Sequences,
     pub log: Log,
     pub trace: Trace,
+    /// `[webhooks.NAME]`: where webhook steps post (SPEC §9).
+    pub webhooks: std::collections::BTreeMap<String, crate::webhook::Raw>,
     #[serde(skip)]
     pub secrets: Secrets,
     /// What [`Config::settings`] made of it at load.
@@ -57,6 +59,7 @@ pub struct Settings {
     pub retention: Retention,
     pub intervals: Intervals,
     pub limits: Limits,
+    pub webhooks: std::sync::Arc<crate::webhook::Endpoints>,
 }
 
 /// The service's periods.
@@ -374,6 +377,8 @@ pub struct Secrets {
     pub smtp_password: Option<String>,
     pub signing_key: Option<String>,
     pub admin_token: Option<String>,
+    /// `AFTERCARE_WEBHOOK_SECRET_<NAME>`, by variable name.
+    pub webhooks: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -383,6 +388,7 @@ impl std::fmt::Debug for Secrets {
             .field("smtp_password", &set(&self.smtp_password))
             .field("signing_key", &set(&self.signing_key))
             .field("admin_token", &set(&self.admin_token))
+            .field("webhooks", &self.webhooks.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -577,6 +583,7 @@ impl Config {
         let retention = self.retention_in(&mut g);
         let intervals = self.intervals_in(&mut g);
         let limits = self.limits_in(&mut g);
+        let webhooks = self.webhooks_in(&mut g);
         self.check_rest(&mut g);
         match (policy, delivery, retention, intervals, limits) {
             (Some(policy), Some(delivery), Some(retention), Some(intervals), Some(limits))
@@ -588,6 +595,7 @@ impl Config {
                     retention,
                     intervals,
                     limits,
+                    webhooks: std::sync::Arc::new(webhooks),
                 })
             }
             _ => Err(g.0),
@@ -623,6 +631,33 @@ impl Config {
                 format!("`{public}` must be an http:// or https:// URL"),
             );
         }
+    }
+
+    /// Every `[webhooks.NAME]`, checked with its secret; a name sequences can use.
+    fn webhooks_in(&self, g: &mut Gather) -> crate::webhook::Endpoints {
+        let mut out = crate::webhook::Endpoints::new();
+        for (name, raw) in &self.webhooks {
+            let word = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !word {
+                g.fail::<()>(
+                    &format!("webhooks.{name}"),
+                    "an endpoint's name may only use letters, digits, - and _ (at most 64)",
+                );
+                continue;
+            }
+            let secret = self.secrets.webhooks.get(&crate::webhook::secret_var(name));
+            match crate::webhook::Endpoint::check(name, raw, secret.map(String::as_str)) {
+                Ok(e) => {
+                    out.insert(name.clone(), e);
+                }
+                Err(problems) => g.0.extend(problems),
+            }
+        }
+        out
     }
 
     /// The trace exporter's protocol and endpoint (empty for none).
@@ -904,6 +939,9 @@ fn apply_env(
             "AFTERCARE_SMTP_PASSWORD" => secrets.smtp_password = Some(value.clone()),
             "AFTERCARE_SIGNING_KEY" => secrets.signing_key = Some(value.clone()),
             "AFTERCARE_ADMIN_TOKEN" => secrets.admin_token = Some(value.clone()),
+            n if n.starts_with("AFTERCARE_WEBHOOK_SECRET_") => {
+                secrets.webhooks.insert(n.to_string(), value.clone());
+            }
             n if OTHER_VARS.contains(&n) || n.starts_with("AFTERCARE_TEST_") => {}
             _ => {
                 let key = env_key(name)?;
@@ -1082,6 +1120,43 @@ mod tests {
             )
         );
         assert!(c.settings().is_err());
+    }
+
+    /// `[webhooks.NAME]` from the file or the environment, its secret from the environment
+    /// only; each problem named by its key.
+    #[test]
+    fn webhook_endpoints_are_checked_with_their_secrets() {
+        let d = tmpdir("webhooks");
+        let p = write(
+            &d,
+            "[webhooks.sms]\nurl = \"https://sms.example.com/send\"\nheaders = { authorization = \"Bearer t\" }\n",
+        );
+        let e = Config::load_with(Some(&p), &[]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "webhooks.sms: needs its signing secret in AFTERCARE_WEBHOOK_SECRET_SMS: `whsec_` and the base64 of 24 to 64 random bytes"
+        );
+        let env = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let secret = env(
+            "AFTERCARE_WEBHOOK_SECRET_SMS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let c = Config::load_with(Some(&p), std::slice::from_ref(&secret)).unwrap();
+        let hooks = c.settings().unwrap().webhooks;
+        assert_eq!(hooks["sms"].url.as_str(), "https://sms.example.com/send");
+        assert_eq!(hooks["sms"].timeout, std::time::Duration::from_secs(10));
+        // The secret is not a config key, and is never printed.
+        assert!(!format!("{:?}", c.secrets).contains("MfKQ"));
+        let e = Config::load_with(
+            Some(&p),
+            &[secret, env("AFTERCARE_WEBHOOKS__SMS__TIMEOUT", "1h")],
+        )
+        .unwrap_err();
+        assert_eq!(e.origin, "AFTERCARE_WEBHOOKS__SMS__TIMEOUT");
+        assert_eq!(
+            e.message,
+            "webhooks.sms.timeout: `1h` must be longer than 0s and at most 5m"
+        );
     }
 
     #[test]

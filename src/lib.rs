@@ -11,6 +11,7 @@
 //! - [`simulate`]: the engine on a virtual clock and the memory store.
 //! - [`service`]: `aftercare run`: Kafka in, engine, durable store, scheduler, outbox.
 //! - [`mail`]: emails out: message building and transports.
+//! - [`webhook`]: webhook posts out: endpoints, Standard Webhooks signatures, outcomes.
 //! - [`config`]: defaults → TOML → `AFTERCARE_*` environment, validated.
 //! - [`redact`]: outside text (database errors, relay replies) made safe to log.
 //! - [`time`]: durations, cron send windows, quiet hours — pure, no clock.
@@ -37,3 +38,4 @@ pub mod stats;
 pub mod store;
 pub mod template;
 pub mod time;
+pub mod webhook;

@@ -4,9 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn aftercare(args: &[&str], dir: &Path) -> Output {
+    aftercare_env(args, dir, &[])
+}
+
+fn aftercare_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_aftercare"))
         .current_dir(dir)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -111,6 +116,64 @@ fn preview_renders_locale_fallback_escaping_and_derived_text() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["subject"], "Shipped: o-1");
     assert_eq!(v["html"], "<p>Hi &lt;Kim &amp; Lee&gt;</p>");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A webhook step previews as the post: the endpoint (its URL when the config has it), the
+/// `webhook-id`, and the body rendered in the customer's locale.
+#[test]
+fn preview_renders_a_webhook_body_as_json() {
+    let dir = scratch(
+        "preview-hook",
+        &[
+            (
+                "seq/s.yaml",
+                "name: s\ncategory: transactional\ntrigger: { event: order.shipped }\njourney: per_order\nsteps:\n  - id: sms\n    webhook: { endpoint: sms, body: sms/shipped }\n",
+            ),
+            (
+                "seq/templates/sms/shipped.json.j2",
+                r#"{"text": {{ "Shipped: " ~ order.id }}, "name": {{ customer.name }}}"#,
+            ),
+            (
+                "seq/templates/sms/shipped.ko.json.j2",
+                r#"{"text": {{ "발송: " ~ order.id }}, "name": {{ customer.name }}}"#,
+            ),
+            (
+                "aftercare.toml",
+                "[webhooks.sms]\nurl = \"https://sms.example.com/send\"\n",
+            ),
+            ("event.json", SHIPPED_EVENT),
+        ],
+    );
+    let o = aftercare_env(
+        &[
+            "preview",
+            "s",
+            "sms",
+            "--event",
+            "event.json",
+            "--sequences",
+            "seq",
+            "-c",
+            "aftercare.toml",
+            "--format",
+            "json",
+        ],
+        &dir,
+        &[(
+            "AFTERCARE_WEBHOOK_SECRET_SMS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )],
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["endpoint"], "sms");
+    assert_eq!(v["url"], "https://sms.example.com/send");
+    assert_eq!(v["locale"], "ko-KR");
+    assert_eq!(
+        v["body"],
+        serde_json::json!({"text": "발송: o-1", "name": "<Kim & Lee>"})
+    );
+    assert!(v["webhook_id"].as_str().unwrap().ends_with(":sms"), "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1574,3 +1574,117 @@ fn attributes_merge_and_stay_bounded() {
     assert!(!kept.keys().any(|k| k.len() > 64));
     assert_eq!(kept.len(), 63, "64 at most, one since removed");
 }
+
+/// SPEC §9 webhooks: a `webhook` decision queues a post, held to the marketing rules as an
+/// email is (unsubscribes, quiet hours, the cap), with no address needed and a bounced one
+/// stopping nothing.
+#[test]
+fn a_webhook_step_is_decided_by_the_rules_email_follows_without_needing_an_address() {
+    let sms = "name: sms\ncategory: transactional\ntrigger: { event: order.shipped }\nsteps:\n  - id: text\n    webhook: { endpoint: sms, body: t/hook }\n";
+    let crm = "name: crm\ncategory: cross_sell\ntrigger: { event: order.delivered }\nsteps:\n  - id: task\n    webhook: { endpoint: crm, body: t/hook }\n";
+    let policy = Policy {
+        quiet_hours: Some("21:00-08:00".parse().unwrap()),
+        ..Policy::default()
+    };
+    let mut env = TestEnv::with(&[sms, crm], policy);
+    // No email address: a webhook still goes.
+    let no_address = json!({"order_id": "o1", "carrier": "DHL", "tracking_number": "1",
+        "customer": {"name": "Ann"}});
+    env.event("order.shipped", "ann", "+1h", no_address);
+    // Bounced: the transactional SMS goes; unsubscribed from cross_sell: the CRM task not.
+    env.event("customer.updated", "bob", "+0s", json!({}));
+    env.bounce("bob");
+    let shipped = json!({"order_id": "o2", "carrier": "DHL", "tracking_number": "2"});
+    env.event("order.shipped", "bob", "+1h", shipped);
+    env.event(
+        "customer.unsubscribed",
+        "cat",
+        "+0s",
+        json!({"categories": ["cross_sell"]}),
+    );
+    env.event("order.delivered", "cat", "+2h", json!({"order_id": "o3"}));
+    // Marketing at 22:00 waits for the end of quiet hours.
+    env.event("order.delivered", "dan", "+22h", json!({"order_id": "o4"}));
+    env.advance("+2d");
+    let decisions = env.take_decisions();
+    let lines: Vec<String> = decisions
+        .iter()
+        .map(common::compact)
+        .filter(|l| !l.contains(" enter ") && !l.contains(" complete "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "2024-01-01T01:00:00Z ann sms/text webhook (no wait; endpoint sms)",
+            "2024-01-01T01:00:00Z bob sms/text webhook (no wait; endpoint sms)",
+            "2024-01-01T02:00:00Z cat crm/task suppress (unsubscribed from cross_sell)",
+            "2024-01-01T22:00:00Z dan crm/task defer (quiet hours 21:00-08:00 (UTC): until 2024-01-02T08:00:00Z)",
+            "2024-01-02T08:00:00Z dan crm/task webhook (quiet hours over; endpoint crm)",
+        ]
+    );
+    // The post is queued for the outbox with its endpoint and body, and no subject.
+    let posted: Vec<_> = decisions
+        .iter()
+        .filter_map(|d| Some((d.email.as_ref()?, d.subject.as_ref())))
+        .collect();
+    assert_eq!(posted.len(), 3);
+    for (intent, subject) in posted {
+        assert_eq!(&*intent.template, "t/hook");
+        assert!(matches!(intent.endpoint.as_deref(), Some("sms" | "crm")));
+        assert_eq!(subject, None);
+    }
+}
+
+/// SPEC §9 `after: auto`: the median interval between consecutive orders of the category
+/// among the repeat buyers, as computed at the start of the order's day — with at least 30
+/// of them; with fewer, the `fallback`. The interval and where it came from are in the reason.
+#[test]
+fn after_auto_uses_the_median_of_30_repeat_buyers_else_the_fallback() {
+    let auto = FILM.replace("after: 30d", "after: auto, fallback: 30d");
+    let probe = |env: &mut TestEnv, at: &str| {
+        env.event("order.placed", "probe", at, json!({
+            "order_id": "p1", "total": "20.00", "currency": "USD",
+            "items": [{"sku": "film-1", "name": "Film", "category": "film", "quantity": 2, "unit_price": "10.00"}],
+        }));
+    };
+    let probe_enters = |env: &mut TestEnv| -> Vec<String> {
+        env.take()
+            .into_iter()
+            .filter(|l| l.contains(" probe ") && l.contains(" enter "))
+            .collect()
+    };
+    // 29 repeat buyers (a pair of orders 14 days apart, and one more buyer who bought once):
+    // too few, the fallback.
+    let mut env = TestEnv::new(&[&auto]);
+    for i in 0..29 {
+        env.placed(&format!("b{i}"), &format!("b{i}-1"), "+0s", "film");
+        env.placed(&format!("b{i}"), &format!("b{i}-2"), "+14d", "film");
+    }
+    env.placed("once", "x1", "+1d", "film");
+    probe(&mut env, "+20d");
+    env.advance("+100d");
+    assert_eq!(
+        probe_enters(&mut env),
+        [
+            "2024-03-21T00:00:00Z probe film-reorder/remind enter (reorder film: 60d after order p1 (30d × 2; after: auto, the fallback: 29 repeat buyers of film, fewer than 30))"
+        ]
+    );
+    // 30 of them, half 10 days apart and half 20: the median is 15 days. A repeat order on
+    // the probe's own day counts from the next day only.
+    let mut env = TestEnv::new(&[&auto]);
+    for i in 0..30 {
+        let gap = if i % 2 == 0 { "+10d" } else { "+20d" };
+        env.placed(&format!("b{i}"), &format!("b{i}-1"), "+0s", "film");
+        env.placed(&format!("b{i}"), &format!("b{i}-2"), gap, "film");
+    }
+    env.placed("late", "l1", "+1d", "film");
+    env.placed("late", "l2", "+25d", "film");
+    probe(&mut env, "+25d");
+    env.advance("+100d");
+    assert_eq!(
+        probe_enters(&mut env),
+        [
+            "2024-02-25T00:00:00Z probe film-reorder/remind enter (reorder film: 30d after order p1 (15d × 2; after: auto, the median of 30 repeat buyers))"
+        ]
+    );
+}

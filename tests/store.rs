@@ -587,10 +587,12 @@ fn a_version_2_sqlite_file_is_migrated_with_its_customers_and_emails() {
         claimed.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         ["j1:receipt"]
     );
+    // Queued before webhooks: an email.
+    assert_eq!(claimed[0].endpoint, None);
     drop(store);
     assert_eq!(
         test.text("SELECT CAST(user_version AS TEXT) FROM pragma_user_version"),
-        "8"
+        "9"
     );
     // An email queued before traces were kept has none.
     assert_eq!(claimed[0].trace, None);
@@ -1016,7 +1018,7 @@ fn a_store_of_a_newer_schema_is_refused() {
         .unwrap()
         .batch_execute("UPDATE aftercare_schema SET version = 99")
         .unwrap();
-    for (ts, known) in [(&sqlite, 8), (&pg, 6)] {
+    for (ts, known) in [(&sqlite, 9), (&pg, 7)] {
         let refused = aftercare::store::open(&ts.url).err().map(|e| e.to_string());
         assert_eq!(
             refused,
@@ -1062,4 +1064,91 @@ fn a_customer_kept_as_rows_reads_back_whole() {
         let (whole, _) = store.customer("big").unwrap().unwrap();
         assert_eq!(record::journeys(&whole).unwrap().len(), 70, "{}", ts.url);
     }
+}
+
+const FILM_AUTO: &str = "name: film-reorder\ncategory: cross_sell\njourney: per_order\ntrigger: { reorder: { category: film, after: auto, fallback: 30d } }\nsteps:\n  - id: remind\n    email: { template: t/a }\n";
+
+fn film(customer: &str, order: &str, at: DateTime<Utc>) -> Arc<Event> {
+    let ev = json!({"specversion": "1.0", "id": format!("p-{order}"), "source": "/shop", "type": "order.placed",
+        "time": aftercare::time::rfc3339(at), "subject": customer,
+        "data": {"order_id": order, "total": "10.00", "currency": "EUR",
+                 "items": [{"sku": "f1", "name": "Film", "category": "film", "quantity": 1, "unit_price": "10.00"}],
+                 "customer": {"email": format!("{customer}@example.com"), "name": customer}}});
+    Arc::new(Event::from_structured(ev.to_string().as_bytes()).unwrap())
+}
+
+/// SPEC §9 `after: auto` in `run`: the day's interval comes from the store's orders (read at
+/// the day's start), and gives the reminder `simulate` gives for the same orders.
+#[test]
+fn runs_reorder_intervals_come_from_the_store_and_match_the_simulators() {
+    let mut history = Vec::new();
+    for i in 0..30 {
+        let gap = if i % 2 == 0 { 10 } else { 20 };
+        let c = format!("b{i}");
+        history.push(film(&c, &format!("{c}-1"), t0()));
+        history.push(film(&c, &format!("{c}-2"), t0() + Duration::days(gap)));
+    }
+    let probe_at = t0() + Duration::days(25);
+    let probe = film("probe", "p1", probe_at);
+    let expected = "2024-02-10T00:00:00Z probe film-reorder/remind enter (reorder film: 15d after order p1 (after: auto, the median of 30 repeat buyers))";
+
+    // The simulator, reading the same events.
+    let mut env = common::TestEnv::new(&[FILM_AUTO]);
+    for ev in history.iter().chain([&probe]) {
+        env.send(serde_json::from_str(&event_json(ev)).unwrap());
+    }
+    env.advance("+60d");
+    let simulated: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| l.contains(" probe ") && l.contains(" enter "))
+        .collect();
+    assert_eq!(simulated, [expected]);
+
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let catalog = common::catalog(&[("film.yaml", FILM_AUTO)], common::default_templates());
+        let catalog = Arc::new(catalog);
+        let intervals = Arc::new(aftercare::engine::intervals::Intervals::default());
+        let engine =
+            Engine::new(catalog.clone(), Policy::default()).with_intervals(intervals.clone());
+        let mut a = Applier::new(engine);
+        for ev in &history {
+            a.apply(&mut *store, std::slice::from_ref(ev), ev.time)
+                .unwrap();
+        }
+        let categories = aftercare::engine::intervals::watched(&catalog);
+        let figures =
+            aftercare::service::reorder::compute(&mut *store, &categories, probe_at).unwrap();
+        assert_eq!(figures.len(), 1);
+        assert_eq!(
+            (figures[0].1.median, figures[0].1.buyers),
+            (Duration::days(15), 30)
+        );
+        let mut daily = aftercare::service::reorder::Daily::new(intervals);
+        daily.refresh(&mut *store, &catalog, probe_at);
+        a.apply(&mut *store, std::slice::from_ref(&probe), probe_at)
+            .unwrap();
+        let (_, woken) = a
+            .wake(&mut *store, t0() + Duration::days(40), 1_000)
+            .unwrap();
+        let entered: Vec<String> = lines(&woken)
+            .into_iter()
+            .filter(|l| l.contains(" probe ") && l.contains(" enter "))
+            .collect();
+        assert_eq!(entered, [expected], "{}", ts.url);
+    }
+}
+
+/// An event as the JSON the simulator reads.
+fn event_json(ev: &Event) -> String {
+    let aftercare::event::EventData::OrderPlaced(p) = &ev.data else {
+        unreachable!()
+    };
+    json!({"specversion": "1.0", "id": ev.id, "source": ev.source, "type": "order.placed",
+        "time": aftercare::time::rfc3339(ev.time), "subject": &*ev.subject,
+        "data": {"order_id": p.order_id, "total": "10.00", "currency": "EUR",
+                 "items": [{"sku": "f1", "name": "Film", "category": "film", "quantity": 1, "unit_price": "10.00"}],
+                 "customer": {"email": format!("{}@example.com", ev.subject), "name": &*ev.subject}}})
+    .to_string()
 }

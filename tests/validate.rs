@@ -41,7 +41,7 @@ fn unknown_key_without_a_close_match_lists_the_known_keys() {
     assert_eq!(
         check(&yaml),
         [
-            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, start, exit, variants, branch",
+            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, webhook, start, exit, variants, branch",
         ]
     );
 }
@@ -538,6 +538,50 @@ fn a_holdout_needs_a_marketing_sequence_and_something_to_measure() {
             "s.yaml:3:1: a transactional sequence cannot hold customers out: its emails are always sent\n  hint: remove `experiment`, or give the sequence a marketing category",
             "s.yaml:2:1: a holdout without a `measure` withholds emails and measures nothing\n  hint: add `measure: [{ name: repeat_purchase, event: order.placed, within: 90d }]`",
             "s.yaml:4:53: `measure.within` must be longer than 0s: nothing could be counted\n  hint: how long after entering a conversion counts, e.g. `within: 90d`",
+        ]
+    );
+}
+
+#[test]
+fn a_webhook_needs_an_endpoint_and_a_json_body_template() {
+    let yaml = format!(
+        "{HEAD}  - id: a\n    webhook: {{ body: t/hook }}\n  - id: b\n    webhook: {{ endpoint: \"sms gw\", body: t/hok }}\n  - id: c\n    webhook: {{ endpoint: sms, body: t/a }}\n  - id: d\n    webhook: {{ endpoint: sms }}\n    email: {{ template: t/a }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:5:14: `webhook` has no `endpoint`\n  hint: add `endpoint: sms`, the name of a [webhooks.sms] section of aftercare.toml",
+            "s.yaml:7:26: a webhook endpoint `sms gw` may only use letters, digits, - and _\n  hint: for example camera-education or cross_sell",
+            "s.yaml:7:42: unknown webhook body `t/hok`\n  hint: did you mean `t/hook`?",
+            "s.yaml:9:37: template `t/a` has no default json part\n  hint: create templates/t/a.json.j2",
+            "s.yaml:11:5: a step has one action; this one has `email` and `webhook`\n  hint: split it into one step per action",
+        ]
+    );
+}
+
+#[test]
+fn after_auto_needs_a_fallback_and_a_fallback_needs_after_auto() {
+    let steps = "steps:\n  - id: a\n    email: { template: t/a }\n";
+    let trigger = |r: &str| {
+        format!(
+            "name: s\njourney: per_order\ntrigger: {{ reorder: {{ category: film, {r} }} }}\n{steps}"
+        )
+    };
+    let all: Vec<String> = [
+        trigger("after: auto"),
+        trigger("after: 30d, fallback: 30d"),
+        trigger("after: auto, fallback: 0s"),
+        trigger("after: auto, fallback: 30d"),
+    ]
+    .iter()
+    .flat_map(|y| check(y))
+    .collect();
+    assert_eq!(
+        all,
+        [
+            "s.yaml:3:46: `after: auto` needs a `fallback`\n  hint: add `fallback: 30d`: the interval used while fewer than 30 customers have bought the category twice",
+            "s.yaml:3:51: `fallback` goes with `after: auto`\n  hint: remove it: a fixed `after` is always used",
+            "s.yaml:3:62: `reorder.fallback` must be longer than 0s\n  hint: e.g. `fallback: 30d`",
         ]
     );
 }

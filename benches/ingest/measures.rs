@@ -479,6 +479,9 @@ impl Store for Recording {
     fn customer(&mut self, id: &str) -> store::Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
         self.inner.customer(id)
     }
+    fn customers_after(&mut self, after: &str, limit: usize) -> store::Result<Vec<StoredCustomer>> {
+        self.inner.customers_after(after, limit)
+    }
     fn journey_counts(&mut self) -> store::Result<Vec<JourneyCount>> {
         self.inner.journey_counts()
     }

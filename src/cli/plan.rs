@@ -27,12 +27,63 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for line in plan(&catalog, &counts, &stored) {
         println!("{line}");
     }
+    for line in reorder_intervals(&config.store.url, &catalog)? {
+        println!("{line}");
+    }
     if let Some(report) = experiments(&config.store.url, &catalog)? {
         let mut text = String::new();
         report.write_text(&mut text);
         print!("{text}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A line per `after: auto` reorder trigger: the interval a reminder would use today, from
+/// the store's orders before today (as `run` computes it each midnight).
+fn reorder_intervals(url: &str, catalog: &Catalog) -> anyhow::Result<Vec<String>> {
+    use crate::engine::intervals::{MIN_BUYERS, day_of, watched};
+    use crate::sequence::ReorderAfter;
+    use anyhow::Context;
+    let categories = watched(catalog);
+    if categories.is_empty() {
+        return Ok(Vec::new());
+    }
+    let today = day_of(crate::clock::system().now());
+    let figures = match crate::store::open_existing(url).context("opening the store")? {
+        Some(mut store) => crate::service::reorder::compute(&mut *store, &categories, today)
+            .context("reading the customers' orders")?,
+        None => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for seq in catalog.sequences() {
+        let Some(r) = &seq.trigger.reorder else {
+            continue;
+        };
+        let ReorderAfter::Auto { fallback } = r.after else {
+            continue;
+        };
+        let figure = figures
+            .iter()
+            .find(|(c, _)| *c == r.category)
+            .map(|(_, i)| *i);
+        let what = match figure {
+            Some(i) if i.buyers >= MIN_BUYERS => format!(
+                "{}, the median of {} repeat buyers",
+                crate::time::Period(i.median),
+                i.buyers
+            ),
+            other => format!(
+                "the fallback {fallback}: {} repeat buyers of {}, fewer than {MIN_BUYERS}",
+                other.map_or(0, |i| i.buyers),
+                r.category
+            ),
+        };
+        out.push(format!(
+            "{}: reorder {} after: auto: {what}",
+            seq.name, r.category
+        ));
+    }
+    Ok(out)
 }
 
 /// The experiments' figures from the store, as of now, against the files' sequences: their

@@ -1,4 +1,5 @@
-//! `aftercare preview SEQUENCE STEP --event FILE`: render one step's email for a sample event.
+//! `aftercare preview SEQUENCE STEP --event FILE`: render one step's email (or webhook body)
+//! for a sample event.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ use crate::template::Rendered;
 pub struct Args {
     /// Sequence name.
     sequence: String,
-    /// Step id (an email step).
+    /// Step id (an email or webhook step).
     step: String,
     /// A CloudEvent in JSON (one object, or the first line of a JSON Lines file).
     #[arg(long)]
@@ -43,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or(config.sequences.dir.clone());
     let catalog = super::load_catalog_strict(&dir, &config)?;
-    let (seq, si, template) = email_step(&catalog, &args, &dir)?;
+    let (seq, si, sent) = sending_step(&catalog, &args, &dir)?;
     let ev = Arc::new(read_event(&args.event)?);
 
     // The customer and order as they would be right after this event.
@@ -57,12 +58,70 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .locale
         .as_deref()
         .or(customer.profile.locale.as_deref());
-    let rendered = catalog
-        .templates
-        .render(&template, locale, &ctx)
-        .map_err(|e| anyhow!("{e}"))?;
-    print(&rendered, &template, locale, &args.format)?;
+    match sent {
+        Sent::Email(template) => {
+            let rendered = catalog
+                .templates
+                .render(&template, locale, &ctx)
+                .map_err(|e| anyhow!("{e}"))?;
+            print(&rendered, &template, locale, &args.format)?;
+        }
+        Sent::Webhook { endpoint, body } => {
+            let json = catalog
+                .templates
+                .render_json(&body, locale, &ctx)
+                .map_err(|e| anyhow!("{e}"))?;
+            let post = PostShown {
+                endpoint: &endpoint,
+                url: config.webhooks.get(&*endpoint).map(|w| w.url.as_str()),
+                id: format!("{}:{}", journey.id, seq.steps[si].id),
+                body: &body,
+                locale,
+            };
+            print_post(&post, &json, &args.format)?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a step sends: an email's template, or a webhook's endpoint and body.
+enum Sent {
+    Email(Arc<str>),
+    Webhook { endpoint: Arc<str>, body: Arc<str> },
+}
+
+/// A webhook post as `preview` shows it.
+struct PostShown<'a> {
+    endpoint: &'a str,
+    /// The endpoint's URL, when the config has it.
+    url: Option<&'a str>,
+    /// The `webhook-id` it is posted with.
+    id: String,
+    body: &'a str,
+    locale: Option<&'a str>,
+}
+
+/// The rendered webhook post as `format` says: `json`, or the request as text.
+fn print_post(post: &PostShown<'_>, json: &str, format: &str) -> anyhow::Result<()> {
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    if format == "json" {
+        let shown = serde_json::json!({
+            "endpoint": post.endpoint, "url": post.url, "webhook_id": post.id,
+            "body": value, "template": post.body, "locale": post.locale,
+        });
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        let url = post.url.unwrap_or("(not in the config)");
+        println!("POST {url} (webhook {})", post.endpoint);
+        println!("webhook-id: {}", post.id);
+        println!(
+            "Template: {}.json.j2 (locale {})",
+            post.body,
+            post.locale.unwrap_or("default")
+        );
+        println!("\n{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
 }
 
 /// What the templates see. As when sent: the customer and order the event produced, not the
@@ -80,13 +139,13 @@ fn context(
     ctx.into_value()
 }
 
-/// The sequence and step named in `args`, and the template the step sends; an error names
-/// what is there instead.
-fn email_step(
+/// The sequence and step named in `args`, and what the step sends; an error names what is
+/// there instead.
+fn sending_step(
     catalog: &Catalog,
     args: &Args,
     dir: &Path,
-) -> anyhow::Result<(Arc<Sequence>, usize, Arc<str>)> {
+) -> anyhow::Result<(Arc<Sequence>, usize, Sent)> {
     let seq = catalog.get(&args.sequence).cloned().ok_or_else(|| {
         let names = catalog.sequences().iter().map(|s| &*s.name);
         match did_you_mean(&args.sequence, names) {
@@ -103,11 +162,19 @@ fn email_step(
             ids.join(", ")
         );
     };
-    let Some(Action::Email { template }) = &seq.steps[si].action else {
-        bail!("step `{}` of `{}` sends no email", args.step, seq.name);
+    let sent = match &seq.steps[si].action {
+        Some(Action::Email { template }) => Sent::Email(template.clone()),
+        Some(Action::Webhook { endpoint, body, .. }) => Sent::Webhook {
+            endpoint: endpoint.clone(),
+            body: body.clone(),
+        },
+        _ => bail!(
+            "step `{}` of `{}` sends no email and posts no webhook",
+            args.step,
+            seq.name
+        ),
     };
-    let template = template.clone();
-    Ok((seq, si, template))
+    Ok((seq, si, sent))
 }
 
 /// A journey of `seq` at step `si`, started by `ev` (for `order_id` when per order).

@@ -170,12 +170,12 @@ fn engines(
     config: &Config,
 ) -> anyhow::Result<Vec<Engine>> {
     let policy = first.policy.clone();
+    // One set of reorder intervals, kept up by the reader, read by every worker.
+    let intervals = first.intervals.clone();
     let mut engines = vec![first];
     for _ in 1..threads {
-        engines.push(Engine::new(
-            Arc::new(super::load_catalog_strict(dir, config)?),
-            policy.clone(),
-        ));
+        let catalog = Arc::new(super::load_catalog_strict(dir, config)?);
+        engines.push(Engine::new(catalog, policy.clone()).with_intervals(intervals.clone()));
     }
     Ok(engines)
 }

@@ -85,7 +85,9 @@ pub fn missing_templates(
         };
         let mut gone: Vec<&str> = seq
             .email_templates()
-            .filter(|t| catalog.templates.check(t).is_err())
+            .filter(|t| {
+                catalog.templates.check(t).is_err() && catalog.templates.check_body(t).is_err()
+            })
             .collect();
         gone.sort_unstable();
         gone.dedup();

@@ -11,7 +11,7 @@ use chrono::{Datelike, Days, LocalResult, Months, NaiveDate, NaiveDateTime, Time
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::sequence::{DateTrigger, ReorderTrigger, Repeat};
+use crate::sequence::{DateTrigger, ReorderAfter, ReorderTrigger, Repeat};
 
 /// The next start of a date-triggered sequence for one customer, or of a reorder reminder
 /// for one of their orders.
@@ -27,6 +27,34 @@ pub struct DateDue {
     /// after it (shops repeat the customer on every event) does not fire it twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fired: Option<NaiveDate>,
+    /// The interval `after: auto` chose for a reorder reminder, for its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoInterval>,
+}
+
+/// The interval an `after: auto` reorder trigger chose when the order came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoInterval {
+    /// The interval, in whole days (before the quantity).
+    pub days: i64,
+    /// The repeat buyers of the category then.
+    pub buyers: u32,
+    /// Too few of them: the sequence's `fallback`.
+    pub fallback: bool,
+}
+
+impl AutoInterval {
+    /// How the reason says where the interval came from.
+    fn describe(&self, category: &str) -> String {
+        match self.fallback {
+            false => format!("after: auto, the median of {} repeat buyers", self.buyers),
+            true => format!(
+                "after: auto, the fallback: {} repeat buyers of {category}, fewer than {}",
+                self.buyers,
+                super::intervals::MIN_BUYERS
+            ),
+        }
+    }
 }
 
 impl Engine {
@@ -84,7 +112,12 @@ impl Engine {
                 continue;
             };
             if let (Some(order), Some(r)) = (&due.order, &seq.trigger.reorder) {
-                self.start_reorder(c, &seq, r, order, at, now, out);
+                let reminder = Reminder {
+                    order,
+                    at,
+                    auto: due.auto,
+                };
+                self.start_reorder(c, &seq, r, reminder, now, out);
                 continue;
             }
             let Some(trigger) = &seq.trigger.date else {
@@ -156,6 +189,38 @@ impl Engine {
             return;
         }
         let order = placed.order_id.as_str();
+        self.reordered(c, seq, order, now, out);
+        if self.may_enter(c, seq, Some(order)).is_err()
+            || c.dates.iter().any(|d| d.sequence == seq.name)
+        {
+            return;
+        }
+        if backfill {
+            return;
+        }
+        let (after, auto) = self.reorder_interval(r, now);
+        let Some(at) = reminder_at(r, after, ev.time, quantity) else {
+            return;
+        };
+        c.dates.push(DateDue {
+            sequence: seq.name.clone(),
+            at: Some(at),
+            order: Some(order.into()),
+            fired: None,
+            auto,
+        });
+    }
+
+    /// The customer ordered the category again (`order`): the sequence's journeys and
+    /// reminders of their other orders end.
+    fn reordered(
+        &self,
+        c: &mut Customer,
+        seq: &Sequence,
+        order: &str,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
         let earlier: Vec<JourneyId> = c
             .journeys
             .iter()
@@ -169,46 +234,66 @@ impl Engine {
         }
         c.dates
             .retain(|d| d.sequence != seq.name || d.order.as_deref() == Some(order));
-        if self.may_enter(c, seq, Some(order)).is_err()
-            || c.dates.iter().any(|d| d.sequence == seq.name)
-        {
-            return;
-        }
-        if backfill {
-            return;
-        }
-        let Some(at) = reminder_at(r, ev.time, quantity) else {
-            return;
-        };
-        c.dates.push(DateDue {
-            sequence: seq.name.clone(),
-            at: Some(at),
-            order: Some(order.into()),
-            fired: None,
-        });
     }
 
-    /// The reorder reminder of `order`, due now: its journey, with the interval in the reason.
-    #[allow(clippy::too_many_arguments)]
+    /// How long after an order of `r.category` placed now its reminder waits (before the
+    /// quantity): `after`, or with `after: auto` the store's median interval of the day
+    /// (the `fallback` while it has too few repeat buyers), said how.
+    fn reorder_interval(
+        &self,
+        r: &ReorderTrigger,
+        now: DateTime<Utc>,
+    ) -> (Period, Option<AutoInterval>) {
+        let fallback = match r.after {
+            ReorderAfter::Fixed(p) => return (p, None),
+            ReorderAfter::Auto { fallback } => fallback,
+        };
+        let figure = self.intervals.at(&r.category, now);
+        let buyers = figure.map_or(0, |i| i.buyers);
+        let (after, fallback) = match figure {
+            Some(i) if i.buyers >= super::intervals::MIN_BUYERS => (Period(i.median), false),
+            _ => (fallback, true),
+        };
+        let auto = AutoInterval {
+            days: after.0.num_days(),
+            buyers,
+            fallback,
+        };
+        (after, Some(auto))
+    }
+
+    /// The reorder reminder of an order, due now: its journey, with the interval in the reason.
     fn start_reorder(
         &self,
         c: &mut Customer,
         seq: &Arc<Sequence>,
         r: &ReorderTrigger,
-        order: &str,
-        at: DateTime<Utc>,
+        reminder: Reminder<'_>,
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
+        let Reminder { order, at, auto } = reminder;
         if self.may_enter(c, seq, Some(order)).is_err() {
             return;
         }
         let quantity = c.order(order).map_or(1, |o| quantity_of(&o.items, r));
         let times = times(r, quantity);
-        let waited = Period(r.after.0 * times);
-        let times = match times > 1 {
-            true => format!(" ({} × {times})", r.after),
-            false => String::new(),
+        let after = match (auto, r.after) {
+            (Some(a), _) => Period(chrono::Duration::days(a.days)),
+            (None, ReorderAfter::Fixed(p)) => p,
+            (None, ReorderAfter::Auto { fallback }) => fallback,
+        };
+        let waited = Period(after.0 * times);
+        let mut how: Vec<String> = Vec::new();
+        if times > 1 {
+            how.push(format!("{after} × {times}"));
+        }
+        if let Some(a) = auto {
+            how.push(a.describe(&r.category));
+        }
+        let times = match how.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", how.join("; ")),
         };
         let entry = Entry {
             sequence: seq.clone(),
@@ -257,6 +342,7 @@ fn set_due(
             at: next,
             order: None,
             fired,
+            auto: None,
         }),
         (None, false) => {}
     }
@@ -300,8 +386,20 @@ fn times(r: &ReorderTrigger, quantity: u64) -> i32 {
 
 /// When the reminder for an order placed at `placed` is due: `after`, times the quantity when
 /// `per_quantity` (at most 100 times).
-fn reminder_at(r: &ReorderTrigger, placed: DateTime<Utc>, quantity: u64) -> Option<DateTime<Utc>> {
-    placed.checked_add_signed(r.after.0.checked_mul(times(r, quantity))?)
+fn reminder_at(
+    r: &ReorderTrigger,
+    after: Period,
+    placed: DateTime<Utc>,
+    quantity: u64,
+) -> Option<DateTime<Utc>> {
+    placed.checked_add_signed(after.0.checked_mul(times(r, quantity))?)
+}
+
+/// A reorder reminder falling due: its order, when, and the interval `after: auto` chose.
+struct Reminder<'a> {
+    order: &'a str,
+    at: DateTime<Utc>,
+    auto: Option<AutoInterval>,
 }
 
 /// The date in `value`: `YYYY-MM-DD`, or the date an RFC 3339 time has where it was written.

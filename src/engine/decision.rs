@@ -32,10 +32,12 @@ pub enum Action {
     Complete,
     /// A `branch` step chose where the journey goes.
     Branch,
+    /// A webhook post queued (SPEC §9): SMS, chat, a CRM task.
+    Webhook,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::Enter,
         Action::Email,
         Action::Holdout,
@@ -49,6 +51,7 @@ impl Action {
         Action::Exit,
         Action::Complete,
         Action::Branch,
+        Action::Webhook,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Action {
             Action::Exit => "exit",
             Action::Complete => "complete",
             Action::Branch => "branch",
+            Action::Webhook => "webhook",
         }
     }
 }
@@ -76,10 +80,22 @@ impl fmt::Display for Action {
     }
 }
 
-/// An email to send: ids only, rendered when it is sent.
+/// How a step reaches its customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Email,
+    /// A post to a webhook endpoint: no email address is needed, and a bounced one stops
+    /// nothing.
+    Webhook,
+}
+
+/// An email (or a webhook post) to send: ids only, rendered when it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailIntent {
+    /// The email's template; a webhook's body.
     pub template: Arc<str>,
+    /// A webhook's endpoint (`[webhooks.NAME]`); `None` for an email.
+    pub endpoint: Option<Arc<str>>,
     pub category: Arc<str>,
     pub transactional: bool,
     /// The journey's order (per_order journeys): the `order` the template will see.

@@ -19,6 +19,7 @@ pub mod dates;
 pub mod decision;
 mod events;
 pub mod experiment;
+pub mod intervals;
 pub mod journey;
 pub mod journeys;
 mod rules;
@@ -33,7 +34,7 @@ use chrono_tz::Tz;
 use minijinja::Value;
 
 pub use customer::{Customer, Order, OrderStatus, Orders, Profile};
-pub use decision::{Action, Decision, EmailIntent};
+pub use decision::{Action, Channel, Decision, EmailIntent};
 pub use journey::{Cause, Journey, JourneyId, PendingGoal, State};
 pub use journeys::{Changed, Ji, Journeys};
 
@@ -101,6 +102,8 @@ const STEP_BUDGET: usize = 10_000;
 pub struct Engine {
     pub catalog: Arc<Catalog>,
     pub policy: Policy,
+    /// The store's reorder intervals, for `after: auto` (shared, written by one reader).
+    pub intervals: Arc<intervals::Intervals>,
 }
 
 /// A journey about to start.
@@ -117,7 +120,26 @@ struct Entry<'a> {
 
 impl Engine {
     pub fn new(catalog: Arc<Catalog>, policy: Policy) -> Engine {
-        Engine { catalog, policy }
+        Engine {
+            catalog,
+            policy,
+            intervals: Arc::default(),
+        }
+    }
+
+    /// This engine on another catalog (a reload): the same policy and reorder intervals.
+    pub fn reloaded(&self, catalog: Arc<Catalog>) -> Engine {
+        Engine {
+            catalog,
+            policy: self.policy.clone(),
+            intervals: self.intervals.clone(),
+        }
+    }
+
+    /// Reads the reorder intervals from `intervals`.
+    pub fn with_intervals(mut self, intervals: Arc<intervals::Intervals>) -> Engine {
+        self.intervals = intervals;
+        self
     }
 
     /// The instant `wake` next has work for this customer.

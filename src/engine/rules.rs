@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Customer, Engine, Profile};
+use super::{Channel, Customer, Engine, Profile};
 use crate::sequence::Sequence;
 use crate::time::rfc3339;
 
@@ -17,23 +17,27 @@ pub enum Verdict {
 impl Engine {
     /// Bounced addresses stop marketing email (and, by default, transactional email too);
     /// missing addresses stop every email; transactional email ignores the marketing rules
-    /// (unsubscribes, quiet hours, frequency cap).
+    /// (unsubscribes, quiet hours, frequency cap). A webhook post is held to the marketing
+    /// rules as email is, and needs no address.
     pub(super) fn verdict(
         &self,
         c: &Customer,
         seq: &Sequence,
         step: usize,
         backfill: bool,
+        channel: Channel,
         now: DateTime<Utc>,
     ) -> Verdict {
         let p = &c.profile;
         let category = seq.step_category(step);
         let transactional = category.is_transactional();
-        if let Some(reason) = self.bounced(p, transactional) {
-            return Verdict::Suppress(reason);
-        }
-        if p.email.is_none() {
-            return Verdict::Suppress("no email address".into());
+        if channel == Channel::Email {
+            if let Some(reason) = self.bounced(p, transactional) {
+                return Verdict::Suppress(reason);
+            }
+            if p.email.is_none() {
+                return Verdict::Suppress("no email address".into());
+            }
         }
         if transactional {
             return Verdict::Send;
@@ -75,13 +79,16 @@ impl Engine {
         p: &Profile,
         category: &str,
         transactional: bool,
+        channel: Channel,
     ) -> Result<(), String> {
-        let reason = self
-            .bounced(p, transactional)
-            .or_else(|| match transactional {
-                true => None,
-                false => unsubscribed(p, category),
-            });
+        let bounced = match channel {
+            Channel::Email => self.bounced(p, transactional),
+            Channel::Webhook => None,
+        };
+        let reason = bounced.or_else(|| match transactional {
+            true => None,
+            false => unsubscribed(p, category),
+        });
         reason.map_or(Ok(()), Err)
     }
 
@@ -115,7 +122,7 @@ fn unsubscribed(p: &Profile, category: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Engine, Profile};
+    use super::{Channel, Engine, Profile};
 
     fn profile(email: &str) -> Profile {
         Profile {
@@ -141,24 +148,42 @@ mod tests {
         let catalog = crate::engine::journeys::tests::catalog();
         let mut engine = Engine::new(catalog, crate::engine::Policy::default());
         let mut p = profile("ann@example.com");
-        assert_eq!(engine.still_sendable(&p, "review", false), Ok(()));
+        assert_eq!(
+            engine.still_sendable(&p, "review", false, Channel::Email),
+            Ok(())
+        );
         p.unsubscribed.insert_sorted("review");
         assert_eq!(
-            engine.still_sendable(&p, "review", false),
+            engine.still_sendable(&p, "review", false, Channel::Email),
             Err("unsubscribed from review".into())
         );
         // Transactional email ignores unsubscribes, not bounces (by default).
-        assert_eq!(engine.still_sendable(&p, "transactional", true), Ok(()));
+        assert_eq!(
+            engine.still_sendable(&p, "transactional", true, Channel::Email),
+            Ok(())
+        );
         p.bounced = true;
         assert_eq!(
-            engine.still_sendable(&p, "transactional", true),
+            engine.still_sendable(&p, "transactional", true, Channel::Email),
             Err("address bounced".into())
         );
         engine.policy.bounce_stops_transactional = false;
-        assert_eq!(engine.still_sendable(&p, "transactional", true), Ok(()));
         assert_eq!(
-            engine.still_sendable(&p, "review", false),
+            engine.still_sendable(&p, "transactional", true, Channel::Email),
+            Ok(())
+        );
+        assert_eq!(
+            engine.still_sendable(&p, "review", false, Channel::Email),
             Err("address bounced".into())
+        );
+        // A webhook needs no address: a bounce stops none, an unsubscribe does.
+        assert_eq!(
+            engine.still_sendable(&p, "review", false, Channel::Webhook),
+            Err("unsubscribed from review".into())
+        );
+        assert_eq!(
+            engine.still_sendable(&p, "education", false, Channel::Webhook),
+            Ok(())
         );
     }
 }

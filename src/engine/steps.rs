@@ -55,8 +55,17 @@ impl Engine {
                 let email = ToSend {
                     template,
                     variant: variant.map(|v| &*v.id),
+                    endpoint: None,
                 };
                 return self.email_step(c, ji, email, cause, now, out);
+            }
+            Some(sequence::Action::Webhook { endpoint, body, .. }) => {
+                let post = ToSend {
+                    template: body,
+                    variant: variant.map(|v| &*v.id),
+                    endpoint: Some(endpoint),
+                };
+                return self.email_step(c, ji, post, cause, now, out);
             }
             Some(sequence::Action::Branch(arms)) => return self.branch(c, ji, arms, ev, now, out),
         }
@@ -169,13 +178,15 @@ impl Engine {
     fn quiet_hours_for(&self, seq: &Sequence, si: usize) -> Option<QuietHours> {
         // Marketing email must also miss quiet hours: look for an instant both allow, or
         // the two would defer each other forever.
-        let marketing = matches!(seq.steps[si].action, Some(sequence::Action::Email { .. }))
-            && !seq.step_category(si).is_transactional();
+        let marketing = matches!(
+            seq.steps[si].action,
+            Some(sequence::Action::Email { .. } | sequence::Action::Webhook { .. })
+        ) && !seq.step_category(si).is_transactional();
         self.policy.quiet_hours.filter(|_| marketing)
     }
 
-    /// An email step, by the sending rules: sent or suppressed, and the journey moves on; or
-    /// deferred, and the step falls due again when the rules allow.
+    /// An email (or webhook) step, by the sending rules: sent or suppressed, and the journey
+    /// moves on; or deferred, and the step falls due again when the rules allow.
     fn email_step(
         &self,
         c: &mut Customer,
@@ -186,7 +197,8 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         let j = &c.journeys[ji];
-        match self.verdict(c, &j.sequence, j.step, j.backfill, now) {
+        let channel = email.channel();
+        match self.verdict(c, &j.sequence, j.step, j.backfill, channel, now) {
             Verdict::Send => match self.held_out(c, ji) {
                 // Nothing is sent; the journey goes on as everyone else's (SPEC §8).
                 Some(reason) => self.push(c, ji, now, Action::Holdout, reason, out),
@@ -216,7 +228,8 @@ impl Engine {
     }
 
     /// Records the email the step sends, with its subject as rendered now; a template error
-    /// suppresses it instead.
+    /// suppresses it instead. A webhook post is recorded as `webhook`, its body rendered when
+    /// it is sent.
     pub(super) fn email(
         &self,
         c: &mut Customer,
@@ -227,9 +240,12 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         let template = email.template;
-        let subject = match self.subject(c, ji, template) {
-            Ok(s) => s,
-            Err(reason) => return self.push(c, ji, now, Action::Suppress, reason, out),
+        let subject = match email.endpoint {
+            Some(_) => None,
+            None => match self.subject(c, ji, template) {
+                Ok(s) => Some(s),
+                Err(reason) => return self.push(c, ji, now, Action::Suppress, reason, out),
+            },
         };
         let j = &c.journeys[ji];
         let seq = j.sequence.clone();
@@ -244,10 +260,19 @@ impl Engine {
             reason.push_str(v);
             self.variant_sent(c, &seq, &seq.steps[si].id, v);
         }
-        let mut d = self.decision(c, ji, now, Action::Email, reason);
-        d.subject = Some(subject);
+        let action = match email.endpoint {
+            Some(endpoint) => {
+                reason.push_str("; endpoint ");
+                reason.push_str(endpoint);
+                Action::Webhook
+            }
+            None => Action::Email,
+        };
+        let mut d = self.decision(c, ji, now, action, reason);
+        d.subject = subject;
         d.email = Some(EmailIntent {
             template: template.clone(),
+            endpoint: email.endpoint.cloned(),
             transactional: category.is_transactional(),
             category: category.0,
             order_id: c.journeys[ji].order_id.clone(),
@@ -473,14 +498,25 @@ impl Engine {
     }
 }
 
-/// The journey stays on its step, due again at `at`.
-/// The email a step sends: its template, and the variant of a split step that chose it.
+/// The email a step sends: its template, and the variant of a split step that chose it; or
+/// the webhook it posts: its body and endpoint.
 #[derive(Clone, Copy)]
 pub(super) struct ToSend<'a> {
     pub(super) template: &'a Arc<str>,
     pub(super) variant: Option<&'a str>,
+    pub(super) endpoint: Option<&'a Arc<str>>,
 }
 
+impl ToSend<'_> {
+    fn channel(&self) -> Channel {
+        match self.endpoint {
+            Some(_) => Channel::Webhook,
+            None => Channel::Email,
+        }
+    }
+}
+
+/// The journey stays on its step, due again at `at`.
 fn due_again(c: &mut Customer, ji: Ji, at: DateTime<Utc>, cause: Cause) {
     c.journeys
         .update(ji, |j| j.state = State::Due { at, cause });

@@ -80,7 +80,7 @@ fn instant_starts<'a>(
                 Some(Action::Exit) => break,
                 // A branch's jumps: forward ones are walked on; a backward one without a
                 // wait is refused by the compiler.
-                Some(Action::Email { .. } | Action::Branch(_)) | None => {}
+                Some(Action::Email { .. } | Action::Webhook { .. } | Action::Branch(_)) | None => {}
             }
         }
     }

@@ -11,8 +11,8 @@ use super::expr::Expr;
 use super::raw::{self, RawStep, Sp};
 use super::{
     Action, Branch, Category, DateField, DateTrigger, Experiment, Goal, JourneyKind, Limits,
-    Measure, Migrate, OnTimeout, ReorderTrigger, Repeat, Sequence, Step, Timing, Trigger, Variant,
-    WaitFor,
+    Measure, Migrate, OnTimeout, ReorderAfter, ReorderTrigger, Repeat, Sequence, Step, Timing,
+    Trigger, Variant, WaitFor,
 };
 use crate::template::Templates;
 use crate::time::{CronWindow, Period, parse_tz};
@@ -33,6 +33,7 @@ const CRON_HINT: &str =
 /// The action keys of a step or of a variant.
 struct Acts<'r> {
     email: Option<&'r Sp<raw::RawEmail>>,
+    webhook: Option<&'r Sp<raw::RawWebhook>>,
     start: Option<&'r Sp<String>>,
     exit: Option<&'r Sp<bool>>,
     branch: Option<&'r Sp<Vec<raw::RawBranch>>>,
@@ -440,16 +441,7 @@ impl Compiler<'_, '_, '_> {
             }
         };
         let after = match &r.value.after {
-            Some(a) => self.period(a).filter(|p| {
-                if p.is_zero() {
-                    self.d.error_hint(
-                        a.pos,
-                        "`reorder.after` must be longer than 0s",
-                        "e.g. `after: 30d`",
-                    );
-                }
-                !p.is_zero()
-            }),
+            Some(a) => self.reorder_after(a, r.value.fallback.as_ref()),
             None => {
                 self.d.error_hint(
                     r.pos,
@@ -469,6 +461,51 @@ impl Compiler<'_, '_, '_> {
                 per_quantity: r.value.per_quantity.as_ref().is_some_and(|p| p.value),
             }),
         })
+    }
+
+    /// `after: 30d`, or `after: auto` with its `fallback`; each longer than 0s.
+    fn reorder_after(
+        &mut self,
+        after: &Sp<String>,
+        fallback: Option<&Sp<String>>,
+    ) -> Option<ReorderAfter> {
+        if after.value != "auto" {
+            if let Some(f) = fallback {
+                self.d.error_hint(
+                    f.key,
+                    "`fallback` goes with `after: auto`",
+                    "remove it: a fixed `after` is always used",
+                );
+                return None;
+            }
+            return self
+                .positive(after, "`reorder.after`", "e.g. `after: 30d`")
+                .map(ReorderAfter::Fixed);
+        }
+        match fallback {
+            Some(f) => self
+                .positive(f, "`reorder.fallback`", "e.g. `fallback: 30d`")
+                .map(|fallback| ReorderAfter::Auto { fallback }),
+            None => {
+                self.d.error_hint(
+                    after.pos,
+                    "`after: auto` needs a `fallback`",
+                    "add `fallback: 30d`: the interval used while fewer than 30 customers have bought the category twice",
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration longer than 0s.
+    fn positive(&mut self, v: &Sp<String>, what: &str, hint: &str) -> Option<Period> {
+        let p = self.period(v)?;
+        if p.is_zero() {
+            self.d
+                .error_hint(v.pos, format!("{what} must be longer than 0s"), hint);
+            return None;
+        }
+        Some(p)
     }
 
     /// `offset`, `at` and `repeat` belong to a date trigger.
@@ -818,6 +855,7 @@ impl Compiler<'_, '_, '_> {
     fn action(&mut self, s: &RawStep, ids: &Ids) -> Option<Option<Action>> {
         let acts = Acts {
             email: s.email.as_ref(),
+            webhook: s.webhook.as_ref(),
             start: s.start.as_ref(),
             exit: s.exit.as_ref(),
             branch: s.branch.as_ref(),
@@ -952,6 +990,9 @@ impl Compiler<'_, '_, '_> {
         if let Some(email) = acts.email {
             return self.email(email).map(Some);
         }
+        if let Some(webhook) = acts.webhook {
+            return self.webhook(webhook).map(Some);
+        }
         if let Some(start) = acts.start {
             self.word(start, "sequence name")?;
             self.starts.push(start.clone());
@@ -977,6 +1018,7 @@ impl Compiler<'_, '_, '_> {
     fn one_action(&mut self, acts: &Acts<'_>) -> Option<()> {
         let present: Vec<(&str, Pos)> = [
             acts.email.map(|e| ("email", e.key)),
+            acts.webhook.map(|e| ("webhook", e.key)),
             acts.start.map(|e| ("start", e.key)),
             acts.exit.map(|e| ("exit", e.key)),
             acts.branch.map(|e| ("branch", e.key)),
@@ -1017,6 +1059,45 @@ impl Compiler<'_, '_, '_> {
         }
         Some(Action::Email {
             template: t.value.as_str().into(),
+        })
+    }
+
+    /// A `webhook` action: an `endpoint` name and a `body` template, which must exist
+    /// (checked unless reviving a stored version). Whether the config has the endpoint is
+    /// checked by `run`, which has the config.
+    fn webhook(&mut self, w: &Sp<raw::RawWebhook>) -> Option<Action> {
+        let endpoint = match &w.value.endpoint {
+            Some(e) => self.word(e, "a webhook endpoint").map(|()| e),
+            None => {
+                self.d.error_hint(
+                    w.pos,
+                    "`webhook` has no `endpoint`",
+                    "add `endpoint: sms`, the name of a [webhooks.sms] section of aftercare.toml",
+                );
+                None
+            }
+        };
+        let body = match &w.value.body {
+            Some(b) => match self.templates.map(|ts| ts.check_body(&b.value)) {
+                Some(Err((msg, hint))) => {
+                    self.d.error_hint(b.pos, msg, hint);
+                    None
+                }
+                _ => Some(b),
+            },
+            None => {
+                self.d.error_hint(
+                    w.pos,
+                    "`webhook` has no `body`",
+                    "add `body: sms/shipped` (templates/sms/shipped.json.j2)",
+                );
+                None
+            }
+        };
+        Some(Action::Webhook {
+            endpoint: endpoint?.value.as_str().into(),
+            body: body?.value.as_str().into(),
+            endpoint_pos: endpoint?.pos,
         })
     }
 
@@ -1263,6 +1344,7 @@ impl Compiler<'_, '_, '_> {
         };
         let action = self.action_of(Acts {
             email: v.email.as_ref(),
+            webhook: None,
             start: v.start.as_ref(),
             exit: v.exit.as_ref(),
             branch: None,

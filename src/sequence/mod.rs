@@ -115,15 +115,29 @@ impl Sequence {
             .unwrap_or(&self.category)
     }
 
-    /// The templates its steps send, in step order (each step's own, then its variants').
+    /// The templates its steps send, in step order (each step's own, then its variants'):
+    /// emails' and webhooks' bodies.
     pub fn email_templates(&self) -> impl Iterator<Item = &str> {
         self.steps.iter().flat_map(|step| {
             std::iter::once(step.action.as_ref())
                 .chain(step.variants.iter().map(|v| v.action.as_ref()))
                 .filter_map(|a| match a {
                     Some(Action::Email { template }) => Some(&**template),
+                    Some(Action::Webhook { body, .. }) => Some(&**body),
                     _ => None,
                 })
+        })
+    }
+
+    /// The webhook endpoints its steps post to, with where each is named.
+    pub fn webhook_endpoints(&self) -> impl Iterator<Item = (&str, Pos)> {
+        self.steps.iter().filter_map(|step| match &step.action {
+            Some(Action::Webhook {
+                endpoint,
+                endpoint_pos,
+                ..
+            }) => Some((&**endpoint, *endpoint_pos)),
+            _ => None,
         })
     }
 
@@ -169,8 +183,19 @@ pub struct Trigger {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReorderTrigger {
     pub category: Arc<str>,
-    pub after: Period,
+    pub after: ReorderAfter,
     pub per_quantity: bool,
+}
+
+/// How long after an order its reorder reminder waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReorderAfter {
+    Fixed(Period),
+    /// `after: auto`: the store's median interval for the category, while it has enough
+    /// repeat buyers ([`crate::engine::intervals::MIN_BUYERS`]); `fallback` until then.
+    Auto {
+        fallback: Period,
+    },
 }
 
 /// `trigger: { date, offset, at, repeat }` (SPEC §9).
@@ -266,6 +291,13 @@ pub struct Goal {
 pub enum Action {
     Email {
         template: Arc<str>,
+    },
+    /// Post `body` (a `.json.j2` template) to the `[webhooks.NAME]` endpoint.
+    Webhook {
+        endpoint: Arc<str>,
+        body: Arc<str>,
+        /// Where the endpoint is named, for `run`'s check against the config.
+        endpoint_pos: Pos,
     },
     Start {
         sequence: Arc<str>,

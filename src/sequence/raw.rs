@@ -188,9 +188,14 @@ pub struct RawReorder {
     /// The item category, e.g. `film`.
     #[schemars(required)]
     pub category: Option<Sp<String>>,
-    /// How long after the order, e.g. `30d`.
-    #[schemars(required, regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    /// How long after the order, e.g. `30d`; or `auto`: the median interval between
+    /// consecutive orders of the category among the store's repeat buyers (at least 30 of
+    /// them, else `fallback`), recomputed daily.
+    #[schemars(required, regex(pattern = r"^(([0-9]+[smhdw])+|auto)$"))]
     pub after: Option<Sp<String>>,
+    /// With `after: auto`: the interval while fewer than 30 customers bought the category twice.
+    #[schemars(regex(pattern = r"^([0-9]+[smhdw])+$"))]
+    pub fallback: Option<Sp<String>>,
     /// `after` times the quantity of that category in the order.
     pub per_quantity: Option<Sp<bool>>,
 }
@@ -229,6 +234,9 @@ pub struct RawStep {
     pub goal: Option<Sp<RawGoal>>,
     /// Action: send an email.
     pub email: Option<Sp<RawEmail>>,
+    /// Action: post a JSON body to a webhook endpoint (SMS, chat, CRM tasks), through the
+    /// outbox as email goes.
+    pub webhook: Option<Sp<RawWebhook>>,
     /// Action: enrol the customer in another sequence (its name).
     pub start: Option<Sp<String>>,
     /// Action: end the journey here (`true`).
@@ -293,6 +301,18 @@ pub struct RawEmail {
     pub template: Option<Sp<String>>,
 }
 
+/// A webhook post: the endpoint (a `[webhooks.NAME]` of the config) and the body template.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// The endpoint's name: `[webhooks.NAME]` in aftercare.toml gives its URL, headers and timeout.
+    #[schemars(required)]
+    pub endpoint: Option<Sp<String>>,
+    /// Template name, e.g. `sms/shipped` for `templates/sms/shipped.json.j2`: the JSON body.
+    #[schemars(required)]
+    pub body: Option<Sp<String>>,
+}
+
 /// Moves journeys on an older version of this file to this version.
 #[derive(Debug, Default, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -334,7 +354,7 @@ impl RawTrigger {
     pub const KEYS: &[&str] = &["event", "when", "date", "offset", "at", "repeat", "reorder"];
 }
 impl RawReorder {
-    pub const KEYS: &[&str] = &["category", "after", "per_quantity"];
+    pub const KEYS: &[&str] = &["category", "after", "fallback", "per_quantity"];
 }
 impl RawStep {
     pub const KEYS: &[&str] = &[
@@ -346,6 +366,7 @@ impl RawStep {
         "category",
         "goal",
         "email",
+        "webhook",
         "start",
         "exit",
         "variants",
@@ -360,6 +381,9 @@ impl RawWaitFor {
 }
 impl RawGoal {
     pub const KEYS: &[&str] = &["event", "within", "when"];
+}
+impl RawWebhook {
+    pub const KEYS: &[&str] = &["endpoint", "body"];
 }
 impl RawEmail {
     pub const KEYS: &[&str] = &["template"];
@@ -612,6 +636,9 @@ fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
         email: f
             .get("email")
             .and_then(|e| decode_email(e.node, d).map(|m| e.wrap(m))),
+        webhook: f
+            .get("webhook")
+            .and_then(|e| decode_webhook(e.node, d).map(|w| e.wrap(w))),
         start: f.get("start").and_then(|e| string(e, "`start`", d)),
         exit: f.get("exit").and_then(|e| boolean(e, "`exit`", d)),
         variants: f
@@ -670,6 +697,9 @@ fn decode_reorder(node: &Node, d: &mut Diags) -> Option<RawReorder> {
             .get("category")
             .and_then(|e| string(e, "`reorder.category`", d)),
         after: f.get("after").and_then(|e| string(e, "`reorder.after`", d)),
+        fallback: f
+            .get("fallback")
+            .and_then(|e| string(e, "`reorder.fallback`", d)),
         per_quantity: f
             .get("per_quantity")
             .and_then(|e| boolean(e, "`reorder.per_quantity`", d)),
@@ -761,6 +791,18 @@ fn decode_email(node: &Node, d: &mut Diags) -> Option<RawEmail> {
     Some(e)
 }
 
+fn decode_webhook(node: &Node, d: &mut Diags) -> Option<RawWebhook> {
+    let mut f = Fields::of(node, "`webhook`", d)?;
+    let w = RawWebhook {
+        endpoint: f
+            .get("endpoint")
+            .and_then(|e| string(e, "`webhook.endpoint`", d)),
+        body: f.get("body").and_then(|e| string(e, "`webhook.body`", d)),
+    };
+    f.finish(RawWebhook::KEYS, "`webhook`", d);
+    Some(w)
+}
+
 fn decode_migrate(node: &Node, d: &mut Diags) -> Option<RawMigrate> {
     let mut f = Fields::of(node, "`migrate`", d)?;
     let mut m = RawMigrate {
@@ -810,6 +852,7 @@ mod tests {
         assert_eq!(props::<RawWaitFor>(), sorted(RawWaitFor::KEYS));
         assert_eq!(props::<RawGoal>(), sorted(RawGoal::KEYS));
         assert_eq!(props::<RawEmail>(), sorted(RawEmail::KEYS));
+        assert_eq!(props::<RawWebhook>(), sorted(RawWebhook::KEYS));
         assert_eq!(props::<RawMigrate>(), sorted(RawMigrate::KEYS));
         assert_eq!(props::<RawExperiment>(), sorted(RawExperiment::KEYS));
         assert_eq!(props::<RawMeasure>(), sorted(RawMeasure::KEYS));

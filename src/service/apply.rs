@@ -214,7 +214,7 @@ impl Applier {
     /// New journeys start on `catalog` from now on (hot reload); journeys in flight keep
     /// their versions, found in the store when the catalog no longer has them.
     pub fn reload(&mut self, catalog: Arc<crate::sequence::Catalog>) {
-        self.engine = Engine::new(catalog, self.engine.policy.clone());
+        self.engine = self.engine.reloaded(catalog);
         // Customers kept in memory were migrated against the old catalog.
         self.hot = Hot::new();
     }

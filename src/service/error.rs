@@ -36,6 +36,12 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// Every problem of a config's second stage, with its key.
+    pub(crate) fn settings(problems: &crate::config::Problems) -> StartError {
+        let lines: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+        StartError::Config(lines.join("; "))
+    }
+
     pub(crate) fn store(what: &'static str) -> impl FnOnce(StoreError) -> StartError {
         move |error| StartError::Store { what, error }
     }

@@ -418,7 +418,7 @@ impl Metrics {
                 })
                 .inc_by(n);
             let outcome = match action {
-                Action::Email => "queued",
+                Action::Email | Action::Webhook => "queued",
                 Action::Suppress => "suppressed",
                 Action::Defer => "deferred",
                 _ => continue,

@@ -30,6 +30,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;
+pub mod reorder;
 pub mod shutdown;
 pub mod trace;
 pub mod versions;
@@ -124,6 +125,10 @@ pub fn run(config: Config, options: Options, stop: Shutdown, stats: Arc<Stats>) 
     let parts = Parts::new(config, stats)?;
     // Held until `run` returns: one `run` per SQLite file.
     let (_writer, mut store) = parts.open_store()?;
+    // Today's reorder intervals before the first order is applied; the figures thread keeps
+    // them up.
+    let mut daily = reorder::Daily::new(parts.reorder.clone());
+    daily.refresh(&mut *store, &parts.catalog, parts.clock.now());
     let consumer = Arc::new(
         kafka::consumer(&parts.config.kafka, parts.stats.metrics.clone())
             .map_err(StartError::kafka("creating the Kafka consumer"))?,
@@ -153,7 +158,7 @@ pub fn run(config: Config, options: Options, stop: Shutdown, stats: Arc<Stats>) 
         let side = side.clone();
         Worker::spawn("dead-letters", move || publisher.run(rung, &side))?
     };
-    let figures = parts.spawn_figures(&side)?;
+    let figures = parts.spawn_figures(&side, daily)?;
     let watch = parts.spawn_watch(&side)?;
     let poll = parts.spawn_poll(&consumer, batch_tx, ack_rx, idle, &stop)?;
     let outbox = Stage::spawn("outbox", move |stop| sender.run(stop))?;
@@ -234,6 +239,9 @@ struct Parts {
     retention: crate::config::Retention,
     intervals: crate::config::Intervals,
     limits: crate::sequence::Limits,
+    webhooks: Arc<crate::webhook::Endpoints>,
+    /// The reorder intervals the engine reads (`after: auto`).
+    reorder: Arc<crate::engine::intervals::Intervals>,
     catalog: Arc<Catalog>,
     live: Arc<reload::Live>,
     /// The one clock every worker reads.
@@ -245,11 +253,18 @@ struct Parts {
 
 impl Parts {
     fn new(config: Config, stats: Arc<Stats>) -> StartResult<Parts> {
-        let settings = config.settings().map_err(|problems| {
-            let lines: Vec<String> = problems.iter().map(|(k, m)| format!("{k}: {m}")).collect();
-            StartError::Config(lines.join("; "))
-        })?;
+        let settings = config.settings().map_err(|p| StartError::settings(&p))?;
         let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &settings.limits)?);
+        let unknown = crate::webhook::unknown_endpoints(&catalog, &settings.webhooks);
+        if !unknown.is_empty() {
+            for d in &unknown {
+                tracing::error!("{d}");
+            }
+            return Err(StartError::Sequences {
+                dir: config.sequences.dir.display().to_string(),
+                count: unknown.len(),
+            });
+        }
         stats
             .metrics
             .sequences_loaded
@@ -260,6 +275,8 @@ impl Parts {
             retention: settings.retention,
             intervals: settings.intervals,
             limits: settings.limits,
+            webhooks: settings.webhooks,
+            reorder: Arc::default(),
             live: Arc::new(reload::Live::new(catalog.clone())),
             catalog,
             clock: crate::clock::system(),
@@ -350,8 +367,8 @@ impl Parts {
 
     /// An engine on the catalog loaded at start, on the service's clock.
     fn applier(&self) -> Applier {
-        Applier::new(Engine::new(self.catalog.clone(), self.policy.clone()))
-            .clocked(self.clock.clone())
+        let engine = Engine::new(self.catalog.clone(), self.policy.clone());
+        Applier::new(engine.with_intervals(self.reorder.clone())).clocked(self.clock.clone())
     }
 
     /// The outbox worker, woken by `wake` when the engine queues emails.
@@ -421,8 +438,9 @@ impl Parts {
         })
     }
 
-    /// Recomputes the store-backed figures every `http.figures_refresh` until `stop`.
-    fn spawn_figures(&self, stop: &Shutdown) -> StartResult<Worker> {
+    /// Recomputes the store-backed figures every `http.figures_refresh` until `stop`, and
+    /// the reorder intervals when a day starts.
+    fn spawn_figures(&self, stop: &Shutdown, mut daily: reorder::Daily) -> StartResult<Worker> {
         let mut store = self.store("opening the store for the figures")?;
         let (clock, stats, live, report) = (
             self.clock.clone(),
@@ -445,6 +463,7 @@ impl Parts {
                     &window_text,
                     now,
                 );
+                daily.refresh(&mut *store, &live.current(), now);
                 if stop.wait_timeout(every) {
                     break;
                 }
@@ -460,10 +479,11 @@ impl Parts {
         }
         let mut store = self.store("opening the store for the reloads")?;
         let (stop, metrics, live) = (stop.clone(), self.stats.metrics.clone(), self.live.clone());
-        let (dir, every, limits) = (
+        let (dir, every, limits, endpoints) = (
             self.config.sequences.dir.clone(),
             self.intervals.watch,
             self.limits,
+            self.webhooks.clone(),
         );
         // The same stack as the main thread that loaded the folder at start-up (and as
         // `validate`): a file that loads there loads here.
@@ -475,6 +495,7 @@ impl Parts {
                 dir: &dir,
                 every,
                 limits: &limits,
+                endpoints: &endpoints,
                 live: &live,
                 store: &mut *store,
                 metrics: &metrics,

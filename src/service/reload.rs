@@ -105,6 +105,8 @@ pub struct Watcher<'a> {
     pub dir: &'a Path,
     pub every: Duration,
     pub limits: &'a Limits,
+    /// The webhook endpoints of the config: a folder that posts to another is refused.
+    pub endpoints: &'a crate::webhook::Endpoints,
     pub live: &'a Live,
     /// Where each version loaded is recorded.
     pub store: &'a mut dyn Store,
@@ -149,9 +151,10 @@ impl Watcher<'_> {
     /// Loads the folder, a panic refused as an invalid folder would be.
     fn load(&mut self) -> Result<Vec<String>, Refused> {
         let (dir, limits, live) = (self.dir, self.limits, self.live);
+        let endpoints = self.endpoints;
         let store = &mut *self.store;
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            reload(dir, limits, live, store)
+            reload(dir, limits, endpoints, live, store)
         }));
         attempt.unwrap_or_else(|p| {
             let what = p
@@ -207,11 +210,13 @@ enum Refused {
 fn reload(
     dir: &Path,
     limits: &Limits,
+    endpoints: &crate::webhook::Endpoints,
     live: &Live,
     store: &mut dyn Store,
 ) -> Result<Vec<String>, Refused> {
-    let (catalog, diags) =
+    let (catalog, mut diags) =
         Catalog::load_with(dir, limits).map_err(|e| Refused::Unavailable(e.to_string()))?;
+    diags.extend(crate::webhook::unknown_endpoints(&catalog, endpoints));
     if !diags.is_empty() {
         return Err(Refused::Invalid(
             diags.iter().map(|d| d.to_string()).collect(),

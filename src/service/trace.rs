@@ -101,6 +101,9 @@ fn exporter(trace: &Trace) -> super::StartResult<Option<SdkTracerProvider>> {
         "http/json" => Protocol::HttpJson,
         _ => Protocol::HttpBinary,
     };
+    // The exporter's HTTP client is reqwest with rustls (the webhooks' TLS features), which
+    // reads the process's crypto provider and panics without one: ring, as lettre uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(&trace.otlp_endpoint)

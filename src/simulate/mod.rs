@@ -167,6 +167,8 @@ pub struct Simulator {
     last_event: Option<DateTime<Utc>>,
     first_event: Option<DateTime<Utc>>,
     pub stats: Stats,
+    /// The engine's reorder intervals, kept up as events come (`after: auto`).
+    watch: Option<crate::engine::intervals::Watch>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +185,7 @@ pub struct Stats {
 impl Simulator {
     pub fn new(engine: Engine) -> Simulator {
         Simulator {
+            watch: crate::engine::intervals::Watch::of(&engine),
             engine,
             store: MemoryStore::default(),
             now: None,
@@ -229,6 +232,12 @@ impl Simulator {
         self.last_event = old.last_event;
         self.first_event = old.first_event;
         self.stats = old.stats;
+        // The orders seen so far still count; the new files may watch other categories.
+        self.engine.intervals = old.engine.intervals;
+        self.watch = old
+            .watch
+            .filter(|_| self.watch.is_some())
+            .or(self.watch.take());
     }
 
     /// Records a permanent delivery failure for the customer's address.
@@ -270,6 +279,9 @@ impl Simulator {
         self.stats.events += 1;
         if now - ev.time > self.engine.policy.max_event_age.0 {
             self.stats.backfilled += 1;
+        }
+        if let Some(w) = &mut self.watch {
+            w.event(&ev, now);
         }
         let slot = self.store.slot_of(&ev.subject);
         let late = now > ev.time;

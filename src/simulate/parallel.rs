@@ -304,6 +304,8 @@ struct Router {
     max_event_age: chrono::Duration,
     last_event: Option<DateTime<Utc>>,
     first_event: Option<DateTime<Utc>>,
+    /// The reorder intervals the workers' engines share, kept up as events are read.
+    watch: Option<crate::engine::intervals::Watch>,
 }
 
 impl Router {
@@ -314,6 +316,9 @@ impl Router {
             max_event_age: engines
                 .first()
                 .map_or(chrono::Duration::zero(), |e| e.policy.max_event_age.0),
+            watch: engines
+                .first()
+                .and_then(crate::engine::intervals::Watch::of),
             ..Router::default()
         }
     }
@@ -357,6 +362,9 @@ impl Router {
                 .is_some_and(|clock| clock - ev.time > self.max_event_age)
             {
                 self.backfilled += 1;
+            }
+            if let (Some(w), Some(clock)) = (&mut self.watch, self.last_event) {
+                w.event(&ev, clock);
             }
             let next = self.ordinals.len() as u32;
             let ordinal = *self.ordinals.entry(ev.subject.clone()).or_insert(next);

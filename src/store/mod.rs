@@ -133,7 +133,7 @@ pub struct VersionRecord {
     pub templates: Vec<(String, String)>,
 }
 
-/// An email waiting to be sent: ids only; it is rendered when sent.
+/// An email (or a webhook post) waiting to be sent: ids only; it is rendered when sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     /// `journey:step`: the idempotency key, and the base of the Message-ID.
@@ -144,7 +144,10 @@ pub struct OutboxRow {
     pub version: String,
     pub step: String,
     pub order_id: Option<String>,
+    /// The email's template; a webhook's body.
     pub template: String,
+    /// A webhook's endpoint (`[webhooks.NAME]`): the row is posted there, not emailed.
+    pub endpoint: Option<String>,
     pub category: String,
     pub transactional: bool,
     pub created_at: DateTime<Utc>,
@@ -346,6 +349,11 @@ pub trait Store: Send {
 
     /// A customer's stored state (with all its rows) and timeline (oldest first).
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>>;
+
+    /// Up to `limit` customers with ids after `after`, in id order, with their order rows
+    /// (not their journey rows): a page of a scan of every customer, for the daily reorder
+    /// intervals.
+    fn customers_after(&mut self, after: &str, limit: usize) -> Result<Vec<StoredCustomer>>;
 
     /// In-flight journeys grouped by sequence, version, step and status.
     fn journey_counts(&mut self) -> Result<Vec<JourneyCount>>;

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS journey_rows (
 CREATE TABLE IF NOT EXISTS order_rows (
     customer TEXT NOT NULL, n BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (customer, n));
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS trace TEXT;
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS endpoint TEXT;
 ";
 
 /// The version [`SCHEMA`] brings a database to; raise it with every change to `SCHEMA`.
@@ -74,8 +75,8 @@ ALTER TABLE outbox ADD COLUMN IF NOT EXISTS trace TEXT;
 /// customers a keyed hash of their address (`erased`). Version 5: a customer with many
 /// journeys or orders keeps them as rows (`journeys`, `orders`), and customer rows carry a
 /// revision (`rev`). Version 6: an email keeps the trace context of the event that queued it
-/// (`outbox.trace`).
-const SCHEMA_VERSION: i32 = 6;
+/// (`outbox.trace`). Version 7: webhook posts go through the outbox (`outbox.endpoint`).
+const SCHEMA_VERSION: i32 = 7;
 
 /// The database's clock in microseconds since the epoch, for the columns that say when a row
 /// was written (the service's own time comes from its [`crate::clock::Clock`]).
@@ -317,6 +318,39 @@ impl Store for PgStore {
         load_whole(self.c()?, id, false)
     }
 
+    fn customers_after(&mut self, after: &str, limit: usize) -> Result<Vec<StoredCustomer>> {
+        let client = self.c()?;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let ids: Vec<String> = tx
+            .query(
+                "SELECT id FROM customers WHERE id > $1 AND state <> '' ORDER BY id LIMIT $2",
+                &[&after, &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut page: Vec<StoredCustomer> =
+            load(&mut tx, &ids, "")?.into_iter().flatten().collect();
+        let mut with_rows: Vec<StoredCustomer> = Vec::new();
+        for c in page
+            .iter_mut()
+            .filter(|c| super::record::has_rows(&c.state))
+        {
+            with_rows.push(std::mem::take(c));
+        }
+        read_rows(&mut tx, &mut with_rows, false)?;
+        tx.commit()?;
+        page.retain(|c| !c.id.is_empty());
+        page.extend(with_rows);
+        page.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(page)
+    }
+
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
         let Some(c) = load_whole(self.c()?, id, true)? else {
             return Ok(None);
@@ -375,7 +409,7 @@ impl Store for PgStore {
                      AND (claimed_until IS NULL OR claimed_until <= $1)
                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
-                 transactional, created_at, attempts, next_attempt_at, claim, claimed_until, trace",
+                 transactional, created_at, attempts, next_attempt_at, claim, claimed_until, trace, endpoint",
             &[&micros(now), &(limit as i64), &micros(now + lease)],
         )?;
         let mut rows: Vec<(i64, OutboxRow)> = rows
@@ -399,6 +433,7 @@ impl Store for PgStore {
                         claim: r.get(13),
                         claimed_until: from_micros(r.get(14)),
                         trace: r.get(15),
+                        endpoint: r.get(16),
                     },
                 )
             })
@@ -947,14 +982,18 @@ impl Tx for PgTx<'_> {
         let e_category: Vec<&str> = emails.iter().map(|(_, e, _)| &*e.category).collect();
         let e_tx: Vec<bool> = emails.iter().map(|(_, e, _)| e.transactional).collect();
         let e_at: Vec<i64> = emails.iter().map(|(i, _, _)| at[*i]).collect();
+        let e_endpoint: Vec<Option<&str>> = emails
+            .iter()
+            .map(|(_, e, _)| e.endpoint.as_deref())
+            .collect();
         self.tx.execute(
             "INSERT INTO outbox (key, customer, journey, sequence, version, step, order_id, template, category,
-                 transactional, status, created_at, next_attempt_at)
-             SELECT k, c, j, s, v, st, o, t, ca, tr, 'pending', a, a
+                 transactional, status, created_at, next_attempt_at, endpoint)
+             SELECT k, c, j, s, v, st, o, t, ca, tr, 'pending', a, a, ep
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::bool[], $11::bigint[]) AS x(k, c, j, s, v, st, o, t, ca, tr, a)
+                         $8::text[], $9::text[], $10::bool[], $11::bigint[], $12::text[]) AS x(k, c, j, s, v, st, o, t, ca, tr, a, ep)
              ON CONFLICT (key) DO NOTHING",
-            &[&key, &e_customer, &e_journey, &e_sequence, &e_version, &e_step, &e_order, &e_template, &e_category, &e_tx, &e_at],
+            &[&key, &e_customer, &e_journey, &e_sequence, &e_version, &e_step, &e_order, &e_template, &e_category, &e_tx, &e_at, &e_endpoint],
         )?;
         Ok(())
     }

@@ -24,7 +24,7 @@ use crate::sequence::expr::describe;
 #[derive(Debug, Default)]
 struct Variant {
     locale: String,
-    files: [Option<String>; 3],
+    files: [Option<String>; 4],
     /// The subject, when simple enough to render without MiniJinja.
     simple_subject: Option<Simple>,
 }
@@ -34,6 +34,8 @@ pub enum Part {
     Subject,
     Html,
     Text,
+    /// A webhook's body (`<name>.json.j2`), JSON-escaped.
+    Json,
 }
 
 impl Part {
@@ -46,6 +48,7 @@ impl Part {
             Part::Subject => "subject",
             Part::Html => "html",
             Part::Text => "txt",
+            Part::Json => "json",
         }
     }
 }
@@ -145,8 +148,9 @@ impl Templates {
         let Some((name, locale, part)) = split_name(&file) else {
             return Err(
                 Diagnostic::new(&shown, Pos::START, "unrecognised template file name").hint(
-                    "name templates <name>.subject.j2, <name>.html.j2 (or <name>.mjml.j2) or \
-                     <name>.txt.j2, with an optional locale: <name>.ko.html.j2",
+                    "name templates <name>.subject.j2, <name>.html.j2 (or <name>.mjml.j2), \
+                     <name>.txt.j2 or, for a webhook's body, <name>.json.j2, with an optional \
+                     locale: <name>.ko.html.j2",
                 ),
             );
         };
@@ -260,6 +264,61 @@ impl Templates {
             }
         }
         Ok(())
+    }
+
+    /// Checks that a webhook step may post `name`: a default `.json.j2` part exists.
+    pub fn check_body(&self, name: &str) -> Result<(), (String, String)> {
+        let create = format!("create {}/{name}.json.j2", self.root);
+        let Some(locales) = self.index.get(name) else {
+            let hint = match did_you_mean(name, self.bodies()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => create,
+            };
+            return Err((format!("unknown webhook body `{name}`"), hint));
+        };
+        let default = locales.iter().find(|v| v.locale.is_empty());
+        if default.is_none_or(|v| v.files[Part::Json.index()].is_none()) {
+            return Err((
+                format!("template `{name}` has no default json part"),
+                create,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The names that have a webhook body.
+    fn bodies(&self) -> impl Iterator<Item = &str> {
+        self.index
+            .iter()
+            .filter(|(_, vs)| vs.iter().any(|v| v.files[Part::Json.index()].is_some()))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Renders a webhook's body: `name`'s `.json.j2` in the customer's locale, which must
+    /// give one JSON value (it is posted as written).
+    pub fn render_json(
+        &self,
+        name: &str,
+        locale: Option<&str>,
+        ctx: &Value,
+    ) -> Result<String, RenderError> {
+        self.guarded(name, || {
+            let variant = self
+                .pick(name, locale, Part::Json)
+                .ok_or_else(|| self.missing(name, Part::Json))?;
+            let file = variant.files[Part::Json.index()]
+                .as_deref()
+                .unwrap_or_default();
+            let body = self.render_file(file, ctx)?;
+            match serde_json::from_str::<serde::de::IgnoredAny>(&body) {
+                Ok(_) => Ok(body),
+                Err(e) => Err(RenderError {
+                    file: format!("{}/{file}", self.root),
+                    message: format!("the rendered body is not JSON: {e}"),
+                    over_budget: false,
+                }),
+            }
+        })
     }
 
     /// The files the emails of `names` may render, by file name: every part and locale of
@@ -463,10 +522,13 @@ fn environment(limits: &Limits) -> Environment<'static> {
     env
 }
 
-/// HTML escaping for `.html.j2` and `.mjml.j2` files, none for the others.
+/// HTML escaping for `.html.j2` and `.mjml.j2` files, JSON for `.json.j2` (a value is
+/// written as a JSON value: a string with its quotes), none for the others.
 fn auto_escape(name: &str) -> AutoEscape {
     if name.ends_with(".html.j2") || name.ends_with(".mjml.j2") {
         AutoEscape::Html
+    } else if name.ends_with(".json.j2") {
+        AutoEscape::Json
     } else {
         AutoEscape::None
     }
@@ -482,9 +544,13 @@ fn format_value(
     // an email into `https:&#x2f;&#x2f;…`: valid, but unreadable in the source that
     // link scanners and spam filters read. Strings are escaped here without it.
     // A field the customer never gave (`customer.name` of someone who left it out)
-    // is no text: "Hi None" is worse than "Hi".
-    if value.is_none() {
-        return Ok(());
+    // is no text: "Hi None" is worse than "Hi". In JSON it is `null`, or the body would not
+    // parse.
+    if value.is_none() || value.is_undefined() {
+        return match state.auto_escape() {
+            AutoEscape::Json => out.write_str("null").map_err(minijinja::Error::from),
+            _ => Ok(()),
+        };
     }
     match value.as_str() {
         Some(s) if matches!(state.auto_escape(), AutoEscape::Html) && !value.is_safe() => out
@@ -657,6 +723,7 @@ fn split_name(file: &str) -> Option<(String, String, Part)> {
         "subject" => Part::Subject,
         "html" | "mjml" => Part::Html,
         "txt" => Part::Text,
+        "json" => Part::Json,
         _ => return None,
     };
     if let Some((name, locale)) = rest.rsplit_once('.')
@@ -857,6 +924,52 @@ fn admit(
 mod tests {
     use super::*;
     use minijinja::context;
+
+    /// A webhook body is JSON-escaped: a value is written as JSON (a string with its quotes,
+    /// a quote or a newline in it escaped), a missing one as `null`; a body that is not JSON
+    /// fails with where.
+    #[test]
+    fn a_json_body_escapes_values_as_json_and_must_parse() {
+        let (ts, diags) = Templates::from_files(
+            "templates",
+            vec![
+                (
+                    "sms/shipped.json.j2".into(),
+                    r#"{"to": {{ phone }}, "text": "Hi", "name": {{ name }}, "n": {{ n }}, "none": {{ missing }}}"#.into(),
+                ),
+                ("sms/shipped.ko.json.j2".into(), r#"{"text": "안녕"}"#.into()),
+                ("bad/body.json.j2".into(), r#"{"to": {{ phone }},}"#.into()),
+            ],
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(ts.check_body("sms/shipped"), Ok(()));
+        let ctx = context! { phone => "+82 10\"1234\"\n", name => "Ann </script>", n => 3 };
+        let body = ts.render_json("sms/shipped", None, &ctx).unwrap();
+        assert_eq!(
+            body,
+            r#"{"to": "+82 10\"1234\"\n", "text": "Hi", "name": "Ann </script>", "n": 3, "none": null}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["to"], "+82 10\"1234\"\n");
+        assert_eq!(parsed["name"], "Ann </script>");
+        assert_eq!(
+            ts.render_json("sms/shipped", Some("ko-KR"), &ctx).unwrap(),
+            r#"{"text": "안녕"}"#
+        );
+        let e = ts.render_json("bad/body", None, &ctx).unwrap_err();
+        assert_eq!(e.file, "templates/bad/body.json.j2");
+        assert_eq!(
+            e.message,
+            "the rendered body is not JSON: key must be a string at line 1 column 27"
+        );
+        assert_eq!(
+            ts.check_body("sms/shiped"),
+            Err((
+                "unknown webhook body `sms/shiped`".into(),
+                "did you mean `sms/shipped`?".into()
+            ))
+        );
+    }
 
     #[test]
     fn a_version_keeps_the_files_its_emails_render_and_what_they_extend() {

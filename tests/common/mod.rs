@@ -7,6 +7,7 @@ pub mod service;
 pub mod smtp;
 pub mod stores;
 pub mod tansu;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -32,6 +33,10 @@ pub fn default_templates() -> Vec<(String, String)> {
         ));
         files.push((format!("t/{n}.html.j2"), format!("<p>{n}</p>")));
     }
+    files.push((
+        "t/hook.json.j2".into(),
+        r#"{"customer": {{ customer.id }}, "name": {{ customer.name }}}"#.into(),
+    ));
     files
 }
 

@@ -29,6 +29,7 @@ mod experiments;
 mod integrity;
 mod tls;
 mod unsubscribe;
+mod webhooks;
 
 const KEY: &str = "test-signing-key-of-at-least-32-bytes";
 

@@ -1,5 +1,6 @@
-//! The outbox worker: claims queued emails, renders and sends them concurrently, and records
-//! how each ended.
+//! The outbox worker: claims queued emails (and webhook posts, SPEC §9), renders and sends
+//! them concurrently, and records how each ended. A post goes the way of an email: the same
+//! claims, rules checked again, retries and outcomes; it skips the relay's pacer.
 //!
 //! - **Claims** are leases in the store (`claimed_until`), so several instances share the
 //!   outbox and no lock is held across an SMTP call.
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
-use self::prepare::Prepared;
+use self::prepare::{Payload, Prepared};
 use self::retry::Outcome;
 pub use self::retry::backoff;
 use super::{Shutdown, StartError, StartResult};
@@ -36,11 +37,12 @@ use crate::clock::Clock;
 use crate::config;
 use crate::engine::Engine;
 use crate::mail::Composer;
-use crate::mail::transport::{Plan, Transport};
+use crate::mail::transport::{Plan, SendError, Transport};
 use crate::service::metrics::Metrics;
 use crate::service::reload::Live;
 use crate::service::versions::Kept;
 use crate::store::{Delivery, OutboxRow, Store};
+use crate::webhook::Poster;
 
 /// How often the outbox is looked at when nobody signals new work.
 const POLL: Duration = Duration::from_millis(200);
@@ -51,6 +53,8 @@ pub struct Sender {
     pub engine: Arc<Engine>,
     pub composer: Composer,
     pub transport: Plan,
+    /// Where webhook steps post.
+    pub poster: Arc<Poster>,
     pub settings: config::Delivery,
     /// Decide and record everything, send nothing.
     pub dry_run: bool,
@@ -118,11 +122,18 @@ impl Sender {
             .enable_all()
             .build()
             .map_err(StartError::io("starting the outbox's runtime"))?;
+        let endpoints = config
+            .settings()
+            .map_err(|p| StartError::settings(&p))?
+            .webhooks;
+        let poster =
+            Poster::new(endpoints).map_err(|e| StartError::Config(format!("webhooks: {e}")))?;
         Ok(Sender {
             store,
             engine,
             composer: super::composer(config, &delivery)?,
             transport: super::transport(config, &delivery)?,
+            poster: Arc::new(poster),
             settings: delivery,
             dry_run: false,
             wake: Arc::default(),
@@ -139,6 +150,7 @@ impl Sender {
             engine,
             composer,
             transport,
+            poster,
             settings,
             dry_run,
             wake,
@@ -153,6 +165,7 @@ impl Sender {
             engine,
             composer,
             transport: Arc::new(transport.open()),
+            poster,
             settings,
             dry_run,
             wake,
@@ -171,6 +184,7 @@ struct Worker {
     engine: Arc<Engine>,
     composer: Composer,
     transport: Arc<Transport>,
+    poster: Arc<Poster>,
     settings: config::Delivery,
     dry_run: bool,
     wake: Arc<Notify>,
@@ -259,7 +273,7 @@ impl Worker {
             .as_ref()
             .and_then(|l| l.changed(&mut self.seen))
         {
-            self.engine = Arc::new(Engine::new(catalog, self.engine.policy.clone()));
+            self.engine = Arc::new(self.engine.reloaded(catalog));
         }
     }
 
@@ -293,18 +307,19 @@ impl Worker {
     }
 
     /// Prepares a claimed email and, if it is to be sent, starts its send once the pacer lets
-    /// it.
+    /// it (the pacer is the relay's: webhook posts do not wait for it).
     fn start(&mut self, rt: &tokio::runtime::Runtime, row: OutboxRow, sends: &mut Sends) {
-        let (mail, address, profile, sequence) = match self.prepare(&row) {
+        let (payload, profile, sequence) = match self.prepare(&row) {
             Prepared::Done(d) => return sends.finished.push((row, d)),
             Prepared::Send {
-                mail,
-                address,
+                payload,
                 profile,
                 sequence,
-            } => (mail, address, profile, sequence),
+            } => (payload, profile, sequence),
         };
-        rt.block_on(sends.pacer.wait());
+        if let Payload::Mail { .. } = payload {
+            rt.block_on(sends.pacer.wait());
+        }
         if !self.may_start(&row) {
             // Left to expire and be claimed again: a send that could outlast its lease might
             // be sent twice.
@@ -315,8 +330,7 @@ impl Worker {
         let attempt = Attempt {
             span: send_span(&row),
             row,
-            mail,
-            address,
+            payload,
             profile,
             outcome: Outcome {
                 settings: self.settings.clone(),
@@ -326,7 +340,10 @@ impl Worker {
             },
         };
         rt.spawn(attempt.run(
-            self.transport.clone(),
+            Channels {
+                transport: self.transport.clone(),
+                poster: self.poster.clone(),
+            },
             self.observe.metrics.clone(),
             sends.done.clone(),
         ));
@@ -363,19 +380,27 @@ impl Worker {
     }
 
     /// A claim outlives the latest start of its send (at most `send_timeout` after the claim,
-    /// see [`Worker::pace_horizon`]), the longest send (its deadline) and the recording of the
-    /// outcome, with slack for a timer that fires late ([`Worker::may_start`] does not
-    /// count it).
+    /// see [`Worker::pace_horizon`]), the longest send (its deadline, an email's or a
+    /// webhook's) and the recording of the outcome, with slack for a timer that fires late
+    /// ([`Worker::may_start`] does not count it).
     fn lease(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.settings.send_timeout * 2 + RECORD_ROOM + LEASE_SLACK)
+        let longest = self
+            .settings
+            .send_timeout
+            .max(self.poster.longest_timeout());
+        chrono::Duration::from_std(self.settings.send_timeout + longest + RECORD_ROOM + LEASE_SLACK)
             .unwrap_or(chrono::Duration::minutes(5))
     }
 
     /// Whether a send started now ends, at its deadline, with room left in the claim's lease
     /// to record the outcome. A send never starts on a claim that could expire under it.
     fn may_start(&self, row: &OutboxRow) -> bool {
-        let needed = chrono::Duration::from_std(self.settings.send_timeout + RECORD_ROOM)
-            .unwrap_or(chrono::Duration::MAX);
+        let deadline = match &row.endpoint {
+            Some(e) => self.poster.timeout(e).unwrap_or(self.settings.send_timeout),
+            None => self.settings.send_timeout,
+        };
+        let needed =
+            chrono::Duration::from_std(deadline + RECORD_ROOM).unwrap_or(chrono::Duration::MAX);
         self.clock
             .now()
             .checked_add_signed(needed)
@@ -414,53 +439,87 @@ impl Sends {
     }
 }
 
-/// One email on its way to the relay.
+/// One email on its way to the relay, or one webhook post to its endpoint.
 struct Attempt {
     row: OutboxRow,
-    mail: crate::mail::Outgoing,
-    address: String,
+    payload: Payload,
     profile: Arc<crate::engine::Profile>,
     outcome: Outcome,
     span: tracing::Span,
+}
+
+/// Where attempts go out: the relay and the webhook endpoints.
+struct Channels {
+    transport: Arc<Transport>,
+    poster: Arc<Poster>,
 }
 
 impl Attempt {
     /// Sends under the deadline, then says how it ended on `done`.
     async fn run(
         self,
-        transport: Arc<Transport>,
+        channels: Channels,
         metrics: Arc<Metrics>,
         done: mpsc::UnboundedSender<(OutboxRow, Delivery)>,
     ) {
         let Attempt {
             row,
-            mail,
-            address,
+            payload,
             profile,
             outcome,
             span,
         } = self;
         let started = std::time::Instant::now();
-        let result = transport.send(&mail, outcome.settings.send_timeout).await;
+        let result = channels.send(&payload, &outcome).await;
         metrics
             .send_seconds
             .observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(()) => {
-                span.record("smtp.code", 250);
-                span.record("outcome", "accepted");
-            }
-            Err(e) => {
-                if let Some(code) = e.code {
-                    span.record("smtp.code", code);
-                }
-                span.record("outcome", tracing::field::debug(e.failure));
-            }
-        }
+        record_result(&span, &payload, &result);
         drop(span);
-        let delivery = outcome.of(&row, &mail, &address, &profile, result);
+        let address = match &payload {
+            Payload::Mail { address, .. } => Some(address.as_str()),
+            Payload::Post(_) => None,
+        };
+        let delivery = outcome.of(&row, payload.id(), address, &profile, result);
         // The receiver lives as long as the worker, which waits for every send in flight.
         let _ = done.send((row, delivery));
+    }
+}
+
+impl Channels {
+    /// An email to the relay under `mail.send_timeout`; a post to its endpoint under the
+    /// endpoint's timeout, signed now.
+    async fn send(&self, payload: &Payload, outcome: &Outcome) -> Result<(), SendError> {
+        match payload {
+            Payload::Mail { mail, .. } => {
+                let deadline = outcome.settings.send_timeout;
+                self.transport.send(mail, deadline).await
+            }
+            Payload::Post(post) => {
+                let now = outcome.clock.now().timestamp();
+                self.poster.post(post, now).await
+            }
+        }
+    }
+}
+
+/// The reply code (SMTP's, or the HTTP status) and the outcome on the send's span.
+fn record_result(span: &tracing::Span, payload: &Payload, result: &Result<(), SendError>) {
+    let (field, accepted) = match payload {
+        Payload::Mail { .. } => ("smtp.code", 250),
+        Payload::Post(_) => ("http.status_code", 200),
+    };
+    match result {
+        Ok(()) => {
+            span.record(field, accepted);
+            span.record("outcome", "accepted");
+        }
+        Err(e) => {
+            if let Some(code) = e.code {
+                span.record(field, code);
+            }
+            span.record("outcome", tracing::field::debug(e.failure));
+        }
     }
 }
 
@@ -474,7 +533,9 @@ fn send_span(row: &OutboxRow) -> tracing::Span {
         journey = %row.journey,
         customer = %crate::service::trace::hashed(&row.customer),
         attempt = row.attempts + 1,
+        endpoint = row.endpoint.as_deref(),
         smtp.code = tracing::field::Empty,
+        http.status_code = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
     crate::service::trace::continue_trace(&span, row.trace.as_deref());

@@ -1,5 +1,5 @@
-//! A claimed email made ready to send: its customer, its version's templates, the rules
-//! that may have changed since it was queued, rendered and composed.
+//! A claimed email (or webhook post) made ready to send: its customer, its version's
+//! templates, the rules that may have changed since it was queued, rendered and composed.
 
 use std::sync::Arc;
 
@@ -8,60 +8,97 @@ use minijinja::{Value, context};
 
 use super::Worker;
 use crate::engine::context::Ctx;
-use crate::engine::{Order, Profile};
+use crate::engine::{Channel, Order, Profile};
 use crate::mail::Outgoing;
 use crate::sequence::Sequence;
 use crate::store::record::profile_and_orders;
 use crate::store::{Delivery, OutboxRow, StoreError};
+use crate::webhook::Post;
 
 /// What preparing a row gave: a message to send, or an outcome already.
 pub(super) enum Prepared {
     Send {
-        mail: Outgoing,
-        address: String,
+        payload: Payload,
         profile: Arc<Profile>,
         sequence: Option<Arc<Sequence>>,
     },
     Done(Delivery),
 }
 
+/// What goes out: an email to its address, or a webhook post.
+pub(super) enum Payload {
+    Mail { mail: Outgoing, address: String },
+    Post(Post),
+}
+
+impl Payload {
+    /// What the outcome records as sent: the Message-ID, or the `webhook-id`.
+    pub(super) fn id(&self) -> &str {
+        match self {
+            Payload::Mail { mail, .. } => &mail.message_id,
+            Payload::Post(post) => &post.id,
+        }
+    }
+}
+
 /// A row's customer as the store has it, the row's order among theirs, and the version of
 /// the row's sequence (`None`: the store has it no more, and the email renders with the
 /// current templates).
 struct Recipient {
-    profile: Profile,
+    profile: Arc<Profile>,
     order: Option<Arc<Order>>,
     sequence: Option<Arc<Sequence>>,
 }
 
 impl Worker {
-    /// Renders and composes the email, or says why it will not be sent.
+    /// Renders and composes the email (or the webhook's body), or says why it will not be
+    /// sent.
     pub(super) fn prepare(&mut self, row: &OutboxRow) -> Prepared {
         let now = self.clock.now();
         let r = match self.recipient(row, now) {
             Ok(r) => r,
             Err(outcome) => return Prepared::Done(outcome),
         };
-        let to = match self.address(row, &r.profile, now) {
-            Ok(to) => to,
-            Err(outcome) => return Prepared::Done(outcome),
-        };
-        let profile = Arc::new(r.profile);
-        let mail = match self.mail(row, &profile, r.order.as_ref(), &to, r.sequence.as_ref()) {
-            Ok(m) => m,
+        let payload = match self.payload(row, &r, now) {
+            Ok(p) => p,
             Err(outcome) => return Prepared::Done(outcome),
         };
         if self.dry_run {
             return Prepared::Done(Delivery::DryRun {
-                message_id: mail.message_id,
+                message_id: payload.id().to_string(),
             });
         }
         Prepared::Send {
-            mail,
-            address: to,
-            profile,
+            payload,
+            profile: r.profile,
             sequence: r.sequence,
         }
+    }
+
+    /// The email to the customer's address, or the webhook post, if it may still go.
+    fn payload(
+        &mut self,
+        row: &OutboxRow,
+        r: &Recipient,
+        now: DateTime<Utc>,
+    ) -> Result<Payload, Delivery> {
+        let Some(endpoint) = &row.endpoint else {
+            let to = self.address(row, &r.profile, now)?;
+            let mail = self.mail(row, &r.profile, r.order.as_ref(), &to, r.sequence.as_ref())?;
+            return Ok(Payload::Mail { mail, address: to });
+        };
+        self.may_post(row, &r.profile, now)?;
+        if !self.poster.knows(endpoint) {
+            return Err(failed(format!(
+                "webhook endpoint `{endpoint}` is not configured: add [webhooks.{endpoint}] to the config"
+            )));
+        }
+        let body = self.body(row, &r.profile, r.order.as_ref(), r.sequence.as_ref())?;
+        Ok(Payload::Post(Post {
+            endpoint: endpoint.clone(),
+            id: row.key.clone(),
+            body,
+        }))
     }
 
     /// The row's customer, its order and the version of its sequence, read from the store.
@@ -86,7 +123,7 @@ impl Worker {
             .and_then(|id| orders.into_iter().find(|o| &*o.id == id))
             .map(Arc::new);
         Ok(Recipient {
-            profile,
+            profile: Arc::new(profile),
             order,
             sequence,
         })
@@ -100,30 +137,57 @@ impl Worker {
         profile: &Profile,
         now: DateTime<Utc>,
     ) -> Result<String, Delivery> {
-        if let Err(reason) = self
-            .engine
-            .still_sendable(profile, &row.category, row.transactional)
+        if let Err(reason) =
+            self.engine
+                .still_sendable(profile, &row.category, row.transactional, Channel::Email)
         {
             return Err(Delivery::Suppressed { reason });
         }
         let Some(to) = profile.email.as_deref().map(str::to_string) else {
             return Err(failed("no email address".into()));
         };
-        if !row.transactional {
-            match self
-                .store
-                .is_erased(&self.composer.signer.address_hash(&to))
-            {
-                Ok(false) => {}
-                Ok(true) => {
-                    return Err(Delivery::Suppressed {
-                        reason: "address erased: marketing resumes only when the customer subscribes again".into(),
-                    });
-                }
-                Err(e) => return Err(unavailable(e, now)),
-            }
-        }
+        self.not_erased(row, &to, now)?;
         Ok(to)
+    }
+
+    /// Whether the webhook may still be posted: the engine's rules for webhooks (no address
+    /// needed), and a customer's erased address stops marketing posts as it stops emails.
+    fn may_post(
+        &mut self,
+        row: &OutboxRow,
+        profile: &Profile,
+        now: DateTime<Utc>,
+    ) -> Result<(), Delivery> {
+        if let Err(reason) =
+            self.engine
+                .still_sendable(profile, &row.category, row.transactional, Channel::Webhook)
+        {
+            return Err(Delivery::Suppressed { reason });
+        }
+        match profile.email.as_deref() {
+            Some(to) => self.not_erased(row, to, now),
+            None => Ok(()),
+        }
+    }
+
+    /// Marketing to an erased address waits for the customer to subscribe again.
+    fn not_erased(
+        &mut self,
+        row: &OutboxRow,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Delivery> {
+        if row.transactional {
+            return Ok(());
+        }
+        match self.store.is_erased(&self.composer.signer.address_hash(to)) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Delivery::Suppressed {
+                reason: "address erased: marketing resumes only when the customer subscribes again"
+                    .into(),
+            }),
+            Err(e) => Err(unavailable(e, now)),
+        }
     }
 
     /// The email to `to`, rendered by the templates of its version (the catalog's without
@@ -137,22 +201,12 @@ impl Worker {
         sequence: Option<&Arc<Sequence>>,
     ) -> Result<Outgoing, Delivery> {
         let links = self.composer.links(&row.customer, &row.category);
-        let mut ctx = Ctx::new(profile, None, order, None);
-        ctx.journey = context! { id => &row.journey, sequence => &row.sequence, step => &row.step };
-        ctx.unsubscribe_url = Value::from(links.unsubscribe_url.clone());
-        ctx.preferences_url = Value::from(links.preferences_url.clone());
+        let ctx = self.context(row, profile, order, &links);
         let templates = sequence.map_or(&self.engine.catalog.templates, |s| &s.templates);
         let locale = profile.locale.as_deref();
-        let rendered = match templates.render(&row.template, locale, &ctx.into_value()) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(sequence = %row.sequence, step = %row.step, template = %row.template, error = %e, "template error at send time");
-                if e.over_budget {
-                    self.observe.metrics.templates_failed.inc();
-                }
-                return Err(failed(format!("template error: {e}")));
-            }
-        };
+        let rendered = templates
+            .render(&row.template, locale, &ctx)
+            .map_err(|e| self.template_failed(row, e))?;
         // The variant a split step gave this customer, as the engine chose it (SPEC §8).
         let variant = sequence
             .and_then(|s| Some((s, s.step_index(&row.step)?)))
@@ -167,6 +221,47 @@ impl Worker {
                 variant.map(|v| &*v.id),
             )
             .map_err(|e| failed(e.to_string()))
+    }
+
+    /// What a template sees at send time: the customer and order as they are now, the
+    /// journey, and the customer's links.
+    fn context(
+        &self,
+        row: &OutboxRow,
+        profile: &Arc<Profile>,
+        order: Option<&Arc<Order>>,
+        links: &crate::mail::Links,
+    ) -> Value {
+        let mut ctx = Ctx::new(profile, None, order, None);
+        ctx.journey = context! { id => &row.journey, sequence => &row.sequence, step => &row.step };
+        ctx.unsubscribe_url = Value::from(links.unsubscribe_url.clone());
+        ctx.preferences_url = Value::from(links.preferences_url.clone());
+        ctx.into_value()
+    }
+
+    /// The webhook's body, rendered by the templates of its version.
+    fn body(
+        &self,
+        row: &OutboxRow,
+        profile: &Arc<Profile>,
+        order: Option<&Arc<Order>>,
+        sequence: Option<&Arc<Sequence>>,
+    ) -> Result<String, Delivery> {
+        let links = self.composer.links(&row.customer, &row.category);
+        let ctx = self.context(row, profile, order, &links);
+        let templates = sequence.map_or(&self.engine.catalog.templates, |s| &s.templates);
+        templates
+            .render_json(&row.template, profile.locale.as_deref(), &ctx)
+            .map_err(|e| self.template_failed(row, e))
+    }
+
+    /// A template that fails at send time fails its email (or post), logged and counted.
+    fn template_failed(&self, row: &OutboxRow, e: crate::template::RenderError) -> Delivery {
+        tracing::error!(sequence = %row.sequence, step = %row.step, template = %row.template, error = %e, "template error at send time");
+        if e.over_budget {
+            self.observe.metrics.templates_failed.inc();
+        }
+        failed(format!("template error: {e}"))
     }
 }
 

@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use crate::clock::Clock;
 use crate::config;
 use crate::engine::{Engine, Profile};
-use crate::mail::Outgoing;
 use crate::mail::transport::{Failure, SendError};
 use crate::sequence::Sequence;
 use crate::store::{Delivery, OutboxRow};
@@ -26,27 +25,32 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
+    /// `sent` is what the row is recorded as sent under (its Message-ID, its webhook-id);
+    /// `address`, where an email went (a webhook post has none, and bounces nothing).
     pub(super) fn of(
         &self,
         row: &OutboxRow,
-        mail: &Outgoing,
-        address: &str,
+        sent: &str,
+        address: Option<&str>,
         profile: &Arc<Profile>,
         result: Result<(), SendError>,
     ) -> Delivery {
         match result {
             Ok(()) => Delivery::Sent {
-                message_id: mail.message_id.clone(),
+                message_id: sent.to_string(),
             },
-            Err(e) => match e.failure {
-                Failure::Permanent => Delivery::Bounced {
+            Err(e) => match (e.failure, address) {
+                (Failure::Permanent, Some(address)) => Delivery::Bounced {
                     error: e.message,
                     address: address.to_string(),
                 },
-                Failure::Refused => Delivery::Failed {
+                (Failure::Permanent, None) => Delivery::Failed {
                     error: format!("refused: {}", e.message),
                 },
-                Failure::Transient | Failure::Ambiguous => self.retry(row, profile, e),
+                (Failure::Refused, _) => Delivery::Failed {
+                    error: format!("refused: {}", e.message),
+                },
+                (Failure::Transient | Failure::Ambiguous, _) => self.retry(row, profile, e),
             },
         }
     }
@@ -118,6 +122,7 @@ fn jitter_seed(key: &str, attempts: u32, now: DateTime<Utc>) -> u64 {
 mod tests {
     use super::*;
     use crate::engine::Policy;
+    use crate::mail::Outgoing;
 
     fn settings() -> config::Delivery {
         crate::config::Config::default().delivery().unwrap()
@@ -161,6 +166,7 @@ mod tests {
             step: "s".into(),
             order_id: None,
             template: "t".into(),
+            endpoint: None,
             category: "review".into(),
             transactional: false,
             created_at,
@@ -195,8 +201,8 @@ mod tests {
         };
         match outcome.of(
             &row(now, 0),
-            &mail,
-            "a@example.com",
+            &mail.message_id,
+            Some("a@example.com"),
             &profile,
             err(Failure::Transient, "451 later"),
         ) {
@@ -212,8 +218,8 @@ mod tests {
         // An expired deadline may have been accepted: retried, and said so.
         match outcome.of(
             &row(now, 0),
-            &mail,
-            "a@example.com",
+            &mail.message_id,
+            Some("a@example.com"),
             &profile,
             err(Failure::Ambiguous, "no answer"),
         ) {
@@ -223,8 +229,8 @@ mod tests {
         assert_eq!(
             outcome.of(
                 &row(now, 0),
-                &mail,
-                "a@example.com",
+                &mail.message_id,
+                Some("a@example.com"),
                 &profile,
                 err(Failure::Permanent, "550 no such user")
             ),
@@ -238,8 +244,8 @@ mod tests {
         assert_eq!(
             outcome.of(
                 &row(old, 40),
-                &mail,
-                "a@example.com",
+                &mail.message_id,
+                Some("a@example.com"),
                 &profile,
                 err(Failure::Transient, "421 busy")
             ),
@@ -289,9 +295,13 @@ mod tests {
             code: Some(451),
             message: "451 later".into(),
         });
-        let Delivery::Retry { at, .. } =
-            outcome.of(&row, &mail, "a@example.com", &Arc::new(profile), failed)
-        else {
+        let Delivery::Retry { at, .. } = outcome.of(
+            &row,
+            &mail.message_id,
+            Some("a@example.com"),
+            &Arc::new(profile),
+            failed,
+        ) else {
             panic!("not a retry");
         };
         // 09:00 in Seoul, the first one after the backoff (about 5 minutes from 19:00).

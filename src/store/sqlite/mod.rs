@@ -237,6 +237,21 @@ impl Store for SqliteStore {
         load_whole(&self.conn, id, false)
     }
 
+    fn customers_after(&mut self, after: &str, limit: usize) -> Result<Vec<StoredCustomer>> {
+        let ids = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id FROM customers WHERE id > ?1 AND state <> '' ORDER BY id LIMIT ?2",
+            )?;
+            st.query_map(params![after, limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(load_whole(&self.conn, &id, false)?);
+        }
+        Ok(out)
+    }
+
     fn customer(&mut self, id: &str) -> Result<Option<(StoredCustomer, Vec<TimelineRow>)>> {
         let Some(c) = load_whole(&self.conn, id, true)? else {
             return Ok(None);
@@ -296,7 +311,7 @@ impl Store for SqliteStore {
                          AND (claimed_until IS NULL OR claimed_until <= ?1)
                      ORDER BY next_attempt_at LIMIT ?2)
                  RETURNING key, customer, journey, sequence, version, step, order_id, template, category,
-                     transactional, created_at, attempts, next_attempt_at, claim, claimed_until, trace",
+                     transactional, created_at, attempts, next_attempt_at, claim, claimed_until, trace, endpoint",
             )?;
             let mut rows = st
                 .query_map(
@@ -320,6 +335,7 @@ impl Store for SqliteStore {
                                 claim: r.get(13)?,
                                 claimed_until: from_micros(r.get(14)?),
                                 trace: r.get(15)?,
+                                endpoint: r.get(16)?,
                             },
                         ))
                     },

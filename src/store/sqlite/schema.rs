@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     category TEXT NOT NULL, transactional INTEGER NOT NULL, status TEXT NOT NULL,
     created_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     sent_at INTEGER, message_id TEXT, last_error TEXT, claimed_until INTEGER,
-    claim INTEGER NOT NULL DEFAULT 0, trace TEXT);
+    claim INTEGER NOT NULL DEFAULT 0, trace TEXT, endpoint TEXT);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer);
 CREATE TABLE IF NOT EXISTS sequence_versions (
@@ -56,11 +56,11 @@ pub(super) const NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 864000000
 
 /// Bumped when `SCHEMA` changes in a way `CREATE ... IF NOT EXISTS` cannot express; each
 /// version's step from the one before is in `MIGRATIONS`.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// (version reached, statements): run in order from the database's version, each step in a
 /// transaction of its own.
-pub(super) const MIGRATIONS: [(i64, &str); 7] = [
+pub(super) const MIGRATIONS: [(i64, &str); 8] = [
     (2, "ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;"),
     // Customers (a state document of a kilobyte or more) and emails become rowid tables: a
     // WITHOUT ROWID b-tree keeps whole rows in its pages, a few per page, so nearly every
@@ -138,6 +138,8 @@ pub(super) const MIGRATIONS: [(i64, &str); 7] = [
     // An email keeps the W3C trace context of the event that queued it, so its send span
     // continues that event's trace.
     (8, "ALTER TABLE outbox ADD COLUMN trace TEXT;"),
+    // Webhook posts go through the outbox as emails do, to their endpoint (SPEC §9).
+    (9, "ALTER TABLE outbox ADD COLUMN endpoint TEXT;"),
 ];
 
 /// The version whose migration also rewrites amounts stored as JSON numbers (floats) as

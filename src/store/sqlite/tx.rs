@@ -179,8 +179,8 @@ impl Tx for SqliteTx<'_> {
         ))?;
         let mut outbox = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO outbox (key, customer, journey, sequence, version, step, order_id, template, category,
-                 transactional, status, created_at, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11)",
+                 transactional, status, created_at, next_attempt_at, endpoint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11, ?12)",
         )?;
         for d in decisions {
             let journey = d.journey.to_string();
@@ -207,7 +207,8 @@ impl Tx for SqliteTx<'_> {
                     &*email.template,
                     &*email.category,
                     email.transactional as i64,
-                    micros(d.at)
+                    micros(d.at),
+                    email.endpoint.as_deref()
                 ])?;
             }
         }

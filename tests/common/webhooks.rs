@@ -1,0 +1,76 @@
+//! A real webhook receiver for tests: Python's http.server with signatures checked by the
+//! `standardwebhooks` package, driven by `tests/webhooks/receiver.py`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// A signing secret in the Standard Webhooks form.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The receiver on `port`, answering with `answers` (`503,200`: 503 once, then 200); stopped
+/// on drop.
+pub struct Receiver {
+    child: Child,
+    out: PathBuf,
+    pub port: u16,
+}
+
+impl Receiver {
+    pub fn start(port: u16, out: &Path, answers: &str, secret: &str) -> Receiver {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks/receiver.py");
+        let _ = std::fs::remove_dir_all(out);
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--answer",
+                answers,
+                "--secret",
+                secret,
+                "--out",
+            ])
+            .arg(out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with standardwebhooks (pip install standardwebhooks) is needed");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("ready {port}"),
+            "the receiver did not start"
+        );
+        Receiver {
+            child,
+            out: out.to_path_buf(),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks", self.port)
+    }
+
+    /// Every post the receiver saw, in order.
+    pub fn log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.out.join("log.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
