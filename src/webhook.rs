@@ -62,7 +62,9 @@ pub struct Endpoint {
     pub url: reqwest::Url,
     pub headers: HeaderMap,
     pub timeout: Duration,
-    secret: Arc<[u8]>,
+    /// `None` until the environment gives it: `run` refuses to start without it (the other
+    /// commands read the config without secrets).
+    secret: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -88,19 +90,15 @@ pub fn secret_var(name: &str) -> String {
 }
 
 impl Endpoint {
-    /// `[webhooks.NAME]` checked with its secret: every problem, each with its key.
+    /// `[webhooks.NAME]` checked with its secret, if set: every problem, each with its key.
     pub fn check(
         name: &str,
         raw: &Raw,
         secret: Option<&str>,
     ) -> Result<Endpoint, Vec<(String, String)>> {
-        let secret = match secret {
-            None => Err(format!(
-                "needs its signing secret in {}: `whsec_` and the base64 of 24 to 64 random bytes",
-                secret_var(name)
-            )),
-            Some(s) => decode_secret(s).map_err(|m| format!("{}: {m}", secret_var(name))),
-        };
+        let secret = secret
+            .map(|s| decode_secret(s).map_err(|m| format!("{}: {m}", secret_var(name))))
+            .transpose();
         let (url, headers, timeout) = (
             check_url(&raw.url),
             check_headers(&raw.headers),
@@ -111,7 +109,7 @@ impl Endpoint {
                 url,
                 headers,
                 timeout,
-                secret: secret.into(),
+                secret: secret.map(Arc::from),
             }),
             (url, headers, timeout, secret) => {
                 let key = |k: &str| match k {
@@ -132,16 +130,36 @@ impl Endpoint {
         }
     }
 
-    /// The `webhook-signature` of `body` sent as `id` at `timestamp`.
-    pub fn signature(&self, id: &str, timestamp: i64, body: &str) -> String {
-        signature(&self.secret, id, timestamp, body)
+    /// The `webhook-signature` of `body` sent as `id` at `timestamp`; `None` without a
+    /// secret.
+    pub fn signature(&self, id: &str, timestamp: i64, body: &str) -> Option<String> {
+        Some(signature(self.secret.as_deref()?, id, timestamp, body))
     }
 }
 
+/// The endpoints whose secret the environment does not give, as config problems: `run`
+/// signs every post, and refuses to start without them.
+pub fn missing_secrets(endpoints: &Endpoints) -> Vec<(String, String)> {
+    endpoints
+        .iter()
+        .filter(|(_, e)| e.secret.is_none())
+        .map(|(name, _)| {
+            (
+                format!("webhooks.{name}"),
+                format!(
+                    "needs its signing secret in {}: `whsec_` and the base64 of 24 to 64 random bytes",
+                    secret_var(name)
+                ),
+            )
+        })
+        .collect()
+}
+
 fn check_url(url: &str) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+    let shown = without_credentials(url);
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{shown}`: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!("`{url}` must be an http:// or https:// URL"));
+        return Err(format!("`{shown}` must be an http:// or https:// URL"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(
@@ -149,6 +167,19 @@ fn check_url(url: &str) -> Result<reqwest::Url, String> {
         );
     }
     Ok(parsed)
+}
+
+/// `url` with what stands before an `@` in its authority (a user and password) left out:
+/// how a URL is quoted in a message.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 fn check_headers(headers: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
@@ -310,6 +341,13 @@ impl Poster {
                 post.endpoint
             )));
         };
+        let Some(signature) = endpoint.signature(&post.id, timestamp, &post.body) else {
+            return Err(refused(format!(
+                "webhook endpoint `{}` has no signing secret ({})",
+                post.endpoint,
+                secret_var(&post.endpoint)
+            )));
+        };
         let request = self
             .client
             .post(endpoint.url.clone())
@@ -317,15 +355,13 @@ impl Poster {
             .header("content-type", "application/json")
             .header("webhook-id", &post.id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                endpoint.signature(&post.id, timestamp, &post.body),
-            )
+            .header("webhook-signature", signature)
             .timeout(endpoint.timeout)
             .body(post.body.clone());
         match request.send().await {
             Ok(response) => answered(response).await,
-            Err(e) => Err(unanswered(&e)),
+            // The URL may carry a token (in its path or query): never in a message.
+            Err(e) => Err(unanswered(&e.without_url())),
         }
     }
 }
@@ -454,7 +490,7 @@ mod tests {
             headers: BTreeMap::from([("webhook-id".into(), "x".into())]),
             timeout: "0s".into(),
         };
-        let problems = Endpoint::check("sms", &raw, None).unwrap_err();
+        let problems = Endpoint::check("sms", &raw, Some("whsec_c2hvcnQ=")).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
@@ -465,12 +501,8 @@ mod tests {
                 "webhooks.sms"
             ]
         );
-        assert!(
-            problems[3].1.contains("AFTERCARE_WEBHOOK_SECRET_SMS"),
-            "{problems:?}"
-        );
         assert_eq!(
-            Endpoint::check("sms", &raw, Some("whsec_c2hvcnQ=")).unwrap_err()[3].1,
+            problems[3].1,
             "AFTERCARE_WEBHOOK_SECRET_SMS: 5 bytes; a secret has at least 16 (24 to 64 recommended)"
         );
         let good = Raw {
@@ -483,9 +515,32 @@ mod tests {
         assert_eq!(e.timeout, Duration::from_secs(5));
         // The secret is never printed.
         assert!(!format!("{e:?}").contains("MfKQ"));
+        // Without it the config reads (validate, simulate, preview need none); `run` refuses.
+        let unset = Endpoint::check("sms", &good, None).unwrap();
+        let endpoints = Endpoints::from([("sms".to_string(), unset), ("crm".to_string(), e)]);
+        assert_eq!(
+            missing_secrets(&endpoints),
+            [(
+                "webhooks.sms".to_string(),
+                "needs its signing secret in AFTERCARE_WEBHOOK_SECRET_SMS: `whsec_` and the base64 of 24 to 64 random bytes".to_string()
+            )]
+        );
         assert_eq!(
             secret_var("sms-gateway"),
             "AFTERCARE_WEBHOOK_SECRET_SMS_GATEWAY"
         );
+        // A URL with credentials is refused without quoting them, whatever else is wrong.
+        for url in [
+            "ftp://u:hunter2@host/x",
+            "http://u:hunter2@[::1",
+            "https://u:hunter2@h/x",
+        ] {
+            let raw = Raw {
+                url: url.into(),
+                ..good.clone()
+            };
+            let problems = Endpoint::check("sms", &raw, None).unwrap_err();
+            assert!(!format!("{problems:?}").contains("hunter2"), "{problems:?}");
+        }
     }
 }

@@ -136,7 +136,7 @@ fn preview_renders_a_webhook_body_as_json() {
             ),
             (
                 "seq/templates/sms/shipped.ko.json.j2",
-                r#"{"text": {{ "발송: " ~ order.id }}, "name": {{ customer.name }}}"#,
+                r#"{"text": {{ "발송: " ~ order.id }}, "name": {{ customer.name }}, "big": 123456789012345678901234567890}"#,
             ),
             (
                 "aftercare.toml",
@@ -171,7 +171,13 @@ fn preview_renders_a_webhook_body_as_json() {
     assert_eq!(v["locale"], "ko-KR");
     assert_eq!(
         v["body"],
-        serde_json::json!({"text": "발송: o-1", "name": "<Kim & Lee>"})
+        serde_json::json!({"text": "발송: o-1", "name": "<Kim & Lee>", "big": 1.2345678901234568e29})
+    );
+    // As posted: the body's own text, its number not rounded.
+    let text = stdout(&o);
+    assert!(
+        text.contains(r#""big": 123456789012345678901234567890}"#),
+        "{text}"
     );
     assert!(v["webhook_id"].as_str().unwrap().ends_with(":sms"), "{v}");
     std::fs::remove_dir_all(&dir).unwrap();

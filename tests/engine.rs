@@ -1688,3 +1688,50 @@ fn after_auto_uses_the_median_of_30_repeat_buyers_else_the_fallback() {
         ]
     );
 }
+
+/// The outbox keys an email by (journey, step): two customers born on one day (or two with
+/// the same order id) must not share a journey, or one of them gets nothing.
+#[test]
+fn customers_sharing_a_birthday_or_an_order_id_get_journeys_of_their_own() {
+    let auto = FILM.replace("after: 30d, per_quantity: true", "after: 10d");
+    let mut env = TestEnv::new(&[BIRTHDAY, &auto]);
+    for c in ["ann", "bob"] {
+        let customer = json!({"email": format!("{c}@example.com"), "birthday": "1990-01-05"});
+        env.event(
+            "customer.updated",
+            c,
+            "+0s",
+            json!({ "customer": customer }),
+        );
+        env.placed(c, "o-1", "+0s", "film");
+    }
+    env.advance("+20d");
+    let decisions = env.take_decisions();
+    for sequence in ["birthday", "film-reorder"] {
+        let journeys: std::collections::BTreeSet<String> = decisions
+            .iter()
+            .filter(|d| &*d.sequence == sequence && d.email.is_some())
+            .map(|d| format!("{}", d.journey))
+            .collect();
+        assert_eq!(journeys.len(), 2, "{sequence}: {decisions:?}");
+    }
+}
+
+/// An order that arrives after a newer one of the category (placed later, sent earlier)
+/// changes nothing: the newer order's reminder stands, and the stale one gets none.
+#[test]
+fn a_late_older_order_does_not_end_the_newer_orders_reminder() {
+    let mut env = TestEnv::new(&[FILM]);
+    env.placed("z", "p2", "+4d", "film");
+    env.placed("z", "p1", "2024-01-01T00:00:00Z", "film");
+    env.advance("+100d");
+    let lines: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| l.contains(" enter ") || l.contains(" exit "))
+        .collect();
+    assert_eq!(
+        lines,
+        ["2024-02-04T00:00:00Z z film-reorder/remind enter (reorder film: 30d after order p2)"]
+    );
+}

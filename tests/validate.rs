@@ -441,7 +441,7 @@ fn branches_go_to_known_steps_with_the_fallback_last_and_never_loop_without_a_wa
         [
             "s.yaml:7:14: this arm goes back to `a` with no wait on the way: it would loop at one instant\n  hint: add a `wait` (or `wait_for`) to a step between the target and the branch",
             // With a wait, the loop is bounded; but a journey sends each step's email once.
-            "s.yaml:10:14: this arm goes back over `a`, whose email a journey sends once\n  hint: go back only to steps that wait or branch, or `start` a new journey of a sequence for the repeat",
+            "s.yaml:10:14: this arm goes back over `a`, whose email (or webhook) a journey sends once\n  hint: go back only to steps that wait or branch, or `start` a new journey of a sequence for the repeat",
         ]
     );
     // A zero wait is no wait; going back over steps that only wait is fine.
@@ -583,5 +583,27 @@ fn after_auto_needs_a_fallback_and_a_fallback_needs_after_auto() {
             "s.yaml:3:51: `fallback` goes with `after: auto`\n  hint: remove it: a fixed `after` is always used",
             "s.yaml:3:62: `reorder.fallback` must be longer than 0s\n  hint: e.g. `fallback: 30d`",
         ]
+    );
+}
+
+/// A webhook body is rendered for a sample customer: one that is not JSON is refused (every
+/// `{{ }}` writes a JSON value, so a value inside quotes breaks it for every customer).
+#[test]
+fn a_webhook_body_that_renders_to_what_is_not_json_is_refused() {
+    let mut templates = default_templates();
+    templates.push((
+        "sms/quoted.json.j2".into(),
+        r#"{"name": "{{ customer.name }}", }"#.into(),
+    ));
+    let yaml = format!("{HEAD}  - id: a\n    webhook: {{ endpoint: sms, body: sms/quoted }}\n");
+    let diags = diagnostics(&[("s.yaml", &yaml)], templates);
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(
+        diags[0].starts_with("templates/sms/quoted.json.j2:1:1: the rendered body is not JSON: expected `,` or `}` at line 1 column 12"),
+        "{diags:?}"
+    );
+    assert!(
+        diags[0].contains("hint: each {{ }} writes a JSON value"),
+        "{diags:?}"
     );
 }

@@ -74,11 +74,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let post = PostShown {
                 endpoint: &endpoint,
                 url: config.webhooks.get(&*endpoint).map(|w| w.url.as_str()),
+                headers: config
+                    .webhooks
+                    .get(&*endpoint)
+                    .map(|w| w.headers.keys().cloned().collect())
+                    .unwrap_or_default(),
                 id: format!("{}:{}", journey.id, seq.steps[si].id),
                 body: &body,
                 locale,
             };
-            print_post(&post, &json, &args.format)?;
+            print_post(&post, json, &args.format)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -97,29 +102,51 @@ struct PostShown<'a> {
     url: Option<&'a str>,
     /// The `webhook-id` it is posted with.
     id: String,
+    /// The names of the headers the config adds.
+    headers: Vec<String>,
     body: &'a str,
     locale: Option<&'a str>,
 }
 
-/// The rendered webhook post as `format` says: `json`, or the request as text.
-fn print_post(post: &PostShown<'_>, json: &str, format: &str) -> anyhow::Result<()> {
-    let value: serde_json::Value = serde_json::from_str(json)?;
+/// The rendered webhook post as `format` says: `json`, or the request as text. The body is
+/// shown as it is posted, byte for byte; header values from the config are not shown.
+fn print_post(post: &PostShown<'_>, json: String, format: &str) -> anyhow::Result<()> {
     if format == "json" {
-        let shown = serde_json::json!({
-            "endpoint": post.endpoint, "url": post.url, "webhook_id": post.id,
-            "body": value, "template": post.body, "locale": post.locale,
-        });
+        /// The post as JSON, its body as rendered (a `Value` would reorder and round it).
+        #[derive(serde::Serialize)]
+        struct Shown<'a> {
+            endpoint: &'a str,
+            url: Option<&'a str>,
+            webhook_id: &'a str,
+            headers: &'a [String],
+            body: &'a serde_json::value::RawValue,
+            template: &'a str,
+            locale: Option<&'a str>,
+        }
+        let body = serde_json::value::RawValue::from_string(json)?;
+        let shown = Shown {
+            endpoint: post.endpoint,
+            url: post.url,
+            webhook_id: &post.id,
+            headers: &post.headers,
+            body: &body,
+            template: post.body,
+            locale: post.locale,
+        };
         println!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
         let url = post.url.unwrap_or("(not in the config)");
         println!("POST {url} (webhook {})", post.endpoint);
         println!("webhook-id: {}", post.id);
+        for h in &post.headers {
+            println!("{h}: (from the config)");
+        }
         println!(
             "Template: {}.json.j2 (locale {})",
             post.body,
             post.locale.unwrap_or("default")
         );
-        println!("\n{}", serde_json::to_string_pretty(&value)?);
+        println!("\n{json}");
     }
     Ok(())
 }

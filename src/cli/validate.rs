@@ -20,8 +20,11 @@ pub fn run(dir: Option<&Path>, config: Option<&Path>) -> anyhow::Result<ExitCode
         Some(d) => d.to_path_buf(),
         None => config.sequences.dir.clone(),
     };
-    let (catalog, diags) =
+    let (catalog, mut diags) =
         Catalog::load_with(&dir, &limits).with_context(|| format!("loading {}", dir.display()))?;
+    // As `run` refuses them: steps posting to an endpoint the config lacks.
+    let webhooks = config.settings().map(|s| s.webhooks).unwrap_or_default();
+    diags.extend(crate::webhook::unknown_endpoints(&catalog, &webhooks));
     if diags.is_empty() {
         let n = catalog.sequences().len();
         println!("{}: {n} sequence(s) valid", dir.display());

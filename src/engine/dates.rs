@@ -30,6 +30,10 @@ pub struct DateDue {
     /// The interval `after: auto` chose for a reorder reminder, for its reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<AutoInterval>,
+    /// How many times the interval a reorder reminder waits (`per_quantity`), when more
+    /// than once: the quantity when the order came, whatever a repeat of the order says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<i32>,
 }
 
 /// The interval an `after: auto` reorder trigger chose when the order came.
@@ -116,6 +120,7 @@ impl Engine {
                     order,
                     at,
                     auto: due.auto,
+                    times: due.times,
                 };
                 self.start_reorder(c, &seq, r, reminder, now, out);
                 continue;
@@ -157,7 +162,9 @@ impl Engine {
         let local = at.with_timezone(&tz).format("%Y-%m-%d %H:%M");
         let entry = Entry {
             sequence: seq.clone(),
-            id: JourneyId::derive(&[&seq.name, "date", &rfc3339(at)]),
+            // The customer is in the id: the outbox keys its emails by journey, and two
+            // customers share a birthday.
+            id: JourneyId::derive(&[&seq.name, "date", &c.profile.id, &rfc3339(at)]),
             order_id: None,
             base: at,
             reason: format!("date {} {value}: {local} {}", trigger.field, tz.name()),
@@ -169,7 +176,9 @@ impl Engine {
     /// An order with an item of `r.category`: the customer reordered, so the sequence's
     /// journeys and reminders for their earlier orders end (`exit`, `reordered`); this order's
     /// reminder is due `r.after` (times the quantity, `per_quantity`) after it — unless the
-    /// order is `backfill` (older than `policy.max_event_age`), which enrols nobody.
+    /// order is `backfill` (older than `policy.max_event_age`), which enrols nobody. An order
+    /// that arrives after a newer one of the category (placed later) changes nothing: the
+    /// customer reordered since.
     pub(super) fn reorder(
         &self,
         c: &mut Customer,
@@ -189,6 +198,9 @@ impl Engine {
             return;
         }
         let order = placed.order_id.as_str();
+        if has_newer(c, r, order, ev.time) {
+            return;
+        }
         self.reordered(c, seq, order, now, out);
         if self.may_enter(c, seq, Some(order)).is_err()
             || c.dates.iter().any(|d| d.sequence == seq.name)
@@ -208,6 +220,7 @@ impl Engine {
             order: Some(order.into()),
             fired: None,
             auto,
+            times: Some(times(r, quantity)).filter(|t| *t > 1),
         });
     }
 
@@ -272,12 +285,16 @@ impl Engine {
         now: DateTime<Utc>,
         out: &mut Vec<Decision>,
     ) {
-        let Reminder { order, at, auto } = reminder;
+        let Reminder {
+            order,
+            at,
+            auto,
+            times,
+        } = reminder;
         if self.may_enter(c, seq, Some(order)).is_err() {
             return;
         }
-        let quantity = c.order(order).map_or(1, |o| quantity_of(&o.items, r));
-        let times = times(r, quantity);
+        let times = times.unwrap_or(1);
         let after = match (auto, r.after) {
             (Some(a), _) => Period(chrono::Duration::days(a.days)),
             (None, ReorderAfter::Fixed(p)) => p,
@@ -297,7 +314,8 @@ impl Engine {
         };
         let entry = Entry {
             sequence: seq.clone(),
-            id: JourneyId::derive(&[&seq.name, "reorder", order]),
+            // Order ids are the shop's: two customers' may be equal.
+            id: JourneyId::derive(&[&seq.name, "reorder", &c.profile.id, order]),
             order_id: Some(order),
             base: at,
             reason: format!(
@@ -343,6 +361,7 @@ fn set_due(
             order: None,
             fired,
             auto: None,
+            times: None,
         }),
         (None, false) => {}
     }
@@ -395,11 +414,20 @@ fn reminder_at(
     placed.checked_add_signed(after.0.checked_mul(times(r, quantity))?)
 }
 
-/// A reorder reminder falling due: its order, when, and the interval `after: auto` chose.
+/// A reorder reminder falling due: its order, when, the interval `after: auto` chose and how
+/// many times it waited.
 struct Reminder<'a> {
     order: &'a str,
     at: DateTime<Utc>,
     auto: Option<AutoInterval>,
+    times: Option<i32>,
+}
+
+/// Whether the customer has an order of `r.category` other than `order`, placed after `at`.
+fn has_newer(c: &Customer, r: &ReorderTrigger, order: &str, at: DateTime<Utc>) -> bool {
+    c.orders.iter().any(|o| {
+        *o.id != *order && o.placed_at.is_some_and(|p| p > at) && quantity_of(&o.items, r) > 0
+    })
 }
 
 /// The date in `value`: `YYYY-MM-DD`, or the date an RFC 3339 time has where it was written.

@@ -1,12 +1,12 @@
 //! The store's reorder intervals (SPEC §9 `after: auto`): for a category, the median time
-//! between consecutive orders of it among the customers who bought it at least twice,
-//! computed at the start of each day (UTC) from the orders placed before it.
+//! between consecutive orders of it (to the hour) among the customers who bought it at least
+//! twice, computed at the start of each day (UTC) from the orders placed before it.
 //!
 //! `simulate` computes them as it reads the events ([`Observed::order`]), `run` from the
 //! store at each midnight ([`Observed::customer`]): the same orders give the same figures.
 //! The engine reads the figure of the day an order is placed ([`Intervals::at`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
@@ -87,20 +87,13 @@ pub struct Observed {
 
 #[derive(Debug, Default)]
 struct Category {
-    /// Each customer's latest order of the category.
-    last: HashMap<Arc<str>, Last>,
-    /// Every interval between consecutive orders, in seconds.
-    intervals: Vec<i64>,
+    /// Each customer's orders of the category, in the order they were placed.
+    orders: HashMap<Arc<str>, Placed>,
+    /// Every interval between consecutive orders, in whole hours, with how many have it.
+    intervals: BTreeMap<i64, u64>,
+    count: u64,
     /// Customers with at least two orders of the category.
     buyers: u32,
-}
-
-#[derive(Debug)]
-struct Last {
-    at: DateTime<Utc>,
-    order: Arc<str>,
-    /// Counted among the repeat buyers already.
-    repeat: bool,
 }
 
 impl Observed {
@@ -118,11 +111,10 @@ impl Observed {
         self.categories.is_empty()
     }
 
-    /// One order, in the order orders come: each watched category among `categories` adds the
-    /// interval since the customer's previous order of it. An order seen again (the same id)
-    /// adds nothing; one older than the customer's latest adds nothing either (`run` reads
-    /// each customer's orders sorted, so late orders count there the same way only when they
-    /// come in time order).
+    /// One order: each watched category among `categories` has it between the customer's
+    /// orders placed before and after it, as if the orders had come in the order they were
+    /// placed (a late one splits an interval in two), so reading the events and reading the
+    /// store give the same figures. An order seen again (the same id) adds nothing.
     pub fn order<'a>(
         &mut self,
         customer: &Arc<str>,
@@ -131,28 +123,8 @@ impl Observed {
         categories: impl IntoIterator<Item = &'a str>,
     ) {
         for name in categories {
-            let Some(cat) = self.categories.get_mut(name) else {
-                continue;
-            };
-            match cat.last.get_mut(customer) {
-                None => {
-                    let last = Last {
-                        at: placed,
-                        order: order.clone(),
-                        repeat: false,
-                    };
-                    cat.last.insert(customer.clone(), last);
-                }
-                Some(last) if last.order != *order && placed >= last.at => {
-                    cat.intervals.push((placed - last.at).num_seconds());
-                    if !last.repeat {
-                        last.repeat = true;
-                        cat.buyers = cat.buyers.saturating_add(1);
-                    }
-                    last.at = placed;
-                    last.order = order.clone();
-                }
-                Some(_) => {}
+            if let Some(cat) = self.categories.get_mut(name) {
+                cat.add(customer, order, placed);
             }
         }
     }
@@ -166,7 +138,11 @@ impl Observed {
             .collect();
         placed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
         for (at, o) in placed {
-            let categories = o.items.iter().map(|i| &*i.category);
+            let categories = o
+                .items
+                .iter()
+                .filter(|i| i.quantity > 0)
+                .map(|i| &*i.category);
             self.order(customer, &o.id, at, categories);
         }
     }
@@ -183,22 +159,68 @@ impl Observed {
     }
 }
 
+/// A customer's orders of a category: when each was placed, and its id, in that order.
+type Placed = Vec<(DateTime<Utc>, Arc<str>)>;
+
 impl Category {
+    fn add(&mut self, customer: &Arc<str>, order: &Arc<str>, placed: DateTime<Utc>) {
+        let orders = self.orders.entry(customer.clone()).or_default();
+        if orders.iter().any(|(_, id)| id == order) {
+            return;
+        }
+        let i = orders.partition_point(|(at, id)| (*at, &**id) <= (placed, &**order));
+        let before = i.checked_sub(1).map(|b| orders[b].0);
+        let after = orders.get(i).map(|o| o.0);
+        orders.insert(i, (placed, order.clone()));
+        if orders.len() == 2 {
+            self.buyers = self.buyers.saturating_add(1);
+        }
+        if let (Some(b), Some(a)) = (before, after) {
+            self.remove(a - b);
+        }
+        if let Some(b) = before {
+            self.insert(placed - b);
+        }
+        if let Some(a) = after {
+            self.insert(a - placed);
+        }
+    }
+
+    fn insert(&mut self, gap: Duration) {
+        *self.intervals.entry(gap.num_hours()).or_default() += 1;
+        self.count += 1;
+    }
+
+    fn remove(&mut self, gap: Duration) {
+        let hours = gap.num_hours();
+        if let Some(n) = self.intervals.get_mut(&hours) {
+            *n -= 1;
+            self.count -= 1;
+            if *n == 0 {
+                self.intervals.remove(&hours);
+            }
+        }
+    }
+
+    /// The median of the intervals (of the two middle ones, their mean), rounded to days.
     fn figure(&self) -> Option<Interval> {
-        if self.intervals.is_empty() {
+        if self.count == 0 {
             return None;
         }
-        let mut v = self.intervals.clone();
-        let mid = v.len() / 2;
-        let (_, upper, _) = v.select_nth_unstable(mid);
-        let upper = *upper;
-        let median = if v.len() % 2 == 1 {
-            upper
-        } else {
-            let lower = v[..mid].iter().copied().max().unwrap_or(upper);
-            (lower + upper) / 2
-        };
-        let days = ((median as f64) / 86_400.0).round().max(1.0) as i64;
+        let (lower, upper) = ((self.count - 1) / 2, self.count / 2);
+        let (mut lo, mut hi, mut seen) = (None, None, 0u64);
+        for (&hours, &n) in &self.intervals {
+            if lo.is_none() && seen + n > lower {
+                lo = Some(hours);
+            }
+            if seen + n > upper {
+                hi = Some(hours);
+                break;
+            }
+            seen += n;
+        }
+        let median = (lo? + hi?) as f64 / 2.0;
+        let days = (median / 24.0).round().max(1.0) as i64;
         Some(Interval {
             median: Duration::days(days),
             buyers: self.buyers,
@@ -257,9 +279,66 @@ impl Watch {
         }
         if let crate::event::EventData::OrderPlaced(placed) = &ev.data {
             let order: Arc<str> = placed.order_id.as_str().into();
-            let categories = placed.items.iter().map(|i| &*i.category);
+            let categories = placed
+                .items
+                .iter()
+                .filter(|i| i.quantity > 0)
+                .map(|i| &*i.category);
             self.observed
                 .order(&ev.subject, &order, ev.time, categories);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(days: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::UNIX_EPOCH + Duration::days(days)
+    }
+
+    /// Orders read out of the order they were placed give the figures of the same orders read
+    /// sorted (as `run` reads the store): a late order splits the interval it falls in.
+    #[test]
+    fn orders_in_any_order_give_the_figures_of_the_sorted_orders() {
+        let film: Arc<str> = "film".into();
+        let orders = [(0, "a"), (30, "c"), (10, "b"), (10, "b"), (45, "d")];
+        let mut read = Observed::new([&film]);
+        for (day, id) in orders {
+            read.order(&"c".into(), &id.into(), at(day), ["film"]);
+        }
+        let mut sorted = Observed::new([&film]);
+        for (day, id) in [(0, "a"), (10, "b"), (30, "c"), (45, "d")] {
+            sorted.order(&"c".into(), &id.into(), at(day), ["film", "other"]);
+        }
+        // Intervals 10, 20, 15 days: the median is 15, from one repeat buyer.
+        let expected = Interval {
+            median: Duration::days(15),
+            buyers: 1,
+        };
+        assert_eq!(read.figures(), [(film.clone(), expected)]);
+        assert_eq!(sorted.figures(), [(film, expected)]);
+    }
+
+    #[test]
+    fn a_figure_is_read_from_the_day_it_was_computed() {
+        let intervals = Intervals::default();
+        let i = |d| Interval {
+            median: Duration::days(d),
+            buyers: 30,
+        };
+        intervals.record(at(10), &[("film".into(), i(5))]);
+        intervals.record(at(11), &[("film".into(), i(6))]);
+        // A day recorded again keeps its first figure.
+        intervals.record(at(11), &[("film".into(), i(7))]);
+        assert_eq!(intervals.at("film", at(9)), None);
+        assert_eq!(
+            intervals.at("film", at(10) + Duration::hours(23)),
+            Some(i(5))
+        );
+        assert_eq!(intervals.at("film", at(40)), Some(i(6)));
+        assert_eq!(intervals.at("lens", at(40)), None);
+        assert_eq!(intervals.latest(), [("film".into(), i(6))]);
     }
 }

@@ -949,19 +949,19 @@ impl Compiler<'_, '_, '_> {
                     Timing::Wait(p) => !p.is_zero(),
                     Timing::WaitFor(w) => !w.timeout.is_zero(),
                 });
-                // The outbox keeps one email per (journey, step): one sent again would be
-                // decided but never sent.
-                let emails = looped.iter().find(|s| {
-                    matches!(s.action, Some(Action::Email { .. }))
-                        || s.variants
-                            .iter()
-                            .any(|v| matches!(v.action, Some(Action::Email { .. })))
-                });
+                // The outbox keeps one email (or post) per (journey, step): one sent again
+                // would be decided but never sent.
+                let sends = |a: &Option<Action>| {
+                    matches!(a, Some(Action::Email { .. } | Action::Webhook { .. }))
+                };
+                let emails = looped
+                    .iter()
+                    .find(|s| sends(&s.action) || s.variants.iter().any(|v| sends(&v.action)));
                 if let Some(email) = emails.filter(|_| waits) {
                     self.d.error_hint(
                         arm.pos,
                         format!(
-                            "this arm goes back over `{}`, whose email a journey sends once",
+                            "this arm goes back over `{}`, whose email (or webhook) a journey sends once",
                             email.id
                         ),
                         "go back only to steps that wait or branch, or `start` a new journey of a sequence for the repeat",

@@ -254,6 +254,12 @@ struct Parts {
 impl Parts {
     fn new(config: Config, stats: Arc<Stats>) -> StartResult<Parts> {
         let settings = config.settings().map_err(|p| StartError::settings(&p))?;
+        // Every post is signed: the other commands read the config without the secrets,
+        // `run` needs them all.
+        let unsigned = crate::webhook::missing_secrets(&settings.webhooks);
+        if !unsigned.is_empty() {
+            return Err(StartError::settings(&unsigned));
+        }
         let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &settings.limits)?);
         let unknown = crate::webhook::unknown_endpoints(&catalog, &settings.webhooks);
         if !unknown.is_empty() {

@@ -227,8 +227,13 @@ impl Templates {
         let mut out = Vec::new();
         let files = self.index.values().flatten();
         for file in files.flat_map(|v| v.files.iter().flatten()) {
-            let Err(e) = self.env.get_template(file).and_then(|t| t.render(ctx)) else {
-                continue;
+            let e = match self.env.get_template(file).and_then(|t| t.render(ctx)) {
+                Ok(body) if file.ends_with(".json.j2") => {
+                    out.extend(self.not_json(file, &body));
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => e,
             };
             let Some((message, hint)) = sample_problem(&e) else {
                 continue;
@@ -239,6 +244,17 @@ impl Templates {
             out.push(Diagnostic::new(shown, pos, message).hint(hint));
         }
         out
+    }
+
+    /// A webhook body that renders to what is not JSON for the sample customer: no customer's
+    /// would be (every value is written as JSON), so `validate` refuses it.
+    fn not_json(&self, file: &str, body: &str) -> Option<Diagnostic> {
+        let e = serde_json::from_str::<serde::de::IgnoredAny>(body).err()?;
+        let shown = format!("{}/{file}", self.root);
+        Some(
+            Diagnostic::new(shown, Pos::START, format!("the rendered body is not JSON: {e}"))
+                .hint("each {{ }} writes a JSON value, quotes included: write `\"name\": {{ customer.name }}`, not `\"{{ customer.name }}\"`"),
+        )
     }
 
     /// Checks that an email step may use `name`: a default subject and HTML part exist.
