@@ -714,6 +714,11 @@ impl Config {
             timezone: timezone?,
             bounce_stops_transactional: p.bounce_stops_transactional,
             global_holdout: global_holdout?,
+            coupon_key: self
+                .secrets
+                .signing_key
+                .as_ref()
+                .map(|k| crate::engine::coupon::key_from(k.as_bytes()).into()),
         })
     }
 

@@ -545,3 +545,79 @@ fn validate_warns_when_a_branch_gates_the_review_request_by_score() {
         )
     );
 }
+
+/// `coupon verify` finds the step that gave a code on the timeline and checks it was derived
+/// from that step under the signing key; a forged or unknown code is not authentic.
+#[test]
+fn coupon_verify_names_the_step_and_the_customer_and_refuses_other_codes() {
+    use aftercare::engine::{Engine, Policy};
+    use aftercare::service::apply::Applier;
+    const KEY: &str = "test-signing-key-of-at-least-32-bytes";
+    let seq = "name: tripod\ncategory: cross_sell\njourney: per_order\ntrigger: { event: order.delivered }\nsteps:\n  - id: offer\n    email: { template: t/a }\n    coupon: { generate: { prefix: TRI-, length: 8 } }\n";
+    let dir = scratch(
+        "coupon",
+        &[
+            ("seq/tripod.yaml", seq),
+            ("seq/templates/t/a.subject.j2", "{{ coupon.code }}"),
+            ("seq/templates/t/a.html.j2", "<p>{{ coupon.code }}</p>"),
+        ],
+    );
+    let (catalog, diags) = aftercare::sequence::Catalog::load(&dir.join("seq")).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    let url = format!("sqlite://{}", dir.join("store.db").display());
+    let mut store = aftercare::store::open(&url).unwrap();
+    let event = r#"{"specversion":"1.0","id":"d1","source":"/shop","type":"order.delivered",
+      "time":"2024-03-05T09:00:00Z","subject":"kim","data":{"order_id":"o1","customer":{"email":"kim@example.com"}}}"#;
+    let event =
+        std::sync::Arc::new(aftercare::event::Event::from_structured(event.as_bytes()).unwrap());
+    let policy = Policy {
+        coupon_key: Some(aftercare::engine::coupon::key_from(KEY.as_bytes()).into()),
+        ..Policy::default()
+    };
+    let applied = Applier::new(Engine::new(std::sync::Arc::new(catalog), policy))
+        .apply(&mut *store, std::slice::from_ref(&event), event.time)
+        .unwrap();
+    let offer = applied
+        .decisions
+        .iter()
+        .find(|d| d.email.is_some())
+        .unwrap();
+    let code = offer.subject.clone().unwrap();
+    drop(store);
+    std::fs::write(
+        dir.join("aftercare.toml"),
+        format!("[store]\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
+    let verify = |code: &str| {
+        aftercare_env(
+            &["coupon", "verify", code, "-c", "aftercare.toml"],
+            &dir,
+            &[("AFTERCARE_SIGNING_KEY", KEY)],
+        )
+    };
+    let o = verify(&code.to_lowercase());
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{code}: given by tripod/offer to customer kim at 2024-03-05T09:00:00Z (journey {}, email); authentic: derived from that step under this signing key\n",
+            offer.journey
+        )
+    );
+    // Another installation's key: the line is there, the code is not theirs.
+    let o = aftercare_env(
+        &["coupon", "verify", &code, "-c", "aftercare.toml"],
+        &dir,
+        &[(
+            "AFTERCARE_SIGNING_KEY",
+            "another-signing-key-of-at-least-32-bytes",
+        )],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT authentic"));
+    // A code no step gave.
+    let o = verify("TRI-00000000");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("TRI-00000000: given by no step"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

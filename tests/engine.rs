@@ -1735,3 +1735,64 @@ fn a_late_older_order_does_not_end_the_newer_orders_reminder() {
         ["2024-02-04T00:00:00Z z film-reorder/remind enter (reorder film: 30d after order p2)"]
     );
 }
+
+const TRIPOD: &str = r#"
+name: tripod
+category: cross_sell
+journey: per_order
+trigger: { event: order.delivered }
+steps:
+  - id: offer
+    email: { template: t/coupon }
+    coupon: { generate: { prefix: "TRI-", length: 8 } }
+"#;
+
+/// SPEC §9 coupons: a generated code is derived from the step's idempotency key — the same
+/// for the decision, its subject and the email sent — shown on the timeline, and an order
+/// that uses it is that step's goal, once.
+#[test]
+fn a_generated_coupon_is_on_the_timeline_and_its_use_is_the_steps_goal() {
+    let secret = aftercare::engine::coupon::key_from(b"test-signing-key-of-at-least-32-bytes");
+    let policy = Policy {
+        coupon_key: Some(secret.clone().into()),
+        ..Policy::default()
+    };
+    let mut env = TestEnv::with(&[TRIPOD], policy);
+    env.event("order.delivered", "ann", "+0s", json!({"order_id": "o1"}));
+    env.event("order.delivered", "bob", "+0s", json!({"order_id": "o2"}));
+    let sent = env.take_decisions();
+    let offers: Vec<_> = sent.iter().filter(|d| d.email.is_some()).collect();
+    assert_eq!(offers.len(), 2);
+    let code_of = |d: &aftercare::engine::Decision| {
+        let key = format!("{}:offer", d.journey);
+        aftercare::engine::coupon::generate(&secret, &key, "TRI-", 8)
+    };
+    let (ann, bob) = (code_of(offers[0]), code_of(offers[1]));
+    assert_ne!(ann, bob);
+    assert_eq!(offers[0].reason, format!("no wait; coupon {ann}"));
+    assert_eq!(
+        offers[0].subject.as_deref(),
+        Some(&*format!("Your code: {ann}"))
+    );
+    // Used on an order (any case): the step's goal, once; someone else's code counts for nobody.
+    let used = |order: &str, code: &str| json!({"order_id": order, "total": "10.00", "currency": "USD", "items": [], "coupon": code});
+    env.event(
+        "order.placed",
+        "ann",
+        "+3d",
+        used("o3", &ann.to_lowercase()),
+    );
+    env.event("order.placed", "ann", "+4d", used("o4", &ann));
+    env.event("order.placed", "ann", "+5d", used("o5", &bob));
+    let goals: Vec<String> = env
+        .take()
+        .into_iter()
+        .filter(|l| l.contains(" goal "))
+        .collect();
+    assert_eq!(
+        goals,
+        [format!(
+            "2024-01-04T00:00:00Z ann tripod/offer goal (coupon {ann} used on order o3)"
+        )]
+    );
+}

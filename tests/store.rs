@@ -1152,3 +1152,34 @@ fn event_json(ev: &Event) -> String {
                  "customer": {"email": format!("{}@example.com", ev.subject), "name": &*ev.subject}}})
     .to_string()
 }
+
+/// The timeline line that gave a coupon code is found by the code alone, in both stores; a
+/// code's `_` or `%` matches only itself.
+#[test]
+fn the_step_that_gave_a_coupon_is_found_by_its_code() {
+    let seq = "name: tripod\ncategory: cross_sell\njourney: per_order\ntrigger: { event: order.placed }\nsteps:\n  - id: offer\n    email: { template: t/a }\n    coupon: { generate: { prefix: T_, length: 8 } }\n";
+    for ts in TestStore::both() {
+        let mut store = ts.open();
+        let mut a = applier(seq);
+        let applied = a
+            .apply(&mut *store, &[placed("c1", "o1", t0())], t0())
+            .unwrap();
+        let offer = applied
+            .decisions
+            .iter()
+            .find(|d| d.email.is_some())
+            .unwrap();
+        let code = offer.reason.rsplit_once("; coupon ").unwrap().1;
+        let (customer, line) = store.coupon_given(code).unwrap().unwrap();
+        assert_eq!(
+            (customer.as_str(), line.step.as_deref()),
+            ("c1", Some("offer")),
+            "{}",
+            ts.url
+        );
+        assert_eq!(line.journey, offer.journey.to_string());
+        let wildcard = format!("T%{}", &code[2..]);
+        assert_eq!(store.coupon_given(&wildcard).unwrap(), None, "{}", ts.url);
+        assert_eq!(store.coupon_given("T_0").unwrap(), None);
+    }
+}

@@ -41,7 +41,7 @@ fn unknown_key_without_a_close_match_lists_the_known_keys() {
     assert_eq!(
         check(&yaml),
         [
-            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, webhook, start, exit, variants, branch",
+            "s.yaml:5:5: unknown key `colour` in a step\n  hint: known keys here: id, wait, wait_for, send_window, skip_when, category, goal, email, webhook, coupon, start, exit, variants, branch",
         ]
     );
 }
@@ -605,5 +605,22 @@ fn a_webhook_body_that_renders_to_what_is_not_json_is_refused() {
     assert!(
         diags[0].contains("hint: each {{ }} writes a JSON value"),
         "{diags:?}"
+    );
+}
+
+#[test]
+fn a_coupon_is_generated_on_a_sending_step_with_a_plain_prefix_and_a_sane_length() {
+    let yaml = format!(
+        "{HEAD}  - id: a\n    wait: 1d\n    coupon: {{ generate: {{}} }}\n  - id: b\n    email: {{ template: t/a }}\n    coupon: {{ generate: {{ prefix: \"tri \", length: 3 }} }}\n  - id: c\n    email: {{ template: t/a }}\n    coupon: {{ pool: tripod }}\n  - id: d\n    email: {{ template: t/a }}\n    coupon: {{ generate: {{ prefix: TRI-, length: 8 }} }}\n"
+    );
+    assert_eq!(
+        check(&yaml),
+        [
+            "s.yaml:6:5: a `coupon` goes on a step that sends an `email` or a `webhook`\n  hint: move it to the step whose message carries the code",
+            "s.yaml:9:35: `coupon.generate.prefix` `tri ` may only use capital letters, digits, - and _ (at most 16)\n  hint: for example `TRI-`",
+            "s.yaml:9:51: `coupon.generate.length` must be a whole number from 6 to 32, found `3`\n  hint: 8 characters of base32 make over a trillion codes",
+            "s.yaml:12:13: `coupon` has no `generate`\n  hint: add `generate: { prefix: \"TRI-\", length: 8 }`",
+            "s.yaml:12:15: unknown key `pool` in `coupon`\n  hint: known keys here: generate",
+        ]
     );
 }

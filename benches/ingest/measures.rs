@@ -482,6 +482,9 @@ impl Store for Recording {
     fn customers_after(&mut self, after: &str, limit: usize) -> store::Result<Vec<StoredCustomer>> {
         self.inner.customers_after(after, limit)
     }
+    fn coupon_given(&mut self, code: &str) -> store::Result<Option<(String, TimelineRow)>> {
+        self.inner.coupon_given(code)
+    }
     fn journey_counts(&mut self) -> store::Result<Vec<JourneyCount>> {
         self.inner.journey_counts()
     }

@@ -1,6 +1,7 @@
 //! The `aftercare` commands: one file per command, this one parses and dispatches.
 
 mod cdnow;
+mod coupon;
 mod customer;
 mod dead_letters;
 mod forget;
@@ -64,6 +65,8 @@ pub enum Command {
     Schema,
     /// Convert the CDNOW purchase data set into CloudEvents (JSON Lines).
     Cdnow(cdnow::Args),
+    /// Coupon codes steps gave: `coupon verify CODE` says who got it and whether it is ours.
+    Coupon(coupon::Args),
 }
 
 /// Parses the command line and runs; the exit code is 0, 1 (findings, e.g. invalid
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Preview(args) => preview::run(args),
         Command::Schema => schema(),
         Command::Cdnow(args) => cdnow::run(args),
+        Command::Coupon(args) => coupon::run(args),
     };
     match result {
         Ok(code) => code,

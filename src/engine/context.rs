@@ -23,6 +23,8 @@ pub struct Ctx {
     pub journey: Value,
     pub unsubscribe_url: Value,
     pub preferences_url: Value,
+    /// `coupon.code`, on a step with a `coupon`.
+    pub coupon: Value,
 }
 
 impl Ctx {
@@ -41,6 +43,14 @@ impl Ctx {
         }
     }
 
+    /// `coupon` as templates read it: `coupon.code`, or undefined without one.
+    pub fn coupon(code: Option<&str>) -> Value {
+        code.map_or(
+            Value::UNDEFINED,
+            |code| minijinja::context! { code => code },
+        )
+    }
+
     pub fn into_value(self) -> Value {
         Value::from_object(self)
     }
@@ -53,6 +63,7 @@ const CTX_KEYS: &[&str] = &[
     "journey",
     "unsubscribe_url",
     "preferences_url",
+    "coupon",
 ];
 
 impl Object for Ctx {
@@ -64,6 +75,7 @@ impl Object for Ctx {
             "journey" => &self.journey,
             "unsubscribe_url" => &self.unsubscribe_url,
             "preferences_url" => &self.preferences_url,
+            "coupon" => &self.coupon,
             _ => return None,
         };
         Some(v.clone())

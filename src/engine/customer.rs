@@ -31,6 +31,8 @@ pub struct Customer {
     pub experiments: Sparse<Assignment>,
     /// The next start of each date-triggered sequence.
     pub dates: Sparse<DateDue>,
+    /// The coupon codes steps gave, for their redemption (at most [`super::coupon::KEPT`]).
+    pub coupons: Sparse<super::coupon::Given>,
 }
 
 /// What the return on relationship counts (SPEC §8): when the customer was helped — a support
@@ -207,6 +209,7 @@ impl Customer {
             finished: Compact::default(),
             experiments: Sparse::default(),
             dates: Sparse::default(),
+            coupons: Sparse::default(),
         }
     }
 

@@ -54,6 +54,43 @@ impl Engine {
         }
     }
 
+    /// An order that uses a coupon code a step gave: that step's goal, once (SPEC §9), even
+    /// after its journey ended.
+    pub(super) fn redeemed(
+        &self,
+        c: &mut Customer,
+        ev: &Arc<Event>,
+        now: DateTime<Utc>,
+        out: &mut Vec<Decision>,
+    ) {
+        let crate::event::EventData::OrderPlaced(placed) = &ev.data else {
+            return;
+        };
+        let Some(code) = placed.coupon.as_deref() else {
+            return;
+        };
+        let Some(given) = c
+            .coupons
+            .iter_mut()
+            .find(|g| !g.redeemed && g.code.eq_ignore_ascii_case(code))
+        else {
+            return;
+        };
+        given.redeemed = true;
+        out.push(Decision {
+            at: now,
+            customer: c.profile.id.clone(),
+            journey: given.journey,
+            sequence: given.sequence.clone(),
+            version: given.version.clone(),
+            step: Some(given.step.clone()),
+            action: Action::Goal,
+            reason: format!("coupon {} used on order {}", given.code, placed.order_id),
+            subject: None,
+            email: None,
+        });
+    }
+
     /// Whether `ev` meets `goal`, pending as `g`: its event, within the window, `when` true.
     #[inline]
     fn meets(&self, goal: &sequence::Goal, g: &PendingGoal, c: &Customer, ev: &Arc<Event>) -> bool {

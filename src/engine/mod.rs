@@ -14,6 +14,7 @@
 
 pub mod compact;
 pub mod context;
+pub mod coupon;
 pub mod customer;
 pub mod dates;
 pub mod decision;
@@ -77,6 +78,10 @@ pub struct Policy {
     pub bounce_stops_transactional: bool,
     /// Customers held out of every marketing sequence (`experiments.global_holdout`).
     pub global_holdout: Option<experiment::GlobalHoldout>,
+    /// What generated coupon codes are derived under ([`coupon::key_from`] the signing key);
+    /// `None` without a signing key (`simulate` then derives them under an empty key, and
+    /// says so; `run` refuses a sequence that generates codes).
+    pub coupon_key: Option<Arc<[u8]>>,
 }
 
 impl Default for Policy {
@@ -88,6 +93,7 @@ impl Default for Policy {
             timezone: Tz::UTC,
             bounce_stops_transactional: true,
             global_holdout: None,
+            coupon_key: None,
         }
     }
 }
@@ -125,6 +131,14 @@ impl Engine {
             policy,
             intervals: Arc::default(),
         }
+    }
+
+    /// The code `step`'s `coupon` gives the message with idempotency key `key` (`journey:step`):
+    /// the same when the engine decides it and when the outbox renders it.
+    pub fn coupon_for(&self, step: &sequence::Step, key: &str) -> Option<String> {
+        let sequence::Coupon::Generate { prefix, length } = step.coupon.as_ref()?;
+        let secret = self.policy.coupon_key.as_deref().unwrap_or_default();
+        Some(coupon::generate(secret, key, prefix, *length))
     }
 
     /// This engine on another catalog (a reload): the same policy and reorder intervals.
@@ -239,6 +253,7 @@ impl Engine {
         self.measure(c, ev);
         self.exit_on(c, ev, now, out);
         self.goals(c, ev, now, out);
+        self.redeemed(c, ev, now, out);
         self.wait_fors(c, ev, now, out);
         self.resumes(c, ev, now, out);
         self.triggers(c, ev, now, out);

@@ -240,9 +240,10 @@ impl Engine {
         out: &mut Vec<Decision>,
     ) {
         let template = email.template;
+        let coupon = self.coupon_code(c, ji);
         let subject = match email.endpoint {
             Some(_) => None,
-            None => match self.subject(c, ji, template) {
+            None => match self.subject(c, ji, template, coupon.as_deref()) {
                 Ok(s) => Some(s),
                 Err(reason) => return self.push(c, ji, now, Action::Suppress, reason, out),
             },
@@ -268,6 +269,11 @@ impl Engine {
             }
             None => Action::Email,
         };
+        if let Some(code) = coupon {
+            reason.push_str("; coupon ");
+            reason.push_str(&code);
+            self.coupon_given(c, ji, code);
+        }
         let mut d = self.decision(c, ji, now, action, reason);
         d.subject = subject;
         d.email = Some(EmailIntent {
@@ -283,12 +289,20 @@ impl Engine {
 
     /// The subject of the journey's email, rendered by the templates of its version, or the
     /// suppression reason when the template fails (logged).
-    fn subject(&self, c: &Customer, ji: Ji, template: &str) -> Result<String, String> {
+    fn subject(
+        &self,
+        c: &Customer,
+        ji: Ji,
+        template: &str,
+        coupon: Option<&str>,
+    ) -> Result<String, String> {
         let j = &c.journeys[ji];
         let order = j.order_id.as_deref().and_then(|o| c.order(o));
         // Templates see no `event`: the email is rendered again when it is sent, where the event
         // is long gone, and the subject printed here must be the one sent.
-        let ctx = Ctx::new(&c.profile, None, order, Some(j)).into_value();
+        let mut ctx = Ctx::new(&c.profile, None, order, Some(j));
+        ctx.coupon = Ctx::coupon(coupon);
+        let ctx = ctx.into_value();
         let locale = c.profile.locale.as_deref();
         // The templates of the journey's version: an edit or a rename since it started is a
         // new version, for new journeys. The context, and its share of the profile, is gone
@@ -300,6 +314,31 @@ impl Engine {
                 tracing::warn!(customer_id = %crate::redact::text(&c.profile.id), sequence = %seq.name, error = %e, "template error");
                 format!("template error: {e}")
             })
+    }
+
+    /// The code of the step's `coupon`, derived from its idempotency key (`journey:step`).
+    fn coupon_code(&self, c: &Customer, ji: Ji) -> Option<String> {
+        let j = &c.journeys[ji];
+        let step = &j.sequence.steps[j.step];
+        let key = format!("{}:{}", j.id, step.id);
+        self.coupon_for(step, &key)
+    }
+
+    /// Keeps the code a step gave, for its redemption (the newest [`coupon::KEPT`]).
+    fn coupon_given(&self, c: &mut Customer, ji: Ji, code: String) {
+        let j = &c.journeys[ji];
+        let given = super::coupon::Given {
+            code: code.into(),
+            journey: j.id,
+            sequence: j.sequence.name.clone(),
+            version: j.sequence.version.clone(),
+            step: j.sequence.steps[j.step].id.clone(),
+            redeemed: false,
+        };
+        if c.coupons.len() >= super::coupon::KEPT {
+            c.coupons.remove(0);
+        }
+        c.coupons.push(given);
     }
 
     /// A `start` step: the journey hands over to a new one of the target sequence, or records

@@ -43,6 +43,7 @@ struct Placed {
     total: Amount,
     currency: String,
     referred_by: Option<String>,
+    coupon: Option<String>,
     customer: Option<Customer>,
 }
 
@@ -179,6 +180,7 @@ fn placed(data: &str) -> Option<Typed> {
         total: p.total.0,
         currency: p.currency,
         referred_by: p.referred_by,
+        coupon: p.coupon,
     };
     Some((patch(p.customer), EventData::OrderPlaced(placed)))
 }

@@ -168,6 +168,9 @@ pub struct OrderPlaced {
     /// The customer who referred this one (SPEC §8: return on relationship).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referred_by: Option<String>,
+    /// A coupon code used on the order: one a step gave counts as that step's goal (SPEC §9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coupon: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -480,6 +480,7 @@ fn placed_data(f: &mut Fields) -> Result<EventData, EventError> {
         total: f.money("total")?,
         currency: f.str("currency")?,
         referred_by: f.opt_str("referred_by")?,
+        coupon: f.opt_str("coupon")?,
     }))
 }
 
@@ -763,6 +764,9 @@ fn check_placed(o: &OrderPlaced) -> Result<(), EventError> {
     text("data.currency", Some(&o.currency))?;
     if let Some(r) = &o.referred_by {
         identifier(data_field("referred_by"), r)?;
+    }
+    if let Some(c) = &o.coupon {
+        identifier(data_field("coupon"), c)?;
     }
     for (i, item) in o.items.iter().enumerate() {
         identifier(data_field(&format!("items[{i}].sku")), &item.sku)?;

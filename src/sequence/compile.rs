@@ -10,9 +10,9 @@ use super::diag::{Diags, Pos, did_you_mean};
 use super::expr::Expr;
 use super::raw::{self, RawStep, Sp};
 use super::{
-    Action, Branch, Category, DateField, DateTrigger, Experiment, Goal, JourneyKind, Limits,
-    Measure, Migrate, OnTimeout, ReorderAfter, ReorderTrigger, Repeat, Sequence, Step, Timing,
-    Trigger, Variant, WaitFor,
+    Action, Branch, Category, Coupon, DateField, DateTrigger, Experiment, Goal, JourneyKind,
+    Limits, Measure, Migrate, OnTimeout, ReorderAfter, ReorderTrigger, Repeat, Sequence, Step,
+    Timing, Trigger, Variant, WaitFor,
 };
 use crate::template::Templates;
 use crate::time::{CronWindow, Period, parse_tz};
@@ -732,6 +732,7 @@ impl Compiler<'_, '_, '_> {
         let category = s.category.as_ref().map(|c| self.category(c));
         let goal = s.goal.as_ref().map(|g| self.goal(g));
         let action = self.action(s, ids);
+        let coupon = s.coupon.as_ref().map(|c| self.coupon(c, s));
         let variants = s.variants.as_ref().map(|v| self.variants(v));
         let bad_window = s.send_window.is_some() && send_window.is_none();
         if bad_window {
@@ -745,7 +746,65 @@ impl Compiler<'_, '_, '_> {
             category: each(category)?,
             goal: each(goal)?,
             action: action?,
+            coupon: each(coupon)?,
             variants: each(variants)?.unwrap_or_default(),
+        })
+    }
+
+    /// A step's `coupon`: on an email or webhook step, `generate` with a prefix of capitals,
+    /// digits, `-` and `_` (at most 16) and a length of 6 to 32 (8 by default).
+    fn coupon(&mut self, c: &Sp<raw::RawCoupon>, s: &RawStep) -> Option<Coupon> {
+        if s.email.is_none() && s.webhook.is_none() {
+            self.d.error_hint(
+                c.key,
+                "a `coupon` goes on a step that sends an `email` or a `webhook`",
+                "move it to the step whose message carries the code",
+            );
+            return None;
+        }
+        let Some(g) = &c.value.generate else {
+            self.d.error_hint(
+                c.pos,
+                "`coupon` has no `generate`",
+                "add `generate: { prefix: \"TRI-\", length: 8 }`",
+            );
+            return None;
+        };
+        let prefix = g.value.prefix.as_ref().map_or(Some(""), |p| {
+            let ok = p.value.len() <= 16
+                && p.value
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !ok {
+                self.d.error_hint(
+                    p.pos,
+                    format!("`coupon.generate.prefix` `{}` may only use capital letters, digits, - and _ (at most 16)", p.value),
+                    "for example `TRI-`",
+                );
+            }
+            ok.then_some(p.value.as_str())
+        });
+        let length = g.value.length.as_ref().map_or(Some(8), |l| {
+            let n = l
+                .value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (6..=32).contains(n));
+            if n.is_none() {
+                self.d.error_hint(
+                    l.pos,
+                    format!(
+                        "`coupon.generate.length` must be a whole number from 6 to 32, found `{}`",
+                        l.value
+                    ),
+                    "8 characters of base32 make over a trillion codes",
+                );
+            }
+            n
+        });
+        Some(Coupon::Generate {
+            prefix: prefix?.into(),
+            length: length?,
         })
     }
 

@@ -249,8 +249,17 @@ pub struct Step {
     pub goal: Option<Goal>,
     /// `None` for a step that only waits.
     pub action: Option<Action>,
+    /// A coupon code its email or webhook carries (`coupon.code`).
+    pub coupon: Option<Coupon>,
     /// A split of the step: empty, or two or more variants, each customer getting one.
     pub variants: Vec<Variant>,
+}
+
+/// How a step's coupon code is made (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coupon {
+    /// Derived by HMAC from the step's idempotency key: `prefix` and `length` characters.
+    Generate { prefix: Arc<str>, length: usize },
 }
 
 /// When a step becomes due, counted from when the previous step finished.

@@ -237,6 +237,8 @@ pub struct RawStep {
     /// Action: post a JSON body to a webhook endpoint (SMS, chat, CRM tasks), through the
     /// outbox as email goes.
     pub webhook: Option<Sp<RawWebhook>>,
+    /// A coupon code for the step's email or webhook, read by its templates as `coupon.code`.
+    pub coupon: Option<Sp<RawCoupon>>,
     /// Action: enrol the customer in another sequence (its name).
     pub start: Option<Sp<String>>,
     /// Action: end the journey here (`true`).
@@ -313,6 +315,27 @@ pub struct RawWebhook {
     pub body: Option<Sp<String>>,
 }
 
+/// A step's coupon: a code generated for the journey and step.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawCoupon {
+    /// A code derived from the step's idempotency key (`journey:step`) by HMAC: the same on
+    /// every render, told apart by `aftercare coupon verify CODE`.
+    #[schemars(required)]
+    pub generate: Option<Sp<RawGenerate>>,
+}
+
+/// How a generated code is written.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawGenerate {
+    /// Before the code, e.g. `TRI-`: capital letters, digits, `-` and `_`, at most 16.
+    pub prefix: Option<Sp<String>>,
+    /// Characters after the prefix (Crockford base32), 6 to 32; 8 by default.
+    #[schemars(with = "Option<std::num::NonZeroU32>")]
+    pub length: Option<Sp<String>>,
+}
+
 /// Moves journeys on an older version of this file to this version.
 #[derive(Debug, Default, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -367,6 +390,7 @@ impl RawStep {
         "goal",
         "email",
         "webhook",
+        "coupon",
         "start",
         "exit",
         "variants",
@@ -384,6 +408,12 @@ impl RawGoal {
 }
 impl RawWebhook {
     pub const KEYS: &[&str] = &["endpoint", "body"];
+}
+impl RawCoupon {
+    pub const KEYS: &[&str] = &["generate"];
+}
+impl RawGenerate {
+    pub const KEYS: &[&str] = &["prefix", "length"];
 }
 impl RawEmail {
     pub const KEYS: &[&str] = &["template"];
@@ -639,6 +669,9 @@ fn decode_step(node: &Node, d: &mut Diags) -> Option<RawStep> {
         webhook: f
             .get("webhook")
             .and_then(|e| decode_webhook(e.node, d).map(|w| e.wrap(w))),
+        coupon: f
+            .get("coupon")
+            .and_then(|e| decode_coupon(e.node, d).map(|c| e.wrap(c))),
         start: f.get("start").and_then(|e| string(e, "`start`", d)),
         exit: f.get("exit").and_then(|e| boolean(e, "`exit`", d)),
         variants: f
@@ -803,6 +836,31 @@ fn decode_webhook(node: &Node, d: &mut Diags) -> Option<RawWebhook> {
     Some(w)
 }
 
+fn decode_coupon(node: &Node, d: &mut Diags) -> Option<RawCoupon> {
+    let mut f = Fields::of(node, "`coupon`", d)?;
+    let c = RawCoupon {
+        generate: f
+            .get("generate")
+            .and_then(|e| decode_generate(e.node, d).map(|g| e.wrap(g))),
+    };
+    f.finish(RawCoupon::KEYS, "`coupon`", d);
+    Some(c)
+}
+
+fn decode_generate(node: &Node, d: &mut Diags) -> Option<RawGenerate> {
+    let mut f = Fields::of(node, "`coupon.generate`", d)?;
+    let g = RawGenerate {
+        prefix: f
+            .get("prefix")
+            .and_then(|e| string(e, "`coupon.generate.prefix`", d)),
+        length: f
+            .get("length")
+            .and_then(|e| string(e, "`coupon.generate.length`", d)),
+    };
+    f.finish(RawGenerate::KEYS, "`coupon.generate`", d);
+    Some(g)
+}
+
 fn decode_migrate(node: &Node, d: &mut Diags) -> Option<RawMigrate> {
     let mut f = Fields::of(node, "`migrate`", d)?;
     let mut m = RawMigrate {
@@ -853,6 +911,8 @@ mod tests {
         assert_eq!(props::<RawGoal>(), sorted(RawGoal::KEYS));
         assert_eq!(props::<RawEmail>(), sorted(RawEmail::KEYS));
         assert_eq!(props::<RawWebhook>(), sorted(RawWebhook::KEYS));
+        assert_eq!(props::<RawCoupon>(), sorted(RawCoupon::KEYS));
+        assert_eq!(props::<RawGenerate>(), sorted(RawGenerate::KEYS));
         assert_eq!(props::<RawMigrate>(), sorted(RawMigrate::KEYS));
         assert_eq!(props::<RawExperiment>(), sorted(RawExperiment::KEYS));
         assert_eq!(props::<RawMeasure>(), sorted(RawMeasure::KEYS));

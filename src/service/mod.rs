@@ -261,6 +261,13 @@ impl Parts {
             return Err(StartError::settings(&unsigned));
         }
         let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &settings.limits)?);
+        if let Some(step) = crate::engine::coupon::first_generator(&catalog)
+            && settings.policy.coupon_key.is_none()
+        {
+            return Err(StartError::Config(format!(
+                "{step} generates coupon codes, which are derived from AFTERCARE_SIGNING_KEY: set it"
+            )));
+        }
         let unknown = crate::webhook::unknown_endpoints(&catalog, &settings.webhooks);
         if !unknown.is_empty() {
             for d in &unknown {

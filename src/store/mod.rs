@@ -355,6 +355,10 @@ pub trait Store: Send {
     /// intervals.
     fn customers_after(&mut self, after: &str, limit: usize) -> Result<Vec<StoredCustomer>>;
 
+    /// The timeline line of the email or webhook that gave coupon `code`, with its customer
+    /// (`aftercare coupon verify`; a scan of the timeline).
+    fn coupon_given(&mut self, code: &str) -> Result<Option<(String, TimelineRow)>>;
+
     /// In-flight journeys grouped by sequence, version, step and status.
     fn journey_counts(&mut self) -> Result<Vec<JourneyCount>>;
 
@@ -565,6 +569,19 @@ pub fn open_existing(url: &str) -> Result<Option<Box<dyn Store>>> {
 
 /// Timestamps are stored as microseconds since the epoch in both databases: one column type,
 /// exact, and comparable in SQL.
+/// The LIKE pattern of the timeline reasons that give `code` (`…; coupon CODE`), its
+/// wildcards escaped with `\`.
+pub fn coupon_pattern(code: &str) -> String {
+    let escaped: String = code
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    format!("%; coupon {escaped}")
+}
+
 pub fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }

@@ -318,6 +318,17 @@ impl Store for PgStore {
         load_whole(self.c()?, id, false)
     }
 
+    fn coupon_given(&mut self, code: &str) -> Result<Option<(String, TimelineRow)>> {
+        let pattern = super::coupon_pattern(code);
+        let row = self.c()?.query_opt(
+            "SELECT customer, at, journey, sequence, version, step, action, reason, subject FROM timeline
+             WHERE action IN ('email', 'webhook') AND (reason LIKE $1 ESCAPE '\\' OR reason LIKE $1 || ';%' ESCAPE '\\')
+             ORDER BY seq LIMIT 1",
+            &[&pattern],
+        )?;
+        Ok(row.map(|r| (r.get(0), timeline_row(&r, 1))))
+    }
+
     fn customers_after(&mut self, after: &str, limit: usize) -> Result<Vec<StoredCustomer>> {
         let client = self.c()?;
         let mut tx = client
@@ -359,19 +370,7 @@ impl Store for PgStore {
             "SELECT at, journey, sequence, version, step, action, reason, subject FROM timeline WHERE customer = $1 ORDER BY seq",
             &[&id],
         )?;
-        let timeline = rows
-            .iter()
-            .map(|r| TimelineRow {
-                at: from_micros(r.get(0)),
-                journey: r.get(1),
-                sequence: r.get(2),
-                version: r.get(3),
-                step: r.get(4),
-                action: r.get(5),
-                reason: r.get(6),
-                subject: r.get(7),
-            })
-            .collect();
+        let timeline = rows.iter().map(|r| timeline_row(r, 0)).collect();
         Ok(Some((c, timeline)))
     }
 
@@ -754,6 +753,21 @@ fn load_whole(
     }
     tx.commit()?;
     Ok(Some(c))
+}
+
+/// A timeline line from the columns at, journey, sequence, version, step, action, reason and
+/// subject, starting at column `from`.
+fn timeline_row(r: &postgres::Row, from: usize) -> TimelineRow {
+    TimelineRow {
+        at: from_micros(r.get(from)),
+        journey: r.get(from + 1),
+        sequence: r.get(from + 2),
+        version: r.get(from + 3),
+        step: r.get(from + 4),
+        action: r.get(from + 5),
+        reason: r.get(from + 6),
+        subject: r.get(from + 7),
+    }
 }
 
 /// Reads the customers' order rows, and their journey rows `with_journeys`, into their `rows`.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::coupon::Given;
 use crate::engine::customer::Relationship;
 use crate::engine::dates::DateDue;
 use crate::engine::experiment::Assignment;
@@ -194,6 +195,8 @@ struct StateOut<'a> {
     experiments: &'a [Assignment],
     #[serde(skip_serializing_if = "<[DateDue]>::is_empty")]
     dates: &'a [DateDue],
+    #[serde(skip_serializing_if = "<[Given]>::is_empty")]
+    coupons: &'a [Given],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     journey_rows: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -215,6 +218,8 @@ struct StateIn {
     experiments: Vec<Assignment>,
     #[serde(default)]
     dates: Vec<DateDue>,
+    #[serde(default)]
+    coupons: Vec<Given>,
     #[serde(default)]
     journey_rows: bool,
     #[serde(default)]
@@ -351,6 +356,7 @@ pub fn to_stored(l: &mut Loaded, rev: i64) -> StoredCustomer {
         finished: &c.finished,
         experiments: &c.experiments,
         dates: &c.dates,
+        coupons: &c.coupons,
         journey_rows: l.journey_rows,
         order_rows: l.order_rows,
     };
@@ -517,6 +523,7 @@ pub fn from_stored(
     }
     c.experiments = state.experiments.into();
     c.dates = state.dates.into();
+    c.coupons = state.coupons.into();
     let mut find = |name: &str, version: &str| {
         resolve(name, version).ok_or_else(|| Unreadable::UnknownVersion {
             name: name.to_string(),

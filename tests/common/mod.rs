@@ -34,6 +34,11 @@ pub fn default_templates() -> Vec<(String, String)> {
         files.push((format!("t/{n}.html.j2"), format!("<p>{n}</p>")));
     }
     files.push((
+        "t/coupon.subject.j2".into(),
+        "Your code: {{ coupon.code }}".into(),
+    ));
+    files.push(("t/coupon.html.j2".into(), "<p>{{ coupon.code }}</p>".into()));
+    files.push((
         "t/hook.json.j2".into(),
         r#"{"customer": {{ customer.id }}, "name": {{ customer.name }}}"#.into(),
     ));

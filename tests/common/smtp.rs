@@ -29,26 +29,37 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A Python test server of this repository (`script`) on `port`, once it says `ready PORT`;
+/// `package` is what it needs from PyPI.
+pub fn python_server(script: &str, port: u16, args: &[&str], package: &str) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("python3 with {package} (pip install {package}) is needed: {e}")
+        });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("ready {port}"),
+        "the {package} server did not start"
+    );
+    child
+}
+
 impl SmtpServer {
     pub fn start(port: u16, out: &Path, args: &[&str]) -> SmtpServer {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--out"])
-            .arg(out)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with aiosmtpd (pip install aiosmtpd) is needed");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            format!("ready {port}"),
-            "the SMTP server did not start"
-        );
+        let out_arg = out.display().to_string();
+        let mut all = vec!["--out", out_arg.as_str()];
+        all.extend_from_slice(args);
+        let child = python_server("tests/smtp/server.py", port, &all, "aiosmtpd");
         SmtpServer {
             child,
             out: out.to_path_buf(),

@@ -2,9 +2,8 @@
 //! `standardwebhooks` package, driven by `tests/webhooks/receiver.py`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use serde_json::Value;
 
@@ -21,31 +20,14 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(port: u16, out: &Path, answers: &str, secret: &str) -> Receiver {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks/receiver.py");
         let _ = std::fs::remove_dir_all(out);
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--answer",
-                answers,
-                "--secret",
-                secret,
-                "--out",
-            ])
-            .arg(out)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with standardwebhooks (pip install standardwebhooks) is needed");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            format!("ready {port}"),
-            "the receiver did not start"
+        let out_arg = out.display().to_string();
+        let args = ["--answer", answers, "--secret", secret, "--out", &out_arg];
+        let child = super::smtp::python_server(
+            "tests/webhooks/receiver.py",
+            port,
+            &args,
+            "standardwebhooks",
         );
         Receiver {
             child,

@@ -6,11 +6,11 @@
 use super::*;
 use common::webhooks::{Receiver, SECRET};
 
-const SHIPPED_SMS: &str = "name: shipped-sms\ncategory: transactional\njourney: per_order\ntrigger: { event: order.shipped }\nsteps:\n  - id: text\n    webhook: { endpoint: sms, body: sms/shipped }\n";
+const SHIPPED_SMS: &str = "name: shipped-sms\ncategory: transactional\njourney: per_order\ntrigger: { event: order.shipped }\nsteps:\n  - id: text\n    webhook: { endpoint: sms, body: sms/shipped }\n    coupon: { generate: { prefix: SMS- } }\n";
 
 const CRM: &str = "name: crm\ncategory: cross_sell\njourney: per_order\ntrigger: { event: order.delivered }\nsteps:\n  - id: task\n    webhook: { endpoint: sms, body: sms/shipped }\n";
 
-const BODY: &str = r#"{"to": {{ customer.attributes.phone }}, "name": {{ customer.name }}, "text": {{ "Order " ~ order.id ~ " is on its way" }}, "journey": {{ journey.id }}}"#;
+const BODY: &str = r#"{"to": {{ customer.attributes.phone }}, "name": {{ customer.name }}, "text": {{ "Order " ~ order.id ~ " is on its way" }}, "journey": {{ journey.id }}, "code": {{ coupon.code }}}"#;
 
 /// A store and an applier with the webhook sequences, and a config that posts to `url`.
 fn hook_rig(name: &str, url: &str) -> Rig {
@@ -97,6 +97,10 @@ fn a_webhook_is_signed_retried_on_503_and_delivered_once_with_the_same_id() {
         })
         .unwrap();
     assert!(journey.ends_with(":text"), "{journey}");
+    // The code the decision gave (on the timeline) is the one posted, on every attempt.
+    let (_, reason) = timeline.iter().find(|(a, _)| a == "webhook").unwrap();
+    let code = reason.rsplit_once("; coupon ").unwrap().1.to_string();
+    assert!(code.starts_with("SMS-") && code.len() == 12, "{reason}");
     for post in &log {
         assert_eq!(post["verified"], true, "{post}");
         assert_eq!(post["headers"]["webhook-id"], journey.as_str());
@@ -107,7 +111,8 @@ fn a_webhook_is_signed_retried_on_503_and_delivered_once_with_the_same_id() {
         assert_eq!(
             body,
             json!({"to": "+82 10-1234-5678", "name": "Ann \"A\" Lee",
-                   "text": "Order o1 is on its way", "journey": journey.trim_end_matches(":text")})
+                   "text": "Order o1 is on its way", "journey": journey.trim_end_matches(":text"),
+                   "code": code})
         );
     }
     let actions: Vec<&str> = timeline.iter().map(|(a, _)| a.as_str()).collect();

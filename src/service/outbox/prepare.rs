@@ -201,7 +201,7 @@ impl Worker {
         sequence: Option<&Arc<Sequence>>,
     ) -> Result<Outgoing, Delivery> {
         let links = self.composer.links(&row.customer, &row.category);
-        let ctx = self.context(row, profile, order, &links);
+        let ctx = self.context(row, profile, order, sequence, &links);
         let templates = sequence.map_or(&self.engine.catalog.templates, |s| &s.templates);
         let locale = profile.locale.as_deref();
         let rendered = templates
@@ -230,12 +230,17 @@ impl Worker {
         row: &OutboxRow,
         profile: &Arc<Profile>,
         order: Option<&Arc<Order>>,
+        sequence: Option<&Arc<Sequence>>,
         links: &crate::mail::Links,
     ) -> Value {
         let mut ctx = Ctx::new(profile, None, order, None);
         ctx.journey = context! { id => &row.journey, sequence => &row.sequence, step => &row.step };
         ctx.unsubscribe_url = Value::from(links.unsubscribe_url.clone());
         ctx.preferences_url = Value::from(links.preferences_url.clone());
+        // The step's coupon code, derived again from the row's key: the one the decision gave.
+        let step = sequence.and_then(|s| s.steps.get(s.step_index(&row.step)?));
+        let code = step.and_then(|step| self.engine.coupon_for(step, &row.key));
+        ctx.coupon = Ctx::coupon(code.as_deref());
         ctx.into_value()
     }
 
@@ -248,7 +253,7 @@ impl Worker {
         sequence: Option<&Arc<Sequence>>,
     ) -> Result<String, Delivery> {
         let links = self.composer.links(&row.customer, &row.category);
-        let ctx = self.context(row, profile, order, &links);
+        let ctx = self.context(row, profile, order, sequence, &links);
         let templates = sequence.map_or(&self.engine.catalog.templates, |s| &s.templates);
         templates
             .render_json(&row.template, profile.locale.as_deref(), &ctx)

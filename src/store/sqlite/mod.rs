@@ -237,6 +237,20 @@ impl Store for SqliteStore {
         load_whole(&self.conn, id, false)
     }
 
+    fn coupon_given(&mut self, code: &str) -> Result<Option<(String, TimelineRow)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT customer, at, journey, sequence, version, step, action, reason, subject FROM timeline
+             WHERE action IN ('email', 'webhook') AND (reason LIKE ?1 ESCAPE '\\' OR reason LIKE ?1 || ';%' ESCAPE '\\')
+             ORDER BY seq LIMIT 1",
+        )?;
+        let row = st
+            .query_row([super::coupon_pattern(code)], |r| {
+                Ok((r.get(0)?, timeline_row(r, 1)?))
+            })
+            .optional()?;
+        Ok(row)
+    }
+
     fn customers_after(&mut self, after: &str, limit: usize) -> Result<Vec<StoredCustomer>> {
         let ids = {
             let mut st = self.conn.prepare_cached(
@@ -260,18 +274,7 @@ impl Store for SqliteStore {
             "SELECT at, journey, sequence, version, step, action, reason, subject FROM timeline WHERE customer = ?1 ORDER BY seq",
         )?;
         let rows = st
-            .query_map([id], |r| {
-                Ok(TimelineRow {
-                    at: from_micros(r.get(0)?),
-                    journey: r.get(1)?,
-                    sequence: r.get(2)?,
-                    version: r.get(3)?,
-                    step: r.get(4)?,
-                    action: r.get(5)?,
-                    reason: r.get(6)?,
-                    subject: r.get(7)?,
-                })
-            })?
+            .query_map([id], |r| timeline_row(r, 0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Some((c, rows)))
     }
@@ -706,4 +709,19 @@ impl WriterLock {
         writeln!(file, "{}", std::process::id()).map_err(|e| failed("writing", e))?;
         Ok(WriterLock { _file: file })
     }
+}
+
+/// A timeline line from the columns at, journey, sequence, version, step, action, reason and
+/// subject, starting at column `from`.
+fn timeline_row(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<TimelineRow> {
+    Ok(TimelineRow {
+        at: from_micros(r.get(from)?),
+        journey: r.get(from + 1)?,
+        sequence: r.get(from + 2)?,
+        version: r.get(from + 3)?,
+        step: r.get(from + 4)?,
+        action: r.get(from + 5)?,
+        reason: r.get(from + 6)?,
+        subject: r.get(from + 7)?,
+    })
 }
