@@ -568,6 +568,7 @@ fn coupon_verify_names_the_step_and_the_customer_and_refuses_other_codes() {
     let mut store = aftercare::store::open(&url).unwrap();
     let event = r#"{"specversion":"1.0","id":"d1","source":"/shop","type":"order.delivered",
       "time":"2024-03-05T09:00:00Z","subject":"kim","data":{"order_id":"o1","customer":{"email":"kim@example.com"}}}"#;
+    let event_text = event;
     let event =
         std::sync::Arc::new(aftercare::event::Event::from_structured(event.as_bytes()).unwrap());
     let policy = Policy {
@@ -615,6 +616,28 @@ fn coupon_verify_names_the_step_and_the_customer_and_refuses_other_codes() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("NOT authentic"));
+    // `preview` shows the code `run` gives for the same event.
+    std::fs::write(dir.join("ev.json"), event_text).unwrap();
+    let o = aftercare_env(
+        &[
+            "preview",
+            "tripod",
+            "offer",
+            "--event",
+            "ev.json",
+            "--sequences",
+            "seq",
+            "-c",
+            "aftercare.toml",
+        ],
+        &dir,
+        &[("AFTERCARE_SIGNING_KEY", KEY)],
+    );
+    assert!(
+        stdout(&o).starts_with(&format!("Subject: {code}\n")),
+        "{}",
+        stdout(&o)
+    );
     // A code no step gave.
     let o = verify("TRI-00000000");
     assert_eq!(o.status.code(), Some(1));

@@ -1765,7 +1765,7 @@ fn a_generated_coupon_is_on_the_timeline_and_its_use_is_the_steps_goal() {
     assert_eq!(offers.len(), 2);
     let code_of = |d: &aftercare::engine::Decision| {
         let key = format!("{}:offer", d.journey);
-        aftercare::engine::coupon::generate(&secret, &key, "TRI-", 8)
+        aftercare::engine::coupon::generate(&secret, &d.customer, &key, "TRI-", 8)
     };
     let (ann, bob) = (code_of(offers[0]), code_of(offers[1]));
     assert_ne!(ann, bob);

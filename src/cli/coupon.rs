@@ -30,7 +30,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("codes are derived from AFTERCARE_SIGNING_KEY: set it to verify one");
     };
     let code = code.trim().to_ascii_uppercase();
-    let mut store = crate::store::open(&config.store.url).context("opening the store")?;
+    // A code is a prefix of at most 16 and at most 32 characters: anything longer is none.
+    if code.is_empty() || code.len() > 48 {
+        println!("{code}: not a code aftercare gives (1 to 48 characters)");
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some(mut store) =
+        crate::store::open_existing(&config.store.url).context("opening the store")?
+    else {
+        anyhow::bail!("no store at {}: nothing was given yet", config.store.url);
+    };
     let Some((customer, line)) = store.coupon_given(&code).context("reading the timeline")? else {
         println!(
             "{code}: given by no step (no timeline line names it; lines older than store.timeline_retention are gone)"
@@ -39,7 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let step = line.step.as_deref().unwrap_or_default();
     let key = format!("{}:{step}", line.journey);
-    let authentic = authentic(&secret, &key, &code);
+    let prefix = prefix_of(&config, &line.sequence, step);
+    let authentic = authentic(&secret, &customer, &key, prefix.as_deref(), &code);
     println!(
         "{code}: given by {}/{step} to customer {customer} at {} (journey {}, {}); {}",
         line.sequence,
@@ -57,10 +67,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Whether `code` is some prefix and the code the step with idempotency key `key` derives:
-/// the prefix is not known apart from the sequence, so every split is tried.
-fn authentic(secret: &[u8], key: &str, code: &str) -> bool {
-    (0..=code.len().min(16))
+/// The prefix the step's `coupon` has in the sequences folder now, if it has one.
+fn prefix_of(config: &crate::config::Config, sequence: &str, step: &str) -> Option<String> {
+    let (catalog, _) = crate::sequence::Catalog::load(&config.sequences.dir).ok()?;
+    let seq = catalog.get(sequence)?;
+    let step = &seq.steps[seq.step_index(step)?];
+    let crate::sequence::Coupon::Generate { prefix, .. } = step.coupon.as_ref()?;
+    Some(prefix.to_string())
+}
+
+/// Whether `code` is the one `customer`'s message with idempotency key `key` derives: with
+/// the step's prefix when the folder still has it, else with every prefix that leaves the
+/// shortest length a code has (a forged code then passes about once in a billion).
+fn authentic(secret: &[u8], customer: &str, key: &str, prefix: Option<&str>, code: &str) -> bool {
+    use crate::engine::coupon::{MIN_LENGTH, verify};
+    if let Some(p) = prefix {
+        return verify(secret, customer, key, p, code);
+    }
+    (0..=code.len().saturating_sub(MIN_LENGTH).min(16))
         .filter(|&i| code.is_char_boundary(i))
-        .any(|i| crate::engine::coupon::verify(secret, key, &code[..i], code))
+        .any(|i| verify(secret, customer, key, &code[..i], code))
 }

@@ -53,7 +53,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let order_id = ev.order_id().map(Arc::from);
     let journey = journey_at(&seq, si, &ev, order_id.clone());
     let order = order_id.as_deref().and_then(|o| customer.order(o));
-    let ctx = context(&customer, order, &journey, &config.http.public_url);
+    // The step's coupon code, as `run` derives it for this journey (with the config's key).
+    let policy = config
+        .policy()
+        .map_err(|(key, m)| anyhow!("config error: {key}: {m}"))?;
+    let key = format!("{}:{}", journey.id, seq.steps[si].id);
+    let secret = policy.coupon_key.as_deref().unwrap_or_default();
+    let code = crate::engine::coupon::code_for(&seq.steps[si], secret, &customer.profile.id, &key);
+    let ctx = context(
+        &customer,
+        order,
+        &journey,
+        &config.http.public_url,
+        code.as_deref(),
+    );
     let locale = args
         .locale
         .as_deref()
@@ -158,8 +171,10 @@ fn context(
     order: Option<&Arc<Order>>,
     journey: &Journey,
     public_url: &str,
+    coupon: Option<&str>,
 ) -> Value {
     let mut ctx = Ctx::new(&customer.profile, None, order, Some(journey));
+    ctx.coupon = Ctx::coupon(coupon);
     let base = public_url.trim_end_matches('/');
     ctx.unsubscribe_url = Value::from(format!("{base}/u/preview-token"));
     ctx.preferences_url = Value::from(format!("{base}/preferences/preview-token"));

@@ -1,7 +1,9 @@
-//! Generated coupon codes (SPEC §9): a code is derived by HMAC-SHA256 from the step's
-//! idempotency key (`journey:step`) under the coupon key, so rendering an email again, at
-//! send time or after a crash, gives the same code, and a code can be checked against the
-//! step it claims to come from (`aftercare coupon verify`).
+//! Generated coupon codes (SPEC §9): a code is derived by HMAC-SHA256 from the customer and
+//! the step's idempotency key (`journey:step`) under the coupon key, so rendering an email
+//! again, at send time or after a crash, gives the same code, and a code can be checked
+//! against the step it claims to come from (`aftercare coupon verify`). The customer is part
+//! of it: journey ids derive from what the producer sends, and two customers' may be made
+//! equal; their codes still differ.
 
 use std::sync::Arc;
 
@@ -30,13 +32,16 @@ pub const KEPT: usize = 64;
 /// Crockford's base32: no I, L, O or U, so a code read aloud or typed is not mistaken.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// The code for the step whose idempotency key is `key`: `prefix`, then `length` characters
-/// (at most 51: the 256 bits of the MAC).
-pub fn generate(secret: &[u8], key: &str, prefix: &str, length: usize) -> String {
+/// The code for `customer`'s message whose idempotency key is `key`: `prefix`, then `length`
+/// characters (at most 51: the 256 bits of the MAC).
+pub fn generate(secret: &[u8], customer: &str, key: &str, prefix: &str, length: usize) -> String {
     let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret) else {
         return String::new();
     };
     mac.update(b"aftercare coupon\0");
+    // Lengths first: no two (customer, key) pairs feed the MAC the same bytes.
+    mac.update(&(customer.len() as u64).to_be_bytes());
+    mac.update(customer.as_bytes());
     mac.update(key.as_bytes());
     let bytes = mac.finalize().into_bytes();
     let mut code = String::with_capacity(prefix.len() + length);
@@ -53,10 +58,27 @@ pub fn generate(secret: &[u8], key: &str, prefix: &str, length: usize) -> String
     code
 }
 
-/// Whether `code` is the one the step with idempotency key `key` gives.
-pub fn verify(secret: &[u8], key: &str, prefix: &str, code: &str) -> bool {
+/// The code `step`'s `coupon` gives `customer`'s message with idempotency key `key`.
+pub fn code_for(
+    step: &crate::sequence::Step,
+    secret: &[u8],
+    customer: &str,
+    key: &str,
+) -> Option<String> {
+    let crate::sequence::Coupon::Generate { prefix, length } = step.coupon.as_ref()?;
+    Some(generate(secret, customer, key, prefix, *length))
+}
+
+/// The fewest characters after the prefix (`validate` refuses fewer).
+pub const MIN_LENGTH: usize = 6;
+
+/// Whether `code` is the one `customer`'s message with idempotency key `key` gives, with
+/// `prefix` and at least [`MIN_LENGTH`] characters after it.
+pub fn verify(secret: &[u8], customer: &str, key: &str, prefix: &str, code: &str) -> bool {
     let length = code.len().saturating_sub(prefix.len());
-    code.starts_with(prefix) && length > 0 && generate(secret, key, prefix, length) == code
+    code.starts_with(prefix)
+        && length >= MIN_LENGTH
+        && generate(secret, customer, key, prefix, length) == code
 }
 
 /// The coupon key: derived from the signing key, so one secret serves both and a link's MAC
@@ -86,20 +108,29 @@ mod tests {
     #[test]
     fn a_code_is_the_steps_alone_and_the_same_every_time() {
         let k = key_from(b"test-signing-key-of-at-least-32-bytes");
-        let a = generate(&k, "j1:tripod", "TRI-", 8);
+        let a = generate(&k, "ann", "j1:tripod", "TRI-", 8);
         assert_eq!(a.len(), 12);
         assert!(a.starts_with("TRI-"), "{a}");
         assert!(a[4..].bytes().all(|b| ALPHABET.contains(&b)), "{a}");
-        assert_eq!(a, generate(&k, "j1:tripod", "TRI-", 8));
-        assert_ne!(a, generate(&k, "j2:tripod", "TRI-", 8));
+        assert_eq!(a, generate(&k, "ann", "j1:tripod", "TRI-", 8));
+        assert_ne!(a, generate(&k, "ann", "j2:tripod", "TRI-", 8));
+        // Another customer on the same journey id (a producer can make them equal).
+        assert_ne!(a, generate(&k, "bob", "j1:tripod", "TRI-", 8));
+        assert_ne!(
+            generate(&k, "ab", "c:s", "", 8),
+            generate(&k, "a", "bc:s", "", 8)
+        );
         assert_ne!(
             a,
-            generate(&key_from(b"another key"), "j1:tripod", "TRI-", 8)
+            generate(&key_from(b"another key"), "ann", "j1:tripod", "TRI-", 8)
         );
-        assert!(verify(&k, "j1:tripod", "TRI-", &a));
-        assert!(!verify(&k, "j2:tripod", "TRI-", &a));
-        assert!(!verify(&k, "j1:tripod", "TRI-", "TRI-"));
-        assert_eq!(generate(&k, "j1:tripod", "", 51).len(), 51);
-        assert_eq!(generate(&k, "j1:tripod", "", 80).len(), 51);
+        assert!(verify(&k, "ann", "j1:tripod", "TRI-", &a));
+        assert!(!verify(&k, "ann", "j2:tripod", "TRI-", &a));
+        assert!(!verify(&k, "bob", "j1:tripod", "TRI-", &a));
+        // The last characters alone never make a code authentic.
+        assert!(!verify(&k, "ann", "j1:tripod", &a[..11], &a));
+        assert!(!verify(&k, "ann", "j1:tripod", "TRI-", "TRI-"));
+        assert_eq!(generate(&k, "ann", "j1:tripod", "", 51).len(), 51);
+        assert_eq!(generate(&k, "ann", "j1:tripod", "", 80).len(), 51);
     }
 }

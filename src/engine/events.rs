@@ -66,7 +66,7 @@ impl Engine {
         let crate::event::EventData::OrderPlaced(placed) = &ev.data else {
             return;
         };
-        let Some(code) = placed.coupon.as_deref() else {
+        let Some(code) = placed.coupon.as_deref().map(str::trim) else {
             return;
         };
         let Some(given) = c

@@ -133,12 +133,11 @@ impl Engine {
         }
     }
 
-    /// The code `step`'s `coupon` gives the message with idempotency key `key` (`journey:step`):
-    /// the same when the engine decides it and when the outbox renders it.
-    pub fn coupon_for(&self, step: &sequence::Step, key: &str) -> Option<String> {
-        let sequence::Coupon::Generate { prefix, length } = step.coupon.as_ref()?;
+    /// The code `step`'s `coupon` gives `customer`'s message with idempotency key `key`
+    /// (`journey:step`): the same when the engine decides it and when the outbox renders it.
+    pub fn coupon_for(&self, step: &sequence::Step, customer: &str, key: &str) -> Option<String> {
         let secret = self.policy.coupon_key.as_deref().unwrap_or_default();
-        Some(coupon::generate(secret, key, prefix, *length))
+        coupon::code_for(step, secret, customer, key)
     }
 
     /// This engine on another catalog (a reload): the same policy and reorder intervals.

@@ -321,7 +321,7 @@ impl Engine {
         let j = &c.journeys[ji];
         let step = &j.sequence.steps[j.step];
         let key = format!("{}:{}", j.id, step.id);
-        self.coupon_for(step, &key)
+        self.coupon_for(step, &c.profile.id, &key)
     }
 
     /// Keeps the code a step gave, for its redemption (the newest [`coupon::KEPT`]).
@@ -387,7 +387,9 @@ impl Engine {
             .map_err(|why| format!("not started: {why}"))?;
         let step_id = &parent.sequence.steps[parent.step].id;
         Ok(Entry {
-            id: JourneyId::derive(&[&seq.name, &parent.id.to_string(), step_id]),
+            // Tagged: an event's journey is (sequence, source, id), and a producer could send
+            // the parent's id as a source.
+            id: JourneyId::derive(&[&seq.name, "start", &parent.id.to_string(), step_id]),
             reason: format!("started by {}/{}", parent.sequence.name, step_id),
             sequence: seq,
             order_id,

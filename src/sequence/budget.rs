@@ -236,6 +236,7 @@ impl Sample {
         );
         ctx.unsubscribe_url = Value::from("https://example.com/u/sample");
         ctx.preferences_url = Value::from("https://example.com/preferences/sample");
+        ctx.coupon = Ctx::coupon(Some("TRI-SAMPLE42"));
         ctx.into_value()
     }
 

@@ -789,7 +789,7 @@ impl Compiler<'_, '_, '_> {
                 .value
                 .parse::<usize>()
                 .ok()
-                .filter(|n| (6..=32).contains(n));
+                .filter(|n| (crate::engine::coupon::MIN_LENGTH..=32).contains(n));
             if n.is_none() {
                 self.d.error_hint(
                     l.pos,

@@ -239,7 +239,7 @@ impl Worker {
         ctx.preferences_url = Value::from(links.preferences_url.clone());
         // The step's coupon code, derived again from the row's key: the one the decision gave.
         let step = sequence.and_then(|s| s.steps.get(s.step_index(&row.step)?));
-        let code = step.and_then(|step| self.engine.coupon_for(step, &row.key));
+        let code = step.and_then(|step| self.engine.coupon_for(step, &row.customer, &row.key));
         ctx.coupon = Ctx::coupon(code.as_deref());
         ctx.into_value()
     }
