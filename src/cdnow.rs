@@ -7,6 +7,8 @@
 //! | derived | rule |
 //! |---|---|
 //! | customer | `cdnow-NNNNN`, email `cdnow-NNNNN@example.com`; 30% `ko-KR`/`Asia/Seoul`, else `en-US`/`America/New_York` |
+//! | birthday | 85% of customers: a day of 1950-1999 (29 February included, in leap years) |
+//! | attributes | `tier`: `gold` 10%, `silver` 30%, `bronze` 60% |
 //! | order | `cdnow-oNNNNNN` (row number); placed at 09:00-20:59 UTC on the row's date |
 //! | category | camera 20%, lens 15%, tripod 10%, memory-card 20%, bag 15%, accessory 20% |
 //! | cancelled | 2% of orders, 6 hours after placing (no shipping) |
@@ -97,6 +99,25 @@ fn fnv(s: &str) -> u64 {
 /// A number in `0..n` from bits of the hash, so derived choices are independent.
 fn pick(h: u64, salt: u32, n: u64) -> u64 {
     h.rotate_left(salt * 11) % n
+}
+
+/// The customer's birthday, for 85% of them: a day of 1950-1999, 29 February among them.
+fn birthday(h: u64) -> Option<NaiveDate> {
+    if pick(h, 4, 100) >= 85 {
+        return None;
+    }
+    let year = 1950 + pick(h, 2, 50) as i32;
+    let day = 1 + pick(h, 3, 366) as u32;
+    NaiveDate::from_yo_opt(year, day).or_else(|| NaiveDate::from_yo_opt(year, 365))
+}
+
+/// The customer's loyalty tier (an attribute): gold 10%, silver 30%, bronze 60%.
+fn tier(h: u64) -> &'static str {
+    match pick(h, 5, 10) {
+        0 => "gold",
+        1..=3 => "silver",
+        _ => "bronze",
+    }
 }
 
 struct Out {
@@ -278,7 +299,13 @@ impl Order<'_> {
             format!("Customer {}", self.row.customer)
         };
         let email = format!("{}@example.com", self.customer);
-        json!({"email": email, "name": name, "locale": locale, "timezone": tz})
+        let h = fnv(&self.customer);
+        let mut profile = json!({"email": email, "name": name, "locale": locale, "timezone": tz,
+            "attributes": {"tier": tier(h)}});
+        if let Some(birthday) = birthday(h) {
+            profile["birthday"] = json!(birthday.format("%Y-%m-%d").to_string());
+        }
+        profile
     }
 
     /// `order.cancelled`, 6 hours after placing.

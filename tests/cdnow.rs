@@ -50,6 +50,18 @@ fn cdnow_runs_the_starter_set_end_to_end() {
         }
     }
     assert_eq!(count["order.placed"], 69_659);
+    // Birthdays and attributes, for date triggers: 85% of customers have one, 29 February
+    // among them; every customer a tier.
+    let mut birthdays: HashMap<&str, Option<&str>> = HashMap::new();
+    for e in events.iter().filter(|e| e["type"] == "order.placed") {
+        let c = &e["data"]["customer"];
+        assert!(c["attributes"]["tier"].is_string(), "{c}");
+        birthdays.insert(e["subject"].as_str().unwrap(), c["birthday"].as_str());
+    }
+    let known = birthdays.values().flatten().count();
+    let share = known as f64 / birthdays.len() as f64;
+    assert!((0.83..0.87).contains(&share), "{share}");
+    assert!(birthdays.values().flatten().any(|b| b.ends_with("-02-29")));
     assert!(
         late > 1000 && camera_delivered > 10_000,
         "derivations look wrong: {late} {camera_delivered}"
