@@ -47,11 +47,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|(key, m)| anyhow::anyhow!("config error: {key}: {m}"))?;
     let dir = args.sequences.unwrap_or(config.sequences.dir.clone());
     let catalog = Arc::new(super::load_catalog_strict(&dir, &config)?);
-    if let Some(step) = crate::engine::coupon::first_generator(&catalog)
+    if let Some((seq, step)) = crate::engine::coupon::first_generator(&catalog)
         && policy.coupon_key.is_none()
     {
         eprintln!(
-            "warning: {step} generates coupon codes; without AFTERCARE_SIGNING_KEY they are not the codes `run` gives"
+            "warning: {}/{} generates coupon codes; without AFTERCARE_SIGNING_KEY they are not the codes `run` gives",
+            seq.name, step.id
         );
     }
     let threads = threads(args.threads);

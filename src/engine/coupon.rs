@@ -91,13 +91,13 @@ pub fn key_from(signing_key: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// The first step of `catalog` that generates coupon codes, as `sequence/step`.
-pub fn first_generator(catalog: &crate::sequence::Catalog) -> Option<String> {
+/// The first step of `catalog` that generates coupon codes, and its sequence.
+pub fn first_generator(
+    catalog: &crate::sequence::Catalog,
+) -> Option<(&crate::sequence::Sequence, &crate::sequence::Step)> {
     catalog.sequences().iter().find_map(|s| {
-        s.steps
-            .iter()
-            .find(|st| st.coupon.is_some())
-            .map(|st| format!("{}/{}", s.name, st.id))
+        let step = s.steps.iter().find(|st| st.coupon.is_some())?;
+        Some((&**s, step))
     })
 }
 

@@ -320,6 +320,8 @@ impl Engine {
     fn coupon_code(&self, c: &Customer, ji: Ji) -> Option<String> {
         let j = &c.journeys[ji];
         let step = &j.sequence.steps[j.step];
+        // Nearly every email has none: no key is formatted for it.
+        step.coupon.as_ref()?;
         let key = format!("{}:{}", j.id, step.id);
         self.coupon_for(step, &c.profile.id, &key)
     }

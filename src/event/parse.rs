@@ -1065,6 +1065,21 @@ mod tests {
             reason(&placed_with(|v| v["data"]["referred_by"] = json!(7))),
             "`data.referred_by` must be a string"
         );
+        // A coupon code used on the order: an identifier as well.
+        assert_eq!(
+            reason(&placed_with(|v| v["data"]["coupon"] = json!("TRI-\u{7}"))),
+            "`data.coupon` contains the control character U+0007 at byte 4; identifiers may not contain control characters"
+        );
+        assert_eq!(
+            reason(&placed_with(
+                |v| v["data"]["coupon"] = json!("C".repeat(257))
+            )),
+            "`data.coupon` is 257 bytes; identifiers are at most 256 bytes"
+        );
+        assert_eq!(
+            reason(&placed_with(|v| v["data"]["coupon"] = json!(1e300))),
+            "`data.coupon` must be a string"
+        );
         // Attributes: an object, with no NUL anywhere in it (keys included).
         assert_eq!(
             reason(&placed_with(

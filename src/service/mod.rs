@@ -239,7 +239,8 @@ struct Parts {
     retention: crate::config::Retention,
     intervals: crate::config::Intervals,
     limits: crate::sequence::Limits,
-    webhooks: Arc<crate::webhook::Endpoints>,
+    /// What the config gives the sequences, checked again on every reload.
+    fit: reload::ConfigFit,
     /// The reorder intervals the engine reads (`after: auto`).
     reorder: Arc<crate::engine::intervals::Intervals>,
     catalog: Arc<Catalog>,
@@ -261,21 +262,18 @@ impl Parts {
             return Err(StartError::settings(&unsigned));
         }
         let catalog = Arc::new(load_catalog_with(&config.sequences.dir, &settings.limits)?);
-        if let Some(step) = crate::engine::coupon::first_generator(&catalog)
-            && settings.policy.coupon_key.is_none()
-        {
-            return Err(StartError::Config(format!(
-                "{step} generates coupon codes, which are derived from AFTERCARE_SIGNING_KEY: set it"
-            )));
-        }
-        let unknown = crate::webhook::unknown_endpoints(&catalog, &settings.webhooks);
-        if !unknown.is_empty() {
-            for d in &unknown {
+        let fit = reload::ConfigFit {
+            endpoints: settings.webhooks,
+            coupon_keyed: settings.policy.coupon_key.is_some(),
+        };
+        let refused = fit.refusals(&catalog);
+        if !refused.is_empty() {
+            for d in &refused {
                 tracing::error!("{d}");
             }
             return Err(StartError::Sequences {
                 dir: config.sequences.dir.display().to_string(),
-                count: unknown.len(),
+                count: refused.len(),
             });
         }
         stats
@@ -288,7 +286,7 @@ impl Parts {
             retention: settings.retention,
             intervals: settings.intervals,
             limits: settings.limits,
-            webhooks: settings.webhooks,
+            fit,
             reorder: Arc::default(),
             live: Arc::new(reload::Live::new(catalog.clone())),
             catalog,
@@ -492,11 +490,11 @@ impl Parts {
         }
         let mut store = self.store("opening the store for the reloads")?;
         let (stop, metrics, live) = (stop.clone(), self.stats.metrics.clone(), self.live.clone());
-        let (dir, every, limits, endpoints) = (
+        let (dir, every, limits, fit) = (
             self.config.sequences.dir.clone(),
             self.intervals.watch,
             self.limits,
-            self.webhooks.clone(),
+            self.fit.clone(),
         );
         // The same stack as the main thread that loaded the folder at start-up (and as
         // `validate`): a file that loads there loads here.
@@ -508,7 +506,7 @@ impl Parts {
                 dir: &dir,
                 every,
                 limits: &limits,
-                endpoints: &endpoints,
+                fit: &fit,
                 live: &live,
                 store: &mut *store,
                 metrics: &metrics,

@@ -105,8 +105,8 @@ pub struct Watcher<'a> {
     pub dir: &'a Path,
     pub every: Duration,
     pub limits: &'a Limits,
-    /// The webhook endpoints of the config: a folder that posts to another is refused.
-    pub endpoints: &'a crate::webhook::Endpoints,
+    /// What the config gives sequences: a folder that needs more is refused.
+    pub fit: &'a ConfigFit,
     pub live: &'a Live,
     /// Where each version loaded is recorded.
     pub store: &'a mut dyn Store,
@@ -151,10 +151,10 @@ impl Watcher<'_> {
     /// Loads the folder, a panic refused as an invalid folder would be.
     fn load(&mut self) -> Result<Vec<String>, Refused> {
         let (dir, limits, live) = (self.dir, self.limits, self.live);
-        let endpoints = self.endpoints;
+        let fit = self.fit;
         let store = &mut *self.store;
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            reload(dir, limits, endpoints, live, store)
+            reload(dir, limits, fit, live, store)
         }));
         attempt.unwrap_or_else(|p| {
             let what = p
@@ -200,6 +200,39 @@ impl Watcher<'_> {
     }
 }
 
+/// What the config gives the sequences, which `run` checks a folder against at start and on
+/// every reload: its webhook endpoints, and whether coupon codes can be derived.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFit {
+    pub endpoints: Arc<crate::webhook::Endpoints>,
+    /// `AFTERCARE_SIGNING_KEY` is set: generated coupon codes have their key.
+    pub coupon_keyed: bool,
+}
+
+impl ConfigFit {
+    /// Every step the config cannot serve, where it is: an endpoint it lacks, or a coupon
+    /// code without the key to derive it.
+    pub fn refusals(&self, catalog: &Catalog) -> Vec<crate::sequence::Diagnostic> {
+        let mut out = crate::webhook::unknown_endpoints(catalog, &self.endpoints);
+        if !self.coupon_keyed
+            && let Some((seq, step)) = crate::engine::coupon::first_generator(catalog)
+        {
+            out.push(
+                crate::sequence::Diagnostic::new(
+                    &seq.path,
+                    crate::sequence::Pos::START,
+                    format!(
+                        "{}/{} generates coupon codes, which are derived from AFTERCARE_SIGNING_KEY, and it is not set",
+                        seq.name, step.id
+                    ),
+                )
+                .hint("set AFTERCARE_SIGNING_KEY, or remove the step's `coupon`"),
+            );
+        }
+        out
+    }
+}
+
 enum Refused {
     Invalid(Vec<String>),
     Unavailable(String),
@@ -210,13 +243,13 @@ enum Refused {
 fn reload(
     dir: &Path,
     limits: &Limits,
-    endpoints: &crate::webhook::Endpoints,
+    fit: &ConfigFit,
     live: &Live,
     store: &mut dyn Store,
 ) -> Result<Vec<String>, Refused> {
     let (catalog, mut diags) =
         Catalog::load_with(dir, limits).map_err(|e| Refused::Unavailable(e.to_string()))?;
-    diags.extend(crate::webhook::unknown_endpoints(&catalog, endpoints));
+    diags.extend(fit.refusals(&catalog));
     if !diags.is_empty() {
         return Err(Refused::Invalid(
             diags.iter().map(|d| d.to_string()).collect(),
@@ -234,4 +267,44 @@ fn reload(
         .collect();
     live.replace(Arc::new(catalog));
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder that generates coupon codes is refused, at start and on reload, while the
+    /// signing key they derive from is unset.
+    #[test]
+    fn a_coupon_step_needs_the_signing_key() {
+        let dir = std::env::temp_dir().join(format!("aftercare-fit-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("templates/t")).unwrap();
+        std::fs::write(
+            dir.join("s.yaml"),
+            "name: s\ntrigger: { event: order.placed }\nsteps:\n  - id: a\n    email: { template: t/a }\n    coupon: { generate: { prefix: TRI- } }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("templates/t/a.subject.j2"), "{{ coupon.code }}").unwrap();
+        std::fs::write(dir.join("templates/t/a.html.j2"), "<p>a</p>").unwrap();
+        let (catalog, diags) = Catalog::load(&dir).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        let refused: Vec<String> = ConfigFit::default()
+            .refusals(&catalog)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            refused,
+            [format!(
+                "{}:1:1: s/a generates coupon codes, which are derived from AFTERCARE_SIGNING_KEY, and it is not set\n  hint: set AFTERCARE_SIGNING_KEY, or remove the step's `coupon`",
+                dir.join("s.yaml").display()
+            )]
+        );
+        let keyed = ConfigFit {
+            coupon_keyed: true,
+            ..ConfigFit::default()
+        };
+        assert!(keyed.refusals(&catalog).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -54,6 +54,15 @@ pub fn python_server(script: &str, port: u16, args: &[&str], package: &str) -> C
     child
 }
 
+/// The JSON lines a test server wrote to `path` (none yet: empty).
+pub fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 impl SmtpServer {
     pub fn start(port: u16, out: &Path, args: &[&str]) -> SmtpServer {
         let out_arg = out.display().to_string();
@@ -68,11 +77,7 @@ impl SmtpServer {
 
     /// Every DATA attempt the server saw.
     pub fn log(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.out.join("log.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        jsonl(&self.out.join("log.jsonl"))
     }
 
     /// The accepted messages, in order.

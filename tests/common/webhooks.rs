@@ -42,11 +42,7 @@ impl Receiver {
 
     /// Every post the receiver saw, in order.
     pub fn log(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.out.join("log.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        super::smtp::jsonl(&self.out.join("log.jsonl"))
     }
 }
 
